@@ -1,0 +1,65 @@
+// Reductions: per row over the last axis (sum, mean, max) with their backward, and per column.
+#include "common.cuh"
+
+#define REDUCE_SUM 0
+#define REDUCE_MEAN 1
+#define REDUCE_MAX 2
+
+// One warp per row: each lane folds a strided share of the row, then a butterfly combines the
+// lanes. The order of additions is fixed, so results are bitwise reproducible.
+extern "C" __global__ void HOT_KERNEL reduce_rows_forward(const float *__restrict__ x, float *__restrict__ out, int rows, int cols,
+                                               int op) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= rows) return;
+    const float *xr = x + (long long)row * cols;
+    float acc = op == REDUCE_MAX ? -float_infinity() : 0.0f;
+    for (int j = lane; j < cols; j += 32) acc = op == REDUCE_MAX ? fmaxf(acc, xr[j]) : acc + xr[j];
+    acc = op == REDUCE_MAX ? warp_max(acc) : warp_sum(acc);
+    if (op == REDUCE_MEAN) acc /= (float)cols;
+    if (lane == 0) out[row] = acc;
+}
+
+// Backward of reduce_rows_forward. sum: dx = dy; mean: dx = dy / cols; max: the whole dy goes
+// to the first position holding the maximum (PyTorch's choice for max along a dimension).
+extern "C" __global__ void reduce_rows_backward(const float *__restrict__ x, const float *__restrict__ out,
+                                                const float *__restrict__ dout, float *__restrict__ dx, int rows,
+                                                int cols, int op) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= rows) return;
+    const long long base = (long long)row * cols;
+    const float g = dout[row];
+    if (op != REDUCE_MAX) {
+        const float v = op == REDUCE_MEAN ? g / (float)cols : g;
+        for (int j = lane; j < cols; j += 32) dx[base + j] = v;
+        return;
+    }
+    int first = cols;
+    for (int j = lane; j < cols; j += 32)
+        if (x[base + j] == out[row]) {
+            first = j;
+            break;
+        }
+    first = warp_min_int(first);
+    for (int j = lane; j < cols; j += 32) dx[base + j] = j == first ? g : 0.0f;
+}
+
+// Sum over rows for every column (bias gradients). Block = 32 columns x 8 row groups: each
+// thread walks its column down a strided set of rows (coalesced across the 32 columns), then
+// the 8 partial sums meet in shared memory in a fixed order, so the result is deterministic.
+extern "C" __global__ void sum_columns(const float *__restrict__ x, float *__restrict__ out, int rows, int cols) {
+    __shared__ float partial[8][33];
+    const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+    const int col = blockIdx.x * 32 + tx;
+    float acc = 0.0f;
+    if (col < cols)
+        for (int r = ty; r < rows; r += 8) acc += x[(long long)r * cols + col];
+    partial[ty][tx] = acc;
+    __syncthreads();
+    if (ty == 0 && col < cols) {
+        float total = 0.0f;
+        for (int i = 0; i < 8; i++) total += partial[i][tx];
+        out[col] = total;
+    }
+}

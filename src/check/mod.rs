@@ -1,0 +1,111 @@
+//! The correctness chain's machinery: finite-difference gradient checks of the reference, and
+//! the kernel-vs-reference harness (fresh random inputs, awkward sizes, NaN-poisoned outputs,
+//! relative error ||out - ref|| / ||ref||). `registry` lists every op that is checked.
+
+pub mod registry;
+
+/// A small, seedable generator (splitmix64): fresh inputs per run, reproducible from the seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// A seed from EMRCLASS_SEED when set (to replay a failure), else from the clock.
+    pub fn fresh_seed() -> u64 {
+        if let Some(s) = std::env::var("EMRCLASS_SEED").ok().and_then(|s| s.parse().ok()) {
+            return s;
+        }
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// `n` values drawn from N(0, scale^2), already rounded to f32 (what a kernel will see).
+    pub fn normals(&mut self, n: usize, scale: f64) -> Vec<f64> {
+        (0..n).map(|_| (self.normal() * scale) as f32 as f64).collect()
+    }
+}
+
+/// ||out - ref|| / ||ref|| (plain ||out - ref|| when ref is all zeros). NaN anywhere in `out`
+/// makes the result NaN, which fails every tolerance.
+pub fn relative_error(out: &[f32], reference: &[f64]) -> f64 {
+    assert_eq!(out.len(), reference.len(), "output and reference differ in length");
+    let mut diff = 0.0;
+    let mut norm = 0.0;
+    for (&o, &r) in out.iter().zip(reference) {
+        if o.is_nan() {
+            return f64::NAN;
+        }
+        diff += (o as f64 - r) * (o as f64 - r);
+        norm += r * r;
+    }
+    if norm == 0.0 { diff.sqrt() } else { (diff / norm).sqrt() }
+}
+
+pub fn to_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+pub fn nan_vec(n: usize) -> Vec<f32> {
+    vec![f32::NAN; n]
+}
+
+/// The worst element of a finite-difference check.
+#[derive(Clone, Copy, Debug)]
+pub struct GradCheck {
+    pub worst_index: usize,
+    pub worst_error: f64,
+    pub analytic: f64,
+    pub numeric: f64,
+}
+
+/// Compares `analytic` (the gradient of `f` at `x`) with central differences in f64.
+/// Error per element: |a - n| / max(|a|, |n|, floor), with floor = 1e-3 * max|a| so that
+/// elements whose true gradient is ~0 are judged on the gradient's scale, not their own.
+pub fn finite_difference(f: impl Fn(&[f64]) -> f64, x: &[f64], analytic: &[f64], h: f64) -> GradCheck {
+    assert_eq!(x.len(), analytic.len());
+    let scale = analytic.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let floor = (1e-3 * scale).max(1e-12);
+    let mut worst = GradCheck { worst_index: 0, worst_error: 0.0, analytic: 0.0, numeric: 0.0 };
+    let mut xp = x.to_vec();
+    for i in 0..x.len() {
+        xp[i] = x[i] + h;
+        let up = f(&xp);
+        xp[i] = x[i] - h;
+        let down = f(&xp);
+        xp[i] = x[i];
+        let numeric = (up - down) / (2.0 * h);
+        let err = (analytic[i] - numeric).abs() / analytic[i].abs().max(numeric.abs()).max(floor);
+        if err > worst.worst_error || err.is_nan() {
+            worst = GradCheck { worst_index: i, worst_error: err, analytic: analytic[i], numeric };
+        }
+    }
+    worst
+}
+
+/// The loss that turns an op's output into a scalar for gradient checks: sum(w * y) with fixed
+/// random weights w, so its gradient with respect to y is exactly w.
+pub fn weighted_sum(y: &[f64], w: &[f64]) -> f64 {
+    y.iter().zip(w).map(|(a, b)| a * b).sum()
+}

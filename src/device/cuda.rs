@@ -1,0 +1,175 @@
+//! The CUDA backend: cudarc's driver API, dynamically loaded, with kernels compiled by NVRTC
+//! for the device's own compute capability, cached on disk and loaded lazily per file.
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::Mutex;
+
+use cudarc::driver::{result, sys};
+
+use super::{nvrtc, KernelInfo, LaunchConfig, KERNEL_FILES};
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct CudaInfo {
+    pub name: String,
+    pub major: i32,
+    pub minor: i32,
+    pub multiprocessors: i32,
+    pub total_bytes: usize,
+}
+
+pub(super) struct CudaBackend {
+    pub info: CudaInfo,
+    context: sys::CUcontext,
+    /// Loaded modules by kernel file name, and functions by kernel name.
+    modules: Mutex<HashMap<&'static str, sys::CUmodule>>,
+    functions: Mutex<HashMap<&'static str, usize>>,
+}
+
+// SAFETY: the raw context and module handles are process-wide driver objects; every use
+// binds the context to the calling thread first, and the maps are behind mutexes.
+unsafe impl Send for CudaBackend {}
+unsafe impl Sync for CudaBackend {}
+
+fn missing_driver() -> Error {
+    Error::MissingLibrary {
+        library: "the CUDA driver (libcuda.so.1)".into(),
+        how: "install the NVIDIA driver for your GPU (it ships libcuda.so.1), or use --device simt to run the \
+              kernels on the CPU simulator"
+            .into(),
+    }
+}
+
+impl CudaBackend {
+    pub fn new(ordinal: i32) -> Result<Self> {
+        // cudarc panics when a library is missing: check first and say which one.
+        // SAFETY: is_culib_present only tries to dlopen the candidate library names.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(missing_driver());
+        }
+        nvrtc::ensure_loaded()?;
+        result::init().map_err(|e| Error::Cuda(format!("cuInit failed ({e:?}): is an NVIDIA GPU visible?")))?;
+        let count = result::device::get_count()?;
+        if count <= ordinal {
+            return Err(Error::Cuda(format!("no CUDA device {ordinal}: {count} found")));
+        }
+        let dev = result::device::get(ordinal)?;
+        // SAFETY: dev comes from device::get; the attributes and total_mem are plain queries,
+        // and the primary context is retained for the process's lifetime.
+        unsafe {
+            let attr = |a| result::device::get_attribute(dev, a);
+            let info = CudaInfo {
+                name: result::device::get_name(dev)?,
+                major: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                minor: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+                multiprocessors: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+                total_bytes: result::device::total_mem(dev)?,
+            };
+            let context = result::primary_ctx::retain(dev)?;
+            result::ctx::set_current(context)?;
+            Ok(CudaBackend { info, context, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) })
+        }
+    }
+
+    fn bind(&self) -> Result<()> {
+        // SAFETY: the context was retained in new() and is never released.
+        unsafe { result::ctx::set_current(self.context)? };
+        Ok(())
+    }
+
+    pub fn arch(&self) -> String {
+        format!("sm_{}{}", self.info.major, self.info.minor)
+    }
+
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.bind()?;
+        Ok(result::mem_get_info()?)
+    }
+
+    pub fn alloc(&self, bytes: usize) -> Result<u64> {
+        self.bind()?;
+        // SAFETY: a plain allocation in the bound context; freed in free().
+        Ok(unsafe { result::malloc_sync(bytes.max(1))? })
+    }
+
+    pub fn free(&self, addr: u64) {
+        if self.bind().is_ok() {
+            // SAFETY: addr came from alloc() and is freed once, from Buffer's Drop.
+            let _ = unsafe { result::free_sync(addr) };
+        }
+    }
+
+    pub fn copy_to_device(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.bind()?;
+        // SAFETY: dst is a live allocation of at least src.len() bytes (Buffer checks lengths).
+        unsafe { result::memcpy_htod_sync(dst, src)? };
+        Ok(())
+    }
+
+    pub fn copy_to_host(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        self.bind()?;
+        // SAFETY: src is a live allocation of at least dst.len() bytes; the copy synchronises.
+        unsafe { result::memcpy_dtoh_sync(dst, src)? };
+        Ok(())
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        Ok(result::ctx::synchronize()?)
+    }
+
+    /// The function handle for a kernel, compiling and loading its file on first use.
+    fn function(&self, info: &KernelInfo) -> Result<sys::CUfunction> {
+        if let Some(&f) = self.functions.lock().unwrap().get(info.name) {
+            return Ok(f as sys::CUfunction);
+        }
+        let mut modules = self.modules.lock().unwrap();
+        let module = match modules.get(info.file) {
+            Some(&m) => m,
+            None => {
+                let file = KERNEL_FILES.iter().find(|f| f.name == info.file).expect("every kernel's file is embedded");
+                let cubin = nvrtc::cached_cubin(file, &self.arch())?;
+                // SAFETY: cubin is a complete image for this device's architecture; the
+                // driver copies it during the call.
+                let m = unsafe { result::module::load_data(cubin.as_ptr() as *const c_void)? };
+                modules.insert(info.file, m);
+                m
+            }
+        };
+        // SAFETY: module is loaded and never unloaded; the name is a kernel in that file.
+        let f = unsafe { result::module::get_function(module, CString::new(info.name).unwrap())? };
+        self.functions.lock().unwrap().insert(info.name, f as usize);
+        Ok(f)
+    }
+
+    pub fn launch(&self, info: &KernelInfo, cfg: &LaunchConfig, params: &mut [*mut c_void]) -> Result<()> {
+        self.bind()?;
+        let f = self.function(info)?;
+        // SAFETY: params holds one pointer per kernel parameter (checked against the parsed
+        // signature) to 8-byte slots that live until the call returns; the driver copies the
+        // values at launch. Buffer addresses are live device allocations.
+        unsafe { result::launch_kernel(f, cfg.grid, cfg.block, cfg.shared_bytes, std::ptr::null_mut(), params)? };
+        Ok(())
+    }
+
+    /// Times `work` with a pair of events created with timing enabled (CU_EVENT_DEFAULT).
+    pub fn time_ms(&self, work: impl FnOnce() -> Result<()>) -> Result<f64> {
+        self.bind()?;
+        let start = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)?;
+        let stop = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)?;
+        // SAFETY: both events are live until destroyed below; the null stream is the one
+        // every launch uses.
+        unsafe {
+            result::event::record(start, std::ptr::null_mut())?;
+            let outcome = work();
+            result::event::record(stop, std::ptr::null_mut())?;
+            result::event::synchronize(stop)?;
+            let ms = result::event::elapsed(start, stop)?;
+            result::event::destroy(start)?;
+            result::event::destroy(stop)?;
+            outcome?;
+            Ok(ms as f64)
+        }
+    }
+}

@@ -1,0 +1,505 @@
+// SIMT runtime: fibers, the block scheduler, barriers and warp collectives.
+// The model and its checks are described in simt_runtime.h.
+#include "simt_runtime.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdarg>
+#include <string>
+#include <vector>
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+namespace simt {
+
+__thread FiberPublic *current_fiber;
+__thread uint3 current_block_idx;
+__thread dim3 current_block_dim;
+__thread dim3 current_grid_dim;
+
+namespace {
+
+// ---------------------------------------------------------------- fiber switching
+// x86-64: save the callee-saved registers, MXCSR and the x87 control word on the old stack,
+// store its rsp, load the new one and restore. ~8 ns, against ~160 ns for swapcontext,
+// which makes a signal-mask syscall on every switch.
+#if defined(__x86_64__)
+extern "C" void simt_switch_stack(void **save_sp, void *load_sp);
+extern "C" void simt_fiber_entry();
+asm(R"(
+.text
+.globl simt_switch_stack
+.type simt_switch_stack,@function
+simt_switch_stack:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size simt_switch_stack,.-simt_switch_stack
+.globl simt_fiber_entry
+.type simt_fiber_entry,@function
+simt_fiber_entry:
+    movq %r12, %rdi
+    call simt_fiber_main
+    ud2
+.size simt_fiber_entry,.-simt_fiber_entry
+)");
+#endif
+
+struct Fiber;
+extern "C" void simt_fiber_main(Fiber *fiber);
+
+enum FiberState { RUNNABLE, AT_BARRIER, AT_WARP_OP, EXITED };
+
+struct Fiber {
+    FiberPublic pub;  // first: `threadIdx` reads it through current_fiber
+    int linear = 0;
+    FiberState state = RUNNABLE;
+    uint64_t warp_result = 0;
+    void *stack_base = nullptr;  // lowest address, including the guard page
+    size_t stack_bytes = 0;
+#if defined(__x86_64__)
+    void *sp = nullptr;
+#else
+    ucontext_t context;
+#endif
+};
+
+struct WarpOp {
+    WarpOpKind kind;
+    unsigned mask;
+    unsigned arrived;
+    SourceLoc loc;
+    int width;
+    uint64_t values[32];
+    int args[32];
+};
+
+enum BarrierKind { BARRIER_PLAIN, BARRIER_COUNT, BARRIER_AND, BARRIER_OR };
+
+struct Launch {
+    void (*kernel)(void **);
+    void **args;
+    const char *kernel_name;
+    unsigned threads_per_block;
+    std::vector<Fiber> fibers;
+    std::vector<std::vector<WarpOp>> warp_ops;  // pending collectives, per warp
+    std::vector<unsigned char> dynamic_shared;
+    unsigned shared_bytes;
+    // the barrier in progress
+    unsigned barrier_arrived;
+    SourceLoc barrier_loc;
+    BarrierKind barrier_kind;
+    int barrier_accum;
+    int barrier_first_thread;
+    int exited;
+    bool failed;
+    std::string error;
+#if defined(__x86_64__)
+    void *scheduler_sp;
+#else
+    ucontext_t scheduler_context;
+#endif
+};
+
+__thread Launch *launch;
+
+const size_t STACK_BYTES = 128 * 1024;
+
+size_t page_size() {
+    static size_t size = (size_t)sysconf(_SC_PAGESIZE);
+    return size;
+}
+
+// Stacks are kept per OS thread and reused across blocks and launches; each has a
+// PROT_NONE guard page below it so an overflow faults instead of corrupting a neighbour.
+struct StackPool {
+    std::vector<std::pair<void *, size_t>> stacks;
+    ~StackPool() {
+        for (auto &s : stacks) munmap(s.first, s.second);
+    }
+    bool ensure(size_t count) {
+        while (stacks.size() < count) {
+            size_t bytes = STACK_BYTES + page_size();
+            void *p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (p == MAP_FAILED) return false;
+            if (mprotect(p, page_size(), PROT_NONE) != 0) {
+                munmap(p, bytes);
+                return false;
+            }
+            stacks.push_back({p, bytes});
+        }
+        return true;
+    }
+};
+thread_local StackPool stack_pool;
+
+std::string describe_thread(const Fiber &f) {
+    char buf[160];
+    snprintf(buf, sizeof buf, "block (%u,%u,%u) thread (%u,%u,%u)", current_block_idx.x, current_block_idx.y,
+             current_block_idx.z, f.pub.thread_idx.x, f.pub.thread_idx.y, f.pub.thread_idx.z);
+    return buf;
+}
+
+std::string describe_loc(SourceLoc loc) { return std::string(loc.file) + ":" + std::to_string(loc.line); }
+
+bool same_loc(SourceLoc a, SourceLoc b) { return a.line == b.line && std::strcmp(a.file, b.file) == 0; }
+
+Fiber &self() { return *reinterpret_cast<Fiber *>(current_fiber); }
+
+void switch_to_scheduler() {
+    Fiber &f = self();
+#if defined(__x86_64__)
+    simt_switch_stack(&f.sp, launch->scheduler_sp);
+#else
+    swapcontext(&f.context, &launch->scheduler_context);
+#endif
+}
+
+[[noreturn]] void fail(const std::string &message) {
+    if (!launch->failed) {
+        launch->failed = true;
+        launch->error = std::string("kernel ") + launch->kernel_name + ", " + describe_thread(self()) + ": " + message;
+    }
+    // The scheduler never resumes a fiber of a failed launch: its stack is simply abandoned.
+    for (;;) switch_to_scheduler();
+}
+
+void check_barrier_complete() {
+    Launch &l = *launch;
+    if (l.barrier_arrived == 0) return;
+    if (l.exited > 0) {
+        const Fiber &waiter = l.fibers[l.barrier_first_thread];
+        for (const Fiber &f : l.fibers)
+            if (f.state == EXITED)
+                fail("thread (" + std::to_string(f.pub.thread_idx.x) + "," + std::to_string(f.pub.thread_idx.y) + "," +
+                     std::to_string(f.pub.thread_idx.z) + ") exited while " + describe_thread(waiter) +
+                     " waits at __syncthreads at " + describe_loc(l.barrier_loc));
+    }
+    if (l.barrier_arrived < l.threads_per_block) return;
+    for (Fiber &f : l.fibers) {
+        f.state = RUNNABLE;
+        f.warp_result = (uint64_t)l.barrier_accum;
+    }
+    l.barrier_arrived = 0;
+}
+
+int barrier(BarrierKind kind, int predicate, SourceLoc loc) {
+    Launch &l = *launch;
+    Fiber &f = self();
+    if (l.barrier_arrived == 0) {
+        l.barrier_loc = loc;
+        l.barrier_kind = kind;
+        l.barrier_first_thread = f.linear;
+        l.barrier_accum = kind == BARRIER_AND ? 1 : 0;
+    } else if (!same_loc(loc, l.barrier_loc) || kind != l.barrier_kind) {
+        fail("__syncthreads at " + describe_loc(loc) + " while " + describe_thread(l.fibers[l.barrier_first_thread]) +
+             " waits at a different __syncthreads at " + describe_loc(l.barrier_loc) + " (divergent barrier)");
+    }
+    int p = predicate != 0;
+    if (kind == BARRIER_COUNT) l.barrier_accum += p;
+    if (kind == BARRIER_AND) l.barrier_accum &= p;
+    if (kind == BARRIER_OR) l.barrier_accum |= p;
+    l.barrier_arrived++;
+    f.state = AT_BARRIER;
+    check_barrier_complete();
+    // Always yield, even as the last arrival, so that the schedule order decides who runs next.
+    switch_to_scheduler();
+    return (int)f.warp_result;
+}
+
+std::string hex(unsigned v) {
+    char b[16];
+    snprintf(b, sizeof b, "0x%08x", v);
+    return b;
+}
+
+uint64_t finish_warp_op(const WarpOp &op, int lane, int warp_base) {
+    int w = op.width;
+    int seg = (lane / w) * w;
+    int src = lane;
+    int arg = op.args[lane];
+    switch (op.kind) {
+        case WARP_SHFL_IDX: src = seg + (((arg % w) + w) % w); break;
+        case WARP_SHFL_UP: src = lane - arg < seg ? lane : lane - arg; break;
+        case WARP_SHFL_DOWN: src = lane + arg >= seg + w ? lane : lane + arg; break;
+        case WARP_SHFL_XOR: src = (lane ^ arg) >= seg + w ? lane : (lane ^ arg); break;
+        case WARP_BALLOT:
+        case WARP_ANY:
+        case WARP_ALL: {
+            unsigned votes = 0;
+            for (int i = 0; i < 32; i++)
+                if ((op.mask >> i & 1u) && op.values[i]) votes |= 1u << i;
+            if (op.kind == WARP_BALLOT) return votes;
+            if (op.kind == WARP_ANY) return votes != 0;
+            return votes == op.mask;
+        }
+        case WARP_SYNC: return 0;
+    }
+    if (src < 0 || src > 31 || !(op.mask >> src & 1u))
+        fail("warp shuffle at " + describe_loc(op.loc) + ": thread " + std::to_string(warp_base + lane) + " (lane " + std::to_string(lane) + ") reads lane " +
+             std::to_string(src) + ", which is not in the mask " + hex(op.mask));
+    return op.values[src];
+}
+
+}  // namespace
+
+extern "C" void simt_fiber_main(Fiber *fiber) {
+    current_fiber = &fiber->pub;
+    launch->kernel(launch->args);
+    // The thread exits. Nobody may be waiting for it.
+    Launch &l = *launch;
+    current_fiber = &fiber->pub;
+    fiber->state = EXITED;
+    l.exited++;
+    int warp = fiber->linear / 32, lane = fiber->linear % 32;
+    for (const WarpOp &op : l.warp_ops[warp])
+        if (op.mask >> lane & 1u)
+            fail("thread exited while its lane is named in the mask " + hex(op.mask) + " of a warp collective at " +
+                 describe_loc(op.loc) + " that other lanes wait in");
+    check_barrier_complete();
+    for (;;) switch_to_scheduler();
+}
+
+#if !defined(__x86_64__)
+static void ucontext_entry(unsigned lo, unsigned hi) {
+    simt_fiber_main(reinterpret_cast<Fiber *>(((uintptr_t)hi << 32) | lo));
+}
+#endif
+
+void syncthreads(SourceLoc loc) { barrier(BARRIER_PLAIN, 0, loc); }
+int syncthreads_count(int p, SourceLoc loc) { return barrier(BARRIER_COUNT, p, loc); }
+int syncthreads_and(int p, SourceLoc loc) { return barrier(BARRIER_AND, p, loc); }
+int syncthreads_or(int p, SourceLoc loc) { return barrier(BARRIER_OR, p, loc); }
+
+uint64_t warp_collective(WarpOpKind kind, unsigned mask, uint64_t value, int arg, int width, SourceLoc loc) {
+    Launch &l = *launch;
+    Fiber &f = self();
+    int warp = f.linear / 32, lane = f.linear % 32, warp_base = warp * 32;
+    if (width < 1 || width > 32 || (width & (width - 1)) != 0)
+        fail("warp shuffle at " + describe_loc(loc) + " has width " + std::to_string(width) + ", not a power of two <= 32");
+    if (!(mask >> lane & 1u))
+        fail("warp collective at " + describe_loc(loc) + " with mask " + hex(mask) + " that does not name the calling lane " +
+             std::to_string(lane));
+    for (int i = 0; i < 32; i++) {
+        if (!(mask >> i & 1u)) continue;
+        if ((unsigned)(warp_base + i) >= l.threads_per_block)
+            fail("warp collective at " + describe_loc(loc) + " with mask " + hex(mask) + " names lane " + std::to_string(i) +
+                 ", which does not exist (the block has " + std::to_string(l.threads_per_block) + " threads)");
+        if (l.fibers[warp_base + i].state == EXITED)
+            fail("warp collective at " + describe_loc(loc) + " with mask " + hex(mask) + " names lane " + std::to_string(i) +
+                 ", which has exited");
+    }
+    std::vector<WarpOp> &pending = l.warp_ops[warp];
+    WarpOp *op = nullptr;
+    for (WarpOp &p : pending) {
+        if (!(p.mask & mask)) continue;
+        if (p.mask != mask)
+            fail("warp collective at " + describe_loc(loc) + " with mask " + hex(mask) +
+                 " meets lanes waiting at " + describe_loc(p.loc) + " with mask " + hex(p.mask) + " (mismatched masks)");
+        if (p.kind != kind || !same_loc(p.loc, loc) || p.width != width)
+            fail("warp collective at " + describe_loc(loc) + " while lanes of mask " + hex(mask) + " wait at a different one at " +
+                 describe_loc(p.loc));
+        op = &p;
+        break;
+    }
+    if (!op) {
+        pending.push_back(WarpOp{kind, mask, 0u, loc, width, {}, {}});
+        op = &pending.back();
+    }
+    op->values[lane] = value;
+    op->args[lane] = arg;
+    op->arrived |= 1u << lane;
+    f.state = AT_WARP_OP;
+    if (op->arrived == mask) {
+        WarpOp done = *op;
+        pending.erase(pending.begin() + (op - pending.data()));
+        for (int i = 0; i < 32; i++) {
+            if (!(mask >> i & 1u)) continue;
+            Fiber &g = l.fibers[warp_base + i];
+            g.warp_result = finish_warp_op(done, i, warp_base);
+            g.state = RUNNABLE;
+        }
+    }
+    switch_to_scheduler();
+    return f.warp_result;
+}
+
+unsigned active_mask() {
+    Launch &l = *launch;
+    Fiber &f = self();
+    int warp_base = f.linear / 32 * 32;
+    unsigned m = 0;
+    for (int i = 0; i < 32 && (unsigned)(warp_base + i) < l.threads_per_block; i++)
+        if (l.fibers[warp_base + i].state != EXITED) m |= 1u << i;
+    return m;
+}
+
+void *dynamic_shared() {
+    if (launch->shared_bytes == 0) fail("dynamic shared memory used, but the launch asked for 0 bytes of it");
+    return launch->dynamic_shared.data();
+}
+
+void kernel_error(const char *message, SourceLoc loc) { fail(std::string(message) + " at " + describe_loc(loc)); }
+
+namespace {
+
+// A small deterministic generator for the random schedule (xorshift64*).
+struct Rng {
+    uint64_t s;
+    uint64_t next() {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        return s * 2685821657736338717ull;
+    }
+};
+
+int run_block(Launch &l, int schedule, uint64_t seed, uint64_t block_linear) {
+    unsigned n = l.threads_per_block;
+    for (unsigned t = 0; t < n; t++) {
+        Fiber &f = l.fibers[t];
+        f.linear = (int)t;
+        f.pub.thread_idx = {t % current_block_dim.x, t / current_block_dim.x % current_block_dim.y,
+                            t / (current_block_dim.x * current_block_dim.y)};
+        f.state = RUNNABLE;
+        f.stack_base = stack_pool.stacks[t].first;
+        f.stack_bytes = stack_pool.stacks[t].second;
+        char *top = (char *)f.stack_base + f.stack_bytes;
+#if defined(__x86_64__)
+        // Frame that simt_switch_stack pops: control words, r15..rbp, then the return address.
+        uint64_t *sp = (uint64_t *)top;
+        *--sp = (uint64_t)(uintptr_t)&simt_fiber_entry;  // at top-8: after `ret`, rsp is 16-aligned
+        *--sp = 0;                                       // rbp
+        *--sp = 0;                                       // rbx
+        *--sp = (uint64_t)(uintptr_t)&f;                 // r12: the fiber, handed to simt_fiber_main
+        *--sp = 0;                                       // r13
+        *--sp = 0;                                       // r14
+        *--sp = 0;                                       // r15
+        uint32_t csr[2];
+        asm volatile("stmxcsr %0" : "=m"(csr[0]));
+        asm volatile("fnstcw %0" : "=m"(csr[1]));
+        *--sp = (uint64_t)csr[0] | ((uint64_t)(csr[1] & 0xffffu) << 32);
+        f.sp = sp;
+#else
+        getcontext(&f.context);
+        f.context.uc_stack.ss_sp = (char *)f.stack_base + page_size();
+        f.context.uc_stack.ss_size = f.stack_bytes - page_size();
+        f.context.uc_link = nullptr;
+        uintptr_t p = (uintptr_t)&f;
+        makecontext(&f.context, (void (*)())ucontext_entry, 2, (unsigned)(p & 0xffffffffu), (unsigned)(p >> 32));
+#endif
+    }
+    for (auto &w : l.warp_ops) w.clear();
+    l.barrier_arrived = 0;
+    l.exited = 0;
+    if (l.shared_bytes > 0) {
+        // NaN-fill dynamic shared memory, so reading what no thread wrote shows up in results.
+        const uint32_t nan_bits = 0x7fc00000u;
+        for (size_t i = 0; i + 4 <= l.dynamic_shared.size(); i += 4) std::memcpy(&l.dynamic_shared[i], &nan_bits, 4);
+    }
+
+    std::vector<unsigned> order(n);
+    for (unsigned t = 0; t < n; t++) order[t] = schedule == 1 ? n - 1 - t : t;
+    Rng rng{(seed ^ (block_linear * 0x9e3779b97f4a7c15ull)) | 1ull};
+    for (;;) {
+        if (schedule == 2)
+            for (unsigned i = n - 1; i > 0; i--) std::swap(order[i], order[rng.next() % (i + 1)]);
+        bool progressed = false;
+        for (unsigned t : order) {
+            Fiber &f = l.fibers[t];
+            if (f.state != RUNNABLE) continue;
+            progressed = true;
+            current_fiber = &f.pub;
+#if defined(__x86_64__)
+            simt_switch_stack(&l.scheduler_sp, f.sp);
+#else
+            swapcontext(&l.scheduler_context, &f.context);
+#endif
+            if (l.failed) return 1;
+        }
+        if (l.exited == (int)n) return 0;
+        if (!progressed) {
+            std::string waits;
+            for (const Fiber &f : l.fibers) {
+                if (f.state == AT_BARRIER) waits = "threads wait at __syncthreads at " + describe_loc(l.barrier_loc);
+                if (f.state == AT_WARP_OP && waits.empty()) waits = "threads wait in a warp collective";
+            }
+            l.failed = true;
+            char b[128];
+            snprintf(b, sizeof b, ", block (%u,%u,%u): deadlock: ", current_block_idx.x, current_block_idx.y,
+                     current_block_idx.z);
+            l.error = std::string("kernel ") + l.kernel_name + b + waits + " that can never complete";
+            return 1;
+        }
+    }
+}
+
+}  // namespace
+}  // namespace simt
+
+// The C interface the Rust side calls.
+extern "C" int simt_launch(void (*kernel)(void **), void **args, const char *kernel_name, const unsigned grid[3],
+                           const unsigned block[3], unsigned shared_bytes, int schedule, uint64_t seed, char *error,
+                           size_t error_len) {
+    using namespace simt;
+    auto report = [&](const std::string &msg) {
+        snprintf(error, error_len, "%s", msg.c_str());
+        return 1;
+    };
+    unsigned threads = block[0] * block[1] * block[2];
+    if (threads == 0 || threads > 1024)
+        return report(std::string("kernel ") + kernel_name + ": block of " + std::to_string(threads) +
+                      " threads (must be 1..1024)");
+    if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0)
+        return report(std::string("kernel ") + kernel_name + ": empty grid");
+    if (!stack_pool.ensure(threads)) return report("simt: could not map fiber stacks");
+
+    Launch l;
+    l.kernel = kernel;
+    l.args = args;
+    l.kernel_name = kernel_name;
+    l.threads_per_block = threads;
+    l.fibers.resize(threads);
+    l.warp_ops.resize((threads + 31) / 32);
+    l.shared_bytes = shared_bytes;
+    l.dynamic_shared.resize(((size_t)shared_bytes + 15) / 16 * 16);
+    l.failed = false;
+
+    Launch *outer = launch;  // a kernel never launches another, but keep the slot tidy
+    launch = &l;
+    current_block_dim = {block[0], block[1], block[2]};
+    current_grid_dim = {grid[0], grid[1], grid[2]};
+    int rc = 0;
+    uint64_t block_linear = 0;
+    for (unsigned z = 0; z < grid[2] && rc == 0; z++)
+        for (unsigned y = 0; y < grid[1] && rc == 0; y++)
+            for (unsigned x = 0; x < grid[0] && rc == 0; x++) {
+                current_block_idx = {x, y, z};
+                rc = run_block(l, schedule, seed, block_linear++);
+            }
+    launch = outer;
+    current_fiber = nullptr;
+    if (rc != 0) return report(l.error);
+    return 0;
+}

@@ -1,0 +1,13 @@
+//! emrclass: a GPU training engine for classifying Chinese electronic medical records with
+//! unbalanced classes. Every forward and backward pass is a hand-written CUDA kernel
+//! (`kernels/*.cu`) compiled at run time by NVRTC; the same kernels also run on the CPU
+//! through the SIMT simulator, and every kernel is checked against an f64 reference.
+
+pub mod check;
+pub mod device;
+pub mod error;
+pub mod ops;
+pub mod reference;
+
+pub use device::{Arg, Buffer, Device, DeviceChoice, LaunchConfig, Schedule};
+pub use error::{Error, Result};

@@ -1,0 +1,73 @@
+//! Elementwise maps over flat buffers.
+use super::need;
+use crate::device::{Arg, Buffer, LaunchConfig};
+use crate::error::Result;
+use half::f16;
+
+/// Grid-stride kernels: 256 threads a block, at most 4096 blocks (plenty to fill any card).
+fn cfg(n: usize) -> LaunchConfig {
+    LaunchConfig::for_elements(n, 256, 4096)
+}
+
+pub fn add(a: &Buffer<f32>, b: &Buffer<f32>, c: &mut Buffer<f32>, n: usize) -> Result<()> {
+    for (what, buf) in [("a", a), ("b", b), ("c", &*c)] {
+        need("add", what, buf, n)?;
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    a.device().launch("add_forward", cfg(n), &[a.into(), b.into(), (&*c).into(), Arg::I64(n as i64)])
+}
+
+/// y = alpha * x (also the backward of a scale).
+pub fn scale(x: &Buffer<f32>, y: &mut Buffer<f32>, alpha: f32, n: usize) -> Result<()> {
+    need("scale", "x", x, n)?;
+    need("scale", "y", y, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    x.device().launch("scale_forward", cfg(n), &[x.into(), (&*y).into(), alpha.into(), Arg::I64(n as i64)])
+}
+
+pub fn gelu_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {
+    need("gelu_forward", "x", x, n)?;
+    need("gelu_forward", "y", y, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    x.device().launch("gelu_forward", cfg(n), &[x.into(), (&*y).into(), Arg::I64(n as i64)])
+}
+
+pub fn gelu_backward(x: &Buffer<f32>, dy: &Buffer<f32>, dx: &mut Buffer<f32>, n: usize) -> Result<()> {
+    for (what, buf) in [("x", x), ("dy", dy), ("dx", &*dx)] {
+        need("gelu_backward", what, buf, n)?;
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    x.device().launch("gelu_backward", cfg(n), &[x.into(), dy.into(), (&*dx).into(), Arg::I64(n as i64)])
+}
+
+pub fn fill(y: &mut Buffer<f32>, value: f32) -> Result<()> {
+    let n = y.len();
+    if n == 0 {
+        return Ok(());
+    }
+    y.device().clone().launch("fill_f32", cfg(n), &[(&*y).into(), value.into(), Arg::I64(n as i64)])
+}
+
+pub fn convert_f32_to_f16(x: &Buffer<f32>, y: &mut Buffer<f16>) -> Result<()> {
+    need("convert_f32_to_f16", "y", y, x.len())?;
+    if x.is_empty() {
+        return Ok(());
+    }
+    x.device().launch("convert_f32_to_f16", cfg(x.len()), &[x.into(), (&*y).into(), Arg::I64(x.len() as i64)])
+}
+
+pub fn convert_f16_to_f32(x: &Buffer<f16>, y: &mut Buffer<f32>) -> Result<()> {
+    need("convert_f16_to_f32", "y", y, x.len())?;
+    if x.is_empty() {
+        return Ok(());
+    }
+    x.device().launch("convert_f16_to_f32", cfg(x.len()), &[x.into(), (&*y).into(), Arg::I64(x.len() as i64)])
+}

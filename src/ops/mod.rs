@@ -1,0 +1,34 @@
+//! One Rust function per operation: the only code that launches kernels. Each checks that its
+//! buffers are large enough for the shapes it is given, so a wrong shape is an error, never an
+//! out-of-bounds access on the device.
+
+mod adamw;
+mod elementwise;
+mod gemm;
+mod rows;
+
+pub use adamw::{adamw_step, AdamW};
+pub use elementwise::{add, convert_f16_to_f32, convert_f32_to_f16, fill, gelu_backward, gelu_forward, scale};
+pub use gemm::{gemm, Gemm};
+pub use rows::{
+    reduce_rows_backward, reduce_rows_forward, softmax_rows_backward, softmax_rows_forward, sum_columns, Reduce,
+};
+
+use crate::device::{Buffer, Elem};
+use crate::error::{Error, Result};
+
+/// Fails unless `buf` holds at least `needed` elements.
+fn need<T: Elem>(op: &str, what: &str, buf: &Buffer<T>, needed: usize) -> Result<()> {
+    if buf.len() < needed {
+        return Err(Error::Invalid(format!(
+            "{op}: `{what}` holds {} elements, the shapes given need {needed}",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Converts a size to the kernels' `int`, refusing what does not fit.
+fn to_i32(op: &str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Invalid(format!("{op}: {what} = {v} does not fit a 32-bit index")))
+}

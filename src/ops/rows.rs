@@ -1,0 +1,109 @@
+//! Row-wise operations: softmax, reductions over the last axis, and column sums.
+use super::{need, to_i32};
+use crate::device::{Arg, Buffer, LaunchConfig};
+use crate::error::Result;
+
+/// Warps per block for the one-warp-per-row kernels.
+const ROWS_PER_BLOCK: usize = 4;
+
+fn rows_config(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid: (rows.div_ceil(ROWS_PER_BLOCK).max(1) as u32, 1, 1),
+        block: (32 * ROWS_PER_BLOCK as u32, 1, 1),
+        shared_bytes: 0,
+    }
+}
+
+pub fn softmax_rows_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, rows: usize, cols: usize) -> Result<()> {
+    const OP: &str = "softmax_rows_forward";
+    need(OP, "x", x, rows * cols)?;
+    need(OP, "y", y, rows * cols)?;
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let args = [x.into(), (&*y).into(), to_i32(OP, "rows", rows)?.into(), to_i32(OP, "cols", cols)?.into()];
+    x.device().launch(OP, rows_config(rows), &args)
+}
+
+pub fn softmax_rows_backward(
+    y: &Buffer<f32>,
+    dy: &Buffer<f32>,
+    dx: &mut Buffer<f32>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    const OP: &str = "softmax_rows_backward";
+    for (what, b) in [("y", y), ("dy", dy), ("dx", &*dx)] {
+        need(OP, what, b, rows * cols)?;
+    }
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let args = [y.into(), dy.into(), (&*dx).into(), to_i32(OP, "rows", rows)?.into(), to_i32(OP, "cols", cols)?.into()];
+    y.device().launch(OP, rows_config(rows), &args)
+}
+
+/// Which reduction over the last axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduce {
+    Sum = 0,
+    Mean = 1,
+    Max = 2,
+}
+
+pub fn reduce_rows_forward(x: &Buffer<f32>, out: &mut Buffer<f32>, rows: usize, cols: usize, op: Reduce) -> Result<()> {
+    const OP: &str = "reduce_rows_forward";
+    need(OP, "x", x, rows * cols)?;
+    need(OP, "out", out, rows)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    if cols == 0 {
+        return Err(crate::Error::Invalid(format!("{OP}: {op:?} over rows of length 0")));
+    }
+    let args =
+        [x.into(), (&*out).into(), to_i32(OP, "rows", rows)?.into(), to_i32(OP, "cols", cols)?.into(), Arg::I32(op as i32)];
+    x.device().launch(OP, rows_config(rows), &args)
+}
+
+pub fn reduce_rows_backward(
+    x: &Buffer<f32>,
+    out: &Buffer<f32>,
+    dout: &Buffer<f32>,
+    dx: &mut Buffer<f32>,
+    rows: usize,
+    cols: usize,
+    op: Reduce,
+) -> Result<()> {
+    const OP: &str = "reduce_rows_backward";
+    need(OP, "x", x, rows * cols)?;
+    need(OP, "out", out, rows)?;
+    need(OP, "dout", dout, rows)?;
+    need(OP, "dx", dx, rows * cols)?;
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let args = [
+        x.into(),
+        out.into(),
+        dout.into(),
+        (&*dx).into(),
+        to_i32(OP, "rows", rows)?.into(),
+        to_i32(OP, "cols", cols)?.into(),
+        Arg::I32(op as i32),
+    ];
+    x.device().launch(OP, rows_config(rows), &args)
+}
+
+/// out[c] = sum over rows of x[r, c]: bias gradients. Deterministic (fixed summation order).
+pub fn sum_columns(x: &Buffer<f32>, out: &mut Buffer<f32>, rows: usize, cols: usize) -> Result<()> {
+    const OP: &str = "sum_columns";
+    need(OP, "x", x, rows * cols)?;
+    need(OP, "out", out, cols)?;
+    if cols == 0 {
+        return Ok(());
+    }
+    let cfg = LaunchConfig { grid: (cols.div_ceil(32) as u32, 1, 1), block: (256, 1, 1), shared_bytes: 0 };
+    let args = [x.into(), (&*out).into(), to_i32(OP, "rows", rows)?.into(), to_i32(OP, "cols", cols)?.into()];
+    x.device().launch(OP, cfg, &args)
+}

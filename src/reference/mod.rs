@@ -1,0 +1,173 @@
+//! The oracle: f64 host implementations of every operation, as plain loops that are easy to
+//! read and obviously right. Kernels are checked against these; these are checked against
+//! finite differences (their backward passes) and, later, against PyTorch fixtures.
+
+use crate::ops::Gemm;
+
+/// Index of element (r, c) of a stored row-major operand in batch `b`.
+fn at(b: usize, stride: usize, r: usize, c: usize, ld: usize) -> usize {
+    b * stride + r * ld + c
+}
+
+/// Where op(A)[i, k] lives in A's storage.
+fn a_index(g: &Gemm, b: usize, i: usize, k: usize) -> usize {
+    if g.trans_a { at(b, g.stride_a, k, i, g.lda) } else { at(b, g.stride_a, i, k, g.lda) }
+}
+
+/// Where op(B)[k, j] lives in B's storage.
+fn b_index(g: &Gemm, b: usize, k: usize, j: usize) -> usize {
+    if g.trans_b { at(b, g.stride_b, j, k, g.ldb) } else { at(b, g.stride_b, k, j, g.ldb) }
+}
+
+/// C = alpha op(A) op(B) + beta C + bias, over the batch; elements of `c` outside the m x n
+/// windows are left as they are. beta == 0 ignores C's old values (even NaN).
+pub fn gemm(g: &Gemm, a: &[f64], b: &[f64], c: &mut [f64], bias: Option<&[f64]>) {
+    for bt in 0..g.batch {
+        for i in 0..g.m {
+            for j in 0..g.n {
+                let mut acc = 0.0;
+                for k in 0..g.k {
+                    acc += a[a_index(g, bt, i, k)] * b[b_index(g, bt, k, j)];
+                }
+                let ci = at(bt, g.stride_c, i, j, g.ldc);
+                let mut out = g.alpha as f64 * acc;
+                if g.beta != 0.0 {
+                    out += g.beta as f64 * c[ci];
+                }
+                if let Some(bias) = bias {
+                    out += bias[j];
+                }
+                c[ci] = out;
+            }
+        }
+    }
+}
+
+/// Gradients of gemm (beta = 0) for the upstream gradient `dc`: (dA, dB, dbias), each shaped
+/// like its operand's storage.
+pub fn gemm_backward(g: &Gemm, a: &[f64], b: &[f64], dc: &[f64], a_len: usize, b_len: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut da = vec![0.0; a_len];
+    let mut db = vec![0.0; b_len];
+    let mut dbias = vec![0.0; g.n];
+    let alpha = g.alpha as f64;
+    for bt in 0..g.batch {
+        for i in 0..g.m {
+            for j in 0..g.n {
+                let d = dc[at(bt, g.stride_c, i, j, g.ldc)];
+                dbias[j] += d;
+                for k in 0..g.k {
+                    da[a_index(g, bt, i, k)] += alpha * d * b[b_index(g, bt, k, j)];
+                    db[b_index(g, bt, k, j)] += alpha * a[a_index(g, bt, i, k)] * d;
+                }
+            }
+        }
+    }
+    (da, db, dbias)
+}
+
+pub fn softmax_rows_forward(x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut y = vec![0.0; rows * cols];
+    for r in 0..rows {
+        let row = &x[r * cols..(r + 1) * cols];
+        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
+        for c in 0..cols {
+            y[r * cols + c] = (row[c] - max).exp() / sum;
+        }
+    }
+    y
+}
+
+pub fn softmax_rows_backward(y: &[f64], dy: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut dx = vec![0.0; rows * cols];
+    for r in 0..rows {
+        let s = r * cols..(r + 1) * cols;
+        let dot: f64 = y[s.clone()].iter().zip(&dy[s.clone()]).map(|(a, b)| a * b).sum();
+        for i in s {
+            dx[i] = y[i] * (dy[i] - dot);
+        }
+    }
+    dx
+}
+
+pub use crate::ops::Reduce;
+
+pub fn reduce_rows_forward(x: &[f64], rows: usize, cols: usize, op: Reduce) -> Vec<f64> {
+    (0..rows)
+        .map(|r| {
+            let row = &x[r * cols..(r + 1) * cols];
+            match op {
+                Reduce::Sum => row.iter().sum(),
+                Reduce::Mean => row.iter().sum::<f64>() / cols as f64,
+                Reduce::Max => row.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            }
+        })
+        .collect()
+}
+
+/// The gradient of a max goes to the first position holding it, as in PyTorch.
+pub fn reduce_rows_backward(x: &[f64], dout: &[f64], rows: usize, cols: usize, op: Reduce) -> Vec<f64> {
+    let mut dx = vec![0.0; rows * cols];
+    for r in 0..rows {
+        let row = &x[r * cols..(r + 1) * cols];
+        match op {
+            Reduce::Sum => dx[r * cols..(r + 1) * cols].fill(dout[r]),
+            Reduce::Mean => dx[r * cols..(r + 1) * cols].fill(dout[r] / cols as f64),
+            Reduce::Max => {
+                let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let first = row.iter().position(|&v| v == max).unwrap_or(0);
+                dx[r * cols + first] = dout[r];
+            }
+        }
+    }
+    dx
+}
+
+pub fn sum_columns(x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    (0..cols).map(|c| (0..rows).map(|r| x[r * cols + c]).sum()).collect()
+}
+
+pub fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+pub fn scale(x: &[f64], alpha: f64) -> Vec<f64> {
+    x.iter().map(|v| alpha * v).collect()
+}
+
+/// The erf form of GELU, as HF BERT: x * Phi(x).
+pub fn gelu_forward(x: &[f64]) -> Vec<f64> {
+    x.iter().map(|&v| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2))).collect()
+}
+
+pub fn gelu_backward(x: &[f64], dy: &[f64]) -> Vec<f64> {
+    x.iter()
+        .zip(dy)
+        .map(|(&v, &d)| {
+            let cdf = 0.5 * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            d * (cdf + v * pdf)
+        })
+        .collect()
+}
+
+/// One AdamW step (torch.optim.AdamW semantics), in place; `step` counts from 1.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_step(
+    hp: &crate::ops::AdamW,
+    step: u64,
+    param: &mut [f64],
+    grad: &[f64],
+    m: &mut [f64],
+    v: &mut [f64],
+) {
+    let (b1, b2) = (hp.beta1 as f64, hp.beta2 as f64);
+    let bc1 = 1.0 - b1.powf(step as f64);
+    let bc2 = 1.0 - b2.powf(step as f64);
+    for i in 0..param.len() {
+        param[i] *= 1.0 - hp.lr as f64 * hp.weight_decay as f64;
+        m[i] = b1 * m[i] + (1.0 - b1) * grad[i];
+        v[i] = b2 * v[i] + (1.0 - b2) * grad[i] * grad[i];
+        param[i] -= hp.lr as f64 * (m[i] / bc1) / ((v[i] / bc2).sqrt() + hp.eps as f64);
+    }
+}

@@ -1,0 +1,52 @@
+//! Link 3 of the correctness chain: every registered kernel against the f64 reference, on
+//! fresh random inputs of awkward sizes with NaN-poisoned outputs, on the simulator under
+//! three thread schedules (and on CUDA when EMRCLASS_TEST_CUDA=1 and a GPU is present).
+
+use emrclass::check::registry::{self, Row};
+use emrclass::check::Rng;
+use emrclass::{Device, Schedule};
+
+fn run_all(dev: &Device) {
+    let seed = Rng::fresh_seed();
+    let mut rng = Rng::new(seed);
+    let mut failures: Vec<Row> = Vec::new();
+    let mut count = 0;
+    for check in registry::ALL {
+        let rows = (check.kernel)(dev, &mut rng).unwrap_or_else(|e| panic!("{}: {e}", check.name));
+        assert!(!rows.is_empty(), "{} checked nothing", check.name);
+        count += rows.len();
+        failures.extend(rows.into_iter().filter(|r| !r.passed()));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {count} kernel checks failed on {} (replay with EMRCLASS_SEED={seed}):\n{failures:#?}",
+        failures.len(),
+        dev.describe()
+    );
+}
+
+#[test]
+fn kernels_match_reference_forward_schedule() {
+    run_all(&Device::simt(Schedule::Forward));
+}
+
+#[test]
+fn kernels_match_reference_reverse_schedule() {
+    run_all(&Device::simt(Schedule::Reverse));
+}
+
+#[test]
+fn kernels_match_reference_random_schedule() {
+    run_all(&Device::simt(Schedule::Random(Rng::fresh_seed())));
+}
+
+/// On a machine with a GPU, `EMRCLASS_TEST_CUDA=1` makes this test require and use it.
+#[test]
+fn kernels_match_reference_on_cuda_when_requested() {
+    if std::env::var("EMRCLASS_TEST_CUDA").as_deref() != Ok("1") {
+        eprintln!("EMRCLASS_TEST_CUDA is not 1: the CUDA run is left to scripts/gpu-check.sh");
+        return;
+    }
+    let dev = Device::cuda().expect("EMRCLASS_TEST_CUDA=1 but no usable CUDA device");
+    run_all(&dev);
+}
