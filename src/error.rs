@@ -9,19 +9,31 @@ pub enum Error {
     #[error("CUDA: {0}")]
     Cuda(String),
     #[error("NVRTC could not compile {file} for {arch}:\n{log}")]
-    Compile { file: String, arch: String, log: String },
+    Compile {
+        file: String,
+        arch: String,
+        log: String,
+    },
     #[error("simulator: {0}")]
     Simt(String),
     #[error(
         "memory budget exceeded: {request} bytes requested for {what} with {live} bytes live; the budget is {budget} bytes"
     )]
-    OutOfBudget { what: String, request: usize, live: usize, budget: usize },
+    OutOfBudget {
+        what: String,
+        request: usize,
+        live: usize,
+        budget: usize,
+    },
     #[error("no kernel named `{0}` (see `emrclass kernels` for the list)")]
     UnknownKernel(String),
     #[error("kernel `{kernel}`: {message}")]
     BadLaunch { kernel: String, message: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -30,7 +42,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 

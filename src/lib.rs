@@ -3,9 +3,11 @@
 //! (`kernels/*.cu`) compiled at run time by NVRTC; the same kernels also run on the CPU
 //! through the SIMT simulator, and every kernel is checked against an f64 reference.
 
+pub mod bench;
 pub mod check;
 pub mod device;
 pub mod error;
+pub mod kernel_report;
 pub mod ops;
 pub mod reference;
 

@@ -1,1 +1,167 @@
-fn main() {}
+//! The `emrclass` command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use emrclass::check::{registry, Rng};
+use emrclass::device::{parse_bytes, DeviceChoice};
+use emrclass::{bench, kernel_report, Device, Result, Schedule};
+
+#[derive(Parser)]
+#[command(
+    name = "emrclass",
+    version,
+    about = "GPU training engine for unbalanced Chinese EMR classification"
+)]
+struct Cli {
+    /// Where kernels run: a CUDA GPU, the CPU SIMT simulator, or CUDA when usable else the simulator.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto, global = true)]
+    device: DeviceChoice,
+    /// Device memory the engine may allocate, e.g. 4GiB (a GTX 1050 Ti). Unlimited when absent.
+    #[arg(long, global = true)]
+    memory_budget: Option<String>,
+    /// Simulator thread order between barriers (a missing barrier shows under reverse or random).
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Forward, global = true)]
+    schedule: ScheduleArg,
+    /// Seed for random inputs and the random schedule (default: fresh each run, printed).
+    #[arg(long, global = true)]
+    seed: Option<u64>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScheduleArg {
+    Forward,
+    Reverse,
+    Random,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compile every kernel with NVRTC for sm_61 and sm_90 and print registers, spills, shared
+    /// memory and GTX 1050 Ti occupancy. Needs NVRTC 12.x, no GPU.
+    Kernels,
+    /// Time kernels and print GFLOP/s, GB/s and the fraction of the card's roofline.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+    /// Check each op's f64 reference against finite differences and its kernels against the
+    /// reference on fresh random inputs. Non-zero exit status on any failure.
+    Gradcheck {
+        /// Ops to check (all when none given): gemm, softmax, reduce, sum_columns, add, scale, gelu, adamw, convert_f16.
+        ops: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// C = A B, row-major fp32, square sizes.
+    Gemm {
+        /// Sizes (m = n = k). Default: 64,128,256 on the simulator; 256..4096 on CUDA.
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
+        /// Timed repetitions per size (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
+}
+
+fn open_device(cli: &Cli, seed: u64) -> Result<Device> {
+    let (dev, fallback) = Device::open(cli.device)?;
+    dev.set_schedule(match cli.schedule {
+        ScheduleArg::Forward => Schedule::Forward,
+        ScheduleArg::Reverse => Schedule::Reverse,
+        ScheduleArg::Random => Schedule::Random(seed),
+    });
+    let dev = match &cli.memory_budget {
+        Some(b) => dev.with_budget(parse_bytes(b)?),
+        None => dev,
+    };
+    match fallback {
+        Some(why) => eprintln!("device: {} (auto: CUDA unavailable: {why})", dev.describe()),
+        None => eprintln!("device: {}", dev.describe()),
+    }
+    Ok(dev)
+}
+
+fn run(cli: &Cli) -> Result<bool> {
+    let seed = cli.seed.unwrap_or_else(Rng::fresh_seed);
+    match &cli.command {
+        Command::Kernels => {
+            let rows = kernel_report::build()?;
+            kernel_report::print(&rows);
+            let problems = kernel_report::problems(&rows);
+            for p in &problems {
+                eprintln!("problem: {p}");
+            }
+            Ok(problems.is_empty())
+        }
+        Command::Bench {
+            what: BenchWhat::Gemm { sizes, reps },
+        } => {
+            let dev = open_device(cli, seed)?;
+            let sizes = if !sizes.is_empty() {
+                sizes.clone()
+            } else if dev.is_cuda() {
+                vec![256, 512, 1024, 2048, 4096]
+            } else {
+                vec![64, 128, 256]
+            };
+            let mut rows = Vec::new();
+            for &s in &sizes {
+                rows.push(bench::gemm(&dev, s, s, s, *reps)?);
+                if !dev.is_cuda() {
+                    rows.push(bench::host_naive_gemm(&dev, s, s, s));
+                }
+            }
+            bench::print_gemm(&rows);
+            Ok(true)
+        }
+        Command::Gradcheck { ops } => {
+            let dev = open_device(cli, seed)?;
+            let checks = registry::select(ops)?;
+            println!("seed {seed} (replay with --seed {seed})");
+            let mut rng = Rng::new(seed);
+            let mut rows = Vec::new();
+            for c in &checks {
+                if let Some(gradient) = c.gradient {
+                    rows.extend(gradient(&mut rng));
+                }
+                rows.extend((c.kernel)(&dev, &mut rng)?);
+            }
+            println!(
+                "{:<22} {:<9} {:<28} {:<34} {:>10} {:>8}  result",
+                "op", "check", "device", "sizes", "error", "tol"
+            );
+            for r in &rows {
+                println!(
+                    "{:<22} {:<9} {:<28} {:<34} {:>10.2e} {:>8.0e}  {}",
+                    r.op,
+                    r.check,
+                    r.device,
+                    r.sizes,
+                    r.error,
+                    r.tolerance,
+                    if r.passed() { "pass" } else { "FAIL" }
+                );
+            }
+            let failed = rows.iter().filter(|r| !r.passed()).count();
+            println!("{} passed, {failed} failed", rows.len() - failed);
+            Ok(failed == 0)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -14,10 +14,15 @@ impl Rng {
 
     /// A seed from EMRCLASS_SEED when set (to replay a failure), else from the clock.
     pub fn fresh_seed() -> u64 {
-        if let Some(s) = std::env::var("EMRCLASS_SEED").ok().and_then(|s| s.parse().ok()) {
+        if let Some(s) = std::env::var("EMRCLASS_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
             return s;
         }
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
     }
 
@@ -43,14 +48,20 @@ impl Rng {
 
     /// `n` values drawn from N(0, scale^2), already rounded to f32 (what a kernel will see).
     pub fn normals(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| (self.normal() * scale) as f32 as f64).collect()
+        (0..n)
+            .map(|_| (self.normal() * scale) as f32 as f64)
+            .collect()
     }
 }
 
 /// ||out - ref|| / ||ref|| (plain ||out - ref|| when ref is all zeros). NaN anywhere in `out`
 /// makes the result NaN, which fails every tolerance.
 pub fn relative_error(out: &[f32], reference: &[f64]) -> f64 {
-    assert_eq!(out.len(), reference.len(), "output and reference differ in length");
+    assert_eq!(
+        out.len(),
+        reference.len(),
+        "output and reference differ in length"
+    );
     let mut diff = 0.0;
     let mut norm = 0.0;
     for (&o, &r) in out.iter().zip(reference) {
@@ -60,7 +71,11 @@ pub fn relative_error(out: &[f32], reference: &[f64]) -> f64 {
         diff += (o as f64 - r) * (o as f64 - r);
         norm += r * r;
     }
-    if norm == 0.0 { diff.sqrt() } else { (diff / norm).sqrt() }
+    if norm == 0.0 {
+        diff.sqrt()
+    } else {
+        (diff / norm).sqrt()
+    }
 }
 
 pub fn to_f32(v: &[f64]) -> Vec<f32> {
@@ -83,11 +98,21 @@ pub struct GradCheck {
 /// Compares `analytic` (the gradient of `f` at `x`) with central differences in f64.
 /// Error per element: |a - n| / max(|a|, |n|, floor), with floor = 1e-3 * max|a| so that
 /// elements whose true gradient is ~0 are judged on the gradient's scale, not their own.
-pub fn finite_difference(f: impl Fn(&[f64]) -> f64, x: &[f64], analytic: &[f64], h: f64) -> GradCheck {
+pub fn finite_difference(
+    f: impl Fn(&[f64]) -> f64,
+    x: &[f64],
+    analytic: &[f64],
+    h: f64,
+) -> GradCheck {
     assert_eq!(x.len(), analytic.len());
     let scale = analytic.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let floor = (1e-3 * scale).max(1e-12);
-    let mut worst = GradCheck { worst_index: 0, worst_error: 0.0, analytic: 0.0, numeric: 0.0 };
+    let mut worst = GradCheck {
+        worst_index: 0,
+        worst_error: 0.0,
+        analytic: 0.0,
+        numeric: 0.0,
+    };
     let mut xp = x.to_vec();
     for i in 0..x.len() {
         xp[i] = x[i] + h;
@@ -98,7 +123,12 @@ pub fn finite_difference(f: impl Fn(&[f64]) -> f64, x: &[f64], analytic: &[f64],
         let numeric = (up - down) / (2.0 * h);
         let err = (analytic[i] - numeric).abs() / analytic[i].abs().max(numeric.abs()).max(floor);
         if err > worst.worst_error || err.is_nan() {
-            worst = GradCheck { worst_index: i, worst_error: err, analytic: analytic[i], numeric };
+            worst = GradCheck {
+                worst_index: i,
+                worst_error: err,
+                analytic: analytic[i],
+                numeric,
+            };
         }
     }
     worst

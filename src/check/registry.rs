@@ -39,15 +39,51 @@ pub struct OpCheck {
 }
 
 pub static ALL: &[OpCheck] = &[
-    OpCheck { name: "gemm", gradient: Some(gemm_gradient), kernel: gemm_kernel },
-    OpCheck { name: "softmax", gradient: Some(softmax_gradient), kernel: softmax_kernel },
-    OpCheck { name: "reduce", gradient: Some(reduce_gradient), kernel: reduce_kernel },
-    OpCheck { name: "sum_columns", gradient: Some(sum_columns_gradient), kernel: sum_columns_kernel },
-    OpCheck { name: "add", gradient: Some(add_gradient), kernel: add_kernel },
-    OpCheck { name: "scale", gradient: Some(scale_gradient), kernel: scale_kernel },
-    OpCheck { name: "gelu", gradient: Some(gelu_gradient), kernel: gelu_kernel },
-    OpCheck { name: "adamw", gradient: None, kernel: adamw_kernel },
-    OpCheck { name: "convert_f16", gradient: None, kernel: convert_kernel },
+    OpCheck {
+        name: "gemm",
+        gradient: Some(gemm_gradient),
+        kernel: gemm_kernel,
+    },
+    OpCheck {
+        name: "softmax",
+        gradient: Some(softmax_gradient),
+        kernel: softmax_kernel,
+    },
+    OpCheck {
+        name: "reduce",
+        gradient: Some(reduce_gradient),
+        kernel: reduce_kernel,
+    },
+    OpCheck {
+        name: "sum_columns",
+        gradient: Some(sum_columns_gradient),
+        kernel: sum_columns_kernel,
+    },
+    OpCheck {
+        name: "add",
+        gradient: Some(add_gradient),
+        kernel: add_kernel,
+    },
+    OpCheck {
+        name: "scale",
+        gradient: Some(scale_gradient),
+        kernel: scale_kernel,
+    },
+    OpCheck {
+        name: "gelu",
+        gradient: Some(gelu_gradient),
+        kernel: gelu_kernel,
+    },
+    OpCheck {
+        name: "adamw",
+        gradient: None,
+        kernel: adamw_kernel,
+    },
+    OpCheck {
+        name: "convert_f16",
+        gradient: None,
+        kernel: convert_kernel,
+    },
 ];
 
 /// The entries named (all when `names` is empty), or an error naming the unknown one.
@@ -67,11 +103,25 @@ pub fn select(names: &[String]) -> Result<Vec<&'static OpCheck>> {
 }
 
 fn grad_row(op: &str, sizes: String, error: f64) -> Row {
-    Row { op: op.into(), check: "gradient", device: "f64 reference".into(), sizes, error, tolerance: GRADIENT_TOLERANCE }
+    Row {
+        op: op.into(),
+        check: "gradient",
+        device: "f64 reference".into(),
+        sizes,
+        error,
+        tolerance: GRADIENT_TOLERANCE,
+    }
 }
 
 fn kernel_row(op: &str, dev: &Device, sizes: String, error: f64) -> Row {
-    Row { op: op.into(), check: "kernel", device: dev.describe(), sizes, error, tolerance: KERNEL_TOLERANCE }
+    Row {
+        op: op.into(),
+        check: "kernel",
+        device: dev.describe(),
+        sizes,
+        error,
+        tolerance: KERNEL_TOLERANCE,
+    }
 }
 
 fn up(dev: &Device, v: &[f64], what: &str) -> Result<Buffer<f32>> {
@@ -89,7 +139,15 @@ fn poisoned(dev: &Device, n: usize, what: &str) -> Result<Buffer<f32>> {
 /// appears; some have padded leading dimensions, batches, bias and beta != 0.
 fn gemm_cases() -> Vec<(Gemm, bool)> {
     let mut cases = Vec::new();
-    let shapes = [(1, 1, 1), (7, 13, 5), (64, 64, 16), (65, 63, 17), (33, 1, 70), (1, 129, 3), (96, 128, 64)];
+    let shapes = [
+        (1, 1, 1),
+        (7, 13, 5),
+        (64, 64, 16),
+        (65, 63, 17),
+        (33, 1, 70),
+        (1, 129, 3),
+        (96, 128, 64),
+    ];
     for (idx, &(m, n, k)) in shapes.iter().enumerate() {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             if (idx + ta as usize + 2 * tb as usize) % 2 == 1 && m * n > 1000 {
@@ -118,8 +176,14 @@ fn gemm_cases() -> Vec<(Gemm, bool)> {
 fn gemm_lengths(g: &Gemm) -> (usize, usize, usize) {
     let (ar, ac) = g.a_dims();
     let (br, bc) = g.b_dims();
-    let span = |rows: usize, cols: usize, ld: usize, stride: usize| (g.batch - 1) * stride + (rows - 1) * ld + cols;
-    (span(ar, ac, g.lda, g.stride_a), span(br, bc, g.ldb, g.stride_b), span(g.m, g.n, g.ldc, g.stride_c))
+    let span = |rows: usize, cols: usize, ld: usize, stride: usize| {
+        (g.batch - 1) * stride + (rows - 1) * ld + cols
+    };
+    (
+        span(ar, ac, g.lda, g.stride_a),
+        span(br, bc, g.ldb, g.stride_b),
+        span(g.m, g.n, g.ldc, g.stride_c),
+    )
 }
 
 fn gemm_sizes(g: &Gemm, bias: bool) -> String {
@@ -144,10 +208,18 @@ fn gemm_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         let b = rng.normals(lb, 1.0);
         let bias = rng.normals(g.n, 1.0);
         // With beta = 0, C starts as NaN and must be ignored; otherwise it starts random.
-        let c0: Vec<f64> = if g.beta != 0.0 { rng.normals(lc, 1.0) } else { vec![f64::NAN; lc] };
+        let c0: Vec<f64> = if g.beta != 0.0 {
+            rng.normals(lc, 1.0)
+        } else {
+            vec![f64::NAN; lc]
+        };
         let mut expect = c0.clone();
         r::gemm(&g, &a, &b, &mut expect, with_bias.then_some(&bias[..]));
-        let (da, db, dbias) = (up(dev, &a, "A")?, up(dev, &b, "B")?, up(dev, &bias, "bias")?);
+        let (da, db, dbias) = (
+            up(dev, &a, "A")?,
+            up(dev, &b, "B")?,
+            up(dev, &bias, "bias")?,
+        );
         let mut dc = dev.upload(&to_f32(&c0), "C")?;
         ops::gemm(&g, &da, &db, &mut dc, with_bias.then_some(&dbias))?;
         let out = dc.to_host()?;
@@ -168,7 +240,11 @@ fn gemm_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
                 untouched = false;
             }
         }
-        let err = if untouched { relative_error(&o, &e) } else { f64::INFINITY };
+        let err = if untouched {
+            relative_error(&o, &e)
+        } else {
+            f64::INFINITY
+        };
         rows.push(kernel_row("gemm", dev, gemm_sizes(&g, with_bias), err));
     }
     Ok(rows)
@@ -176,7 +252,10 @@ fn gemm_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
 
 fn gemm_gradient(rng: &mut Rng) -> Vec<Row> {
     let mut rows = Vec::new();
-    for (g, with_bias) in gemm_cases().into_iter().filter(|(g, _)| g.m * g.n * g.k < 5000) {
+    for (g, with_bias) in gemm_cases()
+        .into_iter()
+        .filter(|(g, _)| g.m * g.n * g.k < 5000)
+    {
         let g = Gemm { beta: 0.0, ..g };
         let (la, lb, lc) = gemm_lengths(&g);
         let a = rng.normals(la, 1.0);
@@ -192,7 +271,8 @@ fn gemm_gradient(rng: &mut Rng) -> Vec<Row> {
         let mut worst = finite_difference(|x| loss(x, &b, &bias), &a, &ga, 1e-5).worst_error;
         worst = worst.max(finite_difference(|x| loss(&a, x, &bias), &b, &gb, 1e-5).worst_error);
         if with_bias {
-            worst = worst.max(finite_difference(|x| loss(&a, &b, x), &bias, &gbias, 1e-5).worst_error);
+            worst =
+                worst.max(finite_difference(|x| loss(&a, &b, x), &bias, &gbias, 1e-5).worst_error);
         }
         rows.push(grad_row("gemm", gemm_sizes(&g, with_bias), worst));
     }
@@ -216,12 +296,22 @@ fn softmax_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         ops::softmax_rows_forward(&xb, &mut yb, n_rows, cols)?;
         let y = yb.to_host()?;
         let sizes = format!("rows={n_rows} cols={cols}");
-        rows.push(kernel_row("softmax_rows_forward", dev, sizes.clone(), relative_error(&y, &y_ref)));
+        rows.push(kernel_row(
+            "softmax_rows_forward",
+            dev,
+            sizes.clone(),
+            relative_error(&y, &y_ref),
+        ));
         // The backward kernel gets the reference's y, so its error is its own.
         let (yr, dyb) = (up(dev, &y_ref, "y")?, up(dev, &dy, "dy")?);
         let mut dxb = poisoned(dev, n, "dx")?;
         ops::softmax_rows_backward(&yr, &dyb, &mut dxb, n_rows, cols)?;
-        rows.push(kernel_row("softmax_rows_backward", dev, sizes, relative_error(&dxb.to_host()?, &dx_ref)));
+        rows.push(kernel_row(
+            "softmax_rows_backward",
+            dev,
+            sizes,
+            relative_error(&dxb.to_host()?, &dx_ref),
+        ));
     }
     Ok(rows)
 }
@@ -234,8 +324,17 @@ fn softmax_gradient(rng: &mut Rng) -> Vec<Row> {
             let w = rng.normals(n_rows * cols, 1.0);
             let y = r::softmax_rows_forward(&x, n_rows, cols);
             let g = r::softmax_rows_backward(&y, &w, n_rows, cols);
-            let chk = finite_difference(|x| weighted_sum(&r::softmax_rows_forward(x, n_rows, cols), &w), &x, &g, 1e-5);
-            grad_row("softmax_rows", format!("rows={n_rows} cols={cols}"), chk.worst_error)
+            let chk = finite_difference(
+                |x| weighted_sum(&r::softmax_rows_forward(x, n_rows, cols), &w),
+                &x,
+                &g,
+                1e-5,
+            );
+            grad_row(
+                "softmax_rows",
+                format!("rows={n_rows} cols={cols}"),
+                chk.worst_error,
+            )
         })
         .collect()
 }
@@ -255,11 +354,21 @@ fn reduce_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
             let mut ob = poisoned(dev, n_rows, "out")?;
             ops::reduce_rows_forward(&xb, &mut ob, n_rows, cols, op)?;
             let sizes = format!("{op:?} rows={n_rows} cols={cols}");
-            rows.push(kernel_row("reduce_rows_forward", dev, sizes.clone(), relative_error(&ob.to_host()?, &out_ref)));
+            rows.push(kernel_row(
+                "reduce_rows_forward",
+                dev,
+                sizes.clone(),
+                relative_error(&ob.to_host()?, &out_ref),
+            ));
             let (orf, db) = (up(dev, &out_ref, "out")?, up(dev, &dout, "dout")?);
             let mut dxb = poisoned(dev, n, "dx")?;
             ops::reduce_rows_backward(&xb, &orf, &db, &mut dxb, n_rows, cols, op)?;
-            rows.push(kernel_row("reduce_rows_backward", dev, sizes, relative_error(&dxb.to_host()?, &dx_ref)));
+            rows.push(kernel_row(
+                "reduce_rows_backward",
+                dev,
+                sizes,
+                relative_error(&dxb.to_host()?, &dx_ref),
+            ));
         }
     }
     Ok(rows)
@@ -273,8 +382,17 @@ fn reduce_gradient(rng: &mut Rng) -> Vec<Row> {
         let x = rng.normals(n_rows * cols, 1.0);
         let w = rng.normals(n_rows, 1.0);
         let g = r::reduce_rows_backward(&x, &w, n_rows, cols, op);
-        let chk = finite_difference(|x| weighted_sum(&r::reduce_rows_forward(x, n_rows, cols, op), &w), &x, &g, 1e-6);
-        rows.push(grad_row("reduce_rows", format!("{op:?} rows={n_rows} cols={cols}"), chk.worst_error));
+        let chk = finite_difference(
+            |x| weighted_sum(&r::reduce_rows_forward(x, n_rows, cols, op), &w),
+            &x,
+            &g,
+            1e-6,
+        );
+        rows.push(grad_row(
+            "reduce_rows",
+            format!("{op:?} rows={n_rows} cols={cols}"),
+            chk.worst_error,
+        ));
     }
     rows
 }
@@ -287,7 +405,12 @@ fn sum_columns_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         let xb = up(dev, &x, "x")?;
         let mut ob = poisoned(dev, cols, "out")?;
         ops::sum_columns(&xb, &mut ob, n_rows, cols)?;
-        rows.push(kernel_row("sum_columns", dev, format!("rows={n_rows} cols={cols}"), relative_error(&ob.to_host()?, &expect)));
+        rows.push(kernel_row(
+            "sum_columns",
+            dev,
+            format!("rows={n_rows} cols={cols}"),
+            relative_error(&ob.to_host()?, &expect),
+        ));
     }
     Ok(rows)
 }
@@ -298,8 +421,17 @@ fn sum_columns_gradient(rng: &mut Rng) -> Vec<Row> {
     let w = rng.normals(cols, 1.0);
     // d/dx[r, c] of sum_c w[c] * sum_r x[r, c] is w[c]: the broadcast of the upstream gradient.
     let g: Vec<f64> = (0..n_rows * cols).map(|i| w[i % cols]).collect();
-    let chk = finite_difference(|x| weighted_sum(&r::sum_columns(x, n_rows, cols), &w), &x, &g, 1e-6);
-    vec![grad_row("sum_columns", format!("rows={n_rows} cols={cols}"), chk.worst_error)]
+    let chk = finite_difference(
+        |x| weighted_sum(&r::sum_columns(x, n_rows, cols), &w),
+        &x,
+        &g,
+        1e-6,
+    );
+    vec![grad_row(
+        "sum_columns",
+        format!("rows={n_rows} cols={cols}"),
+        chk.worst_error,
+    )]
 }
 
 // ------------------------------------------------------------------ elementwise
@@ -313,13 +445,22 @@ fn add_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         let (ab, bb) = (up(dev, &a, "a")?, up(dev, &b, "b")?);
         let mut cb = poisoned(dev, n, "c")?;
         ops::add(&ab, &bb, &mut cb, n)?;
-        rows.push(kernel_row("add", dev, format!("n={n}"), relative_error(&cb.to_host()?, &r::add(&a, &b))));
+        rows.push(kernel_row(
+            "add",
+            dev,
+            format!("n={n}"),
+            relative_error(&cb.to_host()?, &r::add(&a, &b)),
+        ));
     }
     Ok(rows)
 }
 
 fn add_gradient(rng: &mut Rng) -> Vec<Row> {
-    let (a, b, w) = (rng.normals(9, 1.0), rng.normals(9, 1.0), rng.normals(9, 1.0));
+    let (a, b, w) = (
+        rng.normals(9, 1.0),
+        rng.normals(9, 1.0),
+        rng.normals(9, 1.0),
+    );
     // Both inputs receive the upstream gradient unchanged.
     let ea = finite_difference(|x| weighted_sum(&r::add(x, &b), &w), &a, &w, 1e-6).worst_error;
     let eb = finite_difference(|x| weighted_sum(&r::add(&a, x), &w), &b, &w, 1e-6).worst_error;
@@ -334,7 +475,12 @@ fn scale_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         let xb = up(dev, &x, "x")?;
         let mut yb = poisoned(dev, n, "y")?;
         ops::scale(&xb, &mut yb, alpha, n)?;
-        rows.push(kernel_row("scale", dev, format!("n={n}"), relative_error(&yb.to_host()?, &r::scale(&x, alpha as f64))));
+        rows.push(kernel_row(
+            "scale",
+            dev,
+            format!("n={n}"),
+            relative_error(&yb.to_host()?, &r::scale(&x, alpha as f64)),
+        ));
     }
     Ok(rows)
 }
@@ -354,12 +500,22 @@ fn gelu_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         let xb = up(dev, &x, "x")?;
         let mut yb = poisoned(dev, n, "y")?;
         ops::gelu_forward(&xb, &mut yb, n)?;
-        rows.push(kernel_row("gelu_forward", dev, format!("n={n}"), relative_error(&yb.to_host()?, &r::gelu_forward(&x))));
+        rows.push(kernel_row(
+            "gelu_forward",
+            dev,
+            format!("n={n}"),
+            relative_error(&yb.to_host()?, &r::gelu_forward(&x)),
+        ));
         let dyb = up(dev, &dy, "dy")?;
         let mut dxb = poisoned(dev, n, "dx")?;
         ops::gelu_backward(&xb, &dyb, &mut dxb, n)?;
         let expect = r::gelu_backward(&x, &dy);
-        rows.push(kernel_row("gelu_backward", dev, format!("n={n}"), relative_error(&dxb.to_host()?, &expect)));
+        rows.push(kernel_row(
+            "gelu_backward",
+            dev,
+            format!("n={n}"),
+            relative_error(&dxb.to_host()?, &expect),
+        ));
     }
     Ok(rows)
 }
@@ -375,12 +531,20 @@ fn gelu_gradient(rng: &mut Rng) -> Vec<Row> {
 
 fn adamw_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let hp = AdamW { lr: 2e-3, weight_decay: 0.05, ..AdamW::default() };
+    let hp = AdamW {
+        lr: 2e-3,
+        weight_decay: 0.05,
+        ..AdamW::default()
+    };
     for n in [1usize, 257, 100_003] {
         let mut p = rng.normals(n, 1.0);
         let mut m = vec![0.0; n];
         let mut v = vec![0.0; n];
-        let (mut pb, mut mb, mut vb) = (up(dev, &p, "param")?, dev.zeros(n, "m")?, dev.zeros(n, "v")?);
+        let (mut pb, mut mb, mut vb) = (
+            up(dev, &p, "param")?,
+            dev.zeros(n, "m")?,
+            dev.zeros(n, "v")?,
+        );
         // Three steps, so the moments and bias corrections are exercised past step 1.
         for step in 1..=3u64 {
             let g = rng.normals(n, 1.0);
@@ -398,7 +562,20 @@ fn adamw_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
 /// f32 -> f16 -> f32 must match the `half` crate's round-to-nearest-even bit for bit, over
 /// normals, subnormals, ties, overflow, infinities and NaN.
 fn convert_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
-    let mut x: Vec<f32> = vec![0.0, -0.0, 1.0, 65504.0, 65520.0, 1e6, -1e6, f32::INFINITY, f32::NEG_INFINITY, 6e-8, 3e-8, 1e-4];
+    let mut x: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        65504.0,
+        65520.0,
+        1e6,
+        -1e6,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        6e-8,
+        3e-8,
+        1e-4,
+    ];
     x.push(f32::from_bits(0x3f80_1000)); // exactly halfway between two halves: ties to even
     x.push(f32::from_bits(0x3f80_3000));
     x.extend((0..1000).map(|_| (rng.normal() * 10f64.powf(rng.uniform() * 12.0 - 8.0)) as f32));
@@ -413,7 +590,10 @@ fn convert_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         .iter()
         .zip(&halves)
         .zip(&back)
-        .filter(|((&v, h), &b)| h.to_bits() != half::f16::from_f32(v).to_bits() || b.to_bits() != half::f16::from_f32(v).to_f32().to_bits())
+        .filter(|((&v, h), &b)| {
+            h.to_bits() != half::f16::from_f32(v).to_bits()
+                || b.to_bits() != half::f16::from_f32(v).to_f32().to_bits()
+        })
         .count();
     Ok(vec![Row {
         op: "convert_f32_f16".into(),

@@ -17,6 +17,34 @@ pub struct CudaInfo {
     pub minor: i32,
     pub multiprocessors: i32,
     pub total_bytes: usize,
+    /// Peak SM clock and memory clock in kHz, and the memory bus width: for the roofline.
+    pub clock_khz: i32,
+    pub memory_clock_khz: i32,
+    pub bus_width_bits: i32,
+}
+
+impl CudaInfo {
+    /// FP32 lanes per SM by architecture (CUDA C++ Programming Guide, arithmetic throughput).
+    pub fn fp32_cores_per_sm(&self) -> i32 {
+        match (self.major, self.minor) {
+            (6, 0) | (7, _) | (8, 0) => 64,
+            _ => 128,
+        }
+    }
+
+    /// Peak fp32 FLOP/s: SMs x lanes x 2 (an FMA) x clock.
+    pub fn peak_flops(&self) -> f64 {
+        self.multiprocessors as f64
+            * self.fp32_cores_per_sm() as f64
+            * 2.0
+            * self.clock_khz as f64
+            * 1e3
+    }
+
+    /// Peak DRAM bytes/s: double data rate x bus width.
+    pub fn peak_bandwidth(&self) -> f64 {
+        2.0 * self.memory_clock_khz as f64 * 1e3 * self.bus_width_bits as f64 / 8.0
+    }
 }
 
 pub(super) struct CudaBackend {
@@ -49,10 +77,14 @@ impl CudaBackend {
             return Err(missing_driver());
         }
         nvrtc::ensure_loaded()?;
-        result::init().map_err(|e| Error::Cuda(format!("cuInit failed ({e:?}): is an NVIDIA GPU visible?")))?;
+        result::init().map_err(|e| {
+            Error::Cuda(format!("cuInit failed ({e:?}): is an NVIDIA GPU visible?"))
+        })?;
         let count = result::device::get_count()?;
         if count <= ordinal {
-            return Err(Error::Cuda(format!("no CUDA device {ordinal}: {count} found")));
+            return Err(Error::Cuda(format!(
+                "no CUDA device {ordinal}: {count} found"
+            )));
         }
         let dev = result::device::get(ordinal)?;
         // SAFETY: dev comes from device::get; the attributes and total_mem are plain queries,
@@ -63,12 +95,26 @@ impl CudaBackend {
                 name: result::device::get_name(dev)?,
                 major: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
                 minor: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
-                multiprocessors: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+                multiprocessors: attr(
+                    sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                )?,
                 total_bytes: result::device::total_mem(dev)?,
+                clock_khz: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)?,
+                memory_clock_khz: attr(
+                    sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE,
+                )?,
+                bus_width_bits: attr(
+                    sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH,
+                )?,
             };
             let context = result::primary_ctx::retain(dev)?;
             result::ctx::set_current(context)?;
-            Ok(CudaBackend { info, context, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) })
+            Ok(CudaBackend {
+                info,
+                context,
+                modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
+            })
         }
     }
 
@@ -128,7 +174,10 @@ impl CudaBackend {
         let module = match modules.get(info.file) {
             Some(&m) => m,
             None => {
-                let file = KERNEL_FILES.iter().find(|f| f.name == info.file).expect("every kernel's file is embedded");
+                let file = KERNEL_FILES
+                    .iter()
+                    .find(|f| f.name == info.file)
+                    .expect("every kernel's file is embedded");
                 let cubin = nvrtc::cached_cubin(file, &self.arch())?;
                 // SAFETY: cubin is a complete image for this device's architecture; the
                 // driver copies it during the call.
@@ -143,13 +192,27 @@ impl CudaBackend {
         Ok(f)
     }
 
-    pub fn launch(&self, info: &KernelInfo, cfg: &LaunchConfig, params: &mut [*mut c_void]) -> Result<()> {
+    pub fn launch(
+        &self,
+        info: &KernelInfo,
+        cfg: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
         self.bind()?;
         let f = self.function(info)?;
         // SAFETY: params holds one pointer per kernel parameter (checked against the parsed
         // signature) to 8-byte slots that live until the call returns; the driver copies the
         // values at launch. Buffer addresses are live device allocations.
-        unsafe { result::launch_kernel(f, cfg.grid, cfg.block, cfg.shared_bytes, std::ptr::null_mut(), params)? };
+        unsafe {
+            result::launch_kernel(
+                f,
+                cfg.grid,
+                cfg.block,
+                cfg.shared_bytes,
+                std::ptr::null_mut(),
+                params,
+            )?
+        };
         Ok(())
     }
 

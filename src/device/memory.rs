@@ -12,7 +12,11 @@ pub struct MemoryCounter {
 
 impl MemoryCounter {
     pub fn new(budget: usize) -> Self {
-        MemoryCounter { live: AtomicUsize::new(0), peak: AtomicUsize::new(0), budget: AtomicUsize::new(budget) }
+        MemoryCounter {
+            live: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            budget: AtomicUsize::new(budget),
+        }
     }
 
     pub fn live(&self) -> usize {
@@ -35,9 +39,17 @@ impl MemoryCounter {
         loop {
             let next = live.checked_add(bytes).filter(|&n| n <= budget);
             let Some(next) = next else {
-                return Err(Error::OutOfBudget { what: what.to_string(), request: bytes, live, budget });
+                return Err(Error::OutOfBudget {
+                    what: what.to_string(),
+                    request: bytes,
+                    live,
+                    budget,
+                });
             };
-            match self.live.compare_exchange(live, next, Ordering::SeqCst, Ordering::SeqCst) {
+            match self
+                .live
+                .compare_exchange(live, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
                 Ok(_) => {
                     self.peak.fetch_max(next, Ordering::SeqCst);
                     return Ok(());
@@ -58,10 +70,11 @@ pub fn parse_bytes(text: &str) -> Result<usize> {
     let t = text.trim();
     let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| Error::Invalid(format!("`{text}` is not a byte count (try 4GiB, 512MiB or 1000000)")))?;
+    let value: f64 = num.trim().parse().map_err(|_| {
+        Error::Invalid(format!(
+            "`{text}` is not a byte count (try 4GiB, 512MiB or 1000000)"
+        ))
+    })?;
     let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kib" => 1024.0,
@@ -70,7 +83,11 @@ pub fn parse_bytes(text: &str) -> Result<usize> {
         "kb" => 1e3,
         "mb" => 1e6,
         "gb" => 1e9,
-        other => return Err(Error::Invalid(format!("`{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)"))),
+        other => {
+            return Err(Error::Invalid(format!(
+                "`{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)"
+            )))
+        }
     };
     if !(value >= 0.0 && value.is_finite()) {
         return Err(Error::Invalid(format!("`{text}` is not a byte count")));

@@ -62,7 +62,10 @@ mod table {
 pub use table::{COMMON_HEADER, KERNELS, KERNEL_FILES};
 
 pub fn kernel_info(name: &str) -> Result<&'static KernelInfo> {
-    KERNELS.iter().find(|k| k.name == name).ok_or_else(|| Error::UnknownKernel(name.to_string()))
+    KERNELS
+        .iter()
+        .find(|k| k.name == name)
+        .ok_or_else(|| Error::UnknownKernel(name.to_string()))
 }
 
 /// Element types a device buffer may hold.
@@ -164,7 +167,11 @@ impl LaunchConfig {
     /// (grid-stride kernels finish the rest).
     pub fn for_elements(n: usize, threads: u32, max_blocks: u32) -> Self {
         let blocks = n.div_ceil(threads as usize).clamp(1, max_blocks as usize) as u32;
-        LaunchConfig { grid: (blocks, 1, 1), block: (threads, 1, 1), shared_bytes: 0 }
+        LaunchConfig {
+            grid: (blocks, 1, 1),
+            block: (threads, 1, 1),
+            shared_bytes: 0,
+        }
     }
 }
 
@@ -202,7 +209,10 @@ impl Device {
 
     /// The first CUDA GPU, or an error that says which library or device is missing.
     pub fn cuda() -> Result<Device> {
-        Ok(Device::with_backend(Backend::Cuda(cuda::CudaBackend::new(0)?), usize::MAX))
+        Ok(Device::with_backend(
+            Backend::Cuda(cuda::CudaBackend::new(0)?),
+            usize::MAX,
+        ))
     }
 
     /// `auto` tries CUDA and falls back to the simulator; the second value says why when it did.
@@ -218,7 +228,10 @@ impl Device {
     }
 
     fn with_backend(backend: Backend, budget: usize) -> Device {
-        Device(Arc::new(Inner { backend, memory: MemoryCounter::new(budget) }))
+        Device(Arc::new(Inner {
+            backend,
+            memory: MemoryCounter::new(budget),
+        }))
     }
 
     /// The same device with a byte budget that allocations may not pass.
@@ -238,7 +251,10 @@ impl Device {
     /// A short description: "simt (schedule: reverse)" or "cuda: NVIDIA GeForce GTX 1050 Ti (sm_61)".
     pub fn describe(&self) -> String {
         match &self.0.backend {
-            Backend::Cuda(c) => format!("cuda: {} (sm_{}{})", c.info.name, c.info.major, c.info.minor),
+            Backend::Cuda(c) => format!(
+                "cuda: {} (sm_{}{})",
+                c.info.name, c.info.major, c.info.minor
+            ),
             Backend::Simt(s) => format!("simt (schedule: {})", s.schedule()),
         }
     }
@@ -278,7 +294,12 @@ impl Device {
             Backend::Simt(s) => s.alloc(bytes),
         };
         match addr {
-            Ok(addr) => Ok(Buffer { addr, len, device: self.clone(), _elem: PhantomData }),
+            Ok(addr) => Ok(Buffer {
+                addr,
+                len,
+                device: self.clone(),
+                _elem: PhantomData,
+            }),
             Err(e) => {
                 self.0.memory.release(bytes);
                 Err(e)
@@ -301,8 +322,10 @@ impl Device {
         let info = kernel_info(kernel)?;
         check_launch(info, &cfg, args)?;
         let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
-        let mut params: Vec<*mut std::ffi::c_void> =
-            slots.iter_mut().map(|s| s as *mut u64 as *mut std::ffi::c_void).collect();
+        let mut params: Vec<*mut std::ffi::c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut std::ffi::c_void)
+            .collect();
         match &self.0.backend {
             Backend::Cuda(c) => c.launch(info, &cfg, &mut params),
             Backend::Simt(s) => s.launch(info, &cfg, &mut params),
@@ -332,16 +355,29 @@ impl Device {
 }
 
 fn check_launch(info: &KernelInfo, cfg: &LaunchConfig, args: &[Arg]) -> Result<()> {
-    let bad = |message: String| Err(Error::BadLaunch { kernel: info.name.to_string(), message });
+    let bad = |message: String| {
+        Err(Error::BadLaunch {
+            kernel: info.name.to_string(),
+            message,
+        })
+    };
     if args.len() != info.params.len() {
-        return bad(format!("takes {} arguments, {} given", info.params.len(), args.len()));
+        return bad(format!(
+            "takes {} arguments, {} given",
+            info.params.len(),
+            args.len()
+        ));
     }
     for (i, (arg, p)) in args.iter().zip(info.params).enumerate() {
         let ok = match (arg, p.kind) {
             (Arg::Ptr(_, k), want) => *k == want,
             (Arg::Null, k) => matches!(
                 k,
-                ParamKind::PtrF32 | ParamKind::PtrF16 | ParamKind::PtrI32 | ParamKind::PtrU32 | ParamKind::PtrU8
+                ParamKind::PtrF32
+                    | ParamKind::PtrF16
+                    | ParamKind::PtrI32
+                    | ParamKind::PtrU32
+                    | ParamKind::PtrU8
             ),
             (Arg::F32(_), ParamKind::F32)
             | (Arg::I32(_), ParamKind::I32)
@@ -351,14 +387,25 @@ fn check_launch(info: &KernelInfo, cfg: &LaunchConfig, args: &[Arg]) -> Result<(
             _ => false,
         };
         if !ok {
-            return bad(format!("argument {i} (`{}`) must be {:?}, got {:?}", p.name, p.kind, arg));
+            return bad(format!(
+                "argument {i} (`{}`) must be {:?}, got {:?}",
+                p.name, p.kind, arg
+            ));
         }
     }
     let threads = cfg.block.0 as u64 * cfg.block.1 as u64 * cfg.block.2 as u64;
     if threads == 0 || threads > 1024 {
-        return bad(format!("block {:?} has {threads} threads; 1..=1024 allowed", cfg.block));
+        return bad(format!(
+            "block {:?} has {threads} threads; 1..=1024 allowed",
+            cfg.block
+        ));
     }
-    if cfg.grid.0 == 0 || cfg.grid.1 == 0 || cfg.grid.2 == 0 || cfg.grid.1 > 65535 || cfg.grid.2 > 65535 {
+    if cfg.grid.0 == 0
+        || cfg.grid.1 == 0
+        || cfg.grid.2 == 0
+        || cfg.grid.1 > 65535
+        || cfg.grid.2 > 65535
+    {
         return bad(format!("grid {:?} is empty or too large", cfg.grid));
     }
     if cfg.shared_bytes > MAX_SHARED_BYTES_PER_BLOCK {
@@ -394,8 +441,15 @@ impl<T: Elem> Buffer<T> {
 
     /// An argument pointing `offset` elements into this buffer.
     pub fn arg_at(&self, offset: usize) -> Arg {
-        assert!(offset <= self.len, "offset {offset} past a buffer of {}", self.len);
-        Arg::Ptr(self.addr + (offset * std::mem::size_of::<T>()) as u64, T::PARAM)
+        assert!(
+            offset <= self.len,
+            "offset {offset} past a buffer of {}",
+            self.len
+        );
+        Arg::Ptr(
+            self.addr + (offset * std::mem::size_of::<T>()) as u64,
+            T::PARAM,
+        )
     }
 
     pub fn copy_from_host(&mut self, data: &[T]) -> Result<()> {
@@ -413,7 +467,9 @@ impl<T: Elem> Buffer<T> {
             Backend::Simt(_) => {
                 // SAFETY: addr points to a live allocation of exactly self.bytes() bytes that
                 // this buffer owns, and `bytes` has the same length.
-                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.addr as *mut u8, bytes.len()) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.addr as *mut u8, bytes.len())
+                };
                 Ok(())
             }
         }
@@ -427,7 +483,13 @@ impl<T: Elem> Buffer<T> {
             Backend::Simt(_) => {
                 // SAFETY: as in copy_from_host; the simulator has finished every launch
                 // before it returns, so nothing writes the buffer concurrently.
-                unsafe { std::ptr::copy_nonoverlapping(self.addr as *const u8, bytes.as_mut_ptr(), bytes.len()) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        self.addr as *const u8,
+                        bytes.as_mut_ptr(),
+                        bytes.len(),
+                    )
+                };
             }
         }
         Ok(out)

@@ -34,11 +34,23 @@ fn candidate_dirs() -> Vec<PathBuf> {
             dirs.push(up.join(wheel_lib));
         }
     }
-    dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join(wheel_lib));
-    for python in ["python3.13", "python3.12", "python3.11", "python3.10", "python3.9"] {
+    dirs.push(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(wheel_lib),
+    );
+    for python in [
+        "python3.13",
+        "python3.12",
+        "python3.11",
+        "python3.10",
+        "python3.9",
+    ] {
         for prefix in ["/usr/local/lib", "/usr/lib", "/opt/conda/lib"] {
             for site in ["site-packages", "dist-packages"] {
-                dirs.push(PathBuf::from(format!("{prefix}/{python}/{site}/nvidia/cuda_nvrtc/lib")));
+                dirs.push(PathBuf::from(format!(
+                    "{prefix}/{python}/{site}/nvidia/cuda_nvrtc/lib"
+                )));
             }
         }
     }
@@ -78,11 +90,16 @@ pub fn ensure_loaded() -> Result<()> {
             }
         })
         .clone()
-        .map_err(|how| Error::MissingLibrary { library: "NVRTC (libnvrtc.so.12)".into(), how })
+        .map_err(|how| Error::MissingLibrary {
+            library: "NVRTC (libnvrtc.so.12)".into(),
+            how,
+        })
 }
 
 fn dlopen_global(path: &std::path::Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     // SAFETY: a plain dlopen of a shared library by path; the handle is deliberately never
     // closed, so the library stays resident for the process's lifetime.
     let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
@@ -110,13 +127,18 @@ fn check(rc: cudarc::nvrtc::sys::nvrtcResult, what: &str) -> Result<()> {
 /// The source NVRTC sees: `#include "common.cuh"` replaced by the header's text, so the binary
 /// carries everything it needs and never looks for files at run time.
 pub fn full_source(file: &KernelFile) -> String {
-    file.source.replace("#include \"common.cuh\"", COMMON_HEADER)
+    file.source
+        .replace("#include \"common.cuh\"", COMMON_HEADER)
 }
 
 /// The options every kernel is compiled with. No --use_fast_math: the reference tolerances
 /// assume IEEE division, square root and exp.
 pub fn options(arch: &str) -> Vec<String> {
-    vec![format!("--gpu-architecture={arch}"), "--std=c++17".into(), "--ptxas-options=-v".into()]
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".into(),
+        "--ptxas-options=-v".into(),
+    ]
 }
 
 pub struct Compiled {
@@ -128,7 +150,8 @@ pub struct Compiled {
 /// Compiles one kernel file to CUBIN for `arch` (e.g. "sm_61").
 pub fn compile(file: &KernelFile, arch: &str) -> Result<Compiled> {
     ensure_loaded()?;
-    let src = CString::new(full_source(file)).map_err(|_| Error::Invalid(format!("{} holds a NUL byte", file.name)))?;
+    let src = CString::new(full_source(file))
+        .map_err(|_| Error::Invalid(format!("{} holds a NUL byte", file.name)))?;
     let name = CString::new(file.name).unwrap();
     let prog = cudarc::nvrtc::result::create_program(&src, Some(&name))
         .map_err(|e| Error::Cuda(format!("nvrtcCreateProgram: {e:?}")))?;
@@ -141,7 +164,11 @@ pub fn compile(file: &KernelFile, arch: &str) -> Result<Compiled> {
             .map(|raw| CStr::from_ptr(raw.as_ptr()).to_string_lossy().into_owned())
             .unwrap_or_default();
         let out = match compiled {
-            Err(_) => Err(Error::Compile { file: file.name.into(), arch: arch.into(), log: log.clone() }),
+            Err(_) => Err(Error::Compile {
+                file: file.name.into(),
+                arch: arch.into(),
+                log: log.clone(),
+            }),
             Ok(()) => get_cubin(prog).map(|cubin| Compiled { cubin, log }),
         };
         let _ = cudarc::nvrtc::result::destroy_program(prog);
@@ -154,9 +181,15 @@ pub fn compile(file: &KernelFile, arch: &str) -> Result<Compiled> {
 /// `prog` must be a live, successfully compiled program for a real architecture.
 unsafe fn get_cubin(prog: cudarc::nvrtc::sys::nvrtcProgram) -> Result<Vec<u8>> {
     let mut size = 0usize;
-    check(cudarc::nvrtc::sys::nvrtcGetCUBINSize(prog, &mut size), "nvrtcGetCUBINSize")?;
+    check(
+        cudarc::nvrtc::sys::nvrtcGetCUBINSize(prog, &mut size),
+        "nvrtcGetCUBINSize",
+    )?;
     let mut cubin = vec![0u8; size];
-    check(cudarc::nvrtc::sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char), "nvrtcGetCUBIN")?;
+    check(
+        cudarc::nvrtc::sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char),
+        "nvrtcGetCUBIN",
+    )?;
     Ok(cubin)
 }
 
@@ -193,10 +226,17 @@ pub fn cached_cubin(file: &KernelFile, arch: &str) -> Result<Vec<u8>> {
     let (major, minor) = version()?;
     let src = full_source(file);
     let opts = options(arch).join(" ");
-    let key = fnv1a(&[src.as_bytes(), arch.as_bytes(), format!("{major}.{minor}").as_bytes(), opts.as_bytes()]);
+    let key = fnv1a(&[
+        src.as_bytes(),
+        arch.as_bytes(),
+        format!("{major}.{minor}").as_bytes(),
+        opts.as_bytes(),
+    ]);
     let stem = file.name.trim_end_matches(".cu");
     let dir = cache_dir();
-    let path = dir.join(format!("{stem}-{arch}-nvrtc{major}.{minor}-{key:016x}.cubin"));
+    let path = dir.join(format!(
+        "{stem}-{arch}-nvrtc{major}.{minor}-{key:016x}.cubin"
+    ));
     if let Ok(bytes) = std::fs::read(&path) {
         return Ok(bytes);
     }
@@ -230,9 +270,12 @@ pub fn parse_ptxas_report(log: &str) -> Vec<KernelResources> {
         line[..at].split_whitespace().last()?.parse().ok()
     };
     for line in log.lines() {
-        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-            let name = rest.split('\'').next().unwrap_or_default().to_string();
-            out.push(KernelResources { name, ..Default::default() });
+        // "Function properties for NAME" opens every kernel's block in NVRTC 12 and 13 logs.
+        if let Some(rest) = line.split("Function properties for ").nth(1) {
+            out.push(KernelResources {
+                name: rest.trim().to_string(),
+                ..Default::default()
+            });
         } else if let Some(k) = out.last_mut() {
             if line.contains("bytes stack frame") {
                 k.stack_bytes = number_before(line, "bytes stack frame").unwrap_or(0);

@@ -54,7 +54,10 @@ const ALIGN: usize = 256;
 
 impl SimtBackend {
     pub fn new(schedule: Schedule) -> Self {
-        SimtBackend { schedule: Mutex::new(schedule), launches: AtomicU64::new(0) }
+        SimtBackend {
+            schedule: Mutex::new(schedule),
+            launches: AtomicU64::new(0),
+        }
     }
 
     pub fn schedule(&self) -> Schedule {
@@ -66,11 +69,14 @@ impl SimtBackend {
     }
 
     pub fn alloc(&self, bytes: usize) -> Result<u64> {
-        let layout = Layout::from_size_align(bytes.max(1), ALIGN).map_err(|e| Error::Simt(e.to_string()))?;
+        let layout =
+            Layout::from_size_align(bytes.max(1), ALIGN).map_err(|e| Error::Simt(e.to_string()))?;
         // SAFETY: the layout has non-zero size. The memory is filled before anyone reads it.
         let p = unsafe { std::alloc::alloc(layout) };
         if p.is_null() {
-            return Err(Error::Simt(format!("host allocation of {bytes} bytes failed")));
+            return Err(Error::Simt(format!(
+                "host allocation of {bytes} bytes failed"
+            )));
         }
         // SAFETY: p points to layout.size() writable bytes. 0xFF bytes read as NaN in f32/f16.
         unsafe { std::ptr::write_bytes(p, 0xff, layout.size()) };
@@ -78,12 +84,18 @@ impl SimtBackend {
     }
 
     pub fn free(&self, addr: u64, bytes: usize) {
-        let layout = Layout::from_size_align(bytes.max(1), ALIGN).expect("layout was valid at allocation");
+        let layout =
+            Layout::from_size_align(bytes.max(1), ALIGN).expect("layout was valid at allocation");
         // SAFETY: addr came from alloc() above with this same layout and is freed once (Drop).
         unsafe { std::alloc::dealloc(addr as *mut u8, layout) };
     }
 
-    pub fn launch(&self, info: &KernelInfo, cfg: &LaunchConfig, params: &mut [*mut c_void]) -> Result<()> {
+    pub fn launch(
+        &self,
+        info: &KernelInfo,
+        cfg: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
         let (mode, base_seed) = match self.schedule() {
             Schedule::Forward => (0, 0),
             Schedule::Reverse => (1, 0),
@@ -116,6 +128,8 @@ impl SimtBackend {
             return Ok(());
         }
         let end = error.iter().position(|&b| b == 0).unwrap_or(error.len());
-        Err(Error::Simt(String::from_utf8_lossy(&error[..end]).into_owned()))
+        Err(Error::Simt(
+            String::from_utf8_lossy(&error[..end]).into_owned(),
+        ))
     }
 }

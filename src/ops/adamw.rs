@@ -15,7 +15,13 @@ pub struct AdamW {
 
 impl Default for AdamW {
     fn default() -> Self {
-        AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
@@ -23,7 +29,10 @@ impl AdamW {
     /// Bias corrections 1 - beta^t for step t (1-based), computed in f64.
     pub fn bias_corrections(&self, step: u64) -> (f32, f32) {
         let t = step as f64;
-        ((1.0 - (self.beta1 as f64).powf(t)) as f32, (1.0 - (self.beta2 as f64).powf(t)) as f32)
+        (
+            (1.0 - (self.beta1 as f64).powf(t)) as f32,
+            (1.0 - (self.beta2 as f64).powf(t)) as f32,
+        )
     }
 }
 
@@ -41,7 +50,9 @@ pub fn adamw_step(
         need("adamw_step", what, buf, n)?;
     }
     if step == 0 {
-        return Err(crate::Error::Invalid("adamw_step: steps count from 1".into()));
+        return Err(crate::Error::Invalid(
+            "adamw_step: steps count from 1".into(),
+        ));
     }
     if n == 0 {
         return Ok(());
@@ -61,5 +72,9 @@ pub fn adamw_step(
         bc1.into(),
         bc2.into(),
     ];
-    grad.device().launch("adamw_step", LaunchConfig::for_elements(n, 256, 4096), &args)
+    grad.device().launch(
+        "adamw_step",
+        LaunchConfig::for_elements(n, 256, 4096),
+        &args,
+    )
 }

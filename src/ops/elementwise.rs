@@ -16,7 +16,11 @@ pub fn add(a: &Buffer<f32>, b: &Buffer<f32>, c: &mut Buffer<f32>, n: usize) -> R
     if n == 0 {
         return Ok(());
     }
-    a.device().launch("add_forward", cfg(n), &[a.into(), b.into(), (&*c).into(), Arg::I64(n as i64)])
+    a.device().launch(
+        "add_forward",
+        cfg(n),
+        &[a.into(), b.into(), (&*c).into(), Arg::I64(n as i64)],
+    )
 }
 
 /// y = alpha * x (also the backward of a scale).
@@ -26,7 +30,11 @@ pub fn scale(x: &Buffer<f32>, y: &mut Buffer<f32>, alpha: f32, n: usize) -> Resu
     if n == 0 {
         return Ok(());
     }
-    x.device().launch("scale_forward", cfg(n), &[x.into(), (&*y).into(), alpha.into(), Arg::I64(n as i64)])
+    x.device().launch(
+        "scale_forward",
+        cfg(n),
+        &[x.into(), (&*y).into(), alpha.into(), Arg::I64(n as i64)],
+    )
 }
 
 pub fn gelu_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {
@@ -35,17 +43,30 @@ pub fn gelu_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()
     if n == 0 {
         return Ok(());
     }
-    x.device().launch("gelu_forward", cfg(n), &[x.into(), (&*y).into(), Arg::I64(n as i64)])
+    x.device().launch(
+        "gelu_forward",
+        cfg(n),
+        &[x.into(), (&*y).into(), Arg::I64(n as i64)],
+    )
 }
 
-pub fn gelu_backward(x: &Buffer<f32>, dy: &Buffer<f32>, dx: &mut Buffer<f32>, n: usize) -> Result<()> {
+pub fn gelu_backward(
+    x: &Buffer<f32>,
+    dy: &Buffer<f32>,
+    dx: &mut Buffer<f32>,
+    n: usize,
+) -> Result<()> {
     for (what, buf) in [("x", x), ("dy", dy), ("dx", &*dx)] {
         need("gelu_backward", what, buf, n)?;
     }
     if n == 0 {
         return Ok(());
     }
-    x.device().launch("gelu_backward", cfg(n), &[x.into(), dy.into(), (&*dx).into(), Arg::I64(n as i64)])
+    x.device().launch(
+        "gelu_backward",
+        cfg(n),
+        &[x.into(), dy.into(), (&*dx).into(), Arg::I64(n as i64)],
+    )
 }
 
 pub fn fill(y: &mut Buffer<f32>, value: f32) -> Result<()> {
@@ -53,7 +74,11 @@ pub fn fill(y: &mut Buffer<f32>, value: f32) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
-    y.device().clone().launch("fill_f32", cfg(n), &[(&*y).into(), value.into(), Arg::I64(n as i64)])
+    y.device().clone().launch(
+        "fill_f32",
+        cfg(n),
+        &[(&*y).into(), value.into(), Arg::I64(n as i64)],
+    )
 }
 
 pub fn convert_f32_to_f16(x: &Buffer<f32>, y: &mut Buffer<f16>) -> Result<()> {
@@ -61,7 +86,11 @@ pub fn convert_f32_to_f16(x: &Buffer<f32>, y: &mut Buffer<f16>) -> Result<()> {
     if x.is_empty() {
         return Ok(());
     }
-    x.device().launch("convert_f32_to_f16", cfg(x.len()), &[x.into(), (&*y).into(), Arg::I64(x.len() as i64)])
+    x.device().launch(
+        "convert_f32_to_f16",
+        cfg(x.len()),
+        &[x.into(), (&*y).into(), Arg::I64(x.len() as i64)],
+    )
 }
 
 pub fn convert_f16_to_f32(x: &Buffer<f16>, y: &mut Buffer<f32>) -> Result<()> {
@@ -69,5 +98,9 @@ pub fn convert_f16_to_f32(x: &Buffer<f16>, y: &mut Buffer<f32>) -> Result<()> {
     if x.is_empty() {
         return Ok(());
     }
-    x.device().launch("convert_f16_to_f32", cfg(x.len()), &[x.into(), (&*y).into(), Arg::I64(x.len() as i64)])
+    x.device().launch(
+        "convert_f16_to_f32",
+        cfg(x.len()),
+        &[x.into(), (&*y).into(), Arg::I64(x.len() as i64)],
+    )
 }

@@ -55,10 +55,18 @@ impl Gemm {
 
     /// Stored (rows, cols) of A and B.
     pub fn a_dims(&self) -> (usize, usize) {
-        if self.trans_a { (self.k, self.m) } else { (self.m, self.k) }
+        if self.trans_a {
+            (self.k, self.m)
+        } else {
+            (self.m, self.k)
+        }
     }
     pub fn b_dims(&self) -> (usize, usize) {
-        if self.trans_b { (self.n, self.k) } else { (self.k, self.n) }
+        if self.trans_b {
+            (self.n, self.k)
+        } else {
+            (self.k, self.n)
+        }
     }
 }
 
@@ -70,13 +78,21 @@ fn span(rows: usize, cols: usize, ld: usize, batch: usize, stride: usize) -> usi
     (batch - 1) * stride + (rows - 1) * ld + cols
 }
 
-pub fn gemm(g: &Gemm, a: &Buffer<f32>, b: &Buffer<f32>, c: &mut Buffer<f32>, bias: Option<&Buffer<f32>>) -> Result<()> {
+pub fn gemm(
+    g: &Gemm,
+    a: &Buffer<f32>,
+    b: &Buffer<f32>,
+    c: &mut Buffer<f32>,
+    bias: Option<&Buffer<f32>>,
+) -> Result<()> {
     const OP: &str = "gemm";
     let (ar, ac) = g.a_dims();
     let (br, bc) = g.b_dims();
     for (what, ld, cols) in [("lda", g.lda, ac), ("ldb", g.ldb, bc), ("ldc", g.ldc, g.n)] {
         if ld < cols.max(1) {
-            return Err(crate::Error::Invalid(format!("{OP}: {what} = {ld} is less than the {cols} columns it strides over")));
+            return Err(crate::Error::Invalid(format!(
+                "{OP}: {what} = {ld} is less than the {cols} columns it strides over"
+            )));
         }
     }
     need(OP, "A", a, span(ar, ac, g.lda, g.batch, g.stride_a))?;
@@ -89,7 +105,11 @@ pub fn gemm(g: &Gemm, a: &Buffer<f32>, b: &Buffer<f32>, c: &mut Buffer<f32>, bia
         return Ok(());
     }
     let cfg = LaunchConfig {
-        grid: (g.n.div_ceil(64) as u32, g.m.div_ceil(64) as u32, to_i32(OP, "batch", g.batch)? as u32),
+        grid: (
+            g.n.div_ceil(64) as u32,
+            g.m.div_ceil(64) as u32,
+            to_i32(OP, "batch", g.batch)? as u32,
+        ),
         block: (256, 1, 1),
         shared_bytes: 0,
     };

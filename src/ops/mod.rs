@@ -8,13 +8,27 @@ mod gemm;
 mod rows;
 
 pub use adamw::{adamw_step, AdamW};
-pub use elementwise::{add, convert_f16_to_f32, convert_f32_to_f16, fill, gelu_backward, gelu_forward, scale};
+pub use elementwise::{
+    add, convert_f16_to_f32, convert_f32_to_f16, fill, gelu_backward, gelu_forward, scale,
+};
 pub use gemm::{gemm, Gemm};
 pub use rows::{
-    reduce_rows_backward, reduce_rows_forward, softmax_rows_backward, softmax_rows_forward, sum_columns, Reduce,
+    reduce_rows_backward, reduce_rows_forward, softmax_rows_backward, softmax_rows_forward,
+    sum_columns, Reduce,
 };
 
 use crate::device::{Buffer, Elem};
+
+/// Threads per block that the op functions launch each kernel with (for occupancy reports).
+pub fn threads_per_block(kernel: &str) -> u32 {
+    match kernel {
+        "softmax_rows_forward"
+        | "softmax_rows_backward"
+        | "reduce_rows_forward"
+        | "reduce_rows_backward" => rows::THREADS_PER_BLOCK,
+        _ => 256,
+    }
+}
 use crate::error::{Error, Result};
 
 /// Fails unless `buf` holds at least `needed` elements.
@@ -30,5 +44,6 @@ fn need<T: Elem>(op: &str, what: &str, buf: &Buffer<T>, needed: usize) -> Result
 
 /// Converts a size to the kernels' `int`, refusing what does not fit.
 fn to_i32(op: &str, what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::Invalid(format!("{op}: {what} = {v} does not fit a 32-bit index")))
+    i32::try_from(v)
+        .map_err(|_| Error::Invalid(format!("{op}: {what} = {v} does not fit a 32-bit index")))
 }

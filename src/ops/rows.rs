@@ -5,23 +5,34 @@ use crate::error::Result;
 
 /// Warps per block for the one-warp-per-row kernels.
 const ROWS_PER_BLOCK: usize = 4;
+pub(super) const THREADS_PER_BLOCK: u32 = 32 * ROWS_PER_BLOCK as u32;
 
 fn rows_config(rows: usize) -> LaunchConfig {
     LaunchConfig {
         grid: (rows.div_ceil(ROWS_PER_BLOCK).max(1) as u32, 1, 1),
-        block: (32 * ROWS_PER_BLOCK as u32, 1, 1),
+        block: (THREADS_PER_BLOCK, 1, 1),
         shared_bytes: 0,
     }
 }
 
-pub fn softmax_rows_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, rows: usize, cols: usize) -> Result<()> {
+pub fn softmax_rows_forward(
+    x: &Buffer<f32>,
+    y: &mut Buffer<f32>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
     const OP: &str = "softmax_rows_forward";
     need(OP, "x", x, rows * cols)?;
     need(OP, "y", y, rows * cols)?;
     if rows == 0 || cols == 0 {
         return Ok(());
     }
-    let args = [x.into(), (&*y).into(), to_i32(OP, "rows", rows)?.into(), to_i32(OP, "cols", cols)?.into()];
+    let args = [
+        x.into(),
+        (&*y).into(),
+        to_i32(OP, "rows", rows)?.into(),
+        to_i32(OP, "cols", cols)?.into(),
+    ];
     x.device().launch(OP, rows_config(rows), &args)
 }
 
@@ -39,7 +50,13 @@ pub fn softmax_rows_backward(
     if rows == 0 || cols == 0 {
         return Ok(());
     }
-    let args = [y.into(), dy.into(), (&*dx).into(), to_i32(OP, "rows", rows)?.into(), to_i32(OP, "cols", cols)?.into()];
+    let args = [
+        y.into(),
+        dy.into(),
+        (&*dx).into(),
+        to_i32(OP, "rows", rows)?.into(),
+        to_i32(OP, "cols", cols)?.into(),
+    ];
     y.device().launch(OP, rows_config(rows), &args)
 }
 
@@ -51,7 +68,13 @@ pub enum Reduce {
     Max = 2,
 }
 
-pub fn reduce_rows_forward(x: &Buffer<f32>, out: &mut Buffer<f32>, rows: usize, cols: usize, op: Reduce) -> Result<()> {
+pub fn reduce_rows_forward(
+    x: &Buffer<f32>,
+    out: &mut Buffer<f32>,
+    rows: usize,
+    cols: usize,
+    op: Reduce,
+) -> Result<()> {
     const OP: &str = "reduce_rows_forward";
     need(OP, "x", x, rows * cols)?;
     need(OP, "out", out, rows)?;
@@ -59,10 +82,17 @@ pub fn reduce_rows_forward(x: &Buffer<f32>, out: &mut Buffer<f32>, rows: usize, 
         return Ok(());
     }
     if cols == 0 {
-        return Err(crate::Error::Invalid(format!("{OP}: {op:?} over rows of length 0")));
+        return Err(crate::Error::Invalid(format!(
+            "{OP}: {op:?} over rows of length 0"
+        )));
     }
-    let args =
-        [x.into(), (&*out).into(), to_i32(OP, "rows", rows)?.into(), to_i32(OP, "cols", cols)?.into(), Arg::I32(op as i32)];
+    let args = [
+        x.into(),
+        (&*out).into(),
+        to_i32(OP, "rows", rows)?.into(),
+        to_i32(OP, "cols", cols)?.into(),
+        Arg::I32(op as i32),
+    ];
     x.device().launch(OP, rows_config(rows), &args)
 }
 
@@ -103,7 +133,16 @@ pub fn sum_columns(x: &Buffer<f32>, out: &mut Buffer<f32>, rows: usize, cols: us
     if cols == 0 {
         return Ok(());
     }
-    let cfg = LaunchConfig { grid: (cols.div_ceil(32) as u32, 1, 1), block: (256, 1, 1), shared_bytes: 0 };
-    let args = [x.into(), (&*out).into(), to_i32(OP, "rows", rows)?.into(), to_i32(OP, "cols", cols)?.into()];
+    let cfg = LaunchConfig {
+        grid: (cols.div_ceil(32) as u32, 1, 1),
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    let args = [
+        x.into(),
+        (&*out).into(),
+        to_i32(OP, "rows", rows)?.into(),
+        to_i32(OP, "cols", cols)?.into(),
+    ];
     x.device().launch(OP, cfg, &args)
 }

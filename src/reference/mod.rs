@@ -11,12 +11,20 @@ fn at(b: usize, stride: usize, r: usize, c: usize, ld: usize) -> usize {
 
 /// Where op(A)[i, k] lives in A's storage.
 fn a_index(g: &Gemm, b: usize, i: usize, k: usize) -> usize {
-    if g.trans_a { at(b, g.stride_a, k, i, g.lda) } else { at(b, g.stride_a, i, k, g.lda) }
+    if g.trans_a {
+        at(b, g.stride_a, k, i, g.lda)
+    } else {
+        at(b, g.stride_a, i, k, g.lda)
+    }
 }
 
 /// Where op(B)[k, j] lives in B's storage.
 fn b_index(g: &Gemm, b: usize, k: usize, j: usize) -> usize {
-    if g.trans_b { at(b, g.stride_b, j, k, g.ldb) } else { at(b, g.stride_b, k, j, g.ldb) }
+    if g.trans_b {
+        at(b, g.stride_b, j, k, g.ldb)
+    } else {
+        at(b, g.stride_b, k, j, g.ldb)
+    }
 }
 
 /// C = alpha op(A) op(B) + beta C + bias, over the batch; elements of `c` outside the m x n
@@ -45,7 +53,14 @@ pub fn gemm(g: &Gemm, a: &[f64], b: &[f64], c: &mut [f64], bias: Option<&[f64]>)
 
 /// Gradients of gemm (beta = 0) for the upstream gradient `dc`: (dA, dB, dbias), each shaped
 /// like its operand's storage.
-pub fn gemm_backward(g: &Gemm, a: &[f64], b: &[f64], dc: &[f64], a_len: usize, b_len: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn gemm_backward(
+    g: &Gemm,
+    a: &[f64],
+    b: &[f64],
+    dc: &[f64],
+    a_len: usize,
+    b_len: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut da = vec![0.0; a_len];
     let mut db = vec![0.0; b_len];
     let mut dbias = vec![0.0; g.n];
@@ -82,7 +97,11 @@ pub fn softmax_rows_backward(y: &[f64], dy: &[f64], rows: usize, cols: usize) ->
     let mut dx = vec![0.0; rows * cols];
     for r in 0..rows {
         let s = r * cols..(r + 1) * cols;
-        let dot: f64 = y[s.clone()].iter().zip(&dy[s.clone()]).map(|(a, b)| a * b).sum();
+        let dot: f64 = y[s.clone()]
+            .iter()
+            .zip(&dy[s.clone()])
+            .map(|(a, b)| a * b)
+            .sum();
         for i in s {
             dx[i] = y[i] * (dy[i] - dot);
         }
@@ -106,7 +125,13 @@ pub fn reduce_rows_forward(x: &[f64], rows: usize, cols: usize, op: Reduce) -> V
 }
 
 /// The gradient of a max goes to the first position holding it, as in PyTorch.
-pub fn reduce_rows_backward(x: &[f64], dout: &[f64], rows: usize, cols: usize, op: Reduce) -> Vec<f64> {
+pub fn reduce_rows_backward(
+    x: &[f64],
+    dout: &[f64],
+    rows: usize,
+    cols: usize,
+    op: Reduce,
+) -> Vec<f64> {
     let mut dx = vec![0.0; rows * cols];
     for r in 0..rows {
         let row = &x[r * cols..(r + 1) * cols];
@@ -124,7 +149,9 @@ pub fn reduce_rows_backward(x: &[f64], dout: &[f64], rows: usize, cols: usize, o
 }
 
 pub fn sum_columns(x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
-    (0..cols).map(|c| (0..rows).map(|r| x[r * cols + c]).sum()).collect()
+    (0..cols)
+        .map(|c| (0..rows).map(|r| x[r * cols + c]).sum())
+        .collect()
 }
 
 pub fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
@@ -137,7 +164,9 @@ pub fn scale(x: &[f64], alpha: f64) -> Vec<f64> {
 
 /// The erf form of GELU, as HF BERT: x * Phi(x).
 pub fn gelu_forward(x: &[f64]) -> Vec<f64> {
-    x.iter().map(|&v| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2))).collect()
+    x.iter()
+        .map(|&v| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)))
+        .collect()
 }
 
 pub fn gelu_backward(x: &[f64], dy: &[f64]) -> Vec<f64> {

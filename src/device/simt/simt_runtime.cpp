@@ -95,6 +95,16 @@ struct WarpOp {
     int args[32];
 };
 
+// How many times each lane of a warp has completed the collective at one source location, and
+// with which mask: a lane arriving there finds out whether a lane it names already went
+// through the same instance without it (mismatched masks, even when the two never overlap
+// in time).
+struct LocHistory {
+    SourceLoc loc;
+    unsigned count[32];
+    unsigned mask[32];
+};
+
 enum BarrierKind { BARRIER_PLAIN, BARRIER_COUNT, BARRIER_AND, BARRIER_OR };
 
 struct Launch {
@@ -104,6 +114,7 @@ struct Launch {
     unsigned threads_per_block;
     std::vector<Fiber> fibers;
     std::vector<std::vector<WarpOp>> warp_ops;  // pending collectives, per warp
+    std::vector<std::vector<LocHistory>> warp_history;  // completed collectives, per warp
     std::vector<unsigned char> dynamic_shared;
     unsigned shared_bytes;
     // the barrier in progress
@@ -310,6 +321,18 @@ uint64_t warp_collective(WarpOpKind kind, unsigned mask, uint64_t value, int arg
             fail("warp collective at " + describe_loc(loc) + " with mask " + hex(mask) + " names lane " + std::to_string(i) +
                  ", which has exited");
     }
+    std::vector<LocHistory> &history = l.warp_history[warp];
+    LocHistory *seen = nullptr;
+    for (LocHistory &h : history)
+        if (same_loc(h.loc, loc)) seen = &h;
+    if (!seen) {
+        history.push_back(LocHistory{loc, {}, {}});
+        seen = &history.back();
+    }
+    for (int i = 0; i < 32; i++)
+        if ((mask >> i & 1u) && seen->count[i] > seen->count[lane])
+            fail("warp collective at " + describe_loc(loc) + " with mask " + hex(mask) + " names lane " + std::to_string(i) +
+                 ", which already went through it with mask " + hex(seen->mask[i]) + " (mismatched masks)");
     std::vector<WarpOp> &pending = l.warp_ops[warp];
     WarpOp *op = nullptr;
     for (WarpOp &p : pending) {
@@ -336,6 +359,8 @@ uint64_t warp_collective(WarpOpKind kind, unsigned mask, uint64_t value, int arg
         pending.erase(pending.begin() + (op - pending.data()));
         for (int i = 0; i < 32; i++) {
             if (!(mask >> i & 1u)) continue;
+            seen->count[i]++;
+            seen->mask[i] = mask;
             Fiber &g = l.fibers[warp_base + i];
             g.warp_result = finish_warp_op(done, i, warp_base);
             g.state = RUNNABLE;
@@ -411,6 +436,7 @@ int run_block(Launch &l, int schedule, uint64_t seed, uint64_t block_linear) {
 #endif
     }
     for (auto &w : l.warp_ops) w.clear();
+    for (auto &h : l.warp_history) h.clear();
     l.barrier_arrived = 0;
     l.exited = 0;
     if (l.shared_bytes > 0) {
@@ -482,6 +508,7 @@ extern "C" int simt_launch(void (*kernel)(void **), void **args, const char *ker
     l.threads_per_block = threads;
     l.fibers.resize(threads);
     l.warp_ops.resize((threads + 31) / 32);
+    l.warp_history.resize((threads + 31) / 32);
     l.shared_bytes = shared_bytes;
     l.dynamic_shared.resize(((size_t)shared_bytes + 15) / 16 * 16);
     l.failed = false;

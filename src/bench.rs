@@ -1,0 +1,104 @@
+//! `emrclass bench`: kernel timings with GFLOP/s, GB/s and the fraction of the card's roofline,
+//! beside the baseline a user would otherwise have on the same machine.
+
+use crate::check::{to_f32, Rng};
+use crate::device::Device;
+use crate::error::Result;
+use crate::ops::{self, Gemm};
+
+pub struct GemmTiming {
+    pub what: String,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub ms: f64,
+    pub gflops: f64,
+    pub gbytes_per_s: f64,
+    /// Achieved / attainable (min of peak FLOP/s and intensity x bandwidth); CUDA only.
+    pub roofline: Option<f64>,
+}
+
+/// Times C = A B (square-ish, row-major, NN) on `dev`: one warm-up, then the median of `reps`.
+pub fn gemm(dev: &Device, m: usize, n: usize, k: usize, reps: usize) -> Result<GemmTiming> {
+    let mut rng = Rng::new(1);
+    let a = dev.upload(&to_f32(&rng.normals(m * k, 1.0)), "A")?;
+    let b = dev.upload(&to_f32(&rng.normals(k * n, 1.0)), "B")?;
+    let mut c = dev.zeros::<f32>(m * n, "C")?;
+    let g = Gemm::new(m, n, k, false, false);
+    ops::gemm(&g, &a, &b, &mut c, None)?;
+    dev.synchronize()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        times.push(dev.time_ms(|| ops::gemm(&g, &a, &b, &mut c, None))?);
+    }
+    times.sort_by(f64::total_cmp);
+    let ms = times[times.len() / 2];
+    Ok(timing(
+        format!("emrclass gemm_f32 on {}", dev.describe()),
+        dev,
+        m,
+        n,
+        k,
+        ms,
+    ))
+}
+
+fn timing(what: String, dev: &Device, m: usize, n: usize, k: usize, ms: f64) -> GemmTiming {
+    let flops = 2.0 * (m * n * k) as f64;
+    let bytes = 4.0 * (m * k + k * n + m * n) as f64;
+    let secs = ms / 1e3;
+    let roofline = dev.cuda_info().map(|info| {
+        let attainable = info.peak_flops().min(flops / bytes * info.peak_bandwidth());
+        flops / secs / attainable
+    });
+    GemmTiming {
+        what,
+        m,
+        n,
+        k,
+        ms,
+        gflops: flops / secs / 1e9,
+        gbytes_per_s: bytes / secs / 1e9,
+        roofline,
+    }
+}
+
+/// The same product as plain f32 loops on one host core (i-k-j order, so the inner loop
+/// streams rows): what the simulator's numbers should be read against.
+pub fn host_naive_gemm(dev: &Device, m: usize, n: usize, k: usize) -> GemmTiming {
+    let mut rng = Rng::new(1);
+    let a = to_f32(&rng.normals(m * k, 1.0));
+    let b = to_f32(&rng.normals(k * n, 1.0));
+    let mut c = vec![0.0f32; m * n];
+    let t = std::time::Instant::now();
+    for i in 0..m {
+        for p in 0..k {
+            let av = a[i * k + p];
+            let (row, brow) = (&mut c[i * n..(i + 1) * n], &b[p * n..(p + 1) * n]);
+            for (cv, bv) in row.iter_mut().zip(brow) {
+                *cv += av * bv;
+            }
+        }
+    }
+    std::hint::black_box(&c);
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut out = timing("host f32 loops, 1 core (baseline)".into(), dev, m, n, k, ms);
+    out.roofline = None;
+    out
+}
+
+pub fn print_gemm(rows: &[GemmTiming]) {
+    println!(
+        "{:<52} {:>6} {:>6} {:>6} {:>10} {:>9} {:>8} {:>9}",
+        "gemm", "m", "n", "k", "ms", "GFLOP/s", "GB/s", "roofline"
+    );
+    for r in rows {
+        let roof = r
+            .roofline
+            .map_or("-".to_string(), |f| format!("{:.1}%", f * 100.0));
+        println!(
+            "{:<52} {:>6} {:>6} {:>6} {:>10.3} {:>9.2} {:>8.2} {:>9}",
+            r.what, r.m, r.n, r.k, r.ms, r.gflops, r.gbytes_per_s, roof
+        );
+    }
+}

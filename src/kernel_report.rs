@@ -1,0 +1,159 @@
+//! The static kernel report: every kernel compiled by NVRTC to CUBIN for sm_61 (GTX 1050 Ti)
+//! and sm_90, with ptxas's registers, spills and shared memory, and the theoretical occupancy
+//! on a GTX 1050 Ti. `emrclass kernels` prints it; tests/nvrtc_report.rs enforces its rules.
+
+use crate::device::nvrtc::{self, KernelResources};
+use crate::device::{KERNELS, KERNEL_FILES, MAX_SHARED_BYTES_PER_BLOCK};
+use crate::error::{Error, Result};
+
+pub const ARCHS: [&str; 2] = ["sm_61", "sm_90"];
+
+/// GTX 1050 Ti (GP107, sm_61): per-SM limits that decide occupancy.
+pub struct SmLimits {
+    pub sms: u32,
+    pub registers: u32,
+    pub shared_bytes: u32,
+    pub threads: u32,
+    pub blocks: u32,
+}
+pub const GTX_1050_TI: SmLimits = SmLimits {
+    sms: 6,
+    registers: 65536,
+    shared_bytes: 96 * 1024,
+    threads: 2048,
+    blocks: 32,
+};
+
+pub struct ReportRow {
+    pub kernel: String,
+    pub file: &'static str,
+    pub arch: &'static str,
+    pub hot: bool,
+    pub threads_per_block: u32,
+    pub resources: KernelResources,
+}
+
+/// Resident blocks per SM and the occupancy (resident warps / 64) on `sm`, with what limits it.
+/// Registers are allocated per warp in units of 256 (8 per thread); shared memory in 256 bytes.
+pub fn occupancy(
+    sm: &SmLimits,
+    registers: u32,
+    shared_bytes: u32,
+    threads: u32,
+) -> (u32, f64, &'static str) {
+    let warps = threads.div_ceil(32);
+    let regs_per_warp = (registers * 32).div_ceil(256) * 256;
+    let by_regs = if regs_per_warp == 0 {
+        u32::MAX
+    } else {
+        sm.registers / (regs_per_warp * warps)
+    };
+    let by_smem = if shared_bytes == 0 {
+        u32::MAX
+    } else {
+        sm.shared_bytes / shared_bytes.div_ceil(256).max(1) / 256
+    };
+    let by_threads = sm.threads / (warps * 32);
+    let mut limits = [
+        (by_regs, "registers"),
+        (by_smem, "shared memory"),
+        (by_threads, "threads"),
+        (sm.blocks, "blocks"),
+    ];
+    limits.sort_by_key(|l| l.0);
+    let (blocks, limiter) = limits[0];
+    (
+        blocks,
+        (blocks * warps) as f64 / (sm.threads / 32) as f64,
+        limiter,
+    )
+}
+
+/// Compiles every engine kernel file for each architecture and collects ptxas's report.
+pub fn build() -> Result<Vec<ReportRow>> {
+    let mut rows = Vec::new();
+    for file in KERNEL_FILES.iter().filter(|f| !f.test_only) {
+        for arch in ARCHS {
+            let compiled = nvrtc::compile(file, arch)?;
+            let found = nvrtc::parse_ptxas_report(&compiled.log);
+            for k in KERNELS.iter().filter(|k| k.file == file.name) {
+                let resources = found
+                    .iter()
+                    .find(|r| r.name == k.name)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "ptxas reported nothing for {} ({}, {arch}):\n{}",
+                            k.name, file.name, compiled.log
+                        ))
+                    })?;
+                rows.push(ReportRow {
+                    kernel: k.name.to_string(),
+                    file: file.name,
+                    arch,
+                    hot: k.hot,
+                    threads_per_block: crate::ops::threads_per_block(k.name),
+                    resources,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Broken rules: spills in a hot kernel (any arch), more shared memory than sm_61 allows.
+pub fn problems(rows: &[ReportRow]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in rows {
+        let res = &r.resources;
+        if r.hot && (res.spill_store_bytes > 0 || res.spill_load_bytes > 0) {
+            out.push(format!(
+                "{} ({}): hot kernel spills {} bytes stored / {} loaded",
+                r.kernel, r.arch, res.spill_store_bytes, res.spill_load_bytes
+            ));
+        }
+        if r.arch == "sm_61" && res.shared_bytes > MAX_SHARED_BYTES_PER_BLOCK {
+            out.push(format!(
+                "{}: {} bytes of static shared memory, over sm_61's {MAX_SHARED_BYTES_PER_BLOCK} per block",
+                r.kernel, res.shared_bytes
+            ));
+        }
+    }
+    out
+}
+
+pub fn print(rows: &[ReportRow]) {
+    let (maj, min) = nvrtc::version().unwrap_or((0, 0));
+    println!("NVRTC {maj}.{min}; occupancy is theoretical, on a GTX 1050 Ti (6 SMs, 64K registers, 96 KiB shared, 2048 threads per SM)");
+    println!(
+        "{:<24} {:<16} {:<6} {:>4} {:>5} {:>7} {:>6} {:>7} {:>8}  occupancy (sm_61)",
+        "kernel", "file", "arch", "hot", "regs", "smem", "stack", "spills", "threads",
+    );
+    for r in rows {
+        let res = &r.resources;
+        let occ = if r.arch == "sm_61" {
+            let (blocks, occ, limiter) = occupancy(
+                &GTX_1050_TI,
+                res.registers,
+                res.shared_bytes,
+                r.threads_per_block,
+            );
+            format!("{:>3.0}% ({blocks} blocks/SM, {limiter})", occ * 100.0)
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<24} {:<16} {:<6} {:>4} {:>5} {:>7} {:>6} {:>7} {:>8}  {}",
+            r.kernel,
+            r.file,
+            r.arch,
+            if r.hot { "hot" } else { "" },
+            res.registers,
+            res.shared_bytes,
+            res.stack_bytes,
+            res.spill_store_bytes + res.spill_load_bytes,
+            r.threads_per_block,
+            occ
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! The simulator exists to find kernel bugs without a GPU. Each known-bad kernel in
+//! tests/kernels/bad_kernels.cu must be caught: by a clear error, or by a wrong answer under
+//! at least one of the schedules that the kernel tests run.
+
+use emrclass::{Arg, Device, Error, LaunchConfig, Schedule};
+
+fn cfg(grid: (u32, u32, u32), threads: u32, shared_bytes: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid,
+        block: (threads, 1, 1),
+        shared_bytes,
+    }
+}
+
+/// Runs `kernel` and returns the simulator's error message, failing if it ran clean.
+fn expect_error(kernel: &str, threads: u32, args: &[Arg], dev: &Device) -> String {
+    match dev.launch(kernel, cfg((1, 1, 1), threads, 0), args) {
+        Err(Error::Simt(msg)) => msg,
+        other => panic!("{kernel}: expected a simulator error, got {other:?}"),
+    }
+}
+
+fn schedules() -> [Schedule; 3] {
+    [Schedule::Forward, Schedule::Reverse, Schedule::Random(7)]
+}
+
+#[test]
+fn divergent_barrier_is_an_error_naming_kernel_block_thread_and_lines() {
+    for s in schedules() {
+        let dev = Device::simt(s);
+        let y = dev.zeros::<f32>(32, "y").unwrap();
+        let msg = expect_error("bad_divergent_barrier", 32, &[(&y).into()], &dev);
+        assert!(msg.contains("bad_divergent_barrier"), "{msg}");
+        assert!(
+            msg.contains("block (0,0,0)") && msg.contains("thread ("),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("divergent barrier") && msg.contains("bad_kernels.cu:"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn exit_while_others_wait_at_a_barrier_is_an_error() {
+    for s in schedules() {
+        let dev = Device::simt(s);
+        let y = dev.zeros::<f32>(32, "y").unwrap();
+        let msg = expect_error("bad_exit_before_barrier", 32, &[(&y).into()], &dev);
+        assert!(
+            msg.contains("thread (5,0,0) exited while") && msg.contains("__syncthreads"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn full_mask_shuffle_in_a_partial_warp_is_an_error() {
+    for s in schedules() {
+        let dev = Device::simt(s);
+        let x = dev.zeros::<f32>(48, "x").unwrap();
+        let y = dev.zeros::<f32>(48, "y").unwrap();
+        let msg = expect_error(
+            "bad_partial_warp_shuffle",
+            48,
+            &[(&x).into(), (&y).into()],
+            &dev,
+        );
+        assert!(
+            msg.contains("does not exist") && msg.contains("48 threads"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn shuffle_from_a_lane_outside_the_mask_is_an_error() {
+    let dev = Device::simt(Schedule::Forward);
+    let x = dev.zeros::<f32>(32, "x").unwrap();
+    let y = dev.zeros::<f32>(32, "y").unwrap();
+    let msg = expect_error(
+        "bad_shuffle_outside_mask",
+        32,
+        &[(&x).into(), (&y).into()],
+        &dev,
+    );
+    assert!(msg.contains("not in the mask 0x0000ffff"), "{msg}");
+}
+
+#[test]
+fn mismatched_warp_masks_are_an_error() {
+    for s in schedules() {
+        let dev = Device::simt(s);
+        let x = dev.zeros::<f32>(32, "x").unwrap();
+        let y = dev.zeros::<f32>(32, "y").unwrap();
+        let msg = expect_error(
+            "bad_mismatched_masks",
+            32,
+            &[(&x).into(), (&y).into()],
+            &dev,
+        );
+        assert!(msg.contains("mismatched masks"), "{msg}");
+    }
+}
+
+fn matmul(n: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut c = vec![0.0f32; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            c[i * n + j] = (0..n).map(|k| a[i * n + k] * b[k * n + j]).sum();
+        }
+    }
+    c
+}
+
+#[test]
+fn missing_barrier_in_tiled_gemm_gives_wrong_results() {
+    let n = 40;
+    let a: Vec<f32> = (0..n * n).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+    let expect = matmul(n, &a, &b);
+    for s in schedules() {
+        let dev = Device::simt(s);
+        let (da, db) = (dev.upload(&a, "A").unwrap(), dev.upload(&b, "B").unwrap());
+        let dc = dev.zeros::<f32>(n * n, "C").unwrap();
+        let grid = (n.div_ceil(16) as u32, n.div_ceil(16) as u32, 1);
+        dev.launch(
+            "bad_gemm_missing_barrier",
+            cfg(grid, 256, 0),
+            &[(&da).into(), (&db).into(), (&dc).into(), Arg::I32(n as i32)],
+        )
+        .unwrap();
+        let got = dc.to_host().unwrap();
+        assert_ne!(got, expect, "missing barrier went unnoticed under {s}");
+    }
+}
+
+#[test]
+fn missing_barrier_hidden_by_forward_order_shows_in_reverse_and_random() {
+    let threads = 64u32;
+    let x: Vec<f32> = (0..threads).map(|i| i as f32 + 1.0).collect();
+    let expect: Vec<f32> = (0..threads as usize)
+        .map(|t| x[t.saturating_sub(1)])
+        .collect();
+    let run = |kernel: &str, s: Schedule| {
+        let dev = Device::simt(s);
+        let xb = dev.upload(&x, "x").unwrap();
+        let yb = dev.zeros::<f32>(threads as usize, "y").unwrap();
+        dev.launch(
+            kernel,
+            cfg((1, 1, 1), threads, threads * 4),
+            &[(&xb).into(), (&yb).into(), Arg::I32(threads as i32)],
+        )
+        .unwrap();
+        yb.to_host().unwrap()
+    };
+    // The correct kernel is right under every order: the control.
+    for s in schedules() {
+        assert_eq!(run("good_neighbour_with_barrier", s), expect, "{s}");
+    }
+    // The broken one passes in forward order, which is why the tests use more than one order.
+    assert_eq!(
+        run("bad_neighbour_missing_barrier", Schedule::Forward),
+        expect
+    );
+    assert_ne!(
+        run("bad_neighbour_missing_barrier", Schedule::Reverse),
+        expect
+    );
+    assert_ne!(
+        run("bad_neighbour_missing_barrier", Schedule::Random(11)),
+        expect
+    );
+}
+
+#[test]
+fn deadlock_is_reported_not_hung() {
+    for s in schedules() {
+        let dev = Device::simt(s);
+        let x = dev.zeros::<f32>(32, "x").unwrap();
+        let y = dev.zeros::<f32>(32, "y").unwrap();
+        let msg = expect_error("bad_deadlock", 32, &[(&x).into(), (&y).into()], &dev);
+        assert!(
+            msg.contains("deadlock") && msg.contains("bad_deadlock"),
+            "{msg}"
+        );
+    }
+}
