@@ -23,6 +23,7 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=tests/kernels");
     println!("cargo:rerun-if-changed=src/device/simt");
+    println!("cargo:rerun-if-env-changed=EMRCLASS_SIMT_FIBERS");
 
     let mut sources = Vec::new();
     for (dir, is_test) in [("kernels", false), ("tests/kernels", true)] {
@@ -51,6 +52,9 @@ fn main() {
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-unused-variable")
         .file(runtime_dir.join("simt_runtime.cpp"));
+    if std::env::var("EMRCLASS_SIMT_FIBERS").as_deref() == Ok("ucontext") {
+        build.define("SIMT_FORCE_UCONTEXT", None);
+    }
     // Kernels call fmaf in their inner loops. Without the FMA instruction it is a library
     // call (a third of the simulator's GEMM time); with it, one instruction that rounds once,
     // as on the GPU. Used when the machine that builds has it (every x86-64 since 2013).

@@ -50,3 +50,20 @@ fn kernels_match_reference_on_cuda_when_requested() {
     let dev = Device::cuda().expect("EMRCLASS_TEST_CUDA=1 but no usable CUDA device");
     run_all(&dev);
 }
+
+#[test]
+fn error_metrics_never_let_nan_pass() {
+    use emrclass::check::{relative_error, worst};
+    assert!(relative_error(&[1.0, f32::NAN], &[1.0, 2.0]).is_nan());
+    assert!(worst(1e-9, f64::NAN).is_nan() && worst(f64::NAN, 1e-9).is_nan());
+    assert_eq!(worst(1e-9, 2e-9), 2e-9);
+    let row = Row {
+        op: "x".into(),
+        check: "kernel",
+        device: "d".into(),
+        sizes: "s".into(),
+        error: f64::NAN,
+        tolerance: 1.0,
+    };
+    assert!(!row.passed());
+}

@@ -139,3 +139,13 @@ pub fn finite_difference(
 pub fn weighted_sum(y: &[f64], w: &[f64]) -> f64 {
     y.iter().zip(w).map(|(a, b)| a * b).sum()
 }
+
+/// The larger of two errors, where NaN (a poisoned or broken output) beats everything.
+/// `f64::max` would quietly drop the NaN.
+pub fn worst(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}

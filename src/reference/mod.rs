@@ -162,18 +162,22 @@ pub fn scale(x: &[f64], alpha: f64) -> Vec<f64> {
     x.iter().map(|v| alpha * v).collect()
 }
 
+/// The standard normal CDF. Through erfc, because 1 + erf(x / sqrt 2) cancels catastrophically
+/// for very negative x, even in f64 (at x = -8 it keeps one digit).
+fn normal_cdf(v: f64) -> f64 {
+    0.5 * libm::erfc(-v / std::f64::consts::SQRT_2)
+}
+
 /// The erf form of GELU, as HF BERT: x * Phi(x).
 pub fn gelu_forward(x: &[f64]) -> Vec<f64> {
-    x.iter()
-        .map(|&v| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)))
-        .collect()
+    x.iter().map(|&v| v * normal_cdf(v)).collect()
 }
 
 pub fn gelu_backward(x: &[f64], dy: &[f64]) -> Vec<f64> {
     x.iter()
         .zip(dy)
         .map(|(&v, &d)| {
-            let cdf = 0.5 * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+            let cdf = normal_cdf(v);
             let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
             d * (cdf + v * pdf)
         })

@@ -9,7 +9,12 @@
 #include <string>
 #include <vector>
 
-#if !defined(__x86_64__)
+// The hand-written stack switch on x86-64; glibc's ucontext elsewhere, or when the build asks
+// for it (EMRCLASS_SIMT_FIBERS=ucontext), which is how the fallback gets tested on x86-64.
+#if defined(__x86_64__) && !defined(SIMT_FORCE_UCONTEXT)
+#define SIMT_ASM_FIBERS 1
+#else
+#define SIMT_ASM_FIBERS 0
 #include <ucontext.h>
 #endif
 
@@ -26,7 +31,7 @@ namespace {
 // x86-64: save the callee-saved registers, MXCSR and the x87 control word on the old stack,
 // store its rsp, load the new one and restore. ~8 ns, against ~160 ns for swapcontext,
 // which makes a signal-mask syscall on every switch.
-#if defined(__x86_64__)
+#if SIMT_ASM_FIBERS
 extern "C" void simt_switch_stack(void **save_sp, void *load_sp);
 extern "C" void simt_fiber_entry();
 asm(R"(
@@ -78,7 +83,7 @@ struct Fiber {
     uint64_t warp_result = 0;
     void *stack_base = nullptr;  // lowest address, including the guard page
     size_t stack_bytes = 0;
-#if defined(__x86_64__)
+#if SIMT_ASM_FIBERS
     void *sp = nullptr;
 #else
     ucontext_t context;
@@ -126,7 +131,7 @@ struct Launch {
     int exited;
     bool failed;
     std::string error;
-#if defined(__x86_64__)
+#if SIMT_ASM_FIBERS
     void *scheduler_sp;
 #else
     ucontext_t scheduler_context;
@@ -180,7 +185,7 @@ Fiber &self() { return *reinterpret_cast<Fiber *>(current_fiber); }
 
 void switch_to_scheduler() {
     Fiber &f = self();
-#if defined(__x86_64__)
+#if SIMT_ASM_FIBERS
     simt_switch_stack(&f.sp, launch->scheduler_sp);
 #else
     swapcontext(&f.context, &launch->scheduler_context);
@@ -292,7 +297,7 @@ extern "C" void simt_fiber_main(Fiber *fiber) {
     for (;;) switch_to_scheduler();
 }
 
-#if !defined(__x86_64__)
+#if !SIMT_ASM_FIBERS
 static void ucontext_entry(unsigned lo, unsigned hi) {
     simt_fiber_main(reinterpret_cast<Fiber *>(((uintptr_t)hi << 32) | lo));
 }
@@ -411,7 +416,7 @@ int run_block(Launch &l, int schedule, uint64_t seed, uint64_t block_linear) {
         f.stack_base = stack_pool.stacks[t].first;
         f.stack_bytes = stack_pool.stacks[t].second;
         char *top = (char *)f.stack_base + f.stack_bytes;
-#if defined(__x86_64__)
+#if SIMT_ASM_FIBERS
         // Frame that simt_switch_stack pops: control words, r15..rbp, then the return address.
         uint64_t *sp = (uint64_t *)top;
         *--sp = (uint64_t)(uintptr_t)&simt_fiber_entry;  // at top-8: after `ret`, rsp is 16-aligned
@@ -457,7 +462,7 @@ int run_block(Launch &l, int schedule, uint64_t seed, uint64_t block_linear) {
             if (f.state != RUNNABLE) continue;
             progressed = true;
             current_fiber = &f.pub;
-#if defined(__x86_64__)
+#if SIMT_ASM_FIBERS
             simt_switch_stack(&l.scheduler_sp, f.sp);
 #else
             swapcontext(&l.scheduler_context, &f.context);
