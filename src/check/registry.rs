@@ -522,6 +522,7 @@ fn gelu_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
             relative_error(&dxb.to_host()?, &expect),
         ));
     }
+    rows.push(gelu_tail_row(dev)?);
     Ok(rows)
 }
 
