@@ -8,6 +8,7 @@ pub mod check;
 pub mod device;
 pub mod error;
 pub mod kernel_report;
+pub mod model;
 pub mod ops;
 pub mod reference;
 

@@ -3,9 +3,11 @@
 //! of awkward sizes, with outputs NaN-filled before launch. `emrclass gradcheck` prints these
 //! rows; the tests assert them. A later op registers itself by adding an entry to `ALL`.
 
+use super::losses;
 use super::{finite_difference, nan_vec, relative_error, to_f32, weighted_sum, worst, Rng};
 use crate::device::{Buffer, Device};
 use crate::error::Result;
+use crate::model::loss::LossKind::{CrossEntropy, Focal, GhmC, GhmCs, WeightedCrossEntropy};
 use crate::ops::{self, AdamW, Gemm, Reduce};
 use crate::reference as r;
 
@@ -83,6 +85,31 @@ pub static ALL: &[OpCheck] = &[
         name: "convert_f16",
         gradient: None,
         kernel: convert_kernel,
+    },
+    OpCheck {
+        name: "loss_ce",
+        gradient: Some(|r| losses::gradient(CrossEntropy, r)),
+        kernel: |d, r| losses::kernel(CrossEntropy, d, r),
+    },
+    OpCheck {
+        name: "loss_weighted_ce",
+        gradient: Some(|r| losses::gradient(WeightedCrossEntropy, r)),
+        kernel: |d, r| losses::kernel(WeightedCrossEntropy, d, r),
+    },
+    OpCheck {
+        name: "loss_focal",
+        gradient: Some(|r| losses::gradient(Focal, r)),
+        kernel: |d, r| losses::kernel(Focal, d, r),
+    },
+    OpCheck {
+        name: "loss_ghmc",
+        gradient: Some(|r| losses::gradient(GhmC, r)),
+        kernel: |d, r| losses::kernel(GhmC, d, r),
+    },
+    OpCheck {
+        name: "loss_ghmcs",
+        gradient: Some(|r| losses::gradient(GhmCs, r)),
+        kernel: |d, r| losses::kernel(GhmCs, d, r),
     },
 ];
 

@@ -5,6 +5,7 @@
 mod adamw;
 mod elementwise;
 mod gemm;
+pub mod loss;
 mod rows;
 
 pub use adamw::{adamw_step, AdamW};
@@ -25,7 +26,9 @@ pub fn threads_per_block(kernel: &str) -> u32 {
         "softmax_rows_forward"
         | "softmax_rows_backward"
         | "reduce_rows_forward"
-        | "reduce_rows_backward" => rows::THREADS_PER_BLOCK,
+        | "reduce_rows_backward"
+        | "loss_row_stats"
+        | "loss_rows_final" => rows::THREADS_PER_BLOCK,
         _ => 256,
     }
 }

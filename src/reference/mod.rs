@@ -2,6 +2,8 @@
 //! read and obviously right. Kernels are checked against these; these are checked against
 //! finite differences (their backward passes) and, later, against PyTorch fixtures.
 
+pub mod loss;
+
 use crate::ops::Gemm;
 
 /// Index of element (r, c) of a stored row-major operand in batch `b`.

@@ -1,0 +1,5 @@
+//! Layers with explicit forward and backward passes. Each owns its parameters, saved
+//! activations and state; the kernels they run are launched through `ops`.
+
+pub mod imbalance;
+pub mod loss;
