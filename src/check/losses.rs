@@ -4,12 +4,12 @@
 //! exercised), with the gradient buffer NaN-poisoned before each step.
 
 use super::registry::{Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE};
-use super::{finite_difference, relative_error, worst, Rng};
+use super::{finite_difference, relative_error, relative_error_to_terms, worst, Rng};
 use crate::device::Device;
 use crate::error::Result;
 use crate::model::imbalance::class_weights_from_counts;
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
-use crate::reference::loss::{layer_parts, layer_step, loss_and_grad};
+use crate::reference::loss::{layer_parts, loss_and_grad, StepParts};
 
 /// A configuration of `kind` for `k` classes with random class counts, focal alphas and
 /// similarity, so every optional input is exercised.
@@ -85,12 +85,20 @@ pub fn kernel(kind: LossKind, dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         for step in 1..=2u64 {
             let y = labels(n, k, rng);
             let z = rng.normals(n * k, 3.0);
-            let (want_loss, want_grad) = layer_step(&cfg, k, &mut ema, step, &z, &y);
+            let parts = layer_parts(&cfg, k, &mut ema, step, &z, &y);
+            let (want_loss, want_grad) = loss_and_grad(&parts.spec(k, &y), &z);
             let zb = dev.upload(&super::to_f32(&z), "logits")?;
             let mut gb = dev.upload(&super::nan_vec(n * k), "grad")?;
             let out = layer.forward_backward(&zb, &y, &mut gb)?;
             err = worst(err, relative_error(&[out.loss], &[want_loss]));
-            err = worst(err, relative_error(&gb.to_host()?, &want_grad));
+            let got = gb.to_host()?;
+            err = worst(
+                err,
+                match &parts.soft_targets {
+                    None => relative_error(&got, &want_grad),
+                    Some(q) => soft_target_error(&got, &want_grad, &parts, q, &z, &y, k),
+                },
+            );
         }
         rows.push(Row {
             op: name(kind).into(),
@@ -102,4 +110,27 @@ pub fn kernel(kind: LossKind, dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         });
     }
     Ok(rows)
+}
+
+/// With soft targets the gradient (a_i / norm)(p - q) vanishes wherever p meets q, and no fp32
+/// computation gets a vanishing difference to 1e-5 of itself: p carries ~1e-7 relative error.
+/// So the error is measured against the terms it is the difference of, (a_i / norm)(p + q).
+fn soft_target_error(
+    got: &[f32],
+    want: &[f64],
+    parts: &StepParts,
+    q: &[f64],
+    z: &[f64],
+    y: &[i32],
+    k: usize,
+) -> f64 {
+    let p = crate::reference::softmax_rows_forward(z, y.len(), k);
+    let weights: Vec<f64> = (0..y.len())
+        .map(|r| parts.row_weight.as_ref().map_or(1.0, |w| w[r]))
+        .collect();
+    let norm = parts.fixed_norm.unwrap_or_else(|| weights.iter().sum());
+    let terms: Vec<f64> = (0..y.len() * k)
+        .map(|i| weights[i / k] / norm * (p[i] + q[y[i / k] as usize * k + i % k]))
+        .collect();
+    relative_error_to_terms(got, want, &terms)
 }

@@ -79,6 +79,21 @@ pub fn relative_error(out: &[f32], reference: &[f64]) -> f64 {
     }
 }
 
+/// ||out - ref|| / ||terms||, for results that are sums of terms of both signs and can vanish
+/// (a GELU derivative near its root, p - q with soft targets): fp32 resolves such a result to
+/// a fraction of its terms' size, not of its own. NaN in `out` gives NaN.
+pub fn relative_error_to_terms(out: &[f32], reference: &[f64], terms: &[f64]) -> f64 {
+    let mut diff = 0.0;
+    for (&o, &r) in out.iter().zip(reference) {
+        if o.is_nan() {
+            return f64::NAN;
+        }
+        diff += (o as f64 - r) * (o as f64 - r);
+    }
+    let size: f64 = terms.iter().map(|t| t * t).sum();
+    (diff / size.max(f64::MIN_POSITIVE)).sqrt()
+}
+
 pub fn to_f32(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
 }

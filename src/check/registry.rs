@@ -4,7 +4,10 @@
 //! rows; the tests assert them. A later op registers itself by adding an entry to `ALL`.
 
 use super::losses;
-use super::{finite_difference, nan_vec, relative_error, to_f32, weighted_sum, worst, Rng};
+use super::{
+    finite_difference, nan_vec, relative_error, relative_error_to_terms, to_f32, weighted_sum,
+    worst, Rng,
+};
 use crate::device::{Buffer, Device};
 use crate::error::Result;
 use crate::model::loss::LossKind::{CrossEntropy, Focal, GhmC, GhmCs, WeightedCrossEntropy};
@@ -546,7 +549,7 @@ fn gelu_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
             "gelu_backward",
             dev,
             format!("n={n}"),
-            relative_error(&dxb.to_host()?, &expect),
+            relative_error_to_terms(&dxb.to_host()?, &expect, &r::gelu_backward_terms(&x, &dy)),
         ));
     }
     rows.push(gelu_tail_row(dev)?);
