@@ -4,6 +4,7 @@
 use crate::check::{to_f32, Rng};
 use crate::device::Device;
 use crate::error::Result;
+use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 use crate::ops::{self, Gemm};
 
 pub struct GemmTiming {
@@ -99,6 +100,79 @@ pub fn print_gemm(rows: &[GemmTiming]) {
         println!(
             "{:<52} {:>6} {:>6} {:>6} {:>10.3} {:>9.2} {:>8.2} {:>9}",
             r.what, r.m, r.n, r.k, r.ms, r.gflops, r.gbytes_per_s, roof
+        );
+    }
+}
+
+pub struct LossTiming {
+    pub what: String,
+    pub rows: usize,
+    pub classes: usize,
+    pub ms: f64,
+    pub rows_per_s: f64,
+    /// Against the least traffic a fused loss needs: read the logits, write the gradient.
+    pub gbytes_per_s: f64,
+    /// Fraction of the card's DRAM bandwidth (CUDA only): the loss is memory-bound.
+    pub roofline: Option<f64>,
+}
+
+/// Times one step of the loss layer (all its kernels, the label upload and the loss read-back,
+/// as a training step pays them): one warm-up, then the median of `reps`.
+pub fn loss(
+    dev: &Device,
+    kind: LossKind,
+    rows: usize,
+    classes: usize,
+    reps: usize,
+) -> Result<LossTiming> {
+    let mut rng = Rng::new(2);
+    let mut cfg = LossConfig::new(kind);
+    cfg.class_weights = Some(vec![1.0; classes]);
+    cfg.similarity = Some((0..classes * classes).map(|_| rng.uniform()).collect());
+    let mut layer = ClassificationLoss::new(dev, classes, cfg)?;
+    let logits = dev.upload(&to_f32(&rng.normals(rows * classes, 2.0)), "logits")?;
+    let labels: Vec<i32> = (0..rows)
+        .map(|_| (rng.next_u64() % classes as u64) as i32)
+        .collect();
+    let mut grad = dev.zeros::<f32>(rows * classes, "grad")?;
+    layer.forward_backward(&logits, &labels, &mut grad)?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        times.push(dev.time_ms(|| {
+            layer
+                .forward_backward(&logits, &labels, &mut grad)
+                .map(|_| ())
+        })?);
+    }
+    times.sort_by(f64::total_cmp);
+    let ms = times[times.len() / 2];
+    let bytes = 8.0 * (rows * classes) as f64;
+    let gbytes_per_s = bytes / (ms / 1e3) / 1e9;
+    Ok(LossTiming {
+        what: format!("{kind:?} on {}", dev.describe()),
+        rows,
+        classes,
+        ms,
+        rows_per_s: rows as f64 / (ms / 1e3),
+        gbytes_per_s,
+        roofline: dev
+            .cuda_info()
+            .map(|i| gbytes_per_s * 1e9 / i.peak_bandwidth()),
+    })
+}
+
+pub fn print_loss(rows: &[LossTiming]) {
+    println!(
+        "{:<50} {:>6} {:>7} {:>10} {:>12} {:>8} {:>9}",
+        "loss step", "rows", "classes", "ms", "rows/s", "GB/s", "roofline"
+    );
+    for r in rows {
+        let roof = r
+            .roofline
+            .map_or("-".to_string(), |f| format!("{:.1}%", f * 100.0));
+        println!(
+            "{:<50} {:>6} {:>7} {:>10.3} {:>12.0} {:>8.2} {:>9}",
+            r.what, r.rows, r.classes, r.ms, r.rows_per_s, r.gbytes_per_s, roof
         );
     }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use emrclass::check::{registry, Rng};
 use emrclass::device::{parse_bytes, DeviceChoice};
+use emrclass::model::loss::LossKind;
 use emrclass::{bench, kernel_report, Device, Result, Schedule};
 
 #[derive(Parser)]
@@ -50,13 +51,37 @@ enum Command {
     /// Check each op's f64 reference against finite differences and its kernels against the
     /// reference on fresh random inputs. Non-zero exit status on any failure.
     Gradcheck {
-        /// Ops to check (all when none given): gemm, softmax, reduce, sum_columns, add, scale, gelu, adamw, convert_f16.
+        /// Ops to check (all when none given): gemm, softmax, reduce, sum_columns, add, scale,
+        /// gelu, adamw, convert_f16, loss_ce, loss_weighted_ce, loss_focal, loss_ghmc, loss_ghmcs.
         ops: Vec<String>,
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LossArg {
+    Ce,
+    WeightedCe,
+    Focal,
+    Ghmc,
+    Ghmcs,
+    All,
+}
+
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// One loss-layer step (logits -> loss and dL/dlogits): rows/s, GB/s, roofline.
+    Loss {
+        #[arg(long, value_enum, default_value_t = LossArg::All)]
+        kind: LossArg,
+        /// Batch sizes (rows).
+        #[arg(long, value_delimiter = ',', default_values_t = [16, 256, 4096])]
+        rows: Vec<usize>,
+        /// Class counts (44 is CHIP-CTC's).
+        #[arg(long, value_delimiter = ',', default_values_t = [44, 1000])]
+        classes: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
     /// C = A B, row-major fp32, square sizes.
     Gemm {
         /// Sizes (m = n = k). Default: 64,128,256 on the simulator; 256..4096 on CUDA.
@@ -117,6 +142,41 @@ fn run(cli: &Cli) -> Result<bool> {
                 }
             }
             bench::print_gemm(&rows);
+            Ok(true)
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Loss {
+                    kind,
+                    rows,
+                    classes,
+                    reps,
+                },
+        } => {
+            let dev = open_device(cli, seed)?;
+            let kinds = match kind {
+                LossArg::Ce => vec![LossKind::CrossEntropy],
+                LossArg::WeightedCe => vec![LossKind::WeightedCrossEntropy],
+                LossArg::Focal => vec![LossKind::Focal],
+                LossArg::Ghmc => vec![LossKind::GhmC],
+                LossArg::Ghmcs => vec![LossKind::GhmCs],
+                LossArg::All => vec![
+                    LossKind::CrossEntropy,
+                    LossKind::WeightedCrossEntropy,
+                    LossKind::Focal,
+                    LossKind::GhmC,
+                    LossKind::GhmCs,
+                ],
+            };
+            let mut out = Vec::new();
+            for &k in classes {
+                for &n in rows {
+                    for &kind in &kinds {
+                        out.push(bench::loss(&dev, kind, n, k, *reps)?);
+                    }
+                }
+            }
+            bench::print_loss(&out);
             Ok(true)
         }
         Command::Gradcheck { ops } => {
