@@ -197,6 +197,10 @@ fn gemm_cases() -> Vec<(Gemm, bool)> {
     g.batch = 3;
     g.alpha = 0.75;
     g.beta = 0.5;
+    // ... and views into larger buffers, 16-byte misaligned.
+    g.offset_a = 5;
+    g.offset_b = 3;
+    g.offset_c = 2;
     cases.push((g, true));
     // The batched attention shape: heads of 64 over a 12-token sequence, B^T.
     cases.push((Gemm::new(12, 12, 64, false, true).batched(5), true));
@@ -210,9 +214,9 @@ fn gemm_lengths(g: &Gemm) -> (usize, usize, usize) {
         (g.batch - 1) * stride + (rows - 1) * ld + cols
     };
     (
-        span(ar, ac, g.lda, g.stride_a),
-        span(br, bc, g.ldb, g.stride_b),
-        span(g.m, g.n, g.ldc, g.stride_c),
+        g.offset_a + span(ar, ac, g.lda, g.stride_a),
+        g.offset_b + span(br, bc, g.ldb, g.stride_b),
+        g.offset_c + span(g.m, g.n, g.ldc, g.stride_c),
     )
 }
 
@@ -258,8 +262,8 @@ fn gemm_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         let mut untouched = true;
         for i in 0..lc {
             let inside = (0..g.batch).any(|bt| {
-                i >= bt * g.stride_c && {
-                    let off = i - bt * g.stride_c;
+                i >= g.offset_c + bt * g.stride_c && {
+                    let off = i - g.offset_c - bt * g.stride_c;
                     off / g.ldc < g.m && off % g.ldc < g.n
                 }
             });

@@ -21,6 +21,10 @@ pub struct Gemm {
     pub stride_c: usize,
     pub alpha: f32,
     pub beta: f32,
+    /// Where op(A), op(B) and C start in their buffers (elements): views without copies.
+    pub offset_a: usize,
+    pub offset_b: usize,
+    pub offset_c: usize,
 }
 
 impl Gemm {
@@ -41,6 +45,9 @@ impl Gemm {
             stride_c: m * n,
             alpha: 1.0,
             beta: 0.0,
+            offset_a: 0,
+            offset_b: 0,
+            offset_c: 0,
         }
     }
 
@@ -95,9 +102,9 @@ pub fn gemm(
             )));
         }
     }
-    need(OP, "A", a, span(ar, ac, g.lda, g.batch, g.stride_a))?;
-    need(OP, "B", b, span(br, bc, g.ldb, g.batch, g.stride_b))?;
-    need(OP, "C", c, span(g.m, g.n, g.ldc, g.batch, g.stride_c))?;
+    need(OP, "A", a, g.offset_a + span(ar, ac, g.lda, g.batch, g.stride_a))?;
+    need(OP, "B", b, g.offset_b + span(br, bc, g.ldb, g.batch, g.stride_b))?;
+    need(OP, "C", c, g.offset_c + span(g.m, g.n, g.ldc, g.batch, g.stride_c))?;
     if let Some(bias) = bias {
         need(OP, "bias", bias, g.n)?;
     }
@@ -115,9 +122,9 @@ pub fn gemm(
     };
     let i = |what, v| to_i32(OP, what, v).map(Arg::I32);
     let args = [
-        Arg::from(a),
-        Arg::from(b),
-        Arg::from(&*c),
+        a.arg_at(g.offset_a),
+        b.arg_at(g.offset_b),
+        c.arg_at(g.offset_c),
         bias.map_or(Arg::Null, Arg::from),
         i("m", g.m)?,
         i("n", g.n)?,

@@ -13,20 +13,19 @@ fn at(b: usize, stride: usize, r: usize, c: usize, ld: usize) -> usize {
 
 /// Where op(A)[i, k] lives in A's storage.
 fn a_index(g: &Gemm, b: usize, i: usize, k: usize) -> usize {
-    if g.trans_a {
-        at(b, g.stride_a, k, i, g.lda)
-    } else {
-        at(b, g.stride_a, i, k, g.lda)
-    }
+    let (r, c) = if g.trans_a { (k, i) } else { (i, k) };
+    g.offset_a + at(b, g.stride_a, r, c, g.lda)
 }
 
 /// Where op(B)[k, j] lives in B's storage.
 fn b_index(g: &Gemm, b: usize, k: usize, j: usize) -> usize {
-    if g.trans_b {
-        at(b, g.stride_b, j, k, g.ldb)
-    } else {
-        at(b, g.stride_b, k, j, g.ldb)
-    }
+    let (r, c) = if g.trans_b { (j, k) } else { (k, j) };
+    g.offset_b + at(b, g.stride_b, r, c, g.ldb)
+}
+
+/// Where C[i, j] lives in C's storage.
+fn c_index(g: &Gemm, b: usize, i: usize, j: usize) -> usize {
+    g.offset_c + at(b, g.stride_c, i, j, g.ldc)
 }
 
 /// C = alpha op(A) op(B) + beta C + bias, over the batch; elements of `c` outside the m x n
@@ -39,7 +38,7 @@ pub fn gemm(g: &Gemm, a: &[f64], b: &[f64], c: &mut [f64], bias: Option<&[f64]>)
                 for k in 0..g.k {
                     acc += a[a_index(g, bt, i, k)] * b[b_index(g, bt, k, j)];
                 }
-                let ci = at(bt, g.stride_c, i, j, g.ldc);
+                let ci = c_index(g, bt, i, j);
                 let mut out = g.alpha as f64 * acc;
                 if g.beta != 0.0 {
                     out += g.beta as f64 * c[ci];
@@ -70,7 +69,7 @@ pub fn gemm_backward(
     for bt in 0..g.batch {
         for i in 0..g.m {
             for j in 0..g.n {
-                let d = dc[at(bt, g.stride_c, i, j, g.ldc)];
+                let d = dc[c_index(g, bt, i, j)];
                 dbias[j] += d;
                 for k in 0..g.k {
                     da[a_index(g, bt, i, k)] += alpha * d * b[b_index(g, bt, k, j)];
