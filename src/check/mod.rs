@@ -4,6 +4,7 @@
 
 mod losses;
 pub mod registry;
+mod textcnn;
 
 /// A small, seedable generator (splitmix64): fresh inputs per run, reproducible from the seed.
 pub struct Rng(u64);
@@ -164,4 +165,51 @@ pub fn worst(a: f64, b: f64) -> f64 {
     } else {
         a.max(b)
     }
+}
+
+/// Finite differences for a piecewise-linear function (max, ReLU): `f` returns the value and a
+/// signature of the linear piece it is on (e.g. which window won each max). A one-sided
+/// difference inside one piece is exact, so each element takes the side whose piece matches
+/// the unperturbed one; central differences would be wrong whenever a step straddles a kink.
+/// Elements with a kink on both sides (vanishingly rare) are skipped.
+pub fn finite_difference_piecewise<S: PartialEq>(
+    f: impl Fn(&[f64]) -> (f64, S),
+    x: &[f64],
+    analytic: &[f64],
+    h: f64,
+) -> GradCheck {
+    let scale = analytic.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let floor = (1e-3 * scale).max(1e-12);
+    let mut worst = GradCheck {
+        worst_index: 0,
+        worst_error: 0.0,
+        analytic: 0.0,
+        numeric: 0.0,
+    };
+    let (f0, piece) = f(x);
+    let mut xp = x.to_vec();
+    for i in 0..x.len() {
+        xp[i] = x[i] + h;
+        let (up, up_piece) = f(&xp);
+        xp[i] = x[i] - h;
+        let (down, down_piece) = f(&xp);
+        xp[i] = x[i];
+        let numeric = if up_piece == piece {
+            (up - f0) / h
+        } else if down_piece == piece {
+            (f0 - down) / h
+        } else {
+            continue;
+        };
+        let err = (analytic[i] - numeric).abs() / analytic[i].abs().max(numeric.abs()).max(floor);
+        if err > worst.worst_error || err.is_nan() {
+            worst = GradCheck {
+                worst_index: i,
+                worst_error: err,
+                analytic: analytic[i],
+                numeric,
+            };
+        }
+    }
+    worst
 }

@@ -90,6 +90,11 @@ pub static ALL: &[OpCheck] = &[
         kernel: convert_kernel,
     },
     OpCheck {
+        name: "textcnn",
+        gradient: Some(super::textcnn::gradient),
+        kernel: super::textcnn::kernel,
+    },
+    OpCheck {
         name: "loss_ce",
         gradient: Some(|r| losses::gradient(CrossEntropy, r)),
         kernel: |d, r| losses::kernel(CrossEntropy, d, r),

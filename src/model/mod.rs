@@ -3,3 +3,4 @@
 
 pub mod imbalance;
 pub mod loss;
+pub mod textcnn;

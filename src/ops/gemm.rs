@@ -102,9 +102,24 @@ pub fn gemm(
             )));
         }
     }
-    need(OP, "A", a, g.offset_a + span(ar, ac, g.lda, g.batch, g.stride_a))?;
-    need(OP, "B", b, g.offset_b + span(br, bc, g.ldb, g.batch, g.stride_b))?;
-    need(OP, "C", c, g.offset_c + span(g.m, g.n, g.ldc, g.batch, g.stride_c))?;
+    need(
+        OP,
+        "A",
+        a,
+        g.offset_a + span(ar, ac, g.lda, g.batch, g.stride_a),
+    )?;
+    need(
+        OP,
+        "B",
+        b,
+        g.offset_b + span(br, bc, g.ldb, g.batch, g.stride_b),
+    )?;
+    need(
+        OP,
+        "C",
+        c,
+        g.offset_c + span(g.m, g.n, g.ldc, g.batch, g.stride_c),
+    )?;
     if let Some(bias) = bias {
         need(OP, "bias", bias, g.n)?;
     }

@@ -7,6 +7,7 @@ mod elementwise;
 mod gemm;
 pub mod loss;
 mod rows;
+pub mod textcnn;
 
 pub use adamw::{adamw_step, AdamW};
 pub use elementwise::{

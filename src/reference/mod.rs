@@ -3,6 +3,7 @@
 //! finite differences (their backward passes) and, later, against PyTorch fixtures.
 
 pub mod loss;
+pub mod textcnn;
 
 use crate::ops::Gemm;
 
