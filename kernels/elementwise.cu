@@ -48,3 +48,14 @@ extern "C" __global__ void convert_f32_to_f16(const float *__restrict__ x, __hal
 extern "C" __global__ void convert_f16_to_f32(const __half *__restrict__ x, float *__restrict__ y, long long n) {
     GRID_STRIDE_LOOP(i, n) y[i] = __half2float(x[i]);
 }
+
+// dst[m][c][r] = src[m][r][c] for `count` row-major rows x cols matrices: a layout change, e.g.
+// the recurrent weights [G*H][H] to [H][G*H] so the recurrence reads them coalesced.
+extern "C" __global__ void transpose_f32(const float *__restrict__ src, float *__restrict__ dst, int count, int rows,
+                                         int cols) {
+    GRID_STRIDE_LOOP(i, (long long)count * rows * cols) {
+        const long long m = i / ((long long)rows * cols);
+        const int r = (int)(i / cols % rows), c = (int)(i % cols);
+        dst[(m * cols + c) * rows + r] = src[i];
+    }
+}

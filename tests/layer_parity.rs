@@ -14,7 +14,11 @@ fn fixtures() -> Vec<Value> {
 }
 
 fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 fn f32s(v: &Value) -> Vec<f32> {
@@ -22,7 +26,11 @@ fn f32s(v: &Value) -> Vec<f32> {
 }
 
 fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect()
 }
 
 fn rel(a: &[f64], b: &[f64]) -> f64 {
@@ -33,34 +41,89 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
 
 fn textcnn(case: &Value, dev: &Device) {
     let name = case["name"].as_str().unwrap();
-    let lengths: Vec<i32> = usizes(&case["lengths"]).into_iter().map(|l| l as i32).collect();
-    let (l, c, f) = (case["seq_len"].as_u64().unwrap() as usize, case["channels"].as_u64().unwrap() as usize, case["filters"].as_u64().unwrap() as usize);
+    let lengths: Vec<i32> = usizes(&case["lengths"])
+        .into_iter()
+        .map(|l| l as i32)
+        .collect();
+    let (l, c, f) = (
+        case["seq_len"].as_u64().unwrap() as usize,
+        case["channels"].as_u64().unwrap() as usize,
+        case["filters"].as_u64().unwrap() as usize,
+    );
     let widths = usizes(&case["widths"]);
     let x = f64s(&case["x"]);
     let up = f64s(&case["upstream"]);
-    let weights: Vec<Vec<f64>> = case["weights"].as_array().unwrap().iter().map(f64s).collect();
-    let biases: Vec<Vec<f64>> = case["biases"].as_array().unwrap().iter().map(f64s).collect();
-    let convs: Vec<Conv> = widths.iter().enumerate().map(|(i, &width)| Conv { width, weight: &weights[i], bias: &biases[i] }).collect();
+    let weights: Vec<Vec<f64>> = case["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(f64s)
+        .collect();
+    let biases: Vec<Vec<f64>> = case["biases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(f64s)
+        .collect();
+    let convs: Vec<Conv> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, &width)| Conv {
+            width,
+            weight: &weights[i],
+            bias: &biases[i],
+        })
+        .collect();
     let (pooled, _) = r::forward(&x, &lengths, l, c, f, &convs);
     let (dx, grads) = r::backward(&x, &lengths, l, c, f, &convs, &up);
-    assert!(rel(&pooled, &f64s(&case["pooled"])) < 1e-9, "{name}: reference pooled");
+    assert!(
+        rel(&pooled, &f64s(&case["pooled"])) < 1e-9,
+        "{name}: reference pooled"
+    );
     assert!(rel(&dx, &f64s(&case["dx"])) < 1e-9, "{name}: reference dx");
     for (i, (dw, db)) in grads.iter().enumerate() {
-        assert!(rel(dw, &f64s(&case["weight_grads"][i])) < 1e-9, "{name}: reference dW {i}");
-        assert!(rel(db, &f64s(&case["bias_grads"][i])) < 1e-9, "{name}: reference db {i}");
+        assert!(
+            rel(dw, &f64s(&case["weight_grads"][i])) < 1e-9,
+            "{name}: reference dW {i}"
+        );
+        assert!(
+            rel(db, &f64s(&case["bias_grads"][i])) < 1e-9,
+            "{name}: reference db {i}"
+        );
     }
-    let host: Vec<(Vec<f32>, Vec<f32>)> = (0..widths.len()).map(|i| (f32s(&case["weights"][i]), f32s(&case["biases"][i]))).collect();
-    let mut layer = TextCnn::from_host(dev, TextCnnConfig { channels: c, filters: f, widths: widths.clone() }, &host).unwrap();
-    let out = layer.forward(&dev.upload(&f32s(&case["x"]), "x").unwrap(), &lengths, l).unwrap();
+    let host: Vec<(Vec<f32>, Vec<f32>)> = (0..widths.len())
+        .map(|i| (f32s(&case["weights"][i]), f32s(&case["biases"][i])))
+        .collect();
+    let mut layer = TextCnn::from_host(
+        dev,
+        TextCnnConfig {
+            channels: c,
+            filters: f,
+            widths: widths.clone(),
+        },
+        &host,
+    )
+    .unwrap();
+    let out = layer
+        .forward(&dev.upload(&f32s(&case["x"]), "x").unwrap(), &lengths, l)
+        .unwrap();
     let err = relative_error(&out.to_host().unwrap(), &f64s(&case["pooled"]));
     assert!(err < 1e-5, "{name}: kernel pooled {err:e}");
-    let dxk = layer.backward(&dev.upload(&f32s(&case["upstream"]), "up").unwrap()).unwrap();
+    let dxk = layer
+        .backward(&dev.upload(&f32s(&case["upstream"]), "up").unwrap())
+        .unwrap();
     let err = relative_error(&dxk.to_host().unwrap(), &f64s(&case["dx"]));
     assert!(err < 1e-5, "{name}: kernel dx {err:e}");
     for i in 0..widths.len() {
-        let e = relative_error(&layer.weight_grads[i].to_host().unwrap(), &f64s(&case["weight_grads"][i]));
+        let e = relative_error(
+            &layer.weight_grads[i].to_host().unwrap(),
+            &f64s(&case["weight_grads"][i]),
+        );
         assert!(e < 1e-5, "{name}: kernel dW {i} {e:e}");
-        let e = relative_error(&layer.bias_grads[i].to_host().unwrap(), &f64s(&case["bias_grads"][i]));
+        let e = relative_error(
+            &layer.bias_grads[i].to_host().unwrap(),
+            &f64s(&case["bias_grads"][i]),
+        );
         assert!(e < 1e-5, "{name}: kernel db {i} {e:e}");
     }
 }
@@ -89,8 +152,13 @@ fn layers_match_pytorch_random_order() {
 #[test]
 fn textcnn_rejects_all_padding_rows_and_bad_shapes() {
     let dev = Device::simt(Schedule::Forward);
-    let cfg = TextCnnConfig { channels: 2, filters: 3, widths: vec![2] };
-    let mut layer = TextCnn::from_host(&dev, cfg.clone(), &[(vec![0.1; 12], vec![0.0; 3])]).unwrap();
+    let cfg = TextCnnConfig {
+        channels: 2,
+        filters: 3,
+        widths: vec![2],
+    };
+    let mut layer =
+        TextCnn::from_host(&dev, cfg.clone(), &[(vec![0.1; 12], vec![0.0; 3])]).unwrap();
     let x = dev.zeros::<f32>(2 * 4 * 2, "x").unwrap();
     let e = layer.forward(&x, &[4, 0], 4).err().unwrap().to_string();
     assert!(e.contains("sequence 1 is all padding"), "{e}");
@@ -98,8 +166,15 @@ fn textcnn_rejects_all_padding_rows_and_bad_shapes() {
     assert!(e.contains("sequence 1 has length 5"), "{e}");
     let e = layer.forward(&x, &[4, 4, 4], 4).err().unwrap().to_string();
     assert!(e.contains("[3, 4, 2] expected"), "{e}");
-    let e = TextCnn::from_host(&dev, cfg, &[(vec![0.1; 11], vec![0.0; 3])]).err().unwrap().to_string();
+    let e = TextCnn::from_host(&dev, cfg, &[(vec![0.1; 11], vec![0.0; 3])])
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("expected [3, 2, 2]"), "{e}");
-    let e = layer.backward(&dev.zeros::<f32>(6, "d").unwrap()).err().unwrap().to_string();
+    let e = layer
+        .backward(&dev.zeros::<f32>(6, "d").unwrap())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("without forward"), "{e}");
 }

@@ -4,6 +4,7 @@
 
 mod losses;
 pub mod registry;
+mod rnn;
 mod textcnn;
 
 /// A small, seedable generator (splitmix64): fresh inputs per run, reproducible from the seed.
@@ -113,8 +114,9 @@ pub struct GradCheck {
 }
 
 /// Compares `analytic` (the gradient of `f` at `x`) with central differences in f64.
-/// Error per element: |a - n| / max(|a|, |n|, floor), with floor = 1e-3 * max|a| so that
-/// elements whose true gradient is ~0 are judged on the gradient's scale, not their own.
+/// Error per element: |a - n| / max(|a|, |n|, floor), with floor = max(1e-3 max|a|, 1e-6 |f(x)|)
+/// so that elements whose true gradient is ~0 are judged on the gradient's scale (or, when the
+/// whole gradient is 0, on the function's), not on their own rounding noise.
 pub fn finite_difference(
     f: impl Fn(&[f64]) -> f64,
     x: &[f64],
@@ -123,7 +125,7 @@ pub fn finite_difference(
 ) -> GradCheck {
     assert_eq!(x.len(), analytic.len());
     let scale = analytic.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let floor = (1e-3 * scale).max(1e-12);
+    let floor = (1e-3 * scale).max(1e-6 * f(x).abs()).max(1e-300);
     let mut worst = GradCheck {
         worst_index: 0,
         worst_error: 0.0,
@@ -132,12 +134,13 @@ pub fn finite_difference(
     };
     let mut xp = x.to_vec();
     for i in 0..x.len() {
-        xp[i] = x[i] + h;
-        let up = f(&xp);
-        xp[i] = x[i] - h;
-        let down = f(&xp);
-        xp[i] = x[i];
-        let numeric = (up - down) / (2.0 * h);
+        let mut at = |step: f64| {
+            xp[i] = x[i] + step;
+            let v = f(&xp);
+            xp[i] = x[i];
+            v
+        };
+        let numeric = (-at(2.0 * h) + 8.0 * at(h) - 8.0 * at(-h) + at(-2.0 * h)) / (12.0 * h);
         let err = (analytic[i] - numeric).abs() / analytic[i].abs().max(numeric.abs()).max(floor);
         if err > worst.worst_error || err.is_nan() {
             worst = GradCheck {

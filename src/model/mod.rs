@@ -3,4 +3,5 @@
 
 pub mod imbalance;
 pub mod loss;
+pub mod rnn;
 pub mod textcnn;

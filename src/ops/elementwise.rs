@@ -104,3 +104,25 @@ pub fn convert_f16_to_f32(x: &Buffer<f16>, y: &mut Buffer<f32>) -> Result<()> {
         &[x.into(), (&*y).into(), Arg::I64(x.len() as i64)],
     )
 }
+
+/// dst[m] = src[m]^T for `count` row-major `rows` x `cols` matrices.
+pub fn transpose(
+    src: &Buffer<f32>,
+    dst: &mut Buffer<f32>,
+    count: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let n = count * rows * cols;
+    need("transpose", "src", src, n)?;
+    need("transpose", "dst", dst, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let i = |v: usize| super::to_i32("transpose", "size", v).map(Arg::I32);
+    src.device().launch(
+        "transpose_f32",
+        cfg(n),
+        &[src.into(), (&*dst).into(), i(count)?, i(rows)?, i(cols)?],
+    )
+}

@@ -25,6 +25,7 @@ pub struct Gemm {
     pub offset_a: usize,
     pub offset_b: usize,
     pub offset_c: usize,
+    pub offset_bias: usize,
 }
 
 impl Gemm {
@@ -48,6 +49,7 @@ impl Gemm {
             offset_a: 0,
             offset_b: 0,
             offset_c: 0,
+            offset_bias: 0,
         }
     }
 
@@ -121,7 +123,7 @@ pub fn gemm(
         g.offset_c + span(g.m, g.n, g.ldc, g.batch, g.stride_c),
     )?;
     if let Some(bias) = bias {
-        need(OP, "bias", bias, g.n)?;
+        need(OP, "bias", bias, g.offset_bias + g.n)?;
     }
     if g.m == 0 || g.n == 0 || g.batch == 0 {
         return Ok(());
@@ -140,7 +142,7 @@ pub fn gemm(
         a.arg_at(g.offset_a),
         b.arg_at(g.offset_b),
         c.arg_at(g.offset_c),
-        bias.map_or(Arg::Null, Arg::from),
+        bias.map_or(Arg::Null, |b| b.arg_at(g.offset_bias)),
         i("m", g.m)?,
         i("n", g.n)?,
         i("k", g.k)?,

@@ -6,12 +6,14 @@ mod adamw;
 mod elementwise;
 mod gemm;
 pub mod loss;
+pub mod rnn;
 mod rows;
 pub mod textcnn;
 
 pub use adamw::{adamw_step, AdamW};
 pub use elementwise::{
     add, convert_f16_to_f32, convert_f32_to_f16, fill, gelu_backward, gelu_forward, scale,
+    transpose,
 };
 pub use gemm::{gemm, Gemm};
 pub use rows::{

@@ -3,6 +3,7 @@
 //! finite differences (their backward passes) and, later, against PyTorch fixtures.
 
 pub mod loss;
+pub mod rnn;
 pub mod textcnn;
 
 use crate::ops::Gemm;
@@ -45,7 +46,7 @@ pub fn gemm(g: &Gemm, a: &[f64], b: &[f64], c: &mut [f64], bias: Option<&[f64]>)
                     out += g.beta as f64 * c[ci];
                 }
                 if let Some(bias) = bias {
-                    out += bias[j];
+                    out += bias[g.offset_bias + j];
                 }
                 c[ci] = out;
             }
