@@ -10,7 +10,10 @@ use crate::reference::textcnn::{self as r, Conv};
 
 /// (batch, len, channels, filters, widths, lengths): length 1, lengths all different, shorter
 /// than a width, channels and filters not multiples of anything.
-fn cases() -> Vec<(usize, usize, usize, usize, Vec<usize>, Vec<i32>)> {
+/// (batch, len, channels, filters, widths, lengths)
+type Case = (usize, usize, usize, usize, Vec<usize>, Vec<i32>);
+
+fn cases() -> Vec<Case> {
     vec![
         (1, 1, 3, 2, vec![2], vec![1]),
         (3, 7, 5, 4, vec![2, 3, 4], vec![7, 1, 4]),

@@ -1,6 +1,9 @@
 //! The oracle: f64 host implementations of every operation, as plain loops that are easy to
 //! read and obviously right. Kernels are checked against these; these are checked against
-//! finite differences (their backward passes) and, later, against PyTorch fixtures.
+//! finite differences (their backward passes) and against PyTorch fixtures.
+//!
+//! Index loops are the point here: they read like the formulas.
+#![allow(clippy::needless_range_loop)]
 
 pub mod loss;
 pub mod rnn;

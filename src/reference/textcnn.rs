@@ -83,7 +83,7 @@ pub fn backward(
     filters: usize,
     convs: &[Conv],
     dpooled: &[f64],
-) -> (Vec<f64>, Vec<(Vec<f64>, Vec<f64>)>) {
+) -> (Vec<f64>, Vec<ConvGrads>) {
     let batch = lengths.len();
     let cols = filters * convs.len();
     let (_, winners) = forward(x, lengths, len, c, filters, convs);
