@@ -17,7 +17,11 @@ fn windows(length: usize, width: usize) -> usize {
     }
 }
 
+/// Gradients of one width: (dW [F, C, width], db [F]).
+pub type ConvGrads = (Vec<f64>, Vec<f64>);
+
 /// Pre-activation of filter f over the window starting at t of sequence b.
+#[allow(clippy::too_many_arguments)]
 fn conv_at(
     x: &[f64],
     lengths: &[i32],
