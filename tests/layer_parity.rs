@@ -132,33 +132,70 @@ fn textcnn(case: &Value, dev: &Device) {
 
 fn rnn(case: &Value, dev: &Device) {
     let name = case["name"].as_str().unwrap();
-    let cell = if case["kind"] == "gru" { Cell::Gru } else { Cell::Lstm };
-    let lengths: Vec<i32> = usizes(&case["lengths"]).into_iter().map(|l| l as i32).collect();
+    let cell = if case["kind"] == "gru" {
+        Cell::Gru
+    } else {
+        Cell::Lstm
+    };
+    let lengths: Vec<i32> = usizes(&case["lengths"])
+        .into_iter()
+        .map(|l| l as i32)
+        .collect();
     let (l, i, h) = (
         case["seq_len"].as_u64().unwrap() as usize,
         case["input"].as_u64().unwrap() as usize,
         case["hidden"].as_u64().unwrap() as usize,
     );
     let both = |what: &str, name: &str| [&case[what][name], &case[what][format!("{name}_reverse")]];
-    let stacked = |what: &str, name: &str| -> Vec<f64> { both(what, name).iter().flat_map(|v| f64s(v)).collect() };
+    let stacked = |what: &str, name: &str| -> Vec<f64> {
+        both(what, name).iter().flat_map(|v| f64s(v)).collect()
+    };
     let names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"];
     let [w_ih, w_hh, b_ih, b_hh] = names.map(|n| stacked("tensors", n));
     let x = f64s(&case["x"]);
     let up = f64s(&case["upstream"]);
-    let p = RnnParams { cell, input: i, hidden: h, w_ih: &w_ih, w_hh: &w_hh, b_ih: &b_ih, b_hh: &b_hh };
-    assert!(rel(&rnn_ref::forward(&p, &x, &lengths, l), &f64s(&case["out"])) < 1e-9, "{name}: reference out");
+    let p = RnnParams {
+        cell,
+        input: i,
+        hidden: h,
+        w_ih: &w_ih,
+        w_hh: &w_hh,
+        b_ih: &b_ih,
+        b_hh: &b_hh,
+    };
+    assert!(
+        rel(&rnn_ref::forward(&p, &x, &lengths, l), &f64s(&case["out"])) < 1e-9,
+        "{name}: reference out"
+    );
     let g = rnn_ref::backward(&p, &x, &lengths, l, &up);
-    assert!(rel(&g.dx, &f64s(&case["dx"])) < 1e-9, "{name}: reference dx");
+    assert!(
+        rel(&g.dx, &f64s(&case["dx"])) < 1e-9,
+        "{name}: reference dx"
+    );
     for (n, got) in names.iter().zip([&g.w_ih, &g.w_hh, &g.b_ih, &g.b_hh]) {
-        assert!(rel(got, &stacked("grads", n)) < 1e-9, "{name}: reference d{n}");
+        assert!(
+            rel(got, &stacked("grads", n)) < 1e-9,
+            "{name}: reference d{n}"
+        );
     }
     let pair = |n: &str| both("tensors", n).map(|v| f32s(v));
-    let t = RnnTensors { weight_ih: pair(names[0]), weight_hh: pair(names[1]), bias_ih: pair(names[2]), bias_hh: pair(names[3]) };
+    let t = RnnTensors {
+        weight_ih: pair(names[0]),
+        weight_hh: pair(names[1]),
+        bias_ih: pair(names[2]),
+        bias_hh: pair(names[3]),
+    };
     let mut layer = BiRnn::from_host(dev, cell, i, h, &t).unwrap();
-    let out = layer.forward(&dev.upload(&f32s(&case["x"]), "x").unwrap(), &lengths, l).unwrap().to_host().unwrap();
+    let out = layer
+        .forward(&dev.upload(&f32s(&case["x"]), "x").unwrap(), &lengths, l)
+        .unwrap()
+        .to_host()
+        .unwrap();
     let e = relative_error(&out, &f64s(&case["out"]));
     assert!(e < 1e-5, "{name}: kernel out {e:e}");
-    let dx = layer.backward(&dev.upload(&f32s(&case["upstream"]), "up").unwrap()).unwrap();
+    let dx = layer
+        .backward(&dev.upload(&f32s(&case["upstream"]), "up").unwrap())
+        .unwrap();
     let e = relative_error(&dx.to_host().unwrap(), &f64s(&case["dx"]));
     assert!(e < 1e-5, "{name}: kernel dx {e:e}");
     for (k, n) in names.iter().enumerate() {
@@ -217,4 +254,31 @@ fn textcnn_rejects_all_padding_rows_and_bad_shapes() {
         .unwrap()
         .to_string();
     assert!(e.contains("without forward"), "{e}");
+}
+
+/// The recurrences walk time inside one launch: forward + backward launch the same number of
+/// kernels for 3 tokens as for 40.
+#[test]
+fn recurrent_layers_launch_a_constant_number_of_kernels() {
+    for cell in [Cell::Gru, Cell::Lstm] {
+        let mut counts = Vec::new();
+        for len in [3usize, 40] {
+            let dev = Device::simt(Schedule::Forward);
+            let mut rng = emrclass::check::Rng::new(1);
+            let mut layer = BiRnn::new(&dev, cell, 6, 5, &mut rng).unwrap();
+            let x = dev.zeros::<f32>(2 * len * 6, "x").unwrap();
+            let lengths = [len as i32, (len / 2) as i32];
+            let before = dev.launch_count();
+            layer.forward(&x, &lengths, len).unwrap();
+            layer
+                .backward(&dev.zeros::<f32>(2 * len * 10, "dout").unwrap())
+                .unwrap();
+            counts.push(dev.launch_count() - before);
+        }
+        assert_eq!(
+            counts[0], counts[1],
+            "{cell:?}: launches grow with the length: {counts:?}"
+        );
+        assert!(counts[0] > 0);
+    }
 }

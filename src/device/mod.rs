@@ -192,6 +192,8 @@ enum Backend {
 struct Inner {
     backend: Backend,
     memory: MemoryCounter,
+    /// Kernel launches so far: tests assert that recurrences launch O(1) times, not O(L).
+    launches: std::sync::atomic::AtomicU64,
 }
 
 /// A device: cheap to clone, shared by every buffer allocated on it.
@@ -231,6 +233,7 @@ impl Device {
         Device(Arc::new(Inner {
             backend,
             memory: MemoryCounter::new(budget),
+            launches: Default::default(),
         }))
     }
 
@@ -242,6 +245,11 @@ impl Device {
 
     pub fn memory(&self) -> &MemoryCounter {
         &self.0.memory
+    }
+
+    /// Kernel launches made on this device so far.
+    pub fn launch_count(&self) -> u64 {
+        self.0.launches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn is_cuda(&self) -> bool {
@@ -321,6 +329,9 @@ impl Device {
     pub fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let info = kernel_info(kernel)?;
         check_launch(info, &cfg, args)?;
+        self.0
+            .launches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         let mut params: Vec<*mut std::ffi::c_void> = slots
             .iter_mut()
