@@ -5,6 +5,7 @@
 mod losses;
 pub mod registry;
 mod rnn;
+mod seqpool;
 mod textcnn;
 
 /// A small, seedable generator (splitmix64): fresh inputs per run, reproducible from the seed.

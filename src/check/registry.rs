@@ -105,6 +105,11 @@ pub static ALL: &[OpCheck] = &[
         kernel: |d, r| super::rnn::kernel(crate::model::rnn::Cell::Lstm, d, r),
     },
     OpCheck {
+        name: "seq_pool",
+        gradient: Some(super::seqpool::gradient),
+        kernel: super::seqpool::kernel,
+    },
+    OpCheck {
         name: "loss_ce",
         gradient: Some(|r| losses::gradient(CrossEntropy, r)),
         kernel: |d, r| losses::kernel(CrossEntropy, d, r),

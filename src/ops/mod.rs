@@ -8,6 +8,7 @@ mod gemm;
 pub mod loss;
 pub mod rnn;
 mod rows;
+pub mod seqpool;
 pub mod textcnn;
 
 pub use adamw::{adamw_step, AdamW};

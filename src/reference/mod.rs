@@ -7,6 +7,7 @@
 
 pub mod loss;
 pub mod rnn;
+pub mod seqpool;
 pub mod textcnn;
 
 use crate::ops::Gemm;
