@@ -59,3 +59,14 @@ extern "C" __global__ void transpose_f32(const float *__restrict__ src, float *_
         dst[(m * cols + c) * rows + r] = src[i];
     }
 }
+
+// dst[r * dst_ld + c] = src[r * src_ld + c] for a rows x cols block: concatenating feature
+// blocks side by side (and splitting them again in backward) without a GEMM.
+extern "C" __global__ void copy_block(const float *__restrict__ src, int src_ld, float *__restrict__ dst, int dst_ld,
+                                      int rows, int cols) {
+    GRID_STRIDE_LOOP(i, (long long)rows * cols) {
+        const long long r = i / cols;
+        const int c = (int)(i % cols);
+        dst[r * dst_ld + c] = src[r * src_ld + c];
+    }
+}

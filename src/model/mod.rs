@@ -2,6 +2,7 @@
 //! activations and state; the kernels they run are launched through `ops`.
 
 pub mod imbalance;
+pub mod linear;
 pub mod loss;
 pub mod rnn;
 pub mod textcnn;

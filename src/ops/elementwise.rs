@@ -126,3 +126,74 @@ pub fn transpose(
         &[src.into(), (&*dst).into(), i(count)?, i(rows)?, i(cols)?],
     )
 }
+
+/// Where a rows x cols block sits in a row-major buffer: offset of its first element and the
+/// buffer's leading dimension.
+#[derive(Clone, Copy, Debug)]
+pub struct Block {
+    pub offset: usize,
+    pub ld: usize,
+}
+
+/// Copies a rows x cols block from `src` to `dst` (concatenation of features, and its split).
+pub fn copy_block(
+    src: &Buffer<f32>,
+    s: Block,
+    dst: &mut Buffer<f32>,
+    d: Block,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let span = |b: Block| b.offset + (rows - 1) * b.ld + cols;
+    need("copy_block", "src", src, span(s))?;
+    need("copy_block", "dst", dst, span(d))?;
+    let i = |v: usize| super::to_i32("copy_block", "size", v).map(Arg::I32);
+    let args = [
+        src.arg_at(s.offset),
+        i(s.ld)?,
+        dst.arg_at(d.offset),
+        i(d.ld)?,
+        i(rows)?,
+        i(cols)?,
+    ];
+    src.device().launch("copy_block", cfg(rows * cols), &args)
+}
+
+/// Inverted dropout with a counter-based mask: keep element i iff hash(seed, i) >= p.
+pub fn dropout(
+    x: &Buffer<f32>,
+    y: &mut Buffer<f32>,
+    p: f32,
+    seed: u64,
+    backward: bool,
+) -> Result<()> {
+    let n = x.len();
+    need("dropout", "y", y, n)?;
+    if !(0.0..1.0).contains(&p) {
+        return Err(crate::Error::Invalid(format!(
+            "dropout probability {p} is not in [0, 1)"
+        )));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let kernel = if backward {
+        "dropout_backward"
+    } else {
+        "dropout_forward"
+    };
+    x.device().launch(
+        kernel,
+        cfg(n),
+        &[
+            x.into(),
+            (&*y).into(),
+            Arg::I64(n as i64),
+            p.into(),
+            Arg::U64(seed),
+        ],
+    )
+}

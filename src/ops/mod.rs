@@ -13,8 +13,8 @@ pub mod textcnn;
 
 pub use adamw::{adamw_step, AdamW};
 pub use elementwise::{
-    add, convert_f16_to_f32, convert_f32_to_f16, fill, gelu_backward, gelu_forward, scale,
-    transpose,
+    add, convert_f16_to_f32, convert_f32_to_f16, copy_block, dropout, fill, gelu_backward,
+    gelu_forward, scale, transpose, Block,
 };
 pub use gemm::{gemm, Gemm};
 pub use rows::{

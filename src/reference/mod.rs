@@ -224,3 +224,28 @@ pub fn adamw_step(
         param[i] -= hp.lr as f64 * (m[i] / bc1) / ((v[i] / bc2).sqrt() + hp.eps as f64);
     }
 }
+
+/// The dropout mask of kernels/dropout.cu, bit for bit: keep element i iff the top 24 bits of
+/// splitmix64(seed + (i + 1) * golden), read as a float in [0, 1), are >= p.
+pub fn dropout_keep(seed: u64, i: u64, p: f32) -> bool {
+    let mut z = seed.wrapping_add((i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    ((z >> 40) as f32) * (1.0 / 16_777_216.0) >= p
+}
+
+/// Inverted dropout (also its backward, applied to dy): x / (1 - p) where kept, else 0.
+pub fn dropout(x: &[f64], p: f32, seed: u64) -> Vec<f64> {
+    let scale = 1.0 / (1.0 - p as f64);
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if dropout_keep(seed, i as u64, p) {
+                v * scale
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
