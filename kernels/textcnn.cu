@@ -89,3 +89,33 @@ extern "C" __global__ void textcnn_pool_backward(const float *__restrict__ dpool
         dout[i] = argmax[(long long)b * filters + f] == t ? dpooled[(long long)b * pooled_cols + col + f] : 0.0f;
     }
 }
+
+// Feature maps instead of pooled features, for a network in series after the convolution
+// (textcnn-bigru): maps[b, t, col + f] = ReLU(Out[b * Lp + t, f]) for real tokens t (the window
+// starting at t, zero padding past the sequence's end), 0 at padding.
+extern "C" __global__ void textcnn_maps_forward(const float *__restrict__ out, const int *__restrict__ lengths,
+                                                float *__restrict__ maps, int batch, int len, int padded_len,
+                                                int filters, int cols, int col) {
+    const long long total = (long long)batch * len * filters;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+        const int f = (int)(i % filters);
+        const long long row = i / filters;
+        const int b = (int)(row / len), t = (int)(row % len);
+        const float v = out[((long long)b * padded_len + t) * filters + f];
+        maps[row * cols + col + f] = t < lengths[b] ? fmaxf(v, 0.0f) : 0.0f;
+    }
+}
+
+// Backward of textcnn_maps_forward through the ReLU; writes all Lp rows of every sequence.
+extern "C" __global__ void textcnn_maps_backward(const float *__restrict__ out, const float *__restrict__ dmaps,
+                                                 const int *__restrict__ lengths, float *__restrict__ dout, int batch,
+                                                 int len, int padded_len, int filters, int cols, int col) {
+    const long long total = (long long)batch * padded_len * filters;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+        const int f = (int)(i % filters);
+        const long long row = i / filters;
+        const int b = (int)(row / padded_len), t = (int)(row % padded_len);
+        const bool live = t < len && t < lengths[b] && out[i] > 0.0f;
+        dout[i] = live ? dmaps[((long long)b * len + t) * cols + col + f] : 0.0f;
+    }
+}

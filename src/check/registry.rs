@@ -110,6 +110,11 @@ pub static ALL: &[OpCheck] = &[
         kernel: super::seqpool::kernel,
     },
     OpCheck {
+        name: "head",
+        gradient: Some(super::heads::gradient),
+        kernel: super::heads::kernel,
+    },
+    OpCheck {
         name: "loss_ce",
         gradient: Some(|r| losses::gradient(CrossEntropy, r)),
         kernel: |d, r| losses::kernel(CrossEntropy, d, r),

@@ -15,7 +15,13 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn from_host(dev: &Device, input: usize, output: usize, weight: &[f32], bias: &[f32]) -> Result<Self> {
+    pub fn from_host(
+        dev: &Device,
+        input: usize,
+        output: usize,
+        weight: &[f32],
+        bias: &[f32],
+    ) -> Result<Self> {
         if weight.len() != input * output || bias.len() != output {
             return Err(Error::Invalid(format!(
                 "linear: weight of {} and bias of {} values; [{output}, {input}] and [{output}] expected",
@@ -36,24 +42,53 @@ impl Linear {
     /// torch.nn.Linear's default: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
     pub fn new(dev: &Device, input: usize, output: usize, rng: &mut Rng) -> Result<Self> {
         let bound = 1.0 / (input as f64).sqrt();
-        let mut u = |n: usize| (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect::<Vec<_>>();
+        let mut u = |n: usize| {
+            (0..n)
+                .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+                .collect::<Vec<_>>()
+        };
         let (w, b) = (u(input * output), u(output));
         Linear::from_host(dev, input, output, &w, &b)
     }
 
     /// x [rows, in] -> [rows, out].
     pub fn forward(&self, x: &Buffer<f32>, rows: usize) -> Result<Buffer<f32>> {
-        let mut y = x.device().alloc::<f32>(rows * self.output, "linear output")?;
-        ops::gemm(&Gemm::new(rows, self.output, self.input, false, true), x, &self.weight, &mut y, Some(&self.bias))?;
+        let mut y = x
+            .device()
+            .alloc::<f32>(rows * self.output, "linear output")?;
+        ops::gemm(
+            &Gemm::new(rows, self.output, self.input, false, true),
+            x,
+            &self.weight,
+            &mut y,
+            Some(&self.bias),
+        )?;
         Ok(y)
     }
 
     /// Writes the parameter gradients (overwriting) and returns dx [rows, in].
-    pub fn backward(&mut self, x: &Buffer<f32>, dy: &Buffer<f32>, rows: usize) -> Result<Buffer<f32>> {
-        ops::gemm(&Gemm::new(self.output, self.input, rows, true, false), dy, x, &mut self.weight_grad, None)?;
+    pub fn backward(
+        &mut self,
+        x: &Buffer<f32>,
+        dy: &Buffer<f32>,
+        rows: usize,
+    ) -> Result<Buffer<f32>> {
+        ops::gemm(
+            &Gemm::new(self.output, self.input, rows, true, false),
+            dy,
+            x,
+            &mut self.weight_grad,
+            None,
+        )?;
         ops::sum_columns(dy, &mut self.bias_grad, rows, self.output)?;
         let mut dx = x.device().alloc::<f32>(rows * self.input, "linear dx")?;
-        ops::gemm(&Gemm::new(rows, self.input, self.output, false, false), dy, &self.weight, &mut dx, None)?;
+        ops::gemm(
+            &Gemm::new(rows, self.input, self.output, false, false),
+            dy,
+            &self.weight,
+            &mut dx,
+            None,
+        )?;
         Ok(dx)
     }
 }

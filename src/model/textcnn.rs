@@ -31,13 +31,26 @@ impl TextCnnConfig {
     }
 }
 
+/// What the layer returns: pooled features [B, F * widths], or ReLU'd feature maps
+/// [B, L, F * widths] (one window per token, starting there; zeros past the sequence's end)
+/// for a network in series after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Pooled,
+    Maps,
+}
+
 /// What forward keeps for backward.
 struct Saved {
+    output: Output,
     padding: Padding,
     lengths: Buffer<i32>,
     padded: Buffer<f32>,
     taps: Vec<Buffer<f32>>,
+    /// Pooled: the winning window per (sequence, filter). Maps: empty.
     argmax: Vec<Buffer<i32>>,
+    /// Maps: the convolution outputs (for the ReLU's backward). Pooled: empty.
+    outs: Vec<Buffer<f32>>,
 }
 
 pub struct TextCnn {
@@ -119,6 +132,26 @@ impl TextCnn {
     /// x: [batch, len, channels] token states; lengths: real tokens per sequence (1..=len).
     /// Returns the pooled features [batch, filters * widths].
     pub fn forward(&mut self, x: &Buffer<f32>, lengths: &[i32], len: usize) -> Result<Buffer<f32>> {
+        self.run(x, lengths, len, Output::Pooled)
+    }
+
+    /// Like `forward`, but returns the feature maps [batch, len, filters * widths].
+    pub fn forward_maps(
+        &mut self,
+        x: &Buffer<f32>,
+        lengths: &[i32],
+        len: usize,
+    ) -> Result<Buffer<f32>> {
+        self.run(x, lengths, len, Output::Maps)
+    }
+
+    fn run(
+        &mut self,
+        x: &Buffer<f32>,
+        lengths: &[i32],
+        len: usize,
+        output: Output,
+    ) -> Result<Buffer<f32>> {
         let dev = x.device().clone();
         let (c, f) = (self.config.channels, self.config.filters);
         let batch = lengths.len();
@@ -130,10 +163,17 @@ impl TextCnn {
             )));
         }
         let wmax = *self.config.widths.iter().max().unwrap();
+        // Each sequence gets its own zero rows for every window the output reads: pooling reads
+        // windows that start at most at max(length - width, 0); maps read one per token, whose
+        // window runs width - 1 rows past it.
+        let padded_len = match output {
+            Output::Pooled => len.max(wmax),
+            Output::Maps => len + wmax - 1,
+        };
         let padding = Padding {
             batch,
             len,
-            padded_len: len.max(wmax),
+            padded_len,
             channels: c,
             extra: wmax,
         };
@@ -141,9 +181,12 @@ impl TextCnn {
         let mut padded = dev.alloc::<f32>(padding.rows() * c, "textcnn padded input")?;
         k::pad_rows(x, &lengths_dev, &mut padded, &padding)?;
         let cols = self.config.out_features();
-        let mut pooled = dev.alloc::<f32>(batch * cols, "textcnn pooled")?;
+        let mut result = match output {
+            Output::Pooled => dev.alloc::<f32>(batch * cols, "textcnn pooled")?,
+            Output::Maps => dev.alloc::<f32>(batch * len * cols, "textcnn maps")?,
+        };
         let rows = batch * padding.padded_len;
-        let (mut taps, mut argmaxes) = (Vec::new(), Vec::new());
+        let (mut taps, mut argmaxes, mut outs) = (Vec::new(), Vec::new(), Vec::new());
         for (wi, &w) in self.config.widths.iter().enumerate() {
             let mut tap = dev.alloc::<f32>(w * c * f, "textcnn taps")?;
             k::permute_weight(&self.weights[wi], &mut tap, f, c, w, false)?;
@@ -164,35 +207,46 @@ impl TextCnn {
                     (t == 0).then_some(&self.biases[wi]),
                 )?;
             }
-            let mut argmax = dev.alloc::<i32>(batch * f, "textcnn argmax")?;
             let slot = PoolSlot {
                 filters: f,
                 width: w,
                 cols,
                 col: wi * f,
             };
-            k::pool_forward(
-                &out,
-                &lengths_dev,
-                &mut pooled,
-                &mut argmax,
-                &padding,
-                &slot,
-            )?;
+            match output {
+                Output::Pooled => {
+                    let mut argmax = dev.alloc::<i32>(batch * f, "textcnn argmax")?;
+                    k::pool_forward(
+                        &out,
+                        &lengths_dev,
+                        &mut result,
+                        &mut argmax,
+                        &padding,
+                        &slot,
+                    )?;
+                    argmaxes.push(argmax);
+                }
+                Output::Maps => {
+                    k::maps_forward(&out, &lengths_dev, &mut result, &padding, &slot)?;
+                    outs.push(out);
+                }
+            }
             taps.push(tap);
-            argmaxes.push(argmax);
         }
         self.saved = Some(Saved {
+            output,
             padding,
             lengths: lengths_dev,
             padded,
             taps,
             argmax: argmaxes,
+            outs,
         });
-        Ok(pooled)
+        Ok(result)
     }
 
-    /// dpooled: [batch, filters * widths]. Writes the parameter gradients (overwriting them)
+    /// dy: the gradient of what forward returned ([batch, filters * widths] pooled, or
+    /// [batch, len, filters * widths] maps). Writes the parameter gradients (overwriting them)
     /// and returns dx [batch, len, channels] (zero at padding).
     pub fn backward(&mut self, dpooled: &Buffer<f32>) -> Result<Buffer<f32>> {
         let saved = self
@@ -213,7 +267,19 @@ impl TextCnn {
                 col: wi * f,
             };
             let mut dout = dev.alloc::<f32>(rows * f, "textcnn dout")?;
-            k::pool_backward(dpooled, &saved.argmax[wi], &mut dout, &p, &slot)?;
+            match saved.output {
+                Output::Pooled => {
+                    k::pool_backward(dpooled, &saved.argmax[wi], &mut dout, &p, &slot)?
+                }
+                Output::Maps => k::maps_backward(
+                    &saved.outs[wi],
+                    dpooled,
+                    &saved.lengths,
+                    &mut dout,
+                    &p,
+                    &slot,
+                )?,
+            }
             ops::sum_columns(&dout, &mut self.bias_grads[wi], rows, f)?;
             let mut dtap = dev.alloc::<f32>(w * c * f, "textcnn dtaps")?;
             for t in 0..w {

@@ -154,3 +154,56 @@ pub fn pool_backward(
         .device()
         .launch(OP, cfg(p.batch * p.padded_len * s.filters), &args)
 }
+
+/// ReLU'd feature maps [B, L, cols] (this width at columns col..col + filters), 0 at padding.
+pub fn maps_forward(
+    out: &Buffer<f32>,
+    lengths: &Buffer<i32>,
+    maps: &mut Buffer<f32>,
+    p: &Padding,
+    s: &PoolSlot,
+) -> Result<()> {
+    const OP: &str = "textcnn_maps_forward";
+    need(OP, "out", out, p.batch * p.padded_len * s.filters)?;
+    need(OP, "maps", maps, p.batch * p.len * s.cols)?;
+    let args = [
+        out.into(),
+        lengths.into(),
+        (&*maps).into(),
+        to_i32(OP, "batch", p.batch)?.into(),
+        to_i32(OP, "len", p.len)?.into(),
+        to_i32(OP, "padded_len", p.padded_len)?.into(),
+        to_i32(OP, "filters", s.filters)?.into(),
+        to_i32(OP, "cols", s.cols)?.into(),
+        to_i32(OP, "col", s.col)?.into(),
+    ];
+    out.device()
+        .launch(OP, cfg(p.batch * p.len * s.filters), &args)
+}
+
+pub fn maps_backward(
+    out: &Buffer<f32>,
+    dmaps: &Buffer<f32>,
+    lengths: &Buffer<i32>,
+    dout: &mut Buffer<f32>,
+    p: &Padding,
+    s: &PoolSlot,
+) -> Result<()> {
+    const OP: &str = "textcnn_maps_backward";
+    need(OP, "dmaps", dmaps, p.batch * p.len * s.cols)?;
+    need(OP, "dout", dout, p.batch * p.padded_len * s.filters)?;
+    let args = [
+        out.into(),
+        dmaps.into(),
+        lengths.into(),
+        (&*dout).into(),
+        to_i32(OP, "batch", p.batch)?.into(),
+        to_i32(OP, "len", p.len)?.into(),
+        to_i32(OP, "padded_len", p.padded_len)?.into(),
+        to_i32(OP, "filters", s.filters)?.into(),
+        to_i32(OP, "cols", s.cols)?.into(),
+        to_i32(OP, "col", s.col)?.into(),
+    ];
+    out.device()
+        .launch(OP, cfg(p.batch * p.padded_len * s.filters), &args)
+}

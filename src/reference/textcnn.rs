@@ -120,3 +120,73 @@ pub fn backward(
     }
     (dx, grads)
 }
+
+/// Feature maps [B, L, F * widths]: ReLU of the window starting at each real token (zeros past
+/// the sequence's end), 0 at padding.
+pub fn maps_forward(
+    x: &[f64],
+    lengths: &[i32],
+    len: usize,
+    c: usize,
+    filters: usize,
+    convs: &[Conv],
+) -> Vec<f64> {
+    let batch = lengths.len();
+    let cols = filters * convs.len();
+    let mut maps = vec![0.0; batch * len * cols];
+    for (wi, conv) in convs.iter().enumerate() {
+        for b in 0..batch {
+            for t in 0..lengths[b] as usize {
+                for f in 0..filters {
+                    maps[(b * len + t) * cols + wi * filters + f] =
+                        conv_at(x, lengths, len, c, conv, f, b, t).max(0.0);
+                }
+            }
+        }
+    }
+    maps
+}
+
+/// Gradients of maps_forward for upstream dmaps: (dx, per width (dW, db)).
+pub fn maps_backward(
+    x: &[f64],
+    lengths: &[i32],
+    len: usize,
+    c: usize,
+    filters: usize,
+    convs: &[Conv],
+    dmaps: &[f64],
+) -> (Vec<f64>, Vec<ConvGrads>) {
+    let batch = lengths.len();
+    let cols = filters * convs.len();
+    let mut dx = vec![0.0; x.len()];
+    let mut grads = Vec::new();
+    for (wi, conv) in convs.iter().enumerate() {
+        let mut dw = vec![0.0; conv.weight.len()];
+        let mut db = vec![0.0; filters];
+        for b in 0..batch {
+            for t in 0..lengths[b] as usize {
+                for f in 0..filters {
+                    if conv_at(x, lengths, len, c, conv, f, b, t) <= 0.0 {
+                        continue;
+                    }
+                    let g = dmaps[(b * len + t) * cols + wi * filters + f];
+                    db[f] += g;
+                    for k in 0..conv.width {
+                        let pos = t + k;
+                        if pos >= lengths[b] as usize {
+                            break;
+                        }
+                        for ch in 0..c {
+                            let i = (f * c + ch) * conv.width + k;
+                            dw[i] += g * x[(b * len + pos) * c + ch];
+                            dx[(b * len + pos) * c + ch] += g * conv.weight[i];
+                        }
+                    }
+                }
+            }
+        }
+        grads.push((dw, db));
+    }
+    (dx, grads)
+}
