@@ -11,6 +11,7 @@ pub mod kernel_report;
 pub mod model;
 pub mod ops;
 pub mod reference;
+pub mod weights;
 
 pub use device::{Arg, Buffer, Device, DeviceChoice, LaunchConfig, Schedule};
 pub use error::{Error, Result};

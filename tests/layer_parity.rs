@@ -178,7 +178,7 @@ fn rnn(case: &Value, dev: &Device) {
             "{name}: reference d{n}"
         );
     }
-    let pair = |n: &str| both("tensors", n).map(|v| f32s(v));
+    let pair = |n: &str| both("tensors", n).map(f32s);
     let t = RnnTensors {
         weight_ih: pair(names[0]),
         weight_hh: pair(names[1]),

@@ -110,6 +110,11 @@ pub static ALL: &[OpCheck] = &[
         kernel: super::seqpool::kernel,
     },
     OpCheck {
+        name: "embedding",
+        gradient: Some(super::embedding::gradient),
+        kernel: super::embedding::kernel,
+    },
+    OpCheck {
         name: "head",
         gradient: Some(super::heads::gradient),
         kernel: super::heads::kernel,

@@ -249,3 +249,25 @@ pub fn dropout(x: &[f64], p: f32, seed: u64) -> Vec<f64> {
         })
         .collect()
 }
+
+/// out[i, :] = table[ids[i], :].
+pub fn embedding_forward(ids: &[i32], table: &[f64], dim: usize) -> Vec<f64> {
+    ids.iter()
+        .flat_map(|&id| {
+            table[id as usize * dim..(id as usize + 1) * dim]
+                .iter()
+                .cloned()
+        })
+        .collect()
+}
+
+/// dtable[v, :] = sum of dout[i, :] over the tokens i with ids[i] = v.
+pub fn embedding_backward(ids: &[i32], dout: &[f64], vocab: usize, dim: usize) -> Vec<f64> {
+    let mut d = vec![0.0; vocab * dim];
+    for (i, &id) in ids.iter().enumerate() {
+        for k in 0..dim {
+            d[id as usize * dim + k] += dout[i * dim + k];
+        }
+    }
+    d
+}

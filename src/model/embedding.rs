@@ -1,0 +1,148 @@
+//! Trainable token embeddings: the encoder-free input path, so the paper's non-pretrained
+//! baselines (Text-CNN, BiGRU, BiLSTM over word vectors) run without BERT. The table can start
+//! from a BERT checkpoint's word embeddings (safetensors, HF names).
+
+use std::path::Path;
+
+use crate::check::Rng;
+use crate::device::{Arg, Buffer, Device, LaunchConfig};
+use crate::error::{Error, Result};
+use crate::weights;
+
+/// Word-embedding tensor names in HF checkpoints: BERT / MC-BERT, ERNIE, sentence-transformers.
+pub const WORD_EMBEDDING_NAMES: [&str; 3] = [
+    "bert.embeddings.word_embeddings.weight",
+    "ernie.embeddings.word_embeddings.weight",
+    "embeddings.word_embeddings.weight",
+];
+
+pub struct Embedding {
+    pub vocab: usize,
+    pub dim: usize,
+    /// [vocab, dim]
+    pub table: Buffer<f32>,
+    pub table_grad: Buffer<f32>,
+    saved_ids: Option<Vec<i32>>,
+}
+
+impl Embedding {
+    pub fn from_host(dev: &Device, vocab: usize, dim: usize, table: &[f32]) -> Result<Self> {
+        if table.len() != vocab * dim || vocab == 0 || dim == 0 {
+            return Err(Error::Invalid(format!(
+                "embedding table of {} values; [{vocab}, {dim}] expected",
+                table.len()
+            )));
+        }
+        Ok(Embedding {
+            vocab,
+            dim,
+            table: dev.upload(table, "embedding table")?,
+            table_grad: dev.zeros(table.len(), "embedding grad")?,
+            saved_ids: None,
+        })
+    }
+
+    /// torch.nn.Embedding's default initialisation: N(0, 1).
+    pub fn new(dev: &Device, vocab: usize, dim: usize, rng: &mut Rng) -> Result<Self> {
+        let table: Vec<f32> = (0..vocab * dim).map(|_| rng.normal() as f32).collect();
+        Embedding::from_host(dev, vocab, dim, &table)
+    }
+
+    /// The word embeddings of a BERT-family checkpoint (model.safetensors).
+    pub fn from_checkpoint(dev: &Device, path: &Path) -> Result<Self> {
+        let t = weights::read_tensor(path, &WORD_EMBEDDING_NAMES)?;
+        let [vocab, dim] = t.shape[..] else {
+            return Err(Error::Invalid(format!(
+                "{}: tensor {} has shape {:?}, [vocab, hidden] expected",
+                path.display(),
+                t.name,
+                t.shape
+            )));
+        };
+        Embedding::from_host(dev, vocab, dim, &t.data)
+    }
+
+    /// ids: [tokens] (any batch layout, row-major) -> [tokens, dim].
+    pub fn forward(&mut self, ids: &[i32]) -> Result<Buffer<f32>> {
+        if let Some((i, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id < 0 || id as usize >= self.vocab)
+        {
+            return Err(Error::Invalid(format!(
+                "token id {id} at position {i} is outside the vocabulary of {}",
+                self.vocab
+            )));
+        }
+        let dev = self.table.device().clone();
+        let ids_dev = dev.upload(ids, "embedding ids")?;
+        let out = dev.alloc::<f32>(ids.len() * self.dim, "embedding output")?;
+        let n = ids.len() * self.dim;
+        if n > 0 {
+            let args = [
+                (&ids_dev).into(),
+                (&self.table).into(),
+                (&out).into(),
+                Arg::I32(ids.len() as i32),
+                Arg::I32(self.dim as i32),
+            ];
+            dev.launch(
+                "embedding_forward",
+                LaunchConfig::for_elements(n, 256, 4096),
+                &args,
+            )?;
+        }
+        self.saved_ids = Some(ids.to_vec());
+        Ok(out)
+    }
+
+    /// dout: [tokens, dim]. Writes the table's gradient (overwriting it; unused rows are 0).
+    pub fn backward(&mut self, dout: &Buffer<f32>) -> Result<()> {
+        let ids = self
+            .saved_ids
+            .take()
+            .ok_or_else(|| Error::Invalid("embedding backward without forward".into()))?;
+        let dev = dout.device().clone();
+        if dout.len() != ids.len() * self.dim {
+            return Err(Error::Invalid(format!(
+                "embedding dout holds {} values, {} expected",
+                dout.len(),
+                ids.len() * self.dim
+            )));
+        }
+        // Group token positions by id, in a fixed order, for the deterministic sum.
+        let mut order: Vec<i32> = (0..ids.len() as i32).collect();
+        order.sort_by_key(|&i| (ids[i as usize], i));
+        let (mut starts, mut rows) = (vec![], vec![]);
+        for (k, &i) in order.iter().enumerate() {
+            if k == 0 || ids[i as usize] != ids[order[k - 1] as usize] {
+                starts.push(k as i32);
+                rows.push(ids[i as usize]);
+            }
+        }
+        starts.push(order.len() as i32);
+        self.table_grad = dev.zeros(self.vocab * self.dim, "embedding grad")?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (order_d, starts_d, rows_d) = (
+            dev.upload(&order, "order")?,
+            dev.upload(&starts, "starts")?,
+            dev.upload(&rows, "rows")?,
+        );
+        let args = [
+            dout.into(),
+            (&order_d).into(),
+            (&starts_d).into(),
+            (&rows_d).into(),
+            (&self.table_grad).into(),
+            Arg::I32(rows.len() as i32),
+            Arg::I32(self.dim as i32),
+        ];
+        dev.launch(
+            "embedding_backward",
+            LaunchConfig::for_elements(rows.len() * self.dim, 256, 4096),
+            &args,
+        )
+    }
+}

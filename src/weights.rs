@@ -1,0 +1,102 @@
+//! Reading and writing tensors in safetensors files (Hugging Face tensor names). fp32, fp16 and
+//! bf16 on disk all arrive as f32. A missing tensor, a wrong shape, a truncated or corrupt file
+//! is an error that names the file and the tensor; writes are atomic (temp file, then rename).
+
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+pub struct HostTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// The first of `names` that the file holds (checkpoints prefix names differently: `bert.`,
+/// `ernie.`, none), converted to f32.
+pub fn read_tensor(path: &Path, names: &[&str]) -> Result<HostTensor> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::Invalid(format!(
+            "{}: not a readable safetensors file (truncated or corrupt?): {e}",
+            path.display()
+        ))
+    })?;
+    let Some(&name) = names.iter().find(|n| st.tensor(n).is_ok()) else {
+        let mut held = st.names();
+        held.sort();
+        held.truncate(8);
+        return Err(Error::Invalid(format!(
+            "{}: no tensor named {} (the file holds {}{})",
+            path.display(),
+            names.join(" or "),
+            held.join(", "),
+            if st.len() > 8 { ", ..." } else { "" }
+        )));
+    };
+    let view = st.tensor(name).expect("found above");
+    let raw = view.data();
+    let data: Vec<f32> = match view.dtype() {
+        Dtype::F32 => raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => raw
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => raw
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(Error::Invalid(format!(
+                "{}: tensor {name} is {other:?}; F32, F16 or BF16 expected",
+                path.display()
+            )))
+        }
+    };
+    Ok(HostTensor {
+        name: name.to_string(),
+        shape: view.shape().to_vec(),
+        data,
+    })
+}
+
+/// Checks a tensor's shape, naming the tensor with the expected and the found shape.
+pub fn expect_shape(path: &Path, t: &HostTensor, want: &[usize]) -> Result<()> {
+    if t.shape != want {
+        return Err(Error::Invalid(format!(
+            "{}: tensor {} has shape {:?}, {want:?} expected",
+            path.display(),
+            t.name,
+            t.shape
+        )));
+    }
+    Ok(())
+}
+
+/// Writes f32 tensors (name, shape, values) atomically: a temp file beside `path`, then rename.
+pub fn write_tensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> Result<()> {
+    // safetensors is little-endian whatever the host is.
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.2.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), bytes)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.to_string(), v))
+                .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let tmp = path.with_extension("safetensors.tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
