@@ -5,6 +5,8 @@ use crate::check::{to_f32, Rng};
 use crate::device::Device;
 use crate::error::Result;
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
+use crate::model::rnn::{BiRnn, Cell};
+use crate::model::textcnn::{TextCnn, TextCnnConfig};
 use crate::ops::{self, Gemm};
 
 pub struct GemmTiming {
@@ -173,6 +175,146 @@ pub fn print_loss(rows: &[LossTiming]) {
         println!(
             "{:<50} {:>6} {:>7} {:>10.3} {:>12.0} {:>8.2} {:>9}",
             r.what, r.rows, r.classes, r.ms, r.rows_per_s, r.gbytes_per_s, roof
+        );
+    }
+}
+
+pub struct LayerTiming {
+    pub what: String,
+    pub shape: String,
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    /// Arithmetic of forward + backward (backward counted as twice forward, as is usual).
+    pub gflop: f64,
+    /// Achieved / peak fp32 FLOP/s (CUDA only).
+    pub roofline: Option<f64>,
+}
+
+fn layer_timing(
+    dev: &Device,
+    what: String,
+    shape: String,
+    fwd: &[f64],
+    bwd: &[f64],
+    forward_flop: f64,
+) -> LayerTiming {
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (f, b) = (median(fwd), median(bwd));
+    let gflop = 3.0 * forward_flop / 1e9;
+    let roofline = dev
+        .cuda_info()
+        .map(|i| gflop * 1e9 / ((f + b) / 1e3) / i.peak_flops());
+    LayerTiming {
+        what,
+        shape,
+        forward_ms: f,
+        backward_ms: b,
+        gflop,
+        roofline,
+    }
+}
+
+/// Forward and backward of a bidirectional GRU / LSTM layer (lengths all `len`).
+pub fn rnn(
+    dev: &Device,
+    cell: Cell,
+    batch: usize,
+    len: usize,
+    input: usize,
+    hidden: usize,
+    reps: usize,
+) -> Result<LayerTiming> {
+    let mut rng = Rng::new(3);
+    let mut layer = BiRnn::new(dev, cell, input, hidden, &mut rng)?;
+    let x = dev.upload(&to_f32(&rng.normals(batch * len * input, 1.0)), "x")?;
+    let dout = dev.upload(&to_f32(&rng.normals(batch * len * 2 * hidden, 1.0)), "dout")?;
+    let lengths = vec![len as i32; batch];
+    let (mut fwd, mut bwd) = (vec![], vec![]);
+    for rep in 0..=reps.max(1) {
+        let f = dev.time_ms(|| layer.forward(&x, &lengths, len).map(|_| ()))?;
+        let b = dev.time_ms(|| layer.backward(&dout).map(|_| ()))?;
+        if rep > 0 {
+            fwd.push(f);
+            bwd.push(b);
+        }
+    }
+    let gh = cell.gates() * hidden;
+    let flop = 2.0 * (2.0 * (batch * len) as f64 * (input + hidden) as f64 * gh as f64);
+    let shape = format!("B={batch} L={len} in={input} H={hidden}");
+    Ok(layer_timing(
+        dev,
+        format!("Bi{cell:?} on {}", dev.describe()),
+        shape,
+        &fwd,
+        &bwd,
+        flop,
+    ))
+}
+
+/// Forward and backward of a Text-CNN layer (lengths all `len`).
+pub fn textcnn(
+    dev: &Device,
+    batch: usize,
+    len: usize,
+    input: usize,
+    filters: usize,
+    reps: usize,
+) -> Result<LayerTiming> {
+    let mut rng = Rng::new(4);
+    let config = TextCnnConfig {
+        channels: input,
+        filters,
+        widths: vec![2, 3, 4],
+    };
+    let flop: f64 = config
+        .widths
+        .iter()
+        .map(|&w| 2.0 * (batch * len.max(w)) as f64 * (input * filters * w) as f64)
+        .sum();
+    let mut layer = TextCnn::new(dev, config.clone(), &mut rng)?;
+    let x = dev.upload(&to_f32(&rng.normals(batch * len * input, 1.0)), "x")?;
+    let dpooled = dev.upload(
+        &to_f32(&rng.normals(batch * config.out_features(), 1.0)),
+        "dpooled",
+    )?;
+    let lengths = vec![len as i32; batch];
+    let (mut fwd, mut bwd) = (vec![], vec![]);
+    for rep in 0..=reps.max(1) {
+        let f = dev.time_ms(|| layer.forward(&x, &lengths, len).map(|_| ()))?;
+        let b = dev.time_ms(|| layer.backward(&dpooled).map(|_| ()))?;
+        if rep > 0 {
+            fwd.push(f);
+            bwd.push(b);
+        }
+    }
+    let shape = format!("B={batch} L={len} in={input} F={filters}x3");
+    Ok(layer_timing(
+        dev,
+        format!("Text-CNN on {}", dev.describe()),
+        shape,
+        &fwd,
+        &bwd,
+        flop,
+    ))
+}
+
+pub fn print_layers(rows: &[LayerTiming]) {
+    println!(
+        "{:<40} {:<28} {:>11} {:>11} {:>9} {:>9}",
+        "layer", "shape", "forward ms", "backward ms", "GFLOP/s", "roofline"
+    );
+    for r in rows {
+        let roof = r
+            .roofline
+            .map_or("-".to_string(), |f| format!("{:.1}%", f * 100.0));
+        let gflops = r.gflop / ((r.forward_ms + r.backward_ms) / 1e3);
+        println!(
+            "{:<40} {:<28} {:>11.2} {:>11.2} {:>9.2} {:>9}",
+            r.what, r.shape, r.forward_ms, r.backward_ms, gflops, roof
         );
     }
 }

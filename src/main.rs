@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use emrclass::check::{registry, Rng};
 use emrclass::device::{parse_bytes, DeviceChoice};
 use emrclass::model::loss::LossKind;
+use emrclass::model::rnn::Cell;
 use emrclass::{bench, kernel_report, Device, Result, Schedule};
 
 #[derive(Parser)]
@@ -67,8 +68,31 @@ enum LossArg {
     All,
 }
 
+/// The shape of a sequence-layer benchmark (defaults: the BERT-base-sized setting).
+#[derive(clap::Args, Clone, Copy)]
+struct LayerShape {
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 256)]
+    len: usize,
+    /// Width of the token states (BERT-base: 768).
+    #[arg(long, default_value_t = 768)]
+    input: usize,
+    /// Hidden size (RNNs) or filters per width (Text-CNN).
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Bidirectional GRU, forward and backward.
+    Gru(LayerShape),
+    /// Bidirectional LSTM, forward and backward.
+    Lstm(LayerShape),
+    /// Text-CNN (widths 2, 3, 4; --hidden filters each), forward and backward.
+    Textcnn(LayerShape),
     /// One loss-layer step (logits -> loss and dL/dlogits): rows/s, GB/s, roofline.
     Loss {
         #[arg(long, value_enum, default_value_t = LossArg::All)]
@@ -177,6 +201,22 @@ fn run(cli: &Cli) -> Result<bool> {
                 }
             }
             bench::print_loss(&out);
+            Ok(true)
+        }
+        Command::Bench {
+            what: BenchWhat::Gru(s) | BenchWhat::Lstm(s) | BenchWhat::Textcnn(s),
+        } => {
+            let dev = open_device(cli, seed)?;
+            let row = match &cli.command {
+                Command::Bench {
+                    what: BenchWhat::Gru(_),
+                } => bench::rnn(&dev, Cell::Gru, s.batch, s.len, s.input, s.hidden, s.reps)?,
+                Command::Bench {
+                    what: BenchWhat::Lstm(_),
+                } => bench::rnn(&dev, Cell::Lstm, s.batch, s.len, s.input, s.hidden, s.reps)?,
+                _ => bench::textcnn(&dev, s.batch, s.len, s.input, s.hidden, s.reps)?,
+            };
+            bench::print_layers(&[row]);
             Ok(true)
         }
         Command::Gradcheck { ops } => {

@@ -100,7 +100,7 @@ fn embedding_gradient_is_deterministic() {
     let dev = Device::simt(Schedule::Random(4));
     let mut rng = emrclass::check::Rng::new(8);
     let mut emb = Embedding::new(&dev, 30, 7, &mut rng).unwrap();
-    let ids: Vec<i32> = (0..500).map(|i| ((i * 7919) % 13) as i32).collect();
+    let ids: Vec<i32> = (0..500i32).map(|i| (i * 7919) % 13).collect();
     let dout: Vec<f32> = (0..500 * 7)
         .map(|i| ((i * 37) % 101) as f32 * 0.013 - 0.6)
         .collect();

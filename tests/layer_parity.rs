@@ -282,3 +282,34 @@ fn recurrent_layers_launch_a_constant_number_of_kernels() {
         assert!(counts[0] > 0);
     }
 }
+
+#[test]
+fn oversized_hidden_and_unknown_heads_are_named_errors() {
+    let dev = Device::simt(Schedule::Forward);
+    let mut rng = emrclass::check::Rng::new(2);
+    let e = BiRnn::new(&dev, Cell::Lstm, 4, 600, &mut rng)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("hidden 600 is over the supported 512"), "{e}");
+    let e = "bert-crf"
+        .parse::<emrclass::model::heads::HeadKind>()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("no head named `bert-crf`") && e.contains("textcnn-bigru"),
+        "{e}"
+    );
+    // `cls` and `paper` need the encoder's pooled [CLS].
+    let cfg =
+        emrclass::model::heads::HeadConfig::new(emrclass::model::heads::HeadKind::Paper, 4, 3);
+    let mut head = emrclass::model::heads::Head::new(&dev, cfg, &mut rng).unwrap();
+    let x = dev.zeros::<f32>(2 * 3 * 4, "x").unwrap();
+    let e = head
+        .forward(&x, &[3, 2], 3, None, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("needs the encoder's pooled [CLS]"), "{e}");
+}
