@@ -59,7 +59,7 @@ __device__ __forceinline__ void rnn_hidden_matvec_t(const float *__restrict__ wh
 //   r = sig(xr + hr), z = sig(xz + hz), n = tanh(xn + r * hn), h' = (1 - z) n + z h,
 // with x* from xproj (b_ih included) and h* = W_h* h + b_h*. Saves (r, z, n, hn) per position
 // for the backward pass: saved [dir][B * L][4H].
-extern "C" __global__ void gru_forward(const float *__restrict__ xproj, const float *__restrict__ whhT,
+extern "C" __global__ void HOT_KERNEL gru_forward(const float *__restrict__ xproj, const float *__restrict__ whhT,
                                        const float *__restrict__ bhh, const int *__restrict__ lengths,
                                        float *__restrict__ out, float *__restrict__ saved, int batch, int len,
                                        int hidden) {
@@ -120,7 +120,7 @@ extern "C" __global__ void rnn_previous_states(const float *__restrict__ out, co
 //   dgh = (dr_pre, dz_pre, dn_pre r), and dh_{t-1} = dh z + W_hh^T dgh.
 // dout is the gradient of out; dxproj and dgh [dir][B * L][3H] must be zero-filled by the
 // caller (padding positions stay zero for the weight-gradient GEMMs).
-extern "C" __global__ void gru_backward(const float *__restrict__ whh, const float *__restrict__ saved,
+extern "C" __global__ void HOT_KERNEL gru_backward(const float *__restrict__ whh, const float *__restrict__ saved,
                                         const float *__restrict__ prev, const float *__restrict__ dout,
                                         const int *__restrict__ lengths, float *__restrict__ dxproj,
                                         float *__restrict__ dgh, int batch, int len, int hidden) {
@@ -173,7 +173,7 @@ extern "C" __global__ void gru_backward(const float *__restrict__ whh, const flo
 // LSTM forward, all steps (gate order i, f, g, o):
 //   i = sig(.), f = sig(.), g = tanh(.), o = sig(.);  c' = f c + i g;  h' = o tanh(c').
 // Saves (i, f, g, o, c') per position: saved [dir][B * L][5H].
-extern "C" __global__ void lstm_forward(const float *__restrict__ xproj, const float *__restrict__ whhT,
+extern "C" __global__ void HOT_KERNEL lstm_forward(const float *__restrict__ xproj, const float *__restrict__ whhT,
                                         const float *__restrict__ bhh, const int *__restrict__ lengths,
                                         float *__restrict__ out, float *__restrict__ saved, int batch, int len,
                                         int hidden) {
@@ -219,7 +219,7 @@ extern "C" __global__ void lstm_forward(const float *__restrict__ xproj, const f
 //   df = dc c_prev;  dc_prev = dc f;  pre-activation grads (same for the input and hidden
 //   sides) di i(1-i), df f(1-f), dg (1-g^2), do o(1-o);  dh_{t-1} = W_hh^T dgates.
 // c_prev is the saved c' of the previous position in this direction (0 at its first step).
-extern "C" __global__ void lstm_backward(const float *__restrict__ whh, const float *__restrict__ saved,
+extern "C" __global__ void HOT_KERNEL lstm_backward(const float *__restrict__ whh, const float *__restrict__ saved,
                                          const float *__restrict__ dout, const int *__restrict__ lengths,
                                          float *__restrict__ dgates, int batch, int len, int hidden) {
     DYNAMIC_SHARED(float, shared);
