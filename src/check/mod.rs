@@ -108,12 +108,27 @@ pub fn nan_vec(n: usize) -> Vec<f32> {
 }
 
 /// The worst element of a finite-difference check.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct GradCheck {
     pub worst_index: usize,
     pub worst_error: f64,
     pub analytic: f64,
     pub numeric: f64,
+}
+
+impl GradCheck {
+    /// Keeps element i if its error |a - n| / max(|a|, |n|, floor) is the worst so far (NaN is).
+    fn record(&mut self, i: usize, analytic: f64, numeric: f64, floor: f64) {
+        let err = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(floor);
+        if err > self.worst_error || err.is_nan() {
+            *self = GradCheck {
+                worst_index: i,
+                worst_error: err,
+                analytic,
+                numeric,
+            };
+        }
+    }
 }
 
 /// Compares `analytic` (the gradient of `f` at `x`) with central differences in f64.
@@ -129,12 +144,7 @@ pub fn finite_difference(
     assert_eq!(x.len(), analytic.len());
     let scale = analytic.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let floor = (1e-3 * scale).max(1e-6 * f(x).abs()).max(1e-300);
-    let mut worst = GradCheck {
-        worst_index: 0,
-        worst_error: 0.0,
-        analytic: 0.0,
-        numeric: 0.0,
-    };
+    let mut worst = GradCheck::default();
     let mut xp = x.to_vec();
     for i in 0..x.len() {
         let mut at = |step: f64| {
@@ -144,15 +154,7 @@ pub fn finite_difference(
             v
         };
         let numeric = (-at(2.0 * h) + 8.0 * at(h) - 8.0 * at(-h) + at(-2.0 * h)) / (12.0 * h);
-        let err = (analytic[i] - numeric).abs() / analytic[i].abs().max(numeric.abs()).max(floor);
-        if err > worst.worst_error || err.is_nan() {
-            worst = GradCheck {
-                worst_index: i,
-                worst_error: err,
-                analytic: analytic[i],
-                numeric,
-            };
-        }
+        worst.record(i, analytic[i], numeric, floor);
     }
     worst
 }
@@ -186,12 +188,7 @@ pub fn finite_difference_piecewise<S: PartialEq>(
 ) -> GradCheck {
     let scale = analytic.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let floor = (1e-3 * scale).max(1e-12);
-    let mut worst = GradCheck {
-        worst_index: 0,
-        worst_error: 0.0,
-        analytic: 0.0,
-        numeric: 0.0,
-    };
+    let mut worst = GradCheck::default();
     let (f0, piece) = f(x);
     let mut xp = x.to_vec();
     for i in 0..x.len() {
@@ -207,15 +204,7 @@ pub fn finite_difference_piecewise<S: PartialEq>(
         } else {
             continue;
         };
-        let err = (analytic[i] - numeric).abs() / analytic[i].abs().max(numeric.abs()).max(floor);
-        if err > worst.worst_error || err.is_nan() {
-            worst = GradCheck {
-                worst_index: i,
-                worst_error: err,
-                analytic: analytic[i],
-                numeric,
-            };
-        }
+        worst.record(i, analytic[i], numeric, floor);
     }
     worst
 }

@@ -45,6 +45,32 @@ fn conv_at(
     v
 }
 
+/// Adds the gradient g of filter f's window starting at t of sequence b into (dW, db) and dx.
+#[allow(clippy::too_many_arguments)]
+fn window_backward(
+    x: &[f64],
+    lengths: &[i32],
+    len: usize,
+    c: usize,
+    conv: &Conv,
+    (f, b, t, g): (usize, usize, usize, f64),
+    grads: &mut ConvGrads,
+    dx: &mut [f64],
+) {
+    grads.1[f] += g;
+    for k in 0..conv.width {
+        let pos = t + k;
+        if pos >= lengths[b] as usize {
+            break;
+        }
+        for ch in 0..c {
+            let wi = (f * c + ch) * conv.width + k;
+            grads.0[wi] += g * x[(b * len + pos) * c + ch];
+            dx[(b * len + pos) * c + ch] += g * conv.weight[wi];
+        }
+    }
+}
+
 /// Pooled features [B, F * widths] and the winning window per (width, b, f) (None: ReLU gave 0).
 pub fn forward(
     x: &[f64],
@@ -94,29 +120,16 @@ pub fn backward(
     let mut dx = vec![0.0; x.len()];
     let mut grads = Vec::new();
     for (wi, conv) in convs.iter().enumerate() {
-        let mut dw = vec![0.0; conv.weight.len()];
-        let mut db = vec![0.0; filters];
+        let mut g = (vec![0.0; conv.weight.len()], vec![0.0; filters]);
         for b in 0..batch {
             for f in 0..filters {
-                let Some(t) = winners[(wi * batch + b) * filters + f] else {
-                    continue;
-                };
-                let g = dpooled[b * cols + wi * filters + f];
-                db[f] += g;
-                for k in 0..conv.width {
-                    let pos = t + k;
-                    if pos >= lengths[b] as usize {
-                        break;
-                    }
-                    for ch in 0..c {
-                        let wi_ = (f * c + ch) * conv.width + k;
-                        dw[wi_] += g * x[(b * len + pos) * c + ch];
-                        dx[(b * len + pos) * c + ch] += g * conv.weight[wi_];
-                    }
+                if let Some(t) = winners[(wi * batch + b) * filters + f] {
+                    let up = dpooled[b * cols + wi * filters + f];
+                    window_backward(x, lengths, len, c, conv, (f, b, t, up), &mut g, &mut dx);
                 }
             }
         }
-        grads.push((dw, db));
+        grads.push(g);
     }
     (dx, grads)
 }
@@ -162,31 +175,18 @@ pub fn maps_backward(
     let mut dx = vec![0.0; x.len()];
     let mut grads = Vec::new();
     for (wi, conv) in convs.iter().enumerate() {
-        let mut dw = vec![0.0; conv.weight.len()];
-        let mut db = vec![0.0; filters];
+        let mut g = (vec![0.0; conv.weight.len()], vec![0.0; filters]);
         for b in 0..batch {
             for t in 0..lengths[b] as usize {
                 for f in 0..filters {
-                    if conv_at(x, lengths, len, c, conv, f, b, t) <= 0.0 {
-                        continue;
-                    }
-                    let g = dmaps[(b * len + t) * cols + wi * filters + f];
-                    db[f] += g;
-                    for k in 0..conv.width {
-                        let pos = t + k;
-                        if pos >= lengths[b] as usize {
-                            break;
-                        }
-                        for ch in 0..c {
-                            let i = (f * c + ch) * conv.width + k;
-                            dw[i] += g * x[(b * len + pos) * c + ch];
-                            dx[(b * len + pos) * c + ch] += g * conv.weight[i];
-                        }
+                    if conv_at(x, lengths, len, c, conv, f, b, t) > 0.0 {
+                        let up = dmaps[(b * len + t) * cols + wi * filters + f];
+                        window_backward(x, lengths, len, c, conv, (f, b, t, up), &mut g, &mut dx);
                     }
                 }
             }
         }
-        grads.push((dw, db));
+        grads.push(g);
     }
     (dx, grads)
 }
