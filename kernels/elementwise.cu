@@ -70,3 +70,12 @@ extern "C" __global__ void copy_block(const float *__restrict__ src, int src_ld,
         dst[r * dst_ld + c] = src[r * src_ld + c];
     }
 }
+
+// ReLU (ERNIE's hidden_act) and its backward, which needs only the input's sign.
+extern "C" __global__ void relu_forward(const float *__restrict__ x, float *__restrict__ y, long long n) {
+    GRID_STRIDE_LOOP(i, n) y[i] = fmaxf(x[i], 0.0f);
+}
+extern "C" __global__ void relu_backward(const float *__restrict__ x, const float *__restrict__ dy,
+                                         float *__restrict__ dx, long long n) {
+    GRID_STRIDE_LOOP(i, n) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+}

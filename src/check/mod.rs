@@ -4,6 +4,7 @@
 
 mod embedding;
 mod heads;
+mod layernorm;
 mod losses;
 pub mod registry;
 mod rnn;

@@ -90,6 +90,11 @@ pub static ALL: &[OpCheck] = &[
         kernel: convert_kernel,
     },
     OpCheck {
+        name: "layernorm",
+        gradient: Some(super::layernorm::gradient),
+        kernel: super::layernorm::kernel,
+    },
+    OpCheck {
         name: "textcnn",
         gradient: Some(super::textcnn::gradient),
         kernel: super::textcnn::kernel,

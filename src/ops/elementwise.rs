@@ -197,3 +197,35 @@ pub fn dropout(
         ],
     )
 }
+
+pub fn relu_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {
+    need("relu_forward", "x", x, n)?;
+    need("relu_forward", "y", y, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    x.device().launch(
+        "relu_forward",
+        cfg(n),
+        &[x.into(), (&*y).into(), Arg::I64(n as i64)],
+    )
+}
+
+pub fn relu_backward(
+    x: &Buffer<f32>,
+    dy: &Buffer<f32>,
+    dx: &mut Buffer<f32>,
+    n: usize,
+) -> Result<()> {
+    for (what, buf) in [("x", x), ("dy", dy), ("dx", &*dx)] {
+        need("relu_backward", what, buf, n)?;
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    x.device().launch(
+        "relu_backward",
+        cfg(n),
+        &[x.into(), dy.into(), (&*dx).into(), Arg::I64(n as i64)],
+    )
+}

@@ -5,6 +5,7 @@
 mod adamw;
 mod elementwise;
 mod gemm;
+pub mod layernorm;
 pub mod loss;
 pub mod rnn;
 mod rows;
@@ -14,7 +15,7 @@ pub mod textcnn;
 pub use adamw::{adamw_step, AdamW};
 pub use elementwise::{
     add, convert_f16_to_f32, convert_f32_to_f16, copy_block, dropout, fill, gelu_backward,
-    gelu_forward, scale, transpose, Block,
+    gelu_forward, relu_backward, relu_forward, scale, transpose, Block,
 };
 pub use gemm::{gemm, Gemm};
 pub use rows::{
@@ -32,7 +33,9 @@ pub fn threads_per_block(kernel: &str) -> u32 {
         | "reduce_rows_forward"
         | "reduce_rows_backward"
         | "loss_row_stats"
-        | "loss_rows_final" => rows::THREADS_PER_BLOCK,
+        | "loss_rows_final"
+        | "layernorm_forward"
+        | "layernorm_backward" => rows::THREADS_PER_BLOCK,
         _ => 256,
     }
 }

@@ -271,3 +271,79 @@ pub fn embedding_backward(ids: &[i32], dout: &[f64], vocab: usize, dim: usize) -
     }
     d
 }
+
+/// LayerNorm over rows (biased variance): y = (x - mean) / sqrt(var + eps) * gamma + beta.
+pub fn layernorm_forward(
+    x: &[f64],
+    gamma: &[f64],
+    beta: &[f64],
+    cols: usize,
+    eps: f64,
+) -> Vec<f64> {
+    let mut y = vec![0.0; x.len()];
+    for (xr, yr) in x.chunks(cols).zip(y.chunks_mut(cols)) {
+        let mean = xr.iter().sum::<f64>() / cols as f64;
+        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / cols as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for c in 0..cols {
+            yr[c] = (xr[c] - mean) * rstd * gamma[c] + beta[c];
+        }
+    }
+    y
+}
+
+/// Gradients of layernorm_forward: (dx, dgamma, dbeta).
+pub fn layernorm_backward(
+    x: &[f64],
+    gamma: &[f64],
+    dy: &[f64],
+    cols: usize,
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut dx = vec![0.0; x.len()];
+    let mut dgamma = vec![0.0; cols];
+    let mut dbeta = vec![0.0; cols];
+    for r in 0..x.len() / cols {
+        let xr = &x[r * cols..(r + 1) * cols];
+        let dyr = &dy[r * cols..(r + 1) * cols];
+        let mean = xr.iter().sum::<f64>() / cols as f64;
+        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / cols as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let xhat: Vec<f64> = xr.iter().map(|v| (v - mean) * rstd).collect();
+        let g: Vec<f64> = (0..cols).map(|c| dyr[c] * gamma[c]).collect();
+        let mg = g.iter().sum::<f64>() / cols as f64;
+        let mgx = g.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / cols as f64;
+        for c in 0..cols {
+            dx[r * cols + c] = rstd * (g[c] - mg - xhat[c] * mgx);
+            dgamma[c] += dyr[c] * xhat[c];
+            dbeta[c] += dyr[c];
+        }
+    }
+    (dx, dgamma, dbeta)
+}
+
+/// The size of the terms whose sum is LayerNorm's dx, rstd (|g| + |mean g| + |xhat mean(g xhat)|):
+/// dx vanishes for rows of two values (their normalised outputs are +-1 whatever x is), so it
+/// is judged against these.
+pub fn layernorm_backward_terms(
+    x: &[f64],
+    gamma: &[f64],
+    dy: &[f64],
+    cols: usize,
+    eps: f64,
+) -> Vec<f64> {
+    let mut t = vec![0.0; x.len()];
+    for r in 0..x.len() / cols {
+        let xr = &x[r * cols..(r + 1) * cols];
+        let mean = xr.iter().sum::<f64>() / cols as f64;
+        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / cols as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let g: Vec<f64> = (0..cols).map(|c| dy[r * cols + c] * gamma[c]).collect();
+        let mg = g.iter().sum::<f64>() / cols as f64;
+        let mgx = (0..cols).map(|c| g[c] * (xr[c] - mean) * rstd).sum::<f64>() / cols as f64;
+        for c in 0..cols {
+            t[r * cols + c] = rstd * (g[c].abs() + mg.abs() + ((xr[c] - mean) * rstd * mgx).abs());
+        }
+    }
+    t
+}

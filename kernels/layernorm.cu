@@ -1,0 +1,60 @@
+// LayerNorm over the last axis (HF BERT: biased variance, eps from the config), forward and
+// backward; and the bias + activation epilogues of the feed-forward block.
+#include "common.cuh"
+
+// One warp per row: mean and variance in two passes over the row (values stay in L1/L2), then
+// y = (x - mean) * rstd * gamma + beta. Saves mean and rstd per row for backward.
+extern "C" __global__ void HOT_KERNEL layernorm_forward(const float *__restrict__ x, const float *__restrict__ gamma,
+                                                        const float *__restrict__ beta, float *__restrict__ y,
+                                                        float *__restrict__ mean_out, float *__restrict__ rstd_out,
+                                                        int rows, int cols, float eps) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= rows) return;
+    const float *xr = x + (long long)row * cols;
+    float s = 0.0f;
+    for (int c = lane; c < cols; c += 32) s += xr[c];
+    const float mean = warp_sum(s) / (float)cols;
+    float v = 0.0f;
+    for (int c = lane; c < cols; c += 32) {
+        const float d = xr[c] - mean;
+        v += d * d;
+    }
+    const float rstd = rsqrtf(warp_sum(v) / (float)cols + eps);
+    float *yr = y + (long long)row * cols;
+    for (int c = lane; c < cols; c += 32) yr[c] = (xr[c] - mean) * rstd * gamma[c] + beta[c];
+    if (lane == 0) {
+        mean_out[row] = mean;
+        rstd_out[row] = rstd;
+    }
+}
+
+// One warp per row: with xhat = (x - mean) rstd and g = dy * gamma,
+//   dx = rstd (g - mean(g) - xhat mean(g xhat)).
+// Also writes dy * xhat per element, whose column sums (sum_columns, deterministic) give dgamma;
+// dbeta is the column sum of dy itself.
+extern "C" __global__ void HOT_KERNEL layernorm_backward(const float *__restrict__ x, const float *__restrict__ gamma,
+                                                         const float *__restrict__ mean_in,
+                                                         const float *__restrict__ rstd_in,
+                                                         const float *__restrict__ dy, float *__restrict__ dx,
+                                                         float *__restrict__ dy_xhat, int rows, int cols) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= rows) return;
+    const long long base = (long long)row * cols;
+    const float mean = mean_in[row], rstd = rstd_in[row];
+    float sg = 0.0f, sgx = 0.0f;
+    for (int c = lane; c < cols; c += 32) {
+        const float xhat = (x[base + c] - mean) * rstd;
+        const float g = dy[base + c] * gamma[c];
+        sg += g;
+        sgx += g * xhat;
+        dy_xhat[base + c] = dy[base + c] * xhat;
+    }
+    sg = warp_sum(sg) / (float)cols;
+    sgx = warp_sum(sgx) / (float)cols;
+    for (int c = lane; c < cols; c += 32) {
+        const float xhat = (x[base + c] - mean) * rstd;
+        dx[base + c] = rstd * (dy[base + c] * gamma[c] - sg - xhat * sgx);
+    }
+}

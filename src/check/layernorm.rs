@@ -1,0 +1,117 @@
+//! Registry checks of LayerNorm (and ReLU, ERNIE's activation).
+
+use super::registry::{Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE};
+use super::{
+    finite_difference, relative_error, relative_error_to_terms, to_f32, weighted_sum, worst, Rng,
+};
+use crate::device::Device;
+use crate::error::Result;
+use crate::ops::{self, layernorm};
+use crate::reference as r;
+
+const SHAPES: [(usize, usize); 5] = [(1, 2), (3, 7), (5, 64), (2, 33), (4, 768)];
+const EPS: f64 = 1e-12;
+
+pub fn gradient(rng: &mut Rng) -> Vec<Row> {
+    SHAPES[..4]
+        .iter()
+        .map(|&(rows, cols)| {
+            let x = rng.normals(rows * cols, 1.0);
+            let gamma = rng.normals(cols, 1.0);
+            let beta = rng.normals(cols, 1.0);
+            let w = rng.normals(rows * cols, 1.0);
+            let (dx, dg, db) = r::layernorm_backward(&x, &gamma, &w, cols, EPS);
+            let f = |x: &[f64], g: &[f64], b: &[f64]| {
+                weighted_sum(&r::layernorm_forward(x, g, b, cols, EPS), &w)
+            };
+            let mut err = finite_difference(|v| f(v, &gamma, &beta), &x, &dx, 1e-3).worst_error;
+            err = worst(
+                err,
+                finite_difference(|v| f(&x, v, &beta), &gamma, &dg, 1e-3).worst_error,
+            );
+            err = worst(
+                err,
+                finite_difference(|v| f(&x, &gamma, v), &beta, &db, 1e-3).worst_error,
+            );
+            Row {
+                op: "layernorm".into(),
+                check: "gradient",
+                device: "f64 reference".into(),
+                sizes: format!("rows={rows} cols={cols}"),
+                error: err,
+                tolerance: GRADIENT_TOLERANCE,
+            }
+        })
+        .collect()
+}
+
+pub fn kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
+    let mut rows_out = Vec::new();
+    for (rows, cols) in SHAPES {
+        let x = rng.normals(rows * cols, 2.0);
+        let gamma = rng.normals(cols, 1.0);
+        let beta = rng.normals(cols, 1.0);
+        let dy = rng.normals(rows * cols, 1.0);
+        let (xb, gb, bb) = (
+            dev.upload(&to_f32(&x), "x")?,
+            dev.upload(&to_f32(&gamma), "g")?,
+            dev.upload(&to_f32(&beta), "b")?,
+        );
+        let mut y = dev.upload(&super::nan_vec(rows * cols), "y")?;
+        let mut stats = layernorm::Stats {
+            mean: dev.alloc(rows, "mean")?,
+            rstd: dev.alloc(rows, "rstd")?,
+        };
+        layernorm::forward(&xb, &gb, &bb, &mut y, &mut stats, rows, cols, EPS as f32)?;
+        let mut err = relative_error(
+            &y.to_host()?,
+            &r::layernorm_forward(&x, &gamma, &beta, cols, EPS),
+        );
+        let dyb = dev.upload(&to_f32(&dy), "dy")?;
+        let mut dx = dev.upload(&super::nan_vec(rows * cols), "dx")?;
+        let mut dyx = dev.upload(&super::nan_vec(rows * cols), "dy_xhat")?;
+        layernorm::backward(&xb, &gb, &stats, &dyb, &mut dx, &mut dyx, rows, cols)?;
+        let (mut dg, mut db) = (dev.alloc(cols, "dgamma")?, dev.alloc(cols, "dbeta")?);
+        ops::sum_columns(&dyx, &mut dg, rows, cols)?;
+        ops::sum_columns(&dyb, &mut db, rows, cols)?;
+        let (want_dx, want_dg, want_db) = r::layernorm_backward(&x, &gamma, &dy, cols, EPS);
+        let terms = r::layernorm_backward_terms(&x, &gamma, &dy, cols, EPS);
+        err = worst(
+            err,
+            relative_error_to_terms(&dx.to_host()?, &want_dx, &terms),
+        );
+        err = worst(err, relative_error(&dg.to_host()?, &want_dg));
+        err = worst(err, relative_error(&db.to_host()?, &want_db));
+        rows_out.push(Row {
+            op: "layernorm".into(),
+            check: "kernel",
+            device: dev.describe(),
+            sizes: format!("rows={rows} cols={cols}"),
+            error: err,
+            tolerance: KERNEL_TOLERANCE,
+        });
+        // ReLU forward and backward on the same data.
+        let mut yr = dev.upload(&super::nan_vec(rows * cols), "relu y")?;
+        ops::relu_forward(&xb, &mut yr, rows * cols)?;
+        let mut dxr = dev.upload(&super::nan_vec(rows * cols), "relu dx")?;
+        ops::relu_backward(&xb, &dyb, &mut dxr, rows * cols)?;
+        let want_y: Vec<f64> = x.iter().map(|v| v.max(0.0)).collect();
+        let want_dx: Vec<f64> = x
+            .iter()
+            .zip(&dy)
+            .map(|(v, d)| if *v > 0.0 { *d } else { 0.0 })
+            .collect();
+        rows_out.push(Row {
+            op: "relu".into(),
+            check: "kernel",
+            device: dev.describe(),
+            sizes: format!("n={}", rows * cols),
+            error: worst(
+                relative_error(&yr.to_host()?, &want_y),
+                relative_error(&dxr.to_host()?, &want_dx),
+            ),
+            tolerance: KERNEL_TOLERANCE,
+        });
+    }
+    Ok(rows_out)
+}

@@ -1,0 +1,88 @@
+//! LayerNorm over the last axis (kernels/layernorm.cu).
+use super::{need, rows::THREADS_PER_BLOCK, to_i32};
+use crate::device::{Buffer, LaunchConfig};
+use crate::error::Result;
+
+fn cfg(rows: usize) -> LaunchConfig {
+    let per_block = THREADS_PER_BLOCK as usize / 32;
+    LaunchConfig {
+        grid: (rows.div_ceil(per_block).max(1) as u32, 1, 1),
+        block: (THREADS_PER_BLOCK, 1, 1),
+        shared_bytes: 0,
+    }
+}
+
+/// Per-row statistics forward saves for backward.
+pub struct Stats {
+    pub mean: Buffer<f32>,
+    pub rstd: Buffer<f32>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    x: &Buffer<f32>,
+    gamma: &Buffer<f32>,
+    beta: &Buffer<f32>,
+    y: &mut Buffer<f32>,
+    stats: &mut Stats,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+) -> Result<()> {
+    const OP: &str = "layernorm_forward";
+    need(OP, "x", x, rows * cols)?;
+    need(OP, "gamma", gamma, cols)?;
+    need(OP, "beta", beta, cols)?;
+    need(OP, "y", y, rows * cols)?;
+    need(OP, "mean", &stats.mean, rows)?;
+    need(OP, "rstd", &stats.rstd, rows)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let args = [
+        x.into(),
+        gamma.into(),
+        beta.into(),
+        (&*y).into(),
+        (&stats.mean).into(),
+        (&stats.rstd).into(),
+        to_i32(OP, "rows", rows)?.into(),
+        to_i32(OP, "cols", cols)?.into(),
+        eps.into(),
+    ];
+    x.device().launch(OP, cfg(rows), &args)
+}
+
+/// dx, and dy * xhat per element (column-sum it for dgamma; column-sum dy for dbeta).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    x: &Buffer<f32>,
+    gamma: &Buffer<f32>,
+    stats: &Stats,
+    dy: &Buffer<f32>,
+    dx: &mut Buffer<f32>,
+    dy_xhat: &mut Buffer<f32>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    const OP: &str = "layernorm_backward";
+    need(OP, "x", x, rows * cols)?;
+    need(OP, "dy", dy, rows * cols)?;
+    need(OP, "dx", dx, rows * cols)?;
+    need(OP, "dy_xhat", dy_xhat, rows * cols)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let args = [
+        x.into(),
+        gamma.into(),
+        (&stats.mean).into(),
+        (&stats.rstd).into(),
+        dy.into(),
+        (&*dx).into(),
+        (&*dy_xhat).into(),
+        to_i32(OP, "rows", rows)?.into(),
+        to_i32(OP, "cols", cols)?.into(),
+    ];
+    x.device().launch(OP, cfg(rows), &args)
+}
