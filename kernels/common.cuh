@@ -50,3 +50,14 @@ __device__ __forceinline__ int warp_min_int(int v) {
 
 // True when p is 16-byte aligned, so float4 loads and stores through it are legal.
 __device__ __forceinline__ bool aligned16(const void *p) { return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0; }
+
+// Dropout's counter-based mask: whether element i is kept is a hash of (seed, i) -- splitmix64's
+// finaliser over seed + (i + 1) * golden ratio -- so nothing is stored between forward and
+// backward. The top 24 bits give a uniform float in [0, 1); the element is kept when it is >= p.
+__device__ __forceinline__ bool dropout_keep(unsigned long long seed, long long i, float p) {
+    unsigned long long z = seed + (unsigned long long)(i + 1) * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
+}

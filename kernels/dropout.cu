@@ -2,16 +2,6 @@
 // nothing is stored between forward and backward; backward regenerates the same mask.
 #include "common.cuh"
 
-// splitmix64's finaliser over seed + i * golden ratio: a stateless, well-mixed 64-bit hash.
-// The top 24 bits give a uniform float in [0, 1); the element is kept when it is >= p.
-__device__ __forceinline__ bool dropout_keep(unsigned long long seed, long long i, float p) {
-    unsigned long long z = seed + (unsigned long long)(i + 1) * 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
-}
-
 // y = x / (1 - p) where kept, 0 where dropped (inverted dropout, as torch.nn.Dropout in training).
 extern "C" __global__ void dropout_forward(const float *__restrict__ x, float *__restrict__ y, long long n, float p,
                                            unsigned long long seed) {

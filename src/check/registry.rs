@@ -90,6 +90,11 @@ pub static ALL: &[OpCheck] = &[
         kernel: convert_kernel,
     },
     OpCheck {
+        name: "attention",
+        gradient: Some(super::attention::gradient),
+        kernel: super::attention::kernel,
+    },
+    OpCheck {
         name: "layernorm",
         gradient: Some(super::layernorm::gradient),
         kernel: super::layernorm::kernel,

@@ -3,6 +3,7 @@
 //! out-of-bounds access on the device.
 
 mod adamw;
+pub mod attention;
 mod elementwise;
 mod gemm;
 pub mod layernorm;
@@ -35,7 +36,11 @@ pub fn threads_per_block(kernel: &str) -> u32 {
         | "loss_row_stats"
         | "loss_rows_final"
         | "layernorm_forward"
-        | "layernorm_backward" => rows::THREADS_PER_BLOCK,
+        | "layernorm_backward"
+        | "attention_forward"
+        | "attention_backward_delta"
+        | "attention_backward_kv"
+        | "attention_backward_q" => rows::THREADS_PER_BLOCK,
         _ => 256,
     }
 }

@@ -5,6 +5,7 @@
 //! Index loops are the point here: they read like the formulas.
 #![allow(clippy::needless_range_loop)]
 
+pub mod attention;
 pub mod loss;
 pub mod rnn;
 pub mod seqpool;

@@ -1,0 +1,198 @@
+// Fused multi-head self-attention with an additive key padding mask and attention-probability
+// dropout, forward and backward, never storing the B x H x L x L probabilities.
+//
+// Layouts: q, k, v rows are tokens, `stride` floats apart ([B, L, stride]; head h at columns
+// h*d .. h*d + d, so a fused QKV projection works with stride 3Hd and offset pointers); out and
+// dout are [B, L, H*d]. key_mask [B, L] (1 = real token, 0 = padding; null = no padding) drops
+// padded keys entirely, as HF BERT's large negative additive mask does. Per (b, h, query) the
+// forward keeps lse = log sum_j exp(s_ij), O(B*H*L) floats; backward recomputes each
+// probability from it. Dropout on the probabilities keeps element (b, h, i, j) iff
+// dropout_keep(seed, ((b*H + h)*L + i)*L + j, p): the same mask in forward and backward.
+// Head size d <= 128.
+#include "common.cuh"
+
+#define ATTN_WARPS 4
+#define ATTN_MAX_D 128
+#define ATTN_PER_LANE (ATTN_MAX_D / 32)
+
+__device__ __forceinline__ long long attn_row(int b, int i, int len) { return (long long)b * len + i; }
+
+__device__ __forceinline__ bool attn_key_real(const int *key_mask, int b, int j, int len) {
+    return key_mask == nullptr || key_mask[(long long)b * len + j] != 0;
+}
+
+// One warp per query row i of head h. Keys go by in chunks of 32, one per lane: each lane
+// scores its key against the query (kept in shared memory), the warp updates the running max m
+// and normaliser l (online softmax) and rescales its accumulator, then every lane adds the
+// chunk's (dropped-out) probabilities times the value rows for its own 4 of the d dimensions.
+extern "C" __global__ void HOT_KERNEL attention_forward(const float *__restrict__ q, const float *__restrict__ k,
+                                                        const float *__restrict__ v, const int *__restrict__ key_mask,
+                                                        float *__restrict__ out, float *__restrict__ lse, int batch,
+                                                        int heads, int len, int head_dim, int stride, float scale,
+                                                        float dropout, unsigned long long seed) {
+    __shared__ float q_sh[ATTN_WARPS][ATTN_MAX_D];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int i = blockIdx.x * ATTN_WARPS + warp, h = blockIdx.y, b = blockIdx.z;
+    const bool live = i < len;  // whole warps only, and no barrier follows: safe to skip work
+    if (!live) return;
+    const long long qrow = attn_row(b, i, len) * stride + h * head_dim;
+    for (int c = lane; c < head_dim; c += 32) q_sh[warp][c] = q[qrow + c];
+    __syncwarp();
+    float acc[ATTN_PER_LANE];
+    for (int t = 0; t < ATTN_PER_LANE; t++) acc[t] = 0.0f;
+    float m = -float_infinity(), l = 0.0f;
+    const float keep_scale = 1.0f / (1.0f - dropout);
+    const long long counter0 = (((long long)b * heads + h) * len + i) * len;
+    for (int j0 = 0; j0 < len; j0 += 32) {
+        const int j = j0 + lane;
+        const bool real = j < len && attn_key_real(key_mask, b, j, len);
+        float s = -float_infinity();
+        if (real) {
+            const float *kj = k + attn_row(b, j, len) * stride + h * head_dim;
+            float dot = 0.0f;
+            for (int c = 0; c < head_dim; c++) dot = fmaf(q_sh[warp][c], kj[c], dot);
+            s = dot * scale;
+        }
+        const float m_new = fmaxf(m, warp_max(s));
+        if (m_new == -float_infinity()) continue;  // every key so far is padding
+        const float p = real ? expf(s - m_new) : 0.0f;
+        const float correction = expf(m - m_new);  // 0 while m is still -inf
+        l = l * correction + warp_sum(p);
+        for (int t = 0; t < ATTN_PER_LANE; t++) acc[t] *= correction;
+        const float pd = (dropout > 0.0f && !dropout_keep(seed, counter0 + j, dropout)) ? 0.0f : p * keep_scale;
+        for (int jj = 0; jj < 32 && j0 + jj < len; jj++) {
+            const float pj = __shfl_sync(FULL_MASK, pd, jj);
+            if (pj == 0.0f) continue;
+            const float *vj = v + attn_row(b, j0 + jj, len) * stride + h * head_dim;
+            for (int t = 0; t < ATTN_PER_LANE; t++) {
+                const int c = lane + 32 * t;
+                if (c < head_dim) acc[t] = fmaf(pj, vj[c], acc[t]);
+            }
+        }
+        m = m_new;
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    float *o = out + attn_row(b, i, len) * heads * head_dim + h * head_dim;
+    for (int t = 0; t < ATTN_PER_LANE; t++) {
+        const int c = lane + 32 * t;
+        if (c < head_dim) o[c] = acc[t] * inv;
+    }
+    // A row whose keys are all padding has no distribution: +inf makes every recomputed p 0.
+    if (lane == 0) lse[((long long)b * heads + h) * len + i] = l > 0.0f ? m + logf(l) : float_infinity();
+}
+
+// delta[b, h, i] = sum_c dout[b, i, h, c] * out[b, i, h, c]: the row sums sum_j p_ij dp_ij that the
+// softmax backward subtracts (they equal dO . O even with dropout). One warp per row.
+extern "C" __global__ void attention_backward_delta(const float *__restrict__ out, const float *__restrict__ dout,
+                                                    float *__restrict__ delta, int batch, int heads, int len,
+                                                    int head_dim) {
+    const int lane = threadIdx.x % 32;
+    const int i = blockIdx.x * ATTN_WARPS + threadIdx.x / 32, h = blockIdx.y, b = blockIdx.z;
+    if (i >= len) return;
+    const long long base = attn_row(b, i, len) * heads * head_dim + h * head_dim;
+    float s = 0.0f;
+    for (int c = lane; c < head_dim; c += 32) s += dout[base + c] * out[base + c];
+    s = warp_sum(s);
+    if (lane == 0) delta[((long long)b * heads + h) * len + i] = s;
+}
+
+// With p_ij = exp(s_ij - lse_i), the dropped-out p~_ij = p_ij keep_ij / (1 - rate), and
+// dp_ij = keep_ij / (1 - rate) (dO_i . v_j):  dv_j = sum_i p~_ij dO_i,
+// ds_ij = p_ij (dp_ij - delta_i),  dk_j = scale sum_i ds_ij q_i,  dq_i = scale sum_j ds_ij k_j.
+// Each (b, h, i, j) term of this recomputation, for one warp.
+struct AttnTerm {
+    float p_dropped, ds;
+};
+__device__ __forceinline__ AttnTerm attn_term(float qk, float dov, float lse_i, float delta_i, float scale, float rate,
+                                              bool keep) {
+    const float p = expf(qk * scale - lse_i);
+    const float kept = keep ? 1.0f / (1.0f - rate) : 0.0f;
+    return {p * kept, p * (dov * kept - delta_i)};
+}
+
+// dk and dv, one warp per key row j: the warp walks every query i, so each key's gradient is
+// summed in one place in a fixed order (no atomics: the same result on every run).
+extern "C" __global__ void HOT_KERNEL attention_backward_kv(
+    const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
+    const int *__restrict__ key_mask, const float *__restrict__ dout, const float *__restrict__ lse,
+    const float *__restrict__ delta, float *__restrict__ dk, float *__restrict__ dv, int batch, int heads, int len,
+    int head_dim, int stride, float scale, float dropout, unsigned long long seed) {
+    const int lane = threadIdx.x % 32;
+    const int j = blockIdx.x * ATTN_WARPS + threadIdx.x / 32, h = blockIdx.y, b = blockIdx.z;
+    if (j >= len) return;
+    const long long krow = attn_row(b, j, len) * stride + h * head_dim;
+    float kj[ATTN_PER_LANE], vj[ATTN_PER_LANE], gk[ATTN_PER_LANE], gv[ATTN_PER_LANE];
+    for (int t = 0; t < ATTN_PER_LANE; t++) {
+        const int c = lane + 32 * t;
+        kj[t] = c < head_dim ? k[krow + c] : 0.0f;
+        vj[t] = c < head_dim ? v[krow + c] : 0.0f;
+        gk[t] = 0.0f, gv[t] = 0.0f;
+    }
+    if (attn_key_real(key_mask, b, j, len)) {
+        for (int i = 0; i < len; i++) {
+            const long long qrow = attn_row(b, i, len) * stride + h * head_dim;
+            const long long orow = attn_row(b, i, len) * heads * head_dim + h * head_dim;
+            float qk = 0.0f, dov = 0.0f;
+            for (int t = 0; t < ATTN_PER_LANE; t++) {
+                const int c = lane + 32 * t;
+                if (c < head_dim) qk = fmaf(q[qrow + c], kj[t], qk), dov = fmaf(dout[orow + c], vj[t], dov);
+            }
+            qk = warp_sum(qk);
+            dov = warp_sum(dov);
+            const long long r = ((long long)b * heads + h) * len + i;
+            const bool keep = !(dropout > 0.0f) || dropout_keep(seed, r * len + j, dropout);
+            const AttnTerm a = attn_term(qk, dov, lse[r], delta[r], scale, dropout, keep);
+            for (int t = 0; t < ATTN_PER_LANE; t++) {
+                const int c = lane + 32 * t;
+                if (c < head_dim) gv[t] = fmaf(a.p_dropped, dout[orow + c], gv[t]), gk[t] = fmaf(a.ds * scale, q[qrow + c], gk[t]);
+            }
+        }
+    }
+    for (int t = 0; t < ATTN_PER_LANE; t++) {
+        const int c = lane + 32 * t;
+        if (c < head_dim) dk[krow + c] = gk[t], dv[krow + c] = gv[t];
+    }
+}
+
+// dq, one warp per query row i, walking every key j in a fixed order.
+extern "C" __global__ void HOT_KERNEL attention_backward_q(
+    const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
+    const int *__restrict__ key_mask, const float *__restrict__ dout, const float *__restrict__ lse,
+    const float *__restrict__ delta, float *__restrict__ dq, int batch, int heads, int len, int head_dim, int stride,
+    float scale, float dropout, unsigned long long seed) {
+    const int lane = threadIdx.x % 32;
+    const int i = blockIdx.x * ATTN_WARPS + threadIdx.x / 32, h = blockIdx.y, b = blockIdx.z;
+    if (i >= len) return;
+    const long long qrow = attn_row(b, i, len) * stride + h * head_dim;
+    const long long orow = attn_row(b, i, len) * heads * head_dim + h * head_dim;
+    const long long r = ((long long)b * heads + h) * len + i;
+    float qi[ATTN_PER_LANE], doi[ATTN_PER_LANE], gq[ATTN_PER_LANE];
+    for (int t = 0; t < ATTN_PER_LANE; t++) {
+        const int c = lane + 32 * t;
+        qi[t] = c < head_dim ? q[qrow + c] : 0.0f;
+        doi[t] = c < head_dim ? dout[orow + c] : 0.0f;
+        gq[t] = 0.0f;
+    }
+    const float lse_i = lse[r], delta_i = delta[r];
+    for (int j = 0; j < len; j++) {
+        if (!attn_key_real(key_mask, b, j, len)) continue;  // uniform across the warp
+        const long long krow = attn_row(b, j, len) * stride + h * head_dim;
+        float qk = 0.0f, dov = 0.0f;
+        for (int t = 0; t < ATTN_PER_LANE; t++) {
+            const int c = lane + 32 * t;
+            if (c < head_dim) qk = fmaf(qi[t], k[krow + c], qk), dov = fmaf(doi[t], v[krow + c], dov);
+        }
+        qk = warp_sum(qk);
+        dov = warp_sum(dov);
+        const bool keep = !(dropout > 0.0f) || dropout_keep(seed, r * len + j, dropout);
+        const AttnTerm a = attn_term(qk, dov, lse_i, delta_i, scale, dropout, keep);
+        for (int t = 0; t < ATTN_PER_LANE; t++) {
+            const int c = lane + 32 * t;
+            if (c < head_dim) gq[t] = fmaf(a.ds * scale, k[krow + c], gq[t]);
+        }
+    }
+    for (int t = 0; t < ATTN_PER_LANE; t++) {
+        const int c = lane + 32 * t;
+        if (c < head_dim) dq[qrow + c] = gq[t];
+    }
+}
