@@ -79,3 +79,12 @@ extern "C" __global__ void relu_backward(const float *__restrict__ x, const floa
                                          float *__restrict__ dx, long long n) {
     GRID_STRIDE_LOOP(i, n) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
 }
+
+// y = tanh(x) (BERT's pooler); backward from the output: dx = dy (1 - y^2).
+extern "C" __global__ void tanh_forward(const float *__restrict__ x, float *__restrict__ y, long long n) {
+    GRID_STRIDE_LOOP(i, n) y[i] = tanhf(x[i]);
+}
+extern "C" __global__ void tanh_backward(const float *__restrict__ y, const float *__restrict__ dy,
+                                         float *__restrict__ dx, long long n) {
+    GRID_STRIDE_LOOP(i, n) dx[i] = dy[i] * (1.0f - y[i] * y[i]);
+}

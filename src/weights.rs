@@ -100,3 +100,89 @@ pub fn write_tensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> Res
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
+
+/// A safetensors checkpoint read once: the header parsed, tensors converted on request.
+pub struct Checkpoint {
+    path: std::path::PathBuf,
+    bytes: Vec<u8>,
+    header_len: usize,
+    metadata: safetensors::tensor::Metadata,
+}
+
+impl Checkpoint {
+    pub fn open(path: &Path) -> Result<Checkpoint> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        // Validates the header and that every tensor's bytes lie inside the file.
+        SafeTensors::deserialize(&bytes).map_err(|e| {
+            Error::Invalid(format!(
+                "{}: not a readable safetensors file (truncated or corrupt?): {e}",
+                path.display()
+            ))
+        })?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            Error::Invalid(format!(
+                "{}: unreadable safetensors header: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            bytes,
+            header_len,
+            metadata,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut n: Vec<String> = self.metadata.tensors().keys().cloned().collect();
+        n.sort();
+        n
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.metadata.info(name).is_some()
+    }
+
+    /// Tensor `name` as f32, checked against `shape` (the error names the tensor and both shapes).
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let info = self.metadata.info(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: missing tensor {name} (expected shape {shape:?})",
+                self.path.display()
+            ))
+        })?;
+        if info.shape != shape {
+            return Err(Error::Invalid(format!(
+                "{}: tensor {name} has shape {:?}, {shape:?} expected",
+                self.path.display(),
+                info.shape
+            )));
+        }
+        let (start, end) = info.data_offsets;
+        let raw = &self.bytes[8 + self.header_len + start..8 + self.header_len + end];
+        Ok(match info.dtype {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "{}: tensor {name} is {other:?}; F32, F16 or BF16 expected",
+                    self.path.display()
+                )))
+            }
+        })
+    }
+}

@@ -5,8 +5,9 @@
 use std::path::Path;
 
 use crate::check::Rng;
-use crate::device::{Arg, Buffer, Device, LaunchConfig};
+use crate::device::{Buffer, Device};
 use crate::error::{Error, Result};
+use crate::ops::embedding;
 use crate::weights;
 
 /// Word-embedding tensor names in HF checkpoints: BERT / MC-BERT, ERNIE, sentence-transformers.
@@ -64,34 +65,11 @@ impl Embedding {
 
     /// ids: [tokens] (any batch layout, row-major) -> [tokens, dim].
     pub fn forward(&mut self, ids: &[i32]) -> Result<Buffer<f32>> {
-        if let Some((i, &id)) = ids
-            .iter()
-            .enumerate()
-            .find(|(_, &id)| id < 0 || id as usize >= self.vocab)
-        {
-            return Err(Error::Invalid(format!(
-                "token id {id} at position {i} is outside the vocabulary of {}",
-                self.vocab
-            )));
-        }
+        embedding::check_ids(ids, self.vocab, "token id")?;
         let dev = self.table.device().clone();
         let ids_dev = dev.upload(ids, "embedding ids")?;
-        let out = dev.alloc::<f32>(ids.len() * self.dim, "embedding output")?;
-        let n = ids.len() * self.dim;
-        if n > 0 {
-            let args = [
-                (&ids_dev).into(),
-                (&self.table).into(),
-                (&out).into(),
-                Arg::I32(ids.len() as i32),
-                Arg::I32(self.dim as i32),
-            ];
-            dev.launch(
-                "embedding_forward",
-                LaunchConfig::for_elements(n, 256, 4096),
-                &args,
-            )?;
-        }
+        let mut out = dev.alloc::<f32>(ids.len() * self.dim, "embedding output")?;
+        embedding::forward(&ids_dev, &self.table, &mut out, self.dim)?;
         self.saved_ids = Some(ids.to_vec());
         Ok(out)
     }
@@ -102,7 +80,6 @@ impl Embedding {
             .saved_ids
             .take()
             .ok_or_else(|| Error::Invalid("embedding backward without forward".into()))?;
-        let dev = dout.device().clone();
         if dout.len() != ids.len() * self.dim {
             return Err(Error::Invalid(format!(
                 "embedding dout holds {} values, {} expected",
@@ -110,39 +87,6 @@ impl Embedding {
                 ids.len() * self.dim
             )));
         }
-        // Group token positions by id, in a fixed order, for the deterministic sum.
-        let mut order: Vec<i32> = (0..ids.len() as i32).collect();
-        order.sort_by_key(|&i| (ids[i as usize], i));
-        let (mut starts, mut rows) = (vec![], vec![]);
-        for (k, &i) in order.iter().enumerate() {
-            if k == 0 || ids[i as usize] != ids[order[k - 1] as usize] {
-                starts.push(k as i32);
-                rows.push(ids[i as usize]);
-            }
-        }
-        starts.push(order.len() as i32);
-        self.table_grad = dev.zeros(self.vocab * self.dim, "embedding grad")?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let (order_d, starts_d, rows_d) = (
-            dev.upload(&order, "order")?,
-            dev.upload(&starts, "starts")?,
-            dev.upload(&rows, "rows")?,
-        );
-        let args = [
-            dout.into(),
-            (&order_d).into(),
-            (&starts_d).into(),
-            (&rows_d).into(),
-            (&self.table_grad).into(),
-            Arg::I32(rows.len() as i32),
-            Arg::I32(self.dim as i32),
-        ];
-        dev.launch(
-            "embedding_backward",
-            LaunchConfig::for_elements(rows.len() * self.dim, 256, 4096),
-            &args,
-        )
+        embedding::backward(&ids, dout, &mut self.table_grad, self.dim)
     }
 }

@@ -229,3 +229,36 @@ pub fn relu_backward(
         &[x.into(), dy.into(), (&*dx).into(), Arg::I64(n as i64)],
     )
 }
+
+pub fn tanh_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {
+    need("tanh_forward", "x", x, n)?;
+    need("tanh_forward", "y", y, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    x.device().launch(
+        "tanh_forward",
+        cfg(n),
+        &[x.into(), (&*y).into(), Arg::I64(n as i64)],
+    )
+}
+
+/// dx = dy (1 - y^2), from the forward's output y.
+pub fn tanh_backward(
+    y: &Buffer<f32>,
+    dy: &Buffer<f32>,
+    dx: &mut Buffer<f32>,
+    n: usize,
+) -> Result<()> {
+    for (what, buf) in [("y", y), ("dy", dy), ("dx", &*dx)] {
+        need("tanh_backward", what, buf, n)?;
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    y.device().launch(
+        "tanh_backward",
+        cfg(n),
+        &[y.into(), dy.into(), (&*dx).into(), Arg::I64(n as i64)],
+    )
+}

@@ -5,6 +5,7 @@
 mod adamw;
 pub mod attention;
 mod elementwise;
+pub mod embedding;
 mod gemm;
 pub mod layernorm;
 pub mod loss;
@@ -16,7 +17,8 @@ pub mod textcnn;
 pub use adamw::{adamw_step, AdamW};
 pub use elementwise::{
     add, convert_f16_to_f32, convert_f32_to_f16, copy_block, dropout, fill, gelu_backward,
-    gelu_forward, relu_backward, relu_forward, scale, transpose, Block,
+    gelu_forward, relu_backward, relu_forward, scale, tanh_backward, tanh_forward, transpose,
+    Block,
 };
 pub use gemm::{gemm, Gemm};
 pub use rows::{

@@ -1,0 +1,86 @@
+//! Embedding gathers and their deterministic scatter (kernels/embedding.cu).
+use super::need;
+use crate::device::{Arg, Buffer, LaunchConfig};
+use crate::error::{Error, Result};
+
+fn cfg(n: usize) -> LaunchConfig {
+    LaunchConfig::for_elements(n, 256, 4096)
+}
+
+/// Refuses ids outside 0..rows, naming the first offender.
+pub fn check_ids(ids: &[i32], rows: usize, what: &str) -> Result<()> {
+    match ids
+        .iter()
+        .enumerate()
+        .find(|(_, &id)| id < 0 || id as usize >= rows)
+    {
+        Some((i, &id)) => Err(Error::Invalid(format!(
+            "{what} {id} at position {i} is outside 0..{rows}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// out[i, :] = table[ids[i], :] (ids already on the device and checked).
+pub fn forward(
+    ids: &Buffer<i32>,
+    table: &Buffer<f32>,
+    out: &mut Buffer<f32>,
+    dim: usize,
+) -> Result<()> {
+    let n = ids.len() * dim;
+    need("embedding_forward", "out", out, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let args = [
+        ids.into(),
+        table.into(),
+        (&*out).into(),
+        Arg::I32(ids.len() as i32),
+        Arg::I32(dim as i32),
+    ];
+    table.device().launch("embedding_forward", cfg(n), &args)
+}
+
+/// dtable = the per-row sums of dout over the tokens holding each id: positions are grouped by
+/// id on the host in a fixed order, then summed on the device without atomics. Every row of
+/// dtable is written (0 where no token uses it).
+pub fn backward(
+    ids: &[i32],
+    dout: &Buffer<f32>,
+    dtable: &mut Buffer<f32>,
+    dim: usize,
+) -> Result<()> {
+    need("embedding_backward", "dout", dout, ids.len() * dim)?;
+    let dev = dout.device().clone();
+    let mut order: Vec<i32> = (0..ids.len() as i32).collect();
+    order.sort_by_key(|&i| (ids[i as usize], i));
+    let (mut starts, mut rows) = (vec![], vec![]);
+    for (k, &i) in order.iter().enumerate() {
+        if k == 0 || ids[i as usize] != ids[order[k - 1] as usize] {
+            starts.push(k as i32);
+            rows.push(ids[i as usize]);
+        }
+    }
+    starts.push(order.len() as i32);
+    super::fill(dtable, 0.0)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (order_d, starts_d, rows_d) = (
+        dev.upload(&order, "order")?,
+        dev.upload(&starts, "starts")?,
+        dev.upload(&rows, "rows")?,
+    );
+    let args = [
+        dout.into(),
+        (&order_d).into(),
+        (&starts_d).into(),
+        (&rows_d).into(),
+        (&*dtable).into(),
+        Arg::I32(rows.len() as i32),
+        Arg::I32(dim as i32),
+    ];
+    dev.launch("embedding_backward", cfg(rows.len() * dim), &args)
+}
