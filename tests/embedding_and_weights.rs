@@ -90,7 +90,7 @@ fn bad_files_and_ids_are_named_errors() {
     let mut emb = Embedding::from_host(&dev, 4, 2, &[0.0; 8]).unwrap();
     let e = emb.forward(&[1, 2, 4]).err().unwrap().to_string();
     assert!(
-        e.contains("token id 4 at position 2 is outside the vocabulary of 4"),
+        e.contains("token id 4 at position 2 is outside 0..4"),
         "{e}"
     );
 }

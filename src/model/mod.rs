@@ -1,6 +1,7 @@
 //! Layers with explicit forward and backward passes. Each owns its parameters, saved
 //! activations and state; the kernels they run are launched through `ops`.
 
+pub mod bert;
 pub mod embedding;
 pub mod heads;
 pub mod imbalance;
