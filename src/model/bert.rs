@@ -49,6 +49,9 @@ pub struct BertConfig {
     pub hidden_dropout_prob: f64,
     #[serde(default = "default_dropout")]
     pub attention_probs_dropout_prob: f64,
+    /// The padding token: its word-embedding row gets no gradient (nn.Embedding padding_idx).
+    #[serde(default)]
+    pub pad_token_id: i32,
 }
 
 impl BertConfig {
@@ -720,24 +723,13 @@ impl BertEncoder {
         let d_emb = self.dropout_backward(&dx, s.seed.map(|x| site_seed(x, 0, 0)))?;
         let d_sum =
             self.layer_norm_backward(&s.emb_sum, &s.emb_ln, &d_emb, "embeddings.LayerNorm", rows)?;
-        embedding::backward(
-            &s.ids,
-            &d_sum,
-            self.grad_of("embeddings.word_embeddings.weight"),
-            h,
-        )?;
-        embedding::backward(
-            &s.positions,
-            &d_sum,
-            self.grad_of("embeddings.position_embeddings.weight"),
-            h,
-        )?;
-        embedding::backward(
-            &s.types,
-            &d_sum,
-            self.grad_of("embeddings.token_type_embeddings.weight"),
-            h,
-        )?;
+        let pad = Some(c.pad_token_id);
+        let word = "embeddings.word_embeddings.weight";
+        embedding::backward(&s.ids, &d_sum, self.grad_of(word), h, pad)?;
+        let position = "embeddings.position_embeddings.weight";
+        embedding::backward(&s.positions, &d_sum, self.grad_of(position), h, None)?;
+        let kind = "embeddings.token_type_embeddings.weight";
+        embedding::backward(&s.types, &d_sum, self.grad_of(kind), h, None)?;
         Ok(())
     }
 

@@ -87,6 +87,6 @@ impl Embedding {
                 ids.len() * self.dim
             )));
         }
-        embedding::backward(&ids, dout, &mut self.table_grad, self.dim)
+        embedding::backward(&ids, dout, &mut self.table_grad, self.dim, None)
     }
 }

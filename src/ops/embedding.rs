@@ -45,16 +45,20 @@ pub fn forward(
 
 /// dtable = the per-row sums of dout over the tokens holding each id: positions are grouped by
 /// id on the host in a fixed order, then summed on the device without atomics. Every row of
-/// dtable is written (0 where no token uses it).
+/// dtable is written (0 where no token uses it). Tokens holding `padding_idx` add nothing, as
+/// with torch.nn.Embedding(padding_idx=...).
 pub fn backward(
     ids: &[i32],
     dout: &Buffer<f32>,
     dtable: &mut Buffer<f32>,
     dim: usize,
+    padding_idx: Option<i32>,
 ) -> Result<()> {
     need("embedding_backward", "dout", dout, ids.len() * dim)?;
     let dev = dout.device().clone();
-    let mut order: Vec<i32> = (0..ids.len() as i32).collect();
+    let mut order: Vec<i32> = (0..ids.len() as i32)
+        .filter(|&i| Some(ids[i as usize]) != padding_idx)
+        .collect();
     order.sort_by_key(|&i| (ids[i as usize], i));
     let (mut starts, mut rows) = (vec![], vec![]);
     for (k, &i) in order.iter().enumerate() {
