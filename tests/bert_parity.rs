@@ -116,3 +116,111 @@ fn gelu_bert_matches_transformers() {
 fn relu_bert_with_ernie_eps_matches_transformers() {
     check("bert_tiny_relu", &Device::simt(Schedule::Random(3)));
 }
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("emrclass-bert-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+/// Rewrites the fixture checkpoint with renamed (or dropped, or reshaped) tensors.
+fn rewrite(out: &PathBuf, rename: impl Fn(&str) -> Option<String>, reshape: Option<&str>) {
+    use emrclass::weights::{write_tensors, Checkpoint};
+    let ck = Checkpoint::open(&dir("bert_tiny").join("model.safetensors")).unwrap();
+    let config =
+        emrclass::model::bert::BertConfig::from_file(&dir("bert_tiny").join("config.json"))
+            .unwrap();
+    let shapes = emrclass::model::bert::parameter_shapes(&config);
+    let mut owned = Vec::new();
+    for (name, shape) in &shapes {
+        let Some(new) = rename(name) else { continue };
+        let mut shape = shape.clone();
+        let data = ck.get(name, &shape).unwrap();
+        if reshape == Some(name.as_str()) {
+            shape = vec![data.len()];
+        }
+        owned.push((new, shape, data));
+    }
+    let tensors: Vec<(&str, Vec<usize>, &[f32])> = owned
+        .iter()
+        .map(|(n, s, d)| (n.as_str(), s.clone(), d.as_slice()))
+        .collect();
+    write_tensors(out, &tensors).unwrap();
+}
+
+#[test]
+fn checkpoint_layouts_and_named_errors() {
+    let dev = Device::simt(Schedule::Forward);
+    let config =
+        emrclass::model::bert::BertConfig::from_file(&dir("bert_tiny").join("config.json"))
+            .unwrap();
+    let reference = BertEncoder::load_dir(&dev, &dir("bert_tiny")).unwrap();
+    let same = |enc: &BertEncoder| {
+        for p in &enc.params {
+            assert_eq!(
+                p.value.to_host().unwrap(),
+                reference.param(&p.name).value.to_host().unwrap(),
+                "{}",
+                p.name
+            );
+        }
+    };
+    // `bert.` prefix with legacy gamma/beta LayerNorm names, as old TF conversions have them.
+    let legacy = tmp("legacy.safetensors");
+    rewrite(
+        &legacy,
+        |n| {
+            Some(format!(
+                "bert.{}",
+                n.replace("LayerNorm.weight", "LayerNorm.gamma")
+                    .replace("LayerNorm.bias", "LayerNorm.beta")
+            ))
+        },
+        None,
+    );
+    same(&BertEncoder::load(&dev, config.clone(), &legacy).unwrap());
+    // Saving writes BertModel's names; loading that back gives the same parameters.
+    let saved = tmp("saved.safetensors");
+    reference.save(&saved).unwrap();
+    same(&BertEncoder::load(&dev, config.clone(), &saved).unwrap());
+    // A missing tensor and a wrong shape name the tensor and the shapes.
+    let missing = tmp("missing.safetensors");
+    rewrite(
+        &missing,
+        |n| (n != "encoder.layer.1.output.dense.bias").then(|| n.to_string()),
+        None,
+    );
+    let e = BertEncoder::load(&dev, config.clone(), &missing)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("missing tensor encoder.layer.1.output.dense.bias (expected shape [64])"),
+        "{e}"
+    );
+    let reshaped = tmp("reshaped.safetensors");
+    rewrite(
+        &reshaped,
+        |n| Some(n.to_string()),
+        Some("encoder.layer.0.intermediate.dense.weight"),
+    );
+    let e = BertEncoder::load(&dev, config.clone(), &reshaped)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(
+            "tensor encoder.layer.0.intermediate.dense.weight has shape [8192], [128, 64] expected"
+        ),
+        "{e}"
+    );
+    // A truncated file is an error, not a panic.
+    let bytes = std::fs::read(dir("bert_tiny").join("model.safetensors")).unwrap();
+    let cut = tmp("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = BertEncoder::load(&dev, config, &cut)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not a readable safetensors file"), "{e}");
+}
