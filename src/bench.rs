@@ -318,3 +318,127 @@ pub fn print_layers(rows: &[LayerTiming]) {
         );
     }
 }
+
+/// Fused attention forward and backward at [batch, len, heads x head_dim], with the memory the
+/// B x H x L x L probabilities would have taken (the kernels never store them).
+pub fn attention(
+    dev: &Device,
+    batch: usize,
+    len: usize,
+    heads: usize,
+    head_dim: usize,
+    reps: usize,
+) -> Result<(LayerTiming, usize)> {
+    use crate::ops::attention::{self as attn, Attention};
+    let mut rng = Rng::new(5);
+    let hd = heads * head_dim;
+    let n = batch * len * hd;
+    let qkv = dev.upload(&to_f32(&rng.normals(3 * n, 1.0)), "qkv")?;
+    let mask = dev.upload(&vec![1i32; batch * len], "mask")?;
+    let a = Attention {
+        batch,
+        heads,
+        len,
+        head_dim,
+        stride: 3 * hd,
+        offsets: [0, hd, 2 * hd],
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        dropout: 0.1,
+        seed: 1,
+    };
+    let mut out = dev.alloc::<f32>(n, "out")?;
+    let mut lse = dev.alloc::<f32>(batch * heads * len, "lse")?;
+    let dout = dev.upload(&to_f32(&rng.normals(n, 1.0)), "dout")?;
+    let dqkv = dev.alloc::<f32>(3 * n, "dqkv")?;
+    let (mut fwd, mut bwd) = (vec![], vec![]);
+    for rep in 0..=reps.max(1) {
+        let f =
+            dev.time_ms(|| attn::forward(&a, [&qkv, &qkv, &qkv], Some(&mask), &mut out, &mut lse))?;
+        let b = dev.time_ms(|| {
+            attn::backward(
+                &a,
+                [&qkv, &qkv, &qkv],
+                Some(&mask),
+                &out,
+                &lse,
+                &dout,
+                [&dqkv, &dqkv, &dqkv],
+            )
+        })?;
+        if rep > 0 {
+            fwd.push(f);
+            bwd.push(b);
+        }
+    }
+    // QK^T and PV: 4 B H L^2 d multiply-adds forward.
+    let flop = 4.0 * (batch * heads) as f64 * (len * len) as f64 * head_dim as f64;
+    let shape = format!("B={batch} L={len} H={heads} d={head_dim}");
+    let saved = batch * heads * len * len * 4;
+    Ok((
+        layer_timing(
+            dev,
+            format!("attention on {}", dev.describe()),
+            shape,
+            &fwd,
+            &bwd,
+            flop,
+        ),
+        saved,
+    ))
+}
+
+/// One BERT layer (plus embeddings and pooler, small vocabulary) forward and backward.
+pub fn encoder_layer(
+    dev: &Device,
+    batch: usize,
+    len: usize,
+    hidden: usize,
+    heads: usize,
+    reps: usize,
+) -> Result<LayerTiming> {
+    use crate::model::bert::{BertConfig, BertEncoder};
+    let config = BertConfig {
+        vocab_size: 128,
+        hidden_size: hidden,
+        num_hidden_layers: 1,
+        num_attention_heads: heads,
+        intermediate_size: 4 * hidden,
+        hidden_act: "gelu".into(),
+        layer_norm_eps: 1e-12,
+        max_position_embeddings: len.max(1),
+        type_vocab_size: 2,
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        pad_token_id: 0,
+    };
+    let mut rng = Rng::new(6);
+    let mut enc = BertEncoder::new(dev, config, &mut rng)?;
+    let ids: Vec<i32> = (0..batch * len).map(|i| 1 + (i % 127) as i32).collect();
+    let mask = vec![1i32; batch * len];
+    let dh = dev.upload(&to_f32(&rng.normals(batch * len * hidden, 1.0)), "d hidden")?;
+    let (mut fwd, mut bwd) = (vec![], vec![]);
+    for rep in 0..=reps.max(1) {
+        let f = dev.time_ms(|| {
+            enc.forward(&ids, &mask, None, batch, Some(rep as u64))
+                .map(|_| ())
+        })?;
+        let b = dev.time_ms(|| enc.backward(Some(&dh), None))?;
+        if rep > 0 {
+            fwd.push(f);
+            bwd.push(b);
+        }
+    }
+    let tokens = (batch * len) as f64;
+    // QKV + output projections (4 H^2) and FFN (8 H^2) per token, plus attention.
+    let flop = 2.0 * tokens * 12.0 * (hidden * hidden) as f64
+        + 4.0 * batch as f64 * (len * len) as f64 * hidden as f64;
+    let shape = format!("B={batch} L={len} H={hidden} heads={heads}");
+    Ok(layer_timing(
+        dev,
+        format!("encoder layer on {}", dev.describe()),
+        shape,
+        &fwd,
+        &bwd,
+        flop,
+    ))
+}

@@ -85,8 +85,28 @@ struct LayerShape {
     reps: usize,
 }
 
+/// The shape of the attention / encoder benchmarks (default: BERT-base, batch 16).
+#[derive(clap::Args, Clone)]
+struct BertShape {
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Sequence lengths to time.
+    #[arg(long, value_delimiter = ',', default_values_t = [128, 256, 512])]
+    len: Vec<usize>,
+    #[arg(long, default_value_t = 768)]
+    hidden: usize,
+    #[arg(long, default_value_t = 12)]
+    heads: usize,
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Fused multi-head attention forward and backward, and the memory it saves.
+    Attention(BertShape),
+    /// One BERT encoder layer forward and backward.
+    Encoder(BertShape),
     /// Bidirectional GRU, forward and backward.
     Gru(LayerShape),
     /// Bidirectional LSTM, forward and backward.
@@ -217,6 +237,36 @@ fn run(cli: &Cli) -> Result<bool> {
                 _ => bench::textcnn(&dev, s.batch, s.len, s.input, s.hidden, s.reps)?,
             };
             bench::print_layers(&[row]);
+            Ok(true)
+        }
+        Command::Bench {
+            what: BenchWhat::Attention(s),
+        } => {
+            let dev = open_device(cli, seed)?;
+            let mut rows = Vec::new();
+            for &len in &s.len {
+                let (row, saved) =
+                    bench::attention(&dev, s.batch, len, s.heads, s.hidden / s.heads, s.reps)?;
+                println!(
+                    "L={len}: probabilities not stored: {:.1} MiB",
+                    saved as f64 / (1 << 20) as f64
+                );
+                rows.push(row);
+            }
+            bench::print_layers(&rows);
+            Ok(true)
+        }
+        Command::Bench {
+            what: BenchWhat::Encoder(s),
+        } => {
+            let dev = open_device(cli, seed)?;
+            let mut rows = Vec::new();
+            for &len in &s.len {
+                rows.push(bench::encoder_layer(
+                    &dev, s.batch, len, s.hidden, s.heads, s.reps,
+                )?);
+            }
+            bench::print_layers(&rows);
             Ok(true)
         }
         Command::Gradcheck { ops } => {
