@@ -7,6 +7,7 @@ pub mod bench;
 pub mod check;
 pub mod data;
 pub mod device;
+pub mod encode;
 pub mod error;
 pub mod kernel_report;
 pub mod model;

@@ -49,6 +49,24 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// Run a BERT checkpoint over texts or token ids and write last_hidden_state [B, L, H] and
+    /// pooler_output [B, H] (fp32) to a safetensors file.
+    Encode {
+        /// Folder with config.json, model.safetensors and tokenizer.json or vocab.txt.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Texts: JSON lines (.jsonl: strings or {"text": ...}) or one text per line.
+        #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+        texts: Option<std::path::PathBuf>,
+        /// Token ids: JSON {"input_ids": [[..]], "attention_mask": [[..]]?, "token_type_ids": [[..]]?}.
+        #[arg(long)]
+        ids: Option<std::path::PathBuf>,
+        /// Truncation length; batches are padded to their longest sequence.
+        #[arg(long, default_value_t = 128)]
+        max_len: usize,
+        #[arg(long)]
+        output: std::path::PathBuf,
+    },
     /// Check each op's f64 reference against finite differences and its kernels against the
     /// reference on fresh random inputs. Non-zero exit status on any failure.
     Gradcheck {
@@ -267,6 +285,26 @@ fn run(cli: &Cli) -> Result<bool> {
                 )?);
             }
             bench::print_layers(&rows);
+            Ok(true)
+        }
+        Command::Encode {
+            model,
+            texts,
+            ids,
+            max_len,
+            output,
+        } => {
+            let dev = open_device(cli, seed)?;
+            let input = match (texts, ids) {
+                (Some(t), _) => emrclass::encode::Input::Texts(t),
+                (None, Some(i)) => emrclass::encode::Input::Ids(i),
+                (None, None) => unreachable!("clap requires one of --texts and --ids"),
+            };
+            let (b, l) = emrclass::encode::run(&dev, model, input, *max_len, output)?;
+            eprintln!(
+                "encoded {b} sequences of {l} tokens into {}",
+                output.display()
+            );
             Ok(true)
         }
         Command::Gradcheck { ops } => {
