@@ -107,6 +107,74 @@ fn check(name: &str, dev: &Device) {
     }
 }
 
+/// The f64 reference against the same fixture, far tighter: both sides are float64. Outputs
+/// agree to 1e-9; gradients to 1e-7 (the key weights' gradients are small differences of large
+/// terms, and the two sides sum in different orders).
+fn check_reference(name: &str) {
+    use emrclass::model::bert::{parameter_shapes, BertConfig};
+    use emrclass::reference::bert as rb;
+    let folder = dir(name);
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("expected.json")).unwrap())
+            .unwrap();
+    let config = BertConfig::from_file(&folder.join("config.json")).unwrap();
+    let ck = emrclass::weights::Checkpoint::open(&folder.join("model.safetensors")).unwrap();
+    let params: rb::Params = parameter_shapes(&config)
+        .into_iter()
+        .map(|(n, s)| {
+            let v = ck.get(&n, &s).unwrap().into_iter().map(f64::from).collect();
+            (n, v)
+        })
+        .collect();
+    let batch = expected["batch"].as_u64().unwrap() as usize;
+    let (ids, mask, types) = (
+        i32s(&expected["input_ids"]),
+        i32s(&expected["attention_mask"]),
+        i32s(&expected["token_type_ids"]),
+    );
+    let tape = rb::forward(&config, &params, &ids, &mask, &types, batch);
+    let rel = |a: &[f64], b: &[f64], floor: f64| {
+        let d: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f64>()
+            .sqrt();
+        d / b.iter().map(|y| y * y).sum::<f64>().sqrt().max(floor)
+    };
+    assert!(
+        rel(&tape.hidden, &f64s(&expected["last_hidden_state"]), 0.0) < 1e-9,
+        "{name}: reference hidden"
+    );
+    assert!(
+        rel(&tape.pooled, &f64s(&expected["pooler_output"]), 0.0) < 1e-9,
+        "{name}: reference pooled"
+    );
+    let g = rb::backward(
+        &config,
+        &params,
+        &ids,
+        &mask,
+        &types,
+        batch,
+        &f64s(&expected["r1"]),
+        &f64s(&expected["r2"]),
+    );
+    let grads = expected["grads"].as_object().unwrap();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let largest = grads.values().map(|v| norm(&f64s(v))).fold(0.0, f64::max);
+    for (n, want) in grads {
+        let e = rel(&g[n], &f64s(want), 1e-9 * largest);
+        assert!(e < 1e-7, "{name}: reference gradient of {n} error {e:e}");
+    }
+}
+
+#[test]
+fn reference_bert_matches_transformers() {
+    check_reference("bert_tiny");
+    check_reference("bert_tiny_relu");
+}
+
 #[test]
 fn gelu_bert_matches_transformers() {
     check("bert_tiny", &Device::simt(Schedule::Forward));
@@ -124,7 +192,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 /// Rewrites the fixture checkpoint with renamed (or dropped, or reshaped) tensors.
-fn rewrite(out: &PathBuf, rename: impl Fn(&str) -> Option<String>, reshape: Option<&str>) {
+fn rewrite(out: &std::path::Path, rename: impl Fn(&str) -> Option<String>, reshape: Option<&str>) {
     use emrclass::weights::{write_tensors, Checkpoint};
     let ck = Checkpoint::open(&dir("bert_tiny").join("model.safetensors")).unwrap();
     let config =

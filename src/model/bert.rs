@@ -67,7 +67,7 @@ impl BertConfig {
 
     pub fn validate(&self) -> Result<()> {
         let h = self.hidden_size;
-        if h == 0 || self.num_attention_heads == 0 || h % self.num_attention_heads != 0 {
+        if h == 0 || self.num_attention_heads == 0 || !h.is_multiple_of(self.num_attention_heads) {
             return Err(Error::Invalid(format!(
                 "hidden_size {h} is not a multiple of {} heads",
                 self.num_attention_heads
@@ -320,7 +320,7 @@ impl BertEncoder {
     ) -> Result<(&Buffer<f32>, &Buffer<f32>)> {
         let c = self.config.clone();
         let (h, heads, d) = (c.hidden_size, c.num_attention_heads, c.head_dim());
-        if batch == 0 || ids.len() % batch != 0 || attention_mask.len() != ids.len() {
+        if batch == 0 || !ids.len().is_multiple_of(batch) || attention_mask.len() != ids.len() {
             return Err(Error::Invalid(format!(
                 "encoder: {} ids and {} mask values for a batch of {batch}",
                 ids.len(),

@@ -6,6 +6,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod attention;
+pub mod bert;
 pub mod loss;
 pub mod rnn;
 pub mod seqpool;
