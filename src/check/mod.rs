@@ -3,6 +3,7 @@
 //! relative error ||out - ref|| / ||ref||). `registry` lists every op that is checked.
 
 mod attention;
+mod bert;
 mod embedding;
 mod heads;
 mod layernorm;

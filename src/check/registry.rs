@@ -95,6 +95,21 @@ pub static ALL: &[OpCheck] = &[
         kernel: super::attention::kernel,
     },
     OpCheck {
+        name: "dropout",
+        gradient: None,
+        kernel: dropout_kernel,
+    },
+    OpCheck {
+        name: "tanh",
+        gradient: Some(tanh_gradient),
+        kernel: tanh_kernel,
+    },
+    OpCheck {
+        name: "bert_encoder",
+        gradient: Some(super::bert::gradient),
+        kernel: super::bert::kernel,
+    },
+    OpCheck {
         name: "layernorm",
         gradient: Some(super::layernorm::gradient),
         kernel: super::layernorm::kernel,
@@ -705,4 +720,74 @@ fn convert_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         error: mismatches as f64,
         tolerance: 0.0,
     }])
+}
+
+// ------------------------------------------------------------------ dropout and tanh
+
+/// Dropout: the kernel's mask equals the reference's bit for bit (forward and backward), and
+/// the kept fraction of a million elements is within 0.5% of 1 - p.
+fn dropout_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (n, p) in [(1usize, 0.5f32), (257, 0.1), (1_000_003, 0.3)] {
+        let seed = rng.next_u64();
+        let x = rng.normals(n, 1.0);
+        let xb = up(dev, &x, "x")?;
+        let mut y = poisoned(dev, n, "y")?;
+        ops::dropout(&xb, &mut y, p, seed, false)?;
+        let mut dx = poisoned(dev, n, "dx")?;
+        ops::dropout(&xb, &mut dx, p, seed, true)?;
+        let want = r::dropout(&x, p, seed);
+        let mut err = worst(
+            relative_error(&y.to_host()?, &want),
+            relative_error(&dx.to_host()?, &want),
+        );
+        let kept = (0..n as u64)
+            .filter(|&i| r::dropout_keep(seed, i, p))
+            .count() as f64
+            / n as f64;
+        if n > 1000 && ((kept - (1.0 - p as f64)) / (1.0 - p as f64)).abs() > 0.005 {
+            err = f64::INFINITY;
+        }
+        rows.push(kernel_row("dropout", dev, format!("n={n} p={p}"), err));
+    }
+    Ok(rows)
+}
+
+fn tanh_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for n in ELEMENT_COUNTS {
+        let x = rng.normals(n, 2.0);
+        let dy = rng.normals(n, 1.0);
+        let xb = up(dev, &x, "x")?;
+        let mut y = poisoned(dev, n, "y")?;
+        ops::tanh_forward(&xb, &mut y, n)?;
+        let want: Vec<f64> = x.iter().map(|v| v.tanh()).collect();
+        let mut err = relative_error(&y.to_host()?, &want);
+        let yr = up(dev, &want, "y")?;
+        let mut dx = poisoned(dev, n, "dx")?;
+        ops::tanh_backward(&yr, &up(dev, &dy, "dy")?, &mut dx, n)?;
+        let want_dx: Vec<f64> = want
+            .iter()
+            .zip(&dy)
+            .map(|(y, d)| d * (1.0 - y * y))
+            .collect();
+        err = worst(err, relative_error(&dx.to_host()?, &want_dx));
+        rows.push(kernel_row("tanh", dev, format!("n={n}"), err));
+    }
+    Ok(rows)
+}
+
+fn tanh_gradient(rng: &mut Rng) -> Vec<Row> {
+    let (x, w) = (rng.normals(17, 1.5), rng.normals(17, 1.0));
+    let f = |x: &[f64]| weighted_sum(&x.iter().map(|v| v.tanh()).collect::<Vec<_>>(), &w);
+    let g: Vec<f64> = x
+        .iter()
+        .zip(&w)
+        .map(|(v, d)| d * (1.0 - v.tanh() * v.tanh()))
+        .collect();
+    vec![grad_row(
+        "tanh",
+        "n=17".into(),
+        finite_difference(f, &x, &g, 1e-3).worst_error,
+    )]
 }
