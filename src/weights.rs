@@ -37,8 +37,17 @@ pub fn read_tensor(path: &Path, names: &[&str]) -> Result<HostTensor> {
         )));
     };
     let view = st.tensor(name).expect("found above");
-    let raw = view.data();
-    let data: Vec<f32> = match view.dtype() {
+    let data = to_f32(view.dtype(), view.data(), name, path)?;
+    Ok(HostTensor {
+        name: name.to_string(),
+        shape: view.shape().to_vec(),
+        data,
+    })
+}
+
+/// Little-endian fp32, fp16 or bf16 bytes as f32.
+fn to_f32(dtype: Dtype, raw: &[u8], name: &str, path: &Path) -> Result<Vec<f32>> {
+    Ok(match dtype {
         Dtype::F32 => raw
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -57,11 +66,6 @@ pub fn read_tensor(path: &Path, names: &[&str]) -> Result<HostTensor> {
                 path.display()
             )))
         }
-    };
-    Ok(HostTensor {
-        name: name.to_string(),
-        shape: view.shape().to_vec(),
-        data,
     })
 }
 
@@ -164,25 +168,6 @@ impl Checkpoint {
         }
         let (start, end) = info.data_offsets;
         let raw = &self.bytes[8 + self.header_len + start..8 + self.header_len + end];
-        Ok(match info.dtype {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(Error::Invalid(format!(
-                    "{}: tensor {name} is {other:?}; F32, F16 or BF16 expected",
-                    self.path.display()
-                )))
-            }
-        })
+        to_f32(info.dtype, raw, name, &self.path)
     }
 }

@@ -319,7 +319,7 @@ impl BertEncoder {
         dropout_seed: Option<u64>,
     ) -> Result<(&Buffer<f32>, &Buffer<f32>)> {
         let c = self.config.clone();
-        let (h, heads, d) = (c.hidden_size, c.num_attention_heads, c.head_dim());
+        let (h, heads) = (c.hidden_size, c.num_attention_heads);
         if batch == 0 || !ids.len().is_multiple_of(batch) || attention_mask.len() != ids.len() {
             return Err(Error::Invalid(format!(
                 "encoder: {} ids and {} mask values for a batch of {batch}",
@@ -385,21 +385,7 @@ impl BertEncoder {
                 let b = name(&format!("attention.self.{which}.bias"));
                 ops::gemm(&g, &x, self.value(&w), &mut qkv, Some(self.value(&b)))?;
             }
-            let a = Attention {
-                batch,
-                heads,
-                len,
-                head_dim: d,
-                stride: 3 * h,
-                offsets: [0, h, 2 * h],
-                scale: 1.0 / (d as f32).sqrt(),
-                dropout: if dropout_seed.is_some() {
-                    c.attention_probs_dropout_prob as f32
-                } else {
-                    0.0
-                },
-                seed: dropout_seed.map_or(0, |s| site_seed(s, l, 1)),
-            };
+            let a = self.attention_shape(batch, len, l, dropout_seed);
             let mut context = dev.alloc::<f32>(rows * h, "attention context")?;
             let mut lse = dev.alloc::<f32>(batch * heads * len, "attention lse")?;
             attention::forward(&a, [&qkv, &qkv, &qkv], Some(&mask), &mut context, &mut lse)?;
@@ -486,6 +472,33 @@ impl BertEncoder {
         Ok((&saved.hidden, &saved.pooled))
     }
 
+    /// Layer `layer`'s attention over the fused [rows, 3H] QKV buffer; dropout only in training.
+    fn attention_shape(
+        &self,
+        batch: usize,
+        len: usize,
+        layer: usize,
+        seed: Option<u64>,
+    ) -> Attention {
+        let c = &self.config;
+        let (h, d) = (c.hidden_size, c.head_dim());
+        Attention {
+            batch,
+            heads: c.num_attention_heads,
+            len,
+            head_dim: d,
+            stride: 3 * h,
+            offsets: [0, h, 2 * h],
+            scale: 1.0 / (d as f32).sqrt(),
+            dropout: if seed.is_some() {
+                c.attention_probs_dropout_prob as f32
+            } else {
+                0.0
+            },
+            seed: seed.map_or(0, |s| site_seed(s, layer, 1)),
+        }
+    }
+
     /// y = LayerNorm(x) with the parameters `{prefix}.weight/bias`, and the saved statistics.
     fn layer_norm(
         &self,
@@ -556,7 +569,7 @@ impl BertEncoder {
             .take()
             .ok_or_else(|| Error::Invalid("encoder backward without forward".into()))?;
         let c = self.config.clone();
-        let (h, heads, d) = (c.hidden_size, c.num_attention_heads, c.head_dim());
+        let h = c.hidden_size;
         let (batch, len) = (s.batch, s.len);
         let rows = batch * len;
         let dev = s.hidden.device().clone();
@@ -664,21 +677,7 @@ impl BertEncoder {
                 h,
                 h,
             )?;
-            let a = Attention {
-                batch,
-                heads,
-                len,
-                head_dim: d,
-                stride: 3 * h,
-                offsets: [0, h, 2 * h],
-                scale: 1.0 / (d as f32).sqrt(),
-                dropout: if s.seed.is_some() {
-                    c.attention_probs_dropout_prob as f32
-                } else {
-                    0.0
-                },
-                seed: s.seed.map_or(0, |x| site_seed(x, l, 1)),
-            };
+            let a = self.attention_shape(batch, len, l, s.seed);
             let dqkv = dev.alloc::<f32>(rows * 3 * h, "d qkv")?;
             attention::backward(
                 &a,

@@ -37,38 +37,6 @@ pub fn scale(x: &Buffer<f32>, y: &mut Buffer<f32>, alpha: f32, n: usize) -> Resu
     )
 }
 
-pub fn gelu_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {
-    need("gelu_forward", "x", x, n)?;
-    need("gelu_forward", "y", y, n)?;
-    if n == 0 {
-        return Ok(());
-    }
-    x.device().launch(
-        "gelu_forward",
-        cfg(n),
-        &[x.into(), (&*y).into(), Arg::I64(n as i64)],
-    )
-}
-
-pub fn gelu_backward(
-    x: &Buffer<f32>,
-    dy: &Buffer<f32>,
-    dx: &mut Buffer<f32>,
-    n: usize,
-) -> Result<()> {
-    for (what, buf) in [("x", x), ("dy", dy), ("dx", &*dx)] {
-        need("gelu_backward", what, buf, n)?;
-    }
-    if n == 0 {
-        return Ok(());
-    }
-    x.device().launch(
-        "gelu_backward",
-        cfg(n),
-        &[x.into(), dy.into(), (&*dx).into(), Arg::I64(n as i64)],
-    )
-}
-
 pub fn fill(y: &mut Buffer<f32>, value: f32) -> Result<()> {
     let n = y.len();
     if n == 0 {
@@ -198,49 +166,73 @@ pub fn dropout(
     )
 }
 
-pub fn relu_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {
-    need("relu_forward", "x", x, n)?;
-    need("relu_forward", "y", y, n)?;
+/// y = f(x) elementwise through `kernel(x, y, n)`.
+fn unary(kernel: &str, x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {
+    need(kernel, "x", x, n)?;
+    need(kernel, "y", y, n)?;
     if n == 0 {
         return Ok(());
     }
     x.device().launch(
-        "relu_forward",
+        kernel,
         cfg(n),
         &[x.into(), (&*y).into(), Arg::I64(n as i64)],
     )
 }
 
+/// dx = dy * f'(.) elementwise through `kernel(saved, dy, dx, n)`, where `saved` is the forward's
+/// input (GELU, ReLU) or output (tanh).
+fn unary_backward(
+    kernel: &str,
+    saved: &Buffer<f32>,
+    dy: &Buffer<f32>,
+    dx: &mut Buffer<f32>,
+    n: usize,
+) -> Result<()> {
+    for (what, buf) in [("saved", saved), ("dy", dy), ("dx", &*dx)] {
+        need(kernel, what, buf, n)?;
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    saved.device().launch(
+        kernel,
+        cfg(n),
+        &[saved.into(), dy.into(), (&*dx).into(), Arg::I64(n as i64)],
+    )
+}
+
+/// GELU, erf form: y = x Phi(x).
+pub fn gelu_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {
+    unary("gelu_forward", x, y, n)
+}
+
+/// dx = dy (Phi(x) + x phi(x)), from the forward's input.
+pub fn gelu_backward(
+    x: &Buffer<f32>,
+    dy: &Buffer<f32>,
+    dx: &mut Buffer<f32>,
+    n: usize,
+) -> Result<()> {
+    unary_backward("gelu_backward", x, dy, dx, n)
+}
+
+pub fn relu_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {
+    unary("relu_forward", x, y, n)
+}
+
+/// dx = dy where x > 0, from the forward's input.
 pub fn relu_backward(
     x: &Buffer<f32>,
     dy: &Buffer<f32>,
     dx: &mut Buffer<f32>,
     n: usize,
 ) -> Result<()> {
-    for (what, buf) in [("x", x), ("dy", dy), ("dx", &*dx)] {
-        need("relu_backward", what, buf, n)?;
-    }
-    if n == 0 {
-        return Ok(());
-    }
-    x.device().launch(
-        "relu_backward",
-        cfg(n),
-        &[x.into(), dy.into(), (&*dx).into(), Arg::I64(n as i64)],
-    )
+    unary_backward("relu_backward", x, dy, dx, n)
 }
 
 pub fn tanh_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {
-    need("tanh_forward", "x", x, n)?;
-    need("tanh_forward", "y", y, n)?;
-    if n == 0 {
-        return Ok(());
-    }
-    x.device().launch(
-        "tanh_forward",
-        cfg(n),
-        &[x.into(), (&*y).into(), Arg::I64(n as i64)],
-    )
+    unary("tanh_forward", x, y, n)
 }
 
 /// dx = dy (1 - y^2), from the forward's output y.
@@ -250,15 +242,5 @@ pub fn tanh_backward(
     dx: &mut Buffer<f32>,
     n: usize,
 ) -> Result<()> {
-    for (what, buf) in [("y", y), ("dy", dy), ("dx", &*dx)] {
-        need("tanh_backward", what, buf, n)?;
-    }
-    if n == 0 {
-        return Ok(());
-    }
-    y.device().launch(
-        "tanh_backward",
-        cfg(n),
-        &[y.into(), dy.into(), (&*dx).into(), Arg::I64(n as i64)],
-    )
+    unary_backward("tanh_backward", y, dy, dx, n)
 }
