@@ -13,6 +13,7 @@ pub mod kernel_report;
 pub mod model;
 pub mod ops;
 pub mod reference;
+pub mod train;
 pub mod weights;
 
 pub use device::{Arg, Buffer, Device, DeviceChoice, LaunchConfig, Schedule};

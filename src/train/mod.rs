@@ -1,0 +1,3 @@
+//! Training: metrics (the loop, schedules, checkpoints and logs arrive with issue 6).
+
+pub mod metrics;
