@@ -59,8 +59,8 @@ impl Confusion {
             s.push_str(&csv_field(n));
         }
         s.push('\n');
-        for t in 0..self.classes {
-            s.push_str(&csv_field(&names[t]));
+        for (t, name) in names.iter().enumerate().take(self.classes) {
+            s.push_str(&csv_field(name));
             for p in 0..self.classes {
                 s.push_str(&format!(",{}", self.counts[t * self.classes + p]));
             }
