@@ -1,9 +1,10 @@
-// Reductions: per row over the last axis (sum, mean, max) with their backward, and per column.
+// Reductions: per row over the last axis (sum, mean, max, sum of squares) with their backward, and per column.
 #include "common.cuh"
 
 #define REDUCE_SUM 0
 #define REDUCE_MEAN 1
 #define REDUCE_MAX 2
+#define REDUCE_SUM_SQUARES 3
 
 // One warp per row: each lane folds a strided share of the row, then a butterfly combines the
 // lanes. The order of additions is fixed, so results are bitwise reproducible.
@@ -14,14 +15,18 @@ extern "C" __global__ void HOT_KERNEL reduce_rows_forward(const float *__restric
     if (row >= rows) return;
     const float *xr = x + (long long)row * cols;
     float acc = op == REDUCE_MAX ? -float_infinity() : 0.0f;
-    for (int j = lane; j < cols; j += 32) acc = op == REDUCE_MAX ? fmaxf(acc, xr[j]) : acc + xr[j];
+    for (int j = lane; j < cols; j += 32) {
+        const float v = xr[j];
+        acc = op == REDUCE_MAX ? fmaxf(acc, v) : (op == REDUCE_SUM_SQUARES ? fmaf(v, v, acc) : acc + v);
+    }
     acc = op == REDUCE_MAX ? warp_max(acc) : warp_sum(acc);
     if (op == REDUCE_MEAN) acc /= (float)cols;
     if (lane == 0) out[row] = acc;
 }
 
-// Backward of reduce_rows_forward. sum: dx = dy; mean: dx = dy / cols; max: the whole dy goes
-// to the first position holding the maximum (PyTorch's choice for max along a dimension).
+// Backward of reduce_rows_forward. sum: dx = dy; mean: dx = dy / cols; sum of squares:
+// dx = 2 x dy; max: the whole dy goes to the first position holding the maximum (PyTorch's
+// choice for max along a dimension).
 extern "C" __global__ void reduce_rows_backward(const float *__restrict__ x, const float *__restrict__ out,
                                                 const float *__restrict__ dout, float *__restrict__ dx, int rows,
                                                 int cols, int op) {
@@ -30,6 +35,10 @@ extern "C" __global__ void reduce_rows_backward(const float *__restrict__ x, con
     if (row >= rows) return;
     const long long base = (long long)row * cols;
     const float g = dout[row];
+    if (op == REDUCE_SUM_SQUARES) {
+        for (int j = lane; j < cols; j += 32) dx[base + j] = 2.0f * x[base + j] * g;
+        return;
+    }
     if (op != REDUCE_MAX) {
         const float v = op == REDUCE_MEAN ? g / (float)cols : g;
         for (int j = lane; j < cols; j += 32) dx[base + j] = v;

@@ -437,7 +437,7 @@ fn softmax_gradient(rng: &mut Rng) -> Vec<Row> {
 
 fn reduce_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for op in [Reduce::Sum, Reduce::Mean, Reduce::Max] {
+    for op in [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::SumSquares] {
         for (n_rows, cols) in ROW_SHAPES {
             let n = n_rows * cols;
             let x = rng.normals(n, 1.0);
@@ -470,7 +470,7 @@ fn reduce_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
 
 fn reduce_gradient(rng: &mut Rng) -> Vec<Row> {
     let mut rows = Vec::new();
-    for op in [Reduce::Sum, Reduce::Mean, Reduce::Max] {
+    for op in [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::SumSquares] {
         let (n_rows, cols) = (3, 17);
         // Distinct values, so the max is unique and differentiable where we probe it.
         let x = rng.normals(n_rows * cols, 1.0);
@@ -666,7 +666,17 @@ fn adamw_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         for step in 1..=3u64 {
             let g = rng.normals(n, 1.0);
             r::adamw_step(&hp, step, &mut p, &g, &mut m, &mut v);
-            ops::adamw_step(&hp, step, &mut pb, &up(dev, &g, "grad")?, &mut mb, &mut vb)?;
+            // The kernel scales the gradient itself: give it g / 2 and a scale of 2.
+            let half: Vec<f64> = g.iter().map(|v| v / 2.0).collect();
+            ops::adamw_step(
+                &hp,
+                step,
+                &mut pb,
+                &up(dev, &half, "grad")?,
+                &mut mb,
+                &mut vb,
+                2.0,
+            )?;
         }
         let err = relative_error(&pb.to_host()?, &p);
         let err = worst(err, relative_error(&mb.to_host()?, &m));

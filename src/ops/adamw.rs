@@ -36,7 +36,8 @@ impl AdamW {
     }
 }
 
-/// One AdamW step (number `step`, 1-based) over a flat parameter buffer and its moments.
+/// One AdamW step (number `step`, 1-based) over a parameter buffer and its moments, with the
+/// gradient multiplied by `grad_scale` first (1 unless clipping).
 pub fn adamw_step(
     hp: &AdamW,
     step: u64,
@@ -44,6 +45,7 @@ pub fn adamw_step(
     grad: &Buffer<f32>,
     m: &mut Buffer<f32>,
     v: &mut Buffer<f32>,
+    grad_scale: f32,
 ) -> Result<()> {
     let n = param.len();
     for (what, buf) in [("grad", grad), ("m", &*m), ("v", &*v)] {
@@ -71,6 +73,7 @@ pub fn adamw_step(
         hp.weight_decay.into(),
         bc1.into(),
         bc2.into(),
+        grad_scale.into(),
     ];
     grad.device().launch(
         "adamw_step",

@@ -66,6 +66,7 @@ pub enum Reduce {
     Sum = 0,
     Mean = 1,
     Max = 2,
+    SumSquares = 3,
 }
 
 pub fn reduce_rows_forward(

@@ -128,6 +128,7 @@ pub fn reduce_rows_forward(x: &[f64], rows: usize, cols: usize, op: Reduce) -> V
                 Reduce::Sum => row.iter().sum(),
                 Reduce::Mean => row.iter().sum::<f64>() / cols as f64,
                 Reduce::Max => row.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+                Reduce::SumSquares => row.iter().map(|v| v * v).sum(),
             }
         })
         .collect()
@@ -147,6 +148,7 @@ pub fn reduce_rows_backward(
         match op {
             Reduce::Sum => dx[r * cols..(r + 1) * cols].fill(dout[r]),
             Reduce::Mean => dx[r * cols..(r + 1) * cols].fill(dout[r] / cols as f64),
+            Reduce::SumSquares => (0..cols).for_each(|c| dx[r * cols + c] = 2.0 * row[c] * dout[r]),
             Reduce::Max => {
                 let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let first = row.iter().position(|&v| v == max).unwrap_or(0);
@@ -206,7 +208,8 @@ pub fn gelu_backward(x: &[f64], dy: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-/// One AdamW step (torch.optim.AdamW semantics), in place; `step` counts from 1.
+/// One AdamW step (torch.optim.AdamW semantics), in place; `step` counts from 1. The gradient
+/// is used as given (scale it first to clip).
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step(
     hp: &crate::ops::AdamW,

@@ -1,3 +1,5 @@
-//! Training: metrics (the loop, schedules, checkpoints and logs arrive with issue 6).
+//! Training: metrics, the optimizer and its schedule (the loop, checkpoints and logs arrive
+//! with issue 6).
 
 pub mod metrics;
+pub mod optim;

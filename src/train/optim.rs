@@ -1,0 +1,112 @@
+//! The optimizer: AdamW over named parameters with per-parameter learning rates (encoder,
+//! embeddings and head can differ), global-norm gradient clipping folded into the update, and
+//! the linear warm-up / linear decay schedule of HF's get_linear_schedule_with_warmup.
+
+use std::collections::HashMap;
+
+use crate::device::Buffer;
+use crate::error::{Error, Result};
+use crate::ops::{self, AdamW, Reduce};
+
+/// Linear warm-up to `peak` over `warmup` steps, then linear decay to 0 at `total`.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    pub peak: f64,
+    pub warmup: u64,
+    pub total: u64,
+}
+
+impl Schedule {
+    /// The learning rate of step `step` (counting from 1, as the optimizer does).
+    pub fn lr(&self, step: u64) -> f64 {
+        let s = step.saturating_sub(1); // HF evaluates the schedule before its step counter moves
+        if s < self.warmup {
+            self.peak * s as f64 / self.warmup.max(1) as f64
+        } else {
+            self.peak * (self.total.saturating_sub(s)) as f64
+                / (self.total.saturating_sub(self.warmup)).max(1) as f64
+        }
+    }
+}
+
+/// One parameter as the optimizer sees it.
+pub struct Slot<'a> {
+    pub name: &'a str,
+    pub value: &'a mut Buffer<f32>,
+    pub grad: &'a Buffer<f32>,
+    /// Multiplies the step's learning rate (e.g. a head trained faster than the encoder).
+    pub lr_scale: f32,
+    /// No weight decay on biases and LayerNorm weights, as is usual for BERT.
+    pub decay: bool,
+}
+
+/// sqrt(sum over every gradient of g^2): each buffer's sum of squares on the device, summed in
+/// f64 on the host in a fixed order.
+pub fn global_norm(grads: &[&Buffer<f32>]) -> Result<f64> {
+    let mut total = 0.0f64;
+    for g in grads {
+        if g.is_empty() {
+            continue;
+        }
+        let mut out = g.device().alloc::<f32>(1, "grad norm")?;
+        ops::reduce_rows_forward(g, &mut out, 1, g.len(), Reduce::SumSquares)?;
+        total += out.to_host()?[0] as f64;
+    }
+    Ok(total.sqrt())
+}
+
+/// AdamW with moments per parameter name.
+pub struct Optimizer {
+    pub hp: AdamW,
+    pub step: u64,
+    moments: HashMap<String, (Buffer<f32>, Buffer<f32>)>,
+}
+
+impl Optimizer {
+    pub fn new(hp: AdamW) -> Self {
+        Optimizer {
+            hp,
+            step: 0,
+            moments: HashMap::new(),
+        }
+    }
+
+    /// One step at learning rate `lr`; with `clip`, gradients are scaled by
+    /// min(1, clip / global norm) first. Returns the global norm before clipping.
+    pub fn step(&mut self, slots: &mut [Slot], lr: f32, clip: Option<f32>) -> Result<f64> {
+        let norm = global_norm(&slots.iter().map(|s| s.grad).collect::<Vec<_>>())?;
+        if !norm.is_finite() {
+            return Err(Error::Invalid(format!(
+                "gradient norm is {norm}: the step is skipped, nothing updated"
+            )));
+        }
+        let scale = match clip {
+            Some(c) if norm > c as f64 => (c as f64 / norm) as f32,
+            _ => 1.0,
+        };
+        self.step += 1;
+        for s in slots.iter_mut() {
+            let n = s.value.len();
+            if !self.moments.contains_key(s.name) {
+                let dev = s.value.device();
+                self.moments.insert(
+                    s.name.to_string(),
+                    (dev.zeros(n, "adam m")?, dev.zeros(n, "adam v")?),
+                );
+            }
+            let (m, v) = self.moments.get_mut(s.name).expect("inserted above");
+            let hp = AdamW {
+                lr: lr * s.lr_scale,
+                weight_decay: if s.decay { self.hp.weight_decay } else { 0.0 },
+                ..self.hp
+            };
+            ops::adamw_step(&hp, self.step, s.value, s.grad, m, v, scale)?;
+        }
+        Ok(norm)
+    }
+
+    /// The moments of one parameter (for checkpoints).
+    pub fn moments(&self, name: &str) -> Option<(&Buffer<f32>, &Buffer<f32>)> {
+        self.moments.get(name).map(|(m, v)| (m, v))
+    }
+}

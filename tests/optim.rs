@@ -1,0 +1,135 @@
+//! The optimizer: HF's linear warm-up/decay schedule, AdamW with per-parameter learning rates
+//! and decay, global-norm clipping, against the f64 reference; a non-finite gradient updates
+//! nothing.
+
+use emrclass::check::{relative_error, Rng};
+use emrclass::ops::AdamW;
+use emrclass::reference as r;
+use emrclass::train::optim::{global_norm, Optimizer, Schedule, Slot};
+use emrclass::{Device, Schedule as Order};
+
+#[test]
+fn linear_warmup_then_linear_decay() {
+    let s = Schedule {
+        peak: 1e-3,
+        warmup: 2,
+        total: 6,
+    };
+    let lrs: Vec<f64> = (1..=7).map(|step| s.lr(step)).collect();
+    let want = [0.0, 0.5e-3, 1e-3, 0.75e-3, 0.5e-3, 0.25e-3, 0.0];
+    for (a, b) in lrs.iter().zip(want) {
+        assert!((a - b).abs() < 1e-15, "{lrs:?}");
+    }
+    assert_eq!(
+        Schedule {
+            peak: 2.0,
+            warmup: 0,
+            total: 4
+        }
+        .lr(1),
+        2.0
+    );
+}
+
+#[test]
+fn adamw_with_clipping_and_groups_matches_the_reference() {
+    let dev = Device::simt(Order::Forward);
+    let mut rng = Rng::new(11);
+    let hp = AdamW {
+        lr: 0.0,
+        weight_decay: 0.05,
+        ..AdamW::default()
+    };
+    let (na, nb) = (257usize, 33usize);
+    let mut pa: Vec<f64> = rng.normals(na, 1.0);
+    let mut pb: Vec<f64> = rng.normals(nb, 1.0);
+    let (mut ma, mut va, mut mb, mut vb) =
+        (vec![0.0; na], vec![0.0; na], vec![0.0; nb], vec![0.0; nb]);
+    let mut a = dev
+        .upload(&pa.iter().map(|&v| v as f32).collect::<Vec<_>>(), "a")
+        .unwrap();
+    let mut b = dev
+        .upload(&pb.iter().map(|&v| v as f32).collect::<Vec<_>>(), "b")
+        .unwrap();
+    let mut opt = Optimizer::new(hp);
+    let (lr, clip) = (1e-2f32, 5.0f32);
+    for step in 1..=3u64 {
+        let ga = rng.normals(na, 1.0);
+        let gb = rng.normals(nb, 1.0);
+        let (gab, gbb) = (
+            dev.upload(&ga.iter().map(|&v| v as f32).collect::<Vec<_>>(), "ga")
+                .unwrap(),
+            dev.upload(&gb.iter().map(|&v| v as f32).collect::<Vec<_>>(), "gb")
+                .unwrap(),
+        );
+        let norm = opt
+            .step(
+                &mut [
+                    Slot {
+                        name: "a",
+                        value: &mut a,
+                        grad: &gab,
+                        lr_scale: 1.0,
+                        decay: true,
+                    },
+                    Slot {
+                        name: "b",
+                        value: &mut b,
+                        grad: &gbb,
+                        lr_scale: 2.0,
+                        decay: false,
+                    },
+                ],
+                lr,
+                Some(clip),
+            )
+            .unwrap();
+        // The reference: the same norm, scale and groups in f64.
+        let want_norm = ga.iter().chain(&gb).map(|v| v * v).sum::<f64>().sqrt();
+        assert!((norm - want_norm).abs() < 1e-5 * want_norm);
+        assert!(want_norm > clip as f64, "the test must exercise clipping");
+        let scale = clip as f64 / want_norm;
+        let sa: Vec<f64> = ga.iter().map(|v| v * scale).collect();
+        let sb: Vec<f64> = gb.iter().map(|v| v * scale).collect();
+        r::adamw_step(&AdamW { lr, ..hp }, step, &mut pa, &sa, &mut ma, &mut va);
+        r::adamw_step(
+            &AdamW {
+                lr: 2.0 * lr,
+                weight_decay: 0.0,
+                ..hp
+            },
+            step,
+            &mut pb,
+            &sb,
+            &mut mb,
+            &mut vb,
+        );
+    }
+    assert!(relative_error(&a.to_host().unwrap(), &pa) < 1e-5);
+    assert!(relative_error(&b.to_host().unwrap(), &pb) < 1e-5);
+    assert!(global_norm(&[]).unwrap() == 0.0);
+}
+
+#[test]
+fn a_non_finite_gradient_updates_nothing() {
+    let dev = Device::simt(Order::Forward);
+    let mut p = dev.upload(&[1.0f32, 2.0], "p").unwrap();
+    let g = dev.upload(&[f32::NAN, 1.0], "g").unwrap();
+    let mut opt = Optimizer::new(AdamW::default());
+    let e = opt
+        .step(
+            &mut [Slot {
+                name: "p",
+                value: &mut p,
+                grad: &g,
+                lr_scale: 1.0,
+                decay: true,
+            }],
+            1e-3,
+            None,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("gradient norm is NaN"), "{e}");
+    assert_eq!(p.to_host().unwrap(), vec![1.0, 2.0]);
+    assert_eq!(opt.step, 0);
+}
