@@ -49,6 +49,55 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// Train a classifier and print dev metrics per epoch and the best epoch's report. With no
+    /// --train file, trains on the built-in synthetic, unbalanced EMR-like set.
+    Train {
+        /// Training data: .jsonl, .csv, .tsv or a CBLUE .json array.
+        #[arg(long)]
+        train: Option<std::path::PathBuf>,
+        /// Dev data (default: a stratified split of the training data, --dev-fraction).
+        #[arg(long)]
+        dev: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 0.2)]
+        dev_fraction: f64,
+        #[arg(long, default_value = "text")]
+        text_field: String,
+        #[arg(long, default_value = "label")]
+        label_field: String,
+        /// Skip broken records (counted) instead of stopping at the first.
+        #[arg(long)]
+        skip_bad: bool,
+        /// A BERT checkpoint folder to fine-tune (default: trainable character embeddings).
+        #[arg(long)]
+        encoder: Option<std::path::PathBuf>,
+        /// cls, textcnn, bigru, bilstm, textcnn-bigru or paper (cls and paper need --encoder).
+        #[arg(long, default_value = "textcnn")]
+        head: String,
+        #[arg(long, value_enum, default_value_t = LossArg::Ghmcs)]
+        loss: LossArg,
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 64)]
+        max_len: usize,
+        #[arg(long, default_value_t = 3e-3)]
+        lr: f64,
+        /// Embedding width of the encoder-free path.
+        #[arg(long, default_value_t = 64)]
+        embedding_dim: usize,
+        /// Text-CNN filters per width.
+        #[arg(long, default_value_t = 64)]
+        filters: usize,
+        /// BiGRU/BiLSTM hidden size.
+        #[arg(long, default_value_t = 64)]
+        rnn_hidden: usize,
+        #[arg(long, default_value_t = 0.2)]
+        dropout: f32,
+        /// Size of the built-in synthetic set (1.0: about 6,000 records).
+        #[arg(long, default_value_t = 0.5)]
+        synthetic_scale: f64,
+    },
     /// Run a BERT checkpoint over texts or token ids and write last_hidden_state [B, L, H] and
     /// pooler_output [B, H] (fp32) to a safetensors file.
     Encode {
@@ -155,6 +204,24 @@ enum BenchWhat {
     },
 }
 
+/// The losses a --loss/--kind value names (`all` for benches only).
+fn loss_kinds(arg: LossArg) -> Result<Vec<LossKind>> {
+    Ok(match arg {
+        LossArg::Ce => vec![LossKind::CrossEntropy],
+        LossArg::WeightedCe => vec![LossKind::WeightedCrossEntropy],
+        LossArg::Focal => vec![LossKind::Focal],
+        LossArg::Ghmc => vec![LossKind::GhmC],
+        LossArg::Ghmcs => vec![LossKind::GhmCs],
+        LossArg::All => vec![
+            LossKind::CrossEntropy,
+            LossKind::WeightedCrossEntropy,
+            LossKind::Focal,
+            LossKind::GhmC,
+            LossKind::GhmCs,
+        ],
+    })
+}
+
 fn open_device(cli: &Cli, seed: u64) -> Result<Device> {
     let (dev, fallback) = Device::open(cli.device)?;
     dev.set_schedule(match cli.schedule {
@@ -216,20 +283,7 @@ fn run(cli: &Cli) -> Result<bool> {
                 },
         } => {
             let dev = open_device(cli, seed)?;
-            let kinds = match kind {
-                LossArg::Ce => vec![LossKind::CrossEntropy],
-                LossArg::WeightedCe => vec![LossKind::WeightedCrossEntropy],
-                LossArg::Focal => vec![LossKind::Focal],
-                LossArg::Ghmc => vec![LossKind::GhmC],
-                LossArg::Ghmcs => vec![LossKind::GhmCs],
-                LossArg::All => vec![
-                    LossKind::CrossEntropy,
-                    LossKind::WeightedCrossEntropy,
-                    LossKind::Focal,
-                    LossKind::GhmC,
-                    LossKind::GhmCs,
-                ],
-            };
+            let kinds = loss_kinds(*kind)?;
             let mut out = Vec::new();
             for &k in classes {
                 for &n in rows {
@@ -285,6 +339,56 @@ fn run(cli: &Cli) -> Result<bool> {
                 )?);
             }
             bench::print_layers(&rows);
+            Ok(true)
+        }
+        Command::Train {
+            train,
+            dev,
+            dev_fraction,
+            text_field,
+            label_field,
+            skip_bad,
+            encoder,
+            head,
+            loss,
+            epochs,
+            batch_size,
+            max_len,
+            lr,
+            embedding_dim,
+            filters,
+            rnn_hidden,
+            dropout,
+            synthetic_scale,
+        } => {
+            let dev_handle = open_device(cli, seed)?;
+            let o = emrclass::train::command::TrainOptions {
+                train: train.clone(),
+                dev: dev.clone(),
+                dev_fraction: *dev_fraction,
+                read: emrclass::data::dataset::ReadOptions {
+                    text_field: text_field.clone(),
+                    label_field: label_field.clone(),
+                    skip_bad: *skip_bad,
+                },
+                encoder: encoder.clone(),
+                head: head.parse()?,
+                loss: loss_kinds(*loss)?[0],
+                max_len: *max_len,
+                embedding_dim: *embedding_dim,
+                filters: *filters,
+                rnn_hidden: *rnn_hidden,
+                dropout: *dropout,
+                synthetic_scale: *synthetic_scale,
+                settings: emrclass::train::trainer::TrainSettings {
+                    epochs: *epochs,
+                    batch_size: *batch_size,
+                    lr: *lr,
+                    seed: cli.seed.unwrap_or(1),
+                    ..Default::default()
+                },
+            };
+            emrclass::train::command::run(&dev_handle, &o)?;
             Ok(true)
         }
         Command::Encode {

@@ -66,14 +66,14 @@ fn adamw_with_clipping_and_groups_matches_the_reference() {
             .step(
                 &mut [
                     Slot {
-                        name: "a",
+                        name: "a".into(),
                         value: &mut a,
                         grad: &gab,
                         lr_scale: 1.0,
                         decay: true,
                     },
                     Slot {
-                        name: "b",
+                        name: "b".into(),
                         value: &mut b,
                         grad: &gbb,
                         lr_scale: 2.0,
@@ -119,7 +119,7 @@ fn a_non_finite_gradient_updates_nothing() {
     let e = opt
         .step(
             &mut [Slot {
-                name: "p",
+                name: "p".into(),
                 value: &mut p,
                 grad: &g,
                 lr_scale: 1.0,

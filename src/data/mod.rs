@@ -1,4 +1,6 @@
 //! Data: tokenization (readers, batching and the synthetic set arrive with training).
 
+pub mod batching;
 pub mod dataset;
+pub mod synthetic;
 pub mod tokenizer;

@@ -191,6 +191,23 @@ fn site_seed(seed: u64, layer: usize, site: u64) -> u64 {
 }
 
 impl BertEncoder {
+    /// Every parameter for the optimizer (HF names); no decay on biases and LayerNorm weights.
+    pub fn slots(&mut self, lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
+        self.params
+            .iter_mut()
+            .map(|p| {
+                let decay = !(p.name.ends_with(".bias") || p.name.contains("LayerNorm"));
+                crate::train::optim::Slot::new(
+                    p.name.clone(),
+                    &mut p.value,
+                    &p.grad,
+                    lr_scale,
+                    decay,
+                )
+            })
+            .collect()
+    }
+
     fn from_values(dev: &Device, config: BertConfig, values: Vec<Vec<f32>>) -> Result<Self> {
         config.validate()?;
         let shapes = parameter_shapes(&config);

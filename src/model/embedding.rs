@@ -27,6 +27,16 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
+        vec![crate::train::optim::Slot::new(
+            format!("{prefix}.weight"),
+            &mut self.table,
+            &self.table_grad,
+            lr_scale,
+            false,
+        )]
+    }
+
     pub fn from_host(dev: &Device, vocab: usize, dim: usize, table: &[f32]) -> Result<Self> {
         if table.len() != vocab * dim || vocab == 0 || dim == 0 {
             return Err(Error::Invalid(format!(

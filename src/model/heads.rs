@@ -124,6 +124,19 @@ pub struct HeadGrads {
 }
 
 impl Head {
+    /// Every parameter of the head's layers, for the optimizer.
+    pub fn slots(&mut self, lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
+        let mut out = Vec::new();
+        if let Some(t) = self.textcnn.as_mut() {
+            out.extend(t.slots("head.textcnn", lr_scale));
+        }
+        if let Some(r) = self.rnn.as_mut() {
+            out.extend(r.slots("head.rnn", lr_scale));
+        }
+        out.extend(self.linear.slots("head.classifier", lr_scale));
+        out
+    }
+
     /// A head with PyTorch's default initialisation of every layer.
     pub fn new(dev: &Device, config: HeadConfig, rng: &mut Rng) -> Result<Self> {
         let cnn_config = |channels| TextCnnConfig {

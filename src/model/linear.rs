@@ -15,6 +15,26 @@ pub struct Linear {
 }
 
 impl Linear {
+    pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
+        use crate::train::optim::Slot;
+        vec![
+            Slot::new(
+                format!("{prefix}.weight"),
+                &mut self.weight,
+                &self.weight_grad,
+                lr_scale,
+                true,
+            ),
+            Slot::new(
+                format!("{prefix}.bias"),
+                &mut self.bias,
+                &self.bias_grad,
+                lr_scale,
+                false,
+            ),
+        ]
+    }
+
     pub fn from_host(
         dev: &Device,
         input: usize,

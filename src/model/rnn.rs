@@ -45,6 +45,42 @@ pub struct BiRnn {
 }
 
 impl BiRnn {
+    /// Parameters and gradients for the optimizer: `{prefix}.weight_ih`, `.weight_hh`, `.bias_ih`, `.bias_hh`.
+    pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
+        use crate::train::optim::Slot;
+        let [g0, g1, g2, g3] = &self.grads;
+        vec![
+            Slot::new(
+                format!("{prefix}.weight_ih"),
+                &mut self.w_ih,
+                g0,
+                lr_scale,
+                true,
+            ),
+            Slot::new(
+                format!("{prefix}.weight_hh"),
+                &mut self.w_hh,
+                g1,
+                lr_scale,
+                true,
+            ),
+            Slot::new(
+                format!("{prefix}.bias_ih"),
+                &mut self.b_ih,
+                g2,
+                lr_scale,
+                false,
+            ),
+            Slot::new(
+                format!("{prefix}.bias_hh"),
+                &mut self.b_hh,
+                g3,
+                lr_scale,
+                false,
+            ),
+        ]
+    }
+
     pub fn from_host(
         dev: &Device,
         cell: Cell,

@@ -65,6 +65,30 @@ pub struct TextCnn {
 }
 
 impl TextCnn {
+    /// Parameters and gradients for the optimizer, named `{prefix}.convs.{i}.weight/bias`.
+    pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
+        let mut out = Vec::new();
+        for (i, (w, g)) in self.weights.iter_mut().zip(&self.weight_grads).enumerate() {
+            out.push(crate::train::optim::Slot::new(
+                format!("{prefix}.convs.{i}.weight"),
+                w,
+                g,
+                lr_scale,
+                true,
+            ));
+        }
+        for (i, (b, g)) in self.biases.iter_mut().zip(&self.bias_grads).enumerate() {
+            out.push(crate::train::optim::Slot::new(
+                format!("{prefix}.convs.{i}.bias"),
+                b,
+                g,
+                lr_scale,
+                false,
+            ));
+        }
+        out
+    }
+
     /// From host tensors: per width (weight [F, C, width], bias [F]).
     pub fn from_host(
         dev: &Device,

@@ -1,5 +1,7 @@
 //! Training: metrics, the optimizer and its schedule (the loop, checkpoints and logs arrive
 //! with issue 6).
 
+pub mod command;
 pub mod metrics;
 pub mod optim;
+pub mod trainer;

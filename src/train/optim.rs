@@ -31,13 +31,31 @@ impl Schedule {
 
 /// One parameter as the optimizer sees it.
 pub struct Slot<'a> {
-    pub name: &'a str,
+    pub name: String,
     pub value: &'a mut Buffer<f32>,
     pub grad: &'a Buffer<f32>,
     /// Multiplies the step's learning rate (e.g. a head trained faster than the encoder).
     pub lr_scale: f32,
     /// No weight decay on biases and LayerNorm weights, as is usual for BERT.
     pub decay: bool,
+}
+
+impl<'a> Slot<'a> {
+    pub fn new(
+        name: String,
+        value: &'a mut Buffer<f32>,
+        grad: &'a Buffer<f32>,
+        lr_scale: f32,
+        decay: bool,
+    ) -> Self {
+        Slot {
+            name,
+            value,
+            grad,
+            lr_scale,
+            decay,
+        }
+    }
 }
 
 /// sqrt(sum over every gradient of g^2): each buffer's sum of squares on the device, summed in
@@ -87,14 +105,14 @@ impl Optimizer {
         self.step += 1;
         for s in slots.iter_mut() {
             let n = s.value.len();
-            if !self.moments.contains_key(s.name) {
+            if !self.moments.contains_key(&s.name) {
                 let dev = s.value.device();
                 self.moments.insert(
                     s.name.to_string(),
                     (dev.zeros(n, "adam m")?, dev.zeros(n, "adam v")?),
                 );
             }
-            let (m, v) = self.moments.get_mut(s.name).expect("inserted above");
+            let (m, v) = self.moments.get_mut(&s.name).expect("inserted above");
             let hp = AdamW {
                 lr: lr * s.lr_scale,
                 weight_decay: if s.decay { self.hp.weight_decay } else { 0.0 },

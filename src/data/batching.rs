@@ -1,0 +1,115 @@
+//! Tokenize once, then length-bucketed, seeded batches: sequences of similar length share a
+//! batch (little padding), and the order of batches is shuffled per epoch from the seed.
+//! Also the character vocabulary of the encoder-free path (Chinese records are read per
+//! character, as the paper's non-pretrained baselines do).
+
+use std::collections::HashMap;
+
+use super::dataset::Example;
+use super::tokenizer::TokenBatch;
+use crate::check::Rng;
+
+pub const PAD: i32 = 0;
+pub const UNK: i32 = 1;
+pub const CLS: i32 = 2;
+pub const SEP: i32 = 3;
+
+/// Characters of the training texts, most frequent first (ties by character), after the four
+/// special tokens [PAD], [UNK], [CLS], [SEP].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CharVocab {
+    pub tokens: Vec<String>,
+}
+
+impl CharVocab {
+    pub fn build(examples: &[Example], min_count: usize) -> CharVocab {
+        let mut counts: HashMap<char, usize> = HashMap::new();
+        for e in examples {
+            for ch in e.text.chars() {
+                *counts.entry(ch).or_default() += 1;
+            }
+        }
+        let mut chars: Vec<(char, usize)> = counts
+            .into_iter()
+            .filter(|&(_, n)| n >= min_count)
+            .collect();
+        chars.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut tokens: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        tokens.extend(chars.into_iter().map(|(c, _)| c.to_string()));
+        CharVocab { tokens }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// [CLS] + the first max_len - 2 characters + [SEP]; unknown characters map to [UNK].
+    pub fn encode(&self, text: &str, max_len: usize) -> Vec<i32> {
+        let index: HashMap<&str, i32> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i as i32))
+            .collect();
+        let mut ids = vec![CLS];
+        let mut buf = [0u8; 4];
+        ids.extend(
+            text.chars()
+                .take(max_len.saturating_sub(2))
+                .map(|c| *index.get(&*c.encode_utf8(&mut buf)).unwrap_or(&UNK)),
+        );
+        ids.push(SEP);
+        ids
+    }
+}
+
+/// Batches of example indices: a seeded shuffle, a stable sort by length within windows of 50
+/// batches, then the batches themselves shuffled. Same seed and epoch, same batches.
+pub fn bucketed_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+) -> Vec<Vec<usize>> {
+    let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    let window = batch_size.max(1) * 50;
+    for chunk in order.chunks_mut(window) {
+        chunk.sort_by_key(|&i| lengths[i]);
+    }
+    let mut batches: Vec<Vec<usize>> = order
+        .chunks(batch_size.max(1))
+        .map(|c| c.to_vec())
+        .collect();
+    for i in (1..batches.len()).rev() {
+        batches.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    batches
+}
+
+/// Pads the chosen sequences with [PAD] to the longest of them.
+pub fn pad(sequences: &[&[i32]]) -> TokenBatch {
+    let len = sequences.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+    let mut b = TokenBatch {
+        batch: sequences.len(),
+        len,
+        input_ids: vec![PAD; sequences.len() * len],
+        attention_mask: vec![0; sequences.len() * len],
+        token_type_ids: vec![0; sequences.len() * len],
+    };
+    for (r, s) in sequences.iter().enumerate() {
+        b.input_ids[r * len..r * len + s.len()].copy_from_slice(s);
+        b.attention_mask[r * len..r * len + s.len()].fill(1);
+    }
+    b
+}

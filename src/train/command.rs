@@ -1,0 +1,240 @@
+//! `emrclass train`: data (a file, or the built-in synthetic set), a model (character
+//! embeddings or a BERT encoder, and a head), a loss, the training loop, the metrics table.
+
+use std::path::PathBuf;
+
+use crate::check::Rng;
+use crate::data::batching::CharVocab;
+use crate::data::dataset::{self, Example, LabelMap, ReadOptions};
+use crate::data::synthetic;
+use crate::data::tokenizer::BertTokenizer;
+use crate::device::Device;
+use crate::error::Result;
+use crate::model::bert::BertEncoder;
+use crate::model::embedding::Embedding;
+use crate::model::heads::{Head, HeadConfig, HeadKind};
+use crate::model::imbalance::class_weights_from_counts;
+use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
+
+use super::metrics::Report;
+use super::trainer::{check_head_input, train, Classifier, EpochLog, Input, Split, TrainSettings};
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Training file; None: the built-in synthetic set.
+    pub train: Option<PathBuf>,
+    /// Dev file; None: a stratified split of the training data.
+    pub dev: Option<PathBuf>,
+    pub dev_fraction: f64,
+    pub read: ReadOptions,
+    /// A BERT checkpoint folder to fine-tune; None: trainable character embeddings.
+    pub encoder: Option<PathBuf>,
+    pub head: HeadKind,
+    pub loss: LossKind,
+    pub max_len: usize,
+    pub embedding_dim: usize,
+    pub filters: usize,
+    pub rnn_hidden: usize,
+    pub dropout: f32,
+    pub synthetic_scale: f64,
+    pub settings: TrainSettings,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            train: None,
+            dev: None,
+            dev_fraction: 0.2,
+            read: ReadOptions::default(),
+            encoder: None,
+            head: HeadKind::TextCnn,
+            loss: LossKind::GhmCs,
+            max_len: 64,
+            embedding_dim: 64,
+            filters: 64,
+            rnn_hidden: 64,
+            dropout: 0.2,
+            synthetic_scale: 0.5,
+            settings: TrainSettings {
+                lr: 3e-3,
+                ..TrainSettings::default()
+            },
+        }
+    }
+}
+
+fn load(o: &TrainOptions) -> Result<(Vec<Example>, Vec<Example>, String)> {
+    let seed = o.settings.seed;
+    let (train, dev, source) = match &o.train {
+        None => {
+            let all = synthetic::generate(7, o.synthetic_scale);
+            let (t, d) = dataset::stratified_split(all, o.dev_fraction, seed)?;
+            (
+                t,
+                d,
+                format!("built-in synthetic set (scale {})", o.synthetic_scale),
+            )
+        }
+        Some(path) => {
+            let loaded = dataset::read(path, &o.read)?;
+            if !loaded.skipped.is_empty() {
+                eprintln!(
+                    "{}: skipped {} broken records (first: {})",
+                    path.display(),
+                    loaded.skipped.len(),
+                    loaded.skipped[0]
+                );
+            }
+            match &o.dev {
+                Some(dp) => {
+                    let dev = dataset::read(dp, &o.read)?;
+                    (loaded.examples, dev.examples, path.display().to_string())
+                }
+                None => {
+                    let (t, d) = dataset::stratified_split(loaded.examples, o.dev_fraction, seed)?;
+                    (t, d, path.display().to_string())
+                }
+            }
+        }
+    };
+    Ok((train, dev, source))
+}
+
+/// Runs training and prints per-epoch lines and the best epoch's report; returns the logs.
+pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
+    let (train_set, dev_set, source) = load(o)?;
+    let map = LabelMap::from_examples(&train_set);
+    let classes = map.names.len();
+    let train_labels = map.indices(
+        &train_set,
+        o.train.as_deref().unwrap_or("synthetic".as_ref()),
+    )?;
+    let dev_labels = map.indices(
+        &dev_set,
+        o.dev
+            .as_deref()
+            .or(o.train.as_deref())
+            .unwrap_or("synthetic".as_ref()),
+    )?;
+    let counts = map.counts(&train_set);
+    let mut rng = Rng::new(o.settings.seed);
+    let (input, train_seqs, dev_seqs, width) = match &o.encoder {
+        None => {
+            let vocab = CharVocab::build(&train_set, 1);
+            let enc = |ex: &[Example]| {
+                ex.iter()
+                    .map(|e| vocab.encode(&e.text, o.max_len))
+                    .collect::<Vec<_>>()
+            };
+            let (t, d) = (enc(&train_set), enc(&dev_set));
+            let emb = Embedding::new(dev, vocab.len(), o.embedding_dim, &mut rng)?;
+            (Input::Embeddings(emb), t, d, o.embedding_dim)
+        }
+        Some(dir) => {
+            let tok = BertTokenizer::from_dir(dir)?;
+            let encoder = BertEncoder::load_dir(dev, dir)?;
+            let enc = |ex: &[Example]| -> Result<Vec<Vec<i32>>> {
+                ex.iter()
+                    .map(|e| {
+                        let b = tok.encode(&[e.text.as_str()], o.max_len)?;
+                        Ok(b.input_ids
+                            .into_iter()
+                            .zip(b.attention_mask)
+                            .filter(|p| p.1 == 1)
+                            .map(|p| p.0)
+                            .collect())
+                    })
+                    .collect()
+            };
+            let (t, d) = (enc(&train_set)?, enc(&dev_set)?);
+            let h = encoder.config.hidden_size;
+            (Input::Encoder(Box::new(encoder)), t, d, h)
+        }
+    };
+    let truncated = train_seqs.iter().filter(|s| s.len() >= o.max_len).count();
+    let mut hc = HeadConfig::new(o.head, width, classes);
+    hc.textcnn_filters = o.filters;
+    hc.rnn_hidden = o.rnn_hidden;
+    hc.dropout = o.dropout;
+    let head = Head::new(dev, hc, &mut rng)?;
+    check_head_input(&head, o.encoder.is_some())?;
+    let mut lc = LossConfig::new(o.loss);
+    let gamma = if o.loss == LossKind::GhmCs { 0.5 } else { 1.0 };
+    lc.class_weights = Some(class_weights_from_counts(&counts, gamma)?);
+    let loss = ClassificationLoss::new(dev, classes, lc)?;
+    let mut model = Classifier { input, head, loss };
+    println!(
+        "data: {source}: {} train / {} dev records, {classes} classes (largest {}, smallest {}), {:.1}% truncated at {} tokens",
+        train_seqs.len(),
+        dev_seqs.len(),
+        counts.iter().max().unwrap_or(&0),
+        counts.iter().min().unwrap_or(&0),
+        100.0 * truncated as f64 / train_seqs.len().max(1) as f64,
+        o.max_len
+    );
+    println!(
+        "model: {} + {:?} head, {:?} loss; device {}",
+        if o.encoder.is_some() {
+            "BERT encoder"
+        } else {
+            "character embeddings"
+        },
+        o.head,
+        o.loss,
+        dev.describe()
+    );
+    let train_split = Split {
+        seqs: train_seqs,
+        labels: train_labels,
+    };
+    let dev_split = Split {
+        seqs: dev_seqs,
+        labels: dev_labels,
+    };
+    let logs = train(
+        &mut model,
+        &train_split,
+        &dev_split,
+        classes,
+        &o.settings,
+        |e| {
+            println!(
+            "epoch {:>2}  loss {:.4}  dev acc {:.4}  macro-F1 {:.4}  micro-F1 {:.4}  {:.1} s  {:.0} samples/s",
+            e.epoch, e.mean_loss, e.dev.accuracy, e.dev.macro_avg.f1, e.dev.micro_avg.f1, e.seconds, e.samples_per_second
+        )
+        },
+    )?;
+    if let Some(best) = logs
+        .iter()
+        .max_by(|a, b| a.dev.macro_avg.f1.total_cmp(&b.dev.macro_avg.f1))
+    {
+        println!("best epoch {} (by dev macro-F1):", best.epoch);
+        print_report(&best.dev, &map.names);
+    }
+    Ok(logs)
+}
+
+pub fn print_report(r: &Report, names: &[String]) {
+    println!(
+        "{:<24} {:>9} {:>9} {:>9} {:>8}",
+        "class", "precision", "recall", "F1", "support"
+    );
+    for (n, c) in names.iter().zip(&r.per_class) {
+        println!(
+            "{:<24} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+            n, c.precision, c.recall, c.f1, c.support
+        );
+    }
+    for (label, a) in [
+        ("macro avg", &r.macro_avg),
+        ("micro avg", &r.micro_avg),
+        ("weighted avg", &r.weighted_avg),
+    ] {
+        println!(
+            "{:<24} {:>9.4} {:>9.4} {:>9.4}",
+            label, a.precision, a.recall, a.f1
+        );
+    }
+    println!("{:<24} {:>29.4}", "accuracy", r.accuracy);
+}

@@ -1,0 +1,251 @@
+//! The classifier and its training loop: an input path (trainable character embeddings, or a
+//! BERT encoder), a head, a loss; AdamW with warm-up/decay and clipping; evaluation each epoch,
+//! the best epoch's metrics kept. (Checkpoints, resume, the frozen-encoder cache, progress bars
+//! and the experiment grid are the rest of issue 6.)
+
+use crate::check::Rng;
+use crate::data::batching::{bucketed_batches, pad};
+use crate::data::tokenizer::TokenBatch;
+use crate::device::Buffer;
+use crate::error::{Error, Result};
+use crate::model::bert::BertEncoder;
+use crate::model::embedding::Embedding;
+use crate::model::heads::Head;
+use crate::model::loss::ClassificationLoss;
+use crate::ops::{self, AdamW};
+
+use super::metrics::{report, Confusion, Report};
+use super::optim::{Optimizer, Schedule};
+
+pub enum Input {
+    /// Trainable token embeddings: the paper's non-pretrained baselines.
+    Embeddings(Embedding),
+    /// A BERT encoder, fine-tuned with the head.
+    Encoder(Box<BertEncoder>),
+}
+
+pub struct Classifier {
+    pub input: Input,
+    pub head: Head,
+    pub loss: ClassificationLoss,
+}
+
+/// Real tokens per row of a padded batch.
+fn lengths(b: &TokenBatch) -> Vec<i32> {
+    b.attention_mask
+        .chunks(b.len)
+        .map(|r| r.iter().sum())
+        .collect()
+}
+
+impl Classifier {
+    /// Logits [batch, classes]; dropout on with a seed.
+    pub fn forward(&mut self, b: &TokenBatch, seed: Option<u64>) -> Result<Buffer<f32>> {
+        let lens = lengths(b);
+        match &mut self.input {
+            Input::Embeddings(e) => {
+                let tokens = e.forward(&b.input_ids)?;
+                self.head.forward(&tokens, &lens, b.len, None, seed)
+            }
+            Input::Encoder(enc) => {
+                let (hidden, pooled) = enc.forward(
+                    &b.input_ids,
+                    &b.attention_mask,
+                    Some(&b.token_type_ids),
+                    b.batch,
+                    seed,
+                )?;
+                self.head.forward(hidden, &lens, b.len, Some(pooled), seed)
+            }
+        }
+    }
+
+    /// One optimisation step on a batch at learning rate `lr`; returns the loss.
+    pub fn train_step(
+        &mut self,
+        b: &TokenBatch,
+        labels: &[i32],
+        seed: u64,
+        opt: &mut Optimizer,
+        lr: f32,
+        s: &TrainSettings,
+    ) -> Result<f32> {
+        let logits = self.forward(b, Some(seed))?;
+        let mut dlogits = logits.device().alloc::<f32>(logits.len(), "dlogits")?;
+        let loss = self
+            .loss
+            .forward_backward(&logits, labels, &mut dlogits)?
+            .loss;
+        let g = self.head.backward(&dlogits)?;
+        match &mut self.input {
+            Input::Embeddings(e) => e.backward(
+                g.tokens
+                    .as_ref()
+                    .ok_or_else(|| Error::Invalid("head returned no token gradient".into()))?,
+            )?,
+            Input::Encoder(enc) => enc.backward(g.tokens.as_ref(), g.sentence.as_ref())?,
+        }
+        let mut slots = self.head.slots(1.0);
+        match &mut self.input {
+            Input::Embeddings(e) => slots.extend(e.slots("embeddings", s.input_lr_scale)),
+            Input::Encoder(enc) => slots.extend(enc.slots(s.input_lr_scale)),
+        }
+        opt.step(&mut slots, lr, s.clip)?;
+        Ok(loss)
+    }
+
+    /// Predicted class and class probabilities of every row.
+    pub fn predict(&mut self, b: &TokenBatch) -> Result<Vec<(usize, Vec<f32>)>> {
+        let logits = self.forward(b, None)?;
+        let k = logits.len() / b.batch;
+        let mut probs = logits
+            .device()
+            .alloc::<f32>(logits.len(), "probabilities")?;
+        ops::softmax_rows_forward(&logits, &mut probs, b.batch, k)?;
+        let host = probs.to_host()?;
+        Ok(host
+            .chunks(k)
+            .map(|row| {
+                let best = row
+                    .iter()
+                    .enumerate()
+                    .fold(0, |bi, (i, &v)| if v > row[bi] { i } else { bi });
+                (best, row.to_vec())
+            })
+            .collect())
+    }
+
+    /// Metrics over token sequences with their labels.
+    pub fn evaluate(
+        &mut self,
+        seqs: &[Vec<i32>],
+        labels: &[usize],
+        classes: usize,
+        batch_size: usize,
+    ) -> Result<Report> {
+        let mut conf = Confusion::new(classes);
+        for chunk in (0..seqs.len())
+            .collect::<Vec<_>>()
+            .chunks(batch_size.max(1))
+        {
+            let b = pad(&chunk
+                .iter()
+                .map(|&i| seqs[i].as_slice())
+                .collect::<Vec<_>>());
+            for (&i, (p, _)) in chunk.iter().zip(self.predict(&b)?) {
+                conf.add(labels[i], p)?;
+            }
+        }
+        Ok(report(&conf))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainSettings {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    /// Learning-rate multiplier of the input path (embeddings or encoder) against the head's.
+    pub input_lr_scale: f32,
+    pub warmup_fraction: f64,
+    pub weight_decay: f32,
+    pub clip: Option<f32>,
+    pub seed: u64,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            epochs: 3,
+            batch_size: 32,
+            lr: 2e-3,
+            input_lr_scale: 1.0,
+            warmup_fraction: 0.1,
+            weight_decay: 0.01,
+            clip: Some(1.0),
+            seed: 1,
+        }
+    }
+}
+
+pub struct EpochLog {
+    pub epoch: usize,
+    pub mean_loss: f64,
+    pub dev: Report,
+    pub seconds: f64,
+    pub samples_per_second: f64,
+}
+
+/// Token sequences and their class indices.
+pub struct Split {
+    pub seqs: Vec<Vec<i32>>,
+    pub labels: Vec<usize>,
+}
+
+/// Trains for `settings.epochs`, evaluating on the dev set after each; calls `log` per epoch.
+pub fn train(
+    model: &mut Classifier,
+    train_set: &Split,
+    dev_set: &Split,
+    classes: usize,
+    s: &TrainSettings,
+    mut log: impl FnMut(&EpochLog),
+) -> Result<Vec<EpochLog>> {
+    let (train_seqs, train_labels) = (&train_set.seqs, &train_set.labels);
+    let lens: Vec<usize> = train_seqs.iter().map(Vec::len).collect();
+    let steps_per_epoch = train_seqs.len().div_ceil(s.batch_size.max(1)) as u64;
+    let total = steps_per_epoch * s.epochs as u64;
+    let schedule = Schedule {
+        peak: s.lr,
+        warmup: (s.warmup_fraction * total as f64) as u64,
+        total,
+    };
+    let mut opt = Optimizer::new(AdamW {
+        lr: s.lr as f32,
+        weight_decay: s.weight_decay,
+        ..AdamW::default()
+    });
+    let mut seeds = Rng::new(s.seed);
+    let mut logs = Vec::new();
+    for epoch in 1..=s.epochs {
+        let start = std::time::Instant::now();
+        let mut loss_sum = 0.0;
+        let batches = bucketed_batches(&lens, s.batch_size, s.seed, epoch as u64);
+        for idx in &batches {
+            let b = pad(&idx
+                .iter()
+                .map(|&i| train_seqs[i].as_slice())
+                .collect::<Vec<_>>());
+            let labels: Vec<i32> = idx.iter().map(|&i| train_labels[i] as i32).collect();
+            let lr = schedule.lr(opt.step + 1) as f32;
+            loss_sum += model.train_step(&b, &labels, seeds.next_u64(), &mut opt, lr, s)? as f64;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let dev = model.evaluate(&dev_set.seqs, &dev_set.labels, classes, s.batch_size)?;
+        let entry = EpochLog {
+            epoch,
+            mean_loss: loss_sum / batches.len().max(1) as f64,
+            dev,
+            seconds,
+            samples_per_second: train_seqs.len() as f64 / seconds.max(1e-9),
+        };
+        log(&entry);
+        logs.push(entry);
+    }
+    Ok(logs)
+}
+
+/// A device check for callers that build models: the encoder-free path needs no sentence vector.
+pub fn check_head_input(head: &Head, encoder: bool) -> Result<()> {
+    let needs = matches!(
+        head.config.kind,
+        crate::model::heads::HeadKind::Cls | crate::model::heads::HeadKind::Paper
+    );
+    if needs && !encoder {
+        return Err(Error::Invalid(format!(
+            "head `{:?}` needs an encoder's pooled [CLS]; with character embeddings use textcnn, bigru, bilstm or textcnn-bigru",
+            head.config.kind
+        )));
+    }
+    Ok(())
+}
