@@ -94,7 +94,7 @@ enum Command {
         rnn_hidden: usize,
         #[arg(long, default_value_t = 0.2)]
         dropout: f32,
-        /// Size of the built-in synthetic set (1.0: about 6,000 records).
+        /// Size of the built-in synthetic set (1.0: about 5,900 records).
         #[arg(long, default_value_t = 0.5)]
         synthetic_scale: f64,
     },

@@ -232,7 +232,7 @@ pub fn class_names() -> Vec<String> {
     CLASSES.iter().map(|c| c.0.to_string()).collect()
 }
 
-/// Generates the set; `scale` shrinks it (1.0: about 6,000 records). The same seed gives the
+/// Generates the set; `scale` shrinks it (1.0: about 5,900 records). The same seed gives the
 /// same records.
 pub fn generate(seed: u64, scale: f64) -> Vec<Example> {
     let mut rng = Rng::new(seed);
