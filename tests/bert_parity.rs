@@ -8,6 +8,9 @@
 //! 1e-7 per op, compounding), and the gradients of small tables (position and token-type
 //! embeddings, summed over few tokens) are the least well-conditioned.
 
+mod common;
+use common::{f64s, i32s};
+
 use std::path::PathBuf;
 
 use emrclass::check::relative_error;
@@ -20,18 +23,6 @@ fn dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn i32s(v: &Value) -> Vec<i32> {
-    f64s(v).into_iter().map(|x| x as i32).collect()
 }
 
 fn check(name: &str, dev: &Device) {

@@ -1,6 +1,9 @@
 //! `emrclass encode` end to end: token ids through the tiny HF-written BERT, texts through the
 //! real MiniLM checkpoint, each checked against transformers' values; and bad input files.
 
+mod common;
+use common::f64s;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -24,14 +27,6 @@ fn emrclass(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 #[test]

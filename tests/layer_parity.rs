@@ -2,6 +2,9 @@
 //! torch 2.9.1, float64) against the f64 reference (1e-9) and against the layers' kernels on
 //! the simulator (1e-5): outputs and the gradients of every input and parameter.
 
+mod common;
+use common::{f32s, f64s, rel, usizes};
+
 use emrclass::check::relative_error;
 use emrclass::model::rnn::{BiRnn, Cell, RnnTensors};
 use emrclass::model::textcnn::{TextCnn, TextCnnConfig};
@@ -13,32 +16,6 @@ use serde_json::Value;
 fn fixtures() -> Vec<Value> {
     let v: Value = serde_json::from_str(include_str!("fixtures/layers.json")).unwrap();
     v["cases"].as_array().unwrap().clone()
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    f64s(v).into_iter().map(|x| x as f32).collect()
-}
-
-fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect()
-}
-
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let n: f64 = b.iter().map(|y| y * y).sum();
-    (d / n.max(1e-300)).sqrt()
 }
 
 fn textcnn(case: &Value, dev: &Device) {

@@ -3,6 +3,9 @@
 //! the f64 reference (1e-9) and against the loss layer's kernels on the simulator (1e-5, fp32),
 //! loss, dL/dlogits and, for GHM, the moving average over a sequence of batches.
 
+mod common;
+use common::{f64s, rel};
+
 use emrclass::check::relative_error;
 use emrclass::model::imbalance::{class_weights_from_counts, soft_targets};
 use emrclass::model::loss::{ClassificationLoss, LossConfig, LossKind};
@@ -19,30 +22,12 @@ fn fixtures() -> Vec<Value> {
     v["cases"].as_array().unwrap().clone()
 }
 
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
 fn labels(v: &Value) -> Vec<i32> {
     v.as_array()
         .unwrap()
         .iter()
         .map(|x| x.as_i64().unwrap() as i32)
         .collect()
-}
-
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let norm: f64 = b.iter().map(|y| y * y).sum();
-    if norm == 0.0 {
-        diff.sqrt()
-    } else {
-        (diff / norm).sqrt()
-    }
 }
 
 fn rel1(a: f64, b: f64) -> f64 {
