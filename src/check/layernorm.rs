@@ -12,8 +12,12 @@ use crate::reference as r;
 const SHAPES: [(usize, usize); 5] = [(1, 2), (3, 7), (5, 64), (2, 33), (4, 768)];
 const EPS: f64 = 1e-12;
 
+/// Rows of two values are left out here: their normalised outputs are +-1 whatever x is, so
+/// dx is 0 up to eps and both sides hold rounding noise (the kernel check keeps them, judged
+/// against the terms of dx). Steps of 1e-4: rows of few values can sit where LayerNorm bends
+/// sharply (a small variance), where 1e-3 leaves truncation error.
 pub fn gradient(rng: &mut Rng) -> Vec<Row> {
-    SHAPES[..4]
+    [(1, 3), (3, 7), (5, 64), (2, 33)]
         .iter()
         .map(|&(rows, cols)| {
             let x = rng.normals(rows * cols, 1.0);
@@ -24,14 +28,14 @@ pub fn gradient(rng: &mut Rng) -> Vec<Row> {
             let f = |x: &[f64], g: &[f64], b: &[f64]| {
                 weighted_sum(&r::layernorm_forward(x, g, b, cols, EPS), &w)
             };
-            let mut err = finite_difference(|v| f(v, &gamma, &beta), &x, &dx, 1e-3).worst_error;
+            let mut err = finite_difference(|v| f(v, &gamma, &beta), &x, &dx, 1e-4).worst_error;
             err = worst(
                 err,
-                finite_difference(|v| f(&x, v, &beta), &gamma, &dg, 1e-3).worst_error,
+                finite_difference(|v| f(&x, v, &beta), &gamma, &dg, 1e-4).worst_error,
             );
             err = worst(
                 err,
-                finite_difference(|v| f(&x, &gamma, v), &beta, &db, 1e-3).worst_error,
+                finite_difference(|v| f(&x, &gamma, v), &beta, &db, 1e-4).worst_error,
             );
             Row {
                 op: "layernorm".into(),
