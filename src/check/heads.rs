@@ -179,35 +179,12 @@ impl RefHead {
     }
 }
 
-/// Finite differences that stay inside one piece of a piecewise-smooth function (max pooling,
-/// ReLU between smooth layers): `f` returns the value and the piece's signature. A fourth-order
-/// central difference when x - 2h .. x + 2h all lie in x's piece, else a second-order one-sided
-/// difference on the side that does, (-3 f(x) + 4 f(x +- h) - f(x +- 2h)) / +-2h. Elements with
-/// a kink on both sides (vanishingly rare) get NaN, which fails the check loudly.
+/// The piecewise numeric gradient as a vector; an element with a kink on both sides is NaN,
+/// which fails the check loudly rather than passing unexamined.
 fn numeric_gradient<S: PartialEq>(f: impl Fn(&[f64]) -> (f64, S), x: &[f64], h: f64) -> Vec<f64> {
-    let (f0, piece) = f(x);
-    let mut xp = x.to_vec();
-    (0..x.len())
-        .map(|i| {
-            let mut at = |step: f64| {
-                xp[i] = x[i] + step;
-                let v = f(&xp);
-                xp[i] = x[i];
-                v
-            };
-            let [(m2, pm2), (m1, pm1), (p1, pp1), (p2, pp2)] =
-                [-2.0, -1.0, 1.0, 2.0].map(|k| at(k * h));
-            let (left, right) = (pm1 == piece && pm2 == piece, pp1 == piece && pp2 == piece);
-            if left && right {
-                (-p2 + 8.0 * p1 - 8.0 * m1 + m2) / (12.0 * h)
-            } else if right {
-                (-3.0 * f0 + 4.0 * p1 - p2) / (2.0 * h)
-            } else if left {
-                (3.0 * f0 - 4.0 * m1 + m2) / (2.0 * h)
-            } else {
-                f64::NAN
-            }
-        })
+    super::numeric_gradient_piecewise(f, x, h)
+        .into_iter()
+        .map(|g| g.unwrap_or(f64::NAN))
         .collect()
 }
 

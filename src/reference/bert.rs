@@ -46,6 +46,39 @@ fn linear_backward(
     (dx, dw, db)
 }
 
+/// Backward of the linear layer `{prefix}.weight/bias`: records both gradients, returns dx.
+fn dense_backward(
+    g: &mut Params,
+    p: &Params,
+    prefix: &str,
+    x: &[f64],
+    dy: &[f64],
+    n_in: usize,
+    n_out: usize,
+) -> Vec<f64> {
+    let (dx, dw, db) = linear_backward(x, &p[&format!("{prefix}.weight")], dy, n_in, n_out);
+    g.insert(format!("{prefix}.weight"), dw);
+    g.insert(format!("{prefix}.bias"), db);
+    dx
+}
+
+/// Backward of the LayerNorm `{prefix}.weight/bias`: records both gradients, returns dx.
+fn layernorm_backward(
+    g: &mut Params,
+    p: &Params,
+    prefix: &str,
+    x: &[f64],
+    dy: &[f64],
+    cols: usize,
+    eps: f64,
+) -> Vec<f64> {
+    let (dx, dgamma, dbeta) =
+        super::layernorm_backward(x, &p[&format!("{prefix}.weight")], dy, cols, eps);
+    g.insert(format!("{prefix}.weight"), dgamma);
+    g.insert(format!("{prefix}.bias"), dbeta);
+    dx
+}
+
 fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| x + y).collect()
 }
@@ -231,9 +264,7 @@ pub fn backward(
         .zip(&tape.pooled)
         .map(|(d, y)| d * (1.0 - y * y))
         .collect();
-    let (dcls, dw, db) = linear_backward(&cls, &p["pooler.dense.weight"], &dpre, h, h);
-    g.insert("pooler.dense.weight".into(), dw);
-    g.insert("pooler.dense.bias".into(), db);
+    let dcls = dense_backward(&mut g, p, "pooler.dense", &cls, &dpre, h, h);
     for b in 0..batch {
         for k in 0..h {
             dx[b * len * h + k] += dcls[b * h + k];
@@ -242,14 +273,9 @@ pub fn backward(
     let a = attention_shape(c, batch, len);
     for (l, ls) in tape.layers.iter().enumerate().rev() {
         let n = |s: &str| format!("encoder.layer.{l}.{s}");
-        let (d_ln2_in, dg, db) =
-            super::layernorm_backward(&ls.ln2_in, &p[&n("output.LayerNorm.weight")], &dx, h, eps);
-        g.insert(n("output.LayerNorm.weight"), dg);
-        g.insert(n("output.LayerNorm.bias"), db);
-        let (d_act, dw, db) =
-            linear_backward(&ls.act, &p[&n("output.dense.weight")], &d_ln2_in, i_sz, h);
-        g.insert(n("output.dense.weight"), dw);
-        g.insert(n("output.dense.bias"), db);
+        let d_ln2_in =
+            layernorm_backward(&mut g, p, &n("output.LayerNorm"), &ls.ln2_in, &dx, h, eps);
+        let d_act = dense_backward(&mut g, p, &n("output.dense"), &ls.act, &d_ln2_in, i_sz, h);
         let d_inter: Vec<f64> = if c.hidden_act == "relu" {
             ls.inter
                 .iter()
@@ -259,54 +285,59 @@ pub fn backward(
         } else {
             super::gelu_backward(&ls.inter, &d_act)
         };
-        let (d_h1_ffn, dw, db) = linear_backward(
+        let d_h1_ffn = dense_backward(
+            &mut g,
+            p,
+            &n("intermediate.dense"),
             &ls.h1,
-            &p[&n("intermediate.dense.weight")],
             &d_inter,
             h,
             i_sz,
         );
-        g.insert(n("intermediate.dense.weight"), dw);
-        g.insert(n("intermediate.dense.bias"), db);
         let d_h1 = add(&d_h1_ffn, &d_ln2_in);
-        let (d_ln1_in, dg, db) = super::layernorm_backward(
+        let d_ln1_in = layernorm_backward(
+            &mut g,
+            p,
+            &n("attention.output.LayerNorm"),
             &ls.ln1_in,
-            &p[&n("attention.output.LayerNorm.weight")],
             &d_h1,
             h,
             eps,
         );
-        g.insert(n("attention.output.LayerNorm.weight"), dg);
-        g.insert(n("attention.output.LayerNorm.bias"), db);
-        let (d_context, dw, db) = linear_backward(
+        let d_context = dense_backward(
+            &mut g,
+            p,
+            &n("attention.output.dense"),
             &ls.context,
-            &p[&n("attention.output.dense.weight")],
             &d_ln1_in,
             h,
             h,
         );
-        g.insert(n("attention.output.dense.weight"), dw);
-        g.insert(n("attention.output.dense.bias"), db);
         let [dq, dk, dv] = attn::backward(&a, &ls.q, &ls.k, &ls.v, Some(mask), &d_context);
         let mut d_input = d_ln1_in.clone(); // the residual path
         for (which, d) in [("query", &dq), ("key", &dk), ("value", &dv)] {
-            let w = n(&format!("attention.self.{which}.weight"));
-            let (dxi, dw, db) = linear_backward(&ls.input, &p[&w], d, h, h);
-            g.insert(w, dw);
-            g.insert(n(&format!("attention.self.{which}.bias")), db);
+            let dxi = dense_backward(
+                &mut g,
+                p,
+                &n(&format!("attention.self.{which}")),
+                &ls.input,
+                d,
+                h,
+                h,
+            );
             d_input = add(&d_input, &dxi);
         }
         dx = d_input;
     }
-    let (d_sum, dg, db) = super::layernorm_backward(
+    let d_sum = layernorm_backward(
+        &mut g,
+        p,
+        "embeddings.LayerNorm",
         &tape.emb_sum,
-        &p["embeddings.LayerNorm.weight"],
         &dx,
         h,
         eps,
     );
-    g.insert("embeddings.LayerNorm.weight".into(), dg);
-    g.insert("embeddings.LayerNorm.bias".into(), db);
     let mut word = vec![0.0; p["embeddings.word_embeddings.weight"].len()];
     let mut pos = vec![0.0; p["embeddings.position_embeddings.weight"].len()];
     let mut typ = vec![0.0; p["embeddings.token_type_embeddings.weight"].len()];
