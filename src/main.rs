@@ -6,8 +6,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use emrclass::check::{registry, Rng};
 use emrclass::device::{parse_bytes, DeviceChoice};
 use emrclass::model::loss::LossKind;
-use emrclass::model::rnn::Cell;
-use emrclass::{bench, kernel_report, Device, Result, Schedule};
+use emrclass::{kernel_report, Device, Result, Schedule};
+
+mod bench_command;
 
 #[derive(Parser)]
 #[command(
@@ -47,7 +48,9 @@ enum Command {
     /// Time kernels and print GFLOP/s, GB/s and the fraction of the card's roofline.
     Bench {
         #[command(subcommand)]
-        what: BenchWhat,
+        what: bench_command::BenchWhat,
+        #[command(flatten)]
+        out: bench_command::BenchOutputs,
     },
     /// Train a classifier and print dev metrics per epoch and the best epoch's report. With no
     /// --train file, trains on the built-in synthetic, unbalanced EMR-like set.
@@ -126,7 +129,7 @@ enum Command {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum LossArg {
+pub(crate) enum LossArg {
     Ce,
     WeightedCe,
     Focal,
@@ -135,77 +138,8 @@ enum LossArg {
     All,
 }
 
-/// The shape of a sequence-layer benchmark (defaults: the BERT-base-sized setting).
-#[derive(clap::Args, Clone, Copy)]
-struct LayerShape {
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
-    #[arg(long, default_value_t = 256)]
-    len: usize,
-    /// Width of the token states (BERT-base: 768).
-    #[arg(long, default_value_t = 768)]
-    input: usize,
-    /// Hidden size (RNNs) or filters per width (Text-CNN).
-    #[arg(long, default_value_t = 256)]
-    hidden: usize,
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
-}
-
-/// The shape of the attention / encoder benchmarks (default: BERT-base, batch 16).
-#[derive(clap::Args, Clone)]
-struct BertShape {
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
-    /// Sequence lengths to time.
-    #[arg(long, value_delimiter = ',', default_values_t = [128, 256, 512])]
-    len: Vec<usize>,
-    #[arg(long, default_value_t = 768)]
-    hidden: usize,
-    #[arg(long, default_value_t = 12)]
-    heads: usize,
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
-}
-
-#[derive(Subcommand)]
-enum BenchWhat {
-    /// Fused multi-head attention forward and backward, and the memory it saves.
-    Attention(BertShape),
-    /// One BERT encoder layer forward and backward.
-    Encoder(BertShape),
-    /// Bidirectional GRU, forward and backward.
-    Gru(LayerShape),
-    /// Bidirectional LSTM, forward and backward.
-    Lstm(LayerShape),
-    /// Text-CNN (widths 2, 3, 4; --hidden filters each), forward and backward.
-    Textcnn(LayerShape),
-    /// One loss-layer step (logits -> loss and dL/dlogits): rows/s, GB/s, roofline.
-    Loss {
-        #[arg(long, value_enum, default_value_t = LossArg::All)]
-        kind: LossArg,
-        /// Batch sizes (rows).
-        #[arg(long, value_delimiter = ',', default_values_t = [16, 256, 4096])]
-        rows: Vec<usize>,
-        /// Class counts (44 is CHIP-CTC's).
-        #[arg(long, value_delimiter = ',', default_values_t = [44, 1000])]
-        classes: Vec<usize>,
-        #[arg(long, default_value_t = 5)]
-        reps: usize,
-    },
-    /// C = A B, row-major fp32, square sizes.
-    Gemm {
-        /// Sizes (m = n = k). Default: 64,128,256 on the simulator; 256..4096 on CUDA.
-        #[arg(long, value_delimiter = ',')]
-        sizes: Vec<usize>,
-        /// Timed repetitions per size (the median is reported).
-        #[arg(long, default_value_t = 5)]
-        reps: usize,
-    },
-}
-
 /// The losses a --loss/--kind value names (`all` for benches only).
-fn loss_kinds(arg: LossArg) -> Result<Vec<LossKind>> {
+pub(crate) fn loss_kinds(arg: LossArg) -> Result<Vec<LossKind>> {
     Ok(match arg {
         LossArg::Ce => vec![LossKind::CrossEntropy],
         LossArg::WeightedCe => vec![LossKind::WeightedCrossEntropy],
@@ -252,94 +186,9 @@ fn run(cli: &Cli) -> Result<bool> {
             }
             Ok(problems.is_empty())
         }
-        Command::Bench {
-            what: BenchWhat::Gemm { sizes, reps },
-        } => {
+        Command::Bench { what, out } => {
             let dev = open_device(cli, seed)?;
-            let sizes = if !sizes.is_empty() {
-                sizes.clone()
-            } else if dev.is_cuda() {
-                vec![256, 512, 1024, 2048, 4096]
-            } else {
-                vec![64, 128, 256]
-            };
-            let mut rows = Vec::new();
-            for &s in &sizes {
-                rows.push(bench::gemm(&dev, s, s, s, *reps)?);
-                if !dev.is_cuda() {
-                    rows.push(bench::host_naive_gemm(&dev, s, s, s));
-                }
-            }
-            bench::print_gemm(&rows);
-            Ok(true)
-        }
-        Command::Bench {
-            what:
-                BenchWhat::Loss {
-                    kind,
-                    rows,
-                    classes,
-                    reps,
-                },
-        } => {
-            let dev = open_device(cli, seed)?;
-            let kinds = loss_kinds(*kind)?;
-            let mut out = Vec::new();
-            for &k in classes {
-                for &n in rows {
-                    for &kind in &kinds {
-                        out.push(bench::loss(&dev, kind, n, k, *reps)?);
-                    }
-                }
-            }
-            bench::print_loss(&out);
-            Ok(true)
-        }
-        Command::Bench {
-            what: BenchWhat::Gru(s) | BenchWhat::Lstm(s) | BenchWhat::Textcnn(s),
-        } => {
-            let dev = open_device(cli, seed)?;
-            let row = match &cli.command {
-                Command::Bench {
-                    what: BenchWhat::Gru(_),
-                } => bench::rnn(&dev, Cell::Gru, s.batch, s.len, s.input, s.hidden, s.reps)?,
-                Command::Bench {
-                    what: BenchWhat::Lstm(_),
-                } => bench::rnn(&dev, Cell::Lstm, s.batch, s.len, s.input, s.hidden, s.reps)?,
-                _ => bench::textcnn(&dev, s.batch, s.len, s.input, s.hidden, s.reps)?,
-            };
-            bench::print_layers(&[row]);
-            Ok(true)
-        }
-        Command::Bench {
-            what: BenchWhat::Attention(s),
-        } => {
-            let dev = open_device(cli, seed)?;
-            let mut rows = Vec::new();
-            for &len in &s.len {
-                let (row, saved) =
-                    bench::attention(&dev, s.batch, len, s.heads, s.hidden / s.heads, s.reps)?;
-                println!(
-                    "L={len}: probabilities not stored: {:.1} MiB",
-                    saved as f64 / (1 << 20) as f64
-                );
-                rows.push(row);
-            }
-            bench::print_layers(&rows);
-            Ok(true)
-        }
-        Command::Bench {
-            what: BenchWhat::Encoder(s),
-        } => {
-            let dev = open_device(cli, seed)?;
-            let mut rows = Vec::new();
-            for &len in &s.len {
-                rows.push(bench::encoder_layer(
-                    &dev, s.batch, len, s.hidden, s.heads, s.reps,
-                )?);
-            }
-            bench::print_layers(&rows);
-            Ok(true)
+            bench_command::run(&dev, what, &out.outputs())
         }
         Command::Train {
             train,

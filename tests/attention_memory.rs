@@ -1,13 +1,15 @@
 //! The fused attention never stores the L x L probabilities: at L = 512 the allocator's peak
 //! over forward and backward stays within the O(L) tensors, far under one L x L matrix.
 
+mod common;
+
 use emrclass::ops::attention::{self, Attention};
-use emrclass::{Device, Schedule};
+use emrclass::Schedule;
 
 #[test]
 fn attention_memory_is_linear_in_length() {
     let (batch, heads, len, d) = (1usize, 1usize, 512usize, 8usize);
-    let dev = Device::simt(Schedule::Forward);
+    let dev = common::test_device(Schedule::Forward);
     let n = batch * len * heads * d;
     let x: Vec<f32> = (0..n)
         .map(|i| ((i * 37) % 101) as f32 / 101.0 - 0.5)

@@ -168,12 +168,12 @@ fn reference_bert_matches_transformers() {
 
 #[test]
 fn gelu_bert_matches_transformers() {
-    check("bert_tiny", &Device::simt(Schedule::Forward));
+    check("bert_tiny", &common::test_device(Schedule::Forward));
 }
 
 #[test]
 fn relu_bert_with_ernie_eps_matches_transformers() {
-    check("bert_tiny_relu", &Device::simt(Schedule::Random(3)));
+    check("bert_tiny_relu", &common::test_device(Schedule::Random(3)));
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -209,7 +209,7 @@ fn rewrite(out: &std::path::Path, rename: impl Fn(&str) -> Option<String>, resha
 
 #[test]
 fn checkpoint_layouts_and_named_errors() {
-    let dev = Device::simt(Schedule::Forward);
+    let dev = common::test_device(Schedule::Forward);
     let config =
         emrclass::model::bert::BertConfig::from_file(&dir("bert_tiny").join("config.json"))
             .unwrap();

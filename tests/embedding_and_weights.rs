@@ -1,11 +1,13 @@
 //! The encoder-free input path: token embeddings loaded from a BERT checkpoint's word
 //! embeddings (safetensors, fp32 or fp16 on disk), and the named errors for bad files and ids.
 
+mod common;
+
 use std::path::PathBuf;
 
 use emrclass::model::embedding::Embedding;
 use emrclass::weights::{read_tensor, write_tensors};
-use emrclass::{Device, Schedule};
+use emrclass::Schedule;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
@@ -17,7 +19,7 @@ fn dir() -> PathBuf {
 
 #[test]
 fn embeddings_load_from_fp32_and_fp16_checkpoints() {
-    let dev = Device::simt(Schedule::Forward);
+    let dev = common::test_device(Schedule::Forward);
     let table: Vec<f32> = (0..15).map(|i| i as f32 * 0.25 - 1.0).collect();
     let p32 = dir().join("bert32.safetensors");
     write_tensors(
@@ -52,7 +54,7 @@ fn embeddings_load_from_fp32_and_fp16_checkpoints() {
 
 #[test]
 fn bad_files_and_ids_are_named_errors() {
-    let dev = Device::simt(Schedule::Forward);
+    let dev = common::test_device(Schedule::Forward);
     let p = dir().join("other.safetensors");
     write_tensors(
         &p,
@@ -97,7 +99,7 @@ fn bad_files_and_ids_are_named_errors() {
 
 #[test]
 fn embedding_gradient_is_deterministic() {
-    let dev = Device::simt(Schedule::Random(4));
+    let dev = common::test_device(Schedule::Random(4));
     let mut rng = emrclass::check::Rng::new(8);
     let mut emb = Embedding::new(&dev, 30, 7, &mut rng).unwrap();
     let ids: Vec<i32> = (0..500i32).map(|i| (i * 7919) % 13).collect();

@@ -44,7 +44,7 @@ fn kernels_match_reference_random_schedule() {
 #[test]
 fn kernels_match_reference_on_cuda_when_requested() {
     if std::env::var("EMRCLASS_TEST_CUDA").as_deref() != Ok("1") {
-        eprintln!("EMRCLASS_TEST_CUDA is not 1: the CUDA run is left to scripts/gpu-check.sh");
+        eprintln!("EMRCLASS_TEST_CUDA is not 1: the CUDA run is left to ./gpu-check.sh");
         return;
     }
     let dev = Device::cuda().expect("EMRCLASS_TEST_CUDA=1 but no usable CUDA device");

@@ -195,17 +195,17 @@ fn run_all(dev: &Device) {
 
 #[test]
 fn layers_match_pytorch_forward_order() {
-    run_all(&Device::simt(Schedule::Forward));
+    run_all(&common::test_device(Schedule::Forward));
 }
 
 #[test]
 fn layers_match_pytorch_random_order() {
-    run_all(&Device::simt(Schedule::Random(17)));
+    run_all(&common::test_device(Schedule::Random(17)));
 }
 
 #[test]
 fn textcnn_rejects_all_padding_rows_and_bad_shapes() {
-    let dev = Device::simt(Schedule::Forward);
+    let dev = common::test_device(Schedule::Forward);
     let cfg = TextCnnConfig {
         channels: 2,
         filters: 3,
@@ -240,7 +240,7 @@ fn recurrent_layers_launch_a_constant_number_of_kernels() {
     for cell in [Cell::Gru, Cell::Lstm] {
         let mut counts = Vec::new();
         for len in [3usize, 40] {
-            let dev = Device::simt(Schedule::Forward);
+            let dev = common::test_device(Schedule::Forward);
             let mut rng = emrclass::check::Rng::new(1);
             let mut layer = BiRnn::new(&dev, cell, 6, 5, &mut rng).unwrap();
             let x = dev.zeros::<f32>(2 * len * 6, "x").unwrap();
@@ -262,7 +262,7 @@ fn recurrent_layers_launch_a_constant_number_of_kernels() {
 
 #[test]
 fn oversized_hidden_and_unknown_heads_are_named_errors() {
-    let dev = Device::simt(Schedule::Forward);
+    let dev = common::test_device(Schedule::Forward);
     let mut rng = emrclass::check::Rng::new(2);
     let e = BiRnn::new(&dev, Cell::Lstm, 4, 600, &mut rng)
         .err()

@@ -2,6 +2,8 @@
 //! K = 1000, a class absent from the batch, every sample in one GHM bin, GHM state saved and
 //! restored, GHM-CS warm-up, and the named errors for bad labels and configurations.
 
+mod common;
+
 use emrclass::model::imbalance::class_weights_from_counts;
 use emrclass::model::loss::{ClassificationLoss, LossConfig, LossKind};
 use emrclass::reference::loss::layer_step;
@@ -36,7 +38,7 @@ fn run(layer: &mut ClassificationLoss, dev: &Device, z: &[f32], y: &[i32]) -> (f
 
 #[test]
 fn huge_logits_and_certain_predictions_stay_finite_and_right() {
-    let dev = Device::simt(Schedule::Forward);
+    let dev = common::test_device(Schedule::Forward);
     // Row 0: p_y = 1 exactly in fp32. Row 1: p_y = 0. Row 2: ties at the max. Row 3: K = 3 uniform.
     let z = [
         1e4f32, -1e4, 0.0, -1e4, 1e4, 1e4, 5.0, 5.0, 5.0, 0.0, 0.0, 0.0,
@@ -71,7 +73,7 @@ fn huge_logits_and_certain_predictions_stay_finite_and_right() {
 
 #[test]
 fn batch_of_one_two_classes_and_a_thousand() {
-    let dev = Device::simt(Schedule::Reverse);
+    let dev = common::test_device(Schedule::Reverse);
     for (k, n) in [(2usize, 1usize), (1000, 1), (1000, 3)] {
         let z: Vec<f32> = (0..n * k)
             .map(|i| ((i * 37) % 101) as f32 / 10.0 - 5.0)
@@ -95,7 +97,7 @@ fn batch_of_one_two_classes_and_a_thousand() {
 
 #[test]
 fn absent_classes_and_one_ghm_bin() {
-    let dev = Device::simt(Schedule::Random(9));
+    let dev = common::test_device(Schedule::Random(9));
     // Eight identical rows (one GHM bin), all of class 1 of 5: classes 0, 2, 3, 4 are absent.
     let row = [0.3f32, 1.2, -0.7, 0.0, 2.0];
     let z: Vec<f32> = row.iter().cycle().take(40).cloned().collect();
@@ -127,7 +129,7 @@ fn absent_classes_and_one_ghm_bin() {
 
 #[test]
 fn ghm_state_survives_a_save_and_restore() {
-    let dev = Device::simt(Schedule::Forward);
+    let dev = common::test_device(Schedule::Forward);
     let k = 4;
     let batches: Vec<(Vec<f32>, Vec<i32>)> = (0..4)
         .map(|b| {
@@ -161,7 +163,7 @@ fn ghm_state_survives_a_save_and_restore() {
 
 #[test]
 fn ghmcs_warm_up_uses_class_weights_alone() {
-    let dev = Device::simt(Schedule::Forward);
+    let dev = common::test_device(Schedule::Forward);
     let k = 3;
     // Rows 0 and 1 are the same sample (one bin holds two), so beta differs between rows: with
     // equal betas the weighted mean would cancel them.
@@ -190,7 +192,7 @@ fn ghmcs_warm_up_uses_class_weights_alone() {
 
 #[test]
 fn bad_labels_and_configurations_are_named_errors() {
-    let dev = Device::simt(Schedule::Forward);
+    let dev = common::test_device(Schedule::Forward);
     let mut layer =
         ClassificationLoss::new(&dev, 3, LossConfig::new(LossKind::CrossEntropy)).unwrap();
     let z = dev.upload(&[0.0f32; 6], "logits").unwrap();

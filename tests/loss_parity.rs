@@ -262,10 +262,10 @@ fn run_all(dev: &Device) {
 
 #[test]
 fn losses_match_pytorch_on_the_simulator_forward_order() {
-    run_all(&Device::simt(Schedule::Forward));
+    run_all(&common::test_device(Schedule::Forward));
 }
 
 #[test]
 fn losses_match_pytorch_on_the_simulator_reverse_order() {
-    run_all(&Device::simt(Schedule::Reverse));
+    run_all(&common::test_device(Schedule::Reverse));
 }

@@ -2,11 +2,13 @@
 //! and decay, global-norm clipping, against the f64 reference; a non-finite gradient updates
 //! nothing.
 
+mod common;
+
 use emrclass::check::{relative_error, Rng};
 use emrclass::ops::AdamW;
 use emrclass::reference as r;
 use emrclass::train::optim::{global_norm, Optimizer, Schedule, Slot};
-use emrclass::{Device, Schedule as Order};
+use emrclass::Schedule as Order;
 
 #[test]
 fn linear_warmup_then_linear_decay() {
@@ -33,7 +35,7 @@ fn linear_warmup_then_linear_decay() {
 
 #[test]
 fn adamw_with_clipping_and_groups_matches_the_reference() {
-    let dev = Device::simt(Order::Forward);
+    let dev = common::test_device(Order::Forward);
     let mut rng = Rng::new(11);
     let hp = AdamW {
         lr: 0.0,
@@ -112,7 +114,7 @@ fn adamw_with_clipping_and_groups_matches_the_reference() {
 
 #[test]
 fn a_non_finite_gradient_updates_nothing() {
-    let dev = Device::simt(Order::Forward);
+    let dev = common::test_device(Order::Forward);
     let mut p = dev.upload(&[1.0f32, 2.0], "p").unwrap();
     let g = dev.upload(&[f32::NAN, 1.0], "g").unwrap();
     let mut opt = Optimizer::new(AdamW::default());

@@ -2,11 +2,13 @@
 //! far above chance), runs repeat bit for bit, the BERT path fine-tunes with the `paper` head,
 //! and bad configurations and data give named errors.
 
+mod common;
+
 use std::path::PathBuf;
 
 use emrclass::model::heads::HeadKind;
 use emrclass::train::command::{run, TrainOptions};
-use emrclass::{Device, Schedule};
+use emrclass::Schedule;
 
 fn small(scale: f64, epochs: usize) -> TrainOptions {
     let mut o = TrainOptions {
@@ -19,7 +21,7 @@ fn small(scale: f64, epochs: usize) -> TrainOptions {
 
 #[test]
 fn learns_the_synthetic_set_and_repeats_bit_for_bit() {
-    let dev = Device::simt(Schedule::Forward);
+    let dev = common::test_device(Schedule::Forward);
     let logs = run(&dev, &small(0.15, 3)).unwrap();
     let best = logs.iter().map(|e| e.dev.macro_avg.f1).fold(0.0, f64::max);
     // 15 classes: a constant guess scores macro-F1 under 0.07.
@@ -52,7 +54,7 @@ fn fine_tunes_a_bert_checkpoint_with_the_paper_head() {
     vocab.extend("患者入院胸闷痛头晕血压糖尿病发热咳嗽痰喘息水肿关节肿乏力苍白怕热多汗腹痛震颤红斑肌酐尿酸反酸烧心二甲双胍阿司匹林".chars().map(|c| c.to_string()));
     vocab.extend((vocab.len()..97).map(|i| format!("x{i}")));
     std::fs::write(dir.join("vocab.txt"), vocab.join("\n")).unwrap();
-    let dev = Device::simt(Schedule::Forward);
+    let dev = common::test_device(Schedule::Forward);
     let mut o = small(0.04, 1);
     o.encoder = Some(dir);
     o.head = HeadKind::Paper;
@@ -64,7 +66,7 @@ fn fine_tunes_a_bert_checkpoint_with_the_paper_head() {
 
 #[test]
 fn named_errors() {
-    let dev = Device::simt(Schedule::Forward);
+    let dev = common::test_device(Schedule::Forward);
     let mut o = small(0.04, 1);
     o.head = HeadKind::Paper;
     let e = run(&dev, &o).err().unwrap().to_string();

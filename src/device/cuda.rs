@@ -53,6 +53,10 @@ pub(super) struct CudaBackend {
     /// Loaded modules by kernel file name, and functions by kernel name.
     modules: Mutex<HashMap<&'static str, sys::CUmodule>>,
     functions: Mutex<HashMap<&'static str, usize>>,
+    /// Allocations come from the device's stream-ordered memory pool (cuMemAllocAsync), which
+    /// keeps freed memory for reuse: a training step's temporaries then cost no cuMemAlloc and
+    /// no device-wide synchronisation in cuMemFree. False where the device has no pools.
+    pooled: bool,
 }
 
 // SAFETY: the raw context and module handles are process-wide driver objects; every use
@@ -67,6 +71,24 @@ fn missing_driver() -> Error {
               kernels on the CPU simulator"
             .into(),
     }
+}
+
+/// Sets the default pool's release threshold to "never": memory freed to the pool stays
+/// reserved for the process, as PyTorch's caching allocator does.
+///
+/// # Safety
+/// `dev` is a valid device handle and a context on it is current.
+unsafe fn keep_freed_memory_in_pool(dev: sys::CUdevice) -> Result<()> {
+    let mut pool = std::mem::MaybeUninit::uninit();
+    sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), dev).result()?;
+    let mut threshold = u64::MAX;
+    sys::cuMemPoolSetAttribute(
+        pool.assume_init(),
+        sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+        &mut threshold as *mut u64 as *mut c_void,
+    )
+    .result()?;
+    Ok(())
 }
 
 impl CudaBackend {
@@ -109,11 +131,15 @@ impl CudaBackend {
             };
             let context = result::primary_ctx::retain(dev)?;
             result::ctx::set_current(context)?;
+            let pooled = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)?
+                == 1
+                && keep_freed_memory_in_pool(dev).is_ok();
             Ok(CudaBackend {
                 info,
                 context,
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
+                pooled,
             })
         }
     }
@@ -135,15 +161,38 @@ impl CudaBackend {
 
     pub fn alloc(&self, bytes: usize) -> Result<u64> {
         self.bind()?;
-        // SAFETY: a plain allocation in the bound context; freed in free().
-        Ok(unsafe { result::malloc_sync(bytes.max(1))? })
+        // SAFETY: an allocation in the bound context, freed in free(). A pooled one is ordered
+        // on the legacy null stream, which every launch and copy of the engine uses, so it is
+        // valid for all later work.
+        Ok(unsafe {
+            if self.pooled {
+                result::malloc_async(std::ptr::null_mut(), bytes.max(1))?
+            } else {
+                result::malloc_sync(bytes.max(1))?
+            }
+        })
     }
 
     pub fn free(&self, addr: u64) {
         if self.bind().is_ok() {
-            // SAFETY: addr came from alloc() and is freed once, from Buffer's Drop.
-            let _ = unsafe { result::free_sync(addr) };
+            // SAFETY: addr came from alloc() and is freed once, from Buffer's Drop; a pooled
+            // free is ordered after all work already launched on the null stream.
+            let _ = unsafe {
+                if self.pooled {
+                    result::free_async(addr, std::ptr::null_mut())
+                } else {
+                    result::free_sync(addr)
+                }
+            };
         }
+    }
+
+    /// Copies `bytes` from one device allocation to another, ordered with the launches.
+    pub fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: both are live allocations of at least `bytes` (Buffer checks lengths).
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, std::ptr::null_mut())? };
+        Ok(())
     }
 
     pub fn copy_to_device(&self, dst: u64, src: &[u8]) -> Result<()> {

@@ -25,6 +25,10 @@ impl MemoryCounter {
     pub fn peak(&self) -> usize {
         self.peak.load(Ordering::SeqCst)
     }
+    /// Starts a new peak from what is live now (benchmarks measure one phase at a time).
+    pub fn reset_peak(&self) {
+        self.peak.store(self.live(), Ordering::SeqCst);
+    }
     pub fn budget(&self) -> usize {
         self.budget.load(Ordering::SeqCst)
     }

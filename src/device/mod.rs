@@ -486,6 +486,33 @@ impl<T: Elem> Buffer<T> {
         }
     }
 
+    /// Copies another buffer of the same length and device into this one.
+    pub fn copy_from(&mut self, src: &Buffer<T>) -> Result<()> {
+        if src.len != self.len || !Arc::ptr_eq(&src.device.0, &self.device.0) {
+            return Err(Error::Invalid(format!(
+                "copy of {} {} elements into a buffer of {} (or across devices)",
+                src.len,
+                T::NAME,
+                self.len
+            )));
+        }
+        match &self.device.0.backend {
+            Backend::Cuda(c) => c.copy_device(self.addr, src.addr, self.bytes()),
+            Backend::Simt(_) => {
+                // SAFETY: both are live allocations of self.bytes() bytes (same length, checked
+                // above), distinct since this one is borrowed mutably.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.addr as *const u8,
+                        self.addr as *mut u8,
+                        self.bytes(),
+                    )
+                };
+                Ok(())
+            }
+        }
+    }
+
     pub fn to_host(&self) -> Result<Vec<T>> {
         let mut out = vec![T::zeroed(); self.len];
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);

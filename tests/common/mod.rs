@@ -33,3 +33,15 @@ pub fn rel(a: &[f64], b: &[f64]) -> f64 {
         (d / n).sqrt()
     }
 }
+
+/// The device a parity test runs on: the simulator under `schedule`, or the GPU when
+/// `EMRCLASS_TEST_DEVICE=cuda` (./gpu-check.sh sets it; the test then fails, not skips,
+/// when no GPU is usable).
+pub fn test_device(schedule: emrclass::Schedule) -> emrclass::Device {
+    match std::env::var("EMRCLASS_TEST_DEVICE").as_deref() {
+        Ok("cuda") => emrclass::Device::cuda()
+            .unwrap_or_else(|e| panic!("EMRCLASS_TEST_DEVICE=cuda but no usable GPU: {e}")),
+        Ok("simt") | Err(_) => emrclass::Device::simt(schedule),
+        Ok(other) => panic!("EMRCLASS_TEST_DEVICE is `{other}`: expected cuda or simt"),
+    }
+}

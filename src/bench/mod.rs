@@ -9,8 +9,60 @@ use crate::model::rnn::{BiRnn, Cell};
 use crate::model::textcnn::{TextCnn, TextCnnConfig};
 use crate::ops::{self, Gemm};
 
+pub mod record;
+pub mod step;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// DRAM bytes/s the roofline uses on CUDA: a measured device-to-device copy (bytes read plus
+/// written), once per process; the simulator has no roofline.
+pub fn memory_ceiling(dev: &Device) -> Option<f64> {
+    use std::sync::OnceLock;
+    static MEASURED: OnceLock<Option<f64>> = OnceLock::new();
+    dev.cuda_info()?;
+    *MEASURED.get_or_init(|| {
+        copy_bandwidth(dev, 256 << 20, 10)
+            .ok()
+            .map(|c| c.bytes_per_s)
+    })
+}
+
+#[derive(Serialize)]
+pub struct CopyTiming {
+    pub bytes: usize,
+    pub ms: f64,
+    /// Bytes read plus bytes written per second.
+    pub bytes_per_s: f64,
+    /// The data sheet's figure (memory clock x bus width x 2) for comparison; CUDA only.
+    pub nominal_bytes_per_s: Option<f64>,
+}
+
+/// A device-to-device copy of `bytes`: the median of `reps` after one warm-up.
+pub fn copy_bandwidth(dev: &Device, bytes: usize, reps: usize) -> Result<CopyTiming> {
+    let n = bytes / 4;
+    let src = dev.zeros::<f32>(n, "copy source")?;
+    let mut dst = dev.zeros::<f32>(n, "copy target")?;
+    dst.copy_from(&src)?;
+    let mut times = Vec::new();
+    for _ in 0..reps.max(1) {
+        times.push(dev.time_ms(|| dst.copy_from(&src))?);
+    }
+    times.sort_by(f64::total_cmp);
+    let ms = times[times.len() / 2];
+    Ok(CopyTiming {
+        bytes: n * 4,
+        ms,
+        bytes_per_s: 2.0 * (n * 4) as f64 / (ms / 1e3),
+        nominal_bytes_per_s: dev.cuda_info().map(|i| i.peak_bandwidth()),
+    })
+}
+
+#[derive(Serialize)]
 pub struct GemmTiming {
     pub what: String,
+    /// The work, for `--compare-torch` and the JSON record.
+    pub spec: Value,
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -50,12 +102,13 @@ fn timing(what: String, dev: &Device, m: usize, n: usize, k: usize, ms: f64) -> 
     let flops = 2.0 * (m * n * k) as f64;
     let bytes = 4.0 * (m * k + k * n + m * n) as f64;
     let secs = ms / 1e3;
-    let roofline = dev.cuda_info().map(|info| {
-        let attainable = info.peak_flops().min(flops / bytes * info.peak_bandwidth());
+    let roofline = dev.cuda_info().zip(memory_ceiling(dev)).map(|(info, bw)| {
+        let attainable = info.peak_flops().min(flops / bytes * bw);
         flops / secs / attainable
     });
     GemmTiming {
         what,
+        spec: json!({"family": "gemm", "m": m, "n": n, "k": k}),
         m,
         n,
         k,
@@ -106,8 +159,10 @@ pub fn print_gemm(rows: &[GemmTiming]) {
     }
 }
 
+#[derive(Serialize)]
 pub struct LossTiming {
     pub what: String,
+    pub spec: Value,
     pub rows: usize,
     pub classes: usize,
     pub ms: f64,
@@ -152,14 +207,13 @@ pub fn loss(
     let gbytes_per_s = bytes / (ms / 1e3) / 1e9;
     Ok(LossTiming {
         what: format!("{kind:?} on {}", dev.describe()),
+        spec: json!({"family": "loss", "kind": format!("{kind:?}"), "rows": rows, "classes": classes}),
         rows,
         classes,
         ms,
         rows_per_s: rows as f64 / (ms / 1e3),
         gbytes_per_s,
-        roofline: dev
-            .cuda_info()
-            .map(|i| gbytes_per_s * 1e9 / i.peak_bandwidth()),
+        roofline: memory_ceiling(dev).map(|bw| gbytes_per_s * 1e9 / bw),
     })
 }
 
@@ -179,8 +233,10 @@ pub fn print_loss(rows: &[LossTiming]) {
     }
 }
 
+#[derive(Serialize)]
 pub struct LayerTiming {
     pub what: String,
+    pub spec: Value,
     pub shape: String,
     pub forward_ms: f64,
     pub backward_ms: f64,
@@ -193,6 +249,7 @@ pub struct LayerTiming {
 fn layer_timing(
     dev: &Device,
     what: String,
+    spec: Value,
     shape: String,
     fwd: &[f64],
     bwd: &[f64],
@@ -210,6 +267,7 @@ fn layer_timing(
         .map(|i| gflop * 1e9 / ((f + b) / 1e3) / i.peak_flops());
     LayerTiming {
         what,
+        spec,
         shape,
         forward_ms: f,
         backward_ms: b,
@@ -248,6 +306,7 @@ pub fn rnn(
     Ok(layer_timing(
         dev,
         format!("Bi{cell:?} on {}", dev.describe()),
+        json!({"family": format!("{cell:?}").to_lowercase(), "batch": batch, "len": len, "input": input, "hidden": hidden}),
         shape,
         &fwd,
         &bwd,
@@ -295,6 +354,7 @@ pub fn textcnn(
     Ok(layer_timing(
         dev,
         format!("Text-CNN on {}", dev.describe()),
+        json!({"family": "textcnn", "batch": batch, "len": len, "input": input, "filters": filters, "widths": [2, 3, 4]}),
         shape,
         &fwd,
         &bwd,
@@ -378,6 +438,7 @@ pub fn attention(
         layer_timing(
             dev,
             format!("attention on {}", dev.describe()),
+            json!({"family": "attention", "batch": batch, "len": len, "heads": heads, "head_dim": head_dim, "dropout": 0.1}),
             shape,
             &fwd,
             &bwd,
@@ -436,6 +497,7 @@ pub fn encoder_layer(
     Ok(layer_timing(
         dev,
         format!("encoder layer on {}", dev.describe()),
+        json!({"family": "encoder", "batch": batch, "len": len, "hidden": hidden, "heads": heads}),
         shape,
         &fwd,
         &bwd,

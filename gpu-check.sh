@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# GPU verification in two halves, for a GPU machine that has the CUDA driver and Python with
+# torch and transformers but no Rust:
+#
+#   ./gpu-check.sh pack       here: builds the release test binaries and `emrclass`, strips them
+#                             and packs them with NVRTC 12.9 and CHIP-CTC into
+#                             gpu-bundle/bundle.tar.xz (git-ignored; about 40 MiB).
+#   ./gpu-check.sh run OUT    there, from a copy of this repository holding gpu-bundle/: runs the
+#                             kernel, parity and training tests on the GPU, `emrclass gradcheck`,
+#                             a short CHIP-CTC training run and every benchmark with
+#                             --compare-torch, and writes OUT/report.md, OUT/report.json,
+#                             OUT/bench.jsonl, OUT/tests.jsonl, OUT/env.json and OUT/log.txt.
+#
+# EMRCLASS_GPU_QUICK=1 makes `run` time fewer shapes (a second, shorter try).
+set -uo pipefail
+cd "$(dirname "$0")"
+BUNDLE=gpu-bundle
+# Test binaries whose tests honour EMRCLASS_TEST_DEVICE=cuda (tests/common::test_device) or
+# EMRCLASS_TEST_CUDA=1 (kernels_vs_reference). text_parity is left out: its MiniLM checkpoint
+# (90 MB) is more than the GPU machine's transfer allows.
+TESTS="kernels_vs_reference layer_parity loss_parity loss_edge_cases bert_parity embedding_and_weights attention_memory optim training"
+
+pack() {
+    set -e
+    ./install-nvrtc.sh
+    rm -rf "$BUNDLE"
+    local stage="$BUNDLE/stage"
+    mkdir -p "$stage/bin" "$stage/nvrtc" "$stage/data"
+    cargo build --release --bin emrclass
+    cargo test --release --no-run --message-format=json >"$BUNDLE/build.jsonl"
+    python3 - "$BUNDLE/build.jsonl" "$stage/bin" $TESTS <<'PY'
+import json, shutil, sys
+log, dest, wanted = sys.argv[1], sys.argv[2], set(sys.argv[3:])
+found = {}
+for line in open(log):
+    m = json.loads(line)
+    if m.get("executable") and m["target"]["kind"] == ["test"] and m["target"]["name"] in wanted:
+        found[m["target"]["name"]] = m["executable"]
+missing = wanted - set(found)
+if missing:
+    sys.exit(f"test binaries not built: {sorted(missing)}")
+for name, exe in found.items():
+    shutil.copy(exe, f"{dest}/{name}")
+PY
+    cp target/release/emrclass "$stage/bin/"
+    strip "$stage"/bin/*
+    cp target/nvrtc/nvidia/cuda_nvrtc/lib/libnvrtc.so.12 target/nvrtc/nvidia/cuda_nvrtc/lib/libnvrtc-builtins.so.12.* "$stage/nvrtc/"
+    local chip=../shared/data/chip-ctc
+    if [ -f "$chip/CHIP-CTC_train.json" ]; then
+        cp "$chip/CHIP-CTC_train.json" "$chip/CHIP-CTC_dev.json" "$stage/data/"
+    else
+        echo "note: $chip not found: the bundle has no CHIP-CTC run"
+    fi
+    pwd >"$stage/manifest_dir"
+    { git rev-parse HEAD; git status --porcelain | grep -q . && echo "(with uncommitted changes)"; } >"$stage/commit" || true
+    tar -C "$stage" -cf - . | xz -T0 -6 >"$BUNDLE/bundle.tar.xz"
+    rm -rf "$stage" "$BUNDLE/build.jsonl"
+    local size
+    size=$(stat -c %s "$BUNDLE/bundle.tar.xz")
+    echo "packed $BUNDLE/bundle.tar.xz: $((size / 1048576)) MiB"
+    [ "$size" -lt $((60 * 1048576)) ] || { echo "bundle over 60 MiB"; exit 1; }
+}
+
+# step NAME TIMEOUT COMMAND...: runs one step, logs it, records its outcome in tests.jsonl.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name: $*"
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$work/step.log" 2>&1
+    local rc=$?
+    cat "$work/step.log"
+    local summary
+    summary=$(grep -E "^test result:|passed, [0-9]+ failed" "$work/step.log" | tail -1)
+    [ -n "$summary" ] || summary="exit $rc"
+    [ $rc -eq 124 ] && summary="timed out after ${limit}s"
+    python3 -c 'import json,sys; print(json.dumps({"name": sys.argv[1], "ok": sys.argv[2] == "0", "result": ("ok" if sys.argv[2] == "0" else "FAILED") + ": " + sys.argv[3], "seconds": int(sys.argv[4])}))' \
+        "$name" "$rc" "$summary" "$((SECONDS - t0))" >>"$out/tests.jsonl"
+    return 0
+}
+
+run() {
+    out=${1:?usage: ./gpu-check.sh run OUTDIR}
+    mkdir -p "$out"
+    out=$(cd "$out" && pwd)
+    exec > >(tee -a "$out/log.txt") 2>&1
+    work=/tmp/emrclass-gpu
+    rm -rf "$work" && mkdir -p "$work"
+    python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$BUNDLE/bundle.tar.xz" "$work" || exit 1
+    # The test binaries read tests/fixtures through the folder they were built in.
+    local built
+    built=$(cat "$work/manifest_dir")
+    if [ "$built" != "$PWD" ] && [ ! -e "$built" ]; then
+        mkdir -p "$(dirname "$built")" && ln -s "$PWD" "$built"
+    fi
+    export EMRCLASS_NVRTC_DIR=$work/nvrtc EMRCLASS_CACHE_DIR=$work/cache
+    export EMRCLASS_TEST_DEVICE=cuda EMRCLASS_TEST_CUDA=1 RUST_BACKTRACE=1
+    local emr=$work/bin/emrclass
+    python3 - "$out/env.json" "$work/commit" <<'PY'
+import json, subprocess, sys, datetime
+env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+       "commit": open(sys.argv[2]).read().strip().replace("\n", " "), "nvrtc": "12.9.86 (bundled wheel)"}
+try:
+    q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                       capture_output=True, text=True).stdout.strip().split(", ")
+    env.update(gpu=q[0], driver=q[1], gpu_memory=q[2])
+except Exception as e:
+    env["gpu"] = f"nvidia-smi failed: {e}"
+try:
+    import torch
+    env.update(torch=torch.__version__, torch_cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    import transformers
+    env["transformers"] = transformers.__version__
+except Exception as e:
+    env["python_packages"] = f"import failed: {e}"
+json.dump(env, open(sys.argv[1], "w"), indent=1)
+print(json.dumps(env))
+PY
+    local quick=${EMRCLASS_GPU_QUICK:-0}
+    echo "=== libraries: $(ldconfig -p | grep -cE 'libcuda\.so') libcuda entries; nvrtc from $EMRCLASS_NVRTC_DIR"
+    # Kernels against the f64 reference on the GPU (the registry `emrclass gradcheck` runs, less
+    # its CPU-only finite-difference half), then the parity and training tests.
+    for t in $TESTS; do
+        local filter=()
+        [ "$t" = kernels_vs_reference ] && filter=(cuda)
+        step "$t" 240 "$work/bin/$t" --test-threads 4 "${filter[@]}"
+    done
+    if [ -f "$work/data/CHIP-CTC_train.json" ]; then
+        step chip-ctc-train 300 "$emr" --device cuda --seed 1 train \
+            --train "$work/data/CHIP-CTC_train.json" --dev "$work/data/CHIP-CTC_dev.json" \
+            --head textcnn --loss ghmcs --epochs 3 --max-len 128
+    fi
+    local bench=("$emr" --device cuda bench --json "$out/bench.jsonl" --compare-torch)
+    step bench-copy 60 "${bench[@]}" copy
+    if [ "$quick" = 1 ]; then
+        step bench-gemm 120 "${bench[@]}" gemm --shapes 2048x2304x768,2048x768x3072,8192x3072x768
+        step bench-attention 120 "${bench[@]}" attention --len 128,512
+        step bench-gru 120 "${bench[@]}" gru
+        step bench-step 240 "${bench[@]}" step
+    else
+        step bench-gemm 180 "${bench[@]}" gemm
+        step bench-attention 180 "${bench[@]}" attention
+        step bench-encoder 180 "${bench[@]}" encoder
+        step bench-gru 120 "${bench[@]}" gru
+        step bench-lstm 120 "${bench[@]}" lstm
+        step bench-textcnn 120 "${bench[@]}" textcnn
+        step bench-loss 120 "${bench[@]}" loss --rows 16,256,4096 --classes 44
+        step bench-step 300 "${bench[@]}" step --len 128,512
+    fi
+    python3 benches/compare_torch.py report "$out"
+}
+
+case "${1:-}" in
+pack) pack ;;
+run) run "${2:-}" ;;
+*)
+    sed -n '2,16p' "$0"
+    exit 2
+    ;;
+esac

@@ -1,0 +1,162 @@
+//! `emrclass bench step`: one whole training step of a BERT + head classifier (forward, loss,
+//! backward, clipping, AdamW) on random tokens, with samples/s and the engine's peak memory.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::check::Rng;
+use crate::data::tokenizer::TokenBatch;
+use crate::device::Device;
+use crate::error::Result;
+use crate::model::bert::{BertConfig, BertEncoder};
+use crate::model::heads::{Head, HeadConfig, HeadKind};
+use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
+use crate::ops::AdamW;
+use crate::train::optim::Optimizer;
+use crate::train::trainer::{Classifier, Input, TrainSettings};
+
+/// The model and batch of a step benchmark. Defaults: BERT-base with the Chinese vocabulary.
+#[derive(Clone, Debug)]
+pub struct StepShape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    pub vocab: usize,
+    pub batch: usize,
+    pub len: usize,
+    pub classes: usize,
+    pub head: HeadKind,
+    pub loss: LossKind,
+}
+
+#[derive(Serialize)]
+pub struct StepTiming {
+    pub what: String,
+    pub spec: Value,
+    pub shape: String,
+    pub ms: f64,
+    pub samples_per_s: f64,
+    /// Encoder arithmetic of forward + backward (3x forward), as GFLOP per step.
+    pub gflop: f64,
+    /// Achieved / peak fp32 FLOP/s (CUDA only).
+    pub roofline: Option<f64>,
+    /// The engine's peak of live device bytes over the model's life: weights, gradients,
+    /// AdamW moments, activations and scratch (what `torch.cuda.max_memory_allocated` counts).
+    pub peak_bytes: usize,
+}
+
+/// Median time of `reps` training steps after two warm-up steps (the first allocates the
+/// optimizer's moments).
+pub fn train_step(dev: &Device, s: &StepShape, reps: usize) -> Result<StepTiming> {
+    dev.memory().reset_peak();
+    let config = BertConfig {
+        vocab_size: s.vocab,
+        hidden_size: s.hidden,
+        num_hidden_layers: s.layers,
+        num_attention_heads: s.heads,
+        intermediate_size: s.intermediate,
+        hidden_act: "gelu".into(),
+        layer_norm_eps: 1e-12,
+        max_position_embeddings: s.len.max(512),
+        type_vocab_size: 2,
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        pad_token_id: 0,
+    };
+    let mut rng = Rng::new(7);
+    let encoder = BertEncoder::new(dev, config, &mut rng)?;
+    let head = Head::new(dev, HeadConfig::new(s.head, s.hidden, s.classes), &mut rng)?;
+    let mut loss_config = LossConfig::new(s.loss);
+    loss_config.class_weights = Some(vec![1.0; s.classes]);
+    loss_config.similarity = Some(
+        (0..s.classes * s.classes)
+            .map(|i| if i % (s.classes + 1) == 0 { 1.0 } else { 0.1 })
+            .collect(),
+    );
+    let loss = ClassificationLoss::new(dev, s.classes, loss_config)?;
+    let mut model = Classifier {
+        input: Input::Encoder(Box::new(encoder)),
+        head,
+        loss,
+    };
+    let tokens = s.batch * s.len;
+    let batch = TokenBatch {
+        batch: s.batch,
+        len: s.len,
+        input_ids: (0..tokens)
+            .map(|_| 1 + (rng.next_u64() % (s.vocab as u64 - 1)) as i32)
+            .collect(),
+        attention_mask: vec![1; tokens],
+        token_type_ids: vec![0; tokens],
+    };
+    let labels: Vec<i32> = (0..s.batch)
+        .map(|_| (rng.next_u64() % s.classes as u64) as i32)
+        .collect();
+    let settings = TrainSettings::default();
+    let mut opt = Optimizer::new(AdamW {
+        weight_decay: settings.weight_decay,
+        ..AdamW::default()
+    });
+    let mut times = Vec::new();
+    for rep in 0..reps.max(1) + 2 {
+        let ms = dev.time_ms(|| {
+            model
+                .train_step(&batch, &labels, rep as u64, &mut opt, 1e-5, &settings)
+                .map(|_| ())
+        })?;
+        if rep >= 2 {
+            times.push(ms);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let ms = times[times.len() / 2];
+    let (h, l) = (s.hidden as f64, s.len as f64);
+    let forward = s.layers as f64
+        * (2.0 * tokens as f64 * (4.0 * h * h + 2.0 * h * s.intermediate as f64)
+            + 4.0 * s.batch as f64 * l * l * h);
+    let gflop = 3.0 * forward / 1e9;
+    Ok(StepTiming {
+        what: format!("train step on {}", dev.describe()),
+        spec: json!({
+            "family": "step", "layers": s.layers, "hidden": s.hidden, "heads": s.heads,
+            "intermediate": s.intermediate, "vocab": s.vocab, "batch": s.batch, "len": s.len,
+            "classes": s.classes, "head": format!("{:?}", s.head), "loss": format!("{:?}", s.loss),
+            "textcnn_filters": model.head.config.textcnn_filters,
+            "rnn_hidden": model.head.config.rnn_hidden,
+        }),
+        shape: format!(
+            "{}x{} H={} B={} L={} {:?} head",
+            s.layers, s.heads, s.hidden, s.batch, s.len, s.head
+        ),
+        ms,
+        samples_per_s: s.batch as f64 / (ms / 1e3),
+        gflop,
+        roofline: dev
+            .cuda_info()
+            .map(|i| gflop * 1e9 / (ms / 1e3) / i.peak_flops()),
+        peak_bytes: dev.memory().peak(),
+    })
+}
+
+pub fn print(rows: &[StepTiming]) {
+    println!(
+        "{:<44} {:<36} {:>10} {:>10} {:>9} {:>9} {:>10}",
+        "step", "model", "ms", "samples/s", "GFLOP/s", "roofline", "peak MiB"
+    );
+    for r in rows {
+        let roof = r
+            .roofline
+            .map_or("-".to_string(), |f| format!("{:.1}%", f * 100.0));
+        println!(
+            "{:<44} {:<36} {:>10.2} {:>10.1} {:>9.1} {:>9} {:>10.1}",
+            r.what,
+            r.shape,
+            r.ms,
+            r.samples_per_s,
+            r.gflop / (r.ms / 1e3),
+            roof,
+            r.peak_bytes as f64 / (1 << 20) as f64
+        );
+    }
+}

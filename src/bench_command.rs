@@ -1,0 +1,320 @@
+//! `emrclass bench`: the subcommands, their shapes and where their results go.
+
+use clap::Subcommand;
+use emrclass::bench::{self, record, step};
+use emrclass::model::heads::HeadKind;
+use emrclass::model::loss::LossKind;
+use emrclass::model::rnn::Cell;
+use emrclass::{Device, Result};
+
+use super::{loss_kinds, LossArg};
+
+/// Where results go besides the table (global to every bench family).
+#[derive(clap::Args, Clone)]
+pub struct BenchOutputs {
+    /// Append every row as one JSON object per line to this file.
+    #[arg(long, global = true)]
+    json: Option<std::path::PathBuf>,
+    /// Also time the same work with PyTorch on the same GPU (python3 with torch; $EMRCLASS_PYTHON
+    /// to choose another) and print the speed-up.
+    #[arg(long, global = true)]
+    compare_torch: bool,
+    /// Timed repetitions PyTorch gets per row.
+    #[arg(long, global = true, default_value_t = 10)]
+    torch_reps: usize,
+}
+
+impl BenchOutputs {
+    pub fn outputs(&self) -> record::Outputs {
+        record::Outputs {
+            json: self.json.clone(),
+            compare_torch: self.compare_torch,
+            reps: self.torch_reps,
+        }
+    }
+}
+
+/// The model and batch of `bench step`.
+#[derive(clap::Args, Clone)]
+pub struct StepArgs {
+    #[arg(long, default_value_t = 12)]
+    layers: usize,
+    #[arg(long, default_value_t = 768)]
+    hidden: usize,
+    #[arg(long, default_value_t = 12)]
+    heads: usize,
+    /// FFN width (default 4 x hidden).
+    #[arg(long)]
+    intermediate: Option<usize>,
+    /// Vocabulary (bert-base-chinese / MC-BERT: 21128).
+    #[arg(long, default_value_t = 21128)]
+    vocab: usize,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Sequence lengths to time.
+    #[arg(long, value_delimiter = ',', default_values_t = [128])]
+    len: Vec<usize>,
+    #[arg(long, default_value_t = 44)]
+    classes: usize,
+    #[arg(long, default_value = "paper")]
+    head: String,
+    #[arg(long, value_enum, default_value_t = LossArg::Ce)]
+    loss: LossArg,
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+/// The BERT-base products of one layer at `tokens` rows: QKV, attention output, FFN up and down.
+fn bert_gemm_shapes(tokens: usize) -> Vec<(usize, usize, usize)> {
+    vec![
+        (tokens, 2304, 768),
+        (tokens, 768, 768),
+        (tokens, 3072, 768),
+        (tokens, 768, 3072),
+    ]
+}
+
+fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
+    let bad = || {
+        emrclass::Error::Invalid(format!(
+            "gemm shape `{s}`: expected MxNxK, e.g. 2048x768x3072"
+        ))
+    };
+    let v: Vec<usize> = s
+        .split('x')
+        .map(|p| p.trim().parse().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
+    match v[..] {
+        [m, n, k] if m > 0 && n > 0 && k > 0 => Ok((m, n, k)),
+        _ => Err(bad()),
+    }
+}
+
+pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool> {
+    match what {
+        BenchWhat::Copy { mib, reps } => {
+            let c = bench::copy_bandwidth(dev, mib << 20, *reps)?;
+            println!(
+                "device-to-device copy of {mib} MiB: {:.3} ms, {:.1} GB/s (read + written){}",
+                c.ms,
+                c.bytes_per_s / 1e9,
+                c.nominal_bytes_per_s.map_or(String::new(), |n| format!(
+                    "; data sheet {:.1} GB/s",
+                    n / 1e9
+                ))
+            );
+            if let Some(path) = &out.json {
+                let mut v = serde_json::to_value(&c)
+                    .map_err(|e| emrclass::Error::Invalid(e.to_string()))?;
+                v["spec"] = serde_json::json!({"family": "copy"});
+                v["kind"] = serde_json::json!("emrclass");
+                v["device"] = serde_json::json!(dev.describe());
+                let line = format!("{v}\n");
+                use std::io::Write;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .and_then(|mut f| f.write_all(line.as_bytes()))
+                    .map_err(|e| emrclass::Error::Invalid(format!("{}: {e}", path.display())))?;
+            }
+        }
+        BenchWhat::Gemm {
+            sizes,
+            shapes,
+            reps,
+        } => {
+            let mut todo: Vec<(usize, usize, usize)> = sizes.iter().map(|&s| (s, s, s)).collect();
+            for s in shapes {
+                todo.push(parse_shape(s)?);
+            }
+            if todo.is_empty() {
+                todo = if dev.is_cuda() {
+                    let mut v = bert_gemm_shapes(16 * 128);
+                    v.extend(bert_gemm_shapes(16 * 512));
+                    v.extend([(1024, 1024, 1024), (4096, 4096, 4096)]);
+                    v
+                } else {
+                    vec![(64, 64, 64), (128, 128, 128), (256, 256, 256)]
+                };
+            }
+            let mut rows = Vec::new();
+            for &(m, n, k) in &todo {
+                rows.push(bench::gemm(dev, m, n, k, *reps)?);
+            }
+            bench::print_gemm(&rows);
+            if !dev.is_cuda() {
+                let base: Vec<_> = todo
+                    .iter()
+                    .map(|&(m, n, k)| bench::host_naive_gemm(dev, m, n, k))
+                    .collect();
+                bench::print_gemm(&base);
+            }
+            record::finish(dev, &rows, out)?;
+        }
+        BenchWhat::Loss {
+            kind,
+            rows,
+            classes,
+            reps,
+        } => {
+            let kinds = loss_kinds(*kind)?;
+            let mut timings = Vec::new();
+            for &k in classes {
+                for &n in rows {
+                    for &kind in &kinds {
+                        timings.push(bench::loss(dev, kind, n, k, *reps)?);
+                    }
+                }
+            }
+            bench::print_loss(&timings);
+            record::finish(dev, &timings, out)?;
+        }
+        BenchWhat::Gru(s) | BenchWhat::Lstm(s) | BenchWhat::Textcnn(s) => {
+            let row = match what {
+                BenchWhat::Gru(_) => {
+                    bench::rnn(dev, Cell::Gru, s.batch, s.len, s.input, s.hidden, s.reps)?
+                }
+                BenchWhat::Lstm(_) => {
+                    bench::rnn(dev, Cell::Lstm, s.batch, s.len, s.input, s.hidden, s.reps)?
+                }
+                _ => bench::textcnn(dev, s.batch, s.len, s.input, s.hidden, s.reps)?,
+            };
+            bench::print_layers(std::slice::from_ref(&row));
+            record::finish(dev, &[row], out)?;
+        }
+        BenchWhat::Attention(s) => {
+            let mut rows = Vec::new();
+            for &len in &s.len {
+                let (row, saved) =
+                    bench::attention(dev, s.batch, len, s.heads, s.hidden / s.heads, s.reps)?;
+                println!(
+                    "L={len}: probabilities not stored: {:.1} MiB",
+                    saved as f64 / (1 << 20) as f64
+                );
+                rows.push(row);
+            }
+            bench::print_layers(&rows);
+            record::finish(dev, &rows, out)?;
+        }
+        BenchWhat::Encoder(s) => {
+            let mut rows = Vec::new();
+            for &len in &s.len {
+                rows.push(bench::encoder_layer(
+                    dev, s.batch, len, s.hidden, s.heads, s.reps,
+                )?);
+            }
+            bench::print_layers(&rows);
+            record::finish(dev, &rows, out)?;
+        }
+        BenchWhat::Step(a) => {
+            let head: HeadKind = a.head.parse()?;
+            let loss: LossKind = loss_kinds(a.loss)?[0];
+            let mut rows = Vec::new();
+            for &len in &a.len {
+                let shape = step::StepShape {
+                    layers: a.layers,
+                    hidden: a.hidden,
+                    heads: a.heads,
+                    intermediate: a.intermediate.unwrap_or(4 * a.hidden),
+                    vocab: a.vocab,
+                    batch: a.batch,
+                    len,
+                    classes: a.classes,
+                    head,
+                    loss,
+                };
+                rows.push(step::train_step(dev, &shape, a.reps)?);
+            }
+            step::print(&rows);
+            record::finish(dev, &rows, out)?;
+        }
+    }
+    Ok(true)
+}
+
+/// The shape of a sequence-layer benchmark (defaults: the BERT-base-sized setting).
+#[derive(clap::Args, Clone, Copy)]
+pub struct LayerShape {
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub len: usize,
+    /// Width of the token states (BERT-base: 768).
+    #[arg(long, default_value_t = 768)]
+    pub input: usize,
+    /// Hidden size (RNNs) or filters per width (Text-CNN).
+    #[arg(long, default_value_t = 256)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+}
+
+/// The shape of the attention / encoder benchmarks (default: BERT-base, batch 16).
+#[derive(clap::Args, Clone)]
+pub struct BertShape {
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Sequence lengths to time.
+    #[arg(long, value_delimiter = ',', default_values_t = [128, 256, 512])]
+    pub len: Vec<usize>,
+    #[arg(long, default_value_t = 768)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 12)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+}
+
+#[derive(Subcommand)]
+pub enum BenchWhat {
+    /// Device-to-device copy bandwidth (bytes read + written): the roofline's memory ceiling.
+    Copy {
+        /// MiB copied.
+        #[arg(long, default_value_t = 256)]
+        mib: usize,
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+    },
+    /// One whole training step (BERT + head + loss + clipping + AdamW) on random tokens:
+    /// samples/s and peak memory. Default: BERT-base (Chinese vocabulary), `paper` head, batch
+    /// 16 x 128 tokens, 44 classes.
+    Step(StepArgs),
+    /// Fused multi-head attention forward and backward, and the memory it saves.
+    Attention(BertShape),
+    /// One BERT encoder layer forward and backward.
+    Encoder(BertShape),
+    /// Bidirectional GRU, forward and backward.
+    Gru(LayerShape),
+    /// Bidirectional LSTM, forward and backward.
+    Lstm(LayerShape),
+    /// Text-CNN (widths 2, 3, 4; --hidden filters each), forward and backward.
+    Textcnn(LayerShape),
+    /// One loss-layer step (logits -> loss and dL/dlogits): rows/s, GB/s, roofline.
+    Loss {
+        #[arg(long, value_enum, default_value_t = LossArg::All)]
+        kind: LossArg,
+        /// Batch sizes (rows).
+        #[arg(long, value_delimiter = ',', default_values_t = [16, 256, 4096])]
+        rows: Vec<usize>,
+        /// Class counts (44 is CHIP-CTC's).
+        #[arg(long, value_delimiter = ',', default_values_t = [44, 1000])]
+        classes: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
+    /// C = A B, row-major fp32. Default shapes: 64..256 squares on the simulator; on CUDA the
+    /// BERT-base products at batch 16 x L 128 and 512 (QKV, attention output, FFN up, FFN down)
+    /// and 1024/4096 squares.
+    Gemm {
+        /// Square sizes (m = n = k).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
+        /// Shapes as MxNxK, e.g. 2048x2304x768.
+        #[arg(long, value_delimiter = ',')]
+        shapes: Vec<String>,
+        /// Timed repetitions per size (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
+}
