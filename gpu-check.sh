@@ -11,7 +11,10 @@
 #                             --compare-torch, and writes OUT/report.md, OUT/report.json,
 #                             OUT/bench.jsonl, OUT/tests.jsonl, OUT/env.json and OUT/log.txt.
 #
-# EMRCLASS_GPU_QUICK=1 makes `run` time fewer shapes (a second, shorter try).
+# EMRCLASS_GPU_QUICK=1 makes `run` time fewer shapes (a second, shorter try);
+# EMRCLASS_GPU_GRID_SECONDS=N also runs `emrclass experiment` on CHIP-CTC (every encoder-free
+# head with every loss, the issue's PyTorch reference settings) for at most N seconds, writing
+# OUT/results.md and OUT/results.csv after each finished run.
 set -uo pipefail
 cd "$(dirname "$0")"
 BUNDLE=gpu-bundle
@@ -130,12 +133,20 @@ PY
             --train "$work/data/CHIP-CTC_train.json" --dev "$work/data/CHIP-CTC_dev.json" \
             --head textcnn --loss ghmcs --epochs 3 --max-len 128
     fi
+    local grid=${EMRCLASS_GPU_GRID_SECONDS:-0}
+    if [ "$grid" -gt 0 ] && [ -f "$work/data/CHIP-CTC_train.json" ]; then
+        step chip-ctc-experiment "$grid" "$emr" --device cuda --seed 1 experiment \
+            --train "$work/data/CHIP-CTC_train.json" --dev "$work/data/CHIP-CTC_dev.json" \
+            --embedding-dim 128 --filters 128 --rnn-hidden 128 --dropout 0.5 --lr 1e-3 \
+            --batch-size 64 --epochs 5 --max-len 128 --out "$out"
+    fi
     local bench=("$emr" --device cuda bench --json "$out/bench.jsonl" --compare-torch)
     step bench-copy 60 "${bench[@]}" copy
     if [ "$quick" = 1 ]; then
         step bench-gemm 120 "${bench[@]}" gemm --shapes 2048x2304x768,2048x768x3072,8192x3072x768
         step bench-attention 120 "${bench[@]}" attention --len 128,512
         step bench-gru 120 "${bench[@]}" gru
+        step bench-lstm 120 "${bench[@]}" lstm
         step bench-step 240 "${bench[@]}" step
     else
         step bench-gemm 180 "${bench[@]}" gemm

@@ -24,34 +24,86 @@ __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(
 // Position of step t of direction dir in a sequence of `length` tokens.
 __device__ __forceinline__ int rnn_position(int dir, int t, int length) { return dir == 0 ? t : length - 1 - t; }
 
-// hh[s][j] = b_hh[j] + sum_k h[s][k] W_hh[j][k] for the chunk's sequences, j < G*H. Reads the
-// transposed weight whhT [H][G*H] so that consecutive threads read consecutive j (coalesced),
-// and each weight read serves all sequences of the chunk.
+// Blocks run up to 1024 threads (one per gate row in the forward matvec; several threads per
+// hidden unit in the backward one), so that many independent weight loads are in flight: the
+// recurrence is bound by the latency of reading W_hh from L2 each step, not by arithmetic.
+#define RNN_MAX_THREADS 1024
+
+// hh[s][j] = b_hh[j] + sum_k h[s][k] W_hh[j][k] for all RNN_CHUNK sequences of the chunk (states
+// of sequences past the batch stay 0 and their results are never read). Reads the transposed
+// weight whhT [H][G*H] so that consecutive threads read consecutive j (coalesced), and each
+// weight read serves every sequence of the chunk; the k loop is unrolled for independent loads.
 __device__ __forceinline__ void rnn_hidden_matvec(const float *__restrict__ whhT, const float *__restrict__ bhh,
-                                                  const float *h, float *hh, int chunk, int hidden, int gh) {
+                                                  const float *h, float *hh, int hidden, int gh) {
     for (int j = threadIdx.x; j < gh; j += blockDim.x) {
         float acc[RNN_CHUNK];
+#pragma unroll
         for (int s = 0; s < RNN_CHUNK; s++) acc[s] = bhh[j];
+#pragma unroll 8
         for (int k = 0; k < hidden; k++) {
             const float w = whhT[(long long)k * gh + j];
-            for (int s = 0; s < chunk; s++) acc[s] = fmaf(w, h[s * hidden + k], acc[s]);
+#pragma unroll
+            for (int s = 0; s < RNN_CHUNK; s++) acc[s] = fmaf(w, h[s * hidden + k], acc[s]);
         }
-        for (int s = 0; s < chunk; s++) hh[s * gh + j] = acc[s];
+#pragma unroll
+        for (int s = 0; s < RNN_CHUNK; s++) hh[s * gh + j] = acc[s];
     }
 }
 
-// dh[s][k] (+)= sum_j dg[s][j] W_hh[j][k]: the recurrent part of dh_{t-1}. Reads W_hh in its
-// own layout [G*H][H]: consecutive threads k read consecutive addresses.
+// Threads per hidden unit in the backward matvec: blockDim.x / hidden when the host launched
+// that many (2 to 4), else 1.
+__device__ __forceinline__ int rnn_groups(int hidden) {
+    const int g = (int)blockDim.x / hidden;
+    return g >= 2 && g * hidden == (int)blockDim.x ? min(g, 4) : 1;
+}
+
+// dh[s][k] = base[s][k] + sum_j dg[s][j] W_hh[j][k]: the recurrent part of dh_{t-1}. Reads W_hh
+// in its own layout [G*H][H]: consecutive threads k read consecutive addresses. With g groups
+// (rnn_groups), group q sums its q-th share of j into `partial` [g-1][RNN_CHUNK][H] and group 0
+// adds them up after a barrier, so g x H threads keep loads in flight instead of H. Every
+// thread of the block must call this (it may hold a barrier).
 __device__ __forceinline__ void rnn_hidden_matvec_t(const float *__restrict__ whh, const float *dg, const float *base,
-                                                    float *dh, int chunk, int hidden, int gh) {
-    for (int k = threadIdx.x; k < hidden; k += blockDim.x) {
-        float acc[RNN_CHUNK];
-        for (int s = 0; s < RNN_CHUNK; s++) acc[s] = base ? base[s * hidden + k] : 0.0f;
-        for (int j = 0; j < gh; j++) {
-            const float w = whh[(long long)j * hidden + k];
-            for (int s = 0; s < chunk; s++) acc[s] = fmaf(w, dg[s * gh + j], acc[s]);
+                                                    float *dh, float *partial, int hidden, int gh) {
+    const int groups = rnn_groups(hidden);
+    if (groups == 1) {
+        for (int k = threadIdx.x; k < hidden; k += blockDim.x) {
+            float acc[RNN_CHUNK];
+#pragma unroll
+            for (int s = 0; s < RNN_CHUNK; s++) acc[s] = base ? base[s * hidden + k] : 0.0f;
+#pragma unroll 8
+            for (int j = 0; j < gh; j++) {
+                const float w = whh[(long long)j * hidden + k];
+#pragma unroll
+                for (int s = 0; s < RNN_CHUNK; s++) acc[s] = fmaf(w, dg[s * gh + j], acc[s]);
+            }
+#pragma unroll
+            for (int s = 0; s < RNN_CHUNK; s++) dh[s * hidden + k] = acc[s];
         }
-        for (int s = 0; s < chunk; s++) dh[s * hidden + k] = acc[s];
+        return;
+    }
+    const int k = threadIdx.x % hidden, q = threadIdx.x / hidden;
+    const int j0 = q * gh / groups, j1 = (q + 1) * gh / groups;
+    float acc[RNN_CHUNK];
+#pragma unroll
+    for (int s = 0; s < RNN_CHUNK; s++) acc[s] = (q == 0 && base) ? base[s * hidden + k] : 0.0f;
+#pragma unroll 8
+    for (int j = j0; j < j1; j++) {
+        const float w = whh[(long long)j * hidden + k];
+#pragma unroll
+        for (int s = 0; s < RNN_CHUNK; s++) acc[s] = fmaf(w, dg[s * gh + j], acc[s]);
+    }
+    if (q > 0) {
+#pragma unroll
+        for (int s = 0; s < RNN_CHUNK; s++) partial[((q - 1) * RNN_CHUNK + s) * hidden + k] = acc[s];
+    }
+    __syncthreads();
+    if (q == 0) {
+        for (int p = 1; p < groups; p++) {
+#pragma unroll
+            for (int s = 0; s < RNN_CHUNK; s++) acc[s] += partial[((p - 1) * RNN_CHUNK + s) * hidden + k];
+        }
+#pragma unroll
+        for (int s = 0; s < RNN_CHUNK; s++) dh[s * hidden + k] = acc[s];
     }
 }
 
@@ -59,7 +111,7 @@ __device__ __forceinline__ void rnn_hidden_matvec_t(const float *__restrict__ wh
 //   r = sig(xr + hr), z = sig(xz + hz), n = tanh(xn + r * hn), h' = (1 - z) n + z h,
 // with x* from xproj (b_ih included) and h* = W_h* h + b_h*. Saves (r, z, n, hn) per position
 // for the backward pass: saved [dir][B * L][4H].
-extern "C" __global__ void HOT_KERNEL gru_forward(const float *__restrict__ xproj, const float *__restrict__ whhT,
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(RNN_MAX_THREADS, 1) gru_forward(const float *__restrict__ xproj, const float *__restrict__ whhT,
                                        const float *__restrict__ bhh, const int *__restrict__ lengths,
                                        float *__restrict__ out, float *__restrict__ saved, int batch, int len,
                                        int hidden) {
@@ -75,7 +127,7 @@ extern "C" __global__ void HOT_KERNEL gru_forward(const float *__restrict__ xpro
     for (int i = threadIdx.x; i < RNN_CHUNK * hidden; i += blockDim.x) h[i] = 0.0f;
     __syncthreads();
     for (int t = 0; t < steps; t++) {
-        rnn_hidden_matvec(whhT, bhh, h, hh, chunk, hidden, gh);
+        rnn_hidden_matvec(whhT, bhh, h, hh, hidden, gh);
         __syncthreads();
         for (int i = threadIdx.x; i < chunk * hidden; i += blockDim.x) {
             const int s = i / hidden, u = i % hidden, b = b0 + s, length = lengths[b];
@@ -120,7 +172,7 @@ extern "C" __global__ void rnn_previous_states(const float *__restrict__ out, co
 //   dgh = (dr_pre, dz_pre, dn_pre r), and dh_{t-1} = dh z + W_hh^T dgh.
 // dout is the gradient of out; dxproj and dgh [dir][B * L][3H] must be zero-filled by the
 // caller (padding positions stay zero for the weight-gradient GEMMs).
-extern "C" __global__ void HOT_KERNEL gru_backward(const float *__restrict__ whh, const float *__restrict__ saved,
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(RNN_MAX_THREADS, 1) gru_backward(const float *__restrict__ whh, const float *__restrict__ saved,
                                         const float *__restrict__ prev, const float *__restrict__ dout,
                                         const int *__restrict__ lengths, float *__restrict__ dxproj,
                                         float *__restrict__ dgh, int batch, int len, int hidden) {
@@ -157,7 +209,7 @@ extern "C" __global__ void HOT_KERNEL gru_backward(const float *__restrict__ whh
             direct[i] = g * z;
         }
         __syncthreads();
-        rnn_hidden_matvec_t(whh, dg, direct, dh, chunk, hidden, gh);
+        rnn_hidden_matvec_t(whh, dg, direct, dh, dg + RNN_CHUNK * gh, hidden, gh);
         __syncthreads();
         // Sequences that have not started at this step must keep dh = 0 and contribute nothing.
         for (int i = threadIdx.x; i < chunk * hidden; i += blockDim.x) {
@@ -173,7 +225,7 @@ extern "C" __global__ void HOT_KERNEL gru_backward(const float *__restrict__ whh
 // LSTM forward, all steps (gate order i, f, g, o):
 //   i = sig(.), f = sig(.), g = tanh(.), o = sig(.);  c' = f c + i g;  h' = o tanh(c').
 // Saves (i, f, g, o, c') per position: saved [dir][B * L][5H].
-extern "C" __global__ void HOT_KERNEL lstm_forward(const float *__restrict__ xproj, const float *__restrict__ whhT,
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(RNN_MAX_THREADS, 1) lstm_forward(const float *__restrict__ xproj, const float *__restrict__ whhT,
                                         const float *__restrict__ bhh, const int *__restrict__ lengths,
                                         float *__restrict__ out, float *__restrict__ saved, int batch, int len,
                                         int hidden) {
@@ -190,7 +242,7 @@ extern "C" __global__ void HOT_KERNEL lstm_forward(const float *__restrict__ xpr
     for (int i = threadIdx.x; i < RNN_CHUNK * hidden; i += blockDim.x) h[i] = 0.0f, c[i] = 0.0f;
     __syncthreads();
     for (int t = 0; t < steps; t++) {
-        rnn_hidden_matvec(whhT, bhh, h, hh, chunk, hidden, gh);
+        rnn_hidden_matvec(whhT, bhh, h, hh, hidden, gh);
         __syncthreads();
         for (int i = threadIdx.x; i < chunk * hidden; i += blockDim.x) {
             const int s = i / hidden, u = i % hidden, b = b0 + s, length = lengths[b];
@@ -219,7 +271,7 @@ extern "C" __global__ void HOT_KERNEL lstm_forward(const float *__restrict__ xpr
 //   df = dc c_prev;  dc_prev = dc f;  pre-activation grads (same for the input and hidden
 //   sides) di i(1-i), df f(1-f), dg (1-g^2), do o(1-o);  dh_{t-1} = W_hh^T dgates.
 // c_prev is the saved c' of the previous position in this direction (0 at its first step).
-extern "C" __global__ void HOT_KERNEL lstm_backward(const float *__restrict__ whh, const float *__restrict__ saved,
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(RNN_MAX_THREADS, 1) lstm_backward(const float *__restrict__ whh, const float *__restrict__ saved,
                                          const float *__restrict__ dout, const int *__restrict__ lengths,
                                          float *__restrict__ dgates, int batch, int len, int hidden) {
     DYNAMIC_SHARED(float, shared);
@@ -259,7 +311,7 @@ extern "C" __global__ void HOT_KERNEL lstm_backward(const float *__restrict__ wh
             dc[i] = dct * fg;
         }
         __syncthreads();
-        rnn_hidden_matvec_t(whh, dg, nullptr, dh, chunk, hidden, gh);
+        rnn_hidden_matvec_t(whh, dg, nullptr, dh, dg + RNN_CHUNK * gh, hidden, gh);
         __syncthreads();
         for (int i = threadIdx.x; i < chunk * hidden; i += blockDim.x) {
             const int s = i / hidden, u = i % hidden;

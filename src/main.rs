@@ -54,52 +54,20 @@ enum Command {
     },
     /// Train a classifier and print dev metrics per epoch and the best epoch's report. With no
     /// --train file, trains on the built-in synthetic, unbalanced EMR-like set.
-    Train {
-        /// Training data: .jsonl, .csv, .tsv or a CBLUE .json array.
-        #[arg(long)]
-        train: Option<std::path::PathBuf>,
-        /// Dev data (default: a stratified split of the training data, --dev-fraction).
-        #[arg(long)]
-        dev: Option<std::path::PathBuf>,
-        #[arg(long, default_value_t = 0.2)]
-        dev_fraction: f64,
-        #[arg(long, default_value = "text")]
-        text_field: String,
-        #[arg(long, default_value = "label")]
-        label_field: String,
-        /// Skip broken records (counted) instead of stopping at the first.
-        #[arg(long)]
-        skip_bad: bool,
-        /// A BERT checkpoint folder to fine-tune (default: trainable character embeddings).
-        #[arg(long)]
-        encoder: Option<std::path::PathBuf>,
-        /// cls, textcnn, bigru, bilstm, textcnn-bigru or paper (cls and paper need --encoder).
-        #[arg(long, default_value = "textcnn")]
-        head: String,
-        #[arg(long, value_enum, default_value_t = LossArg::Ghmcs)]
-        loss: LossArg,
-        #[arg(long, default_value_t = 3)]
-        epochs: usize,
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 64)]
-        max_len: usize,
-        #[arg(long, default_value_t = 3e-3)]
-        lr: f64,
-        /// Embedding width of the encoder-free path.
-        #[arg(long, default_value_t = 64)]
-        embedding_dim: usize,
-        /// Text-CNN filters per width.
-        #[arg(long, default_value_t = 64)]
-        filters: usize,
-        /// BiGRU/BiLSTM hidden size.
-        #[arg(long, default_value_t = 64)]
-        rnn_hidden: usize,
-        #[arg(long, default_value_t = 0.2)]
-        dropout: f32,
-        /// Size of the built-in synthetic set (1.0: about 5,900 records).
-        #[arg(long, default_value_t = 0.5)]
-        synthetic_scale: f64,
+    Train(TrainArgs),
+    /// Run the paper's comparison grid (each head with each loss) on one data set and write the
+    /// tables (ACC, macro-F1, micro-F1) as CSV and markdown. Takes every `train` option; --head and
+    /// --loss are replaced by --heads and --losses.
+    Experiment {
+        #[command(flatten)]
+        train: TrainArgs,
+        #[arg(long, value_delimiter = ',', default_values_t = ["textcnn".to_string(), "bilstm".into(), "bigru".into(), "textcnn-bigru".into(), "paper".into()])]
+        heads: Vec<String>,
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [LossArg::Ce, LossArg::WeightedCe, LossArg::Focal, LossArg::Ghmc, LossArg::Ghmcs])]
+        losses: Vec<LossArg>,
+        /// Folder for results.csv and results.md.
+        #[arg(long, default_value = "runs/experiment")]
+        out: std::path::PathBuf,
     },
     /// Run a BERT checkpoint over texts or token ids and write last_hidden_state [B, L, H] and
     /// pooler_output [B, H] (fp32) to a safetensors file.
@@ -128,12 +96,97 @@ enum Command {
     },
 }
 
+/// The options of `train` (and of each run of `experiment`).
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Training data: .jsonl, .csv, .tsv or a CBLUE .json array.
+    #[arg(long)]
+    pub train: Option<std::path::PathBuf>,
+    /// Dev data (default: a stratified split of the training data, --dev-fraction).
+    #[arg(long)]
+    pub dev: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 0.2)]
+    pub dev_fraction: f64,
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    #[arg(long, default_value = "label")]
+    pub label_field: String,
+    /// Skip broken records (counted) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// A BERT checkpoint folder to fine-tune (default: trainable character embeddings).
+    #[arg(long)]
+    pub encoder: Option<std::path::PathBuf>,
+    /// cls, textcnn, bigru, bilstm, textcnn-bigru or paper (cls needs --encoder; without one,
+    /// paper is Text-CNN || BiGRU).
+    #[arg(long, default_value = "textcnn")]
+    pub head: String,
+    #[arg(long, value_enum, default_value_t = LossArg::Ghmcs)]
+    pub loss: LossArg,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 64)]
+    pub max_len: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Embedding width of the encoder-free path.
+    #[arg(long, default_value_t = 64)]
+    pub embedding_dim: usize,
+    /// Text-CNN filters per width.
+    #[arg(long, default_value_t = 64)]
+    pub filters: usize,
+    /// BiGRU/BiLSTM hidden size.
+    #[arg(long, default_value_t = 64)]
+    pub rnn_hidden: usize,
+    #[arg(long, default_value_t = 0.2)]
+    pub dropout: f32,
+    /// Size of the built-in synthetic set (1.0: about 5,900 records).
+    #[arg(long, default_value_t = 0.5)]
+    pub synthetic_scale: f64,
+}
+
+impl TrainArgs {
+    fn options(&self, seed: Option<u64>) -> Result<emrclass::train::command::TrainOptions> {
+        Ok(emrclass::train::command::TrainOptions {
+            train: self.train.clone(),
+            dev: self.dev.clone(),
+            dev_fraction: self.dev_fraction,
+            read: emrclass::data::dataset::ReadOptions {
+                text_field: self.text_field.clone(),
+                label_field: self.label_field.clone(),
+                skip_bad: self.skip_bad,
+            },
+            encoder: self.encoder.clone(),
+            head: self.head.parse()?,
+            loss: loss_kinds(self.loss)?[0],
+            max_len: self.max_len,
+            embedding_dim: self.embedding_dim,
+            filters: self.filters,
+            rnn_hidden: self.rnn_hidden,
+            dropout: self.dropout,
+            synthetic_scale: self.synthetic_scale,
+            settings: emrclass::train::trainer::TrainSettings {
+                epochs: self.epochs,
+                batch_size: self.batch_size,
+                lr: self.lr,
+                seed: seed.unwrap_or(1),
+                ..Default::default()
+            },
+        })
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum LossArg {
     Ce,
+    #[value(alias = "wce")]
     WeightedCe,
     Focal,
+    #[value(alias = "ghm")]
     Ghmc,
+    #[value(alias = "ghm-cs")]
     Ghmcs,
     All,
 }
@@ -190,54 +243,50 @@ fn run(cli: &Cli) -> Result<bool> {
             let dev = open_device(cli, seed)?;
             bench_command::run(&dev, what, &out.outputs())
         }
-        Command::Train {
-            train,
-            dev,
-            dev_fraction,
-            text_field,
-            label_field,
-            skip_bad,
-            encoder,
-            head,
-            loss,
-            epochs,
-            batch_size,
-            max_len,
-            lr,
-            embedding_dim,
-            filters,
-            rnn_hidden,
-            dropout,
-            synthetic_scale,
-        } => {
+        Command::Train(args) => {
             let dev_handle = open_device(cli, seed)?;
-            let o = emrclass::train::command::TrainOptions {
-                train: train.clone(),
-                dev: dev.clone(),
-                dev_fraction: *dev_fraction,
-                read: emrclass::data::dataset::ReadOptions {
-                    text_field: text_field.clone(),
-                    label_field: label_field.clone(),
-                    skip_bad: *skip_bad,
-                },
-                encoder: encoder.clone(),
-                head: head.parse()?,
-                loss: loss_kinds(*loss)?[0],
-                max_len: *max_len,
-                embedding_dim: *embedding_dim,
-                filters: *filters,
-                rnn_hidden: *rnn_hidden,
-                dropout: *dropout,
-                synthetic_scale: *synthetic_scale,
-                settings: emrclass::train::trainer::TrainSettings {
-                    epochs: *epochs,
-                    batch_size: *batch_size,
-                    lr: *lr,
-                    seed: cli.seed.unwrap_or(1),
-                    ..Default::default()
-                },
+            emrclass::train::command::run(&dev_handle, &args.options(cli.seed)?)?;
+            Ok(true)
+        }
+        Command::Experiment {
+            train,
+            heads,
+            losses,
+            out,
+        } => {
+            use emrclass::train::experiment::{run_grid, ExperimentOptions};
+            let dev_handle = open_device(cli, seed)?;
+            let base = train.options(cli.seed)?;
+            let o = ExperimentOptions {
+                heads: heads.iter().map(|h| h.parse()).collect::<Result<_>>()?,
+                losses: losses
+                    .iter()
+                    .map(|&l| loss_kinds(l).map(|v| v[0]))
+                    .collect::<Result<_>>()?,
+                out: out.clone(),
+                base,
             };
-            emrclass::train::command::run(&dev_handle, &o)?;
+            let data = match &train.train {
+                Some(p) => p.display().to_string(),
+                None => "built-in synthetic set".into(),
+            };
+            let describe = format!(
+                "{data}; {}; {} epochs, batch {}, lr {}, max-len {}, seed {}; device {}",
+                match &train.encoder {
+                    Some(e) => format!("encoder {}", e.display()),
+                    None => format!(
+                        "character embeddings {}, Text-CNN {} filters x (2,3,4), RNN hidden {}, dropout {}",
+                        train.embedding_dim, train.filters, train.rnn_hidden, train.dropout
+                    ),
+                },
+                train.epochs,
+                train.batch_size,
+                train.lr,
+                train.max_len,
+                cli.seed.unwrap_or(1),
+                dev_handle.describe()
+            );
+            run_grid(&dev_handle, &o, &describe)?;
             Ok(true)
         }
         Command::Encode {

@@ -68,9 +68,13 @@ fn fine_tunes_a_bert_checkpoint_with_the_paper_head() {
 fn named_errors() {
     let dev = common::test_device(Schedule::Forward);
     let mut o = small(0.04, 1);
-    o.head = HeadKind::Paper;
+    o.head = HeadKind::Cls;
     let e = run(&dev, &o).err().unwrap().to_string();
     assert!(e.contains("needs an encoder's pooled [CLS]"), "{e}");
+    // Without an encoder, `paper` is Text-CNN || BiGRU and trains.
+    o.head = HeadKind::Paper;
+    let logs = run(&dev, &o).unwrap();
+    assert!(logs[0].mean_loss.is_finite() && logs[0].dev.accuracy > 0.0);
     let dir = std::env::temp_dir().join(format!("emrclass-train-data-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let train = dir.join("train.jsonl");

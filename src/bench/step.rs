@@ -41,6 +41,9 @@ pub struct StepTiming {
     pub gflop: f64,
     /// Achieved / peak fp32 FLOP/s (CUDA only).
     pub roofline: Option<f64>,
+    /// One more step timed phase by phase: encoder forward, head forward, loss, head backward,
+    /// encoder backward, optimizer (clipping + AdamW), in ms.
+    pub phases: Vec<(String, f64)>,
     /// The engine's peak of live device bytes over the model's life: weights, gradients,
     /// AdamW moments, activations and scratch (what `torch.cuda.max_memory_allocated` counts).
     pub peak_bytes: usize,
@@ -111,6 +114,7 @@ pub fn train_step(dev: &Device, s: &StepShape, reps: usize) -> Result<StepTiming
     }
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
+    let phases = phase_times(dev, &mut model, &batch, &labels, &mut opt, &settings)?;
     let (h, l) = (s.hidden as f64, s.len as f64);
     let forward = s.layers as f64
         * (2.0 * tokens as f64 * (4.0 * h * h + 2.0 * h * s.intermediate as f64)
@@ -135,8 +139,86 @@ pub fn train_step(dev: &Device, s: &StepShape, reps: usize) -> Result<StepTiming
         roofline: dev
             .cuda_info()
             .map(|i| gflop * 1e9 / (ms / 1e3) / i.peak_flops()),
+        phases,
         peak_bytes: dev.memory().peak(),
     })
+}
+
+/// The phases of `Classifier::train_step`, each timed on its own.
+fn phase_times(
+    dev: &Device,
+    model: &mut Classifier,
+    b: &TokenBatch,
+    labels: &[i32],
+    opt: &mut Optimizer,
+    settings: &TrainSettings,
+) -> Result<Vec<(String, f64)>> {
+    let Input::Encoder(enc) = &mut model.input else {
+        unreachable!("the step bench builds an encoder model")
+    };
+    let lengths: Vec<i32> = vec![b.len as i32; b.batch];
+    let mut out = Vec::new();
+    let mut states = None;
+    out.push((
+        "encoder forward".to_string(),
+        dev.time_ms(|| {
+            let (hidden, pooled) = enc.forward(
+                &b.input_ids,
+                &b.attention_mask,
+                Some(&b.token_type_ids),
+                b.batch,
+                Some(99),
+            )?;
+            states = Some((hidden.duplicate()?, pooled.duplicate()?));
+            Ok(())
+        })?,
+    ));
+    let (hidden, pooled) = states.expect("forward ran");
+    let mut logits = None;
+    out.push((
+        "head forward".to_string(),
+        dev.time_ms(|| {
+            logits = Some(
+                model
+                    .head
+                    .forward(&hidden, &lengths, b.len, Some(&pooled), Some(99))?,
+            );
+            Ok(())
+        })?,
+    ));
+    let logits = logits.expect("head ran");
+    let mut dlogits = dev.alloc::<f32>(logits.len(), "dlogits")?;
+    out.push((
+        "loss".to_string(),
+        dev.time_ms(|| {
+            model
+                .loss
+                .forward_backward(&logits, labels, &mut dlogits)
+                .map(|_| ())
+        })?,
+    ));
+    let mut grads = None;
+    out.push((
+        "head backward".to_string(),
+        dev.time_ms(|| {
+            grads = Some(model.head.backward(&dlogits)?);
+            Ok(())
+        })?,
+    ));
+    let g = grads.expect("head backward ran");
+    out.push((
+        "encoder backward".to_string(),
+        dev.time_ms(|| enc.backward(g.tokens.as_ref(), g.sentence.as_ref()))?,
+    ));
+    out.push((
+        "clip + AdamW".to_string(),
+        dev.time_ms(|| {
+            let mut slots = model.head.slots(1.0);
+            slots.extend(enc.slots(settings.input_lr_scale));
+            opt.step(&mut slots, 1e-5, settings.clip).map(|_| ())
+        })?,
+    ));
+    Ok(out)
 }
 
 pub fn print(rows: &[StepTiming]) {
@@ -158,5 +240,11 @@ pub fn print(rows: &[StepTiming]) {
             roof,
             r.peak_bytes as f64 / (1 << 20) as f64
         );
+        let parts: Vec<String> = r
+            .phases
+            .iter()
+            .map(|(name, ms)| format!("{name} {ms:.2}"))
+            .collect();
+        println!("  phases (ms): {}", parts.join(", "));
     }
 }

@@ -486,6 +486,13 @@ impl<T: Elem> Buffer<T> {
         }
     }
 
+    /// A new buffer on the same device holding a copy of this one.
+    pub fn duplicate(&self) -> Result<Buffer<T>> {
+        let mut out = self.device.alloc::<T>(self.len, "copy")?;
+        out.copy_from(self)?;
+        Ok(out)
+    }
+
     /// Copies another buffer of the same length and device into this one.
     pub fn copy_from(&mut self, src: &Buffer<T>) -> Result<()> {
         if src.len != self.len || !Arc::ptr_eq(&src.device.0, &self.device.0) {

@@ -67,6 +67,9 @@ pub struct HeadConfig {
     pub rnn_hidden: usize,
     /// How the recurrent output sequence becomes one vector.
     pub pool: Pool,
+    /// `paper` only: whether the encoder's pooled [CLS] joins the features. Without an encoder
+    /// (character embeddings) the `paper` head is Text-CNN || BiGRU alone.
+    pub sentence: bool,
 }
 
 impl HeadConfig {
@@ -80,11 +83,13 @@ impl HeadConfig {
             textcnn_widths: vec![2, 3, 4],
             rnn_hidden: 256,
             pool: Pool::Max,
+            sentence: true,
         }
     }
 
-    fn uses_sentence(&self) -> bool {
-        matches!(self.kind, HeadKind::Cls | HeadKind::Paper)
+    /// Whether the head reads the sentence vector (the encoder's pooled [CLS]).
+    pub fn uses_sentence(&self) -> bool {
+        self.kind == HeadKind::Cls || (self.kind == HeadKind::Paper && self.sentence)
     }
 }
 
@@ -171,7 +176,7 @@ impl Head {
         if rnn.is_some() {
             parts.push((Part::Rnn, 2 * h));
         }
-        if config.kind == HeadKind::Paper {
+        if config.kind == HeadKind::Paper && config.sentence {
             parts.push((Part::Sentence, d));
         }
         let features: usize = parts.iter().map(|p| p.1).sum();

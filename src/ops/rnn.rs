@@ -32,6 +32,21 @@ pub fn max_hidden(cell: Cell) -> usize {
     MAX_SHARED_BYTES_PER_BLOCK as usize / per_unit
 }
 
+/// Most threads per block (RNN_MAX_THREADS in kernels/rnn.cu).
+const MAX_THREADS: usize = 1024;
+
+/// Threads per hidden unit of the backward matvec (rnn_groups in kernels/rnn.cu): up to 4, as
+/// many as fit 1024 threads and, with their partial sums, 48 KiB of shared memory.
+fn backward_groups(cell: Cell, hidden: usize) -> usize {
+    (2..=4)
+        .rev()
+        .find(|&g| {
+            let floats = shared_floats(cell, hidden, true) + (g - 1) * CHUNK * hidden;
+            g * hidden <= MAX_THREADS && floats * 4 <= MAX_SHARED_BYTES_PER_BLOCK as usize
+        })
+        .unwrap_or(1)
+}
+
 fn config(cell: Cell, s: &RnnShape, backward: bool) -> Result<LaunchConfig> {
     if s.hidden > max_hidden(cell) {
         return Err(Error::Invalid(format!(
@@ -40,10 +55,28 @@ fn config(cell: Cell, s: &RnnShape, backward: bool) -> Result<LaunchConfig> {
             max_hidden(cell)
         )));
     }
+    let round = |n: usize| n.div_ceil(32) * 32;
+    let (threads, floats) = if backward {
+        match backward_groups(cell, s.hidden) {
+            1 => (
+                round(s.hidden).min(MAX_THREADS),
+                shared_floats(cell, s.hidden, true),
+            ),
+            g => (
+                g * s.hidden,
+                shared_floats(cell, s.hidden, true) + (g - 1) * CHUNK * s.hidden,
+            ),
+        }
+    } else {
+        (
+            round(cell.gates() * s.hidden).min(MAX_THREADS),
+            shared_floats(cell, s.hidden, false),
+        )
+    };
     Ok(LaunchConfig {
         grid: (s.batch.div_ceil(CHUNK) as u32, 2, 1),
-        block: (256, 1, 1),
-        shared_bytes: (shared_floats(cell, s.hidden, backward) * 4) as u32,
+        block: (threads as u32, 1, 1),
+        shared_bytes: (floats * 4) as u32,
     })
 }
 

@@ -157,6 +157,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     hc.textcnn_filters = o.filters;
     hc.rnn_hidden = o.rnn_hidden;
     hc.dropout = o.dropout;
+    hc.sentence = o.encoder.is_some();
     let head = Head::new(dev, hc, &mut rng)?;
     check_head_input(&head, o.encoder.is_some())?;
     let mut lc = LossConfig::new(o.loss);

@@ -2,6 +2,7 @@
 //! with issue 6).
 
 pub mod command;
+pub mod experiment;
 pub mod metrics;
 pub mod optim;
 pub mod trainer;

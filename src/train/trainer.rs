@@ -237,11 +237,7 @@ pub fn train(
 
 /// A device check for callers that build models: the encoder-free path needs no sentence vector.
 pub fn check_head_input(head: &Head, encoder: bool) -> Result<()> {
-    let needs = matches!(
-        head.config.kind,
-        crate::model::heads::HeadKind::Cls | crate::model::heads::HeadKind::Paper
-    );
-    if needs && !encoder {
+    if head.config.uses_sentence() && !encoder {
         return Err(Error::Invalid(format!(
             "head `{:?}` needs an encoder's pooled [CLS]; with character embeddings use textcnn, bigru, bilstm or textcnn-bigru",
             head.config.kind
