@@ -14,7 +14,9 @@
 # EMRCLASS_GPU_QUICK=1 makes `run` time fewer shapes (a second, shorter try);
 # EMRCLASS_GPU_GRID_SECONDS=N also runs `emrclass experiment` on CHIP-CTC (every encoder-free
 # head with every loss, the issue's PyTorch reference settings) for at most N seconds, writing
-# OUT/results.md and OUT/results.csv after each finished run.
+# OUT/results.md and OUT/results.csv after each finished run (EMRCLASS_GPU_GRID_HEADS and
+# EMRCLASS_GPU_GRID_LOSSES narrow it, comma-separated). EMRCLASS_GPU_PARTS picks the parts to run
+# (default "tests train bench"; bench also takes "bench-step" for the training step alone).
 set -uo pipefail
 cd "$(dirname "$0")"
 BUNDLE=gpu-bundle
@@ -123,12 +125,13 @@ PY
     echo "=== libraries: $(ldconfig -p | grep -cE 'libcuda\.so') libcuda entries; nvrtc from $EMRCLASS_NVRTC_DIR"
     # Kernels against the f64 reference on the GPU (the registry `emrclass gradcheck` runs, less
     # its CPU-only finite-difference half), then the parity and training tests.
-    for t in $TESTS; do
+    local parts=" ${EMRCLASS_GPU_PARTS:-tests train bench} "
+    [[ $parts == *" tests "* ]] && for t in $TESTS; do
         local filter=()
         [ "$t" = kernels_vs_reference ] && filter=(cuda)
         step "$t" 240 "$work/bin/$t" --test-threads 4 "${filter[@]}"
     done
-    if [ -f "$work/data/CHIP-CTC_train.json" ]; then
+    if [[ $parts == *" train "* ]] && [ -f "$work/data/CHIP-CTC_train.json" ]; then
         step chip-ctc-train 300 "$emr" --device cuda --seed 1 train \
             --train "$work/data/CHIP-CTC_train.json" --dev "$work/data/CHIP-CTC_dev.json" \
             --head textcnn --loss ghmcs --epochs 3 --max-len 128
@@ -138,17 +141,24 @@ PY
         step chip-ctc-experiment "$grid" "$emr" --device cuda --seed 1 experiment \
             --train "$work/data/CHIP-CTC_train.json" --dev "$work/data/CHIP-CTC_dev.json" \
             --embedding-dim 128 --filters 128 --rnn-hidden 128 --dropout 0.5 --lr 1e-3 \
-            --batch-size 64 --epochs 5 --max-len 128 --out "$out"
+            --batch-size 64 --epochs 5 --max-len 128 --out "$out" \
+            --heads "${EMRCLASS_GPU_GRID_HEADS:-textcnn,bilstm,bigru,textcnn-bigru,paper}" \
+            --losses "${EMRCLASS_GPU_GRID_LOSSES:-ce,wce,focal,ghm,ghm-cs}"
     fi
     local bench=("$emr" --device cuda bench --json "$out/bench.jsonl" --compare-torch)
-    step bench-copy 60 "${bench[@]}" copy
-    if [ "$quick" = 1 ]; then
+    if [[ $parts == *" bench-step "* ]]; then
+        step bench-step 240 "${bench[@]}" step
+    elif [[ $parts != *" bench "* ]]; then
+        :
+    elif [ "$quick" = 1 ]; then
+        step bench-copy 60 "${bench[@]}" copy
         step bench-gemm 120 "${bench[@]}" gemm --shapes 2048x2304x768,2048x768x3072,8192x3072x768
         step bench-attention 120 "${bench[@]}" attention --len 128,512
         step bench-gru 120 "${bench[@]}" gru
         step bench-lstm 120 "${bench[@]}" lstm
         step bench-step 240 "${bench[@]}" step
     else
+        step bench-copy 60 "${bench[@]}" copy
         step bench-gemm 180 "${bench[@]}" gemm
         step bench-attention 180 "${bench[@]}" attention
         step bench-encoder 180 "${bench[@]}" encoder

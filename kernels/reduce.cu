@@ -72,3 +72,23 @@ extern "C" __global__ void sum_columns(const float *__restrict__ x, float *__res
         out[col] = total;
     }
 }
+
+// Partial sums of squares for a gradient norm: block b folds a grid-stride slice of x into
+// partial[b] (each thread in index order, then a fixed shuffle tree), so the result is the same
+// bit for bit on every run; the host adds the partials in f64. Many blocks keep many loads in
+// flight, where one block per row (reduce_rows_forward) would read a whole tensor alone.
+extern "C" __global__ void sum_squares_partial(const float *__restrict__ x, float *__restrict__ partial, long long n) {
+    __shared__ float warp_totals[32];
+    float acc = 0.0f;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        acc = fmaf(x[i], x[i], acc);
+    acc = warp_sum(acc);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+    if (lane == 0) warp_totals[warp] = acc;
+    __syncthreads();
+    if (warp == 0) {
+        float v = lane < warps ? warp_totals[lane] : 0.0f;
+        v = warp_sum(v);
+        if (lane == 0) partial[blockIdx.x] = v;
+    }
+}

@@ -135,3 +135,41 @@ fn a_non_finite_gradient_updates_nothing() {
     assert_eq!(p.to_host().unwrap(), vec![1.0, 2.0]);
     assert_eq!(opt.step, 0);
 }
+
+/// The norm's partial sums cover every element once, whatever the size: sizes below, at and
+/// above one block's share, and above 128 blocks x 256 threads (grid-stride loops).
+#[test]
+fn global_norm_matches_f64_on_awkward_sizes() {
+    let dev = common::test_device(Order::Random(Rng::fresh_seed()));
+    let mut rng = Rng::new(Rng::fresh_seed());
+    let sizes = [1usize, 31, 1023, 1024, 1025, 70_001, 131_073 + 17];
+    let host: Vec<Vec<f64>> = sizes.iter().map(|&n| rng.normals(n, 1.0)).collect();
+    let bufs: Vec<_> = host
+        .iter()
+        .map(|h| {
+            dev.upload(&h.iter().map(|&v| v as f32).collect::<Vec<_>>(), "g")
+                .unwrap()
+        })
+        .collect();
+    let empty = dev.zeros::<f32>(0, "empty").unwrap();
+    let mut refs: Vec<&emrclass::Buffer<f32>> = bufs.iter().collect();
+    refs.insert(2, &empty);
+    let got = global_norm(&refs).unwrap();
+    let want = host
+        .iter()
+        .flatten()
+        .map(|&v| (v as f32 as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
+    // Each tensor alone, too (a wrong offset would mix them up).
+    for (b, h) in bufs.iter().zip(&host) {
+        let w = h
+            .iter()
+            .map(|&v| (v as f32 as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let g = global_norm(&[b]).unwrap();
+        assert!((g - w).abs() < 1e-5 * w, "n = {}: {g} vs {w}", h.len());
+    }
+}

@@ -23,7 +23,7 @@ pub use elementwise::{
 pub use gemm::{gemm, Gemm};
 pub use rows::{
     reduce_rows_backward, reduce_rows_forward, softmax_rows_backward, softmax_rows_forward,
-    sum_columns, Reduce,
+    sum_columns, sum_squares_blocks, sum_squares_partial, Reduce,
 };
 
 use crate::device::{Buffer, Elem};

@@ -147,3 +147,25 @@ pub fn sum_columns(x: &Buffer<f32>, out: &mut Buffer<f32>, rows: usize, cols: us
     ];
     x.device().launch(OP, cfg, &args)
 }
+
+/// Blocks `sum_squares_partial` uses for `n` elements: about 1024 elements per block, at most
+/// 128 blocks (enough to keep a GPU's loads in flight). A function of n alone, so a norm is the
+/// same bit for bit on every run.
+pub fn sum_squares_blocks(n: usize) -> usize {
+    n.div_ceil(1024).clamp(1, 128)
+}
+
+/// Writes `sum_squares_blocks(x.len())` partial sums of x² into `partial` from `offset` on.
+pub fn sum_squares_partial(x: &Buffer<f32>, partial: &Buffer<f32>, offset: usize) -> Result<()> {
+    let blocks = sum_squares_blocks(x.len());
+    need("sum_squares_partial", "partial", partial, offset + blocks)?;
+    x.device().launch(
+        "sum_squares_partial",
+        LaunchConfig {
+            grid: (blocks as u32, 1, 1),
+            block: (256, 1, 1),
+            shared_bytes: 0,
+        },
+        &[x.into(), partial.arg_at(offset), Arg::I64(x.len() as i64)],
+    )
+}

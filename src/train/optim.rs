@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::device::Buffer;
 use crate::error::{Error, Result};
-use crate::ops::{self, AdamW, Reduce};
+use crate::ops::{self, AdamW};
 
 /// Linear warm-up to `peak` over `warmup` steps, then linear decay to 0 at `total`.
 #[derive(Clone, Copy, Debug)]
@@ -61,16 +61,20 @@ impl<'a> Slot<'a> {
 /// sqrt(sum over every gradient of g^2): each buffer's sum of squares on the device, summed in
 /// f64 on the host in a fixed order.
 pub fn global_norm(grads: &[&Buffer<f32>]) -> Result<f64> {
-    let mut total = 0.0f64;
-    for g in grads {
-        if g.is_empty() {
-            continue;
-        }
-        let mut out = g.device().alloc::<f32>(1, "grad norm")?;
-        ops::reduce_rows_forward(g, &mut out, 1, g.len(), Reduce::SumSquares)?;
-        total += out.to_host()?[0] as f64;
+    let live: Vec<&Buffer<f32>> = grads.iter().copied().filter(|g| !g.is_empty()).collect();
+    let Some(first) = live.first() else {
+        return Ok(0.0);
+    };
+    // Every tensor's partial sums land in one buffer: one read-back per step, not per tensor.
+    let total: usize = live.iter().map(|g| ops::sum_squares_blocks(g.len())).sum();
+    let partial = first.device().alloc::<f32>(total, "grad norm partials")?;
+    let mut offset = 0;
+    for g in &live {
+        ops::sum_squares_partial(g, &partial, offset)?;
+        offset += ops::sum_squares_blocks(g.len());
     }
-    Ok(total.sqrt())
+    let sum: f64 = partial.to_host()?.iter().map(|&v| v as f64).sum();
+    Ok(sum.sqrt())
 }
 
 /// AdamW with moments per parameter name.
