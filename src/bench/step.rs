@@ -49,85 +49,127 @@ pub struct StepTiming {
     pub peak_bytes: usize,
 }
 
+/// A model, a batch and an optimizer, ready to take training steps.
+pub struct StepModel {
+    pub model: Classifier,
+    pub batch: TokenBatch,
+    pub labels: Vec<i32>,
+    pub optimizer: Optimizer,
+    pub settings: TrainSettings,
+    steps: u64,
+}
+
+impl StepModel {
+    /// BERT (random init) + head + loss at `s`, random tokens (every position real).
+    pub fn new(dev: &Device, s: &StepShape) -> Result<Self> {
+        let config = BertConfig {
+            vocab_size: s.vocab,
+            hidden_size: s.hidden,
+            num_hidden_layers: s.layers,
+            num_attention_heads: s.heads,
+            intermediate_size: s.intermediate,
+            hidden_act: "gelu".into(),
+            layer_norm_eps: 1e-12,
+            max_position_embeddings: s.len.max(512),
+            type_vocab_size: 2,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            pad_token_id: 0,
+        };
+        let mut rng = Rng::new(7);
+        let encoder = BertEncoder::new(dev, config, &mut rng)?;
+        let head = Head::new(dev, HeadConfig::new(s.head, s.hidden, s.classes), &mut rng)?;
+        let mut loss_config = LossConfig::new(s.loss);
+        loss_config.class_weights = Some(vec![1.0; s.classes]);
+        loss_config.similarity = Some(
+            (0..s.classes * s.classes)
+                .map(|i| if i % (s.classes + 1) == 0 { 1.0 } else { 0.1 })
+                .collect(),
+        );
+        let loss = ClassificationLoss::new(dev, s.classes, loss_config)?;
+        let tokens = s.batch * s.len;
+        let batch = TokenBatch {
+            batch: s.batch,
+            len: s.len,
+            input_ids: (0..tokens)
+                .map(|_| 1 + (rng.next_u64() % (s.vocab as u64 - 1)) as i32)
+                .collect(),
+            attention_mask: vec![1; tokens],
+            token_type_ids: vec![0; tokens],
+        };
+        let labels = (0..s.batch)
+            .map(|_| (rng.next_u64() % s.classes as u64) as i32)
+            .collect();
+        let settings = TrainSettings::default();
+        let optimizer = Optimizer::new(AdamW {
+            weight_decay: settings.weight_decay,
+            ..AdamW::default()
+        });
+        Ok(StepModel {
+            model: Classifier {
+                input: Input::Encoder(Box::new(encoder)),
+                head,
+                loss,
+            },
+            batch,
+            labels,
+            optimizer,
+            settings,
+            steps: 0,
+        })
+    }
+
+    /// One training step at learning rate 1e-5; returns the loss.
+    pub fn step(&mut self) -> Result<f32> {
+        self.steps += 1;
+        self.model.train_step(
+            &self.batch,
+            &self.labels,
+            self.steps,
+            &mut self.optimizer,
+            1e-5,
+            &self.settings,
+        )
+    }
+}
+
 /// Median time of `reps` training steps after two warm-up steps (the first allocates the
-/// optimizer's moments).
+/// optimizer's moments), the phases of one more, and the peak memory of it all.
 pub fn train_step(dev: &Device, s: &StepShape, reps: usize) -> Result<StepTiming> {
     dev.memory().reset_peak();
-    let config = BertConfig {
-        vocab_size: s.vocab,
-        hidden_size: s.hidden,
-        num_hidden_layers: s.layers,
-        num_attention_heads: s.heads,
-        intermediate_size: s.intermediate,
-        hidden_act: "gelu".into(),
-        layer_norm_eps: 1e-12,
-        max_position_embeddings: s.len.max(512),
-        type_vocab_size: 2,
-        hidden_dropout_prob: 0.1,
-        attention_probs_dropout_prob: 0.1,
-        pad_token_id: 0,
-    };
-    let mut rng = Rng::new(7);
-    let encoder = BertEncoder::new(dev, config, &mut rng)?;
-    let head = Head::new(dev, HeadConfig::new(s.head, s.hidden, s.classes), &mut rng)?;
-    let mut loss_config = LossConfig::new(s.loss);
-    loss_config.class_weights = Some(vec![1.0; s.classes]);
-    loss_config.similarity = Some(
-        (0..s.classes * s.classes)
-            .map(|i| if i % (s.classes + 1) == 0 { 1.0 } else { 0.1 })
-            .collect(),
-    );
-    let loss = ClassificationLoss::new(dev, s.classes, loss_config)?;
-    let mut model = Classifier {
-        input: Input::Encoder(Box::new(encoder)),
-        head,
-        loss,
-    };
-    let tokens = s.batch * s.len;
-    let batch = TokenBatch {
-        batch: s.batch,
-        len: s.len,
-        input_ids: (0..tokens)
-            .map(|_| 1 + (rng.next_u64() % (s.vocab as u64 - 1)) as i32)
-            .collect(),
-        attention_mask: vec![1; tokens],
-        token_type_ids: vec![0; tokens],
-    };
-    let labels: Vec<i32> = (0..s.batch)
-        .map(|_| (rng.next_u64() % s.classes as u64) as i32)
-        .collect();
-    let settings = TrainSettings::default();
-    let mut opt = Optimizer::new(AdamW {
-        weight_decay: settings.weight_decay,
-        ..AdamW::default()
-    });
+    let mut m = StepModel::new(dev, s)?;
     let mut times = Vec::new();
     for rep in 0..reps.max(1) + 2 {
-        let ms = dev.time_ms(|| {
-            model
-                .train_step(&batch, &labels, rep as u64, &mut opt, 1e-5, &settings)
-                .map(|_| ())
-        })?;
+        let ms = dev.time_ms(|| m.step().map(|_| ()))?;
         if rep >= 2 {
             times.push(ms);
         }
     }
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
-    let phases = phase_times(dev, &mut model, &batch, &labels, &mut opt, &settings)?;
+    let phases = phase_times(
+        dev,
+        &mut m.model,
+        &m.batch,
+        &m.labels,
+        &mut m.optimizer,
+        &m.settings,
+    )?;
+    let tokens = s.batch * s.len;
     let (h, l) = (s.hidden as f64, s.len as f64);
     let forward = s.layers as f64
         * (2.0 * tokens as f64 * (4.0 * h * h + 2.0 * h * s.intermediate as f64)
             + 4.0 * s.batch as f64 * l * l * h);
     let gflop = 3.0 * forward / 1e9;
+    let head = &m.model.head.config;
     Ok(StepTiming {
         what: format!("train step on {}", dev.describe()),
         spec: json!({
             "family": "step", "layers": s.layers, "hidden": s.hidden, "heads": s.heads,
             "intermediate": s.intermediate, "vocab": s.vocab, "batch": s.batch, "len": s.len,
             "classes": s.classes, "head": format!("{:?}", s.head), "loss": format!("{:?}", s.loss),
-            "textcnn_filters": model.head.config.textcnn_filters,
-            "rnn_hidden": model.head.config.rnn_hidden,
+            "textcnn_filters": head.textcnn_filters,
+            "rnn_hidden": head.rnn_hidden,
         }),
         shape: format!(
             "{}x{} H={} B={} L={} {:?} head",
