@@ -134,16 +134,17 @@ PY
     if [[ $parts == *" train "* ]] && [ -f "$work/data/CHIP-CTC_train.json" ]; then
         step chip-ctc-train 300 "$emr" --device cuda --seed 1 train \
             --train "$work/data/CHIP-CTC_train.json" --dev "$work/data/CHIP-CTC_dev.json" \
-            --head textcnn --loss ghmcs --epochs 3 --max-len 128
+            --head textcnn --loss ghmcs --epochs 3 --max-len 128 --out "$work/train" --quiet
     fi
     local grid=${EMRCLASS_GPU_GRID_SECONDS:-0}
     if [ "$grid" -gt 0 ] && [ -f "$work/data/CHIP-CTC_train.json" ]; then
         step chip-ctc-experiment "$grid" "$emr" --device cuda --seed 1 experiment \
             --train "$work/data/CHIP-CTC_train.json" --dev "$work/data/CHIP-CTC_dev.json" \
             --embedding-dim 128 --filters 128 --rnn-hidden 128 --dropout 0.5 --lr 1e-3 \
-            --batch-size 64 --epochs 5 --max-len 128 --out "$out" \
+            --batch-size 64 --epochs 5 --max-len 128 --out "$work/grid" --quiet \
             --heads "${EMRCLASS_GPU_GRID_HEADS:-textcnn,bilstm,bigru,textcnn-bigru,paper}" \
             --losses "${EMRCLASS_GPU_GRID_LOSSES:-ce,wce,focal,ghm,ghm-cs}"
+        cp "$work/grid/results.md" "$work/grid/results.csv" "$out/" 2>/dev/null
     fi
     local bench=("$emr" --device cuda bench --json "$out/bench.jsonl" --compare-torch)
     if [[ $parts == *" bench-step "* ]]; then

@@ -56,8 +56,9 @@ enum Command {
     /// --train file, trains on the built-in synthetic, unbalanced EMR-like set.
     Train(TrainArgs),
     /// Run the paper's comparison grid (each head with each loss) on one data set and write the
-    /// tables (ACC, macro-F1, micro-F1) as CSV and markdown. Takes every `train` option; --head and
-    /// --loss are replaced by --heads and --losses.
+    /// tables (ACC, macro-F1, micro-F1) as CSV and markdown into --out (each run's own folder
+    /// inside it, HEAD-LOSS/). Takes every `train` option; --heads and --losses replace --head
+    /// and --loss.
     Experiment {
         #[command(flatten)]
         train: TrainArgs,
@@ -65,9 +66,6 @@ enum Command {
         heads: Vec<String>,
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [LossArg::Ce, LossArg::WeightedCe, LossArg::Focal, LossArg::Ghmc, LossArg::Ghmcs])]
         losses: Vec<LossArg>,
-        /// Folder for results.csv and results.md.
-        #[arg(long, default_value = "runs/experiment")]
-        out: std::path::PathBuf,
     },
     /// Run a BERT checkpoint over texts or token ids and write last_hidden_state [B, L, H] and
     /// pooler_output [B, H] (fp32) to a safetensors file.
@@ -145,6 +143,27 @@ struct TrainArgs {
     /// Size of the built-in synthetic set (1.0: about 5,900 records).
     #[arg(long, default_value_t = 0.5)]
     pub synthetic_scale: f64,
+    /// Run folder: checkpoint/ (latest), best/, log.jsonl, confusion.csv/.json, report.json.
+    #[arg(long, default_value = "runs/train")]
+    pub out: std::path::PathBuf,
+    /// Continue the run in --out from its latest checkpoint (the same settings are required).
+    #[arg(long)]
+    pub resume: bool,
+    /// Also checkpoint every N optimizer steps (0: at each epoch's end only).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: u64,
+    /// A log.jsonl line every N steps.
+    #[arg(long, default_value_t = 50)]
+    pub log_every: u64,
+    /// Early stopping: stop after N epochs without a better dev macro-F1.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// No progress bar (logs and epoch lines only).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Stop right after this optimizer step, as a kill would (for testing --resume).
+    #[arg(long, hide = true)]
+    pub stop_after_steps: Option<u64>,
 }
 
 impl TrainArgs {
@@ -174,6 +193,13 @@ impl TrainArgs {
                 seed: seed.unwrap_or(1),
                 ..Default::default()
             },
+            out: self.out.clone(),
+            resume: self.resume,
+            checkpoint_every: self.checkpoint_every,
+            log_every: self.log_every,
+            patience: self.patience,
+            quiet: self.quiet,
+            stop_after_steps: self.stop_after_steps,
         })
     }
 }
@@ -252,7 +278,6 @@ fn run(cli: &Cli) -> Result<bool> {
             train,
             heads,
             losses,
-            out,
         } => {
             use emrclass::train::experiment::{run_grid, ExperimentOptions};
             let dev_handle = open_device(cli, seed)?;
@@ -263,7 +288,7 @@ fn run(cli: &Cli) -> Result<bool> {
                     .iter()
                     .map(|&l| loss_kinds(l).map(|v| v[0]))
                     .collect::<Result<_>>()?,
-                out: out.clone(),
+                out: train.out.clone(),
                 base,
             };
             let data = match &train.train {

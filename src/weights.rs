@@ -152,6 +152,11 @@ impl Checkpoint {
     }
 
     /// Tensor `name` as f32, checked against `shape` (the error names the tensor and both shapes).
+    /// The shape of a tensor, if the file holds it.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.metadata.info(name).map(|i| i.shape.clone())
+    }
+
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let info = self.metadata.info(name).ok_or_else(|| {
             Error::Invalid(format!(

@@ -7,16 +7,127 @@ mod common;
 use std::path::PathBuf;
 
 use emrclass::model::heads::HeadKind;
+use emrclass::train::checkpoint;
 use emrclass::train::command::{run, TrainOptions};
 use emrclass::Schedule;
+
+fn temp_run(name: &str) -> PathBuf {
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let d = std::env::temp_dir().join(format!("emrclass-run-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
 
 fn small(scale: f64, epochs: usize) -> TrainOptions {
     let mut o = TrainOptions {
         synthetic_scale: scale,
+        out: temp_run("small"),
+        quiet: true,
         ..TrainOptions::default()
     };
     o.settings.epochs = epochs;
     o
+}
+
+/// Every tensor of a run folder's latest checkpoint, by name, as bits.
+fn checkpoint_bits(run: &std::path::Path) -> Vec<(String, Vec<u32>)> {
+    let dir = run.join("checkpoint");
+    let state = checkpoint::load_state(&dir).unwrap();
+    let ck = emrclass::weights::Checkpoint::open(&dir.join(&state.tensors)).unwrap();
+    let mut names = ck.names();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let v = ck.get(&n, &ck.shape(&n).unwrap()).unwrap();
+            (n, v.iter().map(|x| x.to_bits()).collect())
+        })
+        .collect()
+}
+
+/// A run killed mid-epoch (after its checkpoint at step 6, at step 7) and resumed ends with the
+/// same weights, AdamW moments, GHM state and metrics as the run never interrupted.
+#[test]
+fn resume_after_a_kill_mid_epoch_continues_exactly() {
+    let dev = common::test_device(Schedule::Forward);
+    let base = || {
+        let mut o = small(0.05, 2);
+        o.checkpoint_every = 3;
+        o.head = HeadKind::TextCnnBiGru;
+        o
+    };
+    let whole = base();
+    let logs_whole = run(&dev, &whole).unwrap();
+    let mut cut = base();
+    cut.stop_after_steps = Some(7);
+    run(&dev, &cut).unwrap();
+    let on_disk = checkpoint::load_state(&cut.out.join("checkpoint")).unwrap();
+    assert_eq!(on_disk.progress.step, 6);
+    assert_eq!(
+        (on_disk.progress.epoch, on_disk.progress.batch),
+        (1, 6),
+        "mid-epoch"
+    );
+    cut.stop_after_steps = None;
+    cut.resume = true;
+    let logs_resumed = run(&dev, &cut).unwrap();
+    let (a, b) = (checkpoint_bits(&whole.out), checkpoint_bits(&cut.out));
+    assert!(
+        a.iter().any(|(n, _)| n.starts_with("adam_m.")),
+        "moments are saved"
+    );
+    assert_eq!(a.len(), b.len());
+    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(va == vb, "tensor {na} differs after resume");
+    }
+    let (sa, sb) = (
+        checkpoint::load_state(&whole.out.join("checkpoint")).unwrap(),
+        checkpoint::load_state(&cut.out.join("checkpoint")).unwrap(),
+    );
+    assert_eq!(sa.progress, sb.progress);
+    assert_eq!(sa.ghm_ema, sb.ghm_ema);
+    assert_eq!(
+        logs_whole.last().unwrap().dev,
+        logs_resumed.last().unwrap().dev
+    );
+    // The run folder holds the best checkpoint, the logs and the confusion matrix.
+    for f in [
+        "best/state.json",
+        "log.jsonl",
+        "confusion.csv",
+        "confusion.json",
+        "report.json",
+    ] {
+        assert!(whole.out.join(f).exists(), "{f}");
+    }
+    let csv = std::fs::read_to_string(whole.out.join("confusion.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + sa.labels.len());
+}
+
+#[test]
+fn resume_refuses_other_settings_and_missing_checkpoints() {
+    let dev = common::test_device(Schedule::Forward);
+    let mut o = small(0.03, 1);
+    o.resume = true;
+    let e = run(&dev, &o).err().unwrap().to_string();
+    assert!(e.contains("checkpoint") && e.contains("state.json"), "{e}");
+    o.resume = false;
+    run(&dev, &o).unwrap();
+    o.resume = true;
+    o.settings.lr *= 2.0;
+    let e = run(&dev, &o).err().unwrap().to_string();
+    assert!(
+        e.contains("was written with other settings") && e.contains("lr="),
+        "{e}"
+    );
+    // A state that names a tensor file that is gone: a named error, not a panic.
+    o.settings.lr /= 2.0;
+    let state = checkpoint::load_state(&o.out.join("checkpoint")).unwrap();
+    std::fs::remove_file(o.out.join("checkpoint").join(&state.tensors)).unwrap();
+    let e = run(&dev, &o).err().unwrap().to_string();
+    assert!(e.contains(&state.tensors), "{e}");
 }
 
 #[test]

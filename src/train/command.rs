@@ -9,15 +9,21 @@ use crate::data::dataset::{self, Example, LabelMap, ReadOptions};
 use crate::data::synthetic;
 use crate::data::tokenizer::BertTokenizer;
 use crate::device::Device;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::bert::BertEncoder;
 use crate::model::embedding::Embedding;
 use crate::model::heads::{Head, HeadConfig, HeadKind};
 use crate::model::imbalance::class_weights_from_counts;
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 
+use super::checkpoint::{self, Progress};
 use super::metrics::Report;
-use super::trainer::{check_head_input, train, Classifier, EpochLog, Input, Split, TrainSettings};
+use super::optim::Optimizer;
+use super::run_folder::RunFolder;
+use super::trainer::{
+    check_head_input, train, Classifier, Control, EpochLog, Event, Input, Split, TrainSettings,
+};
+use crate::ops::AdamW;
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -38,6 +44,19 @@ pub struct TrainOptions {
     pub dropout: f32,
     pub synthetic_scale: f64,
     pub settings: TrainSettings,
+    /// The run folder: checkpoint/, best/, log.jsonl, confusion matrix, report.
+    pub out: PathBuf,
+    /// Continue from out/checkpoint (same settings required).
+    pub resume: bool,
+    /// Checkpoint every N optimizer steps (0: at each epoch's end only).
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+    /// Stop after this many epochs without a better dev macro-F1.
+    pub patience: Option<usize>,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Return right after this step, as if killed (tests of --resume).
+    pub stop_after_steps: Option<u64>,
 }
 
 impl Default for TrainOptions {
@@ -60,6 +79,13 @@ impl Default for TrainOptions {
                 lr: 3e-3,
                 ..TrainSettings::default()
             },
+            out: PathBuf::from("runs/train"),
+            resume: false,
+            checkpoint_every: 0,
+            log_every: 50,
+            patience: None,
+            quiet: false,
+            stop_after_steps: None,
         }
     }
 }
@@ -119,6 +145,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     )?;
     let counts = map.counts(&train_set);
     let mut rng = Rng::new(o.settings.seed);
+    let mut vocab_tokens = None;
     let (input, train_seqs, dev_seqs, width) = match &o.encoder {
         None => {
             let vocab = CharVocab::build(&train_set, 1);
@@ -129,6 +156,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
             };
             let (t, d) = (enc(&train_set), enc(&dev_set));
             let emb = Embedding::new(dev, vocab.len(), o.embedding_dim, &mut rng)?;
+            vocab_tokens = Some(vocab.tokens.clone());
             (Input::Embeddings(emb), t, d, o.embedding_dim)
         }
         Some(dir) => {
@@ -193,27 +221,90 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         seqs: dev_seqs,
         labels: dev_labels,
     };
-    let logs = train(
+    let mut opt = Optimizer::new(AdamW {
+        lr: o.settings.lr as f32,
+        weight_decay: o.settings.weight_decay,
+        ..AdamW::default()
+    });
+    let mut folder = RunFolder::new(
+        o.out.clone(),
+        o.checkpoint_every,
+        o.log_every,
+        o.quiet,
+        map.names.clone(),
+        vocab_tokens,
+        fingerprint(o),
+        o.settings.batch_size,
+        o.settings.epochs,
+    )?;
+    let progress = if o.resume {
+        let dir = folder.checkpoint_dir();
+        let state = checkpoint::load_state(&dir)?;
+        if state.fingerprint != folder.fingerprint {
+            return Err(Error::Invalid(format!(
+                "--resume: {} was written with other settings:\n  then: {}\n  now:  {}",
+                dir.display(),
+                state.fingerprint,
+                folder.fingerprint
+            )));
+        }
+        checkpoint::restore(&dir, &state, &mut model, &mut opt)?;
+        let p = state.progress;
+        println!(
+            "resuming from {}: epoch {}, {} batches done, step {}",
+            dir.display(),
+            p.epoch,
+            p.batch,
+            p.step
+        );
+        p
+    } else {
+        Progress::start()
+    };
+    let mut on_event =
+        |m: &mut Classifier, op: &Optimizer, p: &Progress, e: Event| folder.on_event(m, op, p, e);
+    let mut ctl = Control {
+        progress,
+        patience: o.patience,
+        stop_after_steps: o.stop_after_steps,
+        on_event: &mut on_event,
+    };
+    let (logs, end) = train(
         &mut model,
+        &mut opt,
         &train_split,
         &dev_split,
         classes,
         &o.settings,
-        |e| {
-            println!(
-            "epoch {:>2}  loss {:.4}  dev acc {:.4}  macro-F1 {:.4}  micro-F1 {:.4}  {:.1} s  {:.0} samples/s",
-            e.epoch, e.mean_loss, e.dev.accuracy, e.dev.macro_avg.f1, e.dev.micro_avg.f1, e.seconds, e.samples_per_second
-        )
-        },
+        &mut ctl,
     )?;
-    if let Some(best) = logs
-        .iter()
-        .max_by(|a, b| a.dev.macro_avg.f1.total_cmp(&b.dev.macro_avg.f1))
-    {
-        println!("best epoch {} (by dev macro-F1):", best.epoch);
-        print_report(&best.dev, &map.names);
+    if o.stop_after_steps == Some(end.step) {
+        println!("stopped after step {} (--stop-after-steps)", end.step);
+        return Ok(logs);
     }
+    if let Some((epoch, f1)) = end.best {
+        match logs.iter().find(|l| l.epoch == epoch) {
+            Some(best) => {
+                println!("best epoch {epoch} (by dev macro-F1):");
+                print_report(&best.dev, &map.names);
+            }
+            None => println!("best epoch {epoch} (before this resumed run): dev macro-F1 {f1:.4}"),
+        }
+    }
+    println!("run folder: {}", o.out.display());
     Ok(logs)
+}
+
+/// The settings a resumed run must share with the one that wrote the checkpoint.
+fn fingerprint(o: &TrainOptions) -> String {
+    let s = &o.settings;
+    format!(
+        "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} head={:?} loss={:?} max_len={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={}",
+        o.train, o.dev, o.dev_fraction, o.read.text_field, o.read.label_field, o.read.skip_bad,
+        o.encoder, o.head, o.loss, o.max_len, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
+        o.synthetic_scale, s.epochs, s.batch_size, s.lr, s.input_lr_scale, s.warmup_fraction,
+        s.weight_decay, s.clip, s.seed
+    )
 }
 
 pub fn print_report(r: &Report, names: &[String]) {

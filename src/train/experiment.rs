@@ -72,6 +72,9 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
             let mut opts = o.base.clone();
             opts.head = head;
             opts.loss = loss;
+            opts.out = o
+                .out
+                .join(format!("{}-{}", head_name(head), loss_name(loss)));
             let logs = run(dev, &opts)?;
             let best = logs
                 .iter()

@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 
 /// counts[t * k + p]: examples of true class t predicted as p.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Confusion {
     pub classes: usize,
     pub counts: Vec<u64>,
@@ -95,6 +95,8 @@ pub struct Averages {
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Report {
+    /// The confusion matrix the scores come from.
+    pub confusion: Confusion,
     pub accuracy: f64,
     pub macro_avg: Averages,
     pub micro_avg: Averages,
@@ -157,6 +159,7 @@ pub fn report(c: &Confusion) -> Report {
     // micro precision = micro recall = micro F1 = accuracy.
     let accuracy = ratio(correct, total);
     Report {
+        confusion: c.clone(),
         accuracy,
         macro_avg: Averages {
             precision: mean(&|s| s.precision),

@@ -127,6 +127,11 @@ impl Optimizer {
         Ok(norm)
     }
 
+    /// Sets the moments of one parameter (restoring a checkpoint).
+    pub fn set_moments(&mut self, name: &str, m: Buffer<f32>, v: Buffer<f32>) {
+        self.moments.insert(name.to_string(), (m, v));
+    }
+
     /// The moments of one parameter (for checkpoints).
     pub fn moments(&self, name: &str) -> Option<(&Buffer<f32>, &Buffer<f32>)> {
         self.moments.get(name).map(|(m, v)| (m, v))

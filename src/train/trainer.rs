@@ -12,8 +12,9 @@ use crate::model::bert::BertEncoder;
 use crate::model::embedding::Embedding;
 use crate::model::heads::Head;
 use crate::model::loss::ClassificationLoss;
-use crate::ops::{self, AdamW};
+use crate::ops;
 
+use super::checkpoint::{EpochRecord, Progress};
 use super::metrics::{report, Confusion, Report};
 use super::optim::{Optimizer, Schedule};
 
@@ -85,13 +86,19 @@ impl Classifier {
             )?,
             Input::Encoder(enc) => enc.backward(g.tokens.as_ref(), g.sentence.as_ref())?,
         }
-        let mut slots = self.head.slots(1.0);
-        match &mut self.input {
-            Input::Embeddings(e) => slots.extend(e.slots("embeddings", s.input_lr_scale)),
-            Input::Encoder(enc) => slots.extend(enc.slots(s.input_lr_scale)),
-        }
+        let mut slots = self.slots(s.input_lr_scale);
         opt.step(&mut slots, lr, s.clip)?;
         Ok(loss)
+    }
+
+    /// Every parameter with its gradient, by name: the head's, then the input path's.
+    pub fn slots(&mut self, input_lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
+        let mut slots = self.head.slots(1.0);
+        match &mut self.input {
+            Input::Embeddings(e) => slots.extend(e.slots("embeddings", input_lr_scale)),
+            Input::Encoder(enc) => slots.extend(enc.slots(input_lr_scale)),
+        }
+        slots
     }
 
     /// Predicted class and class probabilities of every row.
@@ -182,15 +189,39 @@ pub struct Split {
     pub labels: Vec<usize>,
 }
 
-/// Trains for `settings.epochs`, evaluating on the dev set after each; calls `log` per epoch.
+/// What the loop reports as it goes.
+pub enum Event<'e> {
+    /// After each optimizer step.
+    Step { loss: f32, lr: f32, batches: usize },
+    /// After each epoch's evaluation; `best` when its dev macro-F1 is the best so far.
+    Epoch { log: &'e EpochLog, best: bool },
+}
+
+/// What the loop does besides training: where it starts, early stopping, a stop for tests, and
+/// a callback (checkpoints, logs, progress) that may borrow the model and optimizer.
+pub struct Control<'a> {
+    /// `Progress::start()`, or a restored checkpoint's.
+    pub progress: Progress,
+    /// Stop after this many epochs without a better dev macro-F1.
+    pub patience: Option<usize>,
+    /// Return right after this optimizer step, as if killed (tests of --resume).
+    pub stop_after_steps: Option<u64>,
+    pub on_event: &'a mut dyn FnMut(&mut Classifier, &Optimizer, &Progress, Event) -> Result<()>,
+}
+
+/// Trains from `ctl.progress` to `settings.epochs` (or early stopping), evaluating on the dev
+/// set after each epoch. Batches and dropout seeds follow from the seed, the epoch and the step
+/// alone, so a run resumed from a checkpoint continues exactly as the uninterrupted run.
+/// Returns the epochs run here and where the run stands.
 pub fn train(
     model: &mut Classifier,
+    opt: &mut Optimizer,
     train_set: &Split,
     dev_set: &Split,
     classes: usize,
     s: &TrainSettings,
-    mut log: impl FnMut(&EpochLog),
-) -> Result<Vec<EpochLog>> {
+    ctl: &mut Control,
+) -> Result<(Vec<EpochLog>, Progress)> {
     let (train_seqs, train_labels) = (&train_set.seqs, &train_set.labels);
     let lens: Vec<usize> = train_seqs.iter().map(Vec::len).collect();
     let steps_per_epoch = train_seqs.len().div_ceil(s.batch_size.max(1)) as u64;
@@ -200,39 +231,73 @@ pub fn train(
         warmup: (s.warmup_fraction * total as f64) as u64,
         total,
     };
-    let mut opt = Optimizer::new(AdamW {
-        lr: s.lr as f32,
-        weight_decay: s.weight_decay,
-        ..AdamW::default()
-    });
+    let mut p = ctl.progress.clone();
+    // One dropout seed per step, drawn in order: skip those of the steps already taken.
     let mut seeds = Rng::new(s.seed);
+    for _ in 0..p.step {
+        seeds.next_u64();
+    }
     let mut logs = Vec::new();
-    for epoch in 1..=s.epochs {
+    while p.epoch <= s.epochs {
+        if ctl.patience.is_some_and(|n| p.bad_epochs >= n) {
+            break;
+        }
         let start = std::time::Instant::now();
-        let mut loss_sum = 0.0;
-        let batches = bucketed_batches(&lens, s.batch_size, s.seed, epoch as u64);
-        for idx in &batches {
+        let batches = bucketed_batches(&lens, s.batch_size, s.seed, p.epoch as u64);
+        let first = p.batch;
+        for idx in batches.iter().skip(first) {
             let b = pad(&idx
                 .iter()
                 .map(|&i| train_seqs[i].as_slice())
                 .collect::<Vec<_>>());
             let labels: Vec<i32> = idx.iter().map(|&i| train_labels[i] as i32).collect();
             let lr = schedule.lr(opt.step + 1) as f32;
-            loss_sum += model.train_step(&b, &labels, seeds.next_u64(), &mut opt, lr, s)? as f64;
+            let loss = model.train_step(&b, &labels, seeds.next_u64(), opt, lr, s)?;
+            p.loss_sum += loss as f64;
+            p.batch += 1;
+            p.step = opt.step;
+            let ev = Event::Step {
+                loss,
+                lr,
+                batches: batches.len(),
+            };
+            (ctl.on_event)(model, opt, &p, ev)?;
+            if ctl.stop_after_steps == Some(p.step) {
+                return Ok((logs, p));
+            }
         }
         let seconds = start.elapsed().as_secs_f64();
         let dev = model.evaluate(&dev_set.seqs, &dev_set.labels, classes, s.batch_size)?;
         let entry = EpochLog {
-            epoch,
-            mean_loss: loss_sum / batches.len().max(1) as f64,
+            epoch: p.epoch,
+            mean_loss: p.loss_sum / batches.len().max(1) as f64,
             dev,
             seconds,
-            samples_per_second: train_seqs.len() as f64 / seconds.max(1e-9),
+            samples_per_second: (batches.len() - first.min(batches.len())) as f64
+                * s.batch_size as f64
+                / seconds.max(1e-9),
         };
-        log(&entry);
+        let best = p.best.is_none_or(|(_, f)| entry.dev.macro_avg.f1 > f);
+        if best {
+            p.best = Some((p.epoch, entry.dev.macro_avg.f1));
+            p.bad_epochs = 0;
+        } else {
+            p.bad_epochs += 1;
+        }
+        p.finished.push(EpochRecord {
+            epoch: p.epoch,
+            mean_loss: entry.mean_loss,
+            accuracy: entry.dev.accuracy,
+            macro_f1: entry.dev.macro_avg.f1,
+            micro_f1: entry.dev.micro_avg.f1,
+        });
+        p.epoch += 1;
+        p.batch = 0;
+        p.loss_sum = 0.0;
+        (ctl.on_event)(model, opt, &p, Event::Epoch { log: &entry, best })?;
         logs.push(entry);
     }
-    Ok(logs)
+    Ok((logs, p))
 }
 
 /// A device check for callers that build models: the encoder-free path needs no sentence vector.

@@ -1,0 +1,166 @@
+//! Checkpoints of a training run, in a folder:
+//!
+//! - `tensors-<step>.safetensors`: every parameter under its name, and its AdamW moments as
+//!   `adam_m.<name>` and `adam_v.<name>` (fp32, flat);
+//! - `state.json`: where the run stands (optimizer step, epoch, batches done in it, the epoch's
+//!   running loss, finished epochs, best epoch, patience count), the GHM state, the settings'
+//!   fingerprint, the label names and the character vocabulary, and the tensor file's name.
+//!
+//! Atomic: the tensors go to a new file, then `state.json` is replaced through a temporary file
+//! and a rename — the commit point — and only then is the previous tensor file removed. A crash
+//! at any moment leaves the last complete checkpoint readable.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::weights::{write_tensors, Checkpoint};
+
+use super::optim::Optimizer;
+use super::trainer::Classifier;
+
+/// One finished epoch, as kept in the state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub mean_loss: f64,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub micro_f1: f64,
+}
+
+/// Where a run stands; everything else follows from the settings and the seed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// The epoch in progress (1-based).
+    pub epoch: usize,
+    /// Batches of that epoch already trained on.
+    pub batch: usize,
+    /// Sum of those batches' losses.
+    pub loss_sum: f64,
+    pub finished: Vec<EpochRecord>,
+    /// Best epoch so far and its dev macro-F1.
+    pub best: Option<(usize, f64)>,
+    /// Epochs since the best one (early stopping).
+    pub bad_epochs: usize,
+}
+
+impl Progress {
+    pub fn start() -> Self {
+        Progress {
+            epoch: 1,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct State {
+    pub format: u32,
+    pub progress: Progress,
+    pub ghm_ema: Vec<f32>,
+    pub ghm_steps: u64,
+    /// The settings that must match for --resume (data, model, optimisation, seed).
+    pub fingerprint: String,
+    pub labels: Vec<String>,
+    /// The character vocabulary of the encoder-free path (None with an encoder).
+    pub vocab: Option<Vec<String>>,
+    pub tensors: String,
+}
+
+const FORMAT: u32 = 1;
+
+fn io(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("{}: {e}", path.display()))
+}
+
+/// Writes a checkpoint of `model` and `opt` into `dir` (created if missing).
+pub fn save(dir: &Path, model: &mut Classifier, opt: &Optimizer, state: &State) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let mut names = Vec::new();
+    let mut data: Vec<Vec<f32>> = Vec::new();
+    for slot in model.slots(1.0) {
+        if names.contains(&slot.name) {
+            return Err(Error::Invalid(format!(
+                "checkpoint: two parameters named `{}`",
+                slot.name
+            )));
+        }
+        data.push(slot.value.to_host()?);
+        names.push(slot.name.clone());
+        if let Some((m, v)) = opt.moments(&slot.name) {
+            data.push(m.to_host()?);
+            names.push(format!("adam_m.{}", slot.name));
+            data.push(v.to_host()?);
+            names.push(format!("adam_v.{}", slot.name));
+        }
+    }
+    let tensor_file = format!("tensors-{}.safetensors", state.progress.step);
+    let tensors: Vec<(&str, Vec<usize>, &[f32])> = names
+        .iter()
+        .zip(&data)
+        .map(|(n, d)| (n.as_str(), vec![d.len()], d.as_slice()))
+        .collect();
+    write_tensors(&dir.join(&tensor_file), &tensors)?;
+    let previous = load_state(dir).ok().map(|s| s.tensors);
+    let state = State {
+        format: FORMAT,
+        tensors: tensor_file.clone(),
+        ..state.clone()
+    };
+    let text = serde_json::to_string_pretty(&state).map_err(|e| io(dir, e))?;
+    let tmp = dir.join(format!(".state.json.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, dir.join("state.json")).map_err(|e| io(dir, e))?;
+    if let Some(old) = previous.filter(|old| *old != tensor_file) {
+        let _ = std::fs::remove_file(dir.join(old));
+    }
+    Ok(())
+}
+
+/// Reads `dir/state.json`.
+pub fn load_state(dir: &Path) -> Result<State> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+    let state: State = serde_json::from_str(&text).map_err(|e| io(&path, e))?;
+    if state.format != FORMAT {
+        return Err(io(
+            &path,
+            format!(
+                "checkpoint format {} (this build reads {FORMAT})",
+                state.format
+            ),
+        ));
+    }
+    Ok(state)
+}
+
+/// Copies a checkpoint's parameters into `model` and its moments into `opt` (step included).
+pub fn restore(
+    dir: &Path,
+    state: &State,
+    model: &mut Classifier,
+    opt: &mut Optimizer,
+) -> Result<()> {
+    let file: PathBuf = dir.join(&state.tensors);
+    let ck = Checkpoint::open(&file)?;
+    opt.step = state.progress.step;
+    for slot in model.slots(1.0) {
+        let n = slot.value.len();
+        slot.value.copy_from_host(&ck.get(&slot.name, &[n])?)?;
+        let (m, v) = (
+            format!("adam_m.{}", slot.name),
+            format!("adam_v.{}", slot.name),
+        );
+        if ck.contains(&m) && ck.contains(&v) {
+            let dev = slot.value.device().clone();
+            let mb = dev.upload(&ck.get(&m, &[n])?, "adam m")?;
+            let vb = dev.upload(&ck.get(&v, &[n])?, "adam v")?;
+            opt.set_moments(&slot.name, mb, vb);
+        }
+    }
+    model.loss.load_state(&state.ghm_ema, state.ghm_steps)
+}

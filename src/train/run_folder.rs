@@ -1,0 +1,216 @@
+//! A training run's folder and what the loop reports into it:
+//!
+//! - `checkpoint/`: the latest checkpoint (every `--checkpoint-every` steps and at each epoch's
+//!   end), what `--resume` continues from;
+//! - `best/`: the checkpoint of the best epoch by dev macro-F1;
+//! - `log.jsonl`: one line every `--log-every` steps (step, epoch, loss, learning rate) and one
+//!   per epoch (loss, dev accuracy, macro/micro/weighted F1, seconds, samples/s);
+//! - `confusion.csv` / `confusion.json`: the best epoch's dev confusion matrix (rows: truth);
+//! - `report.json`: the best epoch's full dev report.
+//!
+//! On the terminal: a progress bar (loss, learning rate, samples/s, ETA) on stderr unless
+//! `--quiet`, and one line per epoch.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::error::{Error, Result};
+
+use super::checkpoint::{self, Progress, State};
+use super::metrics::Confusion;
+use super::optim::Optimizer;
+use super::trainer::{Classifier, EpochLog, Event};
+
+pub struct RunFolder {
+    pub dir: PathBuf,
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+    pub quiet: bool,
+    pub labels: Vec<String>,
+    pub vocab: Option<Vec<String>>,
+    pub fingerprint: String,
+    pub batch_size: usize,
+    pub epochs: usize,
+    bar_start: Option<(Instant, usize)>,
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("{}: {e}", path.display()))
+}
+
+impl RunFolder {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        dir: PathBuf,
+        checkpoint_every: u64,
+        log_every: u64,
+        quiet: bool,
+        labels: Vec<String>,
+        vocab: Option<Vec<String>>,
+        fingerprint: String,
+        batch_size: usize,
+        epochs: usize,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        Ok(RunFolder {
+            dir,
+            checkpoint_every,
+            log_every: log_every.max(1),
+            quiet,
+            labels,
+            vocab,
+            fingerprint,
+            batch_size,
+            epochs,
+            bar_start: None,
+        })
+    }
+
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.dir.join("checkpoint")
+    }
+
+    fn state(&self, model: &Classifier, p: &Progress) -> Result<State> {
+        let (ghm_ema, ghm_steps) = model.loss.state()?;
+        Ok(State {
+            format: 0,
+            progress: p.clone(),
+            ghm_ema,
+            ghm_steps,
+            fingerprint: self.fingerprint.clone(),
+            labels: self.labels.clone(),
+            vocab: self.vocab.clone(),
+            tensors: String::new(),
+        })
+    }
+
+    fn log(&self, line: serde_json::Value) -> Result<()> {
+        let path = self.dir.join("log.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        writeln!(f, "{line}").map_err(|e| io(&path, e))
+    }
+
+    /// The training loop's callback.
+    pub fn on_event(
+        &mut self,
+        model: &mut Classifier,
+        opt: &Optimizer,
+        p: &Progress,
+        event: Event,
+    ) -> Result<()> {
+        match event {
+            Event::Step { loss, lr, batches } => {
+                if p.step.is_multiple_of(self.log_every) {
+                    self.log(json!({"step": p.step, "epoch": p.epoch, "batch": p.batch, "loss": loss, "lr": lr}))?;
+                }
+                if self.checkpoint_every > 0 && p.step.is_multiple_of(self.checkpoint_every) {
+                    let state = self.state(model, p)?;
+                    checkpoint::save(&self.checkpoint_dir(), model, opt, &state)?;
+                }
+                if !self.quiet {
+                    self.progress_bar(p, loss, lr, batches);
+                }
+            }
+            Event::Epoch { log, best } => {
+                if !self.quiet && self.bar_start.take().is_some() {
+                    eprint!("\r{:79}\r", "");
+                }
+                println!(
+                    "epoch {:>2}  loss {:.4}  dev acc {:.4}  macro-F1 {:.4}  micro-F1 {:.4}  {:.1} s  {:.0} samples/s{}",
+                    log.epoch, log.mean_loss, log.dev.accuracy, log.dev.macro_avg.f1, log.dev.micro_avg.f1,
+                    log.seconds, log.samples_per_second, if best { "  (best)" } else { "" }
+                );
+                self.log(json!({
+                    "epoch": log.epoch, "loss": log.mean_loss, "dev_accuracy": log.dev.accuracy,
+                    "dev_macro_f1": log.dev.macro_avg.f1, "dev_micro_f1": log.dev.micro_avg.f1,
+                    "dev_weighted_f1": log.dev.weighted_avg.f1, "seconds": log.seconds,
+                    "samples_per_second": log.samples_per_second, "best": best,
+                }))?;
+                let state = self.state(model, p)?;
+                checkpoint::save(&self.checkpoint_dir(), model, opt, &state)?;
+                if best {
+                    checkpoint::save(&self.dir.join("best"), model, opt, &state)?;
+                    self.write_best(log)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn progress_bar(&mut self, p: &Progress, loss: f32, lr: f32, batches: usize) {
+        let (start, first) = *self.bar_start.get_or_insert((Instant::now(), p.batch - 1));
+        let done = p.batch - first;
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        let rate = (done * self.batch_size) as f64 / secs;
+        let eta = (batches - p.batch) as f64 * secs / done.max(1) as f64;
+        let width = 24;
+        let filled = width * p.batch / batches.max(1);
+        eprint!(
+            "\repoch {}/{} [{}{}] {}/{} loss {:.4} lr {:.2e} {:.0} samples/s ETA {:.0}s ",
+            p.epoch,
+            self.epochs,
+            "#".repeat(filled),
+            ".".repeat(width - filled),
+            p.batch,
+            batches,
+            loss,
+            lr,
+            rate,
+            eta
+        );
+    }
+
+    /// The best epoch's confusion matrix (CSV and JSON) and full report.
+    fn write_best(&self, log: &EpochLog) -> Result<()> {
+        let c: &Confusion = &log.dev.confusion;
+        let k = c.classes;
+        let mut csv = String::from("truth\\predicted");
+        for name in &self.labels {
+            csv.push(',');
+            csv.push_str(&csv_field(name));
+        }
+        csv.push('\n');
+        for t in 0..k {
+            csv.push_str(&csv_field(self.labels.get(t).map_or("?", |s| s.as_str())));
+            for p in 0..k {
+                csv.push_str(&format!(",{}", c.counts[t * k + p]));
+            }
+            csv.push('\n');
+        }
+        let matrix: Vec<&[u64]> = c.counts.chunks(k.max(1)).collect();
+        let files = [
+            ("confusion.csv", csv),
+            (
+                "confusion.json",
+                json!({"epoch": log.epoch, "labels": self.labels, "matrix": matrix}).to_string(),
+            ),
+            (
+                "report.json",
+                json!({"epoch": log.epoch, "labels": self.labels, "report": log.dev}).to_string(),
+            ),
+        ];
+        for (name, text) in files {
+            let path = self.dir.join(name);
+            let tmp = self.dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| io(&path, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
