@@ -67,6 +67,43 @@ enum Command {
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [LossArg::Ce, LossArg::WeightedCe, LossArg::Focal, LossArg::Ghmc, LossArg::Ghmcs])]
         losses: Vec<LossArg>,
     },
+    /// Evaluate a training run's model (best epoch, or --latest) on a labelled file: accuracy,
+    /// macro/micro/weighted F1 and the per-class report.
+    Eval {
+        /// The run folder `train --out` wrote.
+        #[arg(long)]
+        run: std::path::PathBuf,
+        /// .jsonl, .csv, .tsv or a CBLUE .json array, with labels.
+        #[arg(long)]
+        data: std::path::PathBuf,
+        /// Use the latest checkpoint instead of the best epoch's.
+        #[arg(long)]
+        latest: bool,
+        #[arg(long, default_value = "text")]
+        text_field: String,
+        #[arg(long, default_value = "label")]
+        label_field: String,
+        #[arg(long)]
+        skip_bad: bool,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+    },
+    /// Classify texts with a training run's model: JSON lines in (strings, or objects with a
+    /// text field and an optional id), JSON lines out (id, text, label, probabilities).
+    Predict {
+        #[arg(long)]
+        run: std::path::PathBuf,
+        #[arg(long)]
+        input: std::path::PathBuf,
+        #[arg(long)]
+        output: std::path::PathBuf,
+        #[arg(long)]
+        latest: bool,
+        #[arg(long, default_value = "text")]
+        text_field: String,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+    },
     /// Run a BERT checkpoint over texts or token ids and write last_hidden_state [B, L, H] and
     /// pooler_output [B, H] (fp32) to a safetensors file.
     Encode {
@@ -312,6 +349,45 @@ fn run(cli: &Cli) -> Result<bool> {
                 dev_handle.describe()
             );
             run_grid(&dev_handle, &o, &describe)?;
+            Ok(true)
+        }
+        Command::Eval {
+            run,
+            data,
+            latest,
+            text_field,
+            label_field,
+            skip_bad,
+            batch_size,
+        } => {
+            let dev = open_device(cli, seed)?;
+            let read = emrclass::data::dataset::ReadOptions {
+                text_field: text_field.clone(),
+                label_field: label_field.clone(),
+                skip_bad: *skip_bad,
+            };
+            emrclass::train::inference::eval(&dev, run, !latest, data, &read, *batch_size)?;
+            Ok(true)
+        }
+        Command::Predict {
+            run,
+            input,
+            output,
+            latest,
+            text_field,
+            batch_size,
+        } => {
+            let dev = open_device(cli, seed)?;
+            let n = emrclass::train::inference::predict(
+                &dev,
+                run,
+                !latest,
+                input,
+                output,
+                text_field,
+                *batch_size,
+            )?;
+            eprintln!("wrote {n} predictions to {}", output.display());
             Ok(true)
         }
         Command::Encode {

@@ -57,17 +57,39 @@ impl Progress {
     }
 }
 
+/// What `eval` and `predict` need to rebuild the model of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// The BERT checkpoint folder the run started from (None: character embeddings).
+    pub encoder: Option<PathBuf>,
+    /// Head and loss by their command-line names.
+    pub head: String,
+    pub loss: String,
+    pub embedding_dim: usize,
+    pub filters: usize,
+    pub rnn_hidden: usize,
+    pub dropout: f32,
+    pub max_len: usize,
+}
+
+/// What a run's checkpoints share: labels, vocabulary, settings, model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// The settings that must match for --resume (data, model, optimisation, seed).
+    pub fingerprint: String,
+    pub labels: Vec<String>,
+    /// The character vocabulary of the encoder-free path (None with an encoder).
+    pub vocab: Option<Vec<String>>,
+    pub model: ModelSpec,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct State {
     pub format: u32,
     pub progress: Progress,
     pub ghm_ema: Vec<f32>,
     pub ghm_steps: u64,
-    /// The settings that must match for --resume (data, model, optimisation, seed).
-    pub fingerprint: String,
-    pub labels: Vec<String>,
-    /// The character vocabulary of the encoder-free path (None with an encoder).
-    pub vocab: Option<Vec<String>>,
+    pub run: RunInfo,
     pub tensors: String,
 }
 

@@ -16,10 +16,11 @@ use crate::model::heads::{Head, HeadConfig, HeadKind};
 use crate::model::imbalance::class_weights_from_counts;
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 
-use super::checkpoint::{self, Progress};
+use super::checkpoint::{self, ModelSpec, Progress, RunInfo};
+use super::experiment::{head_name, loss_name};
 use super::metrics::Report;
 use super::optim::Optimizer;
-use super::run_folder::RunFolder;
+use super::run_folder::{FolderSettings, RunFolder};
 use super::trainer::{
     check_head_input, train, Classifier, Control, EpochLog, Event, Input, Split, TrainSettings,
 };
@@ -145,54 +146,21 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     )?;
     let counts = map.counts(&train_set);
     let mut rng = Rng::new(o.settings.seed);
-    let mut vocab_tokens = None;
-    let (input, train_seqs, dev_seqs, width) = match &o.encoder {
-        None => {
-            let vocab = CharVocab::build(&train_set, 1);
-            let enc = |ex: &[Example]| {
-                ex.iter()
-                    .map(|e| vocab.encode(&e.text, o.max_len))
-                    .collect::<Vec<_>>()
-            };
-            let (t, d) = (enc(&train_set), enc(&dev_set));
-            let emb = Embedding::new(dev, vocab.len(), o.embedding_dim, &mut rng)?;
-            vocab_tokens = Some(vocab.tokens.clone());
-            (Input::Embeddings(emb), t, d, o.embedding_dim)
-        }
-        Some(dir) => {
-            let tok = BertTokenizer::from_dir(dir)?;
-            let encoder = BertEncoder::load_dir(dev, dir)?;
-            let enc = |ex: &[Example]| -> Result<Vec<Vec<i32>>> {
-                ex.iter()
-                    .map(|e| {
-                        let b = tok.encode(&[e.text.as_str()], o.max_len)?;
-                        Ok(b.input_ids
-                            .into_iter()
-                            .zip(b.attention_mask)
-                            .filter(|p| p.1 == 1)
-                            .map(|p| p.0)
-                            .collect())
-                    })
-                    .collect()
-            };
-            let (t, d) = (enc(&train_set)?, enc(&dev_set)?);
-            let h = encoder.config.hidden_size;
-            (Input::Encoder(Box::new(encoder)), t, d, h)
-        }
+    let spec = model_spec(o);
+    let text = match &o.encoder {
+        None => TextEncoder::Chars {
+            vocab: CharVocab::build(&train_set, 1),
+            max_len: o.max_len,
+        },
+        Some(dir) => TextEncoder::Bert {
+            tokenizer: BertTokenizer::from_dir(dir)?,
+            max_len: o.max_len,
+        },
     };
+    let train_seqs = text.encode_all(&train_set)?;
+    let dev_seqs = text.encode_all(&dev_set)?;
     let truncated = train_seqs.iter().filter(|s| s.len() >= o.max_len).count();
-    let mut hc = HeadConfig::new(o.head, width, classes);
-    hc.textcnn_filters = o.filters;
-    hc.rnn_hidden = o.rnn_hidden;
-    hc.dropout = o.dropout;
-    hc.sentence = o.encoder.is_some();
-    let head = Head::new(dev, hc, &mut rng)?;
-    check_head_input(&head, o.encoder.is_some())?;
-    let mut lc = LossConfig::new(o.loss);
-    let gamma = if o.loss == LossKind::GhmCs { 0.5 } else { 1.0 };
-    lc.class_weights = Some(class_weights_from_counts(&counts, gamma)?);
-    let loss = ClassificationLoss::new(dev, classes, lc)?;
-    let mut model = Classifier { input, head, loss };
+    let mut model = build_classifier(dev, &spec, &text, &counts, &mut rng)?;
     println!(
         "data: {source}: {} train / {} dev records, {classes} classes (largest {}, smallest {}), {:.1}% truncated at {} tokens",
         train_seqs.len(),
@@ -228,24 +196,32 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     });
     let mut folder = RunFolder::new(
         o.out.clone(),
-        o.checkpoint_every,
-        o.log_every,
-        o.quiet,
-        map.names.clone(),
-        vocab_tokens,
-        fingerprint(o),
-        o.settings.batch_size,
-        o.settings.epochs,
+        FolderSettings {
+            checkpoint_every: o.checkpoint_every,
+            log_every: o.log_every,
+            quiet: o.quiet,
+            batch_size: o.settings.batch_size,
+            epochs: o.settings.epochs,
+        },
+        RunInfo {
+            fingerprint: fingerprint(o),
+            labels: map.names.clone(),
+            vocab: match &text {
+                TextEncoder::Chars { vocab, .. } => Some(vocab.tokens.clone()),
+                TextEncoder::Bert { .. } => None,
+            },
+            model: spec,
+        },
     )?;
     let progress = if o.resume {
         let dir = folder.checkpoint_dir();
         let state = checkpoint::load_state(&dir)?;
-        if state.fingerprint != folder.fingerprint {
+        if state.run.fingerprint != folder.info.fingerprint {
             return Err(Error::Invalid(format!(
                 "--resume: {} was written with other settings:\n  then: {}\n  now:  {}",
                 dir.display(),
-                state.fingerprint,
-                folder.fingerprint
+                state.run.fingerprint,
+                folder.info.fingerprint
             )));
         }
         checkpoint::restore(&dir, &state, &mut model, &mut opt)?;
@@ -293,6 +269,113 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     }
     println!("run folder: {}", o.out.display());
     Ok(logs)
+}
+
+/// Text to token ids: characters (the encoder-free path) or the checkpoint's tokenizer.
+pub enum TextEncoder {
+    Chars {
+        vocab: CharVocab,
+        max_len: usize,
+    },
+    Bert {
+        tokenizer: BertTokenizer,
+        max_len: usize,
+    },
+}
+
+impl TextEncoder {
+    /// [CLS] ... [SEP], truncated to max_len, no padding.
+    pub fn encode(&self, text: &str) -> Result<Vec<i32>> {
+        match self {
+            TextEncoder::Chars { vocab, max_len } => Ok(vocab.encode(text, *max_len)),
+            TextEncoder::Bert { tokenizer, max_len } => {
+                let b = tokenizer.encode(&[text], *max_len)?;
+                Ok(b.input_ids
+                    .into_iter()
+                    .zip(b.attention_mask)
+                    .filter(|p| p.1 == 1)
+                    .map(|p| p.0)
+                    .collect())
+            }
+        }
+    }
+
+    pub fn encode_all(&self, examples: &[Example]) -> Result<Vec<Vec<i32>>> {
+        examples.iter().map(|e| self.encode(&e.text)).collect()
+    }
+}
+
+/// The model part of the options, as a run folder keeps it.
+pub fn model_spec(o: &TrainOptions) -> ModelSpec {
+    ModelSpec {
+        encoder: o.encoder.clone(),
+        head: head_name(o.head).to_string(),
+        loss: loss_name(o.loss).to_string(),
+        embedding_dim: o.embedding_dim,
+        filters: o.filters,
+        rnn_hidden: o.rnn_hidden,
+        dropout: o.dropout,
+        max_len: o.max_len,
+    }
+}
+
+/// The classifier a spec describes: character embeddings (N(0, 1)) or the BERT checkpoint, the
+/// head (PyTorch's initialisation), and the loss with class weights from `counts`.
+pub fn build_classifier(
+    dev: &Device,
+    spec: &ModelSpec,
+    text: &TextEncoder,
+    counts: &[usize],
+    rng: &mut Rng,
+) -> Result<Classifier> {
+    let classes = counts.len();
+    let (input, width) = match (&spec.encoder, text) {
+        (None, TextEncoder::Chars { vocab, .. }) => (
+            Input::Embeddings(Embedding::new(dev, vocab.len(), spec.embedding_dim, rng)?),
+            spec.embedding_dim,
+        ),
+        (Some(dir), TextEncoder::Bert { .. }) => {
+            let encoder = BertEncoder::load_dir(dev, dir)?;
+            let h = encoder.config.hidden_size;
+            (Input::Encoder(Box::new(encoder)), h)
+        }
+        _ => {
+            return Err(Error::Invalid(
+                "model spec and text encoder disagree".into(),
+            ))
+        }
+    };
+    let head_kind: HeadKind = spec.head.parse()?;
+    let loss_kind = loss_from_name(&spec.loss)?;
+    let mut hc = HeadConfig::new(head_kind, width, classes);
+    hc.textcnn_filters = spec.filters;
+    hc.rnn_hidden = spec.rnn_hidden;
+    hc.dropout = spec.dropout;
+    hc.sentence = spec.encoder.is_some();
+    let head = Head::new(dev, hc, rng)?;
+    check_head_input(&head, spec.encoder.is_some())?;
+    let mut lc = LossConfig::new(loss_kind);
+    let gamma = if loss_kind == LossKind::GhmCs {
+        0.5
+    } else {
+        1.0
+    };
+    lc.class_weights = Some(class_weights_from_counts(counts, gamma)?);
+    let loss = ClassificationLoss::new(dev, classes, lc)?;
+    Ok(Classifier { input, head, loss })
+}
+
+fn loss_from_name(name: &str) -> Result<LossKind> {
+    [
+        LossKind::CrossEntropy,
+        LossKind::WeightedCrossEntropy,
+        LossKind::Focal,
+        LossKind::GhmC,
+        LossKind::GhmCs,
+    ]
+    .into_iter()
+    .find(|&l| loss_name(l) == name)
+    .ok_or_else(|| Error::Invalid(format!("no loss named `{name}`")))
 }
 
 /// The settings a resumed run must share with the one that wrote the checkpoint.

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod command;
 pub mod experiment;
+pub mod inference;
 pub mod metrics;
 pub mod optim;
 pub mod run_folder;

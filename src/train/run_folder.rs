@@ -19,21 +19,24 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 
-use super::checkpoint::{self, Progress, State};
+use super::checkpoint::{self, Progress, RunInfo, State};
 use super::metrics::Confusion;
 use super::optim::Optimizer;
 use super::trainer::{Classifier, EpochLog, Event};
 
-pub struct RunFolder {
-    pub dir: PathBuf,
+/// How often the loop writes, and what the bar shows.
+pub struct FolderSettings {
     pub checkpoint_every: u64,
     pub log_every: u64,
     pub quiet: bool,
-    pub labels: Vec<String>,
-    pub vocab: Option<Vec<String>>,
-    pub fingerprint: String,
     pub batch_size: usize,
     pub epochs: usize,
+}
+
+pub struct RunFolder {
+    pub dir: PathBuf,
+    pub settings: FolderSettings,
+    pub info: RunInfo,
     bar_start: Option<(Instant, usize)>,
 }
 
@@ -42,29 +45,13 @@ fn io(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 impl RunFolder {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        dir: PathBuf,
-        checkpoint_every: u64,
-        log_every: u64,
-        quiet: bool,
-        labels: Vec<String>,
-        vocab: Option<Vec<String>>,
-        fingerprint: String,
-        batch_size: usize,
-        epochs: usize,
-    ) -> Result<Self> {
+    pub fn new(dir: PathBuf, mut settings: FolderSettings, info: RunInfo) -> Result<Self> {
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        settings.log_every = settings.log_every.max(1);
         Ok(RunFolder {
             dir,
-            checkpoint_every,
-            log_every: log_every.max(1),
-            quiet,
-            labels,
-            vocab,
-            fingerprint,
-            batch_size,
-            epochs,
+            settings,
+            info,
             bar_start: None,
         })
     }
@@ -80,9 +67,7 @@ impl RunFolder {
             progress: p.clone(),
             ghm_ema,
             ghm_steps,
-            fingerprint: self.fingerprint.clone(),
-            labels: self.labels.clone(),
-            vocab: self.vocab.clone(),
+            run: self.info.clone(),
             tensors: String::new(),
         })
     }
@@ -107,19 +92,21 @@ impl RunFolder {
     ) -> Result<()> {
         match event {
             Event::Step { loss, lr, batches } => {
-                if p.step.is_multiple_of(self.log_every) {
+                if p.step.is_multiple_of(self.settings.log_every) {
                     self.log(json!({"step": p.step, "epoch": p.epoch, "batch": p.batch, "loss": loss, "lr": lr}))?;
                 }
-                if self.checkpoint_every > 0 && p.step.is_multiple_of(self.checkpoint_every) {
+                if self.settings.checkpoint_every > 0
+                    && p.step.is_multiple_of(self.settings.checkpoint_every)
+                {
                     let state = self.state(model, p)?;
                     checkpoint::save(&self.checkpoint_dir(), model, opt, &state)?;
                 }
-                if !self.quiet {
+                if !self.settings.quiet {
                     self.progress_bar(p, loss, lr, batches);
                 }
             }
             Event::Epoch { log, best } => {
-                if !self.quiet && self.bar_start.take().is_some() {
+                if !self.settings.quiet && self.bar_start.take().is_some() {
                     eprint!("\r{:79}\r", "");
                 }
                 println!(
@@ -148,14 +135,14 @@ impl RunFolder {
         let (start, first) = *self.bar_start.get_or_insert((Instant::now(), p.batch - 1));
         let done = p.batch - first;
         let secs = start.elapsed().as_secs_f64().max(1e-9);
-        let rate = (done * self.batch_size) as f64 / secs;
+        let rate = (done * self.settings.batch_size) as f64 / secs;
         let eta = (batches - p.batch) as f64 * secs / done.max(1) as f64;
         let width = 24;
         let filled = width * p.batch / batches.max(1);
         eprint!(
             "\repoch {}/{} [{}{}] {}/{} loss {:.4} lr {:.2e} {:.0} samples/s ETA {:.0}s ",
             p.epoch,
-            self.epochs,
+            self.settings.epochs,
             "#".repeat(filled),
             ".".repeat(width - filled),
             p.batch,
@@ -172,13 +159,15 @@ impl RunFolder {
         let c: &Confusion = &log.dev.confusion;
         let k = c.classes;
         let mut csv = String::from("truth\\predicted");
-        for name in &self.labels {
+        for name in &self.info.labels {
             csv.push(',');
             csv.push_str(&csv_field(name));
         }
         csv.push('\n');
         for t in 0..k {
-            csv.push_str(&csv_field(self.labels.get(t).map_or("?", |s| s.as_str())));
+            csv.push_str(&csv_field(
+                self.info.labels.get(t).map_or("?", |s| s.as_str()),
+            ));
             for p in 0..k {
                 csv.push_str(&format!(",{}", c.counts[t * k + p]));
             }
@@ -189,11 +178,13 @@ impl RunFolder {
             ("confusion.csv", csv),
             (
                 "confusion.json",
-                json!({"epoch": log.epoch, "labels": self.labels, "matrix": matrix}).to_string(),
+                json!({"epoch": log.epoch, "labels": self.info.labels, "matrix": matrix})
+                    .to_string(),
             ),
             (
                 "report.json",
-                json!({"epoch": log.epoch, "labels": self.labels, "report": log.dev}).to_string(),
+                json!({"epoch": log.epoch, "labels": self.info.labels, "report": log.dev})
+                    .to_string(),
             ),
         ];
         for (name, text) in files {

@@ -1,0 +1,197 @@
+//! `emrclass eval` and `emrclass predict`: a run folder's model (its best or latest checkpoint)
+//! on new data. The run folder holds everything needed to rebuild it: the model spec, the label
+//! names, the character vocabulary (or the encoder's folder, for its tokenizer) and the weights.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+
+use crate::check::Rng;
+use crate::data::batching::{pad, CharVocab};
+use crate::data::dataset::{self, LabelMap, ReadOptions};
+use crate::data::tokenizer::BertTokenizer;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::ops::AdamW;
+
+use super::checkpoint::{self, State};
+use super::command::{build_classifier, print_report, TextEncoder};
+use super::metrics::Report;
+use super::optim::Optimizer;
+use super::trainer::Classifier;
+
+pub struct LoadedRun {
+    pub model: Classifier,
+    pub text: TextEncoder,
+    pub labels: Vec<String>,
+    pub state: State,
+}
+
+/// Rebuilds the model of `run/best` (`best`) or `run/checkpoint` (latest).
+pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
+    let dir = run.join(if best { "best" } else { "checkpoint" });
+    let state = checkpoint::load_state(&dir)?;
+    let spec = &state.run.model;
+    let text = match (&spec.encoder, &state.run.vocab) {
+        (None, Some(tokens)) => TextEncoder::Chars {
+            vocab: CharVocab {
+                tokens: tokens.clone(),
+            },
+            max_len: spec.max_len,
+        },
+        (Some(encoder), _) => TextEncoder::Bert {
+            tokenizer: BertTokenizer::from_dir(encoder)?,
+            max_len: spec.max_len,
+        },
+        (None, None) => {
+            return Err(Error::Invalid(format!(
+                "{}: an encoder-free run without its character vocabulary",
+                dir.display()
+            )))
+        }
+    };
+    let counts = vec![1; state.run.labels.len()];
+    let mut model = build_classifier(dev, spec, &text, &counts, &mut Rng::new(0))?;
+    checkpoint::restore(
+        &dir,
+        &state,
+        &mut model,
+        &mut Optimizer::new(AdamW::default()),
+    )?;
+    Ok(LoadedRun {
+        model,
+        text,
+        labels: state.run.labels.clone(),
+        state,
+    })
+}
+
+/// Metrics of the run's model on a labelled file; prints the report.
+pub fn eval(
+    dev: &Device,
+    run: &Path,
+    best: bool,
+    data: &Path,
+    read: &ReadOptions,
+    batch: usize,
+) -> Result<Report> {
+    let mut r = load_run(dev, run, best)?;
+    let loaded = dataset::read(data, read)?;
+    if !loaded.skipped.is_empty() {
+        eprintln!(
+            "{}: skipped {} broken records (first: {})",
+            data.display(),
+            loaded.skipped.len(),
+            loaded.skipped[0]
+        );
+    }
+    let map = LabelMap {
+        names: r.labels.clone(),
+    };
+    let labels = map.indices(&loaded.examples, data)?;
+    let seqs = r.text.encode_all(&loaded.examples)?;
+    let report = r
+        .model
+        .evaluate(&seqs, &labels, r.labels.len(), batch.max(1))?;
+    println!(
+        "{}: {} records; accuracy {:.4}, macro-F1 {:.4}, micro-F1 {:.4}",
+        data.display(),
+        seqs.len(),
+        report.accuracy,
+        report.macro_avg.f1,
+        report.micro_avg.f1
+    );
+    print_report(&report, &r.labels);
+    Ok(report)
+}
+
+/// One text to classify, with its id when the input line had one.
+struct Record {
+    id: Option<Value>,
+    text: String,
+}
+
+fn read_texts(path: &Path, text_field: &str) -> Result<Vec<Record>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let line = line.map_err(|e| Error::Invalid(format!("{}: {e}", at())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| Error::Invalid(format!("{}: not JSON: {e}", at())))?;
+        let (id, text) = match &v {
+            Value::String(s) => (None, s.clone()),
+            Value::Object(o) => match o.get(text_field) {
+                Some(Value::String(s)) => (o.get("id").cloned(), s.clone()),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "{}: no string field `{text_field}`",
+                        at()
+                    )))
+                }
+            },
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "{}: expected a string or an object",
+                    at()
+                )))
+            }
+        };
+        let text = html_escape::decode_html_entities(&text).trim().to_string();
+        if text.is_empty() {
+            return Err(Error::Invalid(format!("{}: empty text", at())));
+        }
+        out.push(Record { id, text });
+    }
+    Ok(out)
+}
+
+/// Classifies every text of a JSON-lines file (strings, or objects with `text_field` and an
+/// optional `id`) and writes one line per text: id, text, label and the probability of every
+/// label. The output is written to a temporary file and renamed. Returns the count.
+pub fn predict(
+    dev: &Device,
+    run: &Path,
+    best: bool,
+    input: &Path,
+    output: &Path,
+    text_field: &str,
+    batch: usize,
+) -> Result<usize> {
+    let mut r = load_run(dev, run, best)?;
+    let records = read_texts(input, text_field)?;
+    let tmp = output.with_extension("jsonl.tmp");
+    let io = |e: std::io::Error| Error::Invalid(format!("{}: {e}", tmp.display()));
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+    for chunk in records.chunks(batch.max(1)) {
+        let seqs = chunk
+            .iter()
+            .map(|rec| r.text.encode(&rec.text))
+            .collect::<Result<Vec<_>>>()?;
+        let b = pad(&seqs.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        for (rec, (best_class, probs)) in chunk.iter().zip(r.model.predict(&b)?) {
+            let mut p = Map::new();
+            for (name, &v) in r.labels.iter().zip(&probs) {
+                p.insert(name.clone(), json!(v));
+            }
+            let mut line = Map::new();
+            if let Some(id) = &rec.id {
+                line.insert("id".into(), id.clone());
+            }
+            line.insert("text".into(), json!(rec.text));
+            line.insert("label".into(), json!(r.labels[best_class]));
+            line.insert("probabilities".into(), Value::Object(p));
+            writeln!(w, "{}", Value::Object(line)).map_err(io)?;
+        }
+    }
+    w.flush().map_err(io)?;
+    drop(w);
+    std::fs::rename(&tmp, output)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", output.display())))?;
+    Ok(records.len())
+}

@@ -1,0 +1,129 @@
+//! `eval` and `predict` rebuild a run's model from its folder exactly: evaluating the best
+//! checkpoint on the dev file reproduces the best epoch's dev metrics, and predictions agree
+//! with them; bad inputs give errors naming the file and line.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use emrclass::data::synthetic;
+use emrclass::train::command::{run, TrainOptions};
+use emrclass::train::inference::{eval, predict};
+use emrclass::Schedule;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("emrclass-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_jsonl(path: &PathBuf, examples: &[emrclass::data::dataset::Example]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    for e in examples {
+        writeln!(
+            f,
+            "{}",
+            serde_json::json!({"text": e.text, "label": e.label})
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn eval_and_predict_reproduce_the_best_epoch() {
+    let dev = common::test_device(Schedule::Forward);
+    let dir = temp_dir("eval-predict");
+    let all = synthetic::generate(7, 0.06);
+    let (train, dev_set) = emrclass::data::dataset::stratified_split(all, 0.25, 3).unwrap();
+    let (train_path, dev_path) = (dir.join("train.jsonl"), dir.join("dev.jsonl"));
+    write_jsonl(&train_path, &train);
+    write_jsonl(&dev_path, &dev_set);
+    let mut o = TrainOptions {
+        train: Some(train_path),
+        dev: Some(dev_path.clone()),
+        out: dir.join("run"),
+        quiet: true,
+        ..TrainOptions::default()
+    };
+    o.settings.epochs = 3;
+    let logs = run(&dev, &o).unwrap();
+    let best = logs
+        .iter()
+        .max_by(|a, b| a.dev.macro_avg.f1.total_cmp(&b.dev.macro_avg.f1))
+        .unwrap();
+    let read = emrclass::data::dataset::ReadOptions::default();
+    let report = eval(&dev, &o.out, true, &dev_path, &read, 17).unwrap();
+    assert_eq!(
+        report.confusion, best.dev.confusion,
+        "best checkpoint = best epoch"
+    );
+    let last = eval(&dev, &o.out, false, &dev_path, &read, 64).unwrap();
+    assert_eq!(last.confusion, logs.last().unwrap().dev.confusion);
+
+    // predict: the same texts (ids kept, one plain string line), the same accuracy.
+    let input = dir.join("in.jsonl");
+    let mut f = std::fs::File::create(&input).unwrap();
+    for (i, e) in dev_set.iter().enumerate() {
+        if i == 0 {
+            writeln!(f, "{}", serde_json::json!(e.text)).unwrap();
+        } else {
+            writeln!(f, "{}", serde_json::json!({"id": i, "text": e.text})).unwrap();
+        }
+    }
+    drop(f);
+    let output = dir.join("out.jsonl");
+    let n = predict(&dev, &o.out, true, &input, &output, "text", 5).unwrap();
+    assert_eq!(n, dev_set.len());
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), dev_set.len());
+    assert!(lines[0].get("id").is_none() && lines[1]["id"] == 1);
+    let mut correct = 0;
+    for (line, e) in lines.iter().zip(&dev_set) {
+        let probs = line["probabilities"].as_object().unwrap();
+        let sum: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{sum}");
+        let top = probs
+            .iter()
+            .max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap()))
+            .unwrap()
+            .0;
+        assert_eq!(line["label"], *top);
+        correct += (line["label"] == e.label.as_str()) as usize;
+    }
+    let acc = correct as f64 / dev_set.len() as f64;
+    assert!(
+        (acc - best.dev.accuracy).abs() < 1e-12,
+        "{acc} vs {}",
+        best.dev.accuracy
+    );
+
+    // Named errors: a broken input line, an unknown label, a folder that is no run.
+    std::fs::write(&input, "\"胸痛\"\n{\"text\": 3}\n").unwrap();
+    let e = predict(&dev, &o.out, true, &input, &output, "text", 5)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("in.jsonl:2") && e.contains("`text`"), "{e}");
+    let odd = dir.join("odd.jsonl");
+    std::fs::write(
+        &odd,
+        "{\"text\": \"胸痛三天\", \"label\": \"not-a-class\"}\n",
+    )
+    .unwrap();
+    let e = eval(&dev, &o.out, true, &odd, &read, 8)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not-a-class"), "{e}");
+    let e = eval(&dev, &dir, true, &odd, &read, 8)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("state.json"), "{e}");
+}
