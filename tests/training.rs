@@ -103,7 +103,7 @@ fn resume_after_a_kill_mid_epoch_continues_exactly() {
         assert!(whole.out.join(f).exists(), "{f}");
     }
     let csv = std::fs::read_to_string(whole.out.join("confusion.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 1 + sa.labels.len());
+    assert_eq!(csv.lines().count(), 1 + sa.run.labels.len());
 }
 
 #[test]

@@ -153,7 +153,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
             max_len: o.max_len,
         },
         Some(dir) => TextEncoder::Bert {
-            tokenizer: BertTokenizer::from_dir(dir)?,
+            tokenizer: Box::new(BertTokenizer::from_dir(dir)?),
             max_len: o.max_len,
         },
     };
@@ -278,7 +278,7 @@ pub enum TextEncoder {
         max_len: usize,
     },
     Bert {
-        tokenizer: BertTokenizer,
+        tokenizer: Box<BertTokenizer>,
         max_len: usize,
     },
 }

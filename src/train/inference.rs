@@ -41,7 +41,7 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
             max_len: spec.max_len,
         },
         (Some(encoder), _) => TextEncoder::Bert {
-            tokenizer: BertTokenizer::from_dir(encoder)?,
+            tokenizer: Box::new(BertTokenizer::from_dir(encoder)?),
             max_len: spec.max_len,
         },
         (None, None) => {
