@@ -180,6 +180,16 @@ struct TrainArgs {
     /// Size of the built-in synthetic set (1.0: about 5,900 records).
     #[arg(long, default_value_t = 0.5)]
     pub synthetic_scale: f64,
+    /// Class weights from a file (CSV `class,weight` or a JSON object) instead of the counts.
+    #[arg(long)]
+    pub class_weights: Option<std::path::PathBuf>,
+    /// GHM-CS class similarity: a K x K matrix (CSV with class names on both axes, or JSON
+    /// {"classes": [..], "matrix": [[..]]}).
+    #[arg(long, conflicts_with = "similarity_edges")]
+    pub similarity_matrix: Option<std::path::PathBuf>,
+    /// GHM-CS class similarity from a knowledge-network edge list `a,b,w` (w in (0, 1]).
+    #[arg(long)]
+    pub similarity_edges: Option<std::path::PathBuf>,
     /// Run folder: checkpoint/ (latest), best/, log.jsonl, confusion.csv/.json, report.json.
     #[arg(long, default_value = "runs/train")]
     pub out: std::path::PathBuf,
@@ -229,6 +239,12 @@ impl TrainArgs {
                 lr: self.lr,
                 seed: seed.unwrap_or(1),
                 ..Default::default()
+            },
+            class_weights: self.class_weights.clone(),
+            similarity: match (&self.similarity_matrix, &self.similarity_edges) {
+                (Some(m), _) => Some(emrclass::train::command::Similarity::Matrix(m.clone())),
+                (None, Some(e)) => Some(emrclass::train::command::Similarity::Edges(e.clone())),
+                (None, None) => None,
             },
             out: self.out.clone(),
             resume: self.resume,

@@ -212,3 +212,42 @@ fn named_errors() {
     let e = run(&dev, &o).err().unwrap().to_string();
     assert!(e.contains("labels not in the training set: C"), "{e}");
 }
+
+/// GHM-CS reads its class similarity from the command line's files; other losses refuse one.
+#[test]
+fn ghm_cs_takes_a_similarity_source() {
+    let dev = common::test_device(Schedule::Forward);
+    let mut names: Vec<String> = emrclass::data::synthetic::generate(7, 0.03)
+        .into_iter()
+        .map(|e| e.label)
+        .collect();
+    names.sort();
+    names.dedup();
+    let dir = temp_run("similarity");
+    std::fs::create_dir_all(&dir).unwrap();
+    let edges = dir.join("edges.csv");
+    std::fs::write(
+        &edges,
+        format!(
+            "{},{},0.8\n{},{},0.5\n",
+            names[0], names[1], names[1], names[2]
+        ),
+    )
+    .unwrap();
+    let plain = run(&dev, &small(0.03, 1)).unwrap();
+    let mut o = small(0.03, 1);
+    o.similarity = Some(emrclass::train::command::Similarity::Edges(edges.clone()));
+    let with = run(&dev, &o).unwrap();
+    assert_ne!(
+        plain[0].mean_loss.to_bits(),
+        with[0].mean_loss.to_bits(),
+        "the similarity changes the targets"
+    );
+    o.loss = emrclass::model::loss::LossKind::Focal;
+    let e = run(&dev, &o).err().unwrap().to_string();
+    assert!(e.contains("GHM-CS loss only"), "{e}");
+    std::fs::write(&edges, "no-such-class,also-not,0.5\n").unwrap();
+    o.loss = emrclass::model::loss::LossKind::GhmCs;
+    let e = run(&dev, &o).err().unwrap().to_string();
+    assert!(e.contains("no-such-class"), "{e}");
+}

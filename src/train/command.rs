@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 use crate::model::bert::BertEncoder;
 use crate::model::embedding::Embedding;
 use crate::model::heads::{Head, HeadConfig, HeadKind};
-use crate::model::imbalance::class_weights_from_counts;
+use crate::model::imbalance::{
+    class_weights_from_counts, read_class_weights, read_similarity_matrix, similarity_from_edges,
+};
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 
 use super::checkpoint::{self, ModelSpec, Progress, RunInfo};
@@ -44,6 +46,10 @@ pub struct TrainOptions {
     pub rnn_hidden: usize,
     pub dropout: f32,
     pub synthetic_scale: f64,
+    /// Class weights from a file (CSV `class,weight` or a JSON object) instead of the counts.
+    pub class_weights: Option<PathBuf>,
+    /// GHM-CS's class similarity.
+    pub similarity: Option<Similarity>,
     pub settings: TrainSettings,
     /// The run folder: checkpoint/, best/, log.jsonl, confusion matrix, report.
     pub out: PathBuf,
@@ -58,6 +64,15 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// Return right after this step, as if killed (tests of --resume).
     pub stop_after_steps: Option<u64>,
+}
+
+/// Where GHM-CS's class similarity comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Similarity {
+    /// A K x K matrix: CSV with class names on both axes, or JSON {"classes", "matrix"}.
+    Matrix(PathBuf),
+    /// A knowledge-network edge list `a,b,w`; unlinked pairs get the best path's product.
+    Edges(PathBuf),
 }
 
 impl Default for TrainOptions {
@@ -76,6 +91,8 @@ impl Default for TrainOptions {
             rnn_hidden: 64,
             dropout: 0.2,
             synthetic_scale: 0.5,
+            class_weights: None,
+            similarity: None,
             settings: TrainSettings {
                 lr: 3e-3,
                 ..TrainSettings::default()
@@ -160,7 +177,8 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     let train_seqs = text.encode_all(&train_set)?;
     let dev_seqs = text.encode_all(&dev_set)?;
     let truncated = train_seqs.iter().filter(|s| s.len() >= o.max_len).count();
-    let mut model = build_classifier(dev, &spec, &text, &counts, &mut rng)?;
+    let lc = loss_config(o, &counts, &map.names)?;
+    let mut model = build_classifier(dev, &spec, &text, lc, classes, &mut rng)?;
     println!(
         "data: {source}: {} train / {} dev records, {classes} classes (largest {}, smallest {}), {:.1}% truncated at {} tokens",
         train_seqs.len(),
@@ -319,16 +337,42 @@ pub fn model_spec(o: &TrainOptions) -> ModelSpec {
     }
 }
 
+/// The loss of a training run: class weights from the training counts (γ = 1; 0.5 for GHM-CS)
+/// or from --class-weights, GHM-CS's class similarity from --similarity-matrix or
+/// --similarity-edges (one-hot targets without one).
+pub fn loss_config(o: &TrainOptions, counts: &[usize], labels: &[String]) -> Result<LossConfig> {
+    let mut lc = LossConfig::new(o.loss);
+    lc.class_weights = Some(match &o.class_weights {
+        Some(path) => read_class_weights(path, labels)?,
+        None => {
+            let gamma = if o.loss == LossKind::GhmCs { 0.5 } else { 1.0 };
+            class_weights_from_counts(counts, gamma)?
+        }
+    });
+    lc.similarity = match &o.similarity {
+        None => None,
+        Some(Similarity::Matrix(path)) => Some(read_similarity_matrix(path, labels)?),
+        Some(Similarity::Edges(path)) => Some(similarity_from_edges(path, labels)?),
+    };
+    if lc.similarity.is_some() && o.loss != LossKind::GhmCs {
+        return Err(Error::Invalid(format!(
+            "a class similarity is used by the GHM-CS loss only, not by {:?}",
+            o.loss
+        )));
+    }
+    Ok(lc)
+}
+
 /// The classifier a spec describes: character embeddings (N(0, 1)) or the BERT checkpoint, the
-/// head (PyTorch's initialisation), and the loss with class weights from `counts`.
+/// head (PyTorch's initialisation), and the loss.
 pub fn build_classifier(
     dev: &Device,
     spec: &ModelSpec,
     text: &TextEncoder,
-    counts: &[usize],
+    loss: LossConfig,
+    classes: usize,
     rng: &mut Rng,
 ) -> Result<Classifier> {
-    let classes = counts.len();
     let (input, width) = match (&spec.encoder, text) {
         (None, TextEncoder::Chars { vocab, .. }) => (
             Input::Embeddings(Embedding::new(dev, vocab.len(), spec.embedding_dim, rng)?),
@@ -346,7 +390,6 @@ pub fn build_classifier(
         }
     };
     let head_kind: HeadKind = spec.head.parse()?;
-    let loss_kind = loss_from_name(&spec.loss)?;
     let mut hc = HeadConfig::new(head_kind, width, classes);
     hc.textcnn_filters = spec.filters;
     hc.rnn_hidden = spec.rnn_hidden;
@@ -354,18 +397,11 @@ pub fn build_classifier(
     hc.sentence = spec.encoder.is_some();
     let head = Head::new(dev, hc, rng)?;
     check_head_input(&head, spec.encoder.is_some())?;
-    let mut lc = LossConfig::new(loss_kind);
-    let gamma = if loss_kind == LossKind::GhmCs {
-        0.5
-    } else {
-        1.0
-    };
-    lc.class_weights = Some(class_weights_from_counts(counts, gamma)?);
-    let loss = ClassificationLoss::new(dev, classes, lc)?;
+    let loss = ClassificationLoss::new(dev, classes, loss)?;
     Ok(Classifier { input, head, loss })
 }
 
-fn loss_from_name(name: &str) -> Result<LossKind> {
+pub fn loss_from_name(name: &str) -> Result<LossKind> {
     [
         LossKind::CrossEntropy,
         LossKind::WeightedCrossEntropy,
@@ -382,10 +418,10 @@ fn loss_from_name(name: &str) -> Result<LossKind> {
 fn fingerprint(o: &TrainOptions) -> String {
     let s = &o.settings;
     format!(
-        "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} head={:?} loss={:?} max_len={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={}",
+        "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} head={:?} loss={:?} max_len={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} class_weights={:?} similarity={:?} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={}",
         o.train, o.dev, o.dev_fraction, o.read.text_field, o.read.label_field, o.read.skip_bad,
         o.encoder, o.head, o.loss, o.max_len, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
-        o.synthetic_scale, s.epochs, s.batch_size, s.lr, s.input_lr_scale, s.warmup_fraction,
+        o.synthetic_scale, o.class_weights, o.similarity, s.epochs, s.batch_size, s.lr, s.input_lr_scale, s.warmup_fraction,
         s.weight_decay, s.clip, s.seed
     )
 }

@@ -16,10 +16,11 @@ use crate::error::{Error, Result};
 use crate::ops::AdamW;
 
 use super::checkpoint::{self, State};
-use super::command::{build_classifier, print_report, TextEncoder};
+use super::command::{build_classifier, loss_from_name, print_report, TextEncoder};
 use super::metrics::Report;
 use super::optim::Optimizer;
 use super::trainer::Classifier;
+use crate::model::loss::LossConfig;
 
 pub struct LoadedRun {
     pub model: Classifier,
@@ -51,8 +52,10 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
             )))
         }
     };
-    let counts = vec![1; state.run.labels.len()];
-    let mut model = build_classifier(dev, spec, &text, &counts, &mut Rng::new(0))?;
+    // The loss only matters for its GHM state's shape here: no weights, no similarity.
+    let classes = state.run.labels.len();
+    let loss = LossConfig::new(loss_from_name(&spec.loss)?);
+    let mut model = build_classifier(dev, spec, &text, loss, classes, &mut Rng::new(0))?;
     checkpoint::restore(
         &dir,
         &state,
