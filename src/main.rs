@@ -180,6 +180,9 @@ struct TrainArgs {
     /// Size of the built-in synthetic set (1.0: about 5,900 records).
     #[arg(long, default_value_t = 0.5)]
     pub synthetic_scale: f64,
+    /// Gradient accumulation: micro-batches of --batch-size per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub accumulate: usize,
     /// Class weights from a file (CSV `class,weight` or a JSON object) instead of the counts.
     #[arg(long)]
     pub class_weights: Option<std::path::PathBuf>,
@@ -238,6 +241,7 @@ impl TrainArgs {
                 batch_size: self.batch_size,
                 lr: self.lr,
                 seed: seed.unwrap_or(1),
+                accumulate: self.accumulate,
                 ..Default::default()
             },
             class_weights: self.class_weights.clone(),

@@ -50,11 +50,23 @@ fn checkpoint_bits(run: &std::path::Path) -> Vec<(String, Vec<u32>)> {
 /// same weights, AdamW moments, GHM state and metrics as the run never interrupted.
 #[test]
 fn resume_after_a_kill_mid_epoch_continues_exactly() {
+    resume_continues_exactly(1);
+}
+
+/// The same with gradient accumulation (2 micro-batches per step: the kill at step 7 is at
+/// batch 14; the checkpoint on disk is step 6's, batch 12, of 15 in the epoch).
+#[test]
+fn resume_with_gradient_accumulation_continues_exactly() {
+    resume_continues_exactly(2);
+}
+
+fn resume_continues_exactly(accumulate: usize) {
     let dev = common::test_device(Schedule::Forward);
     let base = || {
-        let mut o = small(0.05, 2);
+        let mut o = small(if accumulate == 1 { 0.05 } else { 0.1 }, 2);
         o.checkpoint_every = 3;
         o.head = HeadKind::TextCnnBiGru;
+        o.settings.accumulate = accumulate;
         o
     };
     let whole = base();
@@ -66,7 +78,7 @@ fn resume_after_a_kill_mid_epoch_continues_exactly() {
     assert_eq!(on_disk.progress.step, 6);
     assert_eq!(
         (on_disk.progress.epoch, on_disk.progress.batch),
-        (1, 6),
+        (1, 6 * accumulate),
         "mid-epoch"
     );
     cut.stop_after_steps = None;
@@ -250,4 +262,83 @@ fn ghm_cs_takes_a_similarity_source() {
     o.loss = emrclass::model::loss::LossKind::GhmCs;
     let e = run(&dev, &o).err().unwrap().to_string();
     assert!(e.contains("no-such-class"), "{e}");
+}
+
+/// Accumulated gradients of two micro-batches are (twice) the gradient of their union: the
+/// same mean loss over the same rows (dropout off; padding does not change the result).
+#[test]
+fn accumulated_gradients_match_the_whole_batch() {
+    use emrclass::data::batching::{pad, CharVocab};
+    use emrclass::train::checkpoint::ModelSpec;
+    use emrclass::train::command::{build_classifier, TextEncoder};
+    use emrclass::train::trainer::GradientSums;
+    let dev = common::test_device(Schedule::Random(5));
+    let examples = emrclass::data::synthetic::generate(3, 0.02);
+    let text = TextEncoder::Chars {
+        vocab: CharVocab::build(&examples, 1),
+        max_len: 24,
+    };
+    let spec = ModelSpec {
+        encoder: None,
+        head: "textcnn-bigru".into(),
+        loss: "ce".into(),
+        embedding_dim: 8,
+        filters: 5,
+        rnn_hidden: 6,
+        dropout: 0.0,
+        max_len: 24,
+    };
+    let seqs: Vec<Vec<i32>> = examples[..8]
+        .iter()
+        .map(|e| text.encode(&e.text).unwrap())
+        .collect();
+    let labels: Vec<i32> = (0..8).map(|i| (i % 3) as i32).collect();
+    let loss =
+        || emrclass::model::loss::LossConfig::new(emrclass::model::loss::LossKind::CrossEntropy);
+    let mut whole = build_classifier(
+        &dev,
+        &spec,
+        &text,
+        loss(),
+        3,
+        &mut emrclass::check::Rng::new(9),
+    )
+    .unwrap();
+    let mut parts = build_classifier(
+        &dev,
+        &spec,
+        &text,
+        loss(),
+        3,
+        &mut emrclass::check::Rng::new(9),
+    )
+    .unwrap();
+    let batch =
+        |r: std::ops::Range<usize>| pad(&seqs[r].iter().map(Vec::as_slice).collect::<Vec<_>>());
+    whole.backward_step(&batch(0..8), &labels, 1).unwrap();
+    let mut sums = GradientSums::default();
+    parts.backward_step(&batch(0..4), &labels[..4], 1).unwrap();
+    parts.accumulate_gradients(&mut sums, true).unwrap();
+    parts.backward_step(&batch(4..8), &labels[4..], 1).unwrap();
+    parts.accumulate_gradients(&mut sums, false).unwrap();
+    let mut checked = 0;
+    for slot in whole.slots(1.0) {
+        let want: Vec<f64> = slot
+            .grad
+            .to_host()
+            .unwrap()
+            .iter()
+            .map(|&g| 2.0 * g as f64)
+            .collect();
+        let got: Vec<f64> = sums.0[&slot.name]
+            .to_host()
+            .unwrap()
+            .iter()
+            .map(|&g| g as f64)
+            .collect();
+        let err = common::rel(&got, &want);
+        assert!(err < 1e-5, "{}: {err}", slot.name);
+        checked += 1;
+    }
+    assert!(checked >= 5);
 }

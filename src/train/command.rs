@@ -418,11 +418,11 @@ pub fn loss_from_name(name: &str) -> Result<LossKind> {
 fn fingerprint(o: &TrainOptions) -> String {
     let s = &o.settings;
     format!(
-        "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} head={:?} loss={:?} max_len={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} class_weights={:?} similarity={:?} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={}",
+        "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} head={:?} loss={:?} max_len={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} class_weights={:?} similarity={:?} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={} accumulate={}",
         o.train, o.dev, o.dev_fraction, o.read.text_field, o.read.label_field, o.read.skip_bad,
         o.encoder, o.head, o.loss, o.max_len, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
         o.synthetic_scale, o.class_weights, o.similarity, s.epochs, s.batch_size, s.lr, s.input_lr_scale, s.warmup_fraction,
-        s.weight_decay, s.clip, s.seed
+        s.weight_decay, s.clip, s.seed, s.accumulate
     )
 }
 

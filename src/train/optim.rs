@@ -96,16 +96,30 @@ impl Optimizer {
     /// One step at learning rate `lr`; with `clip`, gradients are scaled by
     /// min(1, clip / global norm) first. Returns the global norm before clipping.
     pub fn step(&mut self, slots: &mut [Slot], lr: f32, clip: Option<f32>) -> Result<f64> {
-        let norm = global_norm(&slots.iter().map(|s| s.grad).collect::<Vec<_>>())?;
+        self.step_scaled(slots, lr, clip, 1.0)
+    }
+
+    /// As `step`, with the gradients multiplied by `multiplier` first (1 / micro-batches for
+    /// summed accumulated gradients); the norm returned and clipped is the multiplied one.
+    pub fn step_scaled(
+        &mut self,
+        slots: &mut [Slot],
+        lr: f32,
+        clip: Option<f32>,
+        multiplier: f32,
+    ) -> Result<f64> {
+        let norm =
+            multiplier as f64 * global_norm(&slots.iter().map(|s| s.grad).collect::<Vec<_>>())?;
         if !norm.is_finite() {
             return Err(Error::Invalid(format!(
                 "gradient norm is {norm}: the step is skipped, nothing updated"
             )));
         }
-        let scale = match clip {
-            Some(c) if norm > c as f64 => (c as f64 / norm) as f32,
-            _ => 1.0,
-        };
+        let scale = multiplier
+            * match clip {
+                Some(c) if norm > c as f64 => (c as f64 / norm) as f32,
+                _ => 1.0,
+            };
         self.step += 1;
         for s in slots.iter_mut() {
             let n = s.value.len();

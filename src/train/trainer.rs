@@ -25,6 +25,10 @@ pub enum Input {
     Encoder(Box<BertEncoder>),
 }
 
+/// Summed gradients by parameter name (gradient accumulation).
+#[derive(Default)]
+pub struct GradientSums(pub std::collections::HashMap<String, Buffer<f32>>);
+
 pub struct Classifier {
     pub input: Input,
     pub head: Head,
@@ -71,6 +75,15 @@ impl Classifier {
         lr: f32,
         s: &TrainSettings,
     ) -> Result<f32> {
+        let loss = self.backward_step(b, labels, seed)?;
+        let mut slots = self.slots(s.input_lr_scale);
+        opt.step(&mut slots, lr, s.clip)?;
+        Ok(loss)
+    }
+
+    /// Forward, loss and backward on a batch: every parameter's gradient is overwritten with
+    /// this batch's. Returns the loss.
+    pub fn backward_step(&mut self, b: &TokenBatch, labels: &[i32], seed: u64) -> Result<f32> {
         let logits = self.forward(b, Some(seed))?;
         let mut dlogits = logits.device().alloc::<f32>(logits.len(), "dlogits")?;
         let loss = self
@@ -86,9 +99,44 @@ impl Classifier {
             )?,
             Input::Encoder(enc) => enc.backward(g.tokens.as_ref(), g.sentence.as_ref())?,
         }
-        let mut slots = self.slots(s.input_lr_scale);
-        opt.step(&mut slots, lr, s.clip)?;
         Ok(loss)
+    }
+
+    /// Adds every parameter's current gradient into `sums` (by name; set rather than added on
+    /// `first`): gradient accumulation over micro-batches.
+    pub fn accumulate_gradients(&mut self, sums: &mut GradientSums, first: bool) -> Result<()> {
+        for slot in self.slots(1.0) {
+            let n = slot.grad.len();
+            let sum = match sums.0.remove(&slot.name) {
+                Some(prev) if !first => {
+                    let mut next = slot.grad.device().alloc::<f32>(n, "gradient sum")?;
+                    ops::add(&prev, slot.grad, &mut next, n)?;
+                    next
+                }
+                _ => slot.grad.duplicate()?,
+            };
+            sums.0.insert(slot.name, sum);
+        }
+        Ok(())
+    }
+
+    /// One AdamW step on the mean of the accumulated gradients of `micro` micro-batches.
+    pub fn step_accumulated(
+        &mut self,
+        sums: &GradientSums,
+        micro: usize,
+        opt: &mut Optimizer,
+        lr: f32,
+        s: &TrainSettings,
+    ) -> Result<()> {
+        let mut slots = self.slots(s.input_lr_scale);
+        for slot in slots.iter_mut() {
+            slot.grad = sums.0.get(&slot.name).ok_or_else(|| {
+                Error::Invalid(format!("no accumulated gradient for {}", slot.name))
+            })?;
+        }
+        opt.step_scaled(&mut slots, lr, s.clip, 1.0 / micro.max(1) as f32)?;
+        Ok(())
     }
 
     /// Every parameter with its gradient, by name: the head's, then the input path's.
@@ -158,6 +206,9 @@ pub struct TrainSettings {
     pub weight_decay: f32,
     pub clip: Option<f32>,
     pub seed: u64,
+    /// Micro-batches per optimizer step (gradient accumulation): an effective batch of
+    /// batch_size x accumulate.
+    pub accumulate: usize,
 }
 
 impl Default for TrainSettings {
@@ -171,6 +222,7 @@ impl Default for TrainSettings {
             weight_decay: 0.01,
             clip: Some(1.0),
             seed: 1,
+            accumulate: 1,
         }
     }
 }
@@ -224,7 +276,11 @@ pub fn train(
 ) -> Result<(Vec<EpochLog>, Progress)> {
     let (train_seqs, train_labels) = (&train_set.seqs, &train_set.labels);
     let lens: Vec<usize> = train_seqs.iter().map(Vec::len).collect();
-    let steps_per_epoch = train_seqs.len().div_ceil(s.batch_size.max(1)) as u64;
+    let micro = s.accumulate.max(1);
+    let steps_per_epoch = train_seqs
+        .len()
+        .div_ceil(s.batch_size.max(1))
+        .div_ceil(micro) as u64;
     let total = steps_per_epoch * s.epochs as u64;
     let schedule = Schedule {
         peak: s.lr,
@@ -232,9 +288,10 @@ pub fn train(
         total,
     };
     let mut p = ctl.progress.clone();
-    // One dropout seed per step, drawn in order: skip those of the steps already taken.
+    // One dropout seed per batch, drawn in order: skip those of the batches already trained.
+    let batches_per_epoch = train_seqs.len().div_ceil(s.batch_size.max(1));
     let mut seeds = Rng::new(s.seed);
-    for _ in 0..p.step {
+    for _ in 0..(p.epoch.saturating_sub(1) * batches_per_epoch + p.batch) {
         seeds.next_u64();
     }
     let mut logs = Vec::new();
@@ -245,16 +302,29 @@ pub fn train(
         let start = std::time::Instant::now();
         let batches = bucketed_batches(&lens, s.batch_size, s.seed, p.epoch as u64);
         let first = p.batch;
-        for idx in batches.iter().skip(first) {
-            let b = pad(&idx
-                .iter()
-                .map(|&i| train_seqs[i].as_slice())
-                .collect::<Vec<_>>());
-            let labels: Vec<i32> = idx.iter().map(|&i| train_labels[i] as i32).collect();
+        let mut sums = GradientSums::default();
+        for group in batches[first.min(batches.len())..].chunks(micro) {
             let lr = schedule.lr(opt.step + 1) as f32;
-            let loss = model.train_step(&b, &labels, seeds.next_u64(), opt, lr, s)?;
-            p.loss_sum += loss as f64;
-            p.batch += 1;
+            let mut loss = 0.0f32;
+            for (k, idx) in group.iter().enumerate() {
+                let b = pad(&idx
+                    .iter()
+                    .map(|&i| train_seqs[i].as_slice())
+                    .collect::<Vec<_>>());
+                let labels: Vec<i32> = idx.iter().map(|&i| train_labels[i] as i32).collect();
+                let seed = seeds.next_u64();
+                if micro == 1 {
+                    loss = model.train_step(&b, &labels, seed, opt, lr, s)?;
+                } else {
+                    loss += model.backward_step(&b, &labels, seed)? / group.len() as f32;
+                    model.accumulate_gradients(&mut sums, k == 0)?;
+                }
+            }
+            if micro > 1 {
+                model.step_accumulated(&sums, group.len(), opt, lr, s)?;
+            }
+            p.loss_sum += loss as f64 * group.len() as f64;
+            p.batch += group.len();
             p.step = opt.step;
             let ev = Event::Step {
                 loss,
