@@ -292,7 +292,7 @@ fn accumulated_gradients_match_the_whole_batch() {
         .iter()
         .map(|e| text.encode(&e.text).unwrap())
         .collect();
-    let labels: Vec<i32> = (0..8).map(|i| (i % 3) as i32).collect();
+    let labels: Vec<i32> = (0..8).map(|i: i32| i % 3).collect();
     let loss =
         || emrclass::model::loss::LossConfig::new(emrclass::model::loss::LossKind::CrossEntropy);
     let mut whole = build_classifier(
