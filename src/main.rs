@@ -180,6 +180,13 @@ struct TrainArgs {
     /// Size of the built-in synthetic set (1.0: about 5,900 records).
     #[arg(long, default_value_t = 0.5)]
     pub synthetic_scale: f64,
+    /// Keep the --encoder frozen: encode every text once (cached on disk, see
+    /// --feature-cache) and train only the head.
+    #[arg(long, requires = "encoder")]
+    pub freeze_encoder: bool,
+    /// Folder of the frozen encoder's feature cache (shared between runs).
+    #[arg(long, default_value = "runs/feature-cache")]
+    pub feature_cache: std::path::PathBuf,
     /// Gradient accumulation: micro-batches of --batch-size per optimizer step.
     #[arg(long, default_value_t = 1)]
     pub accumulate: usize,
@@ -244,6 +251,8 @@ impl TrainArgs {
                 accumulate: self.accumulate,
                 ..Default::default()
             },
+            freeze_encoder: self.freeze_encoder,
+            feature_cache: self.feature_cache.clone(),
             class_weights: self.class_weights.clone(),
             similarity: match (&self.similarity_matrix, &self.similarity_edges) {
                 (Some(m), _) => Some(emrclass::train::command::Similarity::Matrix(m.clone())),

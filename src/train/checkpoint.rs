@@ -70,6 +70,9 @@ pub struct ModelSpec {
     pub rnn_hidden: usize,
     pub dropout: f32,
     pub max_len: usize,
+    /// The encoder stayed frozen: the checkpoints hold the head alone.
+    #[serde(default)]
+    pub frozen: bool,
 }
 
 /// What a run's checkpoints share: labels, vocabulary, settings, model.
@@ -161,16 +164,23 @@ pub fn load_state(dir: &Path) -> Result<State> {
 }
 
 /// Copies a checkpoint's parameters into `model` and its moments into `opt` (step included).
+/// With `head_only`, the input path keeps its own weights (a frozen encoder's run).
 pub fn restore(
     dir: &Path,
     state: &State,
     model: &mut Classifier,
     opt: &mut Optimizer,
+    head_only: bool,
 ) -> Result<()> {
     let file: PathBuf = dir.join(&state.tensors);
     let ck = Checkpoint::open(&file)?;
     opt.step = state.progress.step;
-    for slot in model.slots(1.0) {
+    let slots = if head_only {
+        model.head.slots(1.0)
+    } else {
+        model.slots(1.0)
+    };
+    for slot in slots {
         let n = slot.value.len();
         slot.value.copy_from_host(&ck.get(&slot.name, &[n])?)?;
         let (m, v) = (

@@ -20,6 +20,7 @@ use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 
 use super::checkpoint::{self, ModelSpec, Progress, RunInfo};
 use super::experiment::{head_name, loss_name};
+use super::features::FeatureStore;
 use super::metrics::Report;
 use super::optim::Optimizer;
 use super::run_folder::{FolderSettings, RunFolder};
@@ -46,6 +47,10 @@ pub struct TrainOptions {
     pub rnn_hidden: usize,
     pub dropout: f32,
     pub synthetic_scale: f64,
+    /// Keep the encoder frozen: encode every text once (cached on disk) and train the head.
+    pub freeze_encoder: bool,
+    /// Where the frozen encoder's features are cached.
+    pub feature_cache: PathBuf,
     /// Class weights from a file (CSV `class,weight` or a JSON object) instead of the counts.
     pub class_weights: Option<PathBuf>,
     /// GHM-CS's class similarity.
@@ -91,6 +96,8 @@ impl Default for TrainOptions {
             rnn_hidden: 64,
             dropout: 0.2,
             synthetic_scale: 0.5,
+            freeze_encoder: false,
+            feature_cache: PathBuf::from("runs/feature-cache"),
             class_weights: None,
             similarity: None,
             settings: TrainSettings {
@@ -179,6 +186,9 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     let truncated = train_seqs.iter().filter(|s| s.len() >= o.max_len).count();
     let lc = loss_config(o, &counts, &map.names)?;
     let mut model = build_classifier(dev, &spec, &text, lc, classes, &mut rng)?;
+    if o.freeze_encoder {
+        freeze(dev, &mut model, o, &train_seqs, &dev_seqs)?;
+    }
     println!(
         "data: {source}: {} train / {} dev records, {classes} classes (largest {}, smallest {}), {:.1}% truncated at {} tokens",
         train_seqs.len(),
@@ -242,7 +252,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
                 folder.info.fingerprint
             )));
         }
-        checkpoint::restore(&dir, &state, &mut model, &mut opt)?;
+        checkpoint::restore(&dir, &state, &mut model, &mut opt, false)?;
         let p = state.progress;
         println!(
             "resuming from {}: epoch {}, {} batches done, step {}",
@@ -287,6 +297,40 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     }
     println!("run folder: {}", o.out.display());
     Ok(logs)
+}
+
+/// Replaces the model's encoder by its cached outputs over every training and dev text.
+fn freeze(
+    dev: &Device,
+    model: &mut Classifier,
+    o: &TrainOptions,
+    train_seqs: &[Vec<i32>],
+    dev_seqs: &[Vec<i32>],
+) -> Result<()> {
+    let (Input::Encoder(enc), Some(dir)) = (&mut model.input, &o.encoder) else {
+        return Err(Error::Invalid("--freeze-encoder needs --encoder".into()));
+    };
+    let all: Vec<Vec<i32>> = train_seqs.iter().chain(dev_seqs).cloned().collect();
+    let t = std::time::Instant::now();
+    let (store, cached) =
+        FeatureStore::build(enc, dir, &all, &o.feature_cache, o.settings.batch_size)?;
+    println!(
+        "frozen encoder: {} distinct texts {} in {:.1} s ({})",
+        store.len(),
+        if cached {
+            "read from the cache"
+        } else {
+            "encoded"
+        },
+        t.elapsed().as_secs_f64(),
+        o.feature_cache.display()
+    );
+    // The encoder's weights leave the device here.
+    model.input = Input::Features {
+        store: Box::new(store),
+        device: dev.clone(),
+    };
+    Ok(())
 }
 
 /// Text to token ids: characters (the encoder-free path) or the checkpoint's tokenizer.
@@ -334,6 +378,7 @@ pub fn model_spec(o: &TrainOptions) -> ModelSpec {
         rnn_hidden: o.rnn_hidden,
         dropout: o.dropout,
         max_len: o.max_len,
+        frozen: o.freeze_encoder,
     }
 }
 
@@ -418,9 +463,9 @@ pub fn loss_from_name(name: &str) -> Result<LossKind> {
 fn fingerprint(o: &TrainOptions) -> String {
     let s = &o.settings;
     format!(
-        "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} head={:?} loss={:?} max_len={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} class_weights={:?} similarity={:?} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={} accumulate={}",
+        "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} frozen={} head={:?} loss={:?} max_len={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} class_weights={:?} similarity={:?} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={} accumulate={}",
         o.train, o.dev, o.dev_fraction, o.read.text_field, o.read.label_field, o.read.skip_bad,
-        o.encoder, o.head, o.loss, o.max_len, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
+        o.encoder, o.freeze_encoder, o.head, o.loss, o.max_len, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
         o.synthetic_scale, o.class_weights, o.similarity, s.epochs, s.batch_size, s.lr, s.input_lr_scale, s.warmup_fraction,
         s.weight_decay, s.clip, s.seed, s.accumulate
     )

@@ -56,12 +56,8 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
     let classes = state.run.labels.len();
     let loss = LossConfig::new(loss_from_name(&spec.loss)?);
     let mut model = build_classifier(dev, spec, &text, loss, classes, &mut Rng::new(0))?;
-    checkpoint::restore(
-        &dir,
-        &state,
-        &mut model,
-        &mut Optimizer::new(AdamW::default()),
-    )?;
+    let mut opt = Optimizer::new(AdamW::default());
+    checkpoint::restore(&dir, &state, &mut model, &mut opt, spec.frozen)?;
     Ok(LoadedRun {
         model,
         text,

@@ -9,6 +9,8 @@ use crate::data::tokenizer::TokenBatch;
 use crate::device::Buffer;
 use crate::error::{Error, Result};
 use crate::model::bert::BertEncoder;
+
+use super::features::FeatureStore;
 use crate::model::embedding::Embedding;
 use crate::model::heads::Head;
 use crate::model::loss::ClassificationLoss;
@@ -23,6 +25,11 @@ pub enum Input {
     Embeddings(Embedding),
     /// A BERT encoder, fine-tuned with the head.
     Encoder(Box<BertEncoder>),
+    /// A frozen encoder's cached outputs: only the head trains.
+    Features {
+        store: Box<FeatureStore>,
+        device: crate::device::Device,
+    },
 }
 
 /// Summed gradients by parameter name (gradient accumulation).
@@ -62,6 +69,12 @@ impl Classifier {
                 )?;
                 self.head.forward(hidden, &lens, b.len, Some(pooled), seed)
             }
+            Input::Features { store, device } => {
+                let (hidden, pooled) =
+                    store.gather(device, &b.input_ids, &b.attention_mask, b.batch)?;
+                self.head
+                    .forward(&hidden, &lens, b.len, Some(&pooled), seed)
+            }
         }
     }
 
@@ -98,6 +111,7 @@ impl Classifier {
                     .ok_or_else(|| Error::Invalid("head returned no token gradient".into()))?,
             )?,
             Input::Encoder(enc) => enc.backward(g.tokens.as_ref(), g.sentence.as_ref())?,
+            Input::Features { .. } => {}
         }
         Ok(loss)
     }
@@ -145,6 +159,7 @@ impl Classifier {
         match &mut self.input {
             Input::Embeddings(e) => slots.extend(e.slots("embeddings", input_lr_scale)),
             Input::Encoder(enc) => slots.extend(enc.slots(input_lr_scale)),
+            Input::Features { .. } => {}
         }
         slots
     }
