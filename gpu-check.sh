@@ -23,7 +23,7 @@ BUNDLE=gpu-bundle
 # Test binaries whose tests honour EMRCLASS_TEST_DEVICE=cuda (tests/common::test_device) or
 # EMRCLASS_TEST_CUDA=1 (kernels_vs_reference). text_parity is left out: its MiniLM checkpoint
 # (90 MB) is more than the GPU machine's transfer allows.
-TESTS="kernels_vs_reference layer_parity loss_parity loss_edge_cases bert_parity embedding_and_weights attention_memory optim training"
+TESTS="kernels_vs_reference layer_parity loss_parity loss_edge_cases bert_parity embedding_and_weights attention_memory optim training eval_predict"
 
 pack() {
     set -e

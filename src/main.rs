@@ -154,7 +154,7 @@ struct TrainArgs {
     pub encoder: Option<std::path::PathBuf>,
     /// cls, textcnn, bigru, bilstm, textcnn-bigru or paper (cls needs --encoder; without one,
     /// paper is Text-CNN || BiGRU).
-    #[arg(long, default_value = "textcnn")]
+    #[arg(long, default_value = "paper")]
     pub head: String,
     #[arg(long, value_enum, default_value_t = LossArg::Ghmcs)]
     pub loss: LossArg,
@@ -187,6 +187,10 @@ struct TrainArgs {
     /// Folder of the frozen encoder's feature cache (shared between runs).
     #[arg(long, default_value = "runs/feature-cache")]
     pub feature_cache: std::path::PathBuf,
+    /// Learning rate of the input path (character embeddings or encoder) as a multiple of the
+    /// head's --lr.
+    #[arg(long, default_value_t = 1.0)]
+    pub input_lr_scale: f32,
     /// Gradient accumulation: micro-batches of --batch-size per optimizer step.
     #[arg(long, default_value_t = 1)]
     pub accumulate: usize,
@@ -249,6 +253,7 @@ impl TrainArgs {
                 lr: self.lr,
                 seed: seed.unwrap_or(1),
                 accumulate: self.accumulate,
+                input_lr_scale: self.input_lr_scale,
                 ..Default::default()
             },
             freeze_encoder: self.freeze_encoder,

@@ -238,44 +238,6 @@ fn named_errors() {
     let logs = run(&dev, &o).unwrap();
     assert!(logs[0].mean_loss.is_finite() && logs[0].dev.accuracy > 0.0);
 
-    // Frozen: the encoder runs once per distinct text; a second run reads the cache and trains
-    // the same head bit for bit; `eval` (the encoder run live) reproduces the best epoch.
-    o.freeze_encoder = true;
-    o.feature_cache = temp_run("feature-cache");
-    o.settings.epochs = 3;
-    o.settings.lr = 1e-2;
-    let first = run(&dev, &o).unwrap();
-    let cached: Vec<_> = std::fs::read_dir(&o.feature_cache).unwrap().collect();
-    assert_eq!(cached.len(), 1, "one cache file");
-    o.out = temp_run("frozen-again");
-    let second = run(&dev, &o).unwrap();
-    for (a, b) in first.iter().zip(&second) {
-        assert_eq!(a.mean_loss.to_bits(), b.mean_loss.to_bits());
-        assert_eq!(a.dev, b.dev);
-    }
-    let state = checkpoint::load_state(&o.out.join("checkpoint")).unwrap();
-    assert!(state.run.model.frozen);
-    let ck = emrclass::weights::Checkpoint::open(&o.out.join("checkpoint").join(&state.tensors))
-        .unwrap();
-    assert!(
-        ck.names().iter().all(|n| !n.contains("encoder.layer")),
-        "the head alone is saved"
-    );
-    assert!(first[2].mean_loss < first[0].mean_loss, "the head learns");
-    // predict rebuilds a frozen run: the checkpoint's head on the live encoder.
-    let input = o.out.join("in.jsonl");
-    std::fs::write(&input, "\"患者胸闷痛\"\n").unwrap();
-    let output = o.out.join("out.jsonl");
-    emrclass::train::inference::predict(&dev, &o.out, true, &input, &output, "text", 4).unwrap();
-    let line: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(&output).unwrap().trim()).unwrap();
-    let total: f64 = line["probabilities"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_f64().unwrap())
-        .sum();
-    assert!((total - 1.0).abs() < 1e-4, "{line}");
     let dir = std::env::temp_dir().join(format!("emrclass-train-data-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let train = dir.join("train.jsonl");
@@ -420,4 +382,22 @@ fn accumulated_gradients_match_the_whole_batch() {
         checked += 1;
     }
     assert!(checked >= 5);
+}
+
+/// Early stopping: with a zero learning rate nothing improves after epoch 1, so patience 1
+/// stops the run after epoch 2 of 5.
+#[test]
+fn patience_stops_a_run_that_no_longer_improves() {
+    let dev = common::test_device(Schedule::Forward);
+    let mut o = small(0.03, 5);
+    o.head = HeadKind::TextCnn;
+    o.settings.lr = 0.0;
+    o.patience = Some(1);
+    let logs = run(&dev, &o).unwrap();
+    assert_eq!(logs.len(), 2);
+    let state = checkpoint::load_state(&o.out.join("checkpoint")).unwrap();
+    assert_eq!(
+        (state.progress.best.unwrap().0, state.progress.bad_epochs),
+        (1, 1)
+    );
 }

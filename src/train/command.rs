@@ -88,7 +88,7 @@ impl Default for TrainOptions {
             dev_fraction: 0.2,
             read: ReadOptions::default(),
             encoder: None,
-            head: HeadKind::TextCnn,
+            head: HeadKind::Paper,
             loss: LossKind::GhmCs,
             max_len: 64,
             embedding_dim: 64,
