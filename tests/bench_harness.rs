@@ -251,8 +251,8 @@ fn gpu_check_packs_and_fails_cleanly_without_a_gpu() {
     let tests = rows(&out_dir.join("tests.jsonl"));
     assert_eq!(
         tests.len(),
-        10,
-        "9 test binaries and the step bench: {tests:?}"
+        11,
+        "10 test binaries and the step bench: {tests:?}"
     );
     for t in &tests {
         if std::path::Path::new("/dev/nvidia0").exists() {
