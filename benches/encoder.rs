@@ -1,6 +1,6 @@
 //! Criterion benchmark of the fused attention and of one BERT layer, forward + backward: small
-//! shapes on the simulator always, BERT-base (batch 16, L 128, hidden 768, 12 heads) on CUDA
-//! when a GPU is usable. `emrclass bench attention|encoder` prints GFLOP/s and memory saved.
+//! shapes on the simulator always, BERT-base (batch 16, L = 128, 256, 512, hidden 768, 12
+//! heads) on CUDA when a GPU is usable. `emrclass bench attention|encoder` prints GFLOP/s and memory saved.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use emrclass::{bench, Device, Schedule};
@@ -11,7 +11,9 @@ fn bench_encoder(c: &mut Criterion) {
         (1usize, 32usize, 64usize, 2usize),
     )];
     if let Ok(cuda) = Device::cuda() {
-        devices.push((cuda, (16, 128, 768, 12)));
+        for len in [128, 256, 512] {
+            devices.push((cuda.clone(), (16, len, 768, 12)));
+        }
     }
     for (dev, (batch, len, hidden, heads)) in devices {
         let mut group = c.benchmark_group(format!("encoder {}", dev.describe()));
