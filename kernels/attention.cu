@@ -81,6 +81,105 @@ extern "C" __global__ void HOT_KERNEL attention_forward(const float *__restrict_
     if (lane == 0) lse[((long long)b * heads + h) * len + i] = l > 0.0f ? m + logf(l) : float_infinity();
 }
 
+// The same forward, tiled for head sizes up to 64: a block of 256 threads owns 64 queries of
+// one (b, h) and walks the keys in tiles of 32 staged in shared memory (coalesced loads, each
+// key read once per 64 queries instead of once per query). Four threads share a query row:
+// each scores 8 of the tile's keys, the four combine the running max and normaliser with two
+// shuffles, and each accumulates 16 of the row's output dimensions from the tile's
+// (dropped-out) probabilities, also staged in shared memory. Same online softmax, same lse,
+// same dropout mask as attention_forward, so the backward kernels serve both.
+#define ATTN_TILE_Q 64
+#define ATTN_TILE_K 32
+#define ATTN_TILE_D 64
+#define ATTN_TILE_THREADS 256
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_TILE_THREADS)
+    attention_forward_tiled(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
+                            const int *__restrict__ key_mask, float *__restrict__ out, float *__restrict__ lse,
+                            int batch, int heads, int len, int head_dim, int stride, float scale, float dropout,
+                            unsigned long long seed) {
+    DYNAMIC_SHARED(float, shared);
+    float *q_sh = shared;                                        // [64][65]
+    float *k_sh = q_sh + ATTN_TILE_Q * (ATTN_TILE_D + 1);        // [32][65]
+    float *v_sh = k_sh + ATTN_TILE_K * (ATTN_TILE_D + 1);        // [32][64]
+    float *p_sh = v_sh + ATTN_TILE_K * ATTN_TILE_D;              // [64][33]
+    const int t = threadIdx.x, r = t / 4, part = t % 4;
+    const int i0 = blockIdx.x * ATTN_TILE_Q, h = blockIdx.y, b = blockIdx.z, i = i0 + r;
+    const int d = head_dim;
+    for (int e = t; e < ATTN_TILE_Q * ATTN_TILE_D; e += ATTN_TILE_THREADS) {
+        const int rr = e / ATTN_TILE_D, c = e % ATTN_TILE_D;
+        q_sh[rr * (ATTN_TILE_D + 1) + c] =
+            (i0 + rr < len && c < d) ? q[attn_row(b, i0 + rr, len) * stride + h * d + c] : 0.0f;
+    }
+    float acc[ATTN_TILE_D / 4];
+#pragma unroll
+    for (int x = 0; x < ATTN_TILE_D / 4; x++) acc[x] = 0.0f;
+    float m = -float_infinity(), l = 0.0f;
+    const float keep_scale = 1.0f / (1.0f - dropout);
+    const long long counter0 = (((long long)b * heads + h) * len + i) * len;
+    for (int j0 = 0; j0 < len; j0 += ATTN_TILE_K) {
+        __syncthreads();  // the previous tile's k, v and p are consumed
+        for (int e = t; e < ATTN_TILE_K * ATTN_TILE_D; e += ATTN_TILE_THREADS) {
+            const int jj = e / ATTN_TILE_D, c = e % ATTN_TILE_D, j = j0 + jj;
+            const bool in = j < len && c < d;
+            const long long at = attn_row(b, j, len) * stride + h * d + c;
+            k_sh[jj * (ATTN_TILE_D + 1) + c] = in ? k[at] : 0.0f;
+            v_sh[jj * ATTN_TILE_D + c] = in ? v[at] : 0.0f;
+        }
+        __syncthreads();
+        // Scores of this thread's 8 keys: jj = part + 4u.
+        float s[ATTN_TILE_K / 4];
+        float tile_max = -float_infinity();
+#pragma unroll
+        for (int u = 0; u < ATTN_TILE_K / 4; u++) {
+            const int jj = part + 4 * u, j = j0 + jj;
+            float dot = 0.0f;
+            for (int c = 0; c < d; c++) dot = fmaf(q_sh[r * (ATTN_TILE_D + 1) + c], k_sh[jj * (ATTN_TILE_D + 1) + c], dot);
+            const bool real = j < len && attn_key_real(key_mask, b, j, len);
+            s[u] = real ? dot * scale : -float_infinity();
+            tile_max = fmaxf(tile_max, s[u]);
+        }
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(FULL_MASK, tile_max, 1));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(FULL_MASK, tile_max, 2));
+        const float m_new = fmaxf(m, tile_max);
+        const bool any = m_new != -float_infinity();  // false while every key so far is padding
+        const float correction = any ? expf(m - m_new) : 1.0f;
+        float psum = 0.0f;
+#pragma unroll
+        for (int u = 0; u < ATTN_TILE_K / 4; u++) {
+            const int jj = part + 4 * u, j = j0 + jj;
+            const float p = (any && s[u] != -float_infinity()) ? expf(s[u] - m_new) : 0.0f;
+            psum += p;
+            const bool keep = !(dropout > 0.0f) || (j < len && dropout_keep(seed, counter0 + j, dropout));
+            p_sh[r * (ATTN_TILE_K + 1) + jj] = keep ? p * keep_scale : 0.0f;
+        }
+        psum += __shfl_xor_sync(FULL_MASK, psum, 1);
+        psum += __shfl_xor_sync(FULL_MASK, psum, 2);
+        l = l * correction + psum;
+        m = m_new;
+        __syncthreads();
+        // This thread's 16 output dimensions: c = part * 16 + x.
+#pragma unroll
+        for (int x = 0; x < ATTN_TILE_D / 4; x++) acc[x] *= correction;
+        for (int jj = 0; jj < ATTN_TILE_K; jj++) {
+            const float pj = p_sh[r * (ATTN_TILE_K + 1) + jj];
+#pragma unroll
+            for (int x = 0; x < ATTN_TILE_D / 4; x++)
+                acc[x] = fmaf(pj, v_sh[jj * ATTN_TILE_D + part * (ATTN_TILE_D / 4) + x], acc[x]);
+        }
+    }
+    if (i < len) {
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        float *o = out + attn_row(b, i, len) * heads * d + h * d;
+#pragma unroll
+        for (int x = 0; x < ATTN_TILE_D / 4; x++) {
+            const int c = part * (ATTN_TILE_D / 4) + x;
+            if (c < d) o[c] = acc[x] * inv;
+        }
+        // A row whose keys are all padding has no distribution: +inf makes every recomputed p 0.
+        if (part == 0) lse[((long long)b * heads + h) * len + i] = l > 0.0f ? m + logf(l) : float_infinity();
+    }
+}
+
 // delta[b, h, i] = sum_c dout[b, i, h, c] * out[b, i, h, c]: the row sums sum_j p_ij dp_ij that the
 // softmax backward subtracts (they equal dO . O even with dropout). One warp per row.
 extern "C" __global__ void attention_backward_delta(const float *__restrict__ out, const float *__restrict__ dout,

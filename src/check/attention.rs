@@ -1,6 +1,7 @@
 //! Registry checks of the fused attention: the f64 reference against finite differences (with
 //! a fixed dropout mask), and the kernels against the reference at awkward shapes: one token,
-//! head sizes 1, 7, 33, 64, 128, padding, a fused QKV buffer, dropout.
+//! head sizes 1, 7, 16, 33, 64 (the tiled forward) and 128 (warp per query), two query
+//! tiles, padding, a fused QKV buffer, dropout.
 
 use super::registry::{Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE};
 use super::{finite_difference, relative_error, to_f32, weighted_sum, worst, Rng};
@@ -20,6 +21,7 @@ fn cases() -> Vec<Case> {
         (2, 2, 9, 64, vec![9, 4], true, 0.0),
         (1, 2, 33, 33, vec![20], false, 0.3),
         (3, 1, 40, 128, vec![40, 1, 17], false, 0.1),
+        (2, 2, 70, 16, vec![70, 65], true, 0.2),
     ]
 }
 

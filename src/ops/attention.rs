@@ -108,7 +108,27 @@ pub fn forward(
         a.dropout.into(),
         Arg::U64(a.seed),
     ];
-    qkv[0].device().launch(OP, a.cfg(), &args)
+    if a.head_dim <= TILED_MAX_HEAD_DIM {
+        qkv[0]
+            .device()
+            .launch("attention_forward_tiled", tiled_cfg(a), &args)
+    } else {
+        qkv[0].device().launch(OP, a.cfg(), &args)
+    }
+}
+
+/// Head sizes the tiled forward takes (ATTN_TILE_D in kernels/attention.cu); larger ones go to
+/// the warp-per-query kernel.
+pub const TILED_MAX_HEAD_DIM: usize = 64;
+
+/// 64 queries per block, 256 threads; shared memory for the query tile [64][65], a key tile
+/// [32][65], a value tile [32][64] and the probabilities [64][33].
+fn tiled_cfg(a: &Attention) -> LaunchConfig {
+    LaunchConfig {
+        grid: (a.len.div_ceil(64) as u32, a.heads as u32, a.batch as u32),
+        block: (256, 1, 1),
+        shared_bytes: ((64 * 65 + 32 * 65 + 32 * 64 + 64 * 33) * 4) as u32,
+    }
 }
 
 /// dq, dk, dv laid out like q, k, v (same stride and offsets) in `grads`; every head column of
