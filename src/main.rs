@@ -216,9 +216,16 @@ struct TrainArgs {
     /// A log.jsonl line every N steps.
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
-    /// Early stopping: stop after N epochs without a better dev macro-F1.
+    /// Early stopping: stop after N epochs without a better dev --metric.
     #[arg(long)]
     pub patience: Option<usize>,
+    /// The dev metric that picks the best epoch and drives early stopping: macro-f1, micro-f1,
+    /// weighted-f1 or accuracy.
+    #[arg(long, default_value = "macro-f1")]
+    pub metric: String,
+    /// Also evaluate on the dev set every N optimizer steps (0: per epoch only).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
     /// No progress bar (logs and epoch lines only).
     #[arg(long)]
     pub quiet: bool,
@@ -269,6 +276,8 @@ impl TrainArgs {
             checkpoint_every: self.checkpoint_every,
             log_every: self.log_every,
             patience: self.patience,
+            metric: self.metric.parse()?,
+            eval_every: self.eval_every,
             quiet: self.quiet,
             stop_after_steps: self.stop_after_steps,
         })

@@ -393,8 +393,18 @@ fn patience_stops_a_run_that_no_longer_improves() {
     o.head = HeadKind::TextCnn;
     o.settings.lr = 0.0;
     o.patience = Some(1);
+    o.eval_every = 2;
+    o.metric = "accuracy".parse().unwrap();
     let logs = run(&dev, &o).unwrap();
     assert_eq!(logs.len(), 2);
+    // Mid-epoch evaluations are logged between the epochs' lines.
+    let log = std::fs::read_to_string(o.out.join("log.jsonl")).unwrap();
+    let evals = log
+        .lines()
+        .filter(|l| l.contains("\"dev_accuracy\"") && !l.contains("\"loss\""))
+        .count();
+    assert!(evals >= 2, "{log}");
+    assert!("f1".parse::<emrclass::train::metrics::Metric>().is_err());
     let state = checkpoint::load_state(&o.out.join("checkpoint")).unwrap();
     assert_eq!(
         (state.progress.best.unwrap().0, state.progress.bad_epochs),

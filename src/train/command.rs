@@ -21,7 +21,7 @@ use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 use super::checkpoint::{self, ModelSpec, Progress, RunInfo};
 use super::experiment::{head_name, loss_name};
 use super::features::FeatureStore;
-use super::metrics::Report;
+use super::metrics::{Metric, Report};
 use super::optim::Optimizer;
 use super::run_folder::{FolderSettings, RunFolder};
 use super::trainer::{
@@ -63,8 +63,12 @@ pub struct TrainOptions {
     /// Checkpoint every N optimizer steps (0: at each epoch's end only).
     pub checkpoint_every: u64,
     pub log_every: u64,
-    /// Stop after this many epochs without a better dev macro-F1.
+    /// Stop after this many epochs without a better dev metric.
     pub patience: Option<usize>,
+    /// The dev metric that picks the best epoch and drives early stopping.
+    pub metric: Metric,
+    /// Also evaluate on the dev set every N steps (0: per epoch only).
+    pub eval_every: u64,
     /// No progress bar.
     pub quiet: bool,
     /// Return right after this step, as if killed (tests of --resume).
@@ -109,6 +113,8 @@ impl Default for TrainOptions {
             checkpoint_every: 0,
             log_every: 50,
             patience: None,
+            metric: Metric::MacroF1,
+            eval_every: 0,
             quiet: false,
             stop_after_steps: None,
         }
@@ -270,6 +276,8 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     let mut ctl = Control {
         progress,
         patience: o.patience,
+        metric: o.metric,
+        eval_every: o.eval_every,
         stop_after_steps: o.stop_after_steps,
         on_event: &mut on_event,
     };
@@ -289,10 +297,13 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     if let Some((epoch, f1)) = end.best {
         match logs.iter().find(|l| l.epoch == epoch) {
             Some(best) => {
-                println!("best epoch {epoch} (by dev macro-F1):");
+                println!("best epoch {epoch} (by dev {}):", o.metric.name());
                 print_report(&best.dev, &map.names);
             }
-            None => println!("best epoch {epoch} (before this resumed run): dev macro-F1 {f1:.4}"),
+            None => println!(
+                "best epoch {epoch} (before this resumed run): dev {} {f1:.4}",
+                o.metric.name()
+            ),
         }
     }
     println!("run folder: {}", o.out.display());
@@ -463,11 +474,11 @@ pub fn loss_from_name(name: &str) -> Result<LossKind> {
 fn fingerprint(o: &TrainOptions) -> String {
     let s = &o.settings;
     format!(
-        "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} frozen={} head={:?} loss={:?} max_len={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} class_weights={:?} similarity={:?} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={} accumulate={}",
+        "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} frozen={} head={:?} loss={:?} max_len={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} class_weights={:?} similarity={:?} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={} accumulate={} metric={}",
         o.train, o.dev, o.dev_fraction, o.read.text_field, o.read.label_field, o.read.skip_bad,
         o.encoder, o.freeze_encoder, o.head, o.loss, o.max_len, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
         o.synthetic_scale, o.class_weights, o.similarity, s.epochs, s.batch_size, s.lr, s.input_lr_scale, s.warmup_fraction,
-        s.weight_decay, s.clip, s.seed, s.accumulate
+        s.weight_decay, s.clip, s.seed, s.accumulate, o.metric.name()
     )
 }
 

@@ -179,3 +179,51 @@ pub fn report(c: &Confusion) -> Report {
         per_class,
     }
 }
+
+/// The dev metric that picks the best epoch and drives early stopping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    MacroF1,
+    MicroF1,
+    WeightedF1,
+    Accuracy,
+}
+
+impl Metric {
+    pub fn of(self, r: &Report) -> f64 {
+        match self {
+            Metric::MacroF1 => r.macro_avg.f1,
+            Metric::MicroF1 => r.micro_avg.f1,
+            Metric::WeightedF1 => r.weighted_avg.f1,
+            Metric::Accuracy => r.accuracy,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::MacroF1 => "macro-f1",
+            Metric::MicroF1 => "micro-f1",
+            Metric::WeightedF1 => "weighted-f1",
+            Metric::Accuracy => "accuracy",
+        }
+    }
+}
+
+impl std::str::FromStr for Metric {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Metric> {
+        [
+            Metric::MacroF1,
+            Metric::MicroF1,
+            Metric::WeightedF1,
+            Metric::Accuracy,
+        ]
+        .into_iter()
+        .find(|m| m.name() == s)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "no metric named `{s}`; metrics: macro-f1, micro-f1, weighted-f1, accuracy"
+            ))
+        })
+    }
+}

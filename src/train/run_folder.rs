@@ -105,6 +105,20 @@ impl RunFolder {
                     self.progress_bar(p, loss, lr, batches);
                 }
             }
+            Event::Eval { step, dev } => {
+                if !self.settings.quiet && self.bar_start.take().is_some() {
+                    eprint!("\r{:79}\r", "");
+                }
+                println!(
+                    "step {step:>6}  dev acc {:.4}  macro-F1 {:.4}  micro-F1 {:.4}",
+                    dev.accuracy, dev.macro_avg.f1, dev.micro_avg.f1
+                );
+                self.log(json!({
+                    "step": step, "epoch": p.epoch, "dev_accuracy": dev.accuracy,
+                    "dev_macro_f1": dev.macro_avg.f1, "dev_micro_f1": dev.micro_avg.f1,
+                    "dev_weighted_f1": dev.weighted_avg.f1,
+                }))?;
+            }
             Event::Epoch { log, best } => {
                 if !self.settings.quiet && self.bar_start.take().is_some() {
                     eprint!("\r{:79}\r", "");

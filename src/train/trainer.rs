@@ -17,7 +17,7 @@ use crate::model::loss::ClassificationLoss;
 use crate::ops;
 
 use super::checkpoint::{EpochRecord, Progress};
-use super::metrics::{report, Confusion, Report};
+use super::metrics::{report, Confusion, Metric, Report};
 use super::optim::{Optimizer, Schedule};
 
 pub enum Input {
@@ -260,8 +260,11 @@ pub struct Split {
 pub enum Event<'e> {
     /// After each optimizer step.
     Step { loss: f32, lr: f32, batches: usize },
-    /// After each epoch's evaluation; `best` when its dev macro-F1 is the best so far.
+    /// After each epoch's evaluation; `best` when its dev metric is the best so far.
     Epoch { log: &'e EpochLog, best: bool },
+    /// A dev evaluation every `eval_every` steps within an epoch (logged; the best checkpoint
+    /// and early stopping go by the epochs' evaluations).
+    Eval { step: u64, dev: &'e Report },
 }
 
 /// What the loop does besides training: where it starts, early stopping, a stop for tests, and
@@ -269,8 +272,12 @@ pub enum Event<'e> {
 pub struct Control<'a> {
     /// `Progress::start()`, or a restored checkpoint's.
     pub progress: Progress,
-    /// Stop after this many epochs without a better dev macro-F1.
+    /// Stop after this many epochs without a better dev metric.
     pub patience: Option<usize>,
+    /// The dev metric for the best epoch and early stopping.
+    pub metric: Metric,
+    /// Also evaluate on the dev set every N optimizer steps (0: per epoch only).
+    pub eval_every: u64,
     /// Return right after this optimizer step, as if killed (tests of --resume).
     pub stop_after_steps: Option<u64>,
     pub on_event: &'a mut dyn FnMut(&mut Classifier, &Optimizer, &Progress, Event) -> Result<()>,
@@ -350,6 +357,21 @@ pub fn train(
             if ctl.stop_after_steps == Some(p.step) {
                 return Ok((logs, p));
             }
+            if ctl.eval_every > 0
+                && p.step.is_multiple_of(ctl.eval_every)
+                && p.batch < batches.len()
+            {
+                let dev = model.evaluate(&dev_set.seqs, &dev_set.labels, classes, s.batch_size)?;
+                (ctl.on_event)(
+                    model,
+                    opt,
+                    &p,
+                    Event::Eval {
+                        step: p.step,
+                        dev: &dev,
+                    },
+                )?;
+            }
         }
         let seconds = start.elapsed().as_secs_f64();
         let dev = model.evaluate(&dev_set.seqs, &dev_set.labels, classes, s.batch_size)?;
@@ -362,9 +384,10 @@ pub fn train(
                 * s.batch_size as f64
                 / seconds.max(1e-9),
         };
-        let best = p.best.is_none_or(|(_, f)| entry.dev.macro_avg.f1 > f);
+        let score = ctl.metric.of(&entry.dev);
+        let best = p.best.is_none_or(|(_, f)| score > f);
         if best {
-            p.best = Some((p.epoch, entry.dev.macro_avg.f1));
+            p.best = Some((p.epoch, score));
             p.bad_epochs = 0;
         } else {
             p.bad_epochs += 1;
