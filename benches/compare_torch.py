@@ -9,6 +9,7 @@
 
 What each family times (forward + backward unless said; CUDA events; one warm-up, then the
 median of N):
+  copy       Tensor.copy_ of the same bytes
   gemm       torch.mm, fp32, TF32 off (cuBLAS SGEMM)
   attention  F.scaled_dot_product_attention, fp32, dropout as given
   gru, lstm  nn.GRU / nn.LSTM, bidirectional, batch_first (cuDNN)
@@ -148,7 +149,13 @@ def run_spec(torch, spec, reps):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     out = {"spec": spec}
-    if fam == "gemm":
+    if fam == "copy":
+        n = spec["bytes"] // 4
+        a = torch.empty(n, device=dev)
+        c = torch.empty(n, device=dev)
+        out["what"] = f"Tensor.copy_ {spec['bytes'] >> 20} MiB"
+        out["ms"] = timed(torch, lambda: c.copy_(a), reps)
+    elif fam == "gemm":
         m, n, k = spec["m"], spec["n"], spec["k"]
         a = torch.randn(m, k, device=dev)
         b = torch.randn(k, n, device=dev)

@@ -103,21 +103,7 @@ pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool
                     n / 1e9
                 ))
             );
-            if let Some(path) = &out.json {
-                let mut v = serde_json::to_value(&c)
-                    .map_err(|e| emrclass::Error::Invalid(e.to_string()))?;
-                v["spec"] = serde_json::json!({"family": "copy"});
-                v["kind"] = serde_json::json!("emrclass");
-                v["device"] = serde_json::json!(dev.describe());
-                let line = format!("{v}\n");
-                use std::io::Write;
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .and_then(|mut f| f.write_all(line.as_bytes()))
-                    .map_err(|e| emrclass::Error::Invalid(format!("{}: {e}", path.display())))?;
-            }
+            record::finish(dev, &[c], out)?;
         }
         BenchWhat::Gemm {
             sizes,

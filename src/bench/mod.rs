@@ -30,6 +30,8 @@ pub fn memory_ceiling(dev: &Device) -> Option<f64> {
 
 #[derive(Serialize)]
 pub struct CopyTiming {
+    pub what: String,
+    pub spec: Value,
     pub bytes: usize,
     pub ms: f64,
     /// Bytes read plus bytes written per second.
@@ -51,6 +53,8 @@ pub fn copy_bandwidth(dev: &Device, bytes: usize, reps: usize) -> Result<CopyTim
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
     Ok(CopyTiming {
+        what: format!("device-to-device copy on {}", dev.describe()),
+        spec: json!({"family": "copy", "bytes": n * 4}),
         bytes: n * 4,
         ms,
         bytes_per_s: 2.0 * (n * 4) as f64 / (ms / 1e3),

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::step::StepTiming;
-use super::{GemmTiming, LayerTiming, LossTiming};
+use super::{CopyTiming, GemmTiming, LayerTiming, LossTiming};
 use crate::device::Device;
 use crate::error::{Error, Result};
 
@@ -42,6 +42,7 @@ macro_rules! timed {
         }
     };
 }
+timed!(CopyTiming, |r| r.ms);
 timed!(GemmTiming, |r| r.ms);
 timed!(LossTiming, |r| r.ms);
 timed!(LayerTiming, |r| r.forward_ms + r.backward_ms);

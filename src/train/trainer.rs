@@ -380,8 +380,10 @@ pub fn train(
             mean_loss: p.loss_sum / batches.len().max(1) as f64,
             dev,
             seconds,
-            samples_per_second: (batches.len() - first.min(batches.len())) as f64
-                * s.batch_size as f64
+            samples_per_second: batches[first.min(batches.len())..]
+                .iter()
+                .map(Vec::len)
+                .sum::<usize>() as f64
                 / seconds.max(1e-9),
         };
         let score = ctl.metric.of(&entry.dev);
