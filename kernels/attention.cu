@@ -295,3 +295,160 @@ extern "C" __global__ void HOT_KERNEL attention_backward_q(
         if (c < head_dim) dq[qrow + c] = gq[t];
     }
 }
+
+// The backward, tiled for head sizes up to 64 like the forward. attention_backward_kv_tiled: a
+// block of 128 threads owns 32 keys of one (b, h) (rows in shared memory) and walks the queries
+// in tiles of 32 (q, dO, lse, delta staged); four threads share a key row, each recomputing 8
+// of the tile's (p~, ds) terms into shared memory and then accumulating 16 of the row's dk and
+// dv dimensions over the tile, in a fixed order: no atomics, the same bits every run.
+#define ATTN_BW_TILE 32
+#define ATTN_BW_THREADS 128
+#define ATTN_BW_LD (ATTN_TILE_D + 1)
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_BW_THREADS) attention_backward_kv_tiled(
+    const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
+    const int *__restrict__ key_mask, const float *__restrict__ dout, const float *__restrict__ lse,
+    const float *__restrict__ delta, float *__restrict__ dk, float *__restrict__ dv, int batch, int heads, int len,
+    int head_dim, int stride, float scale, float dropout, unsigned long long seed) {
+    DYNAMIC_SHARED(float, shared);
+    float *k_sh = shared;                                  // [32][65] this block's keys
+    float *v_sh = k_sh + ATTN_BW_TILE * ATTN_BW_LD;        // [32][65]
+    float *q_sh = v_sh + ATTN_BW_TILE * ATTN_BW_LD;        // [32][65] the query tile
+    float *do_sh = q_sh + ATTN_BW_TILE * ATTN_BW_LD;       // [32][65]
+    float *pd_sh = do_sh + ATTN_BW_TILE * ATTN_BW_LD;      // [32 keys][33]: p~ per query
+    float *ds_sh = pd_sh + ATTN_BW_TILE * (ATTN_BW_TILE + 1);  // [32 keys][33]: ds per query
+    float *stat_sh = ds_sh + ATTN_BW_TILE * (ATTN_BW_TILE + 1);  // lse [32], delta [32]
+    const int t = threadIdx.x, r = t / 4, part = t % 4;
+    const int j0 = blockIdx.x * ATTN_BW_TILE, h = blockIdx.y, b = blockIdx.z, j = j0 + r, d = head_dim;
+    for (int e = t; e < ATTN_BW_TILE * ATTN_TILE_D; e += ATTN_BW_THREADS) {
+        const int rr = e / ATTN_TILE_D, c = e % ATTN_TILE_D;
+        const bool in = j0 + rr < len && c < d;
+        const long long at = attn_row(b, j0 + rr, len) * stride + h * d + c;
+        k_sh[rr * ATTN_BW_LD + c] = in ? k[at] : 0.0f;
+        v_sh[rr * ATTN_BW_LD + c] = in ? v[at] : 0.0f;
+    }
+    const bool key_real = j < len && attn_key_real(key_mask, b, j, len);
+    float gk[ATTN_TILE_D / 4], gv[ATTN_TILE_D / 4];
+#pragma unroll
+    for (int x = 0; x < ATTN_TILE_D / 4; x++) gk[x] = 0.0f, gv[x] = 0.0f;
+    const long long rows0 = ((long long)b * heads + h) * len;
+    for (int i0 = 0; i0 < len; i0 += ATTN_BW_TILE) {
+        __syncthreads();  // the previous tile is consumed (and the key rows are loaded)
+        for (int e = t; e < ATTN_BW_TILE * ATTN_TILE_D; e += ATTN_BW_THREADS) {
+            const int ii = e / ATTN_TILE_D, c = e % ATTN_TILE_D, i = i0 + ii;
+            const bool in = i < len && c < d;
+            q_sh[ii * ATTN_BW_LD + c] = in ? q[attn_row(b, i, len) * stride + h * d + c] : 0.0f;
+            do_sh[ii * ATTN_BW_LD + c] = in ? dout[attn_row(b, i, len) * heads * d + h * d + c] : 0.0f;
+        }
+        if (t < ATTN_BW_TILE) {
+            const int i = i0 + t;
+            stat_sh[t] = i < len ? lse[rows0 + i] : float_infinity();
+            stat_sh[ATTN_BW_TILE + t] = i < len ? delta[rows0 + i] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < ATTN_BW_TILE / 4; u++) {
+            const int ii = part + 4 * u, i = i0 + ii;
+            float qk = 0.0f, dov = 0.0f;
+            for (int c = 0; c < d; c++) {
+                qk = fmaf(q_sh[ii * ATTN_BW_LD + c], k_sh[r * ATTN_BW_LD + c], qk);
+                dov = fmaf(do_sh[ii * ATTN_BW_LD + c], v_sh[r * ATTN_BW_LD + c], dov);
+            }
+            float pd = 0.0f, ds = 0.0f;
+            if (key_real && i < len) {
+                const bool keep = !(dropout > 0.0f) || dropout_keep(seed, (rows0 + i) * len + j, dropout);
+                const AttnTerm a = attn_term(qk, dov, stat_sh[ii], stat_sh[ATTN_BW_TILE + ii], scale, dropout, keep);
+                pd = a.p_dropped, ds = a.ds * scale;
+            }
+            pd_sh[r * (ATTN_BW_TILE + 1) + ii] = pd;
+            ds_sh[r * (ATTN_BW_TILE + 1) + ii] = ds;
+        }
+        __syncthreads();
+        for (int ii = 0; ii < ATTN_BW_TILE; ii++) {
+            const float pd = pd_sh[r * (ATTN_BW_TILE + 1) + ii], ds = ds_sh[r * (ATTN_BW_TILE + 1) + ii];
+#pragma unroll
+            for (int x = 0; x < ATTN_TILE_D / 4; x++) {
+                const int c = part * (ATTN_TILE_D / 4) + x;
+                gv[x] = fmaf(pd, do_sh[ii * ATTN_BW_LD + c], gv[x]);
+                gk[x] = fmaf(ds, q_sh[ii * ATTN_BW_LD + c], gk[x]);
+            }
+        }
+    }
+    if (j < len) {
+        const long long krow = attn_row(b, j, len) * stride + h * d;
+#pragma unroll
+        for (int x = 0; x < ATTN_TILE_D / 4; x++) {
+            const int c = part * (ATTN_TILE_D / 4) + x;
+            if (c < d) dk[krow + c] = gk[x], dv[krow + c] = gv[x];
+        }
+    }
+}
+
+// dq, tiled: a block of 128 threads owns 32 queries (q and dO rows staged once) and walks the
+// keys in tiles of 32; four threads per query row recompute 8 ds terms each into shared memory,
+// then accumulate 16 of the row's dq dimensions over the tile, in a fixed order.
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_BW_THREADS) attention_backward_q_tiled(
+    const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
+    const int *__restrict__ key_mask, const float *__restrict__ dout, const float *__restrict__ lse,
+    const float *__restrict__ delta, float *__restrict__ dq, int batch, int heads, int len, int head_dim, int stride,
+    float scale, float dropout, unsigned long long seed) {
+    DYNAMIC_SHARED(float, shared);
+    float *q_sh = shared;                                  // [32][65] this block's queries
+    float *do_sh = q_sh + ATTN_BW_TILE * ATTN_BW_LD;       // [32][65]
+    float *k_sh = do_sh + ATTN_BW_TILE * ATTN_BW_LD;       // [32][65] the key tile
+    float *v_sh = k_sh + ATTN_BW_TILE * ATTN_BW_LD;        // [32][65]
+    float *ds_sh = v_sh + ATTN_BW_TILE * ATTN_BW_LD;       // [32 queries][33]
+    const int t = threadIdx.x, r = t / 4, part = t % 4;
+    const int i0 = blockIdx.x * ATTN_BW_TILE, h = blockIdx.y, b = blockIdx.z, i = i0 + r, d = head_dim;
+    for (int e = t; e < ATTN_BW_TILE * ATTN_TILE_D; e += ATTN_BW_THREADS) {
+        const int rr = e / ATTN_TILE_D, c = e % ATTN_TILE_D;
+        const bool in = i0 + rr < len && c < d;
+        q_sh[rr * ATTN_BW_LD + c] = in ? q[attn_row(b, i0 + rr, len) * stride + h * d + c] : 0.0f;
+        do_sh[rr * ATTN_BW_LD + c] = in ? dout[attn_row(b, i0 + rr, len) * heads * d + h * d + c] : 0.0f;
+    }
+    const long long row = ((long long)b * heads + h) * len + i;
+    const float lse_i = i < len ? lse[row] : float_infinity(), delta_i = i < len ? delta[row] : 0.0f;
+    float gq[ATTN_TILE_D / 4];
+#pragma unroll
+    for (int x = 0; x < ATTN_TILE_D / 4; x++) gq[x] = 0.0f;
+    for (int j0 = 0; j0 < len; j0 += ATTN_BW_TILE) {
+        __syncthreads();
+        for (int e = t; e < ATTN_BW_TILE * ATTN_TILE_D; e += ATTN_BW_THREADS) {
+            const int jj = e / ATTN_TILE_D, c = e % ATTN_TILE_D;
+            const bool in = j0 + jj < len && c < d;
+            const long long at = attn_row(b, j0 + jj, len) * stride + h * d + c;
+            k_sh[jj * ATTN_BW_LD + c] = in ? k[at] : 0.0f;
+            v_sh[jj * ATTN_BW_LD + c] = in ? v[at] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < ATTN_BW_TILE / 4; u++) {
+            const int jj = part + 4 * u, j = j0 + jj;
+            float qk = 0.0f, dov = 0.0f;
+            for (int c = 0; c < d; c++) {
+                qk = fmaf(q_sh[r * ATTN_BW_LD + c], k_sh[jj * ATTN_BW_LD + c], qk);
+                dov = fmaf(do_sh[r * ATTN_BW_LD + c], v_sh[jj * ATTN_BW_LD + c], dov);
+            }
+            float ds = 0.0f;
+            if (i < len && j < len && attn_key_real(key_mask, b, j, len)) {
+                const bool keep = !(dropout > 0.0f) || dropout_keep(seed, row * len + j, dropout);
+                ds = attn_term(qk, dov, lse_i, delta_i, scale, dropout, keep).ds * scale;
+            }
+            ds_sh[r * (ATTN_BW_TILE + 1) + jj] = ds;
+        }
+        __syncthreads();
+        for (int jj = 0; jj < ATTN_BW_TILE; jj++) {
+            const float ds = ds_sh[r * (ATTN_BW_TILE + 1) + jj];
+#pragma unroll
+            for (int x = 0; x < ATTN_TILE_D / 4; x++)
+                gq[x] = fmaf(ds, k_sh[jj * ATTN_BW_LD + part * (ATTN_TILE_D / 4) + x], gq[x]);
+        }
+    }
+    if (i < len) {
+        const long long qrow = attn_row(b, i, len) * stride + h * d;
+#pragma unroll
+        for (int x = 0; x < ATTN_TILE_D / 4; x++) {
+            const int c = part * (ATTN_TILE_D / 4) + x;
+            if (c < d) dq[qrow + c] = gq[x];
+        }
+    }
+}

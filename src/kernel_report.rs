@@ -126,7 +126,7 @@ pub fn print(rows: &[ReportRow]) {
     let (maj, min) = nvrtc::version().unwrap_or((0, 0));
     println!("NVRTC {maj}.{min}; occupancy is theoretical, on a GTX 1050 Ti (6 SMs, 64K registers, 96 KiB shared, 2048 threads per SM)");
     println!(
-        "{:<24} {:<16} {:<6} {:>4} {:>5} {:>7} {:>6} {:>7} {:>8}  occupancy (sm_61)",
+        "{:<28} {:<16} {:<6} {:>4} {:>5} {:>7} {:>6} {:>7} {:>8}  occupancy (sm_61)",
         "kernel", "file", "arch", "hot", "regs", "smem", "stack", "spills", "threads",
     );
     for r in rows {
@@ -143,7 +143,7 @@ pub fn print(rows: &[ReportRow]) {
             String::new()
         };
         println!(
-            "{:<24} {:<16} {:<6} {:>4} {:>5} {:>7} {:>6} {:>7} {:>8}  {}",
+            "{:<28} {:<16} {:<6} {:>4} {:>5} {:>7} {:>6} {:>7} {:>8}  {}",
             r.kernel,
             r.file,
             r.arch,

@@ -187,15 +187,28 @@ pub fn backward(
         ]);
         v
     };
-    dev.launch(
-        "attention_backward_kv",
-        a.cfg(),
-        &common(vec![dk.arg_at(a.offsets[1]), dv.arg_at(a.offsets[2])]),
-    )?;
-    dev.launch(
-        "attention_backward_q",
-        a.cfg(),
-        &common(vec![dq.arg_at(a.offsets[0])]),
-    )?;
-    Ok(())
+    let kv_args = common(vec![dk.arg_at(a.offsets[1]), dv.arg_at(a.offsets[2])]);
+    let q_args = common(vec![dq.arg_at(a.offsets[0])]);
+    if a.head_dim <= TILED_MAX_HEAD_DIM {
+        // 32 keys (queries) per block of 128 threads; shared memory for four [32][65] tiles and,
+        // for kv, two [32][33] term tiles and 64 row statistics; for q, one term tile.
+        let cfg = |floats: usize| LaunchConfig {
+            grid: (a.len.div_ceil(32) as u32, a.heads as u32, a.batch as u32),
+            block: (128, 1, 1),
+            shared_bytes: (floats * 4) as u32,
+        };
+        dev.launch(
+            "attention_backward_kv_tiled",
+            cfg(4 * 32 * 65 + 2 * 32 * 33 + 64),
+            &kv_args,
+        )?;
+        dev.launch(
+            "attention_backward_q_tiled",
+            cfg(4 * 32 * 65 + 32 * 33),
+            &q_args,
+        )
+    } else {
+        dev.launch("attention_backward_kv", a.cfg(), &kv_args)?;
+        dev.launch("attention_backward_q", a.cfg(), &q_args)
+    }
 }
