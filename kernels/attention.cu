@@ -92,6 +92,16 @@ extern "C" __global__ void HOT_KERNEL attention_forward(const float *__restrict_
 #define ATTN_TILE_K 32
 #define ATTN_TILE_D 64
 #define ATTN_TILE_THREADS 256
+// Stages rows row0 .. row0 + rows of one head into a shared tile [rows][ld], the whole block
+// taking part: row r of sequence b starts at src + (b * len + r) * row_stride + col0; the tile
+// is 0 past len and past the head size d.
+__device__ __forceinline__ void attn_stage(float *tile, int ld, const float *__restrict__ src, long long row_stride,
+                                           int col0, int b, int row0, int rows, int len, int d) {
+    for (int e = threadIdx.x; e < rows * ATTN_TILE_D; e += blockDim.x) {
+        const int rr = e / ATTN_TILE_D, c = e % ATTN_TILE_D, row = row0 + rr;
+        tile[rr * ld + c] = (row < len && c < d) ? src[attn_row(b, row, len) * row_stride + col0 + c] : 0.0f;
+    }
+}
 extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_TILE_THREADS)
     attention_forward_tiled(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
                             const int *__restrict__ key_mask, float *__restrict__ out, float *__restrict__ lse,
@@ -105,11 +115,7 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_TILE_THREADS)
     const int t = threadIdx.x, r = t / 4, part = t % 4;
     const int i0 = blockIdx.x * ATTN_TILE_Q, h = blockIdx.y, b = blockIdx.z, i = i0 + r;
     const int d = head_dim;
-    for (int e = t; e < ATTN_TILE_Q * ATTN_TILE_D; e += ATTN_TILE_THREADS) {
-        const int rr = e / ATTN_TILE_D, c = e % ATTN_TILE_D;
-        q_sh[rr * (ATTN_TILE_D + 1) + c] =
-            (i0 + rr < len && c < d) ? q[attn_row(b, i0 + rr, len) * stride + h * d + c] : 0.0f;
-    }
+    attn_stage(q_sh, ATTN_TILE_D + 1, q, stride, h * d, b, i0, ATTN_TILE_Q, len, d);
     float acc[ATTN_TILE_D / 4];
 #pragma unroll
     for (int x = 0; x < ATTN_TILE_D / 4; x++) acc[x] = 0.0f;
@@ -118,13 +124,8 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_TILE_THREADS)
     const long long counter0 = (((long long)b * heads + h) * len + i) * len;
     for (int j0 = 0; j0 < len; j0 += ATTN_TILE_K) {
         __syncthreads();  // the previous tile's k, v and p are consumed
-        for (int e = t; e < ATTN_TILE_K * ATTN_TILE_D; e += ATTN_TILE_THREADS) {
-            const int jj = e / ATTN_TILE_D, c = e % ATTN_TILE_D, j = j0 + jj;
-            const bool in = j < len && c < d;
-            const long long at = attn_row(b, j, len) * stride + h * d + c;
-            k_sh[jj * (ATTN_TILE_D + 1) + c] = in ? k[at] : 0.0f;
-            v_sh[jj * ATTN_TILE_D + c] = in ? v[at] : 0.0f;
-        }
+        attn_stage(k_sh, ATTN_TILE_D + 1, k, stride, h * d, b, j0, ATTN_TILE_K, len, d);
+        attn_stage(v_sh, ATTN_TILE_D, v, stride, h * d, b, j0, ATTN_TILE_K, len, d);
         __syncthreads();
         // Scores of this thread's 8 keys: jj = part + 4u.
         float s[ATTN_TILE_K / 4];
@@ -304,7 +305,7 @@ extern "C" __global__ void HOT_KERNEL attention_backward_q(
 #define ATTN_BW_TILE 32
 #define ATTN_BW_THREADS 128
 #define ATTN_BW_LD (ATTN_TILE_D + 1)
-extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_BW_THREADS) attention_backward_kv_tiled(
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_BW_THREADS, 1) attention_backward_kv_tiled(
     const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
     const int *__restrict__ key_mask, const float *__restrict__ dout, const float *__restrict__ lse,
     const float *__restrict__ delta, float *__restrict__ dk, float *__restrict__ dv, int batch, int heads, int len,
@@ -319,13 +320,8 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_BW_THREADS) attenti
     float *stat_sh = ds_sh + ATTN_BW_TILE * (ATTN_BW_TILE + 1);  // lse [32], delta [32]
     const int t = threadIdx.x, r = t / 4, part = t % 4;
     const int j0 = blockIdx.x * ATTN_BW_TILE, h = blockIdx.y, b = blockIdx.z, j = j0 + r, d = head_dim;
-    for (int e = t; e < ATTN_BW_TILE * ATTN_TILE_D; e += ATTN_BW_THREADS) {
-        const int rr = e / ATTN_TILE_D, c = e % ATTN_TILE_D;
-        const bool in = j0 + rr < len && c < d;
-        const long long at = attn_row(b, j0 + rr, len) * stride + h * d + c;
-        k_sh[rr * ATTN_BW_LD + c] = in ? k[at] : 0.0f;
-        v_sh[rr * ATTN_BW_LD + c] = in ? v[at] : 0.0f;
-    }
+    attn_stage(k_sh, ATTN_BW_LD, k, stride, h * d, b, j0, ATTN_BW_TILE, len, d);
+    attn_stage(v_sh, ATTN_BW_LD, v, stride, h * d, b, j0, ATTN_BW_TILE, len, d);
     const bool key_real = j < len && attn_key_real(key_mask, b, j, len);
     float gk[ATTN_TILE_D / 4], gv[ATTN_TILE_D / 4];
 #pragma unroll
@@ -333,12 +329,8 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_BW_THREADS) attenti
     const long long rows0 = ((long long)b * heads + h) * len;
     for (int i0 = 0; i0 < len; i0 += ATTN_BW_TILE) {
         __syncthreads();  // the previous tile is consumed (and the key rows are loaded)
-        for (int e = t; e < ATTN_BW_TILE * ATTN_TILE_D; e += ATTN_BW_THREADS) {
-            const int ii = e / ATTN_TILE_D, c = e % ATTN_TILE_D, i = i0 + ii;
-            const bool in = i < len && c < d;
-            q_sh[ii * ATTN_BW_LD + c] = in ? q[attn_row(b, i, len) * stride + h * d + c] : 0.0f;
-            do_sh[ii * ATTN_BW_LD + c] = in ? dout[attn_row(b, i, len) * heads * d + h * d + c] : 0.0f;
-        }
+        attn_stage(q_sh, ATTN_BW_LD, q, stride, h * d, b, i0, ATTN_BW_TILE, len, d);
+        attn_stage(do_sh, ATTN_BW_LD, dout, (long long)heads * d, h * d, b, i0, ATTN_BW_TILE, len, d);
         if (t < ATTN_BW_TILE) {
             const int i = i0 + t;
             stat_sh[t] = i < len ? lse[rows0 + i] : float_infinity();
@@ -386,7 +378,7 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_BW_THREADS) attenti
 // dq, tiled: a block of 128 threads owns 32 queries (q and dO rows staged once) and walks the
 // keys in tiles of 32; four threads per query row recompute 8 ds terms each into shared memory,
 // then accumulate 16 of the row's dq dimensions over the tile, in a fixed order.
-extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_BW_THREADS) attention_backward_q_tiled(
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_BW_THREADS, 1) attention_backward_q_tiled(
     const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
     const int *__restrict__ key_mask, const float *__restrict__ dout, const float *__restrict__ lse,
     const float *__restrict__ delta, float *__restrict__ dq, int batch, int heads, int len, int head_dim, int stride,
@@ -399,12 +391,8 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_BW_THREADS) attenti
     float *ds_sh = v_sh + ATTN_BW_TILE * ATTN_BW_LD;       // [32 queries][33]
     const int t = threadIdx.x, r = t / 4, part = t % 4;
     const int i0 = blockIdx.x * ATTN_BW_TILE, h = blockIdx.y, b = blockIdx.z, i = i0 + r, d = head_dim;
-    for (int e = t; e < ATTN_BW_TILE * ATTN_TILE_D; e += ATTN_BW_THREADS) {
-        const int rr = e / ATTN_TILE_D, c = e % ATTN_TILE_D;
-        const bool in = i0 + rr < len && c < d;
-        q_sh[rr * ATTN_BW_LD + c] = in ? q[attn_row(b, i0 + rr, len) * stride + h * d + c] : 0.0f;
-        do_sh[rr * ATTN_BW_LD + c] = in ? dout[attn_row(b, i0 + rr, len) * heads * d + h * d + c] : 0.0f;
-    }
+    attn_stage(q_sh, ATTN_BW_LD, q, stride, h * d, b, i0, ATTN_BW_TILE, len, d);
+    attn_stage(do_sh, ATTN_BW_LD, dout, (long long)heads * d, h * d, b, i0, ATTN_BW_TILE, len, d);
     const long long row = ((long long)b * heads + h) * len + i;
     const float lse_i = i < len ? lse[row] : float_infinity(), delta_i = i < len ? delta[row] : 0.0f;
     float gq[ATTN_TILE_D / 4];
@@ -412,13 +400,8 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_BW_THREADS) attenti
     for (int x = 0; x < ATTN_TILE_D / 4; x++) gq[x] = 0.0f;
     for (int j0 = 0; j0 < len; j0 += ATTN_BW_TILE) {
         __syncthreads();
-        for (int e = t; e < ATTN_BW_TILE * ATTN_TILE_D; e += ATTN_BW_THREADS) {
-            const int jj = e / ATTN_TILE_D, c = e % ATTN_TILE_D;
-            const bool in = j0 + jj < len && c < d;
-            const long long at = attn_row(b, j0 + jj, len) * stride + h * d + c;
-            k_sh[jj * ATTN_BW_LD + c] = in ? k[at] : 0.0f;
-            v_sh[jj * ATTN_BW_LD + c] = in ? v[at] : 0.0f;
-        }
+        attn_stage(k_sh, ATTN_BW_LD, k, stride, h * d, b, j0, ATTN_BW_TILE, len, d);
+        attn_stage(v_sh, ATTN_BW_LD, v, stride, h * d, b, j0, ATTN_BW_TILE, len, d);
         __syncthreads();
 #pragma unroll
         for (int u = 0; u < ATTN_BW_TILE / 4; u++) {
