@@ -85,3 +85,31 @@ fn confusion_csv_and_bad_pairs() {
         .contains("outside 0..2"));
     assert!(Confusion::from_pairs(2, &[0], &[0, 1]).is_err());
 }
+
+/// The per-class table lines up whatever the names: Chinese names take two columns a
+/// character, long names widen the class column.
+#[test]
+fn report_table_aligns_wide_and_long_names() {
+    use emrclass::train::command::{display_width, report_table};
+    use emrclass::train::metrics::{report, Confusion};
+    let mut c = Confusion::new(3);
+    for (t, p) in [(0, 0), (1, 1), (2, 2), (2, 1), (0, 2)] {
+        c.add(t, p).unwrap();
+    }
+    let names = vec![
+        "糖尿病".to_string(),
+        "Enrollment in other studies".to_string(),
+        "B".to_string(),
+    ];
+    let table = report_table(&report(&c), &names);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 1 + 3 + 3 + 1);
+    // Every per-class line and the header end at the same display column.
+    let widths: Vec<usize> = lines[..4].iter().map(|l| display_width(l)).collect();
+    assert!(
+        widths.iter().all(|&w| w == widths[0]),
+        "{widths:?}\n{table}"
+    );
+    assert_eq!(display_width("糖尿病"), 6);
+    assert_eq!(display_width("abc"), 3);
+}
