@@ -140,7 +140,16 @@ fn a_non_finite_gradient_updates_nothing() {
 /// above one block's share, and above 128 blocks x 256 threads (grid-stride loops).
 #[test]
 fn global_norm_matches_f64_on_awkward_sizes() {
-    let dev = common::test_device(Order::Random(Rng::fresh_seed()));
+    for order in [
+        Order::Forward,
+        Order::Reverse,
+        Order::Random(Rng::fresh_seed()),
+    ] {
+        global_norm_matches_f64(common::test_device(order));
+    }
+}
+
+fn global_norm_matches_f64(dev: emrclass::Device) {
     let mut rng = Rng::new(Rng::fresh_seed());
     let sizes = [1usize, 31, 1023, 1024, 1025, 70_001, 131_073 + 17];
     let host: Vec<Vec<f64>> = sizes.iter().map(|&n| rng.normals(n, 1.0)).collect();

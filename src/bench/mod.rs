@@ -15,6 +15,11 @@ pub mod step;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+/// A fraction as a table cell: "41.3%", or "-" where there is none (the simulator).
+pub fn percent(fraction: Option<f64>) -> String {
+    fraction.map_or("-".to_string(), |f| format!("{:.1}%", f * 100.0))
+}
+
 /// DRAM bytes/s the roofline uses on CUDA: a measured device-to-device copy (bytes read plus
 /// written), once per process; the simulator has no roofline.
 pub fn memory_ceiling(dev: &Device) -> Option<f64> {
@@ -153,9 +158,7 @@ pub fn print_gemm(rows: &[GemmTiming]) {
         "gemm", "m", "n", "k", "ms", "GFLOP/s", "GB/s", "roofline"
     );
     for r in rows {
-        let roof = r
-            .roofline
-            .map_or("-".to_string(), |f| format!("{:.1}%", f * 100.0));
+        let roof = percent(r.roofline);
         println!(
             "{:<52} {:>6} {:>6} {:>6} {:>10.3} {:>9.2} {:>8.2} {:>9}",
             r.what, r.m, r.n, r.k, r.ms, r.gflops, r.gbytes_per_s, roof
@@ -227,9 +230,7 @@ pub fn print_loss(rows: &[LossTiming]) {
         "loss step", "rows", "classes", "ms", "rows/s", "GB/s", "roofline"
     );
     for r in rows {
-        let roof = r
-            .roofline
-            .map_or("-".to_string(), |f| format!("{:.1}%", f * 100.0));
+        let roof = percent(r.roofline);
         println!(
             "{:<50} {:>6} {:>7} {:>10.3} {:>12.0} {:>8.2} {:>9}",
             r.what, r.rows, r.classes, r.ms, r.rows_per_s, r.gbytes_per_s, roof
@@ -372,9 +373,7 @@ pub fn print_layers(rows: &[LayerTiming]) {
         "layer", "shape", "forward ms", "backward ms", "GFLOP/s", "roofline"
     );
     for r in rows {
-        let roof = r
-            .roofline
-            .map_or("-".to_string(), |f| format!("{:.1}%", f * 100.0));
+        let roof = percent(r.roofline);
         let gflops = r.gflop / ((r.forward_ms + r.backward_ms) / 1e3);
         println!(
             "{:<40} {:<28} {:>11.2} {:>11.2} {:>9.2} {:>9}",

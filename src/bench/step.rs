@@ -269,9 +269,7 @@ pub fn print(rows: &[StepTiming]) {
         "step", "model", "ms", "samples/s", "GFLOP/s", "roofline", "peak MiB"
     );
     for r in rows {
-        let roof = r
-            .roofline
-            .map_or("-".to_string(), |f| format!("{:.1}%", f * 100.0));
+        let roof = super::percent(r.roofline);
         println!(
             "{:<44} {:<36} {:>10.2} {:>10.1} {:>9.1} {:>9} {:>10.1}",
             r.what,
