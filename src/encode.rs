@@ -133,14 +133,13 @@ pub fn run(
         }
         Input::Ids(p) => read_ids(p, max_len)?,
     };
-    let mut enc = BertEncoder::load_dir(dev, model_dir)?;
+    let mut enc = BertEncoder::load_frozen_dir(dev, model_dir)?;
     let h = enc.config.hidden_size;
-    let (hidden, pooled) = enc.forward(
+    let (hidden, pooled) = enc.infer(
         &batch.input_ids,
         &batch.attention_mask,
         Some(&batch.token_type_ids),
         batch.batch,
-        None,
     )?;
     let (hidden, pooled) = (hidden.to_host()?, pooled.to_host()?);
     weights::write_tensors(

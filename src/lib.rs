@@ -12,6 +12,7 @@ pub mod error;
 pub mod kernel_report;
 pub mod model;
 pub mod ops;
+pub mod plan;
 pub mod reference;
 pub mod train;
 pub mod weights;

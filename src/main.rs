@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use emrclass::check::{registry, Rng};
 use emrclass::device::{parse_bytes, DeviceChoice};
 use emrclass::model::loss::LossKind;
+use emrclass::train::command::MemoryBudget;
 use emrclass::{kernel_report, Device, Result, Schedule};
 
 mod bench_command;
@@ -20,9 +21,14 @@ struct Cli {
     /// Where kernels run: a CUDA GPU, the CPU SIMT simulator, or CUDA when usable else the simulator.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto, global = true)]
     device: DeviceChoice,
-    /// Device memory the engine may allocate, e.g. 4GiB (a GTX 1050 Ti). Unlimited when absent.
+    /// The device memory to fit in, e.g. 4GiB (a GTX 1050 Ti): the engine allocates at most this
+    /// less --context-reserve, and `train` plans recomputation and micro-batches to fit. Absent:
+    /// the GPU's free memory (unlimited on the simulator).
     #[arg(long, global = true)]
     memory_budget: Option<String>,
+    /// The part of --memory-budget left to the CUDA context, loaded kernels and pool rounding.
+    #[arg(long, global = true, default_value = "320MiB")]
+    context_reserve: String,
     /// Simulator thread order between barriers (a missing barrier shows under reverse or random).
     #[arg(long, value_enum, default_value_t = ScheduleArg::Forward, global = true)]
     schedule: ScheduleArg,
@@ -122,6 +128,11 @@ enum Command {
         #[arg(long)]
         output: std::path::PathBuf,
     },
+    /// Plan the device memory of fine-tuning a BERT checkpoint: the byte breakdown at the peak
+    /// (counted by running the engine's own training step on a device that only counts), the
+    /// strategy that fits (recomputation, fp16 checkpoints, micro-batches) or what is short,
+    /// and the largest batch per sequence length. Needs no GPU and no weights.
+    Plan(PlanArgs),
     /// Check each op's f64 reference against finite differences and its kernels against the
     /// reference on fresh random inputs. Non-zero exit status on any failure.
     Gradcheck {
@@ -129,6 +140,41 @@ enum Command {
         /// gelu, adamw, convert_f16, loss_ce, loss_weighted_ce, loss_focal, loss_ghmc, loss_ghmcs.
         ops: Vec<String>,
     },
+}
+
+/// The options of `plan`.
+#[derive(clap::Args)]
+struct PlanArgs {
+    /// A BERT checkpoint folder (its config.json is read) or a config.json.
+    #[arg(long)]
+    model: std::path::PathBuf,
+    #[arg(long, default_value = "paper")]
+    head: String,
+    #[arg(long, value_enum, default_value_t = LossArg::Ghmcs)]
+    loss: LossArg,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 512)]
+    seq: usize,
+    /// The card's memory.
+    #[arg(long, default_value = "4GiB")]
+    budget: String,
+    /// Plan a frozen encoder (features cached, head trained alone).
+    #[arg(long)]
+    frozen: bool,
+    /// Classes of the head (CHIP-CTC has 44).
+    #[arg(long, default_value_t = 44)]
+    classes: usize,
+    #[arg(long, default_value_t = 64)]
+    filters: usize,
+    #[arg(long, default_value_t = 64)]
+    rnn_hidden: usize,
+    /// Skip the table of the largest batch per sequence length.
+    #[arg(long)]
+    no_table: bool,
+    /// Also write the plan and the table as JSON.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 /// The options of `train` (and of each run of `experiment`).
@@ -235,7 +281,11 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
-    fn options(&self, seed: Option<u64>) -> Result<emrclass::train::command::TrainOptions> {
+    fn options(
+        &self,
+        seed: Option<u64>,
+        memory: Option<MemoryBudget>,
+    ) -> Result<emrclass::train::command::TrainOptions> {
         Ok(emrclass::train::command::TrainOptions {
             train: self.train.clone(),
             dev: self.dev.clone(),
@@ -280,6 +330,7 @@ impl TrainArgs {
             eval_every: self.eval_every,
             quiet: self.quiet,
             stop_after_steps: self.stop_after_steps,
+            memory,
         })
     }
 }
@@ -322,8 +373,8 @@ fn open_device(cli: &Cli, seed: u64) -> Result<Device> {
         ScheduleArg::Reverse => Schedule::Reverse,
         ScheduleArg::Random => Schedule::Random(seed),
     });
-    let dev = match &cli.memory_budget {
-        Some(b) => dev.with_budget(parse_bytes(b)?),
+    let dev = match memory_budget(cli, &dev)? {
+        Some(m) => dev.with_budget(m.budget - m.reserve),
         None => dev,
     };
     match fallback {
@@ -331,6 +382,78 @@ fn open_device(cli: &Cli, seed: u64) -> Result<Device> {
         None => eprintln!("device: {}", dev.describe()),
     }
     Ok(dev)
+}
+
+/// --memory-budget with --context-reserve; without it, a GPU's free memory (what the context
+/// already holds counts as reserve, plus 64 MiB for modules loaded later); None: unlimited.
+fn memory_budget(cli: &Cli, dev: &Device) -> Result<Option<MemoryBudget>> {
+    let reserve = parse_bytes(&cli.context_reserve)?;
+    match &cli.memory_budget {
+        Some(b) => {
+            let budget = parse_bytes(b)?;
+            if reserve >= budget {
+                return Err(emrclass::Error::Invalid(format!(
+                    "--memory-budget {b} leaves nothing after --context-reserve {}",
+                    cli.context_reserve
+                )));
+            }
+            Ok(Some(MemoryBudget { budget, reserve }))
+        }
+        None if dev.is_cuda() => {
+            let (free, total) = dev.mem_info()?;
+            Ok(Some(MemoryBudget {
+                budget: total,
+                reserve: (total - free + (64 << 20)).min(total),
+            }))
+        }
+        None => Ok(None),
+    }
+}
+
+fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
+    use emrclass::model::bert::BertConfig;
+    use emrclass::plan;
+    let is_json = a.model.extension().is_some_and(|e| e == "json");
+    let config_path = if is_json {
+        a.model.clone()
+    } else {
+        a.model.join("config.json")
+    };
+    let encoder = BertConfig::from_file(&config_path)?;
+    let mut head =
+        emrclass::model::heads::HeadConfig::new(a.head.parse()?, encoder.hidden_size, a.classes);
+    head.textcnn_filters = a.filters;
+    head.rnn_hidden = a.rnn_hidden;
+    let request = plan::Request {
+        encoder,
+        head,
+        loss: loss_kinds(a.loss)?[0],
+        batch: a.batch,
+        seq: a.seq,
+        budget: parse_bytes(&a.budget)?,
+        reserve: parse_bytes(&cli.context_reserve)?,
+        frozen: a.frozen,
+    };
+    let p = plan::plan(&request)?;
+    plan::print_plan(&p);
+    let cap = 4096;
+    let seqs: Vec<usize> = [64, 128, 256, 384, 512]
+        .into_iter()
+        .filter(|&l| l <= request.encoder.max_position_embeddings)
+        .collect();
+    let rows = if a.no_table {
+        Vec::new()
+    } else {
+        println!();
+        let rows = plan::table(&request, &seqs, cap)?;
+        plan::print_table(&request, &rows, cap);
+        rows
+    };
+    if let Some(path) = &a.json {
+        plan::write_json(path, &p, &rows)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(p.fits)
 }
 
 fn run(cli: &Cli) -> Result<bool> {
@@ -351,7 +474,8 @@ fn run(cli: &Cli) -> Result<bool> {
         }
         Command::Train(args) => {
             let dev_handle = open_device(cli, seed)?;
-            emrclass::train::command::run(&dev_handle, &args.options(cli.seed)?)?;
+            let memory = memory_budget(cli, &dev_handle)?;
+            emrclass::train::command::run(&dev_handle, &args.options(cli.seed, memory)?)?;
             Ok(true)
         }
         Command::Experiment {
@@ -361,7 +485,7 @@ fn run(cli: &Cli) -> Result<bool> {
         } => {
             use emrclass::train::experiment::{run_grid, ExperimentOptions};
             let dev_handle = open_device(cli, seed)?;
-            let base = train.options(cli.seed)?;
+            let base = train.options(cli.seed, memory_budget(cli, &dev_handle)?)?;
             let o = ExperimentOptions {
                 heads: heads.iter().map(|h| h.parse()).collect::<Result<_>>()?,
                 losses: losses
@@ -453,6 +577,7 @@ fn run(cli: &Cli) -> Result<bool> {
             );
             Ok(true)
         }
+        Command::Plan(a) => plan_command(cli, a),
         Command::Gradcheck { ops } => {
             let dev = open_device(cli, seed)?;
             let checks = registry::select(ops)?;

@@ -100,7 +100,15 @@ pub fn write_tensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> Res
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, None)
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    let tmp = path.with_extension("safetensors.tmp");
+    write_atomically(path, &bytes)
+}
+
+/// Writes `bytes` to a temp file beside `path`, then renames it into place: a reader sees the
+/// old file or the new one, never half of one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

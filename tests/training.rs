@@ -163,20 +163,7 @@ fn learns_the_synthetic_set_and_repeats_bit_for_bit() {
 
 #[test]
 fn fine_tunes_a_bert_checkpoint_with_the_paper_head() {
-    // The tiny HF-written BERT, with a vocab.txt of its 97 ids so the tokenizer can build.
-    let dir = std::env::temp_dir().join(format!("emrclass-train-bert-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert_tiny");
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
-    }
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    vocab.extend("患者入院胸闷痛头晕血压糖尿病发热咳嗽痰喘息水肿关节肿乏力苍白怕热多汗腹痛震颤红斑肌酐尿酸反酸烧心二甲双胍阿司匹林".chars().map(|c| c.to_string()));
-    vocab.extend((vocab.len()..97).map(|i| format!("x{i}")));
-    std::fs::write(dir.join("vocab.txt"), vocab.join("\n")).unwrap();
+    let dir = common::tiny_bert_dir("train-bert");
     let dev = common::test_device(Schedule::Forward);
     let mut o = small(0.04, 1);
     o.encoder = Some(dir);

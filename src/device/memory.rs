@@ -1,13 +1,58 @@
-//! Exact accounting of device bytes: live, peak and a budget that allocations may not pass.
+//! Exact accounting of device bytes: live, peak and a budget that allocations may not pass,
+//! with live bytes split by role and the split as it stood at the peak (what `emrclass plan`
+//! prints).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
+
+/// What an allocation is for. The device tags each buffer with the role current when it was
+/// allocated (`Device::role`); untagged allocations are scratch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Parameters,
+    Gradients,
+    OptimizerState,
+    /// Allocated by a forward pass (what survives it is saved for backward).
+    Activations,
+    /// Temporaries of backward, the loss and the optimizer.
+    Scratch,
+    /// Buffers an op allocates for its own kernels (partial sums, sort orders).
+    Workspace,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Parameters,
+        Role::Gradients,
+        Role::OptimizerState,
+        Role::Activations,
+        Role::Scratch,
+        Role::Workspace,
+    ];
+    pub fn index(self) -> usize {
+        self as usize
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Parameters => "parameters",
+            Role::Gradients => "gradients",
+            Role::OptimizerState => "optimizer state",
+            Role::Activations => "activations",
+            Role::Scratch => "scratch",
+            Role::Workspace => "kernel workspace",
+        }
+    }
+}
 
 pub struct MemoryCounter {
     live: AtomicUsize,
     peak: AtomicUsize,
     budget: AtomicUsize,
+    by_role: [AtomicUsize; 6],
+    /// `by_role` when `peak` was last raised.
+    peak_by_role: Mutex<[usize; 6]>,
 }
 
 impl MemoryCounter {
@@ -16,7 +61,18 @@ impl MemoryCounter {
             live: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             budget: AtomicUsize::new(budget),
+            by_role: Default::default(),
+            peak_by_role: Mutex::new([0; 6]),
         }
+    }
+
+    /// Live bytes of each role (indexed by `Role::index`).
+    pub fn live_by_role(&self) -> [usize; 6] {
+        std::array::from_fn(|i| self.by_role[i].load(Ordering::SeqCst))
+    }
+    /// Live bytes of each role at the moment of the peak.
+    pub fn peak_by_role(&self) -> [usize; 6] {
+        *self.peak_by_role.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn live(&self) -> usize {
@@ -28,6 +84,7 @@ impl MemoryCounter {
     /// Starts a new peak from what is live now (benchmarks measure one phase at a time).
     pub fn reset_peak(&self) {
         self.peak.store(self.live(), Ordering::SeqCst);
+        *self.peak_by_role.lock().unwrap_or_else(|e| e.into_inner()) = self.live_by_role();
     }
     pub fn budget(&self) -> usize {
         self.budget.load(Ordering::SeqCst)
@@ -36,8 +93,8 @@ impl MemoryCounter {
         self.budget.store(budget, Ordering::SeqCst);
     }
 
-    /// Counts `bytes` as live, or refuses when that would pass the budget.
-    pub fn reserve(&self, bytes: usize, what: &str) -> Result<()> {
+    /// Counts `bytes` of `role` as live, or refuses when that would pass the budget.
+    pub fn reserve(&self, bytes: usize, role: Role, what: &str) -> Result<()> {
         let budget = self.budget();
         let mut live = self.live();
         loop {
@@ -55,7 +112,11 @@ impl MemoryCounter {
                 .compare_exchange(live, next, Ordering::SeqCst, Ordering::SeqCst)
             {
                 Ok(_) => {
-                    self.peak.fetch_max(next, Ordering::SeqCst);
+                    self.by_role[role.index()].fetch_add(bytes, Ordering::SeqCst);
+                    if self.peak.fetch_max(next, Ordering::SeqCst) < next {
+                        *self.peak_by_role.lock().unwrap_or_else(|e| e.into_inner()) =
+                            self.live_by_role();
+                    }
                     return Ok(());
                 }
                 Err(now) => live = now,
@@ -63,7 +124,8 @@ impl MemoryCounter {
         }
     }
 
-    pub fn release(&self, bytes: usize) {
+    pub fn release(&self, bytes: usize, role: Role) {
+        self.by_role[role.index()].fetch_sub(bytes, Ordering::SeqCst);
         self.live.fetch_sub(bytes, Ordering::SeqCst);
     }
 }

@@ -1,6 +1,8 @@
-//! One device API, two implementations: `Cuda` (cudarc driver + NVRTC) and `Simt` (the same
-//! kernels compiled for the host and run by the SIMT simulator). Kernels are launched by name
-//! with arguments checked against the signature parsed from their source, on either device.
+//! One device API, three implementations: `Cuda` (cudarc driver + NVRTC), `Simt` (the same
+//! kernels compiled for the host and run by the SIMT simulator) and `Sizing` (no memory, no
+//! kernels: it only counts the bytes a run would allocate, which is how `emrclass plan` sizes a
+//! run with the engine's own allocation code). Kernels are launched by name with arguments
+//! checked against the signature parsed from their source, on every device.
 
 mod cuda;
 mod memory;
@@ -11,7 +13,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 pub use cuda::CudaInfo;
-pub use memory::{parse_bytes, MemoryCounter};
+pub use memory::{parse_bytes, MemoryCounter, Role};
 pub use simt::Schedule;
 
 use crate::error::{Error, Result};
@@ -187,11 +189,15 @@ pub enum DeviceChoice {
 enum Backend {
     Cuda(cuda::CudaBackend),
     Simt(simt::SimtBackend),
+    /// Hands out addresses of nothing and runs no kernel; reads return zeros.
+    Sizing(std::sync::atomic::AtomicU64),
 }
 
 struct Inner {
     backend: Backend,
     memory: MemoryCounter,
+    /// The role of new allocations (`Role as u8`), set by `Device::role`.
+    role: std::sync::atomic::AtomicU8,
     /// Kernel launches so far: tests assert that recurrences launch O(1) times, not O(L).
     launches: std::sync::atomic::AtomicU64,
 }
@@ -217,6 +223,36 @@ impl Device {
         ))
     }
 
+    /// A device that only counts bytes: allocations get addresses of no memory, launches are
+    /// checked and skipped, reads give zeros. Runs the engine's own code to measure its peak.
+    pub fn sizing() -> Device {
+        Device::with_backend(
+            Backend::Sizing(std::sync::atomic::AtomicU64::new(1 << 20)),
+            usize::MAX,
+        )
+    }
+
+    /// Tags the allocations made until the guard drops with `role` (then the previous role is
+    /// current again).
+    pub fn role(&self, role: Role) -> RoleGuard {
+        let previous = self.current_role();
+        self.0
+            .role
+            .store(role as u8, std::sync::atomic::Ordering::SeqCst);
+        RoleGuard {
+            device: self.clone(),
+            previous,
+        }
+    }
+
+    fn current_role(&self) -> Role {
+        Role::ALL[self.0.role.load(std::sync::atomic::Ordering::SeqCst) as usize]
+    }
+
+    pub fn is_sizing(&self) -> bool {
+        matches!(self.0.backend, Backend::Sizing(_))
+    }
+
     /// `auto` tries CUDA and falls back to the simulator; the second value says why when it did.
     pub fn open(choice: DeviceChoice) -> Result<(Device, Option<String>)> {
         match choice {
@@ -233,6 +269,7 @@ impl Device {
         Device(Arc::new(Inner {
             backend,
             memory: MemoryCounter::new(budget),
+            role: std::sync::atomic::AtomicU8::new(Role::Scratch as u8),
             launches: Default::default(),
         }))
     }
@@ -264,13 +301,14 @@ impl Device {
                 c.info.name, c.info.major, c.info.minor
             ),
             Backend::Simt(s) => format!("simt (schedule: {})", s.schedule()),
+            Backend::Sizing(_) => "sizing (counts bytes, runs no kernels)".to_string(),
         }
     }
 
     pub fn cuda_info(&self) -> Option<&CudaInfo> {
         match &self.0.backend {
             Backend::Cuda(c) => Some(&c.info),
-            Backend::Simt(_) => None,
+            Backend::Simt(_) | Backend::Sizing(_) => None,
         }
     }
 
@@ -285,7 +323,7 @@ impl Device {
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         match &self.0.backend {
             Backend::Cuda(c) => c.mem_info(),
-            Backend::Simt(_) => {
+            Backend::Simt(_) | Backend::Sizing(_) => {
                 let m = &self.0.memory;
                 Ok((m.budget().saturating_sub(m.live()), m.budget()))
             }
@@ -296,20 +334,26 @@ impl Device {
     /// what was never written is noticed).
     pub fn alloc<T: Elem>(&self, len: usize, what: &str) -> Result<Buffer<T>> {
         let bytes = len * std::mem::size_of::<T>();
-        self.0.memory.reserve(bytes, what)?;
+        let role = self.current_role();
+        self.0.memory.reserve(bytes, role, what)?;
         let addr = match &self.0.backend {
             Backend::Cuda(c) => c.alloc(bytes),
             Backend::Simt(s) => s.alloc(bytes),
+            Backend::Sizing(next) => Ok(next.fetch_add(
+                bytes.next_multiple_of(256) as u64 + 256,
+                std::sync::atomic::Ordering::SeqCst,
+            )),
         };
         match addr {
             Ok(addr) => Ok(Buffer {
                 addr,
                 len,
+                role,
                 device: self.clone(),
                 _elem: PhantomData,
             }),
             Err(e) => {
-                self.0.memory.release(bytes);
+                self.0.memory.release(bytes, role);
                 Err(e)
             }
         }
@@ -323,6 +367,18 @@ impl Device {
 
     pub fn zeros<T: Elem>(&self, len: usize, what: &str) -> Result<Buffer<T>> {
         self.upload(&vec![T::zeroed(); len], what)
+    }
+
+    /// A trainable parameter's values (counted as parameters).
+    pub fn parameter(&self, values: &[f32], what: &str) -> Result<Buffer<f32>> {
+        let _role = self.role(Role::Parameters);
+        self.upload(values, what)
+    }
+
+    /// A parameter's gradient, zeroed (counted as gradients).
+    pub fn gradient(&self, len: usize, what: &str) -> Result<Buffer<f32>> {
+        let _role = self.role(Role::Gradients);
+        self.zeros(len, what)
     }
 
     /// Launches `kernel` after checking the arguments against its parsed signature.
@@ -340,6 +396,7 @@ impl Device {
         match &self.0.backend {
             Backend::Cuda(c) => c.launch(info, &cfg, &mut params),
             Backend::Simt(s) => s.launch(info, &cfg, &mut params),
+            Backend::Sizing(_) => Ok(()),
         }
     }
 
@@ -347,7 +404,7 @@ impl Device {
     pub fn synchronize(&self) -> Result<()> {
         match &self.0.backend {
             Backend::Cuda(c) => c.synchronize(),
-            Backend::Simt(_) => Ok(()),
+            Backend::Simt(_) | Backend::Sizing(_) => Ok(()),
         }
     }
 
@@ -356,7 +413,7 @@ impl Device {
     pub fn time_ms(&self, work: impl FnOnce() -> Result<()>) -> Result<f64> {
         match &self.0.backend {
             Backend::Cuda(c) => c.time_ms(work),
-            Backend::Simt(_) => {
+            Backend::Simt(_) | Backend::Sizing(_) => {
                 let t = std::time::Instant::now();
                 work()?;
                 Ok(t.elapsed().as_secs_f64() * 1e3)
@@ -428,10 +485,26 @@ fn check_launch(info: &KernelInfo, cfg: &LaunchConfig, args: &[Arg]) -> Result<(
     Ok(())
 }
 
+/// Puts the previous allocation role back when dropped (see `Device::role`).
+pub struct RoleGuard {
+    device: Device,
+    previous: Role,
+}
+
+impl Drop for RoleGuard {
+    fn drop(&mut self) {
+        self.device
+            .0
+            .role
+            .store(self.previous as u8, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A typed buffer in device memory (host memory on the simulator). Freed on drop.
 pub struct Buffer<T: Elem> {
     addr: u64,
     len: usize,
+    role: Role,
     device: Device,
     _elem: PhantomData<T>,
 }
@@ -475,6 +548,7 @@ impl<T: Elem> Buffer<T> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         match &self.device.0.backend {
             Backend::Cuda(c) => c.copy_to_device(self.addr, bytes),
+            Backend::Sizing(_) => Ok(()),
             Backend::Simt(_) => {
                 // SAFETY: addr points to a live allocation of exactly self.bytes() bytes that
                 // this buffer owns, and `bytes` has the same length.
@@ -505,6 +579,7 @@ impl<T: Elem> Buffer<T> {
         }
         match &self.device.0.backend {
             Backend::Cuda(c) => c.copy_device(self.addr, src.addr, self.bytes()),
+            Backend::Sizing(_) => Ok(()),
             Backend::Simt(_) => {
                 // SAFETY: both are live allocations of self.bytes() bytes (same length, checked
                 // above), distinct since this one is borrowed mutably.
@@ -525,6 +600,7 @@ impl<T: Elem> Buffer<T> {
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
         match &self.device.0.backend {
             Backend::Cuda(c) => c.copy_to_host(bytes, self.addr)?,
+            Backend::Sizing(_) => {}
             Backend::Simt(_) => {
                 // SAFETY: as in copy_from_host; the simulator has finished every launch
                 // before it returns, so nothing writes the buffer concurrently.
@@ -547,7 +623,8 @@ impl<T: Elem> Drop for Buffer<T> {
         match &self.device.0.backend {
             Backend::Cuda(c) => c.free(self.addr),
             Backend::Simt(s) => s.free(self.addr, bytes),
+            Backend::Sizing(_) => {}
         }
-        self.device.0.memory.release(bytes);
+        self.device.0.memory.release(bytes, self.role);
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::check::Rng;
-use crate::device::{Buffer, Device};
+use crate::device::{Buffer, Device, Role};
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, Attention};
 use crate::ops::{self, embedding, layernorm, Gemm};
@@ -148,6 +148,19 @@ pub fn parameter_shapes(c: &BertConfig) -> Vec<(String, Vec<usize>)> {
     v
 }
 
+/// How the encoder trades arithmetic for memory (chosen by `crate::plan`). Dropout masks are
+/// never stored (regenerated from their seeds) and attention keeps only its log-sum-exp
+/// statistics, never the probabilities, whatever this says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncoderMemory {
+    /// Layers (the lowest ones) whose activations are not kept: forward keeps only their input
+    /// and backward runs their forward again, with the same kernels and dropout seeds, so the
+    /// gradients are bit for bit those of a run that kept everything.
+    pub recompute_layers: usize,
+    /// Keep those inputs in fp16 (half the bytes; gradients then differ within tolerance).
+    pub fp16_checkpoints: bool,
+}
+
 /// What one layer's forward keeps for backward.
 struct LayerSaved {
     input: Buffer<f32>,
@@ -163,6 +176,35 @@ struct LayerSaved {
     ln2: layernorm::Stats,
 }
 
+/// A layer's state between forward and backward: everything, or only its input.
+enum LayerState {
+    Kept(Box<LayerSaved>),
+    Checkpoint(Buffer<f32>),
+    Checkpoint16(Buffer<half::f16>),
+}
+
+impl LayerState {
+    fn bytes(&self) -> usize {
+        match self {
+            LayerState::Kept(s) => {
+                [
+                    &s.input, &s.qkv, &s.context, &s.lse, &s.ln1_in, &s.h1, &s.inter, &s.act,
+                    &s.ln2_in,
+                ]
+                .iter()
+                .map(|b| b.bytes())
+                .sum::<usize>()
+                    + [&s.ln1, &s.ln2]
+                        .iter()
+                        .map(|st| st.mean.bytes() + st.rstd.bytes())
+                        .sum::<usize>()
+            }
+            LayerState::Checkpoint(b) => b.bytes(),
+            LayerState::Checkpoint16(b) => b.bytes(),
+        }
+    }
+}
+
 struct Saved {
     batch: usize,
     len: usize,
@@ -172,7 +214,7 @@ struct Saved {
     mask: Buffer<i32>,
     emb_sum: Buffer<f32>,
     emb_ln: layernorm::Stats,
-    layers: Vec<LayerSaved>,
+    layers: Vec<LayerState>,
     hidden: Buffer<f32>,
     pooled: Buffer<f32>,
     seed: Option<u64>,
@@ -183,6 +225,7 @@ pub struct BertEncoder {
     pub params: Vec<Param>,
     index: HashMap<String, usize>,
     saved: Option<Saved>,
+    pub memory: EncoderMemory,
 }
 
 /// A distinct dropout seed for each site of each layer.
@@ -208,7 +251,13 @@ impl BertEncoder {
             .collect()
     }
 
-    fn from_values(dev: &Device, config: BertConfig, values: Vec<Vec<f32>>) -> Result<Self> {
+    /// The encoder over `values`; a frozen one (`trainable` false) gets no gradient buffers.
+    fn from_values(
+        dev: &Device,
+        config: BertConfig,
+        values: Vec<Vec<f32>>,
+        trainable: bool,
+    ) -> Result<Self> {
         config.validate()?;
         let shapes = parameter_shapes(&config);
         let mut params = Vec::new();
@@ -217,8 +266,8 @@ impl BertEncoder {
             index.insert(name.clone(), params.len());
             let n = v.len();
             params.push(Param {
-                value: dev.upload(&v, &name)?,
-                grad: dev.zeros(n, &name)?,
+                value: dev.parameter(&v, &name)?,
+                grad: dev.gradient(if trainable { n } else { 0 }, &name)?,
                 name,
                 shape,
             });
@@ -228,7 +277,18 @@ impl BertEncoder {
             params,
             index,
             saved: None,
+            memory: EncoderMemory::default(),
         })
+    }
+
+    /// Parameters of the right shapes and unspecified values (zeros): for sizing a run on
+    /// `Device::sizing`, where no value is ever read.
+    pub fn unset(dev: &Device, config: BertConfig, trainable: bool) -> Result<Self> {
+        let values = parameter_shapes(&config)
+            .iter()
+            .map(|(_, shape)| vec![0.0; shape.iter().product()])
+            .collect();
+        BertEncoder::from_values(dev, config, values, trainable)
     }
 
     /// HF BERT's initialisation: weights N(0, 0.02), biases 0, LayerNorm weight 1.
@@ -246,13 +306,28 @@ impl BertEncoder {
                 }
             })
             .collect();
-        BertEncoder::from_values(dev, config, values)
+        BertEncoder::from_values(dev, config, values, true)
     }
 
     /// Loads `model.safetensors` for `config`. Names may carry the prefix `bert.`, `ernie.` or
     /// none, and LayerNorm parameters may be called gamma/beta; extra tensors (an MLM head, a
     /// classifier) are ignored. A missing tensor or a wrong shape names the tensor and shapes.
     pub fn load(dev: &Device, config: BertConfig, path: &Path) -> Result<Self> {
+        BertEncoder::load_weights(dev, config, path, true)
+    }
+
+    /// `load_dir` for an encoder that will only run forward: no gradient buffers.
+    pub fn load_frozen_dir(dev: &Device, dir: &Path) -> Result<Self> {
+        let config = BertConfig::from_file(&dir.join("config.json"))?;
+        BertEncoder::load_weights(dev, config, &dir.join("model.safetensors"), false)
+    }
+
+    fn load_weights(
+        dev: &Device,
+        config: BertConfig,
+        path: &Path,
+        trainable: bool,
+    ) -> Result<Self> {
         config.validate()?;
         let ckpt = Checkpoint::open(path)?;
         let prefix = ["bert.", "ernie.", ""]
@@ -291,7 +366,7 @@ impl BertEncoder {
                 );
             }
         }
-        BertEncoder::from_values(dev, config, values)
+        BertEncoder::from_values(dev, config, values, trainable)
     }
 
     /// Loads `dir/config.json` and `dir/model.safetensors`.
@@ -335,8 +410,44 @@ impl BertEncoder {
         batch: usize,
         dropout_seed: Option<u64>,
     ) -> Result<(&Buffer<f32>, &Buffer<f32>)> {
+        self.run(ids, attention_mask, token_types, batch, dropout_seed, true)
+    }
+
+    /// The forward of inference: each layer's activations are freed as soon as the next layer
+    /// has its input, so only the outputs stay (no backward may follow).
+    pub fn infer(
+        &mut self,
+        ids: &[i32],
+        attention_mask: &[i32],
+        token_types: Option<&[i32]>,
+        batch: usize,
+    ) -> Result<(&Buffer<f32>, &Buffer<f32>)> {
+        self.run(ids, attention_mask, token_types, batch, None, false)
+    }
+
+    /// Drops what the last forward kept for backward.
+    pub fn forget(&mut self) {
+        self.saved = None;
+    }
+
+    /// Bytes held for backward by the last forward, per layer (empty after `infer`).
+    pub fn saved_bytes_per_layer(&self) -> Vec<usize> {
+        self.saved.as_ref().map_or_else(Vec::new, |s| {
+            s.layers.iter().map(LayerState::bytes).collect()
+        })
+    }
+
+    fn run(
+        &mut self,
+        ids: &[i32],
+        attention_mask: &[i32],
+        token_types: Option<&[i32]>,
+        batch: usize,
+        dropout_seed: Option<u64>,
+        keep: bool,
+    ) -> Result<(&Buffer<f32>, &Buffer<f32>)> {
         let c = self.config.clone();
-        let (h, heads) = (c.hidden_size, c.num_attention_heads);
+        let h = c.hidden_size;
         if batch == 0 || !ids.len().is_multiple_of(batch) || attention_mask.len() != ids.len() {
             return Err(Error::Invalid(format!(
                 "encoder: {} ids and {} mask values for a batch of {batch}",
@@ -389,72 +500,19 @@ impl BertEncoder {
         let mask = dev.upload(attention_mask, "attention mask")?;
         let mut layers = Vec::new();
         for l in 0..c.num_hidden_layers {
-            let name = |s: &str| format!("encoder.layer.{l}.{s}");
-            // Q, K, V side by side in one [rows, 3H] buffer.
-            let mut qkv = dev.alloc::<f32>(rows * 3 * h, "qkv")?;
-            for (k, which) in ["query", "key", "value"].iter().enumerate() {
-                let g = Gemm {
-                    ldc: 3 * h,
-                    offset_c: k * h,
-                    ..Gemm::new(rows, h, h, false, true)
-                };
-                let w = name(&format!("attention.self.{which}.weight"));
-                let b = name(&format!("attention.self.{which}.bias"));
-                ops::gemm(&g, &x, self.value(&w), &mut qkv, Some(self.value(&b)))?;
+            let (next, saved) = self.layer_forward(l, x, &mask, batch, len, dropout_seed)?;
+            x = next;
+            if !keep {
+                continue;
             }
-            let a = self.attention_shape(batch, len, l, dropout_seed);
-            let mut context = dev.alloc::<f32>(rows * h, "attention context")?;
-            let mut lse = dev.alloc::<f32>(batch * heads * len, "attention lse")?;
-            attention::forward(&a, [&qkv, &qkv, &qkv], Some(&mask), &mut context, &mut lse)?;
-            let ln1_in = self.dense_dropout_residual(
-                &context,
-                &name("attention.output.dense"),
-                &x,
-                rows,
-                h,
-                h,
-                dropout_seed.map(|s| site_seed(s, l, 2)),
-            )?;
-            let (h1, ln1) =
-                self.layer_norm(&ln1_in, &name("attention.output.LayerNorm"), rows, eps)?;
-            let mut inter = dev.alloc::<f32>(rows * c.intermediate_size, "ffn intermediate")?;
-            let g = Gemm::new(rows, c.intermediate_size, h, false, true);
-            ops::gemm(
-                &g,
-                &h1,
-                self.value(&name("intermediate.dense.weight")),
-                &mut inter,
-                Some(self.value(&name("intermediate.dense.bias"))),
-            )?;
-            let mut act = dev.alloc::<f32>(inter.len(), "ffn activation")?;
-            if c.hidden_act == "relu" {
-                ops::relu_forward(&inter, &mut act, inter.len())?;
+            layers.push(if l >= self.memory.recompute_layers {
+                LayerState::Kept(Box::new(saved))
+            } else if self.memory.fp16_checkpoints {
+                let mut half = dev.alloc::<half::f16>(saved.input.len(), "layer input (fp16)")?;
+                ops::convert_f32_to_f16(&saved.input, &mut half)?;
+                LayerState::Checkpoint16(half)
             } else {
-                ops::gelu_forward(&inter, &mut act, inter.len())?;
-            }
-            let ln2_in = self.dense_dropout_residual(
-                &act,
-                &name("output.dense"),
-                &h1,
-                rows,
-                c.intermediate_size,
-                h,
-                dropout_seed.map(|s| site_seed(s, l, 3)),
-            )?;
-            let (next, ln2) = self.layer_norm(&ln2_in, &name("output.LayerNorm"), rows, eps)?;
-            let input = std::mem::replace(&mut x, next);
-            layers.push(LayerSaved {
-                input,
-                qkv,
-                context,
-                lse,
-                ln1_in,
-                ln1,
-                h1,
-                inter,
-                act,
-                ln2_in,
-                ln2,
+                LayerState::Checkpoint(saved.input)
             });
         }
         // Pooler: tanh(dense(hidden[:, 0])). The [CLS] rows are L * H floats apart.
@@ -487,6 +545,91 @@ impl BertEncoder {
             seed: dropout_seed,
         });
         Ok((&saved.hidden, &saved.pooled))
+    }
+
+    /// One transformer layer on `x` [rows, H]: returns its output and what backward needs.
+    fn layer_forward(
+        &self,
+        l: usize,
+        x: Buffer<f32>,
+        mask: &Buffer<i32>,
+        batch: usize,
+        len: usize,
+        dropout_seed: Option<u64>,
+    ) -> Result<(Buffer<f32>, LayerSaved)> {
+        let c = &self.config;
+        let (h, heads) = (c.hidden_size, c.num_attention_heads);
+        let rows = batch * len;
+        let eps = c.layer_norm_eps as f32;
+        let dev = x.device().clone();
+        let name = |s: &str| format!("encoder.layer.{l}.{s}");
+        // Q, K, V side by side in one [rows, 3H] buffer.
+        let mut qkv = dev.alloc::<f32>(rows * 3 * h, "qkv")?;
+        for (k, which) in ["query", "key", "value"].iter().enumerate() {
+            let g = Gemm {
+                ldc: 3 * h,
+                offset_c: k * h,
+                ..Gemm::new(rows, h, h, false, true)
+            };
+            let w = name(&format!("attention.self.{which}.weight"));
+            let b = name(&format!("attention.self.{which}.bias"));
+            ops::gemm(&g, &x, self.value(&w), &mut qkv, Some(self.value(&b)))?;
+        }
+        let a = self.attention_shape(batch, len, l, dropout_seed);
+        let mut context = dev.alloc::<f32>(rows * h, "attention context")?;
+        let mut lse = dev.alloc::<f32>(batch * heads * len, "attention lse")?;
+        attention::forward(&a, [&qkv, &qkv, &qkv], Some(mask), &mut context, &mut lse)?;
+        let ln1_in = self.dense_dropout_residual(
+            &context,
+            &name("attention.output.dense"),
+            &x,
+            rows,
+            h,
+            h,
+            dropout_seed.map(|s| site_seed(s, l, 2)),
+        )?;
+        let (h1, ln1) = self.layer_norm(&ln1_in, &name("attention.output.LayerNorm"), rows, eps)?;
+        let mut inter = dev.alloc::<f32>(rows * c.intermediate_size, "ffn intermediate")?;
+        let g = Gemm::new(rows, c.intermediate_size, h, false, true);
+        ops::gemm(
+            &g,
+            &h1,
+            self.value(&name("intermediate.dense.weight")),
+            &mut inter,
+            Some(self.value(&name("intermediate.dense.bias"))),
+        )?;
+        let mut act = dev.alloc::<f32>(inter.len(), "ffn activation")?;
+        if c.hidden_act == "relu" {
+            ops::relu_forward(&inter, &mut act, inter.len())?;
+        } else {
+            ops::gelu_forward(&inter, &mut act, inter.len())?;
+        }
+        let ln2_in = self.dense_dropout_residual(
+            &act,
+            &name("output.dense"),
+            &h1,
+            rows,
+            c.intermediate_size,
+            h,
+            dropout_seed.map(|s| site_seed(s, l, 3)),
+        )?;
+        let (next, ln2) = self.layer_norm(&ln2_in, &name("output.LayerNorm"), rows, eps)?;
+        Ok((
+            next,
+            LayerSaved {
+                input: x,
+                qkv,
+                context,
+                lse,
+                ln1_in,
+                ln1,
+                h1,
+                inter,
+                act,
+                ln2_in,
+                ln2,
+            },
+        ))
     }
 
     /// Layer `layer`'s attention over the fused [rows, 3H] QKV buffer; dropout only in training.
@@ -581,7 +724,7 @@ impl BertEncoder {
         d_hidden: Option<&Buffer<f32>>,
         d_pooled: Option<&Buffer<f32>>,
     ) -> Result<()> {
-        let s = self
+        let mut s = self
             .saved
             .take()
             .ok_or_else(|| Error::Invalid("encoder backward without forward".into()))?;
@@ -642,7 +785,24 @@ impl BertEncoder {
                 ops::fill(self.grad_of("pooler.dense.bias"), 0.0)?;
             }
         }
-        for (l, ls) in s.layers.iter().enumerate().rev() {
+        if s.layers.len() != c.num_hidden_layers {
+            return Err(Error::Invalid(
+                "encoder backward after `infer`, which keeps nothing for backward".into(),
+            ));
+        }
+        let mut states = std::mem::take(&mut s.layers);
+        while let Some(state) = states.pop() {
+            let l = states.len();
+            let ls = &match state {
+                LayerState::Kept(saved) => *saved,
+                LayerState::Checkpoint(input) => self.recompute(l, input, &s)?,
+                LayerState::Checkpoint16(half) => {
+                    let mut input = dev.alloc::<f32>(half.len(), "layer input")?;
+                    ops::convert_f16_to_f32(&half, &mut input)?;
+                    drop(half);
+                    self.recompute(l, input, &s)?
+                }
+            };
             let name = |x: &str| format!("encoder.layer.{l}.{x}");
             // Output LayerNorm, then the FFN's dense, dropout and residual.
             let d_ln2_in = self.layer_norm_backward(
@@ -747,6 +907,15 @@ impl BertEncoder {
         let kind = "embeddings.token_type_embeddings.weight";
         embedding::backward(&s.types, &d_sum, self.grad_of(kind), h, None)?;
         Ok(())
+    }
+
+    /// Layer `l`'s forward again from its input, for backward: its activations as the first
+    /// forward made them (tagged as activations).
+    fn recompute(&self, l: usize, input: Buffer<f32>, s: &Saved) -> Result<LayerSaved> {
+        let dev = input.device().clone();
+        let _role = dev.role(Role::Activations);
+        let (_, saved) = self.layer_forward(l, input, &s.mask, s.batch, s.len, s.seed)?;
+        Ok(saved)
     }
 
     /// Backward of a post-LayerNorm: writes its parameter gradients, returns d input.

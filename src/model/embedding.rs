@@ -47,8 +47,8 @@ impl Embedding {
         Ok(Embedding {
             vocab,
             dim,
-            table: dev.upload(table, "embedding table")?,
-            table_grad: dev.zeros(table.len(), "embedding grad")?,
+            table: dev.parameter(table, "embedding table")?,
+            table_grad: dev.gradient(table.len(), "embedding grad")?,
             saved_ids: None,
         })
     }

@@ -52,10 +52,10 @@ impl Linear {
         Ok(Linear {
             input,
             output,
-            weight: dev.upload(weight, "linear weight")?,
-            bias: dev.upload(bias, "linear bias")?,
-            weight_grad: dev.zeros(weight.len(), "linear weight grad")?,
-            bias_grad: dev.zeros(output, "linear bias grad")?,
+            weight: dev.parameter(weight, "linear weight")?,
+            bias: dev.parameter(bias, "linear bias")?,
+            weight_grad: dev.gradient(weight.len(), "linear weight grad")?,
+            bias_grad: dev.gradient(output, "linear bias grad")?,
         })
     }
 

@@ -82,6 +82,11 @@ fn upload(dev: &Device, v: &[f64], what: &str) -> Result<Buffer<f32>> {
 }
 
 impl ClassificationLoss {
+    /// The device the loss (and so the model) runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn new(device: &Device, classes: usize, config: LossConfig) -> Result<Self> {
         let bad = |m: String| Err(Error::Invalid(format!("{:?} loss: {m}", config.kind)));
         if classes == 0 {

@@ -114,13 +114,13 @@ impl BiRnn {
                     )));
                 }
             }
-            stacked.push(dev.upload(&[set[0].as_slice(), set[1].as_slice()].concat(), name)?);
+            stacked.push(dev.parameter(&[set[0].as_slice(), set[1].as_slice()].concat(), name)?);
         }
         let grads = [
-            dev.zeros(2 * want[0], "rnn grad")?,
-            dev.zeros(2 * want[1], "rnn grad")?,
-            dev.zeros(2 * want[2], "rnn grad")?,
-            dev.zeros(2 * want[3], "rnn grad")?,
+            dev.gradient(2 * want[0], "rnn grad")?,
+            dev.gradient(2 * want[1], "rnn grad")?,
+            dev.gradient(2 * want[2], "rnn grad")?,
+            dev.gradient(2 * want[3], "rnn grad")?,
         ];
         let [w_ih, w_hh, b_ih, b_hh]: [Buffer<f32>; 4] = stacked
             .try_into()

@@ -125,12 +125,12 @@ impl TextCnn {
                     bias.len()
                 )));
             }
-            layer.weights.push(dev.upload(weight, "textcnn weight")?);
-            layer.biases.push(dev.upload(bias, "textcnn bias")?);
+            layer.weights.push(dev.parameter(weight, "textcnn weight")?);
+            layer.biases.push(dev.parameter(bias, "textcnn bias")?);
             layer
                 .weight_grads
-                .push(dev.zeros(weight.len(), "textcnn weight grad")?);
-            layer.bias_grads.push(dev.zeros(f, "textcnn bias grad")?);
+                .push(dev.gradient(weight.len(), "textcnn weight grad")?);
+            layer.bias_grads.push(dev.gradient(f, "textcnn bias grad")?);
         }
         Ok(layer)
     }

@@ -155,7 +155,10 @@ pub fn backward(
     for (n, (buf, &off)) in ["dq", "dk", "dv"].iter().zip(grads.iter().zip(&a.offsets)) {
         need("attention_backward", n, buf, a.input_span(off))?;
     }
-    let delta = dev.alloc::<f32>(a.batch * a.heads * a.len, "attention delta")?;
+    let delta = {
+        let _role = dev.role(crate::device::Role::Workspace);
+        dev.alloc::<f32>(a.batch * a.heads * a.len, "attention delta")?
+    };
     let [b, h, l, d] = a.dims("attention_backward")?;
     dev.launch(
         "attention_backward_delta",

@@ -72,6 +72,7 @@ pub fn backward(
     if rows.is_empty() {
         return Ok(());
     }
+    let _role = dev.role(crate::device::Role::Workspace);
     let (order_d, starts_d, rows_d) = (
         dev.upload(&order, "order")?,
         dev.upload(&starts, "starts")?,

@@ -10,7 +10,7 @@ use crate::data::synthetic;
 use crate::data::tokenizer::BertTokenizer;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::model::bert::BertEncoder;
+use crate::model::bert::{BertConfig, BertEncoder, EncoderMemory};
 use crate::model::embedding::Embedding;
 use crate::model::heads::{Head, HeadConfig, HeadKind};
 use crate::model::imbalance::{
@@ -28,6 +28,7 @@ use super::trainer::{
     check_head_input, train, Classifier, Control, EpochLog, Event, Input, Split, TrainSettings,
 };
 use crate::ops::AdamW;
+use crate::plan;
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -73,6 +74,15 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// Return right after this step, as if killed (tests of --resume).
     pub stop_after_steps: Option<u64>,
+    /// Plan the encoder's memory for this budget (`--memory-budget`); None: unlimited.
+    pub memory: Option<MemoryBudget>,
+}
+
+/// A device memory budget and the part of it that is not the engine's (CUDA context).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryBudget {
+    pub budget: usize,
+    pub reserve: usize,
 }
 
 /// Where GHM-CS's class similarity comes from.
@@ -116,6 +126,7 @@ impl Default for TrainOptions {
             metric: Metric::MacroF1,
             eval_every: 0,
             quiet: false,
+            memory: None,
             stop_after_steps: None,
         }
     }
@@ -191,9 +202,21 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     let dev_seqs = text.encode_all(&dev_set)?;
     let truncated = train_seqs.iter().filter(|s| s.len() >= o.max_len).count();
     let lc = loss_config(o, &counts, &map.names)?;
+    let mut settings = o.settings.clone();
+    let memory = plan_memory(o, &spec, classes, &mut settings)?;
     let mut model = build_classifier(dev, &spec, &text, lc, classes, &mut rng)?;
+    if let Input::Encoder(enc) = &mut model.input {
+        enc.memory = memory;
+    }
     if o.freeze_encoder {
-        freeze(dev, &mut model, o, &train_seqs, &dev_seqs)?;
+        freeze(
+            dev,
+            &mut model,
+            o,
+            &train_seqs,
+            &dev_seqs,
+            settings.batch_size,
+        )?;
     }
     println!(
         "data: {source}: {} train / {} dev records, {classes} classes (largest {}, smallest {}), {:.1}% truncated at {} tokens",
@@ -287,7 +310,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         &train_split,
         &dev_split,
         classes,
-        &o.settings,
+        &settings,
         &mut ctl,
     )?;
     if o.stop_after_steps == Some(end.step) {
@@ -317,14 +340,14 @@ fn freeze(
     o: &TrainOptions,
     train_seqs: &[Vec<i32>],
     dev_seqs: &[Vec<i32>],
+    batch_size: usize,
 ) -> Result<()> {
     let (Input::Encoder(enc), Some(dir)) = (&mut model.input, &o.encoder) else {
         return Err(Error::Invalid("--freeze-encoder needs --encoder".into()));
     };
     let all: Vec<Vec<i32>> = train_seqs.iter().chain(dev_seqs).cloned().collect();
     let t = std::time::Instant::now();
-    let (store, cached) =
-        FeatureStore::build(enc, dir, &all, &o.feature_cache, o.settings.batch_size)?;
+    let (store, cached) = FeatureStore::build(enc, dir, &all, &o.feature_cache, batch_size)?;
     println!(
         "frozen encoder: {} distinct texts {} in {:.1} s ({})",
         store.len(),
@@ -435,7 +458,11 @@ pub fn build_classifier(
             spec.embedding_dim,
         ),
         (Some(dir), TextEncoder::Bert { .. }) => {
-            let encoder = BertEncoder::load_dir(dev, dir)?;
+            let encoder = if spec.frozen {
+                BertEncoder::load_frozen_dir(dev, dir)?
+            } else {
+                BertEncoder::load_dir(dev, dir)?
+            };
             let h = encoder.config.hidden_size;
             (Input::Encoder(Box::new(encoder)), h)
         }
@@ -445,16 +472,68 @@ pub fn build_classifier(
             ))
         }
     };
-    let head_kind: HeadKind = spec.head.parse()?;
-    let mut hc = HeadConfig::new(head_kind, width, classes);
+    let head = Head::new(dev, head_config(spec, width, classes)?, rng)?;
+    check_head_input(&head, spec.encoder.is_some())?;
+    let loss = ClassificationLoss::new(dev, classes, loss)?;
+    Ok(Classifier { input, head, loss })
+}
+
+/// The head a model spec asks for over `width` input features.
+pub fn head_config(spec: &ModelSpec, width: usize, classes: usize) -> Result<HeadConfig> {
+    let mut hc = HeadConfig::new(spec.head.parse()?, width, classes);
     hc.textcnn_filters = spec.filters;
     hc.rnn_hidden = spec.rnn_hidden;
     hc.dropout = spec.dropout;
     hc.sentence = spec.encoder.is_some();
-    let head = Head::new(dev, hc, rng)?;
-    check_head_input(&head, spec.encoder.is_some())?;
-    let loss = ClassificationLoss::new(dev, classes, loss)?;
-    Ok(Classifier { input, head, loss })
+    Ok(hc)
+}
+
+/// With an encoder and a memory budget: the planner's strategy for batches of
+/// `settings.batch_size` x `max_len` (the longest a batch can be). Micro-batches change
+/// `settings` (same effective batch); the encoder's recomputation is returned. A plan that
+/// cannot fit is an error that says what is short.
+fn plan_memory(
+    o: &TrainOptions,
+    spec: &ModelSpec,
+    classes: usize,
+    settings: &mut TrainSettings,
+) -> Result<EncoderMemory> {
+    let (Some(dir), Some(m)) = (&o.encoder, o.memory) else {
+        return Ok(EncoderMemory::default());
+    };
+    let encoder = BertConfig::from_file(&dir.join("config.json"))?;
+    let request = plan::Request {
+        head: head_config(spec, encoder.hidden_size, classes)?,
+        seq: o.max_len.min(encoder.max_position_embeddings),
+        encoder,
+        loss: o.loss,
+        batch: settings.batch_size,
+        budget: m.budget,
+        reserve: m.reserve,
+        frozen: o.freeze_encoder,
+    };
+    let p = plan::plan(&request)?;
+    let layers = request.encoder.num_hidden_layers;
+    if !p.fits {
+        return Err(Error::Invalid(format!(
+            "batch {} x {} tokens does not fit the memory budget: with {} the peak is {:.1} MiB, {:.1} MiB over the engine's {:.1} MiB (see `emrclass plan`)",
+            request.batch,
+            request.seq,
+            p.strategy.describe(layers, request.frozen),
+            p.measured.peak as f64 / 1048576.0,
+            (p.measured.peak - request.usable()) as f64 / 1048576.0,
+            request.usable() as f64 / 1048576.0
+        )));
+    }
+    println!(
+        "memory plan: {} (peak {:.1} of {:.1} MiB)",
+        p.strategy.describe(layers, request.frozen),
+        p.measured.peak as f64 / 1048576.0,
+        request.usable() as f64 / 1048576.0
+    );
+    settings.batch_size = p.strategy.micro_batch;
+    settings.accumulate *= p.strategy.accumulate;
+    Ok(p.strategy.memory)
 }
 
 pub fn loss_from_name(name: &str) -> Result<LossKind> {

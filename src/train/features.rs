@@ -125,12 +125,11 @@ impl FeatureStore {
         let mut pooled = vec![0.0f32; distinct.len() * h];
         for (c, chunk) in distinct.chunks(batch.max(1)).enumerate() {
             let b = pad(&chunk.iter().map(|s| s.as_slice()).collect::<Vec<_>>());
-            let (states, pool) = encoder.forward(
+            let (states, pool) = encoder.infer(
                 &b.input_ids,
                 &b.attention_mask,
                 Some(&b.token_type_ids),
                 b.batch,
-                None,
             )?;
             let (states, pool) = (states.to_host()?, pool.to_host()?);
             for (r, s) in chunk.iter().enumerate() {
@@ -162,6 +161,29 @@ impl FeatureStore {
             },
             false,
         ))
+    }
+
+    /// A store of zeros for `seqs` (every sequence's features 0): for sizing a frozen run on
+    /// `Device::sizing`, where feature values are never read.
+    pub fn zeros(hidden_size: usize, seqs: &[Vec<i32>]) -> FeatureStore {
+        let mut index = HashMap::new();
+        let (mut starts, mut lengths, mut total) = (Vec::new(), Vec::new(), 0);
+        for s in seqs {
+            if !index.contains_key(s) {
+                index.insert(s.clone(), lengths.len());
+                starts.push(total);
+                lengths.push(s.len());
+                total += s.len();
+            }
+        }
+        FeatureStore {
+            hidden_size,
+            hidden: vec![0.0; total * hidden_size],
+            pooled: vec![0.0; lengths.len() * hidden_size],
+            index,
+            starts,
+            lengths,
+        }
     }
 
     /// Distinct sequences held.

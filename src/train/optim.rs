@@ -67,7 +67,10 @@ pub fn global_norm(grads: &[&Buffer<f32>]) -> Result<f64> {
     };
     // Every tensor's partial sums land in one buffer: one read-back per step, not per tensor.
     let total: usize = live.iter().map(|g| ops::sum_squares_blocks(g.len())).sum();
-    let partial = first.device().alloc::<f32>(total, "grad norm partials")?;
+    let partial = {
+        let _role = first.device().role(crate::device::Role::Workspace);
+        first.device().alloc::<f32>(total, "grad norm partials")?
+    };
     let mut offset = 0;
     for g in &live {
         ops::sum_squares_partial(g, &partial, offset)?;
@@ -125,6 +128,7 @@ impl Optimizer {
             let n = s.value.len();
             if !self.moments.contains_key(&s.name) {
                 let dev = s.value.device();
+                let _role = dev.role(crate::device::Role::OptimizerState);
                 self.moments.insert(
                     s.name.to_string(),
                     (dev.zeros(n, "adam m")?, dev.zeros(n, "adam v")?),

@@ -6,7 +6,7 @@
 use crate::check::Rng;
 use crate::data::batching::{bucketed_batches, pad};
 use crate::data::tokenizer::TokenBatch;
-use crate::device::Buffer;
+use crate::device::{Buffer, Role};
 use crate::error::{Error, Result};
 use crate::model::bert::BertEncoder;
 
@@ -32,6 +32,13 @@ pub enum Input {
     },
 }
 
+/// One micro-batch of a step: padded tokens, labels and its dropout seed.
+pub struct MicroBatch {
+    pub tokens: TokenBatch,
+    pub labels: Vec<i32>,
+    pub seed: u64,
+}
+
 /// Summed gradients by parameter name (gradient accumulation).
 #[derive(Default)]
 pub struct GradientSums(pub std::collections::HashMap<String, Buffer<f32>>);
@@ -54,19 +61,22 @@ impl Classifier {
     /// Logits [batch, classes]; dropout on with a seed.
     pub fn forward(&mut self, b: &TokenBatch, seed: Option<u64>) -> Result<Buffer<f32>> {
         let lens = lengths(b);
+        let _role = self.loss.device().role(Role::Activations);
         match &mut self.input {
             Input::Embeddings(e) => {
                 let tokens = e.forward(&b.input_ids)?;
                 self.head.forward(&tokens, &lens, b.len, None, seed)
             }
             Input::Encoder(enc) => {
-                let (hidden, pooled) = enc.forward(
-                    &b.input_ids,
-                    &b.attention_mask,
-                    Some(&b.token_type_ids),
-                    b.batch,
-                    seed,
-                )?;
+                let types = Some(b.token_type_ids.as_slice());
+                let (hidden, pooled) = match seed {
+                    // Training: keep what backward needs.
+                    Some(_) => {
+                        enc.forward(&b.input_ids, &b.attention_mask, types, b.batch, seed)?
+                    }
+                    // Inference (predict, evaluate): keep nothing.
+                    None => enc.infer(&b.input_ids, &b.attention_mask, types, b.batch)?,
+                };
                 self.head.forward(hidden, &lens, b.len, Some(pooled), seed)
             }
             Input::Features { store, device } => {
@@ -116,11 +126,39 @@ impl Classifier {
         Ok(loss)
     }
 
+    /// One optimizer step: on the batch alone when `s.accumulate` is 1, else on the mean
+    /// gradient of the micro-batches (summed in `sums`). Returns the mean loss. The trainer and
+    /// the memory planner both step through here.
+    pub fn optimizer_step(
+        &mut self,
+        micro_batches: &[MicroBatch],
+        sums: &mut GradientSums,
+        opt: &mut Optimizer,
+        lr: f32,
+        s: &TrainSettings,
+    ) -> Result<f32> {
+        if s.accumulate.max(1) == 1 {
+            let mut loss = 0.0;
+            for m in micro_batches {
+                loss = self.train_step(&m.tokens, &m.labels, m.seed, opt, lr, s)?;
+            }
+            return Ok(loss);
+        }
+        let mut loss = 0.0f32;
+        for (k, m) in micro_batches.iter().enumerate() {
+            loss += self.backward_step(&m.tokens, &m.labels, m.seed)? / micro_batches.len() as f32;
+            self.accumulate_gradients(sums, k == 0)?;
+        }
+        self.step_accumulated(sums, micro_batches.len(), opt, lr, s)?;
+        Ok(loss)
+    }
+
     /// Adds every parameter's current gradient into `sums` (by name; set rather than added on
     /// `first`): gradient accumulation over micro-batches.
     pub fn accumulate_gradients(&mut self, sums: &mut GradientSums, first: bool) -> Result<()> {
         for slot in self.slots(1.0) {
             let n = slot.grad.len();
+            let _role = slot.grad.device().role(Role::Gradients);
             let sum = match sums.0.remove(&slot.name) {
                 Some(prev) if !first => {
                     let mut next = slot.grad.device().alloc::<f32>(n, "gradient sum")?;
@@ -327,24 +365,18 @@ pub fn train(
         let mut sums = GradientSums::default();
         for group in batches[first.min(batches.len())..].chunks(micro) {
             let lr = schedule.lr(opt.step + 1) as f32;
-            let mut loss = 0.0f32;
-            for (k, idx) in group.iter().enumerate() {
-                let b = pad(&idx
-                    .iter()
-                    .map(|&i| train_seqs[i].as_slice())
-                    .collect::<Vec<_>>());
-                let labels: Vec<i32> = idx.iter().map(|&i| train_labels[i] as i32).collect();
-                let seed = seeds.next_u64();
-                if micro == 1 {
-                    loss = model.train_step(&b, &labels, seed, opt, lr, s)?;
-                } else {
-                    loss += model.backward_step(&b, &labels, seed)? / group.len() as f32;
-                    model.accumulate_gradients(&mut sums, k == 0)?;
-                }
-            }
-            if micro > 1 {
-                model.step_accumulated(&sums, group.len(), opt, lr, s)?;
-            }
+            let micro_batches: Vec<MicroBatch> = group
+                .iter()
+                .map(|idx| MicroBatch {
+                    tokens: pad(&idx
+                        .iter()
+                        .map(|&i| train_seqs[i].as_slice())
+                        .collect::<Vec<_>>()),
+                    labels: idx.iter().map(|&i| train_labels[i] as i32).collect(),
+                    seed: seeds.next_u64(),
+                })
+                .collect();
+            let loss = model.optimizer_step(&micro_batches, &mut sums, opt, lr, s)?;
             p.loss_sum += loss as f64 * group.len() as f64;
             p.batch += group.len();
             p.step = opt.step;

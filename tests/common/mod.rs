@@ -45,3 +45,24 @@ pub fn test_device(schedule: emrclass::Schedule) -> emrclass::Device {
         Ok(other) => panic!("EMRCLASS_TEST_DEVICE is `{other}`: expected cuda or simt"),
     }
 }
+
+/// A temp folder holding the tiny HF-written BERT (tests/fixtures/bert_tiny) and a vocab.txt
+/// of its 97 ids, so that the tokenizer can build: a whole checkpoint folder for `train`.
+#[allow(dead_code)]
+pub fn tiny_bert_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("emrclass-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert_tiny");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
+    }
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    vocab.extend("患者入院胸闷痛头晕血压糖尿病发热咳嗽痰喘息水肿关节肿乏力苍白怕热多汗腹痛震颤红斑肌酐尿酸反酸烧心二甲双胍阿司匹林".chars().map(|c| c.to_string()));
+    vocab.extend((vocab.len()..97).map(|i| format!("x{i}")));
+    std::fs::write(dir.join("vocab.txt"), vocab.join("\n")).unwrap();
+    dir
+}

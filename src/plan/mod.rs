@@ -1,0 +1,369 @@
+//! The memory planner behind `emrclass plan` and `train --memory-budget`. It sizes a training
+//! run by running the engine's own training step (two optimizer steps and one evaluation batch)
+//! on `Device::sizing`, which allocates nothing and launches nothing but counts every byte by
+//! role. So the plan is computed by the code that allocates, not by a formula beside it.
+//!
+//! Strategies, tried in the order of least cost until the peak fits the budget:
+//! 1. nothing: every activation kept for backward;
+//! 2. recomputation of the k lowest encoder layers (smallest k that fits): bit-exact, costs one
+//!    more forward of those layers;
+//! 3. every layer recomputed, its checkpointed input kept in fp16 (within tolerance);
+//! 4. micro-batches (a divisor of the batch, so the effective batch stays exact) with gradient
+//!    accumulation, each again with the least of 1–3 that fits.
+//!
+//! Always on: dropout masks are regenerated from their seeds, never stored; attention keeps its
+//! log-sum-exp statistics only, never the L x L probabilities; a frozen encoder runs forward
+//! only (nothing kept) without gradient buffers, and the head trains on its cached outputs.
+
+mod report;
+
+pub use report::{print_plan, print_table, table, write_json, TableRow};
+
+use crate::check::Rng;
+use crate::data::tokenizer::TokenBatch;
+use crate::device::{Device, Role};
+use crate::error::{Error, Result};
+use crate::model::bert::{BertConfig, BertEncoder, EncoderMemory};
+use crate::model::heads::{Head, HeadConfig};
+use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
+use crate::ops::AdamW;
+use crate::train::features::FeatureStore;
+use crate::train::optim::Optimizer;
+use crate::train::trainer::{Classifier, GradientSums, Input, MicroBatch, TrainSettings};
+
+/// Device memory the engine's allocator does not see: the CUDA context, the loaded NVRTC
+/// modules and the stream-ordered pool's rounding. A stated assumption (`--reserve` changes it).
+pub const DEFAULT_RESERVE: usize = 320 << 20;
+
+/// What to train, at which size, in how many bytes.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub encoder: BertConfig,
+    pub head: HeadConfig,
+    pub loss: LossKind,
+    pub batch: usize,
+    pub seq: usize,
+    /// The card's memory (or the cap asked for).
+    pub budget: usize,
+    /// Of which this much is not the engine's (see DEFAULT_RESERVE).
+    pub reserve: usize,
+    /// Encoder frozen: forward once into a feature cache, train the head alone.
+    pub frozen: bool,
+}
+
+impl Request {
+    /// The bytes the engine's allocations may use.
+    pub fn usable(&self) -> usize {
+        self.budget.saturating_sub(self.reserve)
+    }
+}
+
+/// How a run fits: the encoder's memory settings and the micro-batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strategy {
+    pub memory: EncoderMemory,
+    /// Rows per forward/backward pass.
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step (micro_batch x accumulate = the batch).
+    pub accumulate: usize,
+}
+
+impl Strategy {
+    pub fn whole(batch: usize) -> Strategy {
+        Strategy {
+            memory: EncoderMemory::default(),
+            micro_batch: batch,
+            accumulate: 1,
+        }
+    }
+
+    pub fn describe(&self, layers: usize, frozen: bool) -> String {
+        let mut parts = Vec::new();
+        if frozen {
+            parts.push("frozen encoder: forward only into the feature cache".to_string());
+        } else if self.memory.recompute_layers == 0 {
+            parts.push("every activation kept (no recomputation)".to_string());
+        } else {
+            parts.push(format!(
+                "recompute {} of {layers} layers in backward",
+                self.memory.recompute_layers
+            ));
+        }
+        if self.memory.fp16_checkpoints {
+            parts.push("their inputs kept in fp16".into());
+        }
+        if self.accumulate > 1 {
+            parts.push(format!(
+                "{} micro-batches of {} with gradient accumulation",
+                self.accumulate, self.micro_batch
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+/// What a sizing run counted.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    /// The peak of live bytes over the run.
+    pub peak: usize,
+    /// Live bytes by role at the peak (indexed by `Role::index`).
+    pub at_peak: [usize; 6],
+    /// Bytes one training forward keeps for backward, per encoder layer (empty when frozen).
+    pub saved_per_layer: Vec<usize>,
+}
+
+/// The chosen strategy, its measured peak and everything tried before it.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub request: Request,
+    pub strategy: Strategy,
+    pub measured: Measured,
+    pub fits: bool,
+    /// Each strategy tried, in order, with its peak.
+    pub tried: Vec<(Strategy, usize)>,
+}
+
+/// Tokens for a sizing run: every position real (the worst case), every row distinct.
+fn sizing_batch(rows: usize, len: usize, vocab: usize, first_row: usize) -> TokenBatch {
+    let tokens = rows * len;
+    TokenBatch {
+        batch: rows,
+        len,
+        input_ids: (0..tokens)
+            .map(|i| 1 + ((first_row * len + i) % (vocab.max(2) - 1)) as i32)
+            .collect(),
+        attention_mask: vec![1; tokens],
+        token_type_ids: vec![0; tokens],
+    }
+}
+
+fn loss_config(kind: LossKind, classes: usize) -> LossConfig {
+    let mut c = LossConfig::new(kind);
+    c.class_weights = Some(vec![1.0; classes]);
+    c.similarity = Some(
+        (0..classes * classes)
+            .map(|i| if i % (classes + 1) == 0 { 1.0 } else { 0.1 })
+            .collect(),
+    );
+    c
+}
+
+/// Runs `strategy` for `req` on `dev` (normally `Device::sizing`; any device gives its own
+/// count): builds the model, takes two optimizer steps (the first creates the AdamW moments),
+/// evaluates one batch, and returns the peak. On a real device this is a real run.
+pub fn run_steps(dev: &Device, req: &Request, strategy: &Strategy) -> Result<Measured> {
+    let classes = req.head.classes;
+    let (vocab, h) = (req.encoder.vocab_size, req.encoder.hidden_size);
+    let micro: Vec<MicroBatch> = (0..strategy.accumulate)
+        .map(|k| MicroBatch {
+            tokens: sizing_batch(
+                strategy.micro_batch,
+                req.seq,
+                vocab,
+                k * strategy.micro_batch,
+            ),
+            labels: (0..strategy.micro_batch)
+                .map(|r| (r % classes) as i32)
+                .collect(),
+            seed: 11 + k as u64,
+        })
+        .collect();
+    let mut rng = Rng::new(1);
+    let mut saved_per_layer = Vec::new();
+    let input = if req.frozen {
+        // The feature pass, as `train --freeze-encoder` makes it, then the encoder leaves.
+        let mut encoder = BertEncoder::unset(dev, req.encoder.clone(), false)?;
+        let mut seqs = Vec::new();
+        for m in &micro {
+            let t = &m.tokens;
+            encoder.infer(
+                &t.input_ids,
+                &t.attention_mask,
+                Some(&t.token_type_ids),
+                t.batch,
+            )?;
+            seqs.extend(t.input_ids.chunks(t.len).map(<[i32]>::to_vec));
+        }
+        drop(encoder);
+        Input::Features {
+            store: Box::new(FeatureStore::zeros(h, &seqs)),
+            device: dev.clone(),
+        }
+    } else {
+        let mut encoder = BertEncoder::unset(dev, req.encoder.clone(), true)?;
+        encoder.memory = strategy.memory;
+        Input::Encoder(Box::new(encoder))
+    };
+    let head = Head::new(dev, req.head.clone(), &mut rng)?;
+    let loss = ClassificationLoss::new(dev, classes, loss_config(req.loss, classes))?;
+    let mut model = Classifier { input, head, loss };
+    let settings = TrainSettings {
+        batch_size: strategy.micro_batch,
+        accumulate: strategy.accumulate,
+        ..TrainSettings::default()
+    };
+    let mut opt = Optimizer::new(AdamW::default());
+    let mut sums = GradientSums::default();
+    for _ in 0..2 {
+        model.optimizer_step(&micro, &mut sums, &mut opt, 1e-5, &settings)?;
+    }
+    model.predict(&micro[0].tokens)?;
+    if let Input::Encoder(enc) = &mut model.input {
+        let t = &micro[0].tokens;
+        let _role = dev.role(Role::Activations);
+        enc.forward(
+            &t.input_ids,
+            &t.attention_mask,
+            Some(&t.token_type_ids),
+            t.batch,
+            Some(1),
+        )?;
+        saved_per_layer = enc.saved_bytes_per_layer();
+        enc.forget();
+    }
+    Ok(Measured {
+        peak: dev.memory().peak(),
+        at_peak: dev.memory().peak_by_role(),
+        saved_per_layer,
+    })
+}
+
+/// The peak of `strategy` counted on a fresh sizing device.
+pub fn measure(req: &Request, strategy: &Strategy) -> Result<Measured> {
+    run_steps(&Device::sizing(), req, strategy)
+}
+
+fn check(req: &Request) -> Result<()> {
+    req.encoder.validate()?;
+    if req.batch == 0 || req.seq == 0 {
+        return Err(Error::Invalid(
+            "plan: batch and sequence length must be at least 1".into(),
+        ));
+    }
+    if req.seq > req.encoder.max_position_embeddings {
+        return Err(Error::Invalid(format!(
+            "plan: sequence length {} is over the model's max_position_embeddings {}",
+            req.seq, req.encoder.max_position_embeddings
+        )));
+    }
+    if req.head.input != req.encoder.hidden_size {
+        return Err(Error::Invalid(format!(
+            "plan: the head reads {} features, the encoder gives {}",
+            req.head.input, req.encoder.hidden_size
+        )));
+    }
+    Ok(())
+}
+
+fn attempt(req: &Request, st: Strategy, tried: &mut Vec<(Strategy, usize)>) -> Result<Measured> {
+    let m = measure(req, &st)?;
+    tried.push((st, m.peak));
+    Ok(m)
+}
+
+/// The least costly strategy that fits `req.usable()`, or the last one tried with `fits`
+/// false (the refusal says what is short).
+pub fn plan(req: &Request) -> Result<Plan> {
+    check(req)?;
+    let usable = req.usable();
+    let layers = req.encoder.num_hidden_layers;
+    let mut tried = Vec::new();
+    let mut chosen = None;
+    let mut last = None;
+    // Micro-batch sizes: divisors of the batch, largest first.
+    let divisors: Vec<usize> = (1..=req.batch)
+        .rev()
+        .filter(|&d| req.batch.is_multiple_of(d))
+        .collect();
+    for micro in divisors {
+        let base = Strategy {
+            micro_batch: micro,
+            accumulate: req.batch / micro,
+            ..Strategy::whole(req.batch)
+        };
+        let m = attempt(req, base, &mut tried)?;
+        if m.peak <= usable {
+            chosen = Some((base, m));
+            break;
+        }
+        last = Some((base, m));
+        if req.frozen || layers == 0 {
+            continue;
+        }
+        let with = |k: usize, fp16: bool| Strategy {
+            memory: EncoderMemory {
+                recompute_layers: k,
+                fp16_checkpoints: fp16,
+            },
+            ..base
+        };
+        let m = attempt(req, with(layers, false), &mut tried)?;
+        if m.peak <= usable {
+            // The smallest k that fits (the peak falls as k grows), by bisection.
+            let mut best = (with(layers, false), m);
+            let (mut lo, mut hi) = (0, layers); // lo does not fit, hi does
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2;
+                let m = attempt(req, with(mid, false), &mut tried)?;
+                if m.peak <= usable {
+                    hi = mid;
+                    best = (with(mid, false), m);
+                } else {
+                    lo = mid;
+                }
+            }
+            chosen = Some(best);
+            break;
+        }
+        let m = attempt(req, with(layers, true), &mut tried)?;
+        if m.peak <= usable {
+            chosen = Some((with(layers, true), m));
+            break;
+        }
+        last = Some((with(layers, true), m));
+    }
+    let fits = chosen.is_some();
+    let (strategy, measured) = chosen.or(last).expect("at least one strategy was tried");
+    Ok(Plan {
+        request: req.clone(),
+        strategy,
+        measured,
+        fits,
+        tried,
+    })
+}
+
+/// The largest batch (up to `cap`) whose one-pass step fits with `memory` (no micro-batches):
+/// `None` when not even one row does.
+pub fn largest_batch(req: &Request, memory: EncoderMemory, cap: usize) -> Result<Option<usize>> {
+    let fits = |b: usize| -> Result<bool> {
+        let r = Request {
+            batch: b,
+            ..req.clone()
+        };
+        let st = Strategy {
+            memory,
+            ..Strategy::whole(b)
+        };
+        Ok(measure(&r, &st)?.peak <= req.usable())
+    };
+    if !fits(1)? {
+        return Ok(None);
+    }
+    let (mut lo, mut hi) = (1, 2);
+    while hi <= cap && fits(hi)? {
+        lo = hi;
+        hi *= 2;
+    }
+    let mut hi = hi.min(cap + 1); // lo fits, hi does not (or is past the cap)
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if fits(mid)? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(Some(lo))
+}

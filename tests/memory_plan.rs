@@ -1,0 +1,397 @@
+//! Issue 7: the memory planner and the strategies it picks.
+//! - recomputation leaves every gradient bit for bit unchanged; fp16 checkpoints stay within
+//!   tolerance (and do change something, so the path ran);
+//! - the planned peak (counted on the sizing device) equals the peak the simulator measures
+//!   running the same configuration, role by role, for several configurations;
+//! - the planner picks the least costly strategy that fits; BERT-base fits 4 GiB at batch 16 x
+//!   seq 512 and 32 x 128; `train --memory-budget` runs the plan within the budget and gives the
+//!   same run as without a budget, where the unplanned run is refused.
+
+mod common;
+
+use emrclass::check::Rng;
+use emrclass::device::Role;
+use emrclass::model::bert::{BertConfig, BertEncoder, EncoderMemory};
+use emrclass::model::heads::{HeadConfig, HeadKind};
+use emrclass::model::loss::LossKind;
+use emrclass::plan::{self, Request, Strategy};
+use emrclass::{Device, Schedule};
+
+fn tiny_config(layers: usize) -> BertConfig {
+    BertConfig {
+        vocab_size: 97,
+        hidden_size: 40,
+        num_hidden_layers: layers,
+        num_attention_heads: 4,
+        intermediate_size: 56,
+        hidden_act: "gelu".into(),
+        layer_norm_eps: 1e-12,
+        max_position_embeddings: 32,
+        type_vocab_size: 2,
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        pad_token_id: 0,
+    }
+}
+
+/// Every parameter gradient (as bits) and the outputs after one forward + backward with
+/// dropout, a padded row and given output gradients.
+fn gradients(dev: &Device, memory: EncoderMemory) -> (Vec<Vec<u32>>, Vec<usize>) {
+    let (batch, len, layers) = (3, 11, 3);
+    let mut rng = Rng::new(21);
+    let mut enc = BertEncoder::new(dev, tiny_config(layers), &mut rng).unwrap();
+    enc.memory = memory;
+    let ids: Vec<i32> = (0..batch * len).map(|i| 1 + (i * 7 % 96) as i32).collect();
+    let mask: Vec<i32> = (0..batch * len)
+        .map(|i| i32::from(i / len != 1 || i % len < 6))
+        .collect();
+    let h = 40;
+    let d_hidden: Vec<f32> = (0..batch * len * h).map(|_| rng.normal() as f32).collect();
+    let d_pooled: Vec<f32> = (0..batch * h).map(|_| rng.normal() as f32).collect();
+    let (hidden, pooled) = enc.forward(&ids, &mask, None, batch, Some(77)).unwrap();
+    let mut out: Vec<Vec<u32>> = [hidden, pooled]
+        .iter()
+        .map(|b| b.to_host().unwrap().iter().map(|v| v.to_bits()).collect())
+        .collect();
+    let saved = enc.saved_bytes_per_layer();
+    let dh = dev.upload(&d_hidden, "d hidden").unwrap();
+    let dp = dev.upload(&d_pooled, "d pooled").unwrap();
+    enc.backward(Some(&dh), Some(&dp)).unwrap();
+    for p in &enc.params {
+        out.push(
+            p.grad
+                .to_host()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect(),
+        );
+    }
+    (out, saved)
+}
+
+#[test]
+fn recomputation_leaves_gradients_bit_for_bit_unchanged() {
+    for schedule in [Schedule::Forward, Schedule::Random(5)] {
+        let dev = common::test_device(schedule);
+        let (kept, kept_saved) = gradients(&dev, EncoderMemory::default());
+        // A kept layer holds 8 [rows, H] and 2 [rows, I] tensors, the attention statistics
+        // [B, heads, L] and two LayerNorms' mean and rstd [rows].
+        let (rows, h, i) = (33, 40, 56);
+        let per_layer = 4 * (8 * rows * h + 2 * rows * i + 3 * 4 * 11 + 4 * rows);
+        assert_eq!(kept_saved, vec![per_layer; 3]);
+        for k in 1..=3 {
+            let memory = EncoderMemory {
+                recompute_layers: k,
+                fp16_checkpoints: false,
+            };
+            let (again, saved) = gradients(&dev, memory);
+            assert_eq!(again.len(), kept.len());
+            for (n, (a, b)) in again.iter().zip(&kept).enumerate() {
+                assert!(a == b, "recompute {k}: tensor {n} differs ({schedule:?})");
+            }
+            // Recomputed layers keep only their input.
+            let expect: Vec<usize> = (0..3)
+                .map(|l| if l < k { 4 * rows * h } else { per_layer })
+                .collect();
+            assert_eq!(saved, expect);
+        }
+    }
+}
+
+#[test]
+fn fp16_checkpoints_stay_within_tolerance() {
+    let dev = common::test_device(Schedule::Reverse);
+    let (kept, _) = gradients(&dev, EncoderMemory::default());
+    let memory = EncoderMemory {
+        recompute_layers: 3,
+        fp16_checkpoints: true,
+    };
+    let (half, saved) = gradients(&dev, memory);
+    assert_eq!(saved, vec![2 * 33 * 40; 3], "fp16 inputs: 2 bytes a value");
+    let mut differs = false;
+    for (n, (a, b)) in half.iter().zip(&kept).enumerate() {
+        let a: Vec<f64> = a.iter().map(|&x| f32::from_bits(x) as f64).collect();
+        let b: Vec<f64> = b.iter().map(|&x| f32::from_bits(x) as f64).collect();
+        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            worst <= 2e-2 * scale,
+            "tensor {n}: fp16 checkpoints off by {worst} (scale {scale})"
+        );
+        differs |= a != b;
+    }
+    assert!(
+        differs,
+        "fp16 rounding must show somewhere: did the fp16 path run?"
+    );
+}
+
+fn tiny_request(head: HeadKind, loss: LossKind, batch: usize, seq: usize) -> Request {
+    let config = tiny_config(3);
+    let mut head = HeadConfig::new(head, config.hidden_size, 5);
+    head.textcnn_filters = 6;
+    head.textcnn_widths = vec![2, 3];
+    head.rnn_hidden = 7;
+    Request {
+        encoder: config,
+        head,
+        loss,
+        batch,
+        seq,
+        budget: 1 << 40,
+        reserve: 0,
+        frozen: false,
+    }
+}
+
+#[test]
+fn planned_peak_equals_the_simulators_measured_peak() {
+    let memory = |k, fp16| EncoderMemory {
+        recompute_layers: k,
+        fp16_checkpoints: fp16,
+    };
+    let cases = [
+        (
+            HeadKind::Paper,
+            LossKind::GhmCs,
+            3,
+            9,
+            memory(0, false),
+            1,
+            false,
+        ),
+        (
+            HeadKind::TextCnn,
+            LossKind::Focal,
+            4,
+            12,
+            memory(2, false),
+            1,
+            false,
+        ),
+        (
+            HeadKind::BiGru,
+            LossKind::WeightedCrossEntropy,
+            2,
+            7,
+            memory(3, true),
+            1,
+            false,
+        ),
+        (
+            HeadKind::Paper,
+            LossKind::CrossEntropy,
+            4,
+            8,
+            memory(1, false),
+            2,
+            false,
+        ),
+        (
+            HeadKind::Paper,
+            LossKind::GhmC,
+            3,
+            10,
+            memory(0, false),
+            1,
+            true,
+        ),
+    ];
+    for (n, (head, loss, batch, seq, mem, accumulate, frozen)) in cases.into_iter().enumerate() {
+        let req = Request {
+            frozen,
+            ..tiny_request(head, loss, batch, seq)
+        };
+        let strategy = Strategy {
+            memory: mem,
+            micro_batch: batch / accumulate,
+            accumulate,
+        };
+        let planned = plan::measure(&req, &strategy).unwrap();
+        let dev = common::test_device(if n % 2 == 0 {
+            Schedule::Forward
+        } else {
+            Schedule::Reverse
+        });
+        let measured = plan::run_steps(&dev, &req, &strategy).unwrap();
+        assert_eq!(planned.peak, measured.peak, "case {n}: {strategy:?}");
+        assert_eq!(planned.at_peak, measured.at_peak, "case {n}: by role");
+        assert_eq!(
+            planned.saved_per_layer, measured.saved_per_layer,
+            "case {n}"
+        );
+        assert_eq!(measured.peak, dev.memory().peak());
+        assert!(measured.at_peak[Role::Parameters.index()] > 0);
+        // Fine-tuning peaks in backward with the AdamW moments live; a frozen run peaks in its
+        // feature pass, before the head's optimizer exists.
+        let moments = measured.at_peak[Role::OptimizerState.index()];
+        assert_eq!(moments == 0, frozen, "case {n}");
+        let sum: usize = measured.at_peak.iter().sum();
+        assert_eq!(sum, measured.peak, "case {n}: the roles add up to the peak");
+    }
+}
+
+#[test]
+fn the_planner_picks_the_least_costly_strategy_that_fits() {
+    let req = tiny_request(HeadKind::Paper, LossKind::GhmCs, 4, 12);
+    let peak = |k: usize, fp16: bool, micro: usize| {
+        let st = Strategy {
+            memory: EncoderMemory {
+                recompute_layers: k,
+                fp16_checkpoints: fp16,
+            },
+            micro_batch: micro,
+            accumulate: 4 / micro,
+        };
+        plan::measure(&req, &st).unwrap().peak
+    };
+    let peaks: Vec<usize> = (0..=3).map(|k| peak(k, false, 4)).collect();
+    // Each recomputed layer saves memory, except the top one: its backward comes first, when
+    // its activations are made again anyway.
+    assert!(peaks[1] < peaks[0] && peaks[2] < peaks[1], "{peaks:?}");
+    assert_eq!(peaks[3], peaks[2]);
+    // Room for exactly the peak of recomputing 2 layers: 2 is chosen.
+    let fit = |usable: usize| {
+        plan::plan(&Request {
+            budget: usable,
+            ..req.clone()
+        })
+        .unwrap()
+    };
+    let p = fit(peaks[2]);
+    assert!(p.fits);
+    assert_eq!(p.strategy.memory.recompute_layers, 2);
+    assert!(!p.strategy.memory.fp16_checkpoints && p.strategy.accumulate == 1);
+    assert_eq!(p.measured.peak, peaks[2]);
+    // Everything kept when it fits.
+    let p = fit(peaks[0]);
+    assert_eq!(p.strategy, Strategy::whole(4));
+    assert_eq!(p.tried.len(), 1);
+    // Below recomputing everything: fp16 checkpoints.
+    let p = fit(peak(3, true, 4));
+    assert!(p.fits && p.strategy.memory.fp16_checkpoints);
+    // Below that: micro-batches, the largest divisor of the batch that fits in some way (the
+    // accumulated gradient sums cost a copy of the gradients, so micro-batches of 2 may not).
+    let budget = peak(3, true, 4) - 1;
+    let p = fit(budget);
+    assert!(p.fits, "{:?}", p.tried);
+    let micro = p.strategy.micro_batch;
+    assert!(micro < 4 && micro * p.strategy.accumulate == 4);
+    for larger in [2, 4].into_iter().filter(|&d| d > micro) {
+        assert!(
+            peak(3, true, larger) > budget,
+            "micro-batches of {larger} fit"
+        );
+    }
+    assert!(p.measured.peak <= budget);
+    // Not even one row: refused, and the refusal is the last strategy tried.
+    let p = fit(1000);
+    assert!(!p.fits);
+    assert_eq!(p.strategy.micro_batch, 1);
+    assert!(p.measured.peak > 1000);
+}
+
+#[test]
+fn bert_base_fits_4_gib_at_16_x_512_and_32_x_128() {
+    let config = BertConfig::from_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/mc-bert/config.json"),
+    )
+    .unwrap();
+    let request = |batch, seq| Request {
+        head: HeadConfig::new(HeadKind::Paper, config.hidden_size, 44),
+        encoder: config.clone(),
+        loss: LossKind::GhmCs,
+        batch,
+        seq,
+        budget: 4 << 30,
+        reserve: plan::DEFAULT_RESERVE,
+        frozen: false,
+    };
+    for (batch, seq) in [(16, 512), (32, 128)] {
+        let p = plan::plan(&request(batch, seq)).unwrap();
+        assert!(p.fits, "{batch} x {seq}: {:?}", p.tried);
+        assert!(p.measured.peak <= (4 << 30) - plan::DEFAULT_RESERVE);
+        assert_eq!(p.strategy.accumulate, 1, "one pass, no micro-batches");
+        // Keeping everything would not fit: the plan recomputes.
+        assert!(p.tried[0].1 > (4 << 30) - plan::DEFAULT_RESERVE);
+        assert!(p.strategy.memory.recompute_layers > 0);
+        // Parameters, gradients and AdamW moments of BERT-base + head: about 1.5 GiB.
+        let fixed: usize = [Role::Parameters, Role::Gradients, Role::OptimizerState]
+            .iter()
+            .map(|r| p.measured.at_peak[r.index()])
+            .sum();
+        let params = 102_267_648 + 44 * 64; // encoder alone is 102.3 M; the head adds more
+        assert!(fixed > 16 * params && fixed < 17 * params, "{fixed}");
+    }
+}
+
+#[test]
+fn plan_command_reports_and_refuses() {
+    let exe = env!("CARGO_BIN_EXE_emrclass");
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/mc-bert");
+    let json = std::env::temp_dir().join(format!("emrclass-plan-{}.json", std::process::id()));
+    let out = std::process::Command::new(exe)
+        .args(["plan", "--model"])
+        .arg(&model)
+        .args([
+            "--head", "paper", "--batch", "16", "--seq", "512", "--budget", "4GiB",
+        ])
+        .args(["--no-table", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "parameters",
+        "optimizer state",
+        "activations",
+        "kernel workspace",
+        "recompute",
+        "fits: peak",
+    ] {
+        assert!(text.contains(want), "missing `{want}` in:\n{text}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["fits"], true);
+    assert!(v["peak"].as_u64().unwrap() <= (4 << 30) - plan::DEFAULT_RESERVE as u64);
+    let out = std::process::Command::new(exe)
+        .args(["plan", "--model"])
+        .arg(model.join("config.json"))
+        .args([
+            "--batch",
+            "16",
+            "--seq",
+            "512",
+            "--budget",
+            "1GiB",
+            "--no-table",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("does not fit")
+            && text.contains("parameters, gradients and optimizer state alone"),
+        "{text}"
+    );
+    let out = std::process::Command::new(exe)
+        .args(["plan", "--model", "/nonexistent/bert"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/nonexistent/bert/config.json"),
+        "{err}"
+    );
+}
