@@ -395,3 +395,78 @@ fn plan_command_reports_and_refuses() {
         "{err}"
     );
 }
+
+#[test]
+fn train_with_a_memory_budget_runs_the_plan_within_it() {
+    use emrclass::train::command::{run, MemoryBudget, TrainOptions};
+    let dir = common::tiny_bert_dir("plan-train");
+    let options = |name: &str| {
+        let mut o = TrainOptions {
+            synthetic_scale: 0.04,
+            out: std::env::temp_dir().join(format!("emrclass-plan-{name}-{}", std::process::id())),
+            quiet: true,
+            encoder: Some(dir.clone()),
+            head: HeadKind::Paper,
+            max_len: 24,
+            ..TrainOptions::default()
+        };
+        o.settings.epochs = 1;
+        o.settings.lr = 1e-3;
+        let _ = std::fs::remove_dir_all(&o.out);
+        o
+    };
+    // Unlimited: everything kept.
+    let dev = common::test_device(Schedule::Forward);
+    let free = run(&dev, &options("free")).unwrap();
+    let unplanned_peak = dev.memory().peak();
+    // One byte less for the engine: the plan recomputes, the run stays within the budget and
+    // is the same run, bit for bit.
+    let usable = unplanned_peak - 1;
+    let reserve = 1 << 20;
+    let dev = common::test_device(Schedule::Forward).with_budget(usable);
+    let mut o = options("planned");
+    o.memory = Some(MemoryBudget {
+        budget: usable + reserve,
+        reserve,
+    });
+    let planned = run(&dev, &o).unwrap();
+    assert!(dev.memory().peak() <= usable);
+    assert_eq!(free.len(), planned.len());
+    for (a, b) in free.iter().zip(&planned) {
+        assert_eq!(a.mean_loss.to_bits(), b.mean_loss.to_bits());
+        assert_eq!(a.dev, b.dev);
+    }
+    // The same budget without the plan: the allocator refuses, naming what it could not fit.
+    let dev = common::test_device(Schedule::Forward).with_budget(usable);
+    let e = run(&dev, &options("refused"))
+        .err()
+        .expect("over the budget");
+    assert!(e.to_string().contains("budget"), "{e}");
+    // The command line: --memory-budget less --context-reserve is the engine's share, and
+    // `train` says which plan it runs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emrclass"))
+        .args(["--device", "simt", "--seed", "1", "--memory-budget"])
+        .arg(format!("{}", usable + reserve))
+        .args(["--context-reserve", "1MiB", "train", "--encoder"])
+        .arg(&dir)
+        .args([
+            "--max-len",
+            "24",
+            "--synthetic-scale",
+            "0.04",
+            "--epochs",
+            "1",
+            "--quiet",
+        ])
+        .args(["--lr", "1e-3", "--out"])
+        .arg(options("cli").out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("memory plan: recompute"), "{text}");
+}
