@@ -75,10 +75,11 @@ fn recomputation_leaves_gradients_bit_for_bit_unchanged() {
     for schedule in [Schedule::Forward, Schedule::Random(5)] {
         let dev = common::test_device(schedule);
         let (kept, kept_saved) = gradients(&dev, EncoderMemory::default());
-        // A kept layer holds 8 [rows, H] and 2 [rows, I] tensors, the attention statistics
-        // [B, heads, L] and two LayerNorms' mean and rstd [rows].
+        // A kept layer holds 8 [rows, H] tensors and one [rows, I] (the FFN's input; its
+        // activation is made again in backward), the attention statistics [B, heads, L] and
+        // two LayerNorms' mean and rstd [rows]. Never the [B, heads, L, L] probabilities.
         let (rows, h, i) = (33, 40, 56);
-        let per_layer = 4 * (8 * rows * h + 2 * rows * i + 3 * 4 * 11 + 4 * rows);
+        let per_layer = 4 * (8 * rows * h + rows * i + 3 * 4 * 11 + 4 * rows);
         assert_eq!(kept_saved, vec![per_layer; 3]);
         for k in 1..=3 {
             let memory = EncoderMemory {
@@ -237,7 +238,9 @@ fn planned_peak_equals_the_simulators_measured_peak() {
 
 #[test]
 fn the_planner_picks_the_least_costly_strategy_that_fits() {
-    let req = tiny_request(HeadKind::Paper, LossKind::GhmCs, 4, 12);
+    // Activations large against the parameters, so that micro-batches can pay for the copy of
+    // the gradients that accumulation needs.
+    let req = tiny_request(HeadKind::Paper, LossKind::GhmCs, 8, 30);
     let peak = |k: usize, fp16: bool, micro: usize| {
         let st = Strategy {
             memory: EncoderMemory {
@@ -245,15 +248,15 @@ fn the_planner_picks_the_least_costly_strategy_that_fits() {
                 fp16_checkpoints: fp16,
             },
             micro_batch: micro,
-            accumulate: 4 / micro,
+            accumulate: 8 / micro,
         };
         plan::measure(&req, &st).unwrap().peak
     };
-    let peaks: Vec<usize> = (0..=3).map(|k| peak(k, false, 4)).collect();
-    // Each recomputed layer saves memory, except the top one: its backward comes first, when
-    // its activations are made again anyway.
+    let peaks: Vec<usize> = (0..=3).map(|k| peak(k, false, 8)).collect();
+    // Each recomputed layer saves a layer's activations, except the top one: its backward
+    // comes first, when its activations are made again anyway (a few bytes differ).
     assert!(peaks[1] < peaks[0] && peaks[2] < peaks[1], "{peaks:?}");
-    assert_eq!(peaks[3], peaks[2]);
+    assert!(peaks[3] <= peaks[2] && (peaks[2] - peaks[3]) * 10 < peaks[1] - peaks[2]);
     // Room for exactly the peak of recomputing 2 layers: 2 is chosen.
     let fit = |usable: usize| {
         plan::plan(&Request {
@@ -269,19 +272,19 @@ fn the_planner_picks_the_least_costly_strategy_that_fits() {
     assert_eq!(p.measured.peak, peaks[2]);
     // Everything kept when it fits.
     let p = fit(peaks[0]);
-    assert_eq!(p.strategy, Strategy::whole(4));
+    assert_eq!(p.strategy, Strategy::whole(8));
     assert_eq!(p.tried.len(), 1);
     // Below recomputing everything: fp16 checkpoints.
-    let p = fit(peak(3, true, 4));
+    let p = fit(peak(3, true, 8));
     assert!(p.fits && p.strategy.memory.fp16_checkpoints);
     // Below that: micro-batches, the largest divisor of the batch that fits in some way (the
-    // accumulated gradient sums cost a copy of the gradients, so micro-batches of 2 may not).
-    let budget = peak(3, true, 4) - 1;
+    // accumulated gradient sums cost a copy of the gradients, so the largest may not).
+    let budget = peak(3, true, 8) - 1;
     let p = fit(budget);
     assert!(p.fits, "{:?}", p.tried);
     let micro = p.strategy.micro_batch;
-    assert!(micro < 4 && micro * p.strategy.accumulate == 4);
-    for larger in [2, 4].into_iter().filter(|&d| d > micro) {
+    assert!(micro < 8 && micro * p.strategy.accumulate == 8);
+    for larger in [2, 4, 8].into_iter().filter(|&d| d > micro) {
         assert!(
             peak(3, true, larger) > budget,
             "micro-batches of {larger} fit"
@@ -316,9 +319,12 @@ fn bert_base_fits_4_gib_at_16_x_512_and_32_x_128() {
         assert!(p.fits, "{batch} x {seq}: {:?}", p.tried);
         assert!(p.measured.peak <= (4 << 30) - plan::DEFAULT_RESERVE);
         assert_eq!(p.strategy.accumulate, 1, "one pass, no micro-batches");
-        // Keeping everything would not fit: the plan recomputes.
-        assert!(p.tried[0].1 > (4 << 30) - plan::DEFAULT_RESERVE);
-        assert!(p.strategy.memory.recompute_layers > 0);
+        if seq == 512 {
+            // Keeping everything would not fit: the plan recomputes some layers, not all.
+            assert!(p.tried[0].1 > (4 << 30) - plan::DEFAULT_RESERVE);
+            let k = p.strategy.memory.recompute_layers;
+            assert!(k > 0 && k < 12, "{k}");
+        }
         // Parameters, gradients and AdamW moments of BERT-base + head: about 1.5 GiB.
         let fixed: usize = [Role::Parameters, Role::Gradients, Role::OptimizerState]
             .iter()

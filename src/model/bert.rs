@@ -171,7 +171,6 @@ struct LayerSaved {
     ln1: layernorm::Stats,
     h1: Buffer<f32>,
     inter: Buffer<f32>,
-    act: Buffer<f32>,
     ln2_in: Buffer<f32>,
     ln2: layernorm::Stats,
 }
@@ -188,8 +187,7 @@ impl LayerState {
         match self {
             LayerState::Kept(s) => {
                 [
-                    &s.input, &s.qkv, &s.context, &s.lse, &s.ln1_in, &s.h1, &s.inter, &s.act,
-                    &s.ln2_in,
+                    &s.input, &s.qkv, &s.context, &s.lse, &s.ln1_in, &s.h1, &s.inter, &s.ln2_in,
                 ]
                 .iter()
                 .map(|b| b.bytes())
@@ -598,12 +596,7 @@ impl BertEncoder {
             &mut inter,
             Some(self.value(&name("intermediate.dense.bias"))),
         )?;
-        let mut act = dev.alloc::<f32>(inter.len(), "ffn activation")?;
-        if c.hidden_act == "relu" {
-            ops::relu_forward(&inter, &mut act, inter.len())?;
-        } else {
-            ops::gelu_forward(&inter, &mut act, inter.len())?;
-        }
+        let act = self.activation(&inter)?;
         let ln2_in = self.dense_dropout_residual(
             &act,
             &name("output.dense"),
@@ -613,6 +606,7 @@ impl BertEncoder {
             h,
             dropout_seed.map(|s| site_seed(s, l, 3)),
         )?;
+        drop(act); // backward makes it again from `inter`: one elementwise pass, rows x I saved
         let (next, ln2) = self.layer_norm(&ln2_in, &name("output.LayerNorm"), rows, eps)?;
         Ok((
             next,
@@ -625,11 +619,21 @@ impl BertEncoder {
                 ln1,
                 h1,
                 inter,
-                act,
                 ln2_in,
                 ln2,
             },
         ))
+    }
+
+    /// The FFN's activation (GELU or ReLU) of `inter`.
+    fn activation(&self, inter: &Buffer<f32>) -> Result<Buffer<f32>> {
+        let mut act = inter.device().alloc::<f32>(inter.len(), "ffn activation")?;
+        if self.config.hidden_act == "relu" {
+            ops::relu_forward(inter, &mut act, inter.len())?;
+        } else {
+            ops::gelu_forward(inter, &mut act, inter.len())?;
+        }
+        Ok(act)
     }
 
     /// Layer `layer`'s attention over the fused [rows, 3H] QKV buffer; dropout only in training.
@@ -793,7 +797,8 @@ impl BertEncoder {
         let mut states = std::mem::take(&mut s.layers);
         while let Some(state) = states.pop() {
             let l = states.len();
-            let ls = &match state {
+            // Owned, so that each saved tensor goes as soon as backward is done with it.
+            let ls = match state {
                 LayerState::Kept(saved) => *saved,
                 LayerState::Checkpoint(input) => self.recompute(l, input, &s)?,
                 LayerState::Checkpoint16(half) => {
@@ -812,21 +817,25 @@ impl BertEncoder {
                 &name("output.LayerNorm"),
                 rows,
             )?;
+            drop((dx, ls.ln2_in, ls.ln2));
             let d_dense = self.dropout_backward(&d_ln2_in, s.seed.map(|x| site_seed(x, l, 3)))?;
+            let act = self.activation(&ls.inter)?;
             let d_act = self.dense_backward(
-                &ls.act,
+                &act,
                 &d_dense,
                 &name("output.dense"),
                 rows,
                 c.intermediate_size,
                 h,
             )?;
+            drop((act, d_dense));
             let mut d_inter = dev.alloc::<f32>(ls.inter.len(), "d ffn")?;
             if c.hidden_act == "relu" {
                 ops::relu_backward(&ls.inter, &d_act, &mut d_inter, ls.inter.len())?;
             } else {
                 ops::gelu_backward(&ls.inter, &d_act, &mut d_inter, ls.inter.len())?;
             }
+            drop((d_act, ls.inter));
             let d_h1_ffn = self.dense_backward(
                 &ls.h1,
                 &d_inter,
@@ -835,9 +844,11 @@ impl BertEncoder {
                 h,
                 c.intermediate_size,
             )?;
+            drop((d_inter, ls.h1));
             let mut d_h1 = dev.alloc::<f32>(rows * h, "d h1")?;
             ops::add(&d_h1_ffn, &d_ln2_in, &mut d_h1, rows * h)?; // the residual path
-                                                                  // Attention output LayerNorm, dense, dropout, residual.
+            drop((d_h1_ffn, d_ln2_in));
+            // Attention output LayerNorm, dense, dropout, residual.
             let d_ln1_in = self.layer_norm_backward(
                 &ls.ln1_in,
                 &ls.ln1,
@@ -845,6 +856,7 @@ impl BertEncoder {
                 &name("attention.output.LayerNorm"),
                 rows,
             )?;
+            drop((d_h1, ls.ln1_in, ls.ln1));
             let d_dense = self.dropout_backward(&d_ln1_in, s.seed.map(|x| site_seed(x, l, 2)))?;
             let d_context = self.dense_backward(
                 &ls.context,
@@ -854,6 +866,7 @@ impl BertEncoder {
                 h,
                 h,
             )?;
+            drop(d_dense);
             let a = self.attention_shape(batch, len, l, s.seed);
             let dqkv = dev.alloc::<f32>(rows * 3 * h, "d qkv")?;
             attention::backward(
@@ -865,6 +878,7 @@ impl BertEncoder {
                 &d_context,
                 [&dqkv, &dqkv, &dqkv],
             )?;
+            drop((d_context, ls.context, ls.lse));
             // Q, K, V projections: weight and bias gradients, and their sum into d input.
             let mut d_input = dev.alloc::<f32>(rows * h, "d layer input")?;
             for (k, which) in ["query", "key", "value"].iter().enumerate() {
@@ -891,6 +905,7 @@ impl BertEncoder {
                 };
                 ops::gemm(&gx, &dqkv, self.value(&w), &mut d_input, None)?;
             }
+            drop((dqkv, ls.qkv, ls.input));
             let mut total = dev.alloc::<f32>(rows * h, "d layer input")?;
             ops::add(&d_input, &d_ln1_in, &mut total, rows * h)?; // the residual path
             dx = total;
