@@ -85,6 +85,7 @@ fn recomputation_leaves_gradients_bit_for_bit_unchanged() {
             let memory = EncoderMemory {
                 recompute_layers: k,
                 fp16_checkpoints: false,
+                ..EncoderMemory::default()
             };
             let (again, saved) = gradients(&dev, memory);
             assert_eq!(again.len(), kept.len());
@@ -107,6 +108,7 @@ fn fp16_checkpoints_stay_within_tolerance() {
     let memory = EncoderMemory {
         recompute_layers: 3,
         fp16_checkpoints: true,
+        ..EncoderMemory::default()
     };
     let (half, saved) = gradients(&dev, memory);
     assert_eq!(saved, vec![2 * 33 * 40; 3], "fp16 inputs: 2 bytes a value");
@@ -154,53 +156,21 @@ fn planned_peak_equals_the_simulators_measured_peak() {
     let memory = |k, fp16| EncoderMemory {
         recompute_layers: k,
         fp16_checkpoints: fp16,
+        ..EncoderMemory::default()
     };
+    let half_weights = EncoderMemory {
+        fp16_weights: true,
+        ..EncoderMemory::default()
+    };
+    // head, loss, batch, seq, encoder memory, micro-batches, frozen
+    #[rustfmt::skip]
     let cases = [
-        (
-            HeadKind::Paper,
-            LossKind::GhmCs,
-            3,
-            9,
-            memory(0, false),
-            1,
-            false,
-        ),
-        (
-            HeadKind::TextCnn,
-            LossKind::Focal,
-            4,
-            12,
-            memory(2, false),
-            1,
-            false,
-        ),
-        (
-            HeadKind::BiGru,
-            LossKind::WeightedCrossEntropy,
-            2,
-            7,
-            memory(3, true),
-            1,
-            false,
-        ),
-        (
-            HeadKind::Paper,
-            LossKind::CrossEntropy,
-            4,
-            8,
-            memory(1, false),
-            2,
-            false,
-        ),
-        (
-            HeadKind::Paper,
-            LossKind::GhmC,
-            3,
-            10,
-            memory(0, false),
-            1,
-            true,
-        ),
+        (HeadKind::Paper, LossKind::GhmCs, 3, 9, memory(0, false), 1, false),
+        (HeadKind::TextCnn, LossKind::Focal, 4, 12, memory(2, false), 1, false),
+        (HeadKind::BiGru, LossKind::WeightedCrossEntropy, 2, 7, memory(3, true), 1, false),
+        (HeadKind::Paper, LossKind::CrossEntropy, 4, 8, memory(1, false), 2, false),
+        (HeadKind::Paper, LossKind::GhmC, 3, 10, memory(0, false), 1, true),
+        (HeadKind::TextCnn, LossKind::GhmCs, 4, 6, half_weights, 2, true),
     ];
     for (n, (head, loss, batch, seq, mem, accumulate, frozen)) in cases.into_iter().enumerate() {
         let req = Request {
@@ -246,6 +216,7 @@ fn the_planner_picks_the_least_costly_strategy_that_fits() {
             memory: EncoderMemory {
                 recompute_layers: k,
                 fp16_checkpoints: fp16,
+                ..EncoderMemory::default()
             },
             micro_batch: micro,
             accumulate: 8 / micro,
@@ -475,4 +446,79 @@ fn train_with_a_memory_budget_runs_the_plan_within_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("memory plan: recompute"), "{text}");
+}
+
+#[test]
+fn a_frozen_encoder_in_fp16_halves_its_weights_within_tolerance() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert_tiny");
+    let dev = common::test_device(Schedule::Reverse);
+    let (batch, len) = (2, 13);
+    let ids: Vec<i32> = (0..batch * len).map(|i| 1 + (i * 5 % 90) as i32).collect();
+    let mask: Vec<i32> = (0..batch * len).map(|i| i32::from(i < 22)).collect();
+    let params = |d: &Device| d.memory().live_by_role()[Role::Parameters.index()];
+    let mut enc = BertEncoder::load_frozen_dir(&dev, &dir).unwrap();
+    let fp32_bytes = params(&dev);
+    let outputs = |enc: &mut BertEncoder| -> Vec<Vec<f32>> {
+        let (h, p) = enc.infer(&ids, &mask, None, batch).unwrap();
+        vec![h.to_host().unwrap(), p.to_host().unwrap()]
+    };
+    let full = outputs(&mut enc);
+    enc.store_weights_fp16().unwrap();
+    assert_eq!(2 * params(&dev), fp32_bytes, "fp16: half the bytes");
+    let half = outputs(&mut enc);
+    assert_eq!(
+        2 * params(&dev),
+        fp32_bytes,
+        "the fp32 copies are gone after the forward"
+    );
+    let mut differs = false;
+    for (a, b) in half.iter().zip(&full) {
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            worst <= 1e-2 * scale,
+            "fp16 weights off by {worst} (scale {scale})"
+        );
+        differs |= a != b;
+    }
+    assert!(differs, "fp16 rounding must show: did the fp16 path run?");
+    // Forward only: backward is refused, and a trainable encoder keeps fp32.
+    enc.forward(&ids, &mask, None, batch, Some(1)).unwrap();
+    let e = enc.backward(None, None).err().expect("refused").to_string();
+    assert!(e.contains("forward only"), "{e}");
+    let mut trainable = BertEncoder::load_dir(&dev, &dir).unwrap();
+    let e = trainable
+        .store_weights_fp16()
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("frozen"), "{e}");
+}
+
+#[test]
+fn a_frozen_plan_turns_to_fp16_weights_before_micro_batches() {
+    let req = Request {
+        frozen: true,
+        ..tiny_request(HeadKind::Cls, LossKind::CrossEntropy, 2, 4)
+    };
+    let whole = plan::measure(&req, &Strategy::whole(2)).unwrap().peak;
+    let half = Strategy {
+        memory: EncoderMemory {
+            fp16_weights: true,
+            ..EncoderMemory::default()
+        },
+        ..Strategy::whole(2)
+    };
+    let half_peak = plan::measure(&req, &half).unwrap().peak;
+    assert!(half_peak < whole);
+    let p = plan::plan(&Request {
+        budget: half_peak,
+        ..req.clone()
+    })
+    .unwrap();
+    assert!(p.fits);
+    assert_eq!(p.strategy, half);
 }

@@ -99,6 +99,9 @@ pub struct Param {
     pub shape: Vec<usize>,
     pub value: Buffer<f32>,
     pub grad: Buffer<f32>,
+    /// A frozen encoder's weights in fp16 (`store_weights_fp16`): `value` is then empty except
+    /// while its part of the encoder runs.
+    pub half: Option<Buffer<half::f16>>,
 }
 
 /// The HF names and shapes of every parameter, in a fixed order.
@@ -159,6 +162,9 @@ pub struct EncoderMemory {
     pub recompute_layers: usize,
     /// Keep those inputs in fp16 (half the bytes; gradients then differ within tolerance).
     pub fp16_checkpoints: bool,
+    /// Frozen encoders only: weights stored in fp16, each part's made fp32 just before it runs
+    /// (fp32 arithmetic on fp16-rounded weights; see `store_weights_fp16`).
+    pub fp16_weights: bool,
 }
 
 /// What one layer's forward keeps for backward.
@@ -266,6 +272,7 @@ impl BertEncoder {
             params.push(Param {
                 value: dev.parameter(&v, &name)?,
                 grad: dev.gradient(if trainable { n } else { 0 }, &name)?,
+                half: None,
                 name,
                 shape,
             });
@@ -423,6 +430,61 @@ impl BertEncoder {
         self.run(ids, attention_mask, token_types, batch, None, false)
     }
 
+    /// Stores a frozen encoder's weights in fp16: half the bytes. Each part (embeddings, a
+    /// layer, the pooler) gets fp32 weights again just before it runs and drops them after, so
+    /// the arithmetic stays fp32 on fp16-rounded weights. Forward only.
+    pub fn store_weights_fp16(&mut self) -> Result<()> {
+        if self.params.iter().any(|p| !p.grad.is_empty()) {
+            return Err(Error::Invalid(
+                "fp16 weights are for a frozen encoder (loaded without gradients)".into(),
+            ));
+        }
+        for p in &mut self.params {
+            if p.half.is_some() {
+                continue;
+            }
+            let dev = p.value.device().clone();
+            let _role = dev.role(Role::Parameters);
+            let mut half = dev.alloc::<half::f16>(p.value.len(), &p.name)?;
+            ops::convert_f32_to_f16(&p.value, &mut half)?;
+            p.value = dev.alloc(0, &p.name)?;
+            p.half = Some(half);
+        }
+        Ok(())
+    }
+
+    /// fp32 values, from fp16 storage, for the parameters under `prefix` (no-op for fp32).
+    fn unpack(&mut self, prefix: &str) -> Result<()> {
+        for p in self
+            .params
+            .iter_mut()
+            .filter(|p| p.name.starts_with(prefix))
+        {
+            if let Some(half) = &p.half {
+                let dev = half.device().clone();
+                let _role = dev.role(Role::Parameters);
+                let mut value = dev.alloc::<f32>(half.len(), &p.name)?;
+                ops::convert_f16_to_f32(half, &mut value)?;
+                p.value = value;
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees the fp32 values `unpack` made.
+    fn repack(&mut self, prefix: &str) -> Result<()> {
+        for p in self
+            .params
+            .iter_mut()
+            .filter(|p| p.name.starts_with(prefix))
+        {
+            if p.half.is_some() {
+                p.value = p.value.device().alloc(0, &p.name)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops what the last forward kept for backward.
     pub fn forget(&mut self) {
         self.saved = None;
@@ -473,6 +535,7 @@ impl BertEncoder {
         let dev = self.params[0].value.device().clone();
         let rows = batch * len;
         let positions: Vec<i32> = (0..rows).map(|i| (i % len) as i32).collect();
+        self.unpack("embeddings.")?;
         // Embeddings: word + position + token type, LayerNorm, dropout.
         let gather = |ids: &[i32], table: &str| -> Result<Buffer<f32>> {
             let ids_dev = dev.upload(ids, "embedding ids")?;
@@ -495,10 +558,14 @@ impl BertEncoder {
         if let Some(seed) = dropout_seed {
             x = dropout(&x, c.hidden_dropout_prob as f32, site_seed(seed, 0, 0))?;
         }
+        self.repack("embeddings.")?;
         let mask = dev.upload(attention_mask, "attention mask")?;
         let mut layers = Vec::new();
         for l in 0..c.num_hidden_layers {
+            let prefix = format!("encoder.layer.{l}.");
+            self.unpack(&prefix)?;
             let (next, saved) = self.layer_forward(l, x, &mask, batch, len, dropout_seed)?;
+            self.repack(&prefix)?;
             x = next;
             if !keep {
                 continue;
@@ -514,6 +581,7 @@ impl BertEncoder {
             });
         }
         // Pooler: tanh(dense(hidden[:, 0])). The [CLS] rows are L * H floats apart.
+        self.unpack("pooler.")?;
         let mut pre = dev.alloc::<f32>(batch * h, "pooler")?;
         let g = Gemm {
             lda: len * h,
@@ -528,6 +596,7 @@ impl BertEncoder {
         )?;
         let mut pooled = dev.alloc::<f32>(batch * h, "pooler output")?;
         ops::tanh_forward(&pre, &mut pooled, batch * h)?;
+        self.repack("pooler.")?;
         let saved = self.saved.insert(Saved {
             batch,
             len,
@@ -788,6 +857,11 @@ impl BertEncoder {
                 ops::fill(self.grad_of("pooler.dense.weight"), 0.0)?;
                 ops::fill(self.grad_of("pooler.dense.bias"), 0.0)?;
             }
+        }
+        if self.params.iter().any(|p| p.half.is_some()) {
+            return Err(Error::Invalid(
+                "encoder backward with fp16 weights: a frozen encoder runs forward only".into(),
+            ));
         }
         if s.layers.len() != c.num_hidden_layers {
             return Err(Error::Invalid(

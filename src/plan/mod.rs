@@ -11,6 +11,8 @@
 //! 4. micro-batches (a divisor of the batch, so the effective batch stays exact) with gradient
 //!    accumulation, each again with the least of 1–3 that fits.
 //!
+//! A frozen encoder has its own two: fp32 weights, then fp16 weights, then micro-batches.
+//!
 //! Always on: dropout masks are regenerated from their seeds, never stored; attention keeps its
 //! log-sum-exp statistics only, never the L x L probabilities; a frozen encoder runs forward
 //! only (nothing kept) without gradient buffers, and the head trains on its cached outputs.
@@ -91,6 +93,9 @@ impl Strategy {
         }
         if self.memory.fp16_checkpoints {
             parts.push("their inputs kept in fp16".into());
+        }
+        if self.memory.fp16_weights {
+            parts.push("weights stored in fp16".into());
         }
         if self.accumulate > 1 {
             parts.push(format!(
@@ -174,6 +179,9 @@ pub fn run_steps(dev: &Device, req: &Request, strategy: &Strategy) -> Result<Mea
     let input = if req.frozen {
         // The feature pass, as `train --freeze-encoder` makes it, then the encoder leaves.
         let mut encoder = BertEncoder::unset(dev, req.encoder.clone(), false)?;
+        if strategy.memory.fp16_weights {
+            encoder.store_weights_fp16()?;
+        }
         let mut seqs = Vec::new();
         for m in &micro {
             let t = &m.tokens;
@@ -288,13 +296,30 @@ pub fn plan(req: &Request) -> Result<Plan> {
             break;
         }
         last = Some((base, m));
-        if req.frozen || layers == 0 {
+        if req.frozen {
+            let half = Strategy {
+                memory: EncoderMemory {
+                    fp16_weights: true,
+                    ..base.memory
+                },
+                ..base
+            };
+            let m = attempt(req, half, &mut tried)?;
+            if m.peak <= usable {
+                chosen = Some((half, m));
+                break;
+            }
+            last = Some((half, m));
+            continue;
+        }
+        if layers == 0 {
             continue;
         }
         let with = |k: usize, fp16: bool| Strategy {
             memory: EncoderMemory {
                 recompute_layers: k,
                 fp16_checkpoints: fp16,
+                fp16_weights: false,
             },
             ..base
         };

@@ -112,7 +112,7 @@ pub struct TableRow {
     pub recompute: Option<usize>,
     /// Full fine-tuning, every layer recomputed from fp16 inputs.
     pub recompute_fp16: Option<usize>,
-    /// Frozen encoder (feature pass and head training).
+    /// Frozen encoder with fp16 weights (feature pass and head training).
     pub frozen: Option<usize>,
 }
 
@@ -122,6 +122,11 @@ pub fn table(req: &Request, seqs: &[usize], cap: usize) -> Result<Vec<TableRow>>
     let all = |fp16| EncoderMemory {
         recompute_layers: layers,
         fp16_checkpoints: fp16,
+        fp16_weights: false,
+    };
+    let frozen_fp16 = EncoderMemory {
+        fp16_weights: true,
+        ..EncoderMemory::default()
     };
     seqs.iter()
         .map(|&seq| {
@@ -139,7 +144,7 @@ pub fn table(req: &Request, seqs: &[usize], cap: usize) -> Result<Vec<TableRow>>
                 kept: largest_batch(&full, EncoderMemory::default(), cap)?,
                 recompute: largest_batch(&full, all(false), cap)?,
                 recompute_fp16: largest_batch(&full, all(true), cap)?,
-                frozen: largest_batch(&frozen, EncoderMemory::default(), cap)?,
+                frozen: largest_batch(&frozen, frozen_fp16, cap)?,
             })
         })
         .collect()
@@ -153,7 +158,7 @@ pub fn print_table(req: &Request, rows: &[TableRow], cap: usize) {
     );
     println!(
         "  {:>5} {:>14} {:>14} {:>16} {:>15}",
-        "seq", "all kept", "recompute", "recompute+fp16", "frozen encoder"
+        "seq", "all kept", "recompute", "recompute+fp16", "frozen (fp16)"
     );
     let cell = |b: Option<usize>| match b {
         None => "none".to_string(),

@@ -207,6 +207,9 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     let mut model = build_classifier(dev, &spec, &text, lc, classes, &mut rng)?;
     if let Input::Encoder(enc) = &mut model.input {
         enc.memory = memory;
+        if memory.fp16_weights {
+            enc.store_weights_fp16()?;
+        }
     }
     if o.freeze_encoder {
         freeze(
