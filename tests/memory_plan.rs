@@ -487,13 +487,12 @@ fn a_frozen_encoder_in_fp16_halves_its_weights_within_tolerance() {
     assert!(differs, "fp16 rounding must show: did the fp16 path run?");
     // Forward only: backward is refused, and a trainable encoder keeps fp32.
     enc.forward(&ids, &mask, None, batch, Some(1)).unwrap();
-    let e = enc.backward(None, None).err().expect("refused").to_string();
+    let e = enc.backward(None, None).expect_err("refused").to_string();
     assert!(e.contains("forward only"), "{e}");
     let mut trainable = BertEncoder::load_dir(&dev, &dir).unwrap();
     let e = trainable
         .store_weights_fp16()
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("frozen"), "{e}");
 }

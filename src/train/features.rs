@@ -205,6 +205,13 @@ impl FeatureStore {
         batch: usize,
     ) -> Result<(Buffer<f32>, Buffer<f32>)> {
         let (len, h) = (ids.len() / batch.max(1), self.hidden_size);
+        if dev.is_sizing() {
+            // The same device buffers, without assembling values nobody reads.
+            return Ok((
+                dev.alloc(batch * len * h, "cached hidden states")?,
+                dev.alloc(batch * h, "cached pooled")?,
+            ));
+        }
         let mut states = vec![0.0f32; batch * len * h];
         let mut pooled = vec![0.0f32; batch * h];
         for r in 0..batch {
