@@ -55,17 +55,21 @@ pub fn print_plan(plan: &Plan) {
         mib(m.peak),
         100.0 * m.peak as f64 / r.usable().max(1) as f64
     );
-    if let (Some(&most), Some(&least)) = (
-        m.saved_per_layer.iter().max(),
-        m.saved_per_layer.iter().min(),
-    ) {
+    if !m.saved_per_layer.is_empty() {
+        let k = plan.strategy.memory.recompute_layers.min(m.saved_per_layer.len());
+        let (recomputed, kept) = m.saved_per_layer.split_at(k);
         let total: usize = m.saved_per_layer.iter().sum();
+        let mut parts = Vec::new();
+        if let Some(&b) = kept.first() {
+            parts.push(format!("{} kept x {} MiB", kept.len(), mib(b)));
+        }
+        if let Some(&b) = recomputed.first() {
+            parts.push(format!("{} recomputed x {} MiB (the input)", k, mib(b)));
+        }
         println!(
-            "  saved for backward by the encoder: {} MiB over {} layers ({} MiB per kept layer, {} MiB per recomputed one)",
+            "  saved for backward by the encoder: {} MiB = {}",
             mib(total),
-            m.saved_per_layer.len(),
-            mib(most),
-            mib(least)
+            parts.join(" + ")
         );
     }
     println!();
