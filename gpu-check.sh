@@ -23,7 +23,7 @@ BUNDLE=gpu-bundle
 # Test binaries whose tests honour EMRCLASS_TEST_DEVICE=cuda (tests/common::test_device) or
 # EMRCLASS_TEST_CUDA=1 (kernels_vs_reference). text_parity is left out: its MiniLM checkpoint
 # (90 MB) is more than the GPU machine's transfer allows.
-TESTS="kernels_vs_reference layer_parity loss_parity loss_edge_cases bert_parity embedding_and_weights attention_memory optim training eval_predict"
+TESTS="kernels_vs_reference layer_parity loss_parity loss_edge_cases bert_parity embedding_and_weights attention_memory optim training eval_predict memory_plan"
 
 pack() {
     set -e
@@ -98,6 +98,10 @@ run() {
     if [ "$built" != "$PWD" ] && [ ! -e "$built" ]; then
         mkdir -p "$(dirname "$built")" && ln -s "$PWD" "$built"
     fi
+    # ... and run the command line where cargo built it (CARGO_BIN_EXE_emrclass).
+    if [ ! -e "$PWD/target/release/emrclass" ]; then
+        mkdir -p "$PWD/target/release" && ln -s "$work/bin/emrclass" "$PWD/target/release/emrclass"
+    fi
     export EMRCLASS_NVRTC_DIR=$work/nvrtc EMRCLASS_CACHE_DIR=$work/cache
     export EMRCLASS_TEST_DEVICE=cuda EMRCLASS_TEST_CUDA=1 RUST_BACKTRACE=1
     local emr=$work/bin/emrclass
@@ -147,8 +151,12 @@ PY
         cp "$work/grid/results.md" "$work/grid/results.csv" "$out/" 2>/dev/null
     fi
     local bench=("$emr" --device cuda bench --json "$out/bench.jsonl" --compare-torch)
+    # BERT-base at 16 x 512 under a 4 GiB budget: `bench step` runs the memory plan (recompute
+    # some layers), and records its time, the engine's peak and the device's used memory.
+    local plan4=("$emr" --device cuda --memory-budget 4GiB bench --json "$out/bench.jsonl")
     if [[ $parts == *" bench-step "* ]]; then
         step bench-step 240 "${bench[@]}" step
+        step bench-step-4gib 240 "${plan4[@]}" step --len 512
     elif [[ $parts != *" bench "* ]]; then
         :
     elif [ "$quick" = 1 ]; then
@@ -158,6 +166,7 @@ PY
         step bench-gru 120 "${bench[@]}" gru
         step bench-lstm 120 "${bench[@]}" lstm
         step bench-step 240 "${bench[@]}" step
+        step bench-step-4gib 240 "${plan4[@]}" step --len 512
     else
         step bench-copy 60 "${bench[@]}" copy
         step bench-gemm 180 "${bench[@]}" gemm
@@ -168,6 +177,7 @@ PY
         step bench-textcnn 120 "${bench[@]}" textcnn
         step bench-loss 120 "${bench[@]}" loss --rows 16,256,4096 --classes 44
         step bench-step 300 "${bench[@]}" step --len 128,512
+        step bench-step-4gib 300 "${plan4[@]}" step --len 512
     fi
     python3 benches/compare_torch.py report "$out"
 }

@@ -62,6 +62,39 @@ pub struct StepArgs {
     loss: LossArg,
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Recompute the lowest K encoder layers in backward. Default: none, or what the memory
+    /// plan picks when --memory-budget is given.
+    #[arg(long)]
+    recompute: Option<usize>,
+    /// Keep the recomputed layers' inputs in fp16.
+    #[arg(long)]
+    fp16_checkpoints: bool,
+}
+
+/// The step with the encoder memory the planner picks within `budget` (one pass: a plan that
+/// needs micro-batches is refused, as the step times one batch).
+fn planned(shape: step::StepShape, budget: usize) -> Result<step::StepShape> {
+    let p = emrclass::plan::plan(&shape.plan_request(budget))?;
+    let layers = shape.layers;
+    if !p.fits || p.strategy.accumulate > 1 {
+        return Err(emrclass::Error::Invalid(format!(
+            "bench step: batch {} x {} does not fit {:.1} MiB in one pass (best: {}, {:.1} MiB); see `emrclass plan`",
+            shape.batch,
+            shape.len,
+            budget as f64 / 1048576.0,
+            p.strategy.describe(layers, false),
+            p.measured.peak as f64 / 1048576.0
+        )));
+    }
+    eprintln!(
+        "memory plan: {} (planned peak {:.1} MiB)",
+        p.strategy.describe(layers, false),
+        p.measured.peak as f64 / 1048576.0
+    );
+    Ok(step::StepShape {
+        memory: p.strategy.memory,
+        ..shape
+    })
 }
 
 /// The BERT-base products of one layer at `tokens` rows: QKV, attention output, FFN up and down.
@@ -209,6 +242,17 @@ pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool
                     classes: a.classes,
                     head,
                     loss,
+                    memory: emrclass::model::bert::EncoderMemory {
+                        recompute_layers: a.recompute.unwrap_or(0),
+                        fp16_checkpoints: a.fp16_checkpoints,
+                        ..Default::default()
+                    },
+                };
+                let budget = dev.memory().budget();
+                let shape = if a.recompute.is_none() && budget < usize::MAX {
+                    planned(shape, budget)?
+                } else {
+                    shape
                 };
                 rows.push(step::train_step(dev, &shape, a.reps)?);
             }

@@ -251,8 +251,8 @@ fn gpu_check_packs_and_fails_cleanly_without_a_gpu() {
     let tests = rows(&out_dir.join("tests.jsonl"));
     assert_eq!(
         tests.len(),
-        11,
-        "10 test binaries and the step bench: {tests:?}"
+        13,
+        "11 test binaries and the two step benches (plain, 4 GiB plan): {tests:?}"
     );
     for t in &tests {
         if std::path::Path::new("/dev/nvidia0").exists() {
@@ -261,7 +261,7 @@ fn gpu_check_packs_and_fails_cleanly_without_a_gpu() {
         assert_eq!(t["ok"], false, "{t}");
     }
     let binaries_started = log.matches("running ").count();
-    assert!(binaries_started >= 10, "every test binary starts: {log}");
+    assert!(binaries_started >= 11, "every test binary starts: {log}");
     assert!(
         log.contains("CUDA driver") || log.contains("no usable GPU"),
         "{log}"

@@ -8,7 +8,7 @@ use crate::check::Rng;
 use crate::data::tokenizer::TokenBatch;
 use crate::device::Device;
 use crate::error::Result;
-use crate::model::bert::{BertConfig, BertEncoder};
+use crate::model::bert::{BertConfig, BertEncoder, EncoderMemory};
 use crate::model::heads::{Head, HeadConfig, HeadKind};
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 use crate::ops::AdamW;
@@ -28,6 +28,8 @@ pub struct StepShape {
     pub classes: usize,
     pub head: HeadKind,
     pub loss: LossKind,
+    /// Recomputation and fp16 checkpoints (what a memory plan picks).
+    pub memory: EncoderMemory,
 }
 
 #[derive(Serialize)]
@@ -47,6 +49,10 @@ pub struct StepTiming {
     /// The engine's peak of live device bytes over the model's life: weights, gradients,
     /// AdamW moments, activations and scratch (what `torch.cuda.max_memory_allocated` counts).
     pub peak_bytes: usize,
+    /// CUDA: the device's used memory after the steps (total - free): the CUDA context, loaded
+    /// modules and the allocation pool's reserve besides the engine's bytes — what a memory
+    /// plan's context reserve has to cover.
+    pub device_used_bytes: Option<usize>,
 }
 
 /// A model, a batch and an optimizer, ready to take training steps.
@@ -59,10 +65,11 @@ pub struct StepModel {
     steps: u64,
 }
 
-impl StepModel {
-    /// BERT (random init) + head + loss at `s`, random tokens (every position real).
-    pub fn new(dev: &Device, s: &StepShape) -> Result<Self> {
-        let config = BertConfig {
+impl StepShape {
+    /// The encoder's configuration (BERT-base's dropout and GELU).
+    pub fn bert_config(&self) -> BertConfig {
+        let s = self;
+        BertConfig {
             vocab_size: s.vocab,
             hidden_size: s.hidden,
             num_hidden_layers: s.layers,
@@ -75,9 +82,31 @@ impl StepModel {
             hidden_dropout_prob: 0.1,
             attention_probs_dropout_prob: 0.1,
             pad_token_id: 0,
-        };
+        }
+    }
+
+    /// What `emrclass plan` would be asked for this step within `budget` bytes.
+    pub fn plan_request(&self, budget: usize) -> crate::plan::Request {
+        crate::plan::Request {
+            encoder: self.bert_config(),
+            head: HeadConfig::new(self.head, self.hidden, self.classes),
+            loss: self.loss,
+            batch: self.batch,
+            seq: self.len,
+            budget,
+            reserve: 0,
+            frozen: false,
+        }
+    }
+}
+
+impl StepModel {
+    /// BERT (random init) + head + loss at `s`, random tokens (every position real).
+    pub fn new(dev: &Device, s: &StepShape) -> Result<Self> {
+        let config = s.bert_config();
         let mut rng = Rng::new(7);
-        let encoder = BertEncoder::new(dev, config, &mut rng)?;
+        let mut encoder = BertEncoder::new(dev, config, &mut rng)?;
+        encoder.memory = s.memory;
         let head = Head::new(dev, HeadConfig::new(s.head, s.hidden, s.classes), &mut rng)?;
         let mut loss_config = LossConfig::new(s.loss);
         loss_config.class_weights = Some(vec![1.0; s.classes]);
@@ -168,12 +197,30 @@ pub fn train_step(dev: &Device, s: &StepShape, reps: usize) -> Result<StepTiming
             "family": "step", "layers": s.layers, "hidden": s.hidden, "heads": s.heads,
             "intermediate": s.intermediate, "vocab": s.vocab, "batch": s.batch, "len": s.len,
             "classes": s.classes, "head": format!("{:?}", s.head), "loss": format!("{:?}", s.loss),
+            "recompute_layers": s.memory.recompute_layers,
+            "fp16_checkpoints": s.memory.fp16_checkpoints,
             "textcnn_filters": head.textcnn_filters,
             "rnn_hidden": head.rnn_hidden,
         }),
         shape: format!(
-            "{}x{} H={} B={} L={} {:?} head",
-            s.layers, s.heads, s.hidden, s.batch, s.len, s.head
+            "{}x{} H={} B={} L={} {:?} head{}",
+            s.layers,
+            s.heads,
+            s.hidden,
+            s.batch,
+            s.len,
+            s.head,
+            match s.memory.recompute_layers {
+                0 => String::new(),
+                k => format!(
+                    " recompute {k}{}",
+                    if s.memory.fp16_checkpoints {
+                        " fp16"
+                    } else {
+                        ""
+                    }
+                ),
+            }
         ),
         ms,
         samples_per_s: s.batch as f64 / (ms / 1e3),
@@ -183,6 +230,13 @@ pub fn train_step(dev: &Device, s: &StepShape, reps: usize) -> Result<StepTiming
             .map(|i| gflop * 1e9 / (ms / 1e3) / i.peak_flops()),
         phases,
         peak_bytes: dev.memory().peak(),
+        device_used_bytes: match dev.cuda_info() {
+            Some(_) => {
+                let (free, total) = dev.mem_info()?;
+                Some(total - free)
+            }
+            None => None,
+        },
     })
 }
 
@@ -200,22 +254,20 @@ fn phase_times(
     };
     let lengths: Vec<i32> = vec![b.len as i32; b.batch];
     let mut out = Vec::new();
-    let mut states = None;
     out.push((
         "encoder forward".to_string(),
         dev.time_ms(|| {
-            let (hidden, pooled) = enc.forward(
+            enc.forward(
                 &b.input_ids,
                 &b.attention_mask,
                 Some(&b.token_type_ids),
                 b.batch,
                 Some(99),
-            )?;
-            states = Some((hidden.duplicate()?, pooled.duplicate()?));
-            Ok(())
+            )
+            .map(|_| ())
         })?,
     ));
-    let (hidden, pooled) = states.expect("forward ran");
+    let (hidden, pooled) = enc.outputs().expect("forward ran");
     let mut logits = None;
     out.push((
         "head forward".to_string(),
@@ -223,7 +275,7 @@ fn phase_times(
             logits = Some(
                 model
                     .head
-                    .forward(&hidden, &lengths, b.len, Some(&pooled), Some(99))?,
+                    .forward(hidden, &lengths, b.len, Some(pooled), Some(99))?,
             );
             Ok(())
         })?,

@@ -485,6 +485,11 @@ impl BertEncoder {
         Ok(())
     }
 
+    /// The last forward's (last_hidden_state, pooler_output), while kept for backward.
+    pub fn outputs(&self) -> Option<(&Buffer<f32>, &Buffer<f32>)> {
+        self.saved.as_ref().map(|s| (&s.hidden, &s.pooled))
+    }
+
     /// Drops what the last forward kept for backward.
     pub fn forget(&mut self) {
         self.saved = None;

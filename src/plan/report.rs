@@ -56,7 +56,11 @@ pub fn print_plan(plan: &Plan) {
         100.0 * m.peak as f64 / r.usable().max(1) as f64
     );
     if !m.saved_per_layer.is_empty() {
-        let k = plan.strategy.memory.recompute_layers.min(m.saved_per_layer.len());
+        let k = plan
+            .strategy
+            .memory
+            .recompute_layers
+            .min(m.saved_per_layer.len());
         let (recomputed, kept) = m.saved_per_layer.split_at(k);
         let total: usize = m.saved_per_layer.iter().sum();
         let mut parts = Vec::new();
