@@ -1,0 +1,305 @@
+//! The encoder's backward, layer by layer from the top: a checkpointed layer's forward runs
+//! again first, and each saved tensor is freed as soon as backward is done with it.
+
+use super::{site_seed, BertEncoder, LayerSaved, LayerState, Saved};
+use crate::device::{Buffer, Role};
+use crate::error::{Error, Result};
+use crate::ops::{self, attention, embedding, layernorm, Gemm};
+
+impl BertEncoder {
+    fn grad_of(&mut self, name: &str) -> &mut Buffer<f32> {
+        let i = self.index[name];
+        &mut self.params[i].grad
+    }
+
+    /// Backward from the gradients of last_hidden_state and/or pooler_output. Writes every
+    /// parameter's gradient (overwriting).
+    pub fn backward(
+        &mut self,
+        d_hidden: Option<&Buffer<f32>>,
+        d_pooled: Option<&Buffer<f32>>,
+    ) -> Result<()> {
+        let mut s = self
+            .saved
+            .take()
+            .ok_or_else(|| Error::Invalid("encoder backward without forward".into()))?;
+        let c = self.config.clone();
+        let h = c.hidden_size;
+        let (batch, len) = (s.batch, s.len);
+        let rows = batch * len;
+        let dev = s.hidden.device().clone();
+        let mut dx = match d_hidden {
+            Some(g) if g.len() == rows * h => {
+                let mut copy = dev.alloc::<f32>(rows * h, "d hidden")?;
+                ops::scale(g, &mut copy, 1.0, rows * h)?;
+                copy
+            }
+            Some(g) => {
+                return Err(Error::Invalid(format!(
+                    "d_hidden holds {} values, {} expected",
+                    g.len(),
+                    rows * h
+                )))
+            }
+            None => dev.zeros(rows * h, "d hidden")?,
+        };
+        // Pooler.
+        match d_pooled {
+            Some(g) if g.len() == batch * h => {
+                let mut dpre = dev.alloc::<f32>(batch * h, "d pooler")?;
+                ops::tanh_backward(&s.pooled, g, &mut dpre, batch * h)?;
+                let gw = Gemm {
+                    ldb: len * h,
+                    ..Gemm::new(h, h, batch, true, false)
+                };
+                ops::gemm(
+                    &gw,
+                    &dpre,
+                    &s.hidden,
+                    self.grad_of("pooler.dense.weight"),
+                    None,
+                )?;
+                ops::sum_columns(&dpre, self.grad_of("pooler.dense.bias"), batch, h)?;
+                // d hidden[:, 0] += dpre W
+                let gx = Gemm {
+                    ldc: len * h,
+                    beta: 1.0,
+                    ..Gemm::new(batch, h, h, false, false)
+                };
+                ops::gemm(&gx, &dpre, self.value("pooler.dense.weight"), &mut dx, None)?;
+            }
+            Some(g) => {
+                return Err(Error::Invalid(format!(
+                    "d_pooled holds {} values, {} expected",
+                    g.len(),
+                    batch * h
+                )))
+            }
+            None => {
+                ops::fill(self.grad_of("pooler.dense.weight"), 0.0)?;
+                ops::fill(self.grad_of("pooler.dense.bias"), 0.0)?;
+            }
+        }
+        if self.params.iter().any(|p| p.half.is_some()) {
+            return Err(Error::Invalid(
+                "encoder backward with fp16 weights: a frozen encoder runs forward only".into(),
+            ));
+        }
+        if s.layers.len() != c.num_hidden_layers {
+            return Err(Error::Invalid(
+                "encoder backward after `infer`, which keeps nothing for backward".into(),
+            ));
+        }
+        let mut states = std::mem::take(&mut s.layers);
+        while let Some(state) = states.pop() {
+            let l = states.len();
+            // Owned, so that each saved tensor goes as soon as backward is done with it.
+            let ls = match state {
+                LayerState::Kept(saved) => *saved,
+                LayerState::Checkpoint(input) => self.recompute(l, input, &s)?,
+                LayerState::Checkpoint16(half) => {
+                    let mut input = dev.alloc::<f32>(half.len(), "layer input")?;
+                    ops::convert_f16_to_f32(&half, &mut input)?;
+                    drop(half);
+                    self.recompute(l, input, &s)?
+                }
+            };
+            let name = |x: &str| format!("encoder.layer.{l}.{x}");
+            // Output LayerNorm, then the FFN's dense, dropout and residual.
+            let d_ln2_in = self.layer_norm_backward(
+                &ls.ln2_in,
+                &ls.ln2,
+                &dx,
+                &name("output.LayerNorm"),
+                rows,
+            )?;
+            drop((dx, ls.ln2_in, ls.ln2));
+            let d_dense = self.dropout_backward(&d_ln2_in, s.seed.map(|x| site_seed(x, l, 3)))?;
+            let act = self.activation(&ls.inter)?;
+            let d_act = self.dense_backward(
+                &act,
+                &d_dense,
+                &name("output.dense"),
+                rows,
+                c.intermediate_size,
+                h,
+            )?;
+            drop((act, d_dense));
+            let mut d_inter = dev.alloc::<f32>(ls.inter.len(), "d ffn")?;
+            if c.hidden_act == "relu" {
+                ops::relu_backward(&ls.inter, &d_act, &mut d_inter, ls.inter.len())?;
+            } else {
+                ops::gelu_backward(&ls.inter, &d_act, &mut d_inter, ls.inter.len())?;
+            }
+            drop((d_act, ls.inter));
+            let d_h1_ffn = self.dense_backward(
+                &ls.h1,
+                &d_inter,
+                &name("intermediate.dense"),
+                rows,
+                h,
+                c.intermediate_size,
+            )?;
+            drop((d_inter, ls.h1));
+            let mut d_h1 = dev.alloc::<f32>(rows * h, "d h1")?;
+            ops::add(&d_h1_ffn, &d_ln2_in, &mut d_h1, rows * h)?; // the residual path
+            drop((d_h1_ffn, d_ln2_in));
+            // Attention output LayerNorm, dense, dropout, residual.
+            let d_ln1_in = self.layer_norm_backward(
+                &ls.ln1_in,
+                &ls.ln1,
+                &d_h1,
+                &name("attention.output.LayerNorm"),
+                rows,
+            )?;
+            drop((d_h1, ls.ln1_in, ls.ln1));
+            let d_dense = self.dropout_backward(&d_ln1_in, s.seed.map(|x| site_seed(x, l, 2)))?;
+            let d_context = self.dense_backward(
+                &ls.context,
+                &d_dense,
+                &name("attention.output.dense"),
+                rows,
+                h,
+                h,
+            )?;
+            drop(d_dense);
+            let a = self.attention_shape(batch, len, l, s.seed);
+            let dqkv = dev.alloc::<f32>(rows * 3 * h, "d qkv")?;
+            attention::backward(
+                &a,
+                [&ls.qkv, &ls.qkv, &ls.qkv],
+                Some(&s.mask),
+                &ls.context,
+                &ls.lse,
+                &d_context,
+                [&dqkv, &dqkv, &dqkv],
+            )?;
+            drop((d_context, ls.context, ls.lse));
+            // Q, K, V projections: weight and bias gradients, and their sum into d input.
+            let mut d_input = dev.alloc::<f32>(rows * h, "d layer input")?;
+            for (k, which) in ["query", "key", "value"].iter().enumerate() {
+                let w = name(&format!("attention.self.{which}.weight"));
+                let b = name(&format!("attention.self.{which}.bias"));
+                let gw = Gemm {
+                    lda: 3 * h,
+                    offset_a: k * h,
+                    ..Gemm::new(h, h, rows, true, false)
+                };
+                ops::gemm(&gw, &dqkv, &ls.input, self.grad_of(&w), None)?;
+                let ones = dev.upload(&vec![1.0f32; rows], "ones")?;
+                let gb = Gemm {
+                    ldb: 3 * h,
+                    offset_b: k * h,
+                    ..Gemm::new(1, h, rows, false, false)
+                };
+                ops::gemm(&gb, &ones, &dqkv, self.grad_of(&b), None)?;
+                let gx = Gemm {
+                    lda: 3 * h,
+                    offset_a: k * h,
+                    beta: if k == 0 { 0.0 } else { 1.0 },
+                    ..Gemm::new(rows, h, h, false, false)
+                };
+                ops::gemm(&gx, &dqkv, self.value(&w), &mut d_input, None)?;
+            }
+            drop((dqkv, ls.qkv, ls.input));
+            let mut total = dev.alloc::<f32>(rows * h, "d layer input")?;
+            ops::add(&d_input, &d_ln1_in, &mut total, rows * h)?; // the residual path
+            dx = total;
+        }
+        // Embeddings.
+        let d_emb = self.dropout_backward(&dx, s.seed.map(|x| site_seed(x, 0, 0)))?;
+        let d_sum =
+            self.layer_norm_backward(&s.emb_sum, &s.emb_ln, &d_emb, "embeddings.LayerNorm", rows)?;
+        let pad = Some(c.pad_token_id);
+        let word = "embeddings.word_embeddings.weight";
+        embedding::backward(&s.ids, &d_sum, self.grad_of(word), h, pad)?;
+        let position = "embeddings.position_embeddings.weight";
+        embedding::backward(&s.positions, &d_sum, self.grad_of(position), h, None)?;
+        let kind = "embeddings.token_type_embeddings.weight";
+        embedding::backward(&s.types, &d_sum, self.grad_of(kind), h, None)?;
+        Ok(())
+    }
+
+    /// Layer `l`'s forward again from its input, for backward: its activations as the first
+    /// forward made them (tagged as activations).
+    fn recompute(&self, l: usize, input: Buffer<f32>, s: &Saved) -> Result<LayerSaved> {
+        let dev = input.device().clone();
+        let _role = dev.role(Role::Activations);
+        let (_, saved) = self.layer_forward(l, input, &s.mask, s.batch, s.len, s.seed)?;
+        Ok(saved)
+    }
+
+    /// Backward of a post-LayerNorm: writes its parameter gradients, returns d input.
+    fn layer_norm_backward(
+        &mut self,
+        x: &Buffer<f32>,
+        stats: &layernorm::Stats,
+        dy: &Buffer<f32>,
+        prefix: &str,
+        rows: usize,
+    ) -> Result<Buffer<f32>> {
+        let h = self.config.hidden_size;
+        let dev = x.device().clone();
+        let mut dx = dev.alloc::<f32>(rows * h, "d layernorm")?;
+        let mut dy_xhat = dev.alloc::<f32>(rows * h, "d layernorm")?;
+        layernorm::backward(
+            x,
+            self.value(&format!("{prefix}.weight")),
+            stats,
+            dy,
+            &mut dx,
+            &mut dy_xhat,
+            rows,
+            h,
+        )?;
+        ops::sum_columns(&dy_xhat, self.grad_of(&format!("{prefix}.weight")), rows, h)?;
+        ops::sum_columns(dy, self.grad_of(&format!("{prefix}.bias")), rows, h)?;
+        Ok(dx)
+    }
+
+    /// Backward of y = x W^T + b: writes dW, db, returns dx.
+    fn dense_backward(
+        &mut self,
+        x: &Buffer<f32>,
+        dy: &Buffer<f32>,
+        prefix: &str,
+        rows: usize,
+        input: usize,
+        output: usize,
+    ) -> Result<Buffer<f32>> {
+        let dev = x.device().clone();
+        ops::gemm(
+            &Gemm::new(output, input, rows, true, false),
+            dy,
+            x,
+            self.grad_of(&format!("{prefix}.weight")),
+            None,
+        )?;
+        ops::sum_columns(dy, self.grad_of(&format!("{prefix}.bias")), rows, output)?;
+        let mut dx = dev.alloc::<f32>(rows * input, "d dense")?;
+        ops::gemm(
+            &Gemm::new(rows, input, output, false, false),
+            dy,
+            self.value(&format!("{prefix}.weight")),
+            &mut dx,
+            None,
+        )?;
+        Ok(dx)
+    }
+
+    fn dropout_backward(&self, dy: &Buffer<f32>, seed: Option<u64>) -> Result<Buffer<f32>> {
+        let dev = dy.device();
+        let mut dx = dev.alloc::<f32>(dy.len(), "d dropout")?;
+        match seed {
+            Some(seed) => ops::dropout(
+                dy,
+                &mut dx,
+                self.config.hidden_dropout_prob as f32,
+                seed,
+                true,
+            )?,
+            None => ops::scale(dy, &mut dx, 1.0, dy.len())?,
+        }
+        Ok(dx)
+    }
+}
