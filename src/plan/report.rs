@@ -81,6 +81,15 @@ pub fn print_plan(plan: &Plan) {
         "strategy: {}",
         plan.strategy.describe(c.num_hidden_layers, r.frozen)
     );
+    let k = plan.strategy.memory.recompute_layers;
+    if k > 0 && !r.frozen {
+        // Backward is about twice the forward's arithmetic, so a layer's forward is a third of
+        // its work: an estimate by operation count, not a measurement.
+        println!(
+            "  cost: one more forward of {k} layers, about +{:.0} % of the encoder's arithmetic per step",
+            100.0 * k as f64 / (3.0 * c.num_hidden_layers as f64)
+        );
+    }
     println!("  always: dropout masks regenerated from their seeds; attention keeps its log-sum-exp statistics, never the probabilities");
     let tried: Vec<String> = plan
         .tried
