@@ -521,3 +521,60 @@ fn a_frozen_plan_turns_to_fp16_weights_before_micro_batches() {
     assert!(p.fits);
     assert_eq!(p.strategy, half);
 }
+
+#[test]
+fn micro_batch_gradients_add_up_in_place() {
+    let dev = common::test_device(Schedule::Reverse);
+    let mut enc = BertEncoder::new(&dev, tiny_config(2), &mut Rng::new(4)).unwrap();
+    let (batch, len, h) = (2, 7, 40);
+    let mut rng = Rng::new(8);
+    let mut micro = || {
+        let ids: Vec<i32> = (0..batch * len)
+            .map(|_| 1 + (rng.next_u64() % 96) as i32)
+            .collect();
+        let d: Vec<f32> = (0..batch * len * h).map(|_| rng.normal() as f32).collect();
+        let p: Vec<f32> = (0..batch * h).map(|_| rng.normal() as f32).collect();
+        (ids, d, p)
+    };
+    let (a, b) = (micro(), micro());
+    let mask = vec![1; batch * len];
+    let step = |enc: &mut BertEncoder, (ids, d, p): &(Vec<i32>, Vec<f32>, Vec<f32>), seed| {
+        enc.forward(ids, &mask, None, batch, Some(seed)).unwrap();
+        let (d, p) = (dev.upload(d, "d").unwrap(), dev.upload(p, "p").unwrap());
+        enc.backward(Some(&d), Some(&p)).unwrap();
+    };
+    let grads = |enc: &BertEncoder| -> Vec<Vec<f32>> {
+        enc.params
+            .iter()
+            .map(|p| p.grad.to_host().unwrap())
+            .collect()
+    };
+    step(&mut enc, &a, 1);
+    let ga = grads(&enc);
+    step(&mut enc, &b, 2);
+    let gb = grads(&enc);
+    step(&mut enc, &a, 1);
+    let gradient_bytes = dev.memory().live_by_role()[Role::Gradients.index()];
+    {
+        let _sum = dev.accumulate_gradients();
+        step(&mut enc, &b, 2);
+    }
+    assert_eq!(
+        dev.memory().live_by_role()[Role::Gradients.index()],
+        gradient_bytes,
+        "no second copy of the gradients"
+    );
+    for (n, got) in grads(&enc).iter().enumerate() {
+        let want: Vec<u32> = ga[n]
+            .iter()
+            .zip(&gb[n])
+            .map(|(x, y)| (x + y).to_bits())
+            .collect();
+        let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+        assert!(
+            got == want,
+            "{}: not the sum of the two",
+            enc.params[n].name
+        );
+    }
+}

@@ -298,7 +298,6 @@ fn accumulated_gradients_match_the_whole_batch() {
     use emrclass::data::batching::{pad, CharVocab};
     use emrclass::train::checkpoint::ModelSpec;
     use emrclass::train::command::{build_classifier, TextEncoder};
-    use emrclass::train::trainer::GradientSums;
     let dev = common::test_device(Schedule::Random(5));
     let examples = emrclass::data::synthetic::generate(3, 0.02);
     let text = TextEncoder::Chars {
@@ -344,11 +343,18 @@ fn accumulated_gradients_match_the_whole_batch() {
     let batch =
         |r: std::ops::Range<usize>| pad(&seqs[r].iter().map(Vec::as_slice).collect::<Vec<_>>());
     whole.backward_step(&batch(0..8), &labels, 1).unwrap();
-    let mut sums = GradientSums::default();
+    // The second micro-batch's gradients are added in place to the first's.
     parts.backward_step(&batch(0..4), &labels[..4], 1).unwrap();
-    parts.accumulate_gradients(&mut sums, true).unwrap();
-    parts.backward_step(&batch(4..8), &labels[4..], 1).unwrap();
-    parts.accumulate_gradients(&mut sums, false).unwrap();
+    {
+        let _sum = dev.accumulate_gradients();
+        parts.backward_step(&batch(4..8), &labels[4..], 1).unwrap();
+    }
+    assert!(!dev.accumulating_gradients(), "the guard ends accumulation");
+    let sums: std::collections::HashMap<String, Vec<f32>> = parts
+        .slots(1.0)
+        .into_iter()
+        .map(|s| (s.name.clone(), s.grad.to_host().unwrap()))
+        .collect();
     let mut checked = 0;
     for slot in whole.slots(1.0) {
         let want: Vec<f64> = slot
@@ -358,12 +364,7 @@ fn accumulated_gradients_match_the_whole_batch() {
             .iter()
             .map(|&g| 2.0 * g as f64)
             .collect();
-        let got: Vec<f64> = sums.0[&slot.name]
-            .to_host()
-            .unwrap()
-            .iter()
-            .map(|&g| g as f64)
-            .collect();
+        let got: Vec<f64> = sums[&slot.name].iter().map(|&g| g as f64).collect();
         let err = common::rel(&got, &want);
         assert!(err < 1e-5, "{}: {err}", slot.name);
         checked += 1;

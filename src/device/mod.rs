@@ -198,6 +198,9 @@ struct Inner {
     memory: MemoryCounter,
     /// The role of new allocations (`Role as u8`), set by `Device::role`.
     role: std::sync::atomic::AtomicU8,
+    /// Whether backward adds parameter gradients into what they hold (micro-batches) instead
+    /// of overwriting them; set by `Device::accumulate_gradients`.
+    accumulate: std::sync::atomic::AtomicBool,
     /// Kernel launches so far: tests assert that recurrences launch O(1) times, not O(L).
     launches: std::sync::atomic::AtomicU64,
 }
@@ -245,6 +248,23 @@ impl Device {
         }
     }
 
+    /// Until the guard drops, backward adds each parameter gradient into the gradient buffer
+    /// instead of overwriting it (`ops::write_gradient`): micro-batches sum in place.
+    pub fn accumulate_gradients(&self) -> AccumulateGuard {
+        let previous = self
+            .0
+            .accumulate
+            .swap(true, std::sync::atomic::Ordering::SeqCst);
+        AccumulateGuard {
+            device: self.clone(),
+            previous,
+        }
+    }
+
+    pub fn accumulating_gradients(&self) -> bool {
+        self.0.accumulate.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn current_role(&self) -> Role {
         Role::ALL[self.0.role.load(std::sync::atomic::Ordering::SeqCst) as usize]
     }
@@ -270,6 +290,7 @@ impl Device {
             backend,
             memory: MemoryCounter::new(budget),
             role: std::sync::atomic::AtomicU8::new(Role::Scratch as u8),
+            accumulate: std::sync::atomic::AtomicBool::new(false),
             launches: Default::default(),
         }))
     }
@@ -501,6 +522,21 @@ impl Drop for RoleGuard {
             .0
             .role
             .store(self.previous as u8, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Ends gradient accumulation (or restores the mode before it) when dropped.
+pub struct AccumulateGuard {
+    device: Device,
+    previous: bool,
+}
+
+impl Drop for AccumulateGuard {
+    fn drop(&mut self) {
+        self.device
+            .0
+            .accumulate
+            .store(self.previous, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::check::Rng;
 use crate::device::{Buffer, Device};
 use crate::error::{Error, Result};
-use crate::ops::embedding;
+use crate::ops::{self, embedding};
 use crate::weights;
 
 /// Word-embedding tensor names in HF checkpoints: BERT / MC-BERT, ERNIE, sentence-transformers.
@@ -84,7 +84,7 @@ impl Embedding {
         Ok(out)
     }
 
-    /// dout: [tokens, dim]. Writes the table's gradient (overwriting it; unused rows are 0).
+    /// dout: [tokens, dim]. Writes the table's gradient (`ops::write_gradient`; unused rows 0).
     pub fn backward(&mut self, dout: &Buffer<f32>) -> Result<()> {
         let ids = self
             .saved_ids
@@ -97,6 +97,9 @@ impl Embedding {
                 ids.len() * self.dim
             )));
         }
-        embedding::backward(&ids, dout, &mut self.table_grad, self.dim, None)
+        let dim = self.dim;
+        ops::write_gradient(&mut self.table_grad, |g| {
+            embedding::backward(&ids, dout, g, dim, None)
+        })
     }
 }

@@ -86,21 +86,26 @@ impl Linear {
         Ok(y)
     }
 
-    /// Writes the parameter gradients (overwriting) and returns dx [rows, in].
+    /// Writes the parameter gradients (`ops::write_gradient`) and returns dx [rows, in].
     pub fn backward(
         &mut self,
         x: &Buffer<f32>,
         dy: &Buffer<f32>,
         rows: usize,
     ) -> Result<Buffer<f32>> {
-        ops::gemm(
-            &Gemm::new(self.output, self.input, rows, true, false),
-            dy,
-            x,
-            &mut self.weight_grad,
-            None,
-        )?;
-        ops::sum_columns(dy, &mut self.bias_grad, rows, self.output)?;
+        ops::write_gradient(&mut self.weight_grad, |g| {
+            ops::gemm(
+                &Gemm::new(self.output, self.input, rows, true, false),
+                dy,
+                x,
+                g,
+                None,
+            )
+        })?;
+        let output = self.output;
+        ops::write_gradient(&mut self.bias_grad, |g| {
+            ops::sum_columns(dy, g, rows, output)
+        })?;
         let mut dx = x.device().alloc::<f32>(rows * self.input, "linear dx")?;
         ops::gemm(
             &Gemm::new(rows, self.input, self.output, false, false),

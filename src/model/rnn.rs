@@ -285,12 +285,15 @@ impl BiRnn {
         let ones = dev.upload(&vec![1.0f32; rows], "ones")?;
         let mut dx = dev.alloc::<f32>(rows * self.input, "rnn dx")?;
         let [gw_ih, gw_hh, gb_ih, gb_hh] = &mut self.grads;
+        // Each direction writes its half of every gradient: added while accumulating.
+        let beta = ops::gradient_beta(gw_ih);
         for dir in 0..2 {
             let at = dir * rows * gh;
             // dW_ih = dxproj^T x;  dW_hh = dgh^T h_prev;  biases: column sums as ones^T M.
             let g = Gemm {
                 offset_a: at,
                 offset_c: dir * gh * self.input,
+                beta,
                 ..Gemm::new(gh, self.input, rows, true, false)
             };
             ops::gemm(&g, &dx_pre, &s.x, gw_ih, None)?;
@@ -298,12 +301,14 @@ impl BiRnn {
                 offset_a: at,
                 offset_b: dir * rows * h,
                 offset_c: dir * gh * h,
+                beta,
                 ..Gemm::new(gh, h, rows, true, false)
             };
             ops::gemm(&g, dh_pre, &prev, gw_hh, None)?;
             let g = Gemm {
                 offset_b: at,
                 offset_c: dir * gh,
+                beta,
                 ..Gemm::new(1, gh, rows, false, false)
             };
             ops::gemm(&g, &ones, &dx_pre, gb_ih, None)?;

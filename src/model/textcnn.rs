@@ -304,7 +304,9 @@ impl TextCnn {
                     &slot,
                 )?,
             }
-            ops::sum_columns(&dout, &mut self.bias_grads[wi], rows, f)?;
+            ops::write_gradient(&mut self.bias_grads[wi], |g| {
+                ops::sum_columns(&dout, g, rows, f)
+            })?;
             let mut dtap = dev.alloc::<f32>(w * c * f, "textcnn dtaps")?;
             for t in 0..w {
                 // dtap_t = padded[t:]^T . dout ;  dpadded[t:] += dout . tap_t^T
@@ -322,7 +324,9 @@ impl TextCnn {
                 };
                 ops::gemm(&gx, &dout, &saved.taps[wi], &mut dpadded, None)?;
             }
-            k::permute_weight(&dtap, &mut self.weight_grads[wi], f, c, w, true)?;
+            ops::write_gradient(&mut self.weight_grads[wi], |g| {
+                k::permute_weight(&dtap, g, f, c, w, true)
+            })?;
         }
         let mut dx = dev.alloc::<f32>(p.batch * p.len * c, "textcnn dx")?;
         k::unpad_rows(&dpadded, &saved.lengths, &mut dx, &p)?;

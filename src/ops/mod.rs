@@ -21,12 +21,42 @@ pub use elementwise::{
     Block,
 };
 pub use gemm::{gemm, Gemm};
+
+/// Writes a parameter's gradient with `write`: over it, or, while its device accumulates
+/// gradients (micro-batches), into a temporary that is then added to it. The temporary and the
+/// new sum live only for this call, so accumulation needs no second copy of every gradient.
+pub fn write_gradient(
+    grad: &mut Buffer<f32>,
+    write: impl FnOnce(&mut Buffer<f32>) -> Result<()>,
+) -> Result<()> {
+    let dev = grad.device().clone();
+    if !dev.accumulating_gradients() {
+        return write(grad);
+    }
+    let mut part = dev.alloc::<f32>(grad.len(), "gradient of this micro-batch")?;
+    write(&mut part)?;
+    let _role = dev.role(Role::Gradients);
+    let mut sum = dev.alloc::<f32>(grad.len(), "gradient sum")?;
+    add(grad, &part, &mut sum, grad.len())?;
+    *grad = sum;
+    Ok(())
+}
+
+/// The GEMM beta of a gradient written part by part into one buffer: 1 (add) while the device
+/// accumulates gradients, else 0 (overwrite).
+pub fn gradient_beta(grad: &Buffer<f32>) -> f32 {
+    if grad.device().accumulating_gradients() {
+        1.0
+    } else {
+        0.0
+    }
+}
 pub use rows::{
     reduce_rows_backward, reduce_rows_forward, softmax_rows_backward, softmax_rows_forward,
     sum_columns, sum_squares_blocks, sum_squares_partial, Reduce,
 };
 
-use crate::device::{Buffer, Elem};
+use crate::device::{Buffer, Elem, Role};
 
 /// Threads per block that the op functions launch each kernel with (for occupancy reports).
 pub fn threads_per_block(kernel: &str) -> u32 {

@@ -31,7 +31,7 @@ use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 use crate::ops::AdamW;
 use crate::train::features::FeatureStore;
 use crate::train::optim::Optimizer;
-use crate::train::trainer::{Classifier, GradientSums, Input, MicroBatch, TrainSettings};
+use crate::train::trainer::{Classifier, Input, MicroBatch, TrainSettings};
 
 /// Device memory the engine's allocator does not see: the CUDA context, the loaded NVRTC
 /// modules and the stream-ordered pool's rounding. A stated assumption (`--reserve` changes it).
@@ -212,9 +212,8 @@ pub fn run_steps(dev: &Device, req: &Request, strategy: &Strategy) -> Result<Mea
         ..TrainSettings::default()
     };
     let mut opt = Optimizer::new(AdamW::default());
-    let mut sums = GradientSums::default();
     for _ in 0..2 {
-        model.optimizer_step(&micro, &mut sums, &mut opt, 1e-5, &settings)?;
+        model.optimizer_step(&micro, &mut opt, 1e-5, &settings)?;
     }
     model.predict(&micro[0].tokens)?;
     if let Input::Encoder(enc) = &mut model.input {

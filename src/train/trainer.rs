@@ -39,10 +39,6 @@ pub struct MicroBatch {
     pub seed: u64,
 }
 
-/// Summed gradients by parameter name (gradient accumulation).
-#[derive(Default)]
-pub struct GradientSums(pub std::collections::HashMap<String, Buffer<f32>>);
-
 pub struct Classifier {
     pub input: Input,
     pub head: Head,
@@ -127,12 +123,12 @@ impl Classifier {
     }
 
     /// One optimizer step: on the batch alone when `s.accumulate` is 1, else on the mean
-    /// gradient of the micro-batches (summed in `sums`). Returns the mean loss. The trainer and
-    /// the memory planner both step through here.
+    /// gradient of the micro-batches, summed in place in the parameters' gradient buffers (the
+    /// device accumulates after the first). Returns the mean loss. The trainer and the memory
+    /// planner both step through here.
     pub fn optimizer_step(
         &mut self,
         micro_batches: &[MicroBatch],
-        sums: &mut GradientSums,
         opt: &mut Optimizer,
         lr: f32,
         s: &TrainSettings,
@@ -144,51 +140,16 @@ impl Classifier {
             }
             return Ok(loss);
         }
+        let dev = self.loss.device().clone();
+        let n = micro_batches.len();
         let mut loss = 0.0f32;
         for (k, m) in micro_batches.iter().enumerate() {
-            loss += self.backward_step(&m.tokens, &m.labels, m.seed)? / micro_batches.len() as f32;
-            self.accumulate_gradients(sums, k == 0)?;
+            let _sum = (k > 0).then(|| dev.accumulate_gradients());
+            loss += self.backward_step(&m.tokens, &m.labels, m.seed)? / n as f32;
         }
-        self.step_accumulated(sums, micro_batches.len(), opt, lr, s)?;
-        Ok(loss)
-    }
-
-    /// Adds every parameter's current gradient into `sums` (by name; set rather than added on
-    /// `first`): gradient accumulation over micro-batches.
-    pub fn accumulate_gradients(&mut self, sums: &mut GradientSums, first: bool) -> Result<()> {
-        for slot in self.slots(1.0) {
-            let n = slot.grad.len();
-            let _role = slot.grad.device().role(Role::Gradients);
-            let sum = match sums.0.remove(&slot.name) {
-                Some(prev) if !first => {
-                    let mut next = slot.grad.device().alloc::<f32>(n, "gradient sum")?;
-                    ops::add(&prev, slot.grad, &mut next, n)?;
-                    next
-                }
-                _ => slot.grad.duplicate()?,
-            };
-            sums.0.insert(slot.name, sum);
-        }
-        Ok(())
-    }
-
-    /// One AdamW step on the mean of the accumulated gradients of `micro` micro-batches.
-    pub fn step_accumulated(
-        &mut self,
-        sums: &GradientSums,
-        micro: usize,
-        opt: &mut Optimizer,
-        lr: f32,
-        s: &TrainSettings,
-    ) -> Result<()> {
         let mut slots = self.slots(s.input_lr_scale);
-        for slot in slots.iter_mut() {
-            slot.grad = sums.0.get(&slot.name).ok_or_else(|| {
-                Error::Invalid(format!("no accumulated gradient for {}", slot.name))
-            })?;
-        }
-        opt.step_scaled(&mut slots, lr, s.clip, 1.0 / micro.max(1) as f32)?;
-        Ok(())
+        opt.step_scaled(&mut slots, lr, s.clip, 1.0 / n.max(1) as f32)?;
+        Ok(loss)
     }
 
     /// Every parameter with its gradient, by name: the head's, then the input path's.
@@ -362,7 +323,6 @@ pub fn train(
         let start = std::time::Instant::now();
         let batches = bucketed_batches(&lens, s.batch_size, s.seed, p.epoch as u64);
         let first = p.batch;
-        let mut sums = GradientSums::default();
         for group in batches[first.min(batches.len())..].chunks(micro) {
             let lr = schedule.lr(opt.step + 1) as f32;
             let micro_batches: Vec<MicroBatch> = group
@@ -376,7 +336,7 @@ pub fn train(
                     seed: seeds.next_u64(),
                 })
                 .collect();
-            let loss = model.optimizer_step(&micro_batches, &mut sums, opt, lr, s)?;
+            let loss = model.optimizer_step(&micro_batches, opt, lr, s)?;
             p.loss_sum += loss as f64 * group.len() as f64;
             p.batch += group.len();
             p.step = opt.step;

@@ -7,13 +7,19 @@ use crate::error::{Error, Result};
 use crate::ops::{self, attention, embedding, layernorm, Gemm};
 
 impl BertEncoder {
-    fn grad_of(&mut self, name: &str) -> &mut Buffer<f32> {
+    /// Writes parameter `name`'s gradient with `write` (over it, or added while the device
+    /// accumulates micro-batches: `ops::write_gradient`).
+    fn write_grad(
+        &mut self,
+        name: &str,
+        write: impl FnOnce(&mut Buffer<f32>) -> Result<()>,
+    ) -> Result<()> {
         let i = self.index[name];
-        &mut self.params[i].grad
+        ops::write_gradient(&mut self.params[i].grad, write)
     }
 
     /// Backward from the gradients of last_hidden_state and/or pooler_output. Writes every
-    /// parameter's gradient (overwriting).
+    /// parameter's gradient (over it, or added while the device accumulates micro-batches).
     pub fn backward(
         &mut self,
         d_hidden: Option<&Buffer<f32>>,
@@ -52,14 +58,12 @@ impl BertEncoder {
                     ldb: len * h,
                     ..Gemm::new(h, h, batch, true, false)
                 };
-                ops::gemm(
-                    &gw,
-                    &dpre,
-                    &s.hidden,
-                    self.grad_of("pooler.dense.weight"),
-                    None,
-                )?;
-                ops::sum_columns(&dpre, self.grad_of("pooler.dense.bias"), batch, h)?;
+                self.write_grad("pooler.dense.weight", |g| {
+                    ops::gemm(&gw, &dpre, &s.hidden, g, None)
+                })?;
+                self.write_grad("pooler.dense.bias", |g| {
+                    ops::sum_columns(&dpre, g, batch, h)
+                })?;
                 // d hidden[:, 0] += dpre W
                 let gx = Gemm {
                     ldc: len * h,
@@ -76,8 +80,8 @@ impl BertEncoder {
                 )))
             }
             None => {
-                ops::fill(self.grad_of("pooler.dense.weight"), 0.0)?;
-                ops::fill(self.grad_of("pooler.dense.bias"), 0.0)?;
+                self.write_grad("pooler.dense.weight", |g| ops::fill(g, 0.0))?;
+                self.write_grad("pooler.dense.bias", |g| ops::fill(g, 0.0))?;
             }
         }
         if self.params.iter().any(|p| p.half.is_some()) {
@@ -185,14 +189,14 @@ impl BertEncoder {
                     offset_a: k * h,
                     ..Gemm::new(h, h, rows, true, false)
                 };
-                ops::gemm(&gw, &dqkv, &ls.input, self.grad_of(&w), None)?;
+                self.write_grad(&w, |g| ops::gemm(&gw, &dqkv, &ls.input, g, None))?;
                 let ones = dev.upload(&vec![1.0f32; rows], "ones")?;
                 let gb = Gemm {
                     ldb: 3 * h,
                     offset_b: k * h,
                     ..Gemm::new(1, h, rows, false, false)
                 };
-                ops::gemm(&gb, &ones, &dqkv, self.grad_of(&b), None)?;
+                self.write_grad(&b, |g| ops::gemm(&gb, &ones, &dqkv, g, None))?;
                 let gx = Gemm {
                     lda: 3 * h,
                     offset_a: k * h,
@@ -212,11 +216,13 @@ impl BertEncoder {
             self.layer_norm_backward(&s.emb_sum, &s.emb_ln, &d_emb, "embeddings.LayerNorm", rows)?;
         let pad = Some(c.pad_token_id);
         let word = "embeddings.word_embeddings.weight";
-        embedding::backward(&s.ids, &d_sum, self.grad_of(word), h, pad)?;
+        self.write_grad(word, |g| embedding::backward(&s.ids, &d_sum, g, h, pad))?;
         let position = "embeddings.position_embeddings.weight";
-        embedding::backward(&s.positions, &d_sum, self.grad_of(position), h, None)?;
+        self.write_grad(position, |g| {
+            embedding::backward(&s.positions, &d_sum, g, h, None)
+        })?;
         let kind = "embeddings.token_type_embeddings.weight";
-        embedding::backward(&s.types, &d_sum, self.grad_of(kind), h, None)?;
+        self.write_grad(kind, |g| embedding::backward(&s.types, &d_sum, g, h, None))?;
         Ok(())
     }
 
@@ -252,8 +258,12 @@ impl BertEncoder {
             rows,
             h,
         )?;
-        ops::sum_columns(&dy_xhat, self.grad_of(&format!("{prefix}.weight")), rows, h)?;
-        ops::sum_columns(dy, self.grad_of(&format!("{prefix}.bias")), rows, h)?;
+        self.write_grad(&format!("{prefix}.weight"), |g| {
+            ops::sum_columns(&dy_xhat, g, rows, h)
+        })?;
+        self.write_grad(&format!("{prefix}.bias"), |g| {
+            ops::sum_columns(dy, g, rows, h)
+        })?;
         Ok(dx)
     }
 
@@ -268,14 +278,12 @@ impl BertEncoder {
         output: usize,
     ) -> Result<Buffer<f32>> {
         let dev = x.device().clone();
-        ops::gemm(
-            &Gemm::new(output, input, rows, true, false),
-            dy,
-            x,
-            self.grad_of(&format!("{prefix}.weight")),
-            None,
-        )?;
-        ops::sum_columns(dy, self.grad_of(&format!("{prefix}.bias")), rows, output)?;
+        self.write_grad(&format!("{prefix}.weight"), |g| {
+            ops::gemm(&Gemm::new(output, input, rows, true, false), dy, x, g, None)
+        })?;
+        self.write_grad(&format!("{prefix}.bias"), |g| {
+            ops::sum_columns(dy, g, rows, output)
+        })?;
         let mut dx = dev.alloc::<f32>(rows * input, "d dense")?;
         ops::gemm(
             &Gemm::new(rows, input, output, false, false),
