@@ -237,6 +237,7 @@ impl Device {
 
     /// Tags the allocations made until the guard drops with `role` (then the previous role is
     /// current again).
+    #[must_use = "the mode lasts only while the guard lives"]
     pub fn role(&self, role: Role) -> RoleGuard {
         let previous = self.current_role();
         self.0
@@ -250,6 +251,7 @@ impl Device {
 
     /// Until the guard drops, backward adds each parameter gradient into the gradient buffer
     /// instead of overwriting it (`ops::write_gradient`): micro-batches sum in place.
+    #[must_use = "the mode lasts only while the guard lives"]
     pub fn accumulate_gradients(&self) -> AccumulateGuard {
         let previous = self
             .0
