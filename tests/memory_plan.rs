@@ -321,12 +321,7 @@ fn plan_command_reports_and_refuses() {
         .arg(&json)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = stdout_of_success(&out);
     for want in [
         "parameters",
         "optimizer state",
@@ -439,12 +434,7 @@ fn train_with_a_memory_budget_runs_the_plan_within_it() {
         .arg(options("cli").out)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = stdout_of_success(&out);
     assert!(text.contains("memory plan: recompute"), "{text}");
 }
 
@@ -577,4 +567,12 @@ fn micro_batch_gradients_add_up_in_place() {
             enc.params[n].name
         );
     }
+}
+
+/// A finished command's standard output, after asserting that it succeeded (else both streams).
+fn stdout_of_success(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{err}");
+    text
 }
