@@ -403,6 +403,13 @@ fn train_with_a_memory_budget_runs_the_plan_within_it() {
     });
     let planned = run(&dev, &o).unwrap();
     assert!(dev.memory().peak() <= usable);
+    // The run folder records the plan it ran.
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(o.out.join("memory-plan.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["fits"], true);
+    assert!(record["strategy"]["recompute_layers"].as_u64().unwrap() >= 1);
+    assert!(record["peak"].as_u64().unwrap() <= usable as u64);
     assert_eq!(free.len(), planned.len());
     for (a, b) in free.iter().zip(&planned) {
         assert_eq!(a.mean_loss.to_bits(), b.mean_loss.to_bits());

@@ -203,7 +203,10 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     let truncated = train_seqs.iter().filter(|s| s.len() >= o.max_len).count();
     let lc = loss_config(o, &counts, &map.names)?;
     let mut settings = o.settings.clone();
-    let memory = plan_memory(o, &spec, classes, &mut settings)?;
+    let planned = plan_memory(o, &spec, classes, &mut settings)?;
+    let memory = planned
+        .as_ref()
+        .map_or_else(EncoderMemory::default, |p| p.strategy.memory);
     let mut model = build_classifier(dev, &spec, &text, lc, classes, &mut rng)?;
     if let Input::Encoder(enc) = &mut model.input {
         enc.memory = memory;
@@ -260,11 +263,11 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
             checkpoint_every: o.checkpoint_every,
             log_every: o.log_every,
             quiet: o.quiet,
-            batch_size: o.settings.batch_size,
+            batch_size: settings.batch_size,
             epochs: o.settings.epochs,
         },
         RunInfo {
-            fingerprint: fingerprint(o),
+            fingerprint: fingerprint(o, &settings),
             labels: map.names.clone(),
             vocab: match &text {
                 TextEncoder::Chars { vocab, .. } => Some(vocab.tokens.clone()),
@@ -273,6 +276,9 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
             model: spec,
         },
     )?;
+    if let Some(p) = &planned {
+        plan::write_json(&o.out.join("memory-plan.json"), p, &[])?;
+    }
     let progress = if o.resume {
         let dir = folder.checkpoint_dir();
         let state = checkpoint::load_state(&dir)?;
@@ -491,18 +497,18 @@ pub fn head_config(spec: &ModelSpec, width: usize, classes: usize) -> Result<Hea
     Ok(hc)
 }
 
-/// With an encoder and a memory budget: the planner's strategy for batches of
+/// With an encoder and a memory budget: the planner's plan for batches of
 /// `settings.batch_size` x `max_len` (the longest a batch can be). Micro-batches change
-/// `settings` (same effective batch); the encoder's recomputation is returned. A plan that
-/// cannot fit is an error that says what is short.
+/// `settings` (same effective batch); the encoder's memory settings are the plan's strategy. A
+/// plan that cannot fit is an error that says what is short.
 fn plan_memory(
     o: &TrainOptions,
     spec: &ModelSpec,
     classes: usize,
     settings: &mut TrainSettings,
-) -> Result<EncoderMemory> {
+) -> Result<Option<plan::Plan>> {
     let (Some(dir), Some(m)) = (&o.encoder, o.memory) else {
-        return Ok(EncoderMemory::default());
+        return Ok(None);
     };
     let encoder = BertConfig::from_file(&dir.join("config.json"))?;
     let request = plan::Request {
@@ -536,7 +542,7 @@ fn plan_memory(
     );
     settings.batch_size = p.strategy.micro_batch;
     settings.accumulate *= p.strategy.accumulate;
-    Ok(p.strategy.memory)
+    Ok(Some(p))
 }
 
 pub fn loss_from_name(name: &str) -> Result<LossKind> {
@@ -552,9 +558,9 @@ pub fn loss_from_name(name: &str) -> Result<LossKind> {
     .ok_or_else(|| Error::Invalid(format!("no loss named `{name}`")))
 }
 
-/// The settings a resumed run must share with the one that wrote the checkpoint.
-fn fingerprint(o: &TrainOptions) -> String {
-    let s = &o.settings;
+/// The settings a resumed run must share with the one that wrote the checkpoint (`s`: as the
+/// memory plan left them, so a resumed run whose budget splits batches differently is refused).
+fn fingerprint(o: &TrainOptions, s: &TrainSettings) -> String {
     format!(
         "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} frozen={} head={:?} loss={:?} max_len={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} class_weights={:?} similarity={:?} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={} accumulate={} metric={}",
         o.train, o.dev, o.dev_fraction, o.read.text_field, o.read.label_field, o.read.skip_bad,
