@@ -28,14 +28,14 @@ extern "C" __global__ void HOT_KERNEL gelu_forward(const float *__restrict__ x, 
     }
 }
 
-// dx = dy * (Phi(x) + x * phi(x)), with phi the standard normal density.
-extern "C" __global__ void HOT_KERNEL gelu_backward(const float *__restrict__ x, const float *__restrict__ dy,
-                                         float *__restrict__ dx, long long n) {
+// In place, g holding dy on entry and dx on exit: dx = dy * (Phi(x) + x * phi(x)), with phi the
+// standard normal density. In place so that backward never holds dy and dx of the FFN's width.
+extern "C" __global__ void HOT_KERNEL gelu_backward(const float *__restrict__ x, float *__restrict__ g, long long n) {
     GRID_STRIDE_LOOP(i, n) {
         const float v = x[i];
         const float cdf = normal_cdf(v);
         const float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
-        dx[i] = dy[i] * (cdf + v * pdf);
+        g[i] = g[i] * (cdf + v * pdf);
     }
 }
 
@@ -75,9 +75,9 @@ extern "C" __global__ void copy_block(const float *__restrict__ src, int src_ld,
 extern "C" __global__ void relu_forward(const float *__restrict__ x, float *__restrict__ y, long long n) {
     GRID_STRIDE_LOOP(i, n) y[i] = fmaxf(x[i], 0.0f);
 }
-extern "C" __global__ void relu_backward(const float *__restrict__ x, const float *__restrict__ dy,
-                                         float *__restrict__ dx, long long n) {
-    GRID_STRIDE_LOOP(i, n) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+// In place like gelu_backward: g holds dy on entry, dx on exit.
+extern "C" __global__ void relu_backward(const float *__restrict__ x, float *__restrict__ g, long long n) {
+    GRID_STRIDE_LOOP(i, n) g[i] = x[i] > 0.0f ? g[i] : 0.0f;
 }
 
 // y = tanh(x) (BERT's pooler); backward from the output: dx = dy (1 - y^2).

@@ -97,8 +97,8 @@ pub fn kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         // ReLU forward and backward on the same data.
         let mut yr = dev.upload(&super::nan_vec(rows * cols), "relu y")?;
         ops::relu_forward(&xb, &mut yr, rows * cols)?;
-        let mut dxr = dev.upload(&super::nan_vec(rows * cols), "relu dx")?;
-        ops::relu_backward(&xb, &dyb, &mut dxr, rows * cols)?;
+        let mut dxr = dyb.duplicate()?;
+        ops::relu_backward(&xb, &mut dxr, rows * cols)?;
         let want_y: Vec<f64> = x.iter().map(|v| v.max(0.0)).collect();
         let want_dx: Vec<f64> = x
             .iter()

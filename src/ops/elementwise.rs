@@ -182,6 +182,26 @@ fn unary(kernel: &str, x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result
 
 /// dx = dy * f'(.) elementwise through `kernel(saved, dy, dx, n)`, where `saved` is the forward's
 /// input (GELU, ReLU) or output (tanh).
+/// An elementwise backward that turns dy into dx in its own buffer.
+fn unary_backward_in_place(
+    kernel: &str,
+    saved: &Buffer<f32>,
+    grad: &mut Buffer<f32>,
+    n: usize,
+) -> Result<()> {
+    for (what, buf) in [("saved", saved), ("grad", &*grad)] {
+        need(kernel, what, buf, n)?;
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    saved.device().launch(
+        kernel,
+        cfg(n),
+        &[saved.into(), (&*grad).into(), Arg::I64(n as i64)],
+    )
+}
+
 fn unary_backward(
     kernel: &str,
     saved: &Buffer<f32>,
@@ -207,28 +227,18 @@ pub fn gelu_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()
     unary("gelu_forward", x, y, n)
 }
 
-/// dx = dy (Phi(x) + x phi(x)), from the forward's input.
-pub fn gelu_backward(
-    x: &Buffer<f32>,
-    dy: &Buffer<f32>,
-    dx: &mut Buffer<f32>,
-    n: usize,
-) -> Result<()> {
-    unary_backward("gelu_backward", x, dy, dx, n)
+/// In place: `grad` holds dy and becomes dx = dy (Phi(x) + x phi(x)), from the forward's input.
+pub fn gelu_backward(x: &Buffer<f32>, grad: &mut Buffer<f32>, n: usize) -> Result<()> {
+    unary_backward_in_place("gelu_backward", x, grad, n)
 }
 
 pub fn relu_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {
     unary("relu_forward", x, y, n)
 }
 
-/// dx = dy where x > 0, from the forward's input.
-pub fn relu_backward(
-    x: &Buffer<f32>,
-    dy: &Buffer<f32>,
-    dx: &mut Buffer<f32>,
-    n: usize,
-) -> Result<()> {
-    unary_backward("relu_backward", x, dy, dx, n)
+/// In place: `grad` holds dy and becomes dx = dy where x > 0, from the forward's input.
+pub fn relu_backward(x: &Buffer<f32>, grad: &mut Buffer<f32>, n: usize) -> Result<()> {
+    unary_backward_in_place("relu_backward", x, grad, n)
 }
 
 pub fn tanh_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {

@@ -121,30 +121,31 @@ impl BertEncoder {
             let d_dense = self.dropout_backward(&d_ln2_in, s.seed.map(|x| site_seed(x, l, 3)))?;
             let act = self.activation(&ls.inter)?;
             let d_act = self.dense_backward(
-                &act,
+                act,
                 &d_dense,
                 &name("output.dense"),
                 rows,
                 c.intermediate_size,
                 h,
             )?;
-            drop((act, d_dense));
-            let mut d_inter = dev.alloc::<f32>(ls.inter.len(), "d ffn")?;
+            drop(d_dense);
+            // In place: d_act becomes d_inter.
+            let mut d_inter = d_act;
             if c.hidden_act == "relu" {
-                ops::relu_backward(&ls.inter, &d_act, &mut d_inter, ls.inter.len())?;
+                ops::relu_backward(&ls.inter, &mut d_inter, ls.inter.len())?;
             } else {
-                ops::gelu_backward(&ls.inter, &d_act, &mut d_inter, ls.inter.len())?;
+                ops::gelu_backward(&ls.inter, &mut d_inter, ls.inter.len())?;
             }
-            drop((d_act, ls.inter));
+            drop(ls.inter);
             let d_h1_ffn = self.dense_backward(
-                &ls.h1,
+                ls.h1,
                 &d_inter,
                 &name("intermediate.dense"),
                 rows,
                 h,
                 c.intermediate_size,
             )?;
-            drop((d_inter, ls.h1));
+            drop(d_inter);
             let mut d_h1 = dev.alloc::<f32>(rows * h, "d h1")?;
             ops::add(&d_h1_ffn, &d_ln2_in, &mut d_h1, rows * h)?; // the residual path
             drop((d_h1_ffn, d_ln2_in));
@@ -267,23 +268,26 @@ impl BertEncoder {
         Ok(dx)
     }
 
-    /// Backward of y = x W^T + b: writes dW, db, returns dx.
+    /// Backward of y = x W^T + b: writes dW, db, returns dx. `x` may be owned, to be freed
+    /// as soon as dW has it.
     fn dense_backward(
         &mut self,
-        x: &Buffer<f32>,
+        x: impl std::borrow::Borrow<Buffer<f32>>,
         dy: &Buffer<f32>,
         prefix: &str,
         rows: usize,
         input: usize,
         output: usize,
     ) -> Result<Buffer<f32>> {
-        let dev = x.device().clone();
+        let dev = x.borrow().device().clone();
         self.write_grad(&format!("{prefix}.weight"), |g| {
-            ops::gemm(&Gemm::new(output, input, rows, true, false), dy, x, g, None)
+            let gw = Gemm::new(output, input, rows, true, false);
+            ops::gemm(&gw, dy, x.borrow(), g, None)
         })?;
         self.write_grad(&format!("{prefix}.bias"), |g| {
             ops::sum_columns(dy, g, rows, output)
         })?;
+        drop(x); // an owned input goes before dx is made
         let mut dx = dev.alloc::<f32>(rows * input, "d dense")?;
         ops::gemm(
             &Gemm::new(rows, input, output, false, false),
