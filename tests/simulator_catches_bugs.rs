@@ -187,3 +187,47 @@ fn deadlock_is_reported_not_hung() {
         );
     }
 }
+
+#[test]
+fn writes_outside_a_buffer_are_errors_naming_kernel_and_buffer() {
+    for s in schedules() {
+        let dev = Device::simt(s);
+        // 30 floats: the element past the end is still inside the 256-byte-aligned block a GPU
+        // allocator would hand out, so only a red zone at the exact end sees it.
+        let y = dev.zeros::<f32>(30, "thirty floats").unwrap();
+        let args = [(&y).into(), Arg::I32(30)];
+        let msg = expect_error("bad_write_past_end", 32, &args, &dev);
+        assert!(
+            msg.contains("bad_write_past_end") && msg.contains("thirty floats"),
+            "{msg}"
+        );
+        assert!(msg.contains("past its end: byte 0 after it"), "{msg}");
+        let z = dev.zeros::<f32>(30, "z").unwrap();
+        let msg = expect_error(
+            "bad_write_before_start",
+            32,
+            &[(&z).into(), Arg::I32(30)],
+            &dev,
+        );
+        assert!(
+            msg.contains("before its start") && msg.contains("(z)"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn reads_outside_a_buffer_give_nan() {
+    let dev = Device::simt(Schedule::Forward);
+    let x = dev.upload(&[1.0f32; 8], "x").unwrap();
+    let y = dev.zeros::<f32>(8, "y").unwrap();
+    dev.launch(
+        "bad_read_past_end",
+        cfg((1, 1, 1), 8, 0),
+        &[(&x).into(), (&y).into(), Arg::I32(8)],
+    )
+    .unwrap();
+    let out = y.to_host().unwrap();
+    assert!(out[..7].iter().all(|&v| v == 1.0));
+    assert!(out[7].is_nan(), "the red zone reads as NaN: {}", out[7]);
+}

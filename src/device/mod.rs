@@ -361,7 +361,7 @@ impl Device {
         self.0.memory.reserve(bytes, role, what)?;
         let addr = match &self.0.backend {
             Backend::Cuda(c) => c.alloc(bytes),
-            Backend::Simt(s) => s.alloc(bytes),
+            Backend::Simt(s) => s.alloc(bytes, what),
             Backend::Sizing(next) => Ok(next.fetch_add(
                 bytes.next_multiple_of(256) as u64 + 256,
                 std::sync::atomic::Ordering::SeqCst,

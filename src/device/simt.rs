@@ -1,5 +1,7 @@
 //! The simulator backend: runs the host-compiled kernels (build.rs) through the SIMT runtime
 //! in src/device/simt/. Buffers are plain host allocations; launches finish before returning.
+//! Every buffer sits between two red zones of NaN bytes: a read outside it yields NaN, and a
+//! write outside it is an error after the launch, naming the kernel and the buffer.
 
 use std::alloc::Layout;
 use std::ffi::{c_char, c_void, CString};
@@ -47,16 +49,28 @@ extern "C" {
 pub(super) struct SimtBackend {
     schedule: Mutex<Schedule>,
     launches: AtomicU64,
+    /// Live buffers by address: their size and what they hold (for the red-zone check).
+    live: Mutex<std::collections::HashMap<u64, (usize, String)>>,
 }
 
 /// Simulator buffers are aligned like cudaMalloc's, so float4 paths are taken as on a GPU.
 const ALIGN: usize = 256;
+/// Bytes of red zone before and after every buffer (a multiple of ALIGN, so buffers stay aligned).
+const RED_ZONE: usize = 256;
+/// What the red zones (and fresh buffers) hold: 0xFF bytes read as NaN in f32 and f16.
+const POISON: u8 = 0xff;
+
+fn layout_of(bytes: usize) -> Layout {
+    Layout::from_size_align(bytes.max(1).next_multiple_of(ALIGN) + 2 * RED_ZONE, ALIGN)
+        .expect("buffer sizes are far below isize::MAX")
+}
 
 impl SimtBackend {
     pub fn new(schedule: Schedule) -> Self {
         SimtBackend {
             schedule: Mutex::new(schedule),
             launches: AtomicU64::new(0),
+            live: Mutex::new(Default::default()),
         }
     }
 
@@ -68,9 +82,9 @@ impl SimtBackend {
         *self.schedule.lock().unwrap() = schedule;
     }
 
-    pub fn alloc(&self, bytes: usize) -> Result<u64> {
-        let layout =
-            Layout::from_size_align(bytes.max(1), ALIGN).map_err(|e| Error::Simt(e.to_string()))?;
+    /// A buffer of `bytes` poisoned bytes, between red zones; `what` names it in errors.
+    pub fn alloc(&self, bytes: usize, what: &str) -> Result<u64> {
+        let layout = layout_of(bytes);
         // SAFETY: the layout has non-zero size. The memory is filled before anyone reads it.
         let p = unsafe { std::alloc::alloc(layout) };
         if p.is_null() {
@@ -78,16 +92,56 @@ impl SimtBackend {
                 "host allocation of {bytes} bytes failed"
             )));
         }
-        // SAFETY: p points to layout.size() writable bytes. 0xFF bytes read as NaN in f32/f16.
-        unsafe { std::ptr::write_bytes(p, 0xff, layout.size()) };
-        Ok(p as u64)
+        // SAFETY: p points to layout.size() writable bytes.
+        unsafe { std::ptr::write_bytes(p, POISON, layout.size()) };
+        let addr = p as u64 + RED_ZONE as u64;
+        self.lock_live().insert(addr, (bytes, what.to_string()));
+        Ok(addr)
     }
 
     pub fn free(&self, addr: u64, bytes: usize) {
-        let layout =
-            Layout::from_size_align(bytes.max(1), ALIGN).expect("layout was valid at allocation");
-        // SAFETY: addr came from alloc() above with this same layout and is freed once (Drop).
-        unsafe { std::alloc::dealloc(addr as *mut u8, layout) };
+        self.lock_live().remove(&addr);
+        // SAFETY: addr came from alloc() above, RED_ZONE bytes into an allocation of this same
+        // layout, and is freed once (Drop).
+        unsafe { std::alloc::dealloc((addr - RED_ZONE as u64) as *mut u8, layout_of(bytes)) };
+    }
+
+    fn lock_live(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, (usize, String)>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The first live buffer whose red zones a launch wrote into, as an error (the zone is
+    /// poisoned again, so the next launch is judged on its own).
+    fn check_red_zones(&self, kernel: &str) -> Result<()> {
+        for (&addr, (bytes, what)) in self.lock_live().iter() {
+            let start = addr as usize - RED_ZONE;
+            let end = start + layout_of(*bytes).size();
+            let zones = [
+                (start..addr as usize, "before its start"),
+                (addr as usize + bytes..end, "past its end"),
+            ];
+            for (zone, side) in zones {
+                // SAFETY: the range lies inside the live allocation made for this buffer, and
+                // the launch has finished, so nothing else reads or writes it now.
+                let zone =
+                    unsafe { std::slice::from_raw_parts_mut(zone.start as *mut u8, zone.len()) };
+                let Some(i) = zone.iter().position(|&b| b != POISON) else {
+                    continue;
+                };
+                let at = if side == "past its end" {
+                    format!("byte {i} after it")
+                } else {
+                    format!("byte {} before it", zone.len() - i)
+                };
+                zone.fill(POISON);
+                return Err(Error::Simt(format!(
+                    "kernel `{kernel}` wrote outside a buffer of {bytes} bytes ({what}), {side}: {at}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn launch(
@@ -125,7 +179,7 @@ impl SimtBackend {
             )
         };
         if rc == 0 {
-            return Ok(());
+            return self.check_red_zones(info.name);
         }
         let end = error.iter().position(|&b| b == 0).unwrap_or(error.len());
         Err(Error::Simt(

@@ -85,3 +85,21 @@ extern "C" __global__ void bad_deadlock(const float *x, float *y) {
     __syncthreads();
     y[threadIdx.x] = v;
 }
+
+// Off by one: the last thread writes one element past the end of y (n elements).
+extern "C" __global__ void bad_write_past_end(float *y, int n) {
+    const int i = threadIdx.x;
+    if (i <= n) y[i] = 1.0f;
+}
+
+// A negative index: thread 0 writes just before the start of y.
+extern "C" __global__ void bad_write_before_start(float *y, int n) {
+    const int i = threadIdx.x;
+    if (i < n) y[i - 1] = 1.0f;
+}
+
+// Off by one on the read side: y[i] = x[i + 1] reads one element past the end of x.
+extern "C" __global__ void bad_read_past_end(const float *x, float *y, int n) {
+    const int i = threadIdx.x;
+    if (i < n) y[i] = x[i + 1];
+}
