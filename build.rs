@@ -73,9 +73,17 @@ fn main() {
         let kernels = parse_kernels(&text, path);
         let stem = path.file_stem().unwrap().to_string_lossy().to_string();
         let file_name = path.file_name().unwrap().to_string_lossy().to_string();
+        // The simulator compiles a copy that poisons each static shared array per block.
+        let marked = out.join(format!("simt_src_{stem}.cu"));
+        let copy = format!(
+            "#line 1 \"{}\"\n{}",
+            path.display(),
+            mark_static_shared(&text, path)
+        );
+        std::fs::write(&marked, copy).unwrap();
         let mut unit = format!(
             "#include \"{}\"\n#include \"simt_call.h\"\n",
-            path.display()
+            marked.display()
         );
         for k in &kernels {
             writeln!(
@@ -224,4 +232,53 @@ fn param_kind(ty: &str, pointer: bool) -> Option<&'static str> {
         ("unsigned long long", false) => "U64",
         _ => return None,
     })
+}
+
+/// The kernel source with `SIMT_STATIC_SHARED(name);` after each static `__shared__` array's
+/// declaration, on the same line (so line numbers stay those of the file). Declarations must
+/// fit on one line; `extern __shared__` (dynamic shared memory) is left alone.
+fn mark_static_shared(text: &str, path: &Path) -> String {
+    let mut out = String::with_capacity(text.len() + 256);
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        let Some(at) = code.find("__shared__") else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        if code[..at].trim_end().ends_with("extern") {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let end = code[at..].find(';').map(|e| at + e).unwrap_or_else(|| {
+            panic!(
+                "{}:{}: a static __shared__ declaration must fit on one line",
+                path.display(),
+                n + 1
+            )
+        });
+        let decl = &code[at..end];
+        let before_name = decl.find('[').unwrap_or(decl.len());
+        let name: String = decl[..before_name]
+            .trim_end()
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        assert!(
+            !name.is_empty(),
+            "{}:{}: no name in `{decl}`",
+            path.display(),
+            n + 1
+        );
+        out.push_str(&line[..=end]);
+        out.push_str(&format!(" SIMT_STATIC_SHARED({name});"));
+        out.push_str(&line[end + 1..]);
+        out.push('\n');
+    }
+    out
 }

@@ -231,3 +231,24 @@ fn reads_outside_a_buffer_give_nan() {
     assert!(out[..7].iter().all(|&v| v == 1.0));
     assert!(out[7].is_nan(), "the red zone reads as NaN: {}", out[7]);
 }
+
+#[test]
+fn static_shared_memory_is_nan_in_every_block_until_written() {
+    for s in schedules() {
+        let dev = Device::simt(s);
+        let y = dev.zeros::<f32>(64, "y").unwrap();
+        dev.launch(
+            "bad_static_shared_read_before_write",
+            cfg((2, 1, 1), 32, 0),
+            &[(&y).into()],
+        )
+        .unwrap();
+        let out = y.to_host().unwrap();
+        assert!(out[..32].iter().all(|&v| v == 2.0), "block 0 wrote its own");
+        assert!(
+            out[32..].iter().all(|v| v.is_nan()),
+            "block 1 must not see block 0's values: {:?}",
+            &out[32..36]
+        );
+    }
+}

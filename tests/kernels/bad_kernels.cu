@@ -103,3 +103,12 @@ extern "C" __global__ void bad_read_past_end(const float *x, float *y, int n) {
     const int i = threadIdx.x;
     if (i < n) y[i] = x[i + 1];
 }
+
+// Only block 0 fills the static shared array; every block reads it. On a GPU each block has its
+// own shared memory, so block 1 reads garbage: the simulator must not hand it block 0's values.
+extern "C" __global__ void bad_static_shared_read_before_write(float *y) {
+    __shared__ float tile[32];
+    if (blockIdx.x == 0) tile[threadIdx.x] = 2.0f;
+    __syncthreads();
+    y[blockIdx.x * 32 + threadIdx.x] = tile[threadIdx.x];
+}

@@ -25,6 +25,18 @@ __thread uint3 current_block_idx;
 __thread dim3 current_block_dim;
 __thread dim3 current_grid_dim;
 
+// Static shared arrays already poisoned in the block now running (cleared at each block).
+thread_local std::vector<void *> poisoned_static_shared;
+
+void poison_static_shared(void *array, size_t bytes) {
+    for (void *p : poisoned_static_shared)
+        if (p == array) return;
+    poisoned_static_shared.push_back(array);
+    const uint32_t nan_bits = 0x7fc00000u;
+    unsigned char *b = (unsigned char *)array;
+    for (size_t i = 0; i + 4 <= bytes; i += 4) std::memcpy(b + i, &nan_bits, 4);
+}
+
 namespace {
 
 // ---------------------------------------------------------------- fiber switching
@@ -407,6 +419,7 @@ struct Rng {
 
 int run_block(Launch &l, int schedule, uint64_t seed, uint64_t block_linear) {
     unsigned n = l.threads_per_block;
+    poisoned_static_shared.clear();
     for (unsigned t = 0; t < n; t++) {
         Fiber &f = l.fibers[t];
         f.linear = (int)t;

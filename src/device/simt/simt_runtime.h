@@ -4,7 +4,9 @@
 // - a launch runs its blocks one after another on the calling OS thread;
 // - a block's threads are cooperatively scheduled fibers that switch only at barriers,
 //   warp collectives and exit, in a selectable order (forward, reverse, seeded random);
-// - static `__shared__` becomes `thread_local`, so the fibers of one OS thread share it;
+// - static `__shared__` becomes `thread_local`, so the fibers of one OS thread share it; build.rs
+//   follows each declaration with SIMT_STATIC_SHARED(name), which NaN-fills the array when the
+//   first thread of a block reaches it, so a read before any write shows as on fresh memory;
 // - dynamic shared memory is a per-launch buffer, NaN-filled before every block;
 // - misuse that real hardware punishes with silent wrong answers or hangs (divergent
 //   barriers, exits while others wait, bad warp masks) stops the launch with an error
@@ -26,6 +28,7 @@
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __shared__ thread_local
+#define SIMT_STATIC_SHARED(name) ::simt::poison_static_shared(&(name), sizeof(name))
 #define __constant__ static const
 #define __align__(n) __attribute__((aligned(n)))
 #define __restrict__ __restrict
@@ -54,6 +57,9 @@ inline int2 make_int2(int x, int y) { return {x, y}; }
 inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
 
 namespace simt {
+
+// NaN-fills a static shared array once per block (the first thread to reach its declaration).
+void poison_static_shared(void *array, size_t bytes);
 
 // A source location: barriers and warp collectives must be met at the same one.
 struct SourceLoc {
