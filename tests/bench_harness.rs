@@ -174,7 +174,9 @@ fn the_report_computes_the_goals_from_the_rows() {
         format!(
             r#"{{"kind":"torch","spec":{gemm},"ms":1.0,"emrclass_ms":2.0,"speedup":0.5,"what":"torch.mm"}}"#
         ),
-        format!(r#"{{"kind":"emrclass","spec":{step},"ms":10.0,"peak_bytes":100,"what":"s"}}"#),
+        format!(
+            r#"{{"kind":"emrclass","spec":{step},"ms":10.0,"peak_bytes":100,"device_used_bytes":524288000,"what":"s"}}"#
+        ),
         format!(
             r#"{{"kind":"torch","spec":{step},"ms":20.0,"emrclass_ms":10.0,"speedup":2.0,"peak_bytes":300,"what":"eager"}}"#
         ),
@@ -216,6 +218,11 @@ fn the_report_computes_the_goals_from_the_rows() {
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(
         md.contains("Test GPU") && md.contains("| kernels_vs_reference | ok: 1 passed |"),
+        "{md}"
+    );
+    // The step row shows the device's used memory beside the engine's peak (500 MiB).
+    assert!(
+        md.contains("| device used MiB |") && md.contains("| 500.0 |"),
         "{md}"
     );
 }
