@@ -180,46 +180,28 @@ fn unary(kernel: &str, x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result
     )
 }
 
-/// dx = dy * f'(.) elementwise through `kernel(saved, dy, dx, n)`, where `saved` is the forward's
-/// input (GELU, ReLU) or output (tanh).
-/// An elementwise backward that turns dy into dx in its own buffer.
-fn unary_backward_in_place(
-    kernel: &str,
-    saved: &Buffer<f32>,
-    grad: &mut Buffer<f32>,
-    n: usize,
-) -> Result<()> {
-    for (what, buf) in [("saved", saved), ("grad", &*grad)] {
-        need(kernel, what, buf, n)?;
-    }
-    if n == 0 {
-        return Ok(());
-    }
-    saved.device().launch(
-        kernel,
-        cfg(n),
-        &[saved.into(), (&*grad).into(), Arg::I64(n as i64)],
-    )
-}
-
+/// dx = dy * f'(.) elementwise, where `saved` is the forward's input (GELU, ReLU) or output
+/// (tanh): through `kernel(saved, dy, dx, n)`, or, with no `dy`, `kernel(saved, g, n)` turning
+/// dy into dx in `out`'s own buffer.
 fn unary_backward(
     kernel: &str,
     saved: &Buffer<f32>,
-    dy: &Buffer<f32>,
-    dx: &mut Buffer<f32>,
+    dy: Option<&Buffer<f32>>,
+    out: &mut Buffer<f32>,
     n: usize,
 ) -> Result<()> {
-    for (what, buf) in [("saved", saved), ("dy", dy), ("dx", &*dx)] {
-        need(kernel, what, buf, n)?;
+    need(kernel, "saved", saved, n)?;
+    if let Some(dy) = dy {
+        need(kernel, "dy", dy, n)?;
     }
+    need(kernel, "dx", out, n)?;
     if n == 0 {
         return Ok(());
     }
-    saved.device().launch(
-        kernel,
-        cfg(n),
-        &[saved.into(), dy.into(), (&*dx).into(), Arg::I64(n as i64)],
-    )
+    let mut args: Vec<Arg> = vec![saved.into()];
+    args.extend(dy.map(Arg::from));
+    args.extend([(&*out).into(), Arg::I64(n as i64)]);
+    saved.device().launch(kernel, cfg(n), &args)
 }
 
 /// GELU, erf form: y = x Phi(x).
@@ -229,7 +211,7 @@ pub fn gelu_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()
 
 /// In place: `grad` holds dy and becomes dx = dy (Phi(x) + x phi(x)), from the forward's input.
 pub fn gelu_backward(x: &Buffer<f32>, grad: &mut Buffer<f32>, n: usize) -> Result<()> {
-    unary_backward_in_place("gelu_backward", x, grad, n)
+    unary_backward("gelu_backward", x, None, grad, n)
 }
 
 pub fn relu_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {
@@ -238,7 +220,7 @@ pub fn relu_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()
 
 /// In place: `grad` holds dy and becomes dx = dy where x > 0, from the forward's input.
 pub fn relu_backward(x: &Buffer<f32>, grad: &mut Buffer<f32>, n: usize) -> Result<()> {
-    unary_backward_in_place("relu_backward", x, grad, n)
+    unary_backward("relu_backward", x, None, grad, n)
 }
 
 pub fn tanh_forward(x: &Buffer<f32>, y: &mut Buffer<f32>, n: usize) -> Result<()> {
@@ -252,5 +234,5 @@ pub fn tanh_backward(
     dx: &mut Buffer<f32>,
     n: usize,
 ) -> Result<()> {
-    unary_backward("tanh_backward", y, dy, dx, n)
+    unary_backward("tanh_backward", y, Some(dy), dx, n)
 }
