@@ -8,10 +8,12 @@ pub enum Error {
     MissingLibrary { library: String, how: String },
     #[error("CUDA: {0}")]
     Cuda(String),
-    #[error("NVRTC could not compile {file} for {arch}:\n{log}")]
+    #[error("{nvrtc} could not compile {file} for {arch}:\n{log}")]
     Compile {
         file: String,
         arch: String,
+        /// The library that tried: version and file.
+        nvrtc: String,
         log: String,
     },
     #[error("simulator: {0}")]

@@ -71,8 +71,31 @@ pub fn occupancy(
 
 /// Compiles every engine kernel file for each architecture and collects ptxas's report.
 pub fn build() -> Result<Vec<ReportRow>> {
+    build_for(&[])
+}
+
+/// The report of the named kernel files only (`gemm` or `gemm.cu`); every file when none is
+/// named. An unknown name is an error listing the files there are.
+pub fn build_for(names: &[String]) -> Result<Vec<ReportRow>> {
+    let engine_files = || KERNEL_FILES.iter().filter(|f| !f.test_only);
+    for name in names {
+        let wanted = name.trim_end_matches(".cu");
+        if !engine_files().any(|f| f.name.trim_end_matches(".cu") == wanted) {
+            let known: Vec<&str> = engine_files().map(|f| f.name).collect();
+            return Err(Error::Invalid(format!(
+                "no kernel file `{name}`; the files are: {}",
+                known.join(", ")
+            )));
+        }
+    }
+    let chosen = |f: &&crate::device::KernelFile| {
+        names.is_empty()
+            || names
+                .iter()
+                .any(|n| n.trim_end_matches(".cu") == f.name.trim_end_matches(".cu"))
+    };
     let mut rows = Vec::new();
-    for file in KERNEL_FILES.iter().filter(|f| !f.test_only) {
+    for file in engine_files().filter(chosen) {
         for arch in ARCHS {
             let compiled = nvrtc::compile(file, arch)?;
             let found = nvrtc::parse_ptxas_report(&compiled.log);
@@ -123,8 +146,9 @@ pub fn problems(rows: &[ReportRow]) -> Vec<String> {
 }
 
 pub fn print(rows: &[ReportRow]) {
-    let (maj, min) = nvrtc::version().unwrap_or((0, 0));
-    println!("NVRTC {maj}.{min}; occupancy is theoretical, on a GTX 1050 Ti (6 SMs, 64K registers, 96 KiB shared, 2048 threads per SM)");
+    let library = nvrtc::describe().unwrap_or_else(|e| e.to_string());
+    println!("{library}");
+    println!("occupancy is theoretical, on a GTX 1050 Ti (6 SMs, 64K registers, 96 KiB shared, 2048 threads per SM)");
     println!(
         "{:<28} {:<16} {:<6} {:>4} {:>5} {:>7} {:>6} {:>7} {:>8}  occupancy (sm_61)",
         "kernel", "file", "arch", "hot", "regs", "smem", "stack", "spills", "threads",

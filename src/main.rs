@@ -50,7 +50,10 @@ enum ScheduleArg {
 enum Command {
     /// Compile every kernel with NVRTC for sm_61 and sm_90 and print registers, spills, shared
     /// memory and GTX 1050 Ti occupancy. Needs NVRTC 12.x, no GPU.
-    Kernels,
+    Kernels {
+        /// Only these kernel files (e.g. `gemm attention`, with or without `.cu`); all by default.
+        files: Vec<String>,
+    },
     /// Time kernels and print GFLOP/s, GB/s and the fraction of the card's roofline.
     Bench {
         #[command(subcommand)]
@@ -381,6 +384,9 @@ fn open_device(cli: &Cli, seed: u64) -> Result<Device> {
         Some(why) => eprintln!("device: {} (auto: CUDA unavailable: {why})", dev.describe()),
         None => eprintln!("device: {}", dev.describe()),
     }
+    if let Some(libraries) = dev.libraries() {
+        eprintln!("libraries: {libraries}");
+    }
     Ok(dev)
 }
 
@@ -459,8 +465,8 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
 fn run(cli: &Cli) -> Result<bool> {
     let seed = cli.seed.unwrap_or_else(Rng::fresh_seed);
     match &cli.command {
-        Command::Kernels => {
-            let rows = kernel_report::build()?;
+        Command::Kernels { files } => {
+            let rows = kernel_report::build_for(files)?;
             kernel_report::print(&rows);
             let problems = kernel_report::problems(&rows);
             for p in &problems {

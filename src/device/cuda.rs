@@ -21,6 +21,9 @@ pub struct CudaInfo {
     pub clock_khz: i32,
     pub memory_clock_khz: i32,
     pub bus_width_bits: i32,
+    /// The driver library the process loaded and the CUDA version it supports, e.g. "12.8".
+    pub driver_library: String,
+    pub driver_version: String,
 }
 
 impl CudaInfo {
@@ -63,6 +66,20 @@ pub(super) struct CudaBackend {
 // binds the context to the calling thread first, and the maps are behind mutexes.
 unsafe impl Send for CudaBackend {}
 unsafe impl Sync for CudaBackend {}
+
+/// The file of a shared library this process has loaded whose name starts with `stem`, read
+/// from /proc/self/maps: which copy the dynamic linker actually gave us, for the record.
+pub fn loaded_library_path(stem: &str) -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| {
+            std::path::Path::new(path)
+                .file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with(stem))
+        })
+        .map(str::to_string)
+}
 
 fn missing_driver() -> Error {
     Error::MissingLibrary {
@@ -128,6 +145,13 @@ impl CudaBackend {
                 bus_width_bits: attr(
                     sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH,
                 )?,
+                driver_library: loaded_library_path("libcuda.so")
+                    .unwrap_or_else(|| "libcuda (path unknown)".into()),
+                driver_version: {
+                    let mut v = 0;
+                    sys::cuDriverGetVersion(&mut v).result()?;
+                    format!("{}.{}", v / 1000, (v % 1000) / 10)
+                },
             };
             let context = result::primary_ctx::retain(dev)?;
             result::ctx::set_current(context)?;

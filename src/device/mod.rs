@@ -316,6 +316,20 @@ impl Device {
         matches!(self.0.backend, Backend::Cuda(_))
     }
 
+    /// On CUDA, the libraries in use: "driver /usr/lib/…/libcuda.so.1 (CUDA 12.8); NVRTC 12.9
+    /// (/…/libnvrtc.so.12)".
+    pub fn libraries(&self) -> Option<String> {
+        match &self.0.backend {
+            Backend::Cuda(c) => Some(format!(
+                "driver {} (CUDA {}); {}",
+                c.info.driver_library,
+                c.info.driver_version,
+                nvrtc::describe().unwrap_or_else(|e| e.to_string())
+            )),
+            _ => None,
+        }
+    }
+
     /// A short description: "simt (schedule: reverse)" or "cuda: NVIDIA GeForce GTX 1050 Ti (sm_61)".
     pub fn describe(&self) -> String {
         match &self.0.backend {
@@ -326,6 +340,14 @@ impl Device {
             Backend::Simt(s) => format!("simt (schedule: {})", s.schedule()),
             Backend::Sizing(_) => "sizing (counts bytes, runs no kernels)".to_string(),
         }
+    }
+
+    /// Streaming multiprocessors: the GPU's own count on CUDA; on the simulator and the sizing
+    /// device, the GTX 1050 Ti's 6, so that shape-dependent kernel choices (GEMM tiles) are the
+    /// ones the target card makes, and the tests exercise them.
+    pub fn multiprocessors(&self) -> usize {
+        self.cuda_info()
+            .map_or(6, |info| info.multiprocessors.max(1) as usize)
     }
 
     pub fn cuda_info(&self) -> Option<&CudaInfo> {
