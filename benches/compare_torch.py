@@ -157,10 +157,12 @@ def run_spec(torch, spec, reps):
         out["ms"] = timed(torch, lambda: c.copy_(a), reps)
     elif fam == "gemm":
         m, n, k = spec["m"], spec["n"], spec["k"]
-        a = torch.randn(m, k, device=dev)
-        b = torch.randn(k, n, device=dev)
+        # The same stored layouts as the engine's row: op(A) = A^T when trans_a, etc.
+        a = torch.randn(k, m, device=dev).t() if spec.get("trans_a") else torch.randn(m, k, device=dev)
+        b = torch.randn(n, k, device=dev).t() if spec.get("trans_b") else torch.randn(k, n, device=dev)
         c = torch.empty(m, n, device=dev)
-        out["what"] = f"torch.mm fp32 TF32 off {m}x{n}x{k}"
+        layout = ("T" if spec.get("trans_a") else "N") + ("T" if spec.get("trans_b") else "N")
+        out["what"] = f"torch.mm fp32 TF32 off {layout} {m}x{n}x{k}"
         out["ms"] = timed(torch, lambda: torch.mm(a, b, out=c), reps)
     elif fam == "attention":
         B, L, H, d = spec["batch"], spec["len"], spec["heads"], spec["head_dim"]

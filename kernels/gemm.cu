@@ -1,10 +1,11 @@
 // GEMM: C = alpha * op(A) * op(B) + beta * C (+ bias broadcast along rows), strided-batched.
+// One tiled kernel, instantiated at three tile sizes; the launcher picks one by shape.
 #include "common.cuh"
 
-#define GEMM_TILE_M 64
-#define GEMM_TILE_N 64
-#define GEMM_TILE_K 16
 #define GEMM_THREADS 256
+// Shared-memory rows are padded by 4 floats: the transposing stores of a warp then fall on 32
+// different banks, and every row start stays 16-byte aligned for float4 reads.
+#define GEMM_SMEM_PAD 4
 
 // Reads 4 consecutive elements (r, c..c+3) of a row-major matrix with `rows` x `cols` valid
 // elements and leading dimension `ld`. One float4 load when the whole group is in bounds and
@@ -19,84 +20,194 @@ __device__ __forceinline__ void load4(const float *__restrict__ s, int rows, int
     for (int j = 0; j < 4; j++) v[j] = (r < rows && c + j < cols) ? s[(long long)r * ld + c + j] : 0.0f;
 }
 
-// Tiled SGEMM. Idea: each block owns a 64x64 tile of C; per step it stages a 64x16 slice of
-// op(A) and a 16x64 slice of op(B) in shared memory, stored k-major so the inner loop reads
-// float4 rows of both, and each of its 256 threads accumulates a 4x4 register block. The next
-// slices are fetched into registers while the current ones are multiplied (software
-// pipelining), so global latency hides behind arithmetic. Every operand layout is read along
-// its contiguous axis (coalesced), with float4 loads when the leading dimension and base
-// pointer allow. Any M, N, K, ld and stride are correct: edges are zero-filled on load and
-// masked on store. beta == 0 never reads C (BLAS semantics: C may hold garbage).
+// One operand's BK-deep slice, staged k-major in shared memory: tile[k][i] for i along the
+// operand's m (for A) or n (for B) axis, `EXTENT` wide. Each thread moves LOADS float4 groups.
+// The stored matrix is read along its contiguous axis (coalesced); `along_k` says whether that
+// axis is k (A not transposed, B transposed: the groups are transposed on their way into shared
+// memory) or the tile's own axis (stored straight, one float4 store each).
+template <int EXTENT, int BK>
+struct SliceLoader {
+    static constexpr int LOADS = EXTENT * BK / (4 * GEMM_THREADS);
+    float next[LOADS][4];
+
+    __device__ __forceinline__ void fetch(const float *__restrict__ s, int rows, int cols, int ld, bool vec_ok,
+                                          bool along_k, int i0, int k0) {
+#pragma unroll
+        for (int l = 0; l < LOADS; l++) {
+            const int g = threadIdx.x + l * GEMM_THREADS;
+            if (along_k) load4(s, rows, cols, ld, i0 + g / (BK / 4), k0 + (g % (BK / 4)) * 4, vec_ok, next[l]);
+            else load4(s, rows, cols, ld, k0 + g / (EXTENT / 4), i0 + (g % (EXTENT / 4)) * 4, vec_ok, next[l]);
+        }
+    }
+
+    __device__ __forceinline__ void store(float (*tile)[EXTENT + GEMM_SMEM_PAD], bool along_k) const {
+#pragma unroll
+        for (int l = 0; l < LOADS; l++) {
+            const int g = threadIdx.x + l * GEMM_THREADS;
+            if (along_k) {
+                const int i = g / (BK / 4), k = (g % (BK / 4)) * 4;
+#pragma unroll
+                for (int j = 0; j < 4; j++) tile[k + j][i] = next[l][j];
+            } else {
+                const int k = g / (EXTENT / 4), i = (g % (EXTENT / 4)) * 4;
+                *reinterpret_cast<float4 *>(&tile[k][i]) = make_float4(next[l][0], next[l][1], next[l][2], next[l][3]);
+            }
+        }
+    }
+};
+
+// Tiled SGEMM. Idea: a block of 256 threads owns a BM x BN tile of C and walks K in slices of
+// BK. Each slice of op(A) (BM x BK) and op(B) (BK x BN) is staged k-major in shared memory,
+// double-buffered: while the block multiplies one buffer, each thread has already issued the
+// global loads of the next slice into registers and stores them into the other buffer after
+// the arithmetic -- one barrier per slice, global latency hidden behind the FMAs. Each thread
+// accumulates a TM x TN register block, taken as groups of 4 rows (columns) spaced BM/(TM/4)
+// apart, so its shared reads are float4s and the 16 threads along n read 256 contiguous bytes.
+// Per k step a thread does TM*TN FMAs for (TM+TN)/4 shared loads: 8x8 is 64 FMAs per 4 loads.
+//
+// Any M, N, K, leading dimension and batch stride is correct: loads are zero-filled outside
+// the matrices (float4 only when a group is in bounds and aligned), stores are masked, and
+// beta == 0 never reads C (BLAS semantics: C may hold garbage).
 //
 // Layouts (row-major): op(A) is M x K (A is M x K, or K x M when trans_a), op(B) is K x N (B is
 // K x N, or N x K when trans_b), C is M x N. Batch b (blockIdx.z) offsets A, B and C by
 // b * stride_a, b * stride_b, b * stride_c. bias (length N, may be null) is added to each row.
-extern "C" __global__ void HOT_KERNEL __launch_bounds__(GEMM_THREADS)
-    gemm_f32(const float *__restrict__ A, const float *__restrict__ B, float *__restrict__ C,
-             const float *__restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc, long long stride_a,
-             long long stride_b, long long stride_c, int trans_a, int trans_b, float alpha, float beta) {
-    __shared__ __align__(16) float As[GEMM_TILE_K][GEMM_TILE_M];
-    __shared__ __align__(16) float Bs[GEMM_TILE_K][GEMM_TILE_N];
+template <int BM, int BN, int BK, int TM, int TN>
+__device__ __forceinline__ void gemm_tiled(const float *__restrict__ A, const float *__restrict__ B,
+                                           float *__restrict__ C, const float *__restrict__ bias, int M, int N,
+                                           int K, int lda, int ldb, int ldc, long long stride_a,
+                                           long long stride_b, long long stride_c, int trans_a, int trans_b,
+                                           float alpha, float beta) {
+    static_assert((BM / TM) * (BN / TN) == GEMM_THREADS, "one TM x TN block per thread");
+    static_assert(TM % 4 == 0 && TN % 4 == 0 && BK % 4 == 0, "float4 groups");
+    __shared__ __align__(16) float As[2][BK][BM + GEMM_SMEM_PAD];
+    __shared__ __align__(16) float Bs[2][BK][BN + GEMM_SMEM_PAD];
+    constexpr int GROUPS_M = TM / 4, GROUPS_N = TN / 4;
+    constexpr int STRIDE_M = BM / GROUPS_M, STRIDE_N = BN / GROUPS_N;
 
-    const int tid = threadIdx.x;
-    const int tx = tid % 16, ty = tid / 16;
-    const int m0 = blockIdx.y * GEMM_TILE_M, n0 = blockIdx.x * GEMM_TILE_N;
+    const int tx = threadIdx.x % (BN / TN), ty = threadIdx.x / (BN / TN);
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     A += blockIdx.z * stride_a;
     B += blockIdx.z * stride_b;
     C += blockIdx.z * stride_c;
 
-    // Operand A seen as the stored row-major matrix: rows x cols, and where this thread's group sits.
+    // The stored matrices' shapes; A is read along k unless transposed, B along k when transposed.
     const int a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
     const int b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
     const bool a_vec = lda % 4 == 0 && stride_a % 4 == 0 && aligned16(A);
     const bool b_vec = ldb % 4 == 0 && stride_b % 4 == 0 && aligned16(B);
-    // A slice: 64 (m) x 16 (k). Not transposed: stored rows are m, 4 groups of 4 along k per row.
-    // Transposed: stored rows are k, 16 groups of 4 along m per row.
-    const int a_r = trans_a ? tid / 16 : tid / 4, a_c = trans_a ? (tid % 16) * 4 : (tid % 4) * 4;
-    const int b_r = trans_b ? tid / 4 : tid / 16, b_c = trans_b ? (tid % 4) * 4 : (tid % 16) * 4;
+    const bool a_along_k = !trans_a, b_along_k = trans_b != 0;
+    SliceLoader<BM, BK> a_slice;
+    SliceLoader<BN, BK> b_slice;
 
-    float a_next[4], b_next[4];
-    auto fetch = [&](int k0) {
-        if (trans_a) load4(A, a_rows, a_cols, lda, k0 + a_r, m0 + a_c, a_vec, a_next);
-        else load4(A, a_rows, a_cols, lda, m0 + a_r, k0 + a_c, a_vec, a_next);
-        if (trans_b) load4(B, b_rows, b_cols, ldb, n0 + b_r, k0 + b_c, b_vec, b_next);
-        else load4(B, b_rows, b_cols, ldb, k0 + b_r, n0 + b_c, b_vec, b_next);
-    };
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; i++)
+#pragma unroll
+        for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
 
-    float acc[4][4] = {};
-    fetch(0);
-    for (int k0 = 0; k0 < K; k0 += GEMM_TILE_K) {
-        for (int j = 0; j < 4; j++) {
-            if (trans_a) As[a_r][a_c + j] = a_next[j];
-            else As[a_c + j][a_r] = a_next[j];
-            if (trans_b) Bs[b_c + j][b_r] = b_next[j];
-            else Bs[b_r][b_c + j] = b_next[j];
+    const int slices = (K + BK - 1) / BK;
+    a_slice.fetch(A, a_rows, a_cols, lda, a_vec, a_along_k, m0, 0);
+    b_slice.fetch(B, b_rows, b_cols, ldb, b_vec, b_along_k, n0, 0);
+    a_slice.store(As[0], a_along_k);
+    b_slice.store(Bs[0], b_along_k);
+    __syncthreads();
+    for (int s = 0; s < slices; s++) {
+        const int buf = s & 1;
+        const bool more = s + 1 < slices;
+        if (more) {
+            a_slice.fetch(A, a_rows, a_cols, lda, a_vec, a_along_k, m0, (s + 1) * BK);
+            b_slice.fetch(B, b_rows, b_cols, ldb, b_vec, b_along_k, n0, (s + 1) * BK);
         }
-        __syncthreads();
-        if (k0 + GEMM_TILE_K < K) fetch(k0 + GEMM_TILE_K);
 #pragma unroll
-        for (int kk = 0; kk < GEMM_TILE_K; kk++) {
-            float4 a = *reinterpret_cast<const float4 *>(&As[kk][ty * 4]);
-            float4 b = *reinterpret_cast<const float4 *>(&Bs[kk][tx * 4]);
-            float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+        for (int kk = 0; kk < BK; kk++) {
+            float a[TM], b[TN];
 #pragma unroll
-            for (int i = 0; i < 4; i++)
+            for (int g = 0; g < GROUPS_M; g++) {
+                const float4 q = *reinterpret_cast<const float4 *>(&As[buf][kk][g * STRIDE_M + ty * 4]);
+                a[g * 4 + 0] = q.x, a[g * 4 + 1] = q.y, a[g * 4 + 2] = q.z, a[g * 4 + 3] = q.w;
+            }
 #pragma unroll
-                for (int j = 0; j < 4; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+            for (int g = 0; g < GROUPS_N; g++) {
+                const float4 q = *reinterpret_cast<const float4 *>(&Bs[buf][kk][g * STRIDE_N + tx * 4]);
+                b[g * 4 + 0] = q.x, b[g * 4 + 1] = q.y, b[g * 4 + 2] = q.z, b[g * 4 + 3] = q.w;
+            }
+#pragma unroll
+            for (int i = 0; i < TM; i++)
+#pragma unroll
+                for (int j = 0; j < TN; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        // The other buffer was last read before the previous barrier: safe to overwrite now.
+        if (more) {
+            a_slice.store(As[buf ^ 1], a_along_k);
+            b_slice.store(Bs[buf ^ 1], b_along_k);
         }
         __syncthreads();
     }
 
-    for (int i = 0; i < 4; i++) {
-        const int m = m0 + ty * 4 + i;
-        if (m >= M) continue;
-        for (int j = 0; j < 4; j++) {
-            const int n = n0 + tx * 4 + j;
-            if (n >= N) continue;
-            float out = alpha * acc[i][j];
-            if (beta != 0.0f) out += beta * C[(long long)m * ldc + n];
-            if (bias) out += bias[n];
-            C[(long long)m * ldc + n] = out;
+    // Epilogue: alpha * acc (+ beta * C) (+ bias), float4 where a group is whole and aligned.
+    const bool c_vec = ldc % 4 == 0 && stride_c % 4 == 0 && aligned16(C) && (!bias || aligned16(bias));
+#pragma unroll
+    for (int gm = 0; gm < GROUPS_M; gm++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int m = m0 + gm * STRIDE_M + ty * 4 + i;
+            if (m >= M) continue;
+            float *row = C + (long long)m * ldc;
+#pragma unroll
+            for (int gn = 0; gn < GROUPS_N; gn++) {
+                const int n = n0 + gn * STRIDE_N + tx * 4;
+                float out[4];
+#pragma unroll
+                for (int j = 0; j < 4; j++) out[j] = alpha * acc[gm * 4 + i][gn * 4 + j];
+                if (c_vec && n + 3 < N) {
+                    if (beta != 0.0f) {
+                        const float4 c = *reinterpret_cast<const float4 *>(row + n);
+                        out[0] += beta * c.x, out[1] += beta * c.y, out[2] += beta * c.z, out[3] += beta * c.w;
+                    }
+                    if (bias) {
+                        const float4 bv = *reinterpret_cast<const float4 *>(bias + n);
+                        out[0] += bv.x, out[1] += bv.y, out[2] += bv.z, out[3] += bv.w;
+                    }
+                    *reinterpret_cast<float4 *>(row + n) = make_float4(out[0], out[1], out[2], out[3]);
+                } else {
+                    for (int j = 0; j < 4 && n + j < N; j++) {
+                        float o = out[j];
+                        if (beta != 0.0f) o += beta * row[n + j];
+                        if (bias) o += bias[n + j];
+                        row[n + j] = o;
+                    }
+                }
+            }
         }
     }
+}
+
+// The three instances. Large products take 128 x 128 tiles (8 x 8 per thread: the most FMAs per
+// shared load); 128 x 64 and 64 x 64 give more blocks where the large tile would leave SMs idle.
+// __launch_bounds__(256, 2): at most 128 registers, so two blocks share an SM on sm_61.
+#define GEMM_PASS A, B, C, bias, M, N, K, lda, ldb, ldc, stride_a, stride_b, stride_c, trans_a, trans_b, alpha, beta
+
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(GEMM_THREADS, 2)
+    gemm_f32_128x128(const float *__restrict__ A, const float *__restrict__ B, float *__restrict__ C,
+                     const float *__restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc,
+                     long long stride_a, long long stride_b, long long stride_c, int trans_a, int trans_b,
+                     float alpha, float beta) {
+    gemm_tiled<128, 128, 8, 8, 8>(GEMM_PASS);
+}
+
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(GEMM_THREADS, 2)
+    gemm_f32_128x64(const float *__restrict__ A, const float *__restrict__ B, float *__restrict__ C,
+                    const float *__restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc,
+                    long long stride_a, long long stride_b, long long stride_c, int trans_a, int trans_b,
+                    float alpha, float beta) {
+    gemm_tiled<128, 64, 16, 8, 4>(GEMM_PASS);
+}
+
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(GEMM_THREADS, 2)
+    gemm_f32_64x64(const float *__restrict__ A, const float *__restrict__ B, float *__restrict__ C,
+                   const float *__restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc,
+                   long long stride_a, long long stride_b, long long stride_c, int trans_a, int trans_b,
+                   float alpha, float beta) {
+    gemm_tiled<64, 64, 16, 4, 4>(GEMM_PASS);
 }

@@ -5,7 +5,8 @@ use emrclass::bench::{self, record, step};
 use emrclass::model::heads::HeadKind;
 use emrclass::model::loss::LossKind;
 use emrclass::model::rnn::Cell;
-use emrclass::{Device, Result};
+use emrclass::ops::{Gemm, GemmTile};
+use emrclass::{Device, Error, Result};
 
 use super::{loss_kinds, LossArg};
 
@@ -98,6 +99,41 @@ fn planned(shape: step::StepShape, budget: usize) -> Result<step::StepShape> {
 }
 
 /// The BERT-base products of one layer at `tokens` rows: QKV, attention output, FFN up and down.
+/// "nn", "nt", "tn" or "tt" as (trans_a, trans_b).
+fn parse_layout(layout: &str) -> Result<(bool, bool)> {
+    match layout.to_ascii_lowercase().as_str() {
+        "nn" => Ok((false, false)),
+        "nt" => Ok((false, true)),
+        "tn" => Ok((true, false)),
+        "tt" => Ok((true, true)),
+        _ => Err(Error::Invalid(format!(
+            "gemm layout `{layout}`: expected nn, nt, tn or tt"
+        ))),
+    }
+}
+
+/// `auto` as None (the launcher's choice), `all` as every tile, else the named tiles.
+fn parse_tiles(names: &[String]) -> Result<Vec<Option<GemmTile>>> {
+    let mut out = Vec::new();
+    for name in names {
+        match name.as_str() {
+            "auto" => out.push(None),
+            "all" => out.extend(GemmTile::ALL.map(Some)),
+            _ => out.push(Some(
+                GemmTile::ALL
+                    .into_iter()
+                    .find(|t| t.name() == *name)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "gemm tile `{name}`: expected auto, all, 128x128, 128x64 or 64x64"
+                        ))
+                    })?,
+            )),
+        }
+    }
+    Ok(out)
+}
+
 fn bert_gemm_shapes(tokens: usize) -> Vec<(usize, usize, usize)> {
     vec![
         (tokens, 2304, 768),
@@ -142,7 +178,14 @@ pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool
             sizes,
             shapes,
             reps,
+            layouts,
+            tiles,
         } => {
+            let layouts = layouts
+                .iter()
+                .map(|l| parse_layout(l))
+                .collect::<Result<Vec<_>>>()?;
+            let tiles = parse_tiles(tiles)?;
             let mut todo: Vec<(usize, usize, usize)> = sizes.iter().map(|&s| (s, s, s)).collect();
             for s in shapes {
                 todo.push(parse_shape(s)?);
@@ -159,7 +202,12 @@ pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool
             }
             let mut rows = Vec::new();
             for &(m, n, k) in &todo {
-                rows.push(bench::gemm(dev, m, n, k, *reps)?);
+                for &(trans_a, trans_b) in &layouts {
+                    for &tile in &tiles {
+                        let g = Gemm::new(m, n, k, trans_a, trans_b);
+                        rows.push(bench::gemm(dev, &g, tile, *reps)?);
+                    }
+                }
             }
             bench::print_gemm(&rows);
             if !dev.is_cuda() {
@@ -346,5 +394,12 @@ pub enum BenchWhat {
         /// Timed repetitions per size (the median is reported).
         #[arg(long, default_value_t = 5)]
         reps: usize,
+        /// Operand layouts: nn (C = A B), nt (A B^T, as backward's dX = dY W^T), tn (A^T B, as
+        /// the weight gradient X^T dY).
+        #[arg(long, value_delimiter = ',', default_values_t = ["nn".to_string()])]
+        layouts: Vec<String>,
+        /// GEMM tile: auto (the launcher's choice for the shape), all, or 128x128, 128x64, 64x64.
+        #[arg(long, value_delimiter = ',', default_values_t = ["auto".to_string()])]
+        tiles: Vec<String>,
     },
 }

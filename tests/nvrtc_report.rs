@@ -26,16 +26,29 @@ fn every_kernel_compiles_for_sm61_and_sm90_within_the_rules() {
             r.arch
         );
     }
-    let gemm = rows
-        .iter()
-        .find(|r| r.kernel == "gemm_f32" && r.arch == "sm_61")
-        .unwrap();
-    assert_eq!(
-        gemm.resources.shared_bytes,
-        2 * 16 * 64 * 4,
-        "GEMM stages two 16x64 float tiles"
-    );
-    assert!(gemm.hot);
+    // Each GEMM instance stages two buffers of its A and B slices (BK x tile, rows padded by 4).
+    for (kernel, bm, bn, bk) in [
+        ("gemm_f32_128x128", 128, 128, 8),
+        ("gemm_f32_128x64", 128, 64, 16),
+        ("gemm_f32_64x64", 64, 64, 16),
+    ] {
+        let gemm = rows
+            .iter()
+            .find(|r| r.kernel == kernel && r.arch == "sm_61")
+            .unwrap_or_else(|| panic!("{kernel} is not in the report"));
+        assert_eq!(
+            gemm.resources.shared_bytes,
+            2 * bk * ((bm + 4) + (bn + 4)) * 4,
+            "{kernel}: double-buffered {bk}-deep slices"
+        );
+        assert!(gemm.hot, "{kernel}");
+        // __launch_bounds__(256, 2): two blocks per sm_61 SM.
+        assert!(
+            gemm.resources.registers <= 128,
+            "{kernel}: {:?}",
+            gemm.resources
+        );
+    }
     let problems = kernel_report::problems(&rows);
     assert!(problems.is_empty(), "{problems:#?}");
 }

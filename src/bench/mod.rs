@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 use crate::model::rnn::{BiRnn, Cell};
 use crate::model::textcnn::{TextCnn, TextCnnConfig};
-use crate::ops::{self, Gemm};
+use crate::ops::{self, Gemm, GemmTile};
 
 pub mod record;
 pub mod step;
@@ -82,29 +82,44 @@ pub struct GemmTiming {
     pub roofline: Option<f64>,
 }
 
-/// Times C = A B (square-ish, row-major, NN) on `dev`: one warm-up, then the median of `reps`.
-pub fn gemm(dev: &Device, m: usize, n: usize, k: usize, reps: usize) -> Result<GemmTiming> {
+/// Times the product `g` (densely packed operands) on `dev` with the given tile, or the
+/// launcher's choice when None: one warm-up, then the median of `reps`.
+pub fn gemm(dev: &Device, g: &Gemm, tile: Option<GemmTile>, reps: usize) -> Result<GemmTiming> {
+    let (m, n, k) = (g.m, g.n, g.k);
     let mut rng = Rng::new(1);
     let a = dev.upload(&to_f32(&rng.normals(m * k, 1.0)), "A")?;
     let b = dev.upload(&to_f32(&rng.normals(k * n, 1.0)), "B")?;
     let mut c = dev.zeros::<f32>(m * n, "C")?;
-    let g = Gemm::new(m, n, k, false, false);
-    ops::gemm(&g, &a, &b, &mut c, None)?;
+    let tile = tile.unwrap_or_else(|| GemmTile::for_shape(g, dev.multiprocessors()));
+    let mut run = || ops::gemm_with_tile(g, tile, &a, &b, &mut c, None);
+    run()?;
     dev.synchronize()?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
-        times.push(dev.time_ms(|| ops::gemm(&g, &a, &b, &mut c, None))?);
+        times.push(dev.time_ms(&mut run)?);
     }
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
-    Ok(timing(
-        format!("emrclass gemm_f32 on {}", dev.describe()),
+    let layout = format!(
+        "{}{}",
+        if g.trans_a { "T" } else { "N" },
+        if g.trans_b { "T" } else { "N" }
+    );
+    let mut out = timing(
+        format!(
+            "emrclass gemm {layout} {} on {}",
+            tile.name(),
+            dev.describe()
+        ),
         dev,
         m,
         n,
         k,
         ms,
-    ))
+    );
+    out.spec = json!({"family": "gemm", "m": m, "n": n, "k": k, "trans_a": g.trans_a,
+                      "trans_b": g.trans_b, "tile": tile.name()});
+    Ok(out)
 }
 
 fn timing(what: String, dev: &Device, m: usize, n: usize, k: usize, ms: f64) -> GemmTiming {

@@ -232,6 +232,8 @@ fn gemm_cases() -> Vec<(Gemm, bool)> {
         (33, 1, 70),
         (1, 129, 3),
         (96, 128, 64),
+        (129, 65, 9),
+        (130, 257, 24),
     ];
     for (idx, &(m, n, k)) in shapes.iter().enumerate() {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -289,9 +291,14 @@ fn gemm_sizes(g: &Gemm, bias: bool) -> String {
     )
 }
 
+/// Every case under every tile size (each its own kernel instance), not only the one the
+/// launcher would pick for the shape.
 fn gemm_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for (g, with_bias) in gemm_cases() {
+    for (tile, (g, with_bias)) in ops::GemmTile::ALL
+        .into_iter()
+        .flat_map(|t| gemm_cases().into_iter().map(move |c| (t, c)))
+    {
         let (la, lb, lc) = gemm_lengths(&g);
         let a = rng.normals(la, 1.0);
         let b = rng.normals(lb, 1.0);
@@ -310,7 +317,7 @@ fn gemm_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
             up(dev, &bias, "bias")?,
         );
         let mut dc = dev.upload(&to_f32(&c0), "C")?;
-        ops::gemm(&g, &da, &db, &mut dc, with_bias.then_some(&dbias))?;
+        ops::gemm_with_tile(&g, tile, &da, &db, &mut dc, with_bias.then_some(&dbias))?;
         let out = dc.to_host()?;
         // Compare only the m x n windows; elements between them must be untouched.
         let (mut o, mut e) = (Vec::new(), Vec::new());
@@ -334,7 +341,8 @@ fn gemm_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         } else {
             f64::INFINITY
         };
-        rows.push(kernel_row("gemm", dev, gemm_sizes(&g, with_bias), err));
+        let sizes = format!("{} tile {}", gemm_sizes(&g, with_bias), tile.name());
+        rows.push(kernel_row("gemm", dev, sizes, err));
     }
     Ok(rows)
 }

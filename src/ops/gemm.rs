@@ -87,8 +87,83 @@ fn span(rows: usize, cols: usize, ld: usize, batch: usize, stride: usize) -> usi
     (batch - 1) * stride + (rows - 1) * ld + cols
 }
 
+/// The GEMM kernel's tile sizes, one kernel instance each (`kernels/gemm.cu`): rows of C x
+/// columns of C per 256-thread block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmTile {
+    /// 8 x 8 per thread: the most arithmetic per shared-memory load, for large products.
+    T128x128,
+    /// 8 x 4 per thread.
+    T128x64,
+    /// 4 x 4 per thread: the most blocks, for small products.
+    T64x64,
+}
+
+impl GemmTile {
+    /// Largest first: the order in which `for_shape` considers them.
+    pub const ALL: [GemmTile; 3] = [GemmTile::T128x128, GemmTile::T128x64, GemmTile::T64x64];
+
+    pub fn kernel(self) -> &'static str {
+        match self {
+            GemmTile::T128x128 => "gemm_f32_128x128",
+            GemmTile::T128x64 => "gemm_f32_128x64",
+            GemmTile::T64x64 => "gemm_f32_64x64",
+        }
+    }
+
+    /// (rows, columns) of C per block.
+    pub fn dims(self) -> (usize, usize) {
+        match self {
+            GemmTile::T128x128 => (128, 128),
+            GemmTile::T128x64 => (128, 64),
+            GemmTile::T64x64 => (64, 64),
+        }
+    }
+
+    pub fn name(self) -> String {
+        let (bm, bn) = self.dims();
+        format!("{bm}x{bn}")
+    }
+
+    /// Blocks in the grid of `g` with this tile.
+    pub fn blocks(self, g: &Gemm) -> usize {
+        let (bm, bn) = self.dims();
+        g.m.div_ceil(bm) * g.n.div_ceil(bn) * g.batch
+    }
+
+    /// The largest tile whose grid still gives every SM two blocks (each instance is limited to
+    /// 128 registers so that two fit on an sm_61 SM) and wastes at most a fifth of its
+    /// arithmetic on edge padding; 64 x 64 when none does. Bigger tiles do more FMAs per byte
+    /// loaded; smaller ones keep a large GPU busy on products like BERT's 2048 x 768.
+    pub fn for_shape(g: &Gemm, multiprocessors: usize) -> GemmTile {
+        let useful = |t: GemmTile| {
+            let (bm, bn) = t.dims();
+            (g.m * g.n) as f64 / (g.m.div_ceil(bm) * bm * g.n.div_ceil(bn) * bn) as f64
+        };
+        GemmTile::ALL
+            .into_iter()
+            .find(|&t| t.blocks(g) >= 2 * multiprocessors && useful(t) >= 0.8)
+            .unwrap_or(GemmTile::T64x64)
+    }
+}
+
+/// C = alpha * op(A) * op(B) + beta * C (+ bias), with the tile `GemmTile::for_shape` picks for
+/// this device.
 pub fn gemm(
     g: &Gemm,
+    a: &Buffer<f32>,
+    b: &Buffer<f32>,
+    c: &mut Buffer<f32>,
+    bias: Option<&Buffer<f32>>,
+) -> Result<()> {
+    let tile = GemmTile::for_shape(g, a.device().multiprocessors());
+    gemm_with_tile(g, tile, a, b, c, bias)
+}
+
+/// `gemm` with a chosen tile: for the tests (every tile on every shape) and benchmarks.
+pub fn gemm_with_tile(
+    g: &Gemm,
+    tile: GemmTile,
     a: &Buffer<f32>,
     b: &Buffer<f32>,
     c: &mut Buffer<f32>,
@@ -128,10 +203,11 @@ pub fn gemm(
     if g.m == 0 || g.n == 0 || g.batch == 0 {
         return Ok(());
     }
+    let (bm, bn) = tile.dims();
     let cfg = LaunchConfig {
         grid: (
-            g.n.div_ceil(64) as u32,
-            g.m.div_ceil(64) as u32,
+            g.n.div_ceil(bn) as u32,
+            g.m.div_ceil(bm) as u32,
             to_i32(OP, "batch", g.batch)? as u32,
         ),
         block: (256, 1, 1),
@@ -157,5 +233,46 @@ pub fn gemm(
         Arg::F32(g.alpha),
         Arg::F32(g.beta),
     ];
-    a.device().launch("gemm_f32", cfg, &args)
+    a.device().launch(tile.kernel(), cfg, &args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Gemm, GemmTile};
+
+    #[test]
+    fn tiles_by_shape_and_card() {
+        let nn = |m, n, k| Gemm::new(m, n, k, false, false);
+        // A GTX 1050 Ti (6 SMs) fills up on every BERT-base product: the largest tile.
+        for (m, n, k) in [
+            (2048, 2304, 768),
+            (2048, 768, 768),
+            (2048, 3072, 768),
+            (8192, 768, 3072),
+        ] {
+            assert_eq!(GemmTile::for_shape(&nn(m, n, k), 6), GemmTile::T128x128);
+        }
+        // An H200 (132 SMs) needs 264 blocks: 2048 x 2304 has 288 large tiles, 2048 x 768 only
+        // 96, and 192 of 128 x 64, so it takes 64 x 64 (384).
+        assert_eq!(
+            GemmTile::for_shape(&nn(2048, 2304, 768), 132),
+            GemmTile::T128x128
+        );
+        assert_eq!(
+            GemmTile::for_shape(&nn(2048, 768, 3072), 132),
+            GemmTile::T64x64
+        );
+        assert_eq!(
+            GemmTile::for_shape(&nn(4096, 768, 768), 132),
+            GemmTile::T128x64
+        );
+        // Mostly padding (a 12 x 12 attention block): never the large tile.
+        let scores = Gemm::new(12, 12, 64, false, true).batched(192);
+        assert_eq!(GemmTile::for_shape(&scores, 6), GemmTile::T64x64);
+        // 130 x 130 would waste half of four 128 x 128 tiles.
+        assert_eq!(
+            GemmTile::for_shape(&nn(130, 130, 64).batched(8), 6),
+            GemmTile::T64x64
+        );
+    }
 }
