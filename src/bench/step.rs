@@ -43,6 +43,10 @@ pub struct StepTiming {
     pub gflop: f64,
     /// Achieved / peak fp32 FLOP/s (CUDA only).
     pub roofline: Option<f64>,
+    /// Kernel launches and host waits (host copies, synchronisations) in one steady-state step:
+    /// what a step pays besides arithmetic.
+    pub launches_per_step: u64,
+    pub host_syncs_per_step: u64,
     /// One more step timed phase by phase: encoder forward, head forward, loss, head backward,
     /// encoder backward, optimizer (clipping + AdamW), in ms.
     pub phases: Vec<(String, f64)>,
@@ -176,6 +180,7 @@ pub fn train_step(dev: &Device, s: &StepShape, reps: usize) -> Result<StepTiming
     }
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
+    let (launches_per_step, host_syncs_per_step) = step_overheads(dev, &mut m)?;
     let phases = phase_times(
         dev,
         &mut m.model,
@@ -228,6 +233,8 @@ pub fn train_step(dev: &Device, s: &StepShape, reps: usize) -> Result<StepTiming
         roofline: dev
             .cuda_info()
             .map(|i| gflop * 1e9 / (ms / 1e3) / i.peak_flops()),
+        launches_per_step,
+        host_syncs_per_step,
         phases,
         peak_bytes: dev.memory().peak(),
         device_used_bytes: match dev.cuda_info() {
@@ -238,6 +245,14 @@ pub fn train_step(dev: &Device, s: &StepShape, reps: usize) -> Result<StepTiming
             None => None,
         },
     })
+}
+
+/// Kernel launches and host waits of one more step, counted around a plain call (no timing
+/// events, no synchronisation of the benchmark's own).
+pub fn step_overheads(dev: &Device, m: &mut StepModel) -> Result<(u64, u64)> {
+    let (launches, syncs) = (dev.launch_count(), dev.host_sync_count());
+    m.step()?;
+    Ok((dev.launch_count() - launches, dev.host_sync_count() - syncs))
 }
 
 /// The phases of `Classifier::train_step`, each timed on its own.
@@ -338,5 +353,9 @@ pub fn print(rows: &[StepTiming]) {
             .map(|(name, ms)| format!("{name} {ms:.2}"))
             .collect();
         println!("  phases (ms): {}", parts.join(", "));
+        println!(
+            "  per step: {} kernel launches, {} host waits (copies to/from the host, synchronisations)",
+            r.launches_per_step, r.host_syncs_per_step
+        );
     }
 }

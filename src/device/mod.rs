@@ -203,6 +203,9 @@ struct Inner {
     accumulate: std::sync::atomic::AtomicBool,
     /// Kernel launches so far: tests assert that recurrences launch O(1) times, not O(L).
     launches: std::sync::atomic::AtomicU64,
+    /// Calls that make the host wait for the device: copies to or from host memory (cudarc's
+    /// synchronous memcpy) and `synchronize`. `bench step` reports them per step.
+    host_syncs: std::sync::atomic::AtomicU64,
 }
 
 /// A device: cheap to clone, shared by every buffer allocated on it.
@@ -294,6 +297,7 @@ impl Device {
             role: std::sync::atomic::AtomicU8::new(Role::Scratch as u8),
             accumulate: std::sync::atomic::AtomicBool::new(false),
             launches: Default::default(),
+            host_syncs: Default::default(),
         }))
     }
 
@@ -310,6 +314,17 @@ impl Device {
     /// Kernel launches made on this device so far.
     pub fn launch_count(&self) -> u64 {
         self.0.launches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Times the host has waited for the device so far (host copies and `synchronize`).
+    pub fn host_sync_count(&self) -> u64 {
+        self.0.host_syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_host_sync(&self) {
+        self.0
+            .host_syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn is_cuda(&self) -> bool {
@@ -410,12 +425,26 @@ impl Device {
         Ok(b)
     }
 
+    /// A buffer of zeros, set on the device (no host copy, no host wait).
     pub fn zeros<T: Elem>(&self, len: usize, what: &str) -> Result<Buffer<T>> {
-        if self.is_sizing() {
-            // Nothing is stored: skip the host's zeros (gigabytes when sizing BERT-base).
-            return self.alloc(len, what);
+        let mut b = self.alloc(len, what)?;
+        b.fill_zero()?;
+        Ok(b)
+    }
+
+    /// A buffer of `len` copies of `value`, set on the device (no host copy, no host wait).
+    pub fn filled(&self, len: usize, value: f32, what: &str) -> Result<Buffer<f32>> {
+        let b = self.alloc::<f32>(len, what)?;
+        match &self.0.backend {
+            Backend::Cuda(c) => c.fill_words(b.addr, value.to_bits(), len)?,
+            Backend::Sizing(_) => {}
+            Backend::Simt(_) => {
+                // SAFETY: addr points to a live, suitably aligned allocation of exactly `len`
+                // f32 values that this new buffer owns.
+                unsafe { std::slice::from_raw_parts_mut(b.addr as *mut f32, len) }.fill(value)
+            }
         }
-        self.upload(&vec![T::zeroed(); len], what)
+        Ok(b)
     }
 
     /// A trainable parameter's values (counted as parameters).
@@ -451,6 +480,7 @@ impl Device {
 
     /// Waits for all launched work to finish.
     pub fn synchronize(&self) -> Result<()> {
+        self.count_host_sync();
         match &self.0.backend {
             Backend::Cuda(c) => c.synchronize(),
             Backend::Simt(_) | Backend::Sizing(_) => Ok(()),
@@ -610,6 +640,7 @@ impl<T: Elem> Buffer<T> {
             )));
         }
         let bytes: &[u8] = bytemuck::cast_slice(data);
+        self.device.count_host_sync();
         match &self.device.0.backend {
             Backend::Cuda(c) => c.copy_to_device(self.addr, bytes),
             Backend::Sizing(_) => Ok(()),
@@ -619,6 +650,20 @@ impl<T: Elem> Buffer<T> {
                 unsafe {
                     std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.addr as *mut u8, bytes.len())
                 };
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets every element to zero bits, on the device.
+    pub fn fill_zero(&mut self) -> Result<()> {
+        match &self.device.0.backend {
+            Backend::Cuda(c) => c.fill_zero(self.addr, self.bytes()),
+            Backend::Sizing(_) => Ok(()),
+            Backend::Simt(_) => {
+                // SAFETY: addr points to a live allocation of exactly self.bytes() bytes that
+                // this buffer owns (borrowed mutably).
+                unsafe { std::ptr::write_bytes(self.addr as *mut u8, 0, self.bytes()) };
                 Ok(())
             }
         }
@@ -662,6 +707,7 @@ impl<T: Elem> Buffer<T> {
     pub fn to_host(&self) -> Result<Vec<T>> {
         let mut out = vec![T::zeroed(); self.len];
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+        self.device.count_host_sync();
         match &self.device.0.backend {
             Backend::Cuda(c) => c.copy_to_host(bytes, self.addr)?,
             Backend::Sizing(_) => {}

@@ -282,7 +282,7 @@ impl BiRnn {
             }
         };
         let dh_pre = dh_pre.as_ref().unwrap_or(&dx_pre);
-        let ones = dev.upload(&vec![1.0f32; rows], "ones")?;
+        let ones = dev.filled(rows, 1.0, "ones")?;
         let mut dx = dev.alloc::<f32>(rows * self.input, "rnn dx")?;
         let [gw_ih, gw_hh, gb_ih, gb_hh] = &mut self.grads;
         // Each direction writes its half of every gradient: added while accumulating.

@@ -73,16 +73,14 @@ pub fn backward(
         return Ok(());
     }
     let _role = dev.role(crate::device::Role::Workspace);
-    let (order_d, starts_d, rows_d) = (
-        dev.upload(&order, "order")?,
-        dev.upload(&starts, "starts")?,
-        dev.upload(&rows, "rows")?,
-    );
+    // One upload (one host wait) for the three index arrays, read through views.
+    let packed: Vec<i32> = [&order[..], &starts[..], &rows[..]].concat();
+    let packed_d = dev.upload(&packed, "embedding backward order, starts, rows")?;
     let args = [
         dout.into(),
-        (&order_d).into(),
-        (&starts_d).into(),
-        (&rows_d).into(),
+        packed_d.arg_at(0),
+        packed_d.arg_at(order.len()),
+        packed_d.arg_at(order.len() + starts.len()),
         (&*dtable).into(),
         Arg::I32(rows.len() as i32),
         Arg::I32(dim as i32),

@@ -182,6 +182,7 @@ impl BertEncoder {
             drop((d_context, ls.context, ls.lse));
             // Q, K, V projections: weight and bias gradients, and their sum into d input.
             let mut d_input = dev.alloc::<f32>(rows * h, "d layer input")?;
+            let ones = dev.filled(rows, 1.0, "ones")?;
             for (k, which) in ["query", "key", "value"].iter().enumerate() {
                 let w = name(&format!("attention.self.{which}.weight"));
                 let b = name(&format!("attention.self.{which}.bias"));
@@ -191,7 +192,6 @@ impl BertEncoder {
                     ..Gemm::new(h, h, rows, true, false)
                 };
                 self.write_grad(&w, |g| ops::gemm(&gw, &dqkv, &ls.input, g, None))?;
-                let ones = dev.upload(&vec![1.0f32; rows], "ones")?;
                 let gb = Gemm {
                     ldb: 3 * h,
                     offset_b: k * h,

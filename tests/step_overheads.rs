@@ -1,0 +1,63 @@
+//! What a training step pays besides arithmetic: kernel launches and host waits, counted on
+//! the sizing device (it runs the engine's own step code and counts launches and copies, but
+//! runs no kernels), at BERT-base + `paper` head shapes. The counts are the same on a GPU:
+//! they depend on the code path, not on the device. Printed for the record (`--nocapture`);
+//! asserted: a steady state (every step after the first makes the same calls), launches that
+//! do not grow with the sequence length, and a bounded number of host waits.
+
+use emrclass::bench::step::{step_overheads, StepModel, StepShape};
+use emrclass::model::bert::EncoderMemory;
+use emrclass::model::heads::HeadKind;
+use emrclass::model::loss::LossKind;
+use emrclass::Device;
+
+fn bert_base(len: usize) -> StepShape {
+    StepShape {
+        layers: 12,
+        hidden: 768,
+        heads: 12,
+        intermediate: 3072,
+        vocab: 21128,
+        batch: 16,
+        len,
+        classes: 44,
+        head: HeadKind::Paper,
+        loss: LossKind::GhmCs,
+        memory: EncoderMemory::default(),
+    }
+}
+
+#[test]
+fn launches_and_host_waits_per_step_are_steady_and_bounded() {
+    let mut per_len = Vec::new();
+    for len in [128, 512] {
+        let dev = Device::sizing();
+        let mut m = StepModel::new(&dev, &bert_base(len)).unwrap();
+        m.step().unwrap(); // the first step allocates the optimizer's moments
+        let second = step_overheads(&dev, &mut m).unwrap();
+        let third = step_overheads(&dev, &mut m).unwrap();
+        assert_eq!(
+            second, third,
+            "L{len}: every steady step makes the same calls"
+        );
+        println!(
+            "BERT-base + paper, B16 L{len}: {} kernel launches, {} host waits per step",
+            second.0, second.1
+        );
+        per_len.push(second);
+    }
+    let (l128, l512) = (per_len[0], per_len[1]);
+    // The BiGRU runs its recurrence inside one kernel per direction: nothing is per token.
+    assert_eq!(
+        l128.0, l512.0,
+        "launches must not grow with the sequence length"
+    );
+    assert_eq!(
+        l128.1, l512.1,
+        "host waits must not grow with the sequence length"
+    );
+    // Per step: token ids and mask in (4), the embeddings' gradient grouping (3), lengths for
+    // the head, the Text-CNN and the BiGRU (3), labels in and loss out (2),
+    // the gradient norm out (1). Never one per tensor or per layer.
+    assert!(l128.1 <= 13, "{} host waits per step", l128.1);
+}
