@@ -81,17 +81,8 @@ extern "C" __global__ void HOT_KERNEL attention_forward(const float *__restrict_
     if (lane == 0) lse[((long long)b * heads + h) * len + i] = l > 0.0f ? m + logf(l) : float_infinity();
 }
 
-// The same forward, tiled for head sizes up to 64: a block of 256 threads owns 64 queries of
-// one (b, h) and walks the keys in tiles of 32 staged in shared memory (coalesced loads, each
-// key read once per 64 queries instead of once per query). Four threads share a query row:
-// each scores 8 of the tile's keys, the four combine the running max and normaliser with two
-// shuffles, and each accumulates 16 of the row's output dimensions from the tile's
-// (dropped-out) probabilities, also staged in shared memory. Same online softmax, same lse,
-// same dropout mask as attention_forward, so the backward kernels serve both.
-#define ATTN_TILE_Q 64
-#define ATTN_TILE_K 32
+// Head sizes up to ATTN_TILE_D take the tiled kernels below; tiles are zero past the head size.
 #define ATTN_TILE_D 64
-#define ATTN_TILE_THREADS 256
 // Stages rows row0 .. row0 + rows of one head into a shared tile [rows][ld], the whole block
 // taking part: row r of sequence b starts at src + (b * len + r) * row_stride + col0; the tile
 // is 0 past len and past the head size d.
@@ -102,82 +93,132 @@ __device__ __forceinline__ void attn_stage(float *tile, int ld, const float *__r
         tile[rr * ld + c] = (row < len && c < d) ? src[attn_row(b, row, len) * row_stride + col0 + c] : 0.0f;
     }
 }
-extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_TILE_THREADS)
-    attention_forward_tiled(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
+// The same tile, transposed: tile[c * ld + rr] holds column c of row row0 + rr. Global reads
+// stay coalesced (consecutive threads read consecutive columns of one row).
+__device__ __forceinline__ void attn_stage_transposed(float *tile, int ld, const float *__restrict__ src,
+                                                      long long row_stride, int col0, int b, int row0, int rows,
+                                                      int len, int d) {
+    for (int e = threadIdx.x; e < rows * ATTN_TILE_D; e += blockDim.x) {
+        const int rr = e / ATTN_TILE_D, c = e % ATTN_TILE_D, row = row0 + rr;
+        tile[c * ld + rr] = (row < len && c < d) ? src[attn_row(b, row, len) * row_stride + col0 + c] : 0.0f;
+    }
+}
+
+// The forward for head sizes up to 64, flash-style: a block of 256 threads owns 64 queries of
+// one (b, h); the queries stay in shared memory and the keys and values stream through it in
+// tiles of 32. Both products are register-blocked like a GEMM: for S = Q K^T each thread holds
+// a 4 x 2 block (4 queries x 2 keys) and reads, per head dimension, one float4 of queries and
+// one float2 of keys (tiles stored dimension-major); for O += P V it holds a 4 x 4 block (4
+// queries x 4 output dimensions) and reads one float4 of probabilities and one of values per
+// key -- 8 and 16 FMAs per pair of shared loads, where the previous design did one FMA per two.
+// The 16 threads that share a query row (a half-warp) combine its running max and normaliser
+// with four shuffles per tile: the same online softmax, lse and dropout mask as
+// attention_forward, so the backward kernels serve both.
+#define FLASH_Q 64
+#define FLASH_K 32
+#define FLASH_THREADS 256
+#define FLASH_PAD 4
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
+    attention_forward_flash(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
                             const int *__restrict__ key_mask, float *__restrict__ out, float *__restrict__ lse,
                             int batch, int heads, int len, int head_dim, int stride, float scale, float dropout,
                             unsigned long long seed) {
-    DYNAMIC_SHARED(float, shared);
-    float *q_sh = shared;                                        // [64][65]
-    float *k_sh = q_sh + ATTN_TILE_Q * (ATTN_TILE_D + 1);        // [32][65]
-    float *v_sh = k_sh + ATTN_TILE_K * (ATTN_TILE_D + 1);        // [32][64]
-    float *p_sh = v_sh + ATTN_TILE_K * ATTN_TILE_D;              // [64][33]
-    const int t = threadIdx.x, r = t / 4, part = t % 4;
-    const int i0 = blockIdx.x * ATTN_TILE_Q, h = blockIdx.y, b = blockIdx.z, i = i0 + r;
-    const int d = head_dim;
-    attn_stage(q_sh, ATTN_TILE_D + 1, q, stride, h * d, b, i0, ATTN_TILE_Q, len, d);
-    float acc[ATTN_TILE_D / 4];
+    __shared__ __align__(16) float q_t[ATTN_TILE_D][FLASH_Q + FLASH_PAD];
+    __shared__ __align__(16) float k_t[ATTN_TILE_D][FLASH_K + FLASH_PAD];
+    __shared__ __align__(16) float v_sh[FLASH_K][ATTN_TILE_D + FLASH_PAD];
+    __shared__ __align__(16) float p_t[FLASH_K][FLASH_Q + FLASH_PAD];
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const int i0 = blockIdx.x * FLASH_Q, h = blockIdx.y, b = blockIdx.z, d = head_dim;
+    attn_stage_transposed(&q_t[0][0], FLASH_Q + FLASH_PAD, q, stride, h * d, b, i0, FLASH_Q, len, d);
+    float acc[4][4], m[4], l[4];
 #pragma unroll
-    for (int x = 0; x < ATTN_TILE_D / 4; x++) acc[x] = 0.0f;
-    float m = -float_infinity(), l = 0.0f;
+    for (int a = 0; a < 4; a++) {
+        m[a] = -float_infinity(), l[a] = 0.0f;
+#pragma unroll
+        for (int x = 0; x < 4; x++) acc[a][x] = 0.0f;
+    }
     const float keep_scale = 1.0f / (1.0f - dropout);
-    const long long counter0 = (((long long)b * heads + h) * len + i) * len;
-    for (int j0 = 0; j0 < len; j0 += ATTN_TILE_K) {
+    for (int j0 = 0; j0 < len; j0 += FLASH_K) {
         __syncthreads();  // the previous tile's k, v and p are consumed
-        attn_stage(k_sh, ATTN_TILE_D + 1, k, stride, h * d, b, j0, ATTN_TILE_K, len, d);
-        attn_stage(v_sh, ATTN_TILE_D, v, stride, h * d, b, j0, ATTN_TILE_K, len, d);
+        attn_stage_transposed(&k_t[0][0], FLASH_K + FLASH_PAD, k, stride, h * d, b, j0, FLASH_K, len, d);
+        attn_stage(&v_sh[0][0], ATTN_TILE_D + FLASH_PAD, v, stride, h * d, b, j0, FLASH_K, len, d);
         __syncthreads();
-        // Scores of this thread's 8 keys: jj = part + 4u.
-        float s[ATTN_TILE_K / 4];
-        float tile_max = -float_infinity();
+        // Scores: queries ty*4 + a, keys tx*2 + e.
+        float s[4][2] = {};
+#pragma unroll 8
+        for (int c = 0; c < ATTN_TILE_D; c++) {
+            const float4 qa = *reinterpret_cast<const float4 *>(&q_t[c][ty * 4]);
+            const float2 kb = *reinterpret_cast<const float2 *>(&k_t[c][tx * 2]);
+            const float qv[4] = {qa.x, qa.y, qa.z, qa.w};
 #pragma unroll
-        for (int u = 0; u < ATTN_TILE_K / 4; u++) {
-            const int jj = part + 4 * u, j = j0 + jj;
-            float dot = 0.0f;
-            for (int c = 0; c < d; c++) dot = fmaf(q_sh[r * (ATTN_TILE_D + 1) + c], k_sh[jj * (ATTN_TILE_D + 1) + c], dot);
-            const bool real = j < len && attn_key_real(key_mask, b, j, len);
-            s[u] = real ? dot * scale : -float_infinity();
-            tile_max = fmaxf(tile_max, s[u]);
+            for (int a = 0; a < 4; a++) {
+                s[a][0] = fmaf(qv[a], kb.x, s[a][0]);
+                s[a][1] = fmaf(qv[a], kb.y, s[a][1]);
+            }
         }
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(FULL_MASK, tile_max, 1));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(FULL_MASK, tile_max, 2));
-        const float m_new = fmaxf(m, tile_max);
-        const bool any = m_new != -float_infinity();  // false while every key so far is padding
-        const float correction = any ? expf(m - m_new) : 1.0f;
-        float psum = 0.0f;
+        bool real[2];
 #pragma unroll
-        for (int u = 0; u < ATTN_TILE_K / 4; u++) {
-            const int jj = part + 4 * u, j = j0 + jj;
-            const float p = (any && s[u] != -float_infinity()) ? expf(s[u] - m_new) : 0.0f;
-            psum += p;
-            const bool keep = !(dropout > 0.0f) || (j < len && dropout_keep(seed, counter0 + j, dropout));
-            p_sh[r * (ATTN_TILE_K + 1) + jj] = keep ? p * keep_scale : 0.0f;
+        for (int e = 0; e < 2; e++) {
+            const int j = j0 + tx * 2 + e;
+            real[e] = j < len && attn_key_real(key_mask, b, j, len);
         }
-        psum += __shfl_xor_sync(FULL_MASK, psum, 1);
-        psum += __shfl_xor_sync(FULL_MASK, psum, 2);
-        l = l * correction + psum;
-        m = m_new;
-        __syncthreads();
-        // This thread's 16 output dimensions: c = part * 16 + x.
 #pragma unroll
-        for (int x = 0; x < ATTN_TILE_D / 4; x++) acc[x] *= correction;
-        for (int jj = 0; jj < ATTN_TILE_K; jj++) {
-            const float pj = p_sh[r * (ATTN_TILE_K + 1) + jj];
+        for (int a = 0; a < 4; a++) {
+            const int i = i0 + ty * 4 + a;
+            float tile_max = -float_infinity();
 #pragma unroll
-            for (int x = 0; x < ATTN_TILE_D / 4; x++)
-                acc[x] = fmaf(pj, v_sh[jj * ATTN_TILE_D + part * (ATTN_TILE_D / 4) + x], acc[x]);
+            for (int e = 0; e < 2; e++) {
+                s[a][e] = real[e] ? s[a][e] * scale : -float_infinity();
+                tile_max = fmaxf(tile_max, s[a][e]);
+            }
+#pragma unroll
+            for (int o = 1; o < 16; o <<= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(FULL_MASK, tile_max, o));
+            const float m_new = fmaxf(m[a], tile_max);
+            const bool any = m_new != -float_infinity();  // false while every key so far is padding
+            const float correction = any ? expf(m[a] - m_new) : 1.0f;
+            const long long counter0 = (((long long)b * heads + h) * len + i) * len;
+            float psum = 0.0f;
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int jj = tx * 2 + e, j = j0 + jj;
+                const float p = (any && real[e]) ? expf(s[a][e] - m_new) : 0.0f;
+                psum += p;
+                const bool keep = !(dropout > 0.0f) || (j < len && dropout_keep(seed, counter0 + j, dropout));
+                p_t[jj][ty * 4 + a] = keep ? p * keep_scale : 0.0f;
+            }
+#pragma unroll
+            for (int o = 1; o < 16; o <<= 1) psum += __shfl_xor_sync(FULL_MASK, psum, o);
+            l[a] = l[a] * correction + psum;
+            m[a] = m_new;
+#pragma unroll
+            for (int x = 0; x < 4; x++) acc[a][x] *= correction;
+        }
+        __syncthreads();  // every probability of the tile is in p_t
+        // Output: queries ty*4 + a, dimensions tx*4 + x.
+#pragma unroll 4
+        for (int jj = 0; jj < FLASH_K; jj++) {
+            const float4 pa = *reinterpret_cast<const float4 *>(&p_t[jj][ty * 4]);
+            const float4 vb = *reinterpret_cast<const float4 *>(&v_sh[jj][tx * 4]);
+            const float pv[4] = {pa.x, pa.y, pa.z, pa.w}, vv[4] = {vb.x, vb.y, vb.z, vb.w};
+#pragma unroll
+            for (int a = 0; a < 4; a++)
+#pragma unroll
+                for (int x = 0; x < 4; x++) acc[a][x] = fmaf(pv[a], vv[x], acc[a][x]);
         }
     }
-    if (i < len) {
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+        const int i = i0 + ty * 4 + a;
+        if (i >= len) continue;
+        const float inv = l[a] > 0.0f ? 1.0f / l[a] : 0.0f;
         float *o = out + attn_row(b, i, len) * heads * d + h * d;
 #pragma unroll
-        for (int x = 0; x < ATTN_TILE_D / 4; x++) {
-            const int c = part * (ATTN_TILE_D / 4) + x;
-            if (c < d) o[c] = acc[x] * inv;
+        for (int x = 0; x < 4; x++) {
+            const int c = tx * 4 + x;
+            if (c < d) o[c] = acc[a][x] * inv;
         }
         // A row whose keys are all padding has no distribution: +inf makes every recomputed p 0.
-        if (part == 0) lse[((long long)b * heads + h) * len + i] = l > 0.0f ? m + logf(l) : float_infinity();
+        if (tx == 0) lse[((long long)b * heads + h) * len + i] = l[a] > 0.0f ? m[a] + logf(l[a]) : float_infinity();
     }
 }
 
@@ -297,141 +338,211 @@ extern "C" __global__ void HOT_KERNEL attention_backward_q(
     }
 }
 
-// The backward, tiled for head sizes up to 64 like the forward. attention_backward_kv_tiled: a
-// block of 128 threads owns 32 keys of one (b, h) (rows in shared memory) and walks the queries
-// in tiles of 32 (q, dO, lse, delta staged); four threads share a key row, each recomputing 8
-// of the tile's (p~, ds) terms into shared memory and then accumulating 16 of the row's dk and
-// dv dimensions over the tile, in a fixed order: no atomics, the same bits every run.
-#define ATTN_BW_TILE 32
-#define ATTN_BW_THREADS 128
-#define ATTN_BW_LD (ATTN_TILE_D + 1)
-extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_BW_THREADS, 1) attention_backward_kv_tiled(
+// The backward for head sizes up to 64, register-blocked like the flash forward, in two
+// kernels so that every gradient row is summed in one place in a fixed order (no atomics, the
+// same bits every run). Tiles are row-major [32][64 + 4] in shared memory and both kernels
+// start a tile the same way: each thread recomputes a 2 x 2 block of (query, key) terms --
+// the scores q.k and dO.v from float4 reads along the head dimension (16 FMAs per 4 loads),
+// then p~ and ds from lse and delta -- into a shared term tile.
+//
+// attention_backward_kv_flash: a block of 256 threads owns 32 keys and walks the queries in
+// tiles of 32; each thread then adds, per query, p~ x dO into 2 x 4 of dv and ds x q into
+// 2 x 4 of dk (a float2 of terms and a float4 of the row per 8 FMAs).
+#define FLASH_BW 32
+#define FLASH_LD (ATTN_TILE_D + FLASH_PAD)
+
+// The 2 x 2 block of scores q_i.k_j and dO_i.v_j for queries qi, qi + 1 (rows of q_sh, do_sh)
+// and keys kj, kj + 1 (rows of k_sh, v_sh).
+__device__ __forceinline__ void flash_scores(float (*q_sh)[FLASH_LD], float (*do_sh)[FLASH_LD],
+                                             float (*k_sh)[FLASH_LD], float (*v_sh)[FLASH_LD], int qi, int kj,
+                                             float qk[2][2], float dov[2][2]) {
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) qk[a][e] = 0.0f, dov[a][e] = 0.0f;
+#pragma unroll 4
+    for (int c = 0; c < ATTN_TILE_D; c += 4) {
+        float4 qv[2], ov[2], kv[2], vv[2];
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            qv[a] = *reinterpret_cast<const float4 *>(&q_sh[qi + a][c]);
+            ov[a] = *reinterpret_cast<const float4 *>(&do_sh[qi + a][c]);
+            kv[a] = *reinterpret_cast<const float4 *>(&k_sh[kj + a][c]);
+            vv[a] = *reinterpret_cast<const float4 *>(&v_sh[kj + a][c]);
+        }
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float x = qk[a][e], y = dov[a][e];
+                x = fmaf(qv[a].x, kv[e].x, x), x = fmaf(qv[a].y, kv[e].y, x);
+                x = fmaf(qv[a].z, kv[e].z, x), x = fmaf(qv[a].w, kv[e].w, x);
+                y = fmaf(ov[a].x, vv[e].x, y), y = fmaf(ov[a].y, vv[e].y, y);
+                y = fmaf(ov[a].z, vv[e].z, y), y = fmaf(ov[a].w, vv[e].w, y);
+                qk[a][e] = x, dov[a][e] = y;
+            }
+    }
+}
+
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attention_backward_kv_flash(
     const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
     const int *__restrict__ key_mask, const float *__restrict__ dout, const float *__restrict__ lse,
     const float *__restrict__ delta, float *__restrict__ dk, float *__restrict__ dv, int batch, int heads, int len,
     int head_dim, int stride, float scale, float dropout, unsigned long long seed) {
-    DYNAMIC_SHARED(float, shared);
-    float *k_sh = shared;                                  // [32][65] this block's keys
-    float *v_sh = k_sh + ATTN_BW_TILE * ATTN_BW_LD;        // [32][65]
-    float *q_sh = v_sh + ATTN_BW_TILE * ATTN_BW_LD;        // [32][65] the query tile
-    float *do_sh = q_sh + ATTN_BW_TILE * ATTN_BW_LD;       // [32][65]
-    float *pd_sh = do_sh + ATTN_BW_TILE * ATTN_BW_LD;      // [32 keys][33]: p~ per query
-    float *ds_sh = pd_sh + ATTN_BW_TILE * (ATTN_BW_TILE + 1);  // [32 keys][33]: ds per query
-    float *stat_sh = ds_sh + ATTN_BW_TILE * (ATTN_BW_TILE + 1);  // lse [32], delta [32]
-    const int t = threadIdx.x, r = t / 4, part = t % 4;
-    const int j0 = blockIdx.x * ATTN_BW_TILE, h = blockIdx.y, b = blockIdx.z, j = j0 + r, d = head_dim;
-    attn_stage(k_sh, ATTN_BW_LD, k, stride, h * d, b, j0, ATTN_BW_TILE, len, d);
-    attn_stage(v_sh, ATTN_BW_LD, v, stride, h * d, b, j0, ATTN_BW_TILE, len, d);
-    const bool key_real = j < len && attn_key_real(key_mask, b, j, len);
-    float gk[ATTN_TILE_D / 4], gv[ATTN_TILE_D / 4];
+    __shared__ __align__(16) float k_sh[FLASH_BW][FLASH_LD];
+    __shared__ __align__(16) float v_sh[FLASH_BW][FLASH_LD];
+    __shared__ __align__(16) float q_sh[FLASH_BW][FLASH_LD];
+    __shared__ __align__(16) float do_sh[FLASH_BW][FLASH_LD];
+    __shared__ __align__(16) float pd_sh[FLASH_BW][FLASH_BW + FLASH_PAD];
+    __shared__ __align__(16) float ds_sh[FLASH_BW][FLASH_BW + FLASH_PAD];
+    __shared__ float stat_sh[2][FLASH_BW];
+    const int t = threadIdx.x;
+    // Terms: queries qi + a, keys kj + e. Sums: keys kr + e, head dimensions dc + x.
+    const int qi = (t / 16) * 2, kj = (t % 16) * 2, kr = (t / 16) * 2, dc = (t % 16) * 4;
+    const int j0 = blockIdx.x * FLASH_BW, h = blockIdx.y, b = blockIdx.z, d = head_dim;
+    attn_stage(&k_sh[0][0], FLASH_LD, k, stride, h * d, b, j0, FLASH_BW, len, d);
+    attn_stage(&v_sh[0][0], FLASH_LD, v, stride, h * d, b, j0, FLASH_BW, len, d);
+    bool key_real[2];
 #pragma unroll
-    for (int x = 0; x < ATTN_TILE_D / 4; x++) gk[x] = 0.0f, gv[x] = 0.0f;
+    for (int e = 0; e < 2; e++) key_real[e] = j0 + kj + e < len && attn_key_real(key_mask, b, j0 + kj + e, len);
+    float gk[2][4], gv[2][4];
+#pragma unroll
+    for (int e = 0; e < 2; e++)
+#pragma unroll
+        for (int x = 0; x < 4; x++) gk[e][x] = 0.0f, gv[e][x] = 0.0f;
     const long long rows0 = ((long long)b * heads + h) * len;
-    for (int i0 = 0; i0 < len; i0 += ATTN_BW_TILE) {
-        __syncthreads();  // the previous tile is consumed (and the key rows are loaded)
-        attn_stage(q_sh, ATTN_BW_LD, q, stride, h * d, b, i0, ATTN_BW_TILE, len, d);
-        attn_stage(do_sh, ATTN_BW_LD, dout, (long long)heads * d, h * d, b, i0, ATTN_BW_TILE, len, d);
-        if (t < ATTN_BW_TILE) {
+    for (int i0 = 0; i0 < len; i0 += FLASH_BW) {
+        __syncthreads();  // the previous tile is consumed (and this block's keys are staged)
+        attn_stage(&q_sh[0][0], FLASH_LD, q, stride, h * d, b, i0, FLASH_BW, len, d);
+        attn_stage(&do_sh[0][0], FLASH_LD, dout, (long long)heads * d, h * d, b, i0, FLASH_BW, len, d);
+        if (t < FLASH_BW) {
             const int i = i0 + t;
-            stat_sh[t] = i < len ? lse[rows0 + i] : float_infinity();
-            stat_sh[ATTN_BW_TILE + t] = i < len ? delta[rows0 + i] : 0.0f;
+            stat_sh[0][t] = i < len ? lse[rows0 + i] : float_infinity();
+            stat_sh[1][t] = i < len ? delta[rows0 + i] : 0.0f;
         }
         __syncthreads();
+        float qk[2][2], dov[2][2];
+        flash_scores(q_sh, do_sh, k_sh, v_sh, qi, kj, qk, dov);
 #pragma unroll
-        for (int u = 0; u < ATTN_BW_TILE / 4; u++) {
-            const int ii = part + 4 * u, i = i0 + ii;
-            float qk = 0.0f, dov = 0.0f;
-            for (int c = 0; c < d; c++) {
-                qk = fmaf(q_sh[ii * ATTN_BW_LD + c], k_sh[r * ATTN_BW_LD + c], qk);
-                dov = fmaf(do_sh[ii * ATTN_BW_LD + c], v_sh[r * ATTN_BW_LD + c], dov);
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int i = i0 + qi + a, j = j0 + kj + e;
+                float pd = 0.0f, ds = 0.0f;
+                if (key_real[e] && i < len) {
+                    const bool keep = !(dropout > 0.0f) || dropout_keep(seed, (rows0 + i) * len + j, dropout);
+                    const AttnTerm term =
+                        attn_term(qk[a][e], dov[a][e], stat_sh[0][qi + a], stat_sh[1][qi + a], scale, dropout, keep);
+                    pd = term.p_dropped, ds = term.ds * scale;
+                }
+                pd_sh[qi + a][kj + e] = pd;
+                ds_sh[qi + a][kj + e] = ds;
             }
-            float pd = 0.0f, ds = 0.0f;
-            if (key_real && i < len) {
-                const bool keep = !(dropout > 0.0f) || dropout_keep(seed, (rows0 + i) * len + j, dropout);
-                const AttnTerm a = attn_term(qk, dov, stat_sh[ii], stat_sh[ATTN_BW_TILE + ii], scale, dropout, keep);
-                pd = a.p_dropped, ds = a.ds * scale;
-            }
-            pd_sh[r * (ATTN_BW_TILE + 1) + ii] = pd;
-            ds_sh[r * (ATTN_BW_TILE + 1) + ii] = ds;
-        }
         __syncthreads();
-        for (int ii = 0; ii < ATTN_BW_TILE; ii++) {
-            const float pd = pd_sh[r * (ATTN_BW_TILE + 1) + ii], ds = ds_sh[r * (ATTN_BW_TILE + 1) + ii];
+#pragma unroll 4
+        for (int ii = 0; ii < FLASH_BW; ii++) {
+            const float2 p2 = *reinterpret_cast<const float2 *>(&pd_sh[ii][kr]);
+            const float2 s2 = *reinterpret_cast<const float2 *>(&ds_sh[ii][kr]);
+            const float4 o4 = *reinterpret_cast<const float4 *>(&do_sh[ii][dc]);
+            const float4 q4 = *reinterpret_cast<const float4 *>(&q_sh[ii][dc]);
+            const float pv[2] = {p2.x, p2.y}, sv[2] = {s2.x, s2.y};
+            const float ov[4] = {o4.x, o4.y, o4.z, o4.w}, qv[4] = {q4.x, q4.y, q4.z, q4.w};
 #pragma unroll
-            for (int x = 0; x < ATTN_TILE_D / 4; x++) {
-                const int c = part * (ATTN_TILE_D / 4) + x;
-                gv[x] = fmaf(pd, do_sh[ii * ATTN_BW_LD + c], gv[x]);
-                gk[x] = fmaf(ds, q_sh[ii * ATTN_BW_LD + c], gk[x]);
-            }
+            for (int e = 0; e < 2; e++)
+#pragma unroll
+                for (int x = 0; x < 4; x++) {
+                    gv[e][x] = fmaf(pv[e], ov[x], gv[e][x]);
+                    gk[e][x] = fmaf(sv[e], qv[x], gk[e][x]);
+                }
         }
     }
-    if (j < len) {
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        const int j = j0 + kr + e;
+        if (j >= len) continue;
         const long long krow = attn_row(b, j, len) * stride + h * d;
 #pragma unroll
-        for (int x = 0; x < ATTN_TILE_D / 4; x++) {
-            const int c = part * (ATTN_TILE_D / 4) + x;
-            if (c < d) dk[krow + c] = gk[x], dv[krow + c] = gv[x];
+        for (int x = 0; x < 4; x++) {
+            const int c = dc + x;
+            if (c < d) dk[krow + c] = gk[e][x], dv[krow + c] = gv[e][x];
         }
     }
 }
 
-// dq, tiled: a block of 128 threads owns 32 queries (q and dO rows staged once) and walks the
-// keys in tiles of 32; four threads per query row recompute 8 ds terms each into shared memory,
-// then accumulate 16 of the row's dq dimensions over the tile, in a fixed order.
-extern "C" __global__ void HOT_KERNEL __launch_bounds__(ATTN_BW_THREADS, 1) attention_backward_q_tiled(
+// dq, register-blocked: a block of 256 threads owns 32 queries and walks the keys in tiles of
+// 32; after the terms, each thread adds, per key, ds x k into 2 x 4 of dq.
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attention_backward_q_flash(
     const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
     const int *__restrict__ key_mask, const float *__restrict__ dout, const float *__restrict__ lse,
     const float *__restrict__ delta, float *__restrict__ dq, int batch, int heads, int len, int head_dim, int stride,
     float scale, float dropout, unsigned long long seed) {
-    DYNAMIC_SHARED(float, shared);
-    float *q_sh = shared;                                  // [32][65] this block's queries
-    float *do_sh = q_sh + ATTN_BW_TILE * ATTN_BW_LD;       // [32][65]
-    float *k_sh = do_sh + ATTN_BW_TILE * ATTN_BW_LD;       // [32][65] the key tile
-    float *v_sh = k_sh + ATTN_BW_TILE * ATTN_BW_LD;        // [32][65]
-    float *ds_sh = v_sh + ATTN_BW_TILE * ATTN_BW_LD;       // [32 queries][33]
-    const int t = threadIdx.x, r = t / 4, part = t % 4;
-    const int i0 = blockIdx.x * ATTN_BW_TILE, h = blockIdx.y, b = blockIdx.z, i = i0 + r, d = head_dim;
-    attn_stage(q_sh, ATTN_BW_LD, q, stride, h * d, b, i0, ATTN_BW_TILE, len, d);
-    attn_stage(do_sh, ATTN_BW_LD, dout, (long long)heads * d, h * d, b, i0, ATTN_BW_TILE, len, d);
-    const long long row = ((long long)b * heads + h) * len + i;
-    const float lse_i = i < len ? lse[row] : float_infinity(), delta_i = i < len ? delta[row] : 0.0f;
-    float gq[ATTN_TILE_D / 4];
+    __shared__ __align__(16) float q_sh[FLASH_BW][FLASH_LD];
+    __shared__ __align__(16) float do_sh[FLASH_BW][FLASH_LD];
+    __shared__ __align__(16) float k_sh[FLASH_BW][FLASH_LD];
+    __shared__ __align__(16) float v_sh[FLASH_BW][FLASH_LD];
+    __shared__ __align__(16) float ds_t[FLASH_BW][FLASH_BW + FLASH_PAD];
+    const int t = threadIdx.x;
+    // Terms: queries qi + a, keys kj + e. Sums: queries qr + a, head dimensions dc + x.
+    const int qi = (t / 16) * 2, kj = (t % 16) * 2, qr = (t / 16) * 2, dc = (t % 16) * 4;
+    const int i0 = blockIdx.x * FLASH_BW, h = blockIdx.y, b = blockIdx.z, d = head_dim;
+    attn_stage(&q_sh[0][0], FLASH_LD, q, stride, h * d, b, i0, FLASH_BW, len, d);
+    attn_stage(&do_sh[0][0], FLASH_LD, dout, (long long)heads * d, h * d, b, i0, FLASH_BW, len, d);
+    const long long rows0 = ((long long)b * heads + h) * len;
+    float lse_q[2], delta_q[2];
 #pragma unroll
-    for (int x = 0; x < ATTN_TILE_D / 4; x++) gq[x] = 0.0f;
-    for (int j0 = 0; j0 < len; j0 += ATTN_BW_TILE) {
-        __syncthreads();
-        attn_stage(k_sh, ATTN_BW_LD, k, stride, h * d, b, j0, ATTN_BW_TILE, len, d);
-        attn_stage(v_sh, ATTN_BW_LD, v, stride, h * d, b, j0, ATTN_BW_TILE, len, d);
-        __syncthreads();
+    for (int a = 0; a < 2; a++) {
+        const int i = i0 + qi + a;
+        lse_q[a] = i < len ? lse[rows0 + i] : float_infinity();
+        delta_q[a] = i < len ? delta[rows0 + i] : 0.0f;
+    }
+    float gq[2][4];
 #pragma unroll
-        for (int u = 0; u < ATTN_BW_TILE / 4; u++) {
-            const int jj = part + 4 * u, j = j0 + jj;
-            float qk = 0.0f, dov = 0.0f;
-            for (int c = 0; c < d; c++) {
-                qk = fmaf(q_sh[r * ATTN_BW_LD + c], k_sh[jj * ATTN_BW_LD + c], qk);
-                dov = fmaf(do_sh[r * ATTN_BW_LD + c], v_sh[jj * ATTN_BW_LD + c], dov);
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int x = 0; x < 4; x++) gq[a][x] = 0.0f;
+    for (int j0 = 0; j0 < len; j0 += FLASH_BW) {
+        __syncthreads();  // the previous tile is consumed (and this block's queries are staged)
+        attn_stage(&k_sh[0][0], FLASH_LD, k, stride, h * d, b, j0, FLASH_BW, len, d);
+        attn_stage(&v_sh[0][0], FLASH_LD, v, stride, h * d, b, j0, FLASH_BW, len, d);
+        __syncthreads();
+        float qk[2][2], dov[2][2];
+        flash_scores(q_sh, do_sh, k_sh, v_sh, qi, kj, qk, dov);
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int j = j0 + kj + e;
+            const bool real = j < len && attn_key_real(key_mask, b, j, len);
+#pragma unroll
+            for (int a = 0; a < 2; a++) {
+                const int i = i0 + qi + a;
+                float ds = 0.0f;
+                if (real && i < len) {
+                    const bool keep = !(dropout > 0.0f) || dropout_keep(seed, (rows0 + i) * len + j, dropout);
+                    ds = attn_term(qk[a][e], dov[a][e], lse_q[a], delta_q[a], scale, dropout, keep).ds * scale;
+                }
+                ds_t[kj + e][qi + a] = ds;
             }
-            float ds = 0.0f;
-            if (i < len && j < len && attn_key_real(key_mask, b, j, len)) {
-                const bool keep = !(dropout > 0.0f) || dropout_keep(seed, row * len + j, dropout);
-                ds = attn_term(qk, dov, lse_i, delta_i, scale, dropout, keep).ds * scale;
-            }
-            ds_sh[r * (ATTN_BW_TILE + 1) + jj] = ds;
         }
         __syncthreads();
-        for (int jj = 0; jj < ATTN_BW_TILE; jj++) {
-            const float ds = ds_sh[r * (ATTN_BW_TILE + 1) + jj];
+#pragma unroll 4
+        for (int jj = 0; jj < FLASH_BW; jj++) {
+            const float2 s2 = *reinterpret_cast<const float2 *>(&ds_t[jj][qr]);
+            const float4 k4 = *reinterpret_cast<const float4 *>(&k_sh[jj][dc]);
+            const float sv[2] = {s2.x, s2.y}, kv[4] = {k4.x, k4.y, k4.z, k4.w};
 #pragma unroll
-            for (int x = 0; x < ATTN_TILE_D / 4; x++)
-                gq[x] = fmaf(ds, k_sh[jj * ATTN_BW_LD + part * (ATTN_TILE_D / 4) + x], gq[x]);
+            for (int a = 0; a < 2; a++)
+#pragma unroll
+                for (int x = 0; x < 4; x++) gq[a][x] = fmaf(sv[a], kv[x], gq[a][x]);
         }
     }
-    if (i < len) {
+#pragma unroll
+    for (int a = 0; a < 2; a++) {
+        const int i = i0 + qr + a;
+        if (i >= len) continue;
         const long long qrow = attn_row(b, i, len) * stride + h * d;
 #pragma unroll
-        for (int x = 0; x < ATTN_TILE_D / 4; x++) {
-            const int c = part * (ATTN_TILE_D / 4) + x;
-            if (c < d) dq[qrow + c] = gq[x];
+        for (int x = 0; x < 4; x++) {
+            const int c = dc + x;
+            if (c < d) dq[qrow + c] = gq[a][x];
         }
     }
 }

@@ -90,7 +90,8 @@ pub fn gemm(dev: &Device, g: &Gemm, tile: Option<GemmTile>, reps: usize) -> Resu
     let a = dev.upload(&to_f32(&rng.normals(m * k, 1.0)), "A")?;
     let b = dev.upload(&to_f32(&rng.normals(k * n, 1.0)), "B")?;
     let mut c = dev.zeros::<f32>(m * n, "C")?;
-    let tile = tile.unwrap_or_else(|| GemmTile::for_shape(g, dev.multiprocessors()));
+    let picked = GemmTile::for_shape(g, dev.multiprocessors());
+    let tile = tile.unwrap_or(picked);
     let mut run = || ops::gemm_with_tile(g, tile, &a, &b, &mut c, None);
     run()?;
     dev.synchronize()?;
@@ -118,7 +119,7 @@ pub fn gemm(dev: &Device, g: &Gemm, tile: Option<GemmTile>, reps: usize) -> Resu
         ms,
     );
     out.spec = json!({"family": "gemm", "m": m, "n": n, "k": k, "trans_a": g.trans_a,
-                      "trans_b": g.trans_b, "tile": tile.name()});
+                      "trans_b": g.trans_b, "tile": tile.name(), "picked": tile == picked});
     Ok(out)
 }
 

@@ -22,6 +22,9 @@ fn cases() -> Vec<Case> {
         (1, 2, 33, 33, vec![20], false, 0.3),
         (3, 1, 40, 128, vec![40, 1, 17], false, 0.1),
         (2, 2, 70, 16, vec![70, 65], true, 0.2),
+        // The tiled kernels at BERT-base's head size: a sequence that is all padding (no
+        // distribution: zero output and gradients), two query tiles, four key tiles.
+        (2, 1, 100, 64, vec![0, 97], false, 0.1),
     ]
 }
 

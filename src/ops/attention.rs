@@ -111,23 +111,22 @@ pub fn forward(
     if a.head_dim <= TILED_MAX_HEAD_DIM {
         qkv[0]
             .device()
-            .launch("attention_forward_tiled", tiled_cfg(a), &args)
+            .launch("attention_forward_flash", flash_cfg(a), &args)
     } else {
         qkv[0].device().launch(OP, a.cfg(), &args)
     }
 }
 
-/// Head sizes the tiled forward takes (ATTN_TILE_D in kernels/attention.cu); larger ones go to
-/// the warp-per-query kernel.
+/// Head sizes the tiled kernels take (ATTN_TILE_D in kernels/attention.cu); larger ones go to
+/// the warp-per-query kernels.
 pub const TILED_MAX_HEAD_DIM: usize = 64;
 
-/// 64 queries per block, 256 threads; shared memory for the query tile [64][65], a key tile
-/// [32][65], a value tile [32][64] and the probabilities [64][33].
-fn tiled_cfg(a: &Attention) -> LaunchConfig {
+/// 64 queries per block of 256 threads; the tiles are static shared memory (43 KiB).
+fn flash_cfg(a: &Attention) -> LaunchConfig {
     LaunchConfig {
         grid: (a.len.div_ceil(64) as u32, a.heads as u32, a.batch as u32),
         block: (256, 1, 1),
-        shared_bytes: ((64 * 65 + 32 * 65 + 32 * 64 + 64 * 33) * 4) as u32,
+        shared_bytes: 0,
     }
 }
 
@@ -193,23 +192,14 @@ pub fn backward(
     let kv_args = common(vec![dk.arg_at(a.offsets[1]), dv.arg_at(a.offsets[2])]);
     let q_args = common(vec![dq.arg_at(a.offsets[0])]);
     if a.head_dim <= TILED_MAX_HEAD_DIM {
-        // 32 keys (queries) per block of 128 threads; shared memory for four [32][65] tiles and,
-        // for kv, two [32][33] term tiles and 64 row statistics; for q, one term tile.
-        let cfg = |floats: usize| LaunchConfig {
+        // 32 keys (queries) per block of 256 threads; the tiles are static shared memory.
+        let cfg = LaunchConfig {
             grid: (a.len.div_ceil(32) as u32, a.heads as u32, a.batch as u32),
-            block: (128, 1, 1),
-            shared_bytes: (floats * 4) as u32,
+            block: (256, 1, 1),
+            shared_bytes: 0,
         };
-        dev.launch(
-            "attention_backward_kv_tiled",
-            cfg(4 * 32 * 65 + 2 * 32 * 33 + 64),
-            &kv_args,
-        )?;
-        dev.launch(
-            "attention_backward_q_tiled",
-            cfg(4 * 32 * 65 + 32 * 33),
-            &q_args,
-        )
+        dev.launch("attention_backward_kv_flash", cfg, &kv_args)?;
+        dev.launch("attention_backward_q_flash", cfg, &q_args)
     } else {
         dev.launch("attention_backward_kv", a.cfg(), &kv_args)?;
         dev.launch("attention_backward_q", a.cfg(), &q_args)

@@ -131,19 +131,43 @@ impl GemmTile {
         g.m.div_ceil(bm) * g.n.div_ceil(bn) * g.batch
     }
 
-    /// The largest tile whose grid still gives every SM two blocks (each instance is limited to
-    /// 128 registers so that two fit on an sm_61 SM) and wastes at most a fifth of its
-    /// arithmetic on edge padding; 64 x 64 when none does. Bigger tiles do more FMAs per byte
-    /// loaded; smaller ones keep a large GPU busy on products like BERT's 2048 x 768.
+    /// Arithmetic rate of an SM busy with this tile, relative to 128 x 128: fewer FMAs per
+    /// shared load and per global byte for smaller tiles. Calibrated on the GTX 1050 Ti timing
+    /// model (`benches/pascal-model/`, 512^3: 324,251 / 351,350 / 383,596 cycles for the three,
+    /// with 3, 6 and 11 blocks on the busiest SM): per unit of work, 128 x 64 ran at 0.92 and
+    /// 64 x 64 at 0.77 of 128 x 128's rate. To be re-measured on GPUs (`emrclass bench gemm
+    /// --tiles all`).
+    pub fn relative_rate(self) -> f64 {
+        match self {
+            GemmTile::T128x128 => 1.0,
+            GemmTile::T128x64 => 0.92,
+            GemmTile::T64x64 => 0.77,
+        }
+    }
+
+    /// The estimated time of `g` with this tile, in units of one 128 x 128 tile's work: blocks
+    /// spread evenly over the SMs, the busiest SM's share at this tile's rate. Edge padding
+    /// counts (a padded block costs what a full one does), and so does a last, partial round.
+    pub fn estimated_cost(self, g: &Gemm, multiprocessors: usize) -> f64 {
+        let (bm, bn) = self.dims();
+        let per_sm = self.blocks(g).div_ceil(multiprocessors.max(1));
+        per_sm as f64 * (bm * bn) as f64 / (128.0 * 128.0) / self.relative_rate()
+    }
+
+    /// The tile with the least estimated cost on a GPU with `multiprocessors` SMs (the larger
+    /// one on a tie). Bigger tiles do more FMAs per byte loaded; smaller ones keep every SM of
+    /// a large GPU busy on products like BERT's 2048 x 768.
     pub fn for_shape(g: &Gemm, multiprocessors: usize) -> GemmTile {
-        let useful = |t: GemmTile| {
-            let (bm, bn) = t.dims();
-            (g.m * g.n) as f64 / (g.m.div_ceil(bm) * bm * g.n.div_ceil(bn) * bn) as f64
-        };
         GemmTile::ALL
             .into_iter()
-            .find(|&t| t.blocks(g) >= 2 * multiprocessors && useful(t) >= 0.8)
-            .unwrap_or(GemmTile::T64x64)
+            .fold(None::<(GemmTile, f64)>, |best, t| {
+                let cost = t.estimated_cost(g, multiprocessors);
+                match best {
+                    Some((_, c)) if c <= cost => best,
+                    _ => Some((t, cost)),
+                }
+            })
+            .map_or(GemmTile::T64x64, |(t, _)| t)
     }
 }
 
@@ -252,11 +276,11 @@ mod tests {
         ] {
             assert_eq!(GemmTile::for_shape(&nn(m, n, k), 6), GemmTile::T128x128);
         }
-        // An H200 (132 SMs) needs 264 blocks: 2048 x 2304 has 288 large tiles, 2048 x 768 only
-        // 96, and 192 of 128 x 64, so it takes 64 x 64 (384).
+        // On an H200 (132 SMs) the large tile leaves SMs idle: 2048 x 2304 is 288 large tiles
+        // (3 rounds of 132), 2048 x 768 only 96.
         assert_eq!(
             GemmTile::for_shape(&nn(2048, 2304, 768), 132),
-            GemmTile::T128x128
+            GemmTile::T128x64
         );
         assert_eq!(
             GemmTile::for_shape(&nn(2048, 768, 3072), 132),
@@ -266,6 +290,10 @@ mod tests {
             GemmTile::for_shape(&nn(4096, 768, 768), 132),
             GemmTile::T128x64
         );
+        // 512^3 on 6 SMs: the order the timing model measured (128 x 128 fastest).
+        let cube = nn(512, 512, 512);
+        let costs = GemmTile::ALL.map(|t| t.estimated_cost(&cube, 6));
+        assert!(costs[0] < costs[1] && costs[1] < costs[2], "{costs:?}");
         // Mostly padding (a 12 x 12 attention block): never the large tile.
         let scores = Gemm::new(12, 12, 64, false, true).batched(192);
         assert_eq!(GemmTile::for_shape(&scores, 6), GemmTile::T64x64);

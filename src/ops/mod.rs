@@ -75,7 +75,6 @@ pub fn threads_per_block(kernel: &str) -> u32 {
         | "attention_backward_q" => rows::THREADS_PER_BLOCK,
         // Up to 1024 (one per gate row, or 2-4 per hidden unit): the report shows the most.
         "gru_forward" | "gru_backward" | "lstm_forward" | "lstm_backward" => 1024,
-        "attention_backward_kv_tiled" | "attention_backward_q_tiled" => 128,
         _ => 256,
     }
 }

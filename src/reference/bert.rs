@@ -118,6 +118,17 @@ fn attention_shape(c: &BertConfig, batch: usize, len: usize) -> Attention {
     }
 }
 
+impl Tape {
+    /// Which FFN pre-activations are positive, layer after layer: the piece of ReLU's piecewise
+    /// linear function the forward ran on (finite differences must not step across a kink).
+    pub fn activation_signs(&self) -> Vec<bool> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.inter.iter().map(|&v| v > 0.0))
+            .collect()
+    }
+}
+
 /// last_hidden_state [B, L, H] and pooler_output [B, H], with what backward needs.
 pub fn forward(
     c: &BertConfig,
