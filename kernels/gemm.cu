@@ -3,6 +3,8 @@
 #include "common.cuh"
 
 #define GEMM_THREADS 256
+#define GEMM_GELU 1
+#define GEMM_RELU 2
 // Shared-memory rows are padded by 4 floats: the transposing stores of a warp then fall on 32
 // different banks, and every row start stays 16-byte aligned for float4 reads.
 #define GEMM_SMEM_PAD 4
@@ -18,6 +20,14 @@ __device__ __forceinline__ void load4(const float *__restrict__ s, int rows, int
         return;
     }
     for (int j = 0; j < 4; j++) v[j] = (r < rows && c + j < cols) ? s[(long long)r * ld + c + j] : 0.0f;
+}
+
+__device__ __forceinline__ void load_float4(const float *p, float v[4]) {
+    const float4 q = *reinterpret_cast<const float4 *>(p);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+}
+__device__ __forceinline__ void store_float4(float *p, const float v[4]) {
+    *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
 }
 
 // One operand's BK-deep slice, staged k-major in shared memory: tile[k][i] for i along the
@@ -69,6 +79,13 @@ struct SliceLoader {
 // the matrices (float4 only when a group is in bounds and aligned), stores are masked, and
 // beta == 0 never reads C (BLAS semantics: C may hold garbage).
 //
+// The epilogue fuses what the encoder would otherwise do in extra passes over C, per element
+// in this order: alpha * acc (+ beta * C) (+ bias); inverted dropout when dropout > 0, with the
+// mask of dropout_forward over a dense [batch, M, N] C (element index (b * M + m) * N + n);
+// + residual (laid out like C: same ldc and batch stride); then C is written and, when act_out
+// is given (laid out like C), the activation of C too (GEMM_GELU or GEMM_RELU) -- the FFN keeps
+// its pre-activation for backward and hands the activation to the next product.
+//
 // Layouts (row-major): op(A) is M x K (A is M x K, or K x M when trans_a), op(B) is K x N (B is
 // K x N, or N x K when trans_b), C is M x N. Batch b (blockIdx.z) offsets A, B and C by
 // b * stride_a, b * stride_b, b * stride_c. bias (length N, may be null) is added to each row.
@@ -77,7 +94,9 @@ __device__ __forceinline__ void gemm_tiled(const float *__restrict__ A, const fl
                                            float *__restrict__ C, const float *__restrict__ bias, int M, int N,
                                            int K, int lda, int ldb, int ldc, long long stride_a,
                                            long long stride_b, long long stride_c, int trans_a, int trans_b,
-                                           float alpha, float beta) {
+                                           float alpha, float beta, const float *__restrict__ residual,
+                                           float *__restrict__ act_out, int activation, float dropout,
+                                           unsigned long long seed) {
     static_assert((BM / TM) * (BN / TN) == GEMM_THREADS, "one TM x TN block per thread");
     static_assert(TM % 4 == 0 && TN % 4 == 0 && BK % 4 == 0, "float4 groups");
     __shared__ __align__(16) float As[2][BK][BM + GEMM_SMEM_PAD];
@@ -145,38 +164,58 @@ __device__ __forceinline__ void gemm_tiled(const float *__restrict__ A, const fl
         __syncthreads();
     }
 
-    // Epilogue: alpha * acc (+ beta * C) (+ bias), float4 where a group is whole and aligned.
-    const bool c_vec = ldc % 4 == 0 && stride_c % 4 == 0 && aligned16(C) && (!bias || aligned16(bias));
+    // Epilogue, float4 where a group is whole and every pointer aligned.
+    const bool c_vec = ldc % 4 == 0 && stride_c % 4 == 0 && aligned16(C) && (!bias || aligned16(bias)) &&
+                       (!residual || aligned16(residual + blockIdx.z * stride_c)) &&
+                       (!act_out || aligned16(act_out + blockIdx.z * stride_c));
+    const float keep_scale = 1.0f / (1.0f - dropout);
 #pragma unroll
     for (int gm = 0; gm < GROUPS_M; gm++) {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int m = m0 + gm * STRIDE_M + ty * 4 + i;
             if (m >= M) continue;
-            float *row = C + (long long)m * ldc;
+            const long long row = blockIdx.z * stride_c + (long long)m * ldc;  // from the batch's start
+            // The dropout counter: the element's index in a dense [batch, M, N] C.
+            const long long counter_row = ((long long)blockIdx.z * M + m) * N;
 #pragma unroll
             for (int gn = 0; gn < GROUPS_N; gn++) {
                 const int n = n0 + gn * STRIDE_N + tx * 4;
+                const bool vec = c_vec && n + 3 < N;
                 float out[4];
 #pragma unroll
                 for (int j = 0; j < 4; j++) out[j] = alpha * acc[gm * 4 + i][gn * 4 + j];
-                if (c_vec && n + 3 < N) {
-                    if (beta != 0.0f) {
-                        const float4 c = *reinterpret_cast<const float4 *>(row + n);
-                        out[0] += beta * c.x, out[1] += beta * c.y, out[2] += beta * c.z, out[3] += beta * c.w;
-                    }
-                    if (bias) {
-                        const float4 bv = *reinterpret_cast<const float4 *>(bias + n);
-                        out[0] += bv.x, out[1] += bv.y, out[2] += bv.z, out[3] += bv.w;
-                    }
-                    *reinterpret_cast<float4 *>(row + n) = make_float4(out[0], out[1], out[2], out[3]);
+                float c_old[4] = {}, b_add[4] = {}, r_add[4] = {};
+                if (vec) {
+                    if (beta != 0.0f) load_float4(C + (long long)m * ldc + n, c_old);
+                    if (bias) load_float4(bias + n, b_add);
+                    if (residual) load_float4(residual + row + n, r_add);
                 } else {
                     for (int j = 0; j < 4 && n + j < N; j++) {
-                        float o = out[j];
-                        if (beta != 0.0f) o += beta * row[n + j];
-                        if (bias) o += bias[n + j];
-                        row[n + j] = o;
+                        if (beta != 0.0f) c_old[j] = C[(long long)m * ldc + n + j];
+                        if (bias) b_add[j] = bias[n + j];
+                        if (residual) r_add[j] = residual[row + n + j];
                     }
+                }
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    float o = out[j];
+                    if (beta != 0.0f) o += beta * c_old[j];
+                    if (bias) o += b_add[j];
+                    if (dropout > 0.0f) o = dropout_keep(seed, counter_row + n + j, dropout) ? o * keep_scale : 0.0f;
+                    if (residual) o += r_add[j];
+                    out[j] = o;
+                }
+                if (vec) store_float4(C + (long long)m * ldc + n, out);
+                else
+                    for (int j = 0; j < 4 && n + j < N; j++) C[(long long)m * ldc + n + j] = out[j];
+                if (act_out) {
+                    float act[4];
+#pragma unroll
+                    for (int j = 0; j < 4; j++) act[j] = activation == GEMM_GELU ? gelu(out[j]) : fmaxf(out[j], 0.0f);
+                    if (vec) store_float4(act_out + row + n, act);
+                    else
+                        for (int j = 0; j < 4 && n + j < N; j++) act_out[row + n + j] = act[j];
                 }
             }
         }
@@ -185,14 +224,18 @@ __device__ __forceinline__ void gemm_tiled(const float *__restrict__ A, const fl
 
 // The three instances. Large products take 128 x 128 tiles (8 x 8 per thread: the most FMAs per
 // shared load); 128 x 64 and 64 x 64 give more blocks where the large tile would leave SMs idle.
-// __launch_bounds__(256, 2): at most 128 registers, so two blocks share an SM on sm_61.
-#define GEMM_PASS A, B, C, bias, M, N, K, lda, ldb, ldc, stride_a, stride_b, stride_c, trans_a, trans_b, alpha, beta
+// __launch_bounds__(256, 2): at most 128 registers, so two blocks share an SM on sm_61; three
+// for 64 x 64 (at most 80).
+#define GEMM_PASS                                                                                                 \
+    A, B, C, bias, M, N, K, lda, ldb, ldc, stride_a, stride_b, stride_c, trans_a, trans_b, alpha, beta, residual, \
+        act_out, activation, dropout, seed
 
 extern "C" __global__ void HOT_KERNEL __launch_bounds__(GEMM_THREADS, 2)
     gemm_f32_128x128(const float *__restrict__ A, const float *__restrict__ B, float *__restrict__ C,
                      const float *__restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc,
                      long long stride_a, long long stride_b, long long stride_c, int trans_a, int trans_b,
-                     float alpha, float beta) {
+                     float alpha, float beta, const float *__restrict__ residual, float *__restrict__ act_out,
+                     int activation, float dropout, unsigned long long seed) {
     gemm_tiled<128, 128, 8, 8, 8>(GEMM_PASS);
 }
 
@@ -200,14 +243,16 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(GEMM_THREADS, 2)
     gemm_f32_128x64(const float *__restrict__ A, const float *__restrict__ B, float *__restrict__ C,
                     const float *__restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc,
                     long long stride_a, long long stride_b, long long stride_c, int trans_a, int trans_b,
-                    float alpha, float beta) {
+                    float alpha, float beta, const float *__restrict__ residual, float *__restrict__ act_out,
+                    int activation, float dropout, unsigned long long seed) {
     gemm_tiled<128, 64, 16, 8, 4>(GEMM_PASS);
 }
 
-extern "C" __global__ void HOT_KERNEL __launch_bounds__(GEMM_THREADS, 2)
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(GEMM_THREADS, 3)
     gemm_f32_64x64(const float *__restrict__ A, const float *__restrict__ B, float *__restrict__ C,
                    const float *__restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc,
                    long long stride_a, long long stride_b, long long stride_c, int trans_a, int trans_b,
-                   float alpha, float beta) {
+                   float alpha, float beta, const float *__restrict__ residual, float *__restrict__ act_out,
+                   int activation, float dropout, unsigned long long seed) {
     gemm_tiled<64, 64, 16, 4, 4>(GEMM_PASS);
 }

@@ -225,9 +225,13 @@ fn the_planner_picks_the_least_costly_strategy_that_fits() {
     };
     let peaks: Vec<usize> = (0..=3).map(|k| peak(k, false, 8)).collect();
     // Each recomputed layer saves a layer's activations, except the top one: its backward
-    // comes first, when its activations are made again anyway (a few bytes differ).
+    // comes first, when its activations are made again anyway (under a quarter of a layer
+    // differs: what the top layer's forward holds besides them).
     assert!(peaks[1] < peaks[0] && peaks[2] < peaks[1], "{peaks:?}");
-    assert!(peaks[3] <= peaks[2] && (peaks[2] - peaks[3]) * 10 < peaks[1] - peaks[2]);
+    assert!(
+        peaks[3] <= peaks[2] && (peaks[2] - peaks[3]) * 4 < peaks[1] - peaks[2],
+        "{peaks:?}"
+    );
     // Room for exactly the peak of recomputing 2 layers: 2 is chosen.
     let fit = |usable: usize| {
         plan::plan(&Request {

@@ -52,11 +52,14 @@ int main(int argc, char **argv) {
     dim3 grid((N + bn - 1) / bn, (M + bm - 1) / bm, 1), block(256);
     auto t0 = std::chrono::steady_clock::now();
     if (bm == 128 && bn == 128)
-        gemm_f32_128x128<<<grid, block>>>(dA, dB, dC, nullptr, M, N, K, lda, ldb, N, 0LL, 0LL, 0LL, ta, tb, 1.0f, 0.0f);
+        gemm_f32_128x128<<<grid, block>>>(dA, dB, dC, nullptr, M, N, K, lda, ldb, N, 0LL, 0LL, 0LL, ta, tb, 1.0f, 0.0f,
+                                          nullptr, nullptr, 0, 0.0f, 0ULL);
     else if (bm == 128)
-        gemm_f32_128x64<<<grid, block>>>(dA, dB, dC, nullptr, M, N, K, lda, ldb, N, 0LL, 0LL, 0LL, ta, tb, 1.0f, 0.0f);
+        gemm_f32_128x64<<<grid, block>>>(dA, dB, dC, nullptr, M, N, K, lda, ldb, N, 0LL, 0LL, 0LL, ta, tb, 1.0f, 0.0f,
+                                          nullptr, nullptr, 0, 0.0f, 0ULL);
     else
-        gemm_f32_64x64<<<grid, block>>>(dA, dB, dC, nullptr, M, N, K, lda, ldb, N, 0LL, 0LL, 0LL, ta, tb, 1.0f, 0.0f);
+        gemm_f32_64x64<<<grid, block>>>(dA, dB, dC, nullptr, M, N, K, lda, ldb, N, 0LL, 0LL, 0LL, ta, tb, 1.0f, 0.0f,
+                                          nullptr, nullptr, 0, 0.0f, 0ULL);
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     auto t1 = std::chrono::steady_clock::now();

@@ -92,7 +92,7 @@ pub fn gemm(dev: &Device, g: &Gemm, tile: Option<GemmTile>, reps: usize) -> Resu
     let mut c = dev.zeros::<f32>(m * n, "C")?;
     let picked = GemmTile::for_shape(g, dev.multiprocessors());
     let tile = tile.unwrap_or(picked);
-    let mut run = || ops::gemm_with_tile(g, tile, &a, &b, &mut c, None);
+    let mut run = || ops::gemm_with_tile(g, tile, &a, &b, &mut c, None, Default::default());
     run()?;
     dev.synchronize()?;
     let mut times = Vec::with_capacity(reps);

@@ -5,6 +5,7 @@
 mod attention;
 mod bert;
 mod embedding;
+mod gemm_epilogue;
 mod heads;
 mod layernorm;
 mod losses;

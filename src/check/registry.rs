@@ -50,6 +50,11 @@ pub static ALL: &[OpCheck] = &[
         kernel: gemm_kernel,
     },
     OpCheck {
+        name: "gemm_epilogue",
+        gradient: None,
+        kernel: super::gemm_epilogue::kernel,
+    },
+    OpCheck {
         name: "softmax",
         gradient: Some(softmax_gradient),
         kernel: softmax_kernel,
@@ -198,7 +203,7 @@ fn grad_row(op: &str, sizes: String, error: f64) -> Row {
     }
 }
 
-fn kernel_row(op: &str, dev: &Device, sizes: String, error: f64) -> Row {
+pub(super) fn kernel_row(op: &str, dev: &Device, sizes: String, error: f64) -> Row {
     Row {
         op: op.into(),
         check: "kernel",
@@ -264,7 +269,7 @@ fn gemm_cases() -> Vec<(Gemm, bool)> {
     cases
 }
 
-fn gemm_lengths(g: &Gemm) -> (usize, usize, usize) {
+pub(super) fn gemm_lengths(g: &Gemm) -> (usize, usize, usize) {
     let (ar, ac) = g.a_dims();
     let (br, bc) = g.b_dims();
     let span = |rows: usize, cols: usize, ld: usize, stride: usize| {
@@ -277,7 +282,7 @@ fn gemm_lengths(g: &Gemm) -> (usize, usize, usize) {
     )
 }
 
-fn gemm_sizes(g: &Gemm, bias: bool) -> String {
+pub(super) fn gemm_sizes(g: &Gemm, bias: bool) -> String {
     format!(
         "m={} n={} k={} {}{} batch={}{}{}",
         g.m,
@@ -317,7 +322,15 @@ fn gemm_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
             up(dev, &bias, "bias")?,
         );
         let mut dc = dev.upload(&to_f32(&c0), "C")?;
-        ops::gemm_with_tile(&g, tile, &da, &db, &mut dc, with_bias.then_some(&dbias))?;
+        ops::gemm_with_tile(
+            &g,
+            tile,
+            &da,
+            &db,
+            &mut dc,
+            with_bias.then_some(&dbias),
+            Default::default(),
+        )?;
         let out = dc.to_host()?;
         // Compare only the m x n windows; elements between them must be untouched.
         let (mut o, mut e) = (Vec::new(), Vec::new());

@@ -171,6 +171,27 @@ impl GemmTile {
     }
 }
 
+/// The activation a fused epilogue writes beside C.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// erf form, as HF BERT.
+    Gelu,
+    Relu,
+}
+
+/// What the GEMM's epilogue does to each element after alpha * op(A) op(B) + beta * C + bias,
+/// in this order (kernels/gemm.cu): inverted dropout with `ops::dropout`'s mask over a dense
+/// [batch, m, n] C, + `residual` (laid out like C: same offset, ldc and batch stride), and, when
+/// `activation` is given, that activation of the result written to its buffer (laid out like C).
+/// Each saves a pass over C and a launch.
+#[derive(Default)]
+pub struct Epilogue<'a> {
+    /// (rate in [0, 1), seed).
+    pub dropout: Option<(f32, u64)>,
+    pub residual: Option<&'a Buffer<f32>>,
+    pub activation: Option<(Activation, &'a mut Buffer<f32>)>,
+}
+
 /// C = alpha * op(A) * op(B) + beta * C (+ bias), with the tile `GemmTile::for_shape` picks for
 /// this device.
 pub fn gemm(
@@ -180,11 +201,23 @@ pub fn gemm(
     c: &mut Buffer<f32>,
     bias: Option<&Buffer<f32>>,
 ) -> Result<()> {
-    let tile = GemmTile::for_shape(g, a.device().multiprocessors());
-    gemm_with_tile(g, tile, a, b, c, bias)
+    gemm_fused(g, a, b, c, bias, Epilogue::default())
 }
 
-/// `gemm` with a chosen tile: for the tests (every tile on every shape) and benchmarks.
+/// `gemm` followed by a fused epilogue.
+pub fn gemm_fused(
+    g: &Gemm,
+    a: &Buffer<f32>,
+    b: &Buffer<f32>,
+    c: &mut Buffer<f32>,
+    bias: Option<&Buffer<f32>>,
+    epilogue: Epilogue,
+) -> Result<()> {
+    let tile = GemmTile::for_shape(g, a.device().multiprocessors());
+    gemm_with_tile(g, tile, a, b, c, bias, epilogue)
+}
+
+/// `gemm_fused` with a chosen tile: for the tests (every tile on every shape) and benchmarks.
 pub fn gemm_with_tile(
     g: &Gemm,
     tile: GemmTile,
@@ -192,6 +225,7 @@ pub fn gemm_with_tile(
     b: &Buffer<f32>,
     c: &mut Buffer<f32>,
     bias: Option<&Buffer<f32>>,
+    epilogue: Epilogue,
 ) -> Result<()> {
     const OP: &str = "gemm";
     let (ar, ac) = g.a_dims();
@@ -223,6 +257,19 @@ pub fn gemm_with_tile(
     )?;
     if let Some(bias) = bias {
         need(OP, "bias", bias, g.offset_bias + g.n)?;
+    }
+    let c_span = g.offset_c + span(g.m, g.n, g.ldc, g.batch, g.stride_c);
+    if let Some(r) = epilogue.residual {
+        need(OP, "residual", r, c_span)?;
+    }
+    if let Some((_, out)) = &epilogue.activation {
+        need(OP, "activation output", out, c_span)?;
+    }
+    let (rate, seed) = epilogue.dropout.unwrap_or((0.0, 0));
+    if !(0.0..1.0).contains(&rate) {
+        return Err(crate::Error::Invalid(format!(
+            "{OP}: dropout rate {rate} is not in [0, 1)"
+        )));
     }
     if g.m == 0 || g.n == 0 || g.batch == 0 {
         return Ok(());
@@ -256,6 +303,20 @@ pub fn gemm_with_tile(
         Arg::I32(g.trans_b as i32),
         Arg::F32(g.alpha),
         Arg::F32(g.beta),
+        epilogue
+            .residual
+            .map_or(Arg::Null, |r| r.arg_at(g.offset_c)),
+        epilogue
+            .activation
+            .as_ref()
+            .map_or(Arg::Null, |(_, out)| out.arg_at(g.offset_c)),
+        Arg::I32(match epilogue.activation {
+            Some((Activation::Gelu, _)) => 1,
+            Some((Activation::Relu, _)) => 2,
+            None => 0,
+        }),
+        Arg::F32(rate),
+        Arg::U64(seed),
     ];
     a.device().launch(tile.kernel(), cfg, &args)
 }

@@ -5,7 +5,7 @@ use super::{site_seed, BertEncoder, LayerSaved, LayerState, Saved};
 use crate::device::Buffer;
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, Attention};
-use crate::ops::{self, embedding, layernorm, Gemm};
+use crate::ops::{self, embedding, layernorm, Activation, Epilogue, Gemm};
 
 impl BertEncoder {
     /// `forward` (`keep`: each layer's state for backward, as `self.memory` says) and `infer`
@@ -169,16 +169,21 @@ impl BertEncoder {
             dropout_seed.map(|s| site_seed(s, l, 2)),
         )?;
         let (h1, ln1) = self.layer_norm(&ln1_in, &name("attention.output.LayerNorm"), rows, eps)?;
+        // The FFN's pre-activation (kept for backward) and its activation, from one GEMM.
         let mut inter = dev.alloc::<f32>(rows * c.intermediate_size, "ffn intermediate")?;
+        let mut act = dev.alloc::<f32>(rows * c.intermediate_size, "ffn activation")?;
         let g = Gemm::new(rows, c.intermediate_size, h, false, true);
-        ops::gemm(
+        ops::gemm_fused(
             &g,
             &h1,
             self.value(&name("intermediate.dense.weight")),
             &mut inter,
             Some(self.value(&name("intermediate.dense.bias"))),
+            Epilogue {
+                activation: Some((self.activation_kind(), &mut act)),
+                ..Epilogue::default()
+            },
         )?;
-        let act = self.activation(&inter)?;
         let ln2_in = self.dense_dropout_residual(
             &act,
             &name("output.dense"),
@@ -205,6 +210,15 @@ impl BertEncoder {
                 ln2,
             },
         ))
+    }
+
+    /// The FFN's activation function.
+    fn activation_kind(&self) -> Activation {
+        if self.config.hidden_act == "relu" {
+            Activation::Relu
+        } else {
+            Activation::Gelu
+        }
     }
 
     /// The FFN's activation (GELU or ReLU) of `inter`.
@@ -280,21 +294,21 @@ impl BertEncoder {
         output: usize,
         seed: Option<u64>,
     ) -> Result<Buffer<f32>> {
-        let dev = x.device();
-        let mut y = dev.alloc::<f32>(rows * output, "dense out")?;
+        // One GEMM: its epilogue applies the dropout mask of `ops::dropout` and adds the residual.
+        let mut sum = x.device().alloc::<f32>(rows * output, "residual")?;
         let g = Gemm::new(rows, output, input, false, true);
-        ops::gemm(
+        ops::gemm_fused(
             &g,
             x,
             self.value(&format!("{prefix}.weight")),
-            &mut y,
+            &mut sum,
             Some(self.value(&format!("{prefix}.bias"))),
+            Epilogue {
+                dropout: seed.map(|s| (self.config.hidden_dropout_prob as f32, s)),
+                residual: Some(residual),
+                ..Epilogue::default()
+            },
         )?;
-        if let Some(seed) = seed {
-            y = dropout(&y, self.config.hidden_dropout_prob as f32, seed)?;
-        }
-        let mut sum = dev.alloc::<f32>(rows * output, "residual")?;
-        ops::add(&y, residual, &mut sum, rows * output)?;
         Ok(sum)
     }
 }
