@@ -225,6 +225,7 @@ fn param_kind(ty: &str, pointer: bool) -> Option<&'static str> {
         ("int", true) => "PtrI32",
         ("unsigned" | "unsigned int", true) => "PtrU32",
         ("unsigned char", true) => "PtrU8",
+        ("unsigned long long", true) => "PtrU64",
         ("float", false) => "F32",
         ("int", false) => "I32",
         ("unsigned" | "unsigned int", false) => "U32",

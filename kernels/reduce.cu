@@ -92,3 +92,28 @@ extern "C" __global__ void sum_squares_partial(const float *__restrict__ x, floa
         if (lane == 0) partial[blockIdx.x] = v;
     }
 }
+
+// sum_squares_partial over many tensors in one launch. `table` holds, per tensor t < count,
+// {address, n, first block, blocks}, then one tensor index per block of the grid. Block b of
+// tensor t does exactly what block b of sum_squares_partial launched on that tensor alone with
+// `blocks` blocks does, so the partials -- and the norm -- are the same bits as one launch per
+// tensor, in a fixed order, for a fraction of the launches.
+extern "C" __global__ void sum_squares_partial_multi(const unsigned long long *__restrict__ table, int count,
+                                                     float *__restrict__ partial) {
+    __shared__ float warp_totals[32];
+    const unsigned long long t = table[4 * (long long)count + blockIdx.x];
+    const float *x = reinterpret_cast<const float *>(table[4 * t]);
+    const long long n = (long long)table[4 * t + 1], first = (long long)table[4 * t + 2];
+    const long long blocks = (long long)table[4 * t + 3], k = blockIdx.x - first;
+    float acc = 0.0f;
+    for (long long i = k * blockDim.x + threadIdx.x; i < n; i += blocks * blockDim.x) acc = fmaf(x[i], x[i], acc);
+    acc = warp_sum(acc);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+    if (lane == 0) warp_totals[warp] = acc;
+    __syncthreads();
+    if (warp == 0) {
+        float v = lane < warps ? warp_totals[lane] : 0.0f;
+        v = warp_sum(v);
+        if (lane == 0) partial[blockIdx.x] = v;
+    }
+}

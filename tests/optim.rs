@@ -182,3 +182,98 @@ fn global_norm_matches_f64(dev: emrclass::Device) {
         assert!((g - w).abs() < 1e-5 * w, "n = {}: {g} vs {w}", h.len());
     }
 }
+
+/// The multi-tensor kernels (one launch over every parameter) give exactly the bits of one
+/// launch per tensor: the gradient norm's partial sums, and AdamW's parameters and moments over
+/// two steps, with per-tensor learning-rate scales and decay. Sizes: one element, under and
+/// over a block's share, over many blocks; a table built once and reused.
+#[test]
+fn multi_tensor_kernels_give_the_bits_of_one_launch_per_tensor() {
+    use emrclass::ops::multi_tensor::{adamw_step_multi, sum_squares_partial_multi, AdamWTensor};
+    use emrclass::ops::{adamw_step, sum_squares_blocks, sum_squares_partial};
+    for order in [
+        Order::Forward,
+        Order::Reverse,
+        Order::Random(Rng::fresh_seed()),
+    ] {
+        let dev = common::test_device(order);
+        let mut rng = Rng::new(5);
+        let sizes = [1usize, 255, 4097, 70_001];
+        let up = |v: &[f64], what: &str| {
+            dev.upload(&v.iter().map(|&x| x as f32).collect::<Vec<_>>(), what)
+                .unwrap()
+        };
+        let grads: Vec<_> = sizes
+            .iter()
+            .map(|&n| up(&rng.normals(n, 1.0), "g"))
+            .collect();
+        let refs: Vec<&emrclass::Buffer<f32>> = grads.iter().collect();
+        let total: usize = sizes.iter().map(|&n| sum_squares_blocks(n)).sum();
+        let single = dev.alloc::<f32>(total, "single").unwrap();
+        let mut offset = 0;
+        for g in &refs {
+            sum_squares_partial(g, &single, offset).unwrap();
+            offset += sum_squares_blocks(g.len());
+        }
+        let multi = dev.alloc::<f32>(total, "multi").unwrap();
+        let mut table = None;
+        assert_eq!(
+            sum_squares_partial_multi(&refs, &multi, &mut table).unwrap(),
+            total
+        );
+        let bits = |b: &emrclass::Buffer<f32>| -> Vec<u32> {
+            b.to_host().unwrap().iter().map(|v| v.to_bits()).collect()
+        };
+        assert_eq!(bits(&single), bits(&multi), "norm partials");
+
+        let hp = AdamW {
+            lr: 3e-3,
+            weight_decay: 0.05,
+            ..AdamW::default()
+        };
+        let params: Vec<Vec<f64>> = sizes.iter().map(|&n| rng.normals(n, 1.0)).collect();
+        let (scales, decays) = ([1.0f32, 2.5, 0.1, 1.0], [true, false, true, false]);
+        let make = |what: &str| -> Vec<[emrclass::Buffer<f32>; 3]> {
+            params
+                .iter()
+                .map(|p| {
+                    [
+                        up(p, what),
+                        dev.zeros(p.len(), "m").unwrap(),
+                        dev.zeros(p.len(), "v").unwrap(),
+                    ]
+                })
+                .collect()
+        };
+        let (mut one_by_one, together) = (make("p1"), make("p2"));
+        let mut update_table = None;
+        for step in 1..=2u64 {
+            for (t, [p, m, v]) in one_by_one.iter_mut().enumerate() {
+                let hp_t = AdamW {
+                    lr: hp.lr * scales[t],
+                    weight_decay: if decays[t] { hp.weight_decay } else { 0.0 },
+                    ..hp
+                };
+                adamw_step(&hp_t, step, p, &grads[t], m, v, 0.75).unwrap();
+            }
+            let tensors: Vec<AdamWTensor> = together
+                .iter()
+                .enumerate()
+                .map(|(t, [p, m, v])| AdamWTensor {
+                    param: p,
+                    grad: &grads[t],
+                    m,
+                    v,
+                    lr_scale: scales[t],
+                    decay: decays[t],
+                })
+                .collect();
+            adamw_step_multi(&hp, step, &tensors, 0.75, &mut update_table).unwrap();
+        }
+        for (a, b) in one_by_one.iter().zip(&together) {
+            for k in 0..3 {
+                assert_eq!(bits(&a[k]), bits(&b[k]), "AdamW buffer {k}");
+            }
+        }
+    }
+}

@@ -49,6 +49,8 @@ pub enum ParamKind {
     PtrI32,
     PtrU32,
     PtrU8,
+    /// Tables of device addresses and sizes (multi-tensor kernels).
+    PtrU64,
     F32,
     I32,
     U32,
@@ -94,6 +96,10 @@ impl Elem for u32 {
 impl Elem for u8 {
     const PARAM: ParamKind = ParamKind::PtrU8;
     const NAME: &'static str = "u8";
+}
+impl Elem for u64 {
+    const PARAM: ParamKind = ParamKind::PtrU64;
+    const NAME: &'static str = "u64";
 }
 
 /// One kernel argument. Buffers pass their device address; scalars pass by value.
@@ -525,6 +531,7 @@ fn check_launch(info: &KernelInfo, cfg: &LaunchConfig, args: &[Arg]) -> Result<(
                     | ParamKind::PtrI32
                     | ParamKind::PtrU32
                     | ParamKind::PtrU8
+                    | ParamKind::PtrU64
             ),
             (Arg::F32(_), ParamKind::F32)
             | (Arg::I32(_), ParamKind::I32)
@@ -618,6 +625,11 @@ impl<T: Elem> Buffer<T> {
     }
 
     /// An argument pointing `offset` elements into this buffer.
+    /// The buffer's device address, for tables that multi-tensor kernels read addresses from.
+    pub fn device_address(&self) -> u64 {
+        self.addr
+    }
+
     pub fn arg_at(&self, offset: usize) -> Arg {
         assert!(
             offset <= self.len,

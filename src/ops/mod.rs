@@ -9,6 +9,7 @@ pub mod embedding;
 mod gemm;
 pub mod layernorm;
 pub mod loss;
+pub mod multi_tensor;
 pub mod rnn;
 mod rows;
 pub mod seqpool;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use crate::device::Buffer;
 use crate::error::{Error, Result};
+use crate::ops::multi_tensor::{self, AdamWTensor, TensorTable};
 use crate::ops::{self, AdamW};
 
 /// Linear warm-up to `peak` over `warmup` steps, then linear decay to 0 at `total`.
@@ -61,21 +62,22 @@ impl<'a> Slot<'a> {
 /// sqrt(sum over every gradient of g^2): each buffer's sum of squares on the device, summed in
 /// f64 on the host in a fixed order.
 pub fn global_norm(grads: &[&Buffer<f32>]) -> Result<f64> {
+    global_norm_cached(grads, &mut None)
+}
+
+/// `global_norm` with the multi-tensor table kept in `cached` between calls: one launch and one
+/// read-back per step, and no upload while the gradients stay where they are.
+pub fn global_norm_cached(grads: &[&Buffer<f32>], cached: &mut Option<TensorTable>) -> Result<f64> {
     let live: Vec<&Buffer<f32>> = grads.iter().copied().filter(|g| !g.is_empty()).collect();
     let Some(first) = live.first() else {
         return Ok(0.0);
     };
-    // Every tensor's partial sums land in one buffer: one read-back per step, not per tensor.
     let total: usize = live.iter().map(|g| ops::sum_squares_blocks(g.len())).sum();
     let partial = {
         let _role = first.device().role(crate::device::Role::Workspace);
         first.device().alloc::<f32>(total, "grad norm partials")?
     };
-    let mut offset = 0;
-    for g in &live {
-        ops::sum_squares_partial(g, &partial, offset)?;
-        offset += ops::sum_squares_blocks(g.len());
-    }
+    multi_tensor::sum_squares_partial_multi(&live, &partial, cached)?;
     let sum: f64 = partial.to_host()?.iter().map(|&v| v as f64).sum();
     Ok(sum.sqrt())
 }
@@ -85,6 +87,9 @@ pub struct Optimizer {
     pub hp: AdamW,
     pub step: u64,
     moments: HashMap<String, (Buffer<f32>, Buffer<f32>)>,
+    /// The multi-tensor kernels' tables (gradient norm, update), kept between steps.
+    norm_table: Option<TensorTable>,
+    update_table: Option<TensorTable>,
 }
 
 impl Optimizer {
@@ -93,6 +98,8 @@ impl Optimizer {
             hp,
             step: 0,
             moments: HashMap::new(),
+            norm_table: None,
+            update_table: None,
         }
     }
 
@@ -111,8 +118,8 @@ impl Optimizer {
         clip: Option<f32>,
         multiplier: f32,
     ) -> Result<f64> {
-        let norm =
-            multiplier as f64 * global_norm(&slots.iter().map(|s| s.grad).collect::<Vec<_>>())?;
+        let grads: Vec<&Buffer<f32>> = slots.iter().map(|s| s.grad).collect();
+        let norm = multiplier as f64 * global_norm_cached(&grads, &mut self.norm_table)?;
         if !norm.is_finite() {
             return Err(Error::Invalid(format!(
                 "gradient norm is {norm}: the step is skipped, nothing updated"
@@ -124,24 +131,33 @@ impl Optimizer {
                 _ => 1.0,
             };
         self.step += 1;
-        for s in slots.iter_mut() {
-            let n = s.value.len();
+        for s in slots.iter() {
             if !self.moments.contains_key(&s.name) {
-                let dev = s.value.device();
+                let (dev, n) = (s.value.device(), s.value.len());
                 let _role = dev.role(crate::device::Role::OptimizerState);
                 self.moments.insert(
                     s.name.to_string(),
                     (dev.zeros(n, "adam m")?, dev.zeros(n, "adam v")?),
                 );
             }
-            let (m, v) = self.moments.get_mut(&s.name).expect("inserted above");
-            let hp = AdamW {
-                lr: lr * s.lr_scale,
-                weight_decay: if s.decay { self.hp.weight_decay } else { 0.0 },
-                ..self.hp
-            };
-            ops::adamw_step(&hp, self.step, s.value, s.grad, m, v, scale)?;
         }
+        // Every parameter in one launch; the device writes the values and moments.
+        let tensors: Vec<AdamWTensor> = slots
+            .iter()
+            .map(|s| {
+                let (m, v) = &self.moments[&s.name];
+                AdamWTensor {
+                    param: &*s.value,
+                    grad: s.grad,
+                    m,
+                    v,
+                    lr_scale: s.lr_scale,
+                    decay: s.decay,
+                }
+            })
+            .collect();
+        let hp = AdamW { lr, ..self.hp };
+        multi_tensor::adamw_step_multi(&hp, self.step, &tensors, scale, &mut self.update_table)?;
         Ok(norm)
     }
 
