@@ -77,11 +77,13 @@ extern "C" __global__ void sum_columns(const float *__restrict__ x, float *__res
 // partial[b] (each thread in index order, then a fixed shuffle tree), so the result is the same
 // bit for bit on every run; the host adds the partials in f64. Many blocks keep many loads in
 // flight, where one block per row (reduce_rows_forward) would read a whole tensor alone.
-extern "C" __global__ void sum_squares_partial(const float *__restrict__ x, float *__restrict__ partial, long long n) {
+// Block b's share of sum x^2 (of `blocks` blocks) into *out: each thread in index order, then
+// a fixed shuffle tree.
+__device__ __forceinline__ void sum_squares_block(const float *x, long long n, long long b, long long blocks,
+                                                  float *out) {
     __shared__ float warp_totals[32];
     float acc = 0.0f;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
-        acc = fmaf(x[i], x[i], acc);
+    for (long long i = b * blockDim.x + threadIdx.x; i < n; i += blocks * blockDim.x) acc = fmaf(x[i], x[i], acc);
     acc = warp_sum(acc);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
     if (lane == 0) warp_totals[warp] = acc;
@@ -89,8 +91,12 @@ extern "C" __global__ void sum_squares_partial(const float *__restrict__ x, floa
     if (warp == 0) {
         float v = lane < warps ? warp_totals[lane] : 0.0f;
         v = warp_sum(v);
-        if (lane == 0) partial[blockIdx.x] = v;
+        if (lane == 0) *out = v;
     }
+}
+
+extern "C" __global__ void sum_squares_partial(const float *__restrict__ x, float *__restrict__ partial, long long n) {
+    sum_squares_block(x, n, blockIdx.x, gridDim.x, partial + blockIdx.x);
 }
 
 // sum_squares_partial over many tensors in one launch. `table` holds, per tensor t < count,
@@ -100,20 +106,8 @@ extern "C" __global__ void sum_squares_partial(const float *__restrict__ x, floa
 // tensor, in a fixed order, for a fraction of the launches.
 extern "C" __global__ void sum_squares_partial_multi(const unsigned long long *__restrict__ table, int count,
                                                      float *__restrict__ partial) {
-    __shared__ float warp_totals[32];
     const unsigned long long t = table[4 * (long long)count + blockIdx.x];
     const float *x = reinterpret_cast<const float *>(table[4 * t]);
     const long long n = (long long)table[4 * t + 1], first = (long long)table[4 * t + 2];
-    const long long blocks = (long long)table[4 * t + 3], k = blockIdx.x - first;
-    float acc = 0.0f;
-    for (long long i = k * blockDim.x + threadIdx.x; i < n; i += blocks * blockDim.x) acc = fmaf(x[i], x[i], acc);
-    acc = warp_sum(acc);
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
-    if (lane == 0) warp_totals[warp] = acc;
-    __syncthreads();
-    if (warp == 0) {
-        float v = lane < warps ? warp_totals[lane] : 0.0f;
-        v = warp_sum(v);
-        if (lane == 0) partial[blockIdx.x] = v;
-    }
+    sum_squares_block(x, n, blockIdx.x - first, (long long)table[4 * t + 3], partial + blockIdx.x);
 }

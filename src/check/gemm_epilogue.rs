@@ -4,7 +4,7 @@
 //! views at odd offsets), C and the activation output NaN-poisoned where they must be written
 //! and checked untouched elsewhere.
 
-use super::registry::{gemm_lengths, gemm_sizes, kernel_row, Row};
+use super::registry::{gemm_lengths, gemm_sizes, in_c_window, kernel_row, Row};
 use super::{nan_vec, relative_error, to_f32, worst, Rng};
 use crate::device::Device;
 use crate::error::Result;
@@ -127,13 +127,7 @@ pub fn kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
             let (mut o, mut e, mut oa, mut ea) = (vec![], vec![], vec![], vec![]);
             let mut untouched = true;
             for i in 0..lc {
-                let inside = (0..g.batch).any(|bt| {
-                    i >= g.offset_c + bt * g.stride_c && {
-                        let off = i - g.offset_c - bt * g.stride_c;
-                        off / g.ldc < g.m && off % g.ldc < g.n
-                    }
-                });
-                if inside {
+                if in_c_window(&g, i) {
                     o.push(out[i]);
                     e.push(want[i]);
                     if activation.is_some() {

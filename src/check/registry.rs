@@ -282,6 +282,17 @@ pub(super) fn gemm_lengths(g: &Gemm) -> (usize, usize, usize) {
     )
 }
 
+/// Whether element i of C's buffer is inside one of the batch's m x n windows (the rest must
+/// stay untouched).
+pub(super) fn in_c_window(g: &Gemm, i: usize) -> bool {
+    (0..g.batch).any(|bt| {
+        i >= g.offset_c + bt * g.stride_c && {
+            let off = i - g.offset_c - bt * g.stride_c;
+            off / g.ldc < g.m && off % g.ldc < g.n
+        }
+    })
+}
+
 pub(super) fn gemm_sizes(g: &Gemm, bias: bool) -> String {
     format!(
         "m={} n={} k={} {}{} batch={}{}{}",
@@ -336,13 +347,7 @@ fn gemm_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         let (mut o, mut e) = (Vec::new(), Vec::new());
         let mut untouched = true;
         for i in 0..lc {
-            let inside = (0..g.batch).any(|bt| {
-                i >= g.offset_c + bt * g.stride_c && {
-                    let off = i - g.offset_c - bt * g.stride_c;
-                    off / g.ldc < g.m && off % g.ldc < g.n
-                }
-            });
-            if inside {
+            if in_c_window(&g, i) {
                 o.push(out[i]);
                 e.push(expect[i]);
             } else if out[i].to_bits() != (c0[i] as f32).to_bits() {

@@ -53,6 +53,15 @@ impl TensorTable {
     }
 }
 
+/// One block of 256 threads per entry of the block map.
+fn grid(blocks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid: (blocks as u32, 1, 1),
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    }
+}
+
 /// Placeholder in a table entry for the tensor's first block (filled in when the map is built).
 const FIRST: u64 = u64::MAX;
 
@@ -97,11 +106,7 @@ pub fn sum_squares_partial_multi(
     )?;
     first.device().launch(
         "sum_squares_partial_multi",
-        LaunchConfig {
-            grid: (table.blocks as u32, 1, 1),
-            block: (256, 1, 1),
-            shared_bytes: 0,
-        },
+        grid(table.blocks),
         &[
             (&table.table).into(),
             Arg::I32(table.count as i32),
@@ -172,11 +177,7 @@ pub fn adamw_step_multi(
     let (bc1, bc2) = hp.bias_corrections(step);
     dev.launch(
         "adamw_step_multi",
-        LaunchConfig {
-            grid: (table.blocks as u32, 1, 1),
-            block: (256, 1, 1),
-            shared_bytes: 0,
-        },
+        grid(table.blocks),
         &[
             (&table.table).into(),
             Arg::I32(table.count as i32),
