@@ -104,20 +104,53 @@ __device__ __forceinline__ void attn_stage_transposed(float *tile, int ld, const
     }
 }
 
-// The forward for head sizes up to 64, flash-style: a block of 256 threads owns 64 queries of
-// one (b, h); the queries stay in shared memory and the keys and values stream through it in
-// tiles of 32. Both products are register-blocked like a GEMM: for S = Q K^T each thread holds
-// a 4 x 2 block (4 queries x 2 keys) and reads, per head dimension, one float4 of queries and
-// one float2 of keys (tiles stored dimension-major); for O += P V it holds a 4 x 4 block (4
-// queries x 4 output dimensions) and reads one float4 of probabilities and one of values per
-// key -- 8 and 16 FMAs per pair of shared loads, where the previous design did one FMA per two.
-// The 16 threads that share a query row (a half-warp) combine its running max and normaliser
-// with four shuffles per tile: the same online softmax, lse and dropout mask as
-// attention_forward, so the backward kernels serve both.
 #define FLASH_Q 64
 #define FLASH_K 32
 #define FLASH_THREADS 256
 #define FLASH_PAD 4
+#define FLASH_STAGE (FLASH_K * ATTN_TILE_D / FLASH_THREADS)
+#define FLASH_LD (ATTN_TILE_D + FLASH_PAD)
+
+// This thread's share of rows row0 .. row0 + 32 of one head (row r of sequence b starts at
+// src + (b * len + r) * row_stride + col0): column c = tid % 64 of rows tid / 64 + 4u, so
+// consecutive threads read consecutive columns (coalesced); 0 past len and past the head size.
+// Fetched into registers ahead of use, stored into shared memory when the tile is free.
+#define FLASH_ROWS_PER_PASS (FLASH_THREADS / ATTN_TILE_D)
+__device__ __forceinline__ void flash_fetch_rows(const float *__restrict__ src, long long row_stride, int col0, int b,
+                                                 int row0, int len, int d, float next[FLASH_STAGE]) {
+    const int c = threadIdx.x % ATTN_TILE_D, r0 = row0 + threadIdx.x / ATTN_TILE_D;
+    const long long at = attn_row(b, r0, len) * row_stride + col0 + c;
+    const long long step = FLASH_ROWS_PER_PASS * row_stride;
+#pragma unroll
+    for (int u = 0; u < FLASH_STAGE; u++)
+        next[u] = r0 + u * FLASH_ROWS_PER_PASS < len && c < d ? src[at + u * step] : 0.0f;
+}
+
+// The fetched rows into a row-major tile [32][64 + pad].
+__device__ __forceinline__ void flash_store_rows(float (*tile)[FLASH_LD], const float next[FLASH_STAGE]) {
+    const int c = threadIdx.x % ATTN_TILE_D, r0 = threadIdx.x / ATTN_TILE_D;
+#pragma unroll
+    for (int u = 0; u < FLASH_STAGE; u++) tile[r0 + u * FLASH_ROWS_PER_PASS][c] = next[u];
+}
+
+// The fetched rows into a dimension-major tile [64][32 + pad] (tile[c][r]).
+__device__ __forceinline__ void flash_store_columns(float (*tile)[FLASH_K + FLASH_PAD], const float next[FLASH_STAGE]) {
+    const int c = threadIdx.x % ATTN_TILE_D, r0 = threadIdx.x / ATTN_TILE_D;
+#pragma unroll
+    for (int u = 0; u < FLASH_STAGE; u++) tile[c][r0 + u * FLASH_ROWS_PER_PASS] = next[u];
+}
+
+// The forward for head sizes up to 64, flash-style: a block of 256 threads owns 64 queries of
+// one (b, h); the queries stay in shared memory and the keys and values stream through it in
+// tiles of 32, the next tile's loads in flight (in registers) while the current one is used.
+// Both products are register-blocked like a GEMM: for S = Q K^T each thread holds a 4 x 2
+// block (4 queries x 2 keys) and reads, per head dimension, one float4 of queries and one
+// float2 of keys (tiles stored dimension-major); for O += P V it holds a 4 x 4 block (4 queries
+// x 4 output dimensions) and reads one float4 of probabilities and one of values per key -- 8
+// and 16 FMAs per pair of shared loads, where the previous design did one FMA per two.
+// The 16 threads that share a query row (a half-warp) combine its running max and normaliser
+// with four shuffles per tile: the same online softmax, lse and dropout mask as
+// attention_forward, so the backward kernels serve both.
 extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
     attention_forward_flash(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
                             const int *__restrict__ key_mask, float *__restrict__ out, float *__restrict__ lse,
@@ -125,7 +158,7 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
                             unsigned long long seed) {
     __shared__ __align__(16) float q_t[ATTN_TILE_D][FLASH_Q + FLASH_PAD];
     __shared__ __align__(16) float k_t[ATTN_TILE_D][FLASH_K + FLASH_PAD];
-    __shared__ __align__(16) float v_sh[FLASH_K][ATTN_TILE_D + FLASH_PAD];
+    __shared__ __align__(16) float v_sh[FLASH_K][FLASH_LD];
     __shared__ __align__(16) float p_t[FLASH_K][FLASH_Q + FLASH_PAD];
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const int i0 = blockIdx.x * FLASH_Q, h = blockIdx.y, b = blockIdx.z, d = head_dim;
@@ -138,11 +171,20 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
         for (int x = 0; x < 4; x++) acc[a][x] = 0.0f;
     }
     const float keep_scale = 1.0f / (1.0f - dropout);
+    // The next key/value tile goes through registers (this thread's FLASH_STAGE elements of
+    // each), fetched before the current tile's arithmetic so global latency hides behind it.
+    float k_next[FLASH_STAGE], v_next[FLASH_STAGE];
+    flash_fetch_rows(k, stride, h * d, b, 0, len, d, k_next);
+    flash_fetch_rows(v, stride, h * d, b, 0, len, d, v_next);
+    flash_store_columns(k_t, k_next);
+    flash_store_rows(v_sh, v_next);
+    __syncthreads();
     for (int j0 = 0; j0 < len; j0 += FLASH_K) {
-        __syncthreads();  // the previous tile's k, v and p are consumed
-        attn_stage_transposed(&k_t[0][0], FLASH_K + FLASH_PAD, k, stride, h * d, b, j0, FLASH_K, len, d);
-        attn_stage(&v_sh[0][0], ATTN_TILE_D + FLASH_PAD, v, stride, h * d, b, j0, FLASH_K, len, d);
-        __syncthreads();
+        const bool more = j0 + FLASH_K < len;
+        if (more) {
+            flash_fetch_rows(k, stride, h * d, b, j0 + FLASH_K, len, d, k_next);
+            flash_fetch_rows(v, stride, h * d, b, j0 + FLASH_K, len, d, v_next);
+        }
         // Scores: queries ty*4 + a, keys tx*2 + e.
         float s[4][2] = {};
 #pragma unroll 8
@@ -204,6 +246,12 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
             for (int a = 0; a < 4; a++)
 #pragma unroll
                 for (int x = 0; x < 4; x++) acc[a][x] = fmaf(pv[a], vv[x], acc[a][x]);
+        }
+        if (more) {
+            __syncthreads();  // this tile's k, v and p are consumed
+            flash_store_columns(k_t, k_next);
+            flash_store_rows(v_sh, v_next);
+            __syncthreads();
         }
     }
 #pragma unroll
@@ -343,13 +391,13 @@ extern "C" __global__ void HOT_KERNEL attention_backward_q(
 // same bits every run). Tiles are row-major [32][64 + 4] in shared memory and both kernels
 // start a tile the same way: each thread recomputes a 2 x 2 block of (query, key) terms --
 // the scores q.k and dO.v from float4 reads along the head dimension (16 FMAs per 4 loads),
-// then p~ and ds from lse and delta -- into a shared term tile.
+// then p~ and ds from lse and delta -- into a shared term tile. The next tile's rows are in
+// flight (in registers) while the current one is used, as in the forward.
 //
 // attention_backward_kv_flash: a block of 256 threads owns 32 keys and walks the queries in
 // tiles of 32; each thread then adds, per query, p~ x dO into 2 x 4 of dv and ds x q into
 // 2 x 4 of dk (a float2 of terms and a float4 of the row per 8 FMAs).
 #define FLASH_BW 32
-#define FLASH_LD (ATTN_TILE_D + FLASH_PAD)
 
 // The 2 x 2 block of scores q_i.k_j and dO_i.v_j for queries qi, qi + 1 (rows of q_sh, do_sh)
 // and keys kj, kj + 1 (rows of k_sh, v_sh).
@@ -411,16 +459,29 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
 #pragma unroll
         for (int x = 0; x < 4; x++) gk[e][x] = 0.0f, gv[e][x] = 0.0f;
     const long long rows0 = ((long long)b * heads + h) * len;
-    for (int i0 = 0; i0 < len; i0 += FLASH_BW) {
-        __syncthreads();  // the previous tile is consumed (and this block's keys are staged)
-        attn_stage(&q_sh[0][0], FLASH_LD, q, stride, h * d, b, i0, FLASH_BW, len, d);
-        attn_stage(&do_sh[0][0], FLASH_LD, dout, (long long)heads * d, h * d, b, i0, FLASH_BW, len, d);
+    // The next query tile (q, dO rows; lse and delta) goes through registers, fetched before
+    // the current tile's arithmetic.
+    float q_next[FLASH_STAGE], do_next[FLASH_STAGE], lse_next = 0.0f, delta_next = 0.0f;
+    auto fetch = [&](int i0) {
+        flash_fetch_rows(q, stride, h * d, b, i0, len, d, q_next);
+        flash_fetch_rows(dout, (long long)heads * d, h * d, b, i0, len, d, do_next);
         if (t < FLASH_BW) {
             const int i = i0 + t;
-            stat_sh[0][t] = i < len ? lse[rows0 + i] : float_infinity();
-            stat_sh[1][t] = i < len ? delta[rows0 + i] : 0.0f;
+            lse_next = i < len ? lse[rows0 + i] : float_infinity();
+            delta_next = i < len ? delta[rows0 + i] : 0.0f;
         }
-        __syncthreads();
+    };
+    auto store = [&]() {
+        flash_store_rows(q_sh, q_next);
+        flash_store_rows(do_sh, do_next);
+        if (t < FLASH_BW) stat_sh[0][t] = lse_next, stat_sh[1][t] = delta_next;
+    };
+    fetch(0);
+    store();
+    __syncthreads();
+    for (int i0 = 0; i0 < len; i0 += FLASH_BW) {
+        const bool more = i0 + FLASH_BW < len;
+        if (more) fetch(i0 + FLASH_BW);
         float qk[2][2], dov[2][2];
         flash_scores(q_sh, do_sh, k_sh, v_sh, qi, kj, qk, dov);
 #pragma unroll
@@ -454,6 +515,11 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
                     gv[e][x] = fmaf(pv[e], ov[x], gv[e][x]);
                     gk[e][x] = fmaf(sv[e], qv[x], gk[e][x]);
                 }
+        }
+        if (more) {
+            __syncthreads();  // this tile is consumed
+            store();
+            __syncthreads();
         }
     }
 #pragma unroll
@@ -500,11 +566,19 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
     for (int a = 0; a < 2; a++)
 #pragma unroll
         for (int x = 0; x < 4; x++) gq[a][x] = 0.0f;
+    // The next key tile goes through registers, fetched before the current tile's arithmetic.
+    float k_next[FLASH_STAGE], v_next[FLASH_STAGE];
+    flash_fetch_rows(k, stride, h * d, b, 0, len, d, k_next);
+    flash_fetch_rows(v, stride, h * d, b, 0, len, d, v_next);
+    flash_store_rows(k_sh, k_next);
+    flash_store_rows(v_sh, v_next);
+    __syncthreads();
     for (int j0 = 0; j0 < len; j0 += FLASH_BW) {
-        __syncthreads();  // the previous tile is consumed (and this block's queries are staged)
-        attn_stage(&k_sh[0][0], FLASH_LD, k, stride, h * d, b, j0, FLASH_BW, len, d);
-        attn_stage(&v_sh[0][0], FLASH_LD, v, stride, h * d, b, j0, FLASH_BW, len, d);
-        __syncthreads();
+        const bool more = j0 + FLASH_BW < len;
+        if (more) {
+            flash_fetch_rows(k, stride, h * d, b, j0 + FLASH_BW, len, d, k_next);
+            flash_fetch_rows(v, stride, h * d, b, j0 + FLASH_BW, len, d, v_next);
+        }
         float qk[2][2], dov[2][2];
         flash_scores(q_sh, do_sh, k_sh, v_sh, qi, kj, qk, dov);
 #pragma unroll
@@ -532,6 +606,12 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
             for (int a = 0; a < 2; a++)
 #pragma unroll
                 for (int x = 0; x < 4; x++) gq[a][x] = fmaf(sv[a], kv[x], gq[a][x]);
+        }
+        if (more) {
+            __syncthreads();  // this tile is consumed
+            flash_store_rows(k_sh, k_next);
+            flash_store_rows(v_sh, v_next);
+            __syncthreads();
         }
     }
 #pragma unroll
