@@ -340,19 +340,21 @@ def report_main(folder):
     # device used = the GPU's used memory after a step (context, modules, pool, the engine): less
     # the engine's peak, it is what a memory plan's context reserve (320 MiB) has to cover.
     md += ["", "## emrclass rows", "",
-           "| work | ms | GFLOP/s or rows/s | roofline | peak MiB | device used MiB |",
-           "|---|---|---|---|---|---|"]
+           "| work | ms | GFLOP/s or rows/s | roofline | peak MiB | device used MiB | launches / host waits per step |",
+           "|---|---|---|---|---|---|---|"]
     for r in ours:
         ms = r.get("ms", (r.get("forward_ms") or 0) + (r.get("backward_ms") or 0))
         rate = r.get("gflops") or (r.get("gflop") and r["gflop"] / (ms / 1e3)) or r.get("rows_per_s") or r.get("bytes_per_s")
         roof = r.get("roofline")
         pk = r.get("peak_bytes")
         used = r.get("device_used_bytes")
-        md.append("| {} {} | {:.3f} | {} | {} | {} | {} |".format(
+        launches, waits = r.get("launches_per_step"), r.get("host_syncs_per_step")
+        md.append("| {} {} | {:.3f} | {} | {} | {} | {} | {} |".format(
             r.get("what", r["spec"].get("family")), r.get("shape", ""), ms or 0.0,
             "-" if rate is None else f"{rate:.4g}", "-" if roof is None else f"{100 * roof:.1f}%",
             "-" if pk is None else f"{pk / 2**20:.1f}",
-            "-" if used is None else f"{used / 2**20:.1f}"))
+            "-" if used is None else f"{used / 2**20:.1f}",
+            "-" if launches is None else f"{launches} / {waits}"))
     with open(os.path.join(folder, "report.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

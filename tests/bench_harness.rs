@@ -168,6 +168,8 @@ fn compare_torch_needs_a_gpu_and_bad_shapes_are_named() {
 fn the_report_computes_the_goals_from_the_rows() {
     let dir = temp_dir("report");
     let gemm = r#"{"family":"gemm","m":2048,"n":768,"k":3072}"#;
+    // A tile the launcher would not pick (`bench gemm --tiles all`): it must not count.
+    let other_tile = r#"{"family":"gemm","m":2048,"n":768,"k":3072,"tile":"64x64","picked":false}"#;
     let step = r#"{"family":"step","layers":12}"#;
     let lines = [
         format!(r#"{{"kind":"emrclass","spec":{gemm},"ms":2.0,"gflops":1.0,"what":"g"}}"#),
@@ -175,7 +177,10 @@ fn the_report_computes_the_goals_from_the_rows() {
             r#"{{"kind":"torch","spec":{gemm},"ms":1.0,"emrclass_ms":2.0,"speedup":0.5,"what":"torch.mm"}}"#
         ),
         format!(
-            r#"{{"kind":"emrclass","spec":{step},"ms":10.0,"peak_bytes":100,"device_used_bytes":524288000,"what":"s"}}"#
+            r#"{{"kind":"torch","spec":{other_tile},"ms":1.0,"emrclass_ms":10.0,"speedup":0.1,"what":"torch.mm"}}"#
+        ),
+        format!(
+            r#"{{"kind":"emrclass","spec":{step},"ms":10.0,"peak_bytes":100,"device_used_bytes":524288000,"launches_per_step":612,"host_syncs_per_step":13,"what":"s"}}"#
         ),
         format!(
             r#"{{"kind":"torch","spec":{step},"ms":20.0,"emrclass_ms":10.0,"speedup":2.0,"peak_bytes":300,"what":"eager"}}"#
@@ -220,9 +225,10 @@ fn the_report_computes_the_goals_from_the_rows() {
         md.contains("Test GPU") && md.contains("| kernels_vs_reference | ok: 1 passed |"),
         "{md}"
     );
-    // The step row shows the device's used memory beside the engine's peak (500 MiB).
+    // The step row shows the device's used memory beside the engine's peak (500 MiB), and its
+    // launches and host waits.
     assert!(
-        md.contains("| device used MiB |") && md.contains("| 500.0 |"),
+        md.contains("| device used MiB |") && md.contains("| 500.0 | 612 / 13 |"),
         "{md}"
     );
 }
