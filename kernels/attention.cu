@@ -105,10 +105,12 @@ __device__ __forceinline__ void attn_stage_transposed(float *tile, int ld, const
 }
 
 #define FLASH_Q 64
-#define FLASH_K 32
+// Rows of a streamed tile (keys in the forward and dq, queries in dk/dv), and per block in
+// the backward.
+#define FLASH_TILE 32
 #define FLASH_THREADS 256
 #define FLASH_PAD 4
-#define FLASH_STAGE (FLASH_K * ATTN_TILE_D / FLASH_THREADS)
+#define FLASH_STAGE (FLASH_TILE * ATTN_TILE_D / FLASH_THREADS)
 #define FLASH_LD (ATTN_TILE_D + FLASH_PAD)
 
 // This thread's share of rows row0 .. row0 + 32 of one head (row r of sequence b starts at
@@ -134,7 +136,7 @@ __device__ __forceinline__ void flash_store_rows(float (*tile)[FLASH_LD], const 
 }
 
 // The fetched rows into a dimension-major tile [64][32 + pad] (tile[c][r]).
-__device__ __forceinline__ void flash_store_columns(float (*tile)[FLASH_K + FLASH_PAD], const float next[FLASH_STAGE]) {
+__device__ __forceinline__ void flash_store_columns(float (*tile)[FLASH_TILE + FLASH_PAD], const float next[FLASH_STAGE]) {
     const int c = threadIdx.x % ATTN_TILE_D, r0 = threadIdx.x / ATTN_TILE_D;
 #pragma unroll
     for (int u = 0; u < FLASH_STAGE; u++) tile[c][r0 + u * FLASH_ROWS_PER_PASS] = next[u];
@@ -157,9 +159,9 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
                             int batch, int heads, int len, int head_dim, int stride, float scale, float dropout,
                             unsigned long long seed) {
     __shared__ __align__(16) float q_t[ATTN_TILE_D][FLASH_Q + FLASH_PAD];
-    __shared__ __align__(16) float k_t[ATTN_TILE_D][FLASH_K + FLASH_PAD];
-    __shared__ __align__(16) float v_sh[FLASH_K][FLASH_LD];
-    __shared__ __align__(16) float p_t[FLASH_K][FLASH_Q + FLASH_PAD];
+    __shared__ __align__(16) float k_t[ATTN_TILE_D][FLASH_TILE + FLASH_PAD];
+    __shared__ __align__(16) float v_sh[FLASH_TILE][FLASH_LD];
+    __shared__ __align__(16) float p_t[FLASH_TILE][FLASH_Q + FLASH_PAD];
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const int i0 = blockIdx.x * FLASH_Q, h = blockIdx.y, b = blockIdx.z, d = head_dim;
     attn_stage_transposed(&q_t[0][0], FLASH_Q + FLASH_PAD, q, stride, h * d, b, i0, FLASH_Q, len, d);
@@ -179,11 +181,11 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
     flash_store_columns(k_t, k_next);
     flash_store_rows(v_sh, v_next);
     __syncthreads();
-    for (int j0 = 0; j0 < len; j0 += FLASH_K) {
-        const bool more = j0 + FLASH_K < len;
+    for (int j0 = 0; j0 < len; j0 += FLASH_TILE) {
+        const bool more = j0 + FLASH_TILE < len;
         if (more) {
-            flash_fetch_rows(k, stride, h * d, b, j0 + FLASH_K, len, d, k_next);
-            flash_fetch_rows(v, stride, h * d, b, j0 + FLASH_K, len, d, v_next);
+            flash_fetch_rows(k, stride, h * d, b, j0 + FLASH_TILE, len, d, k_next);
+            flash_fetch_rows(v, stride, h * d, b, j0 + FLASH_TILE, len, d, v_next);
         }
         // Scores: queries ty*4 + a, keys tx*2 + e.
         float s[4][2] = {};
@@ -238,7 +240,7 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
         __syncthreads();  // every probability of the tile is in p_t
         // Output: queries ty*4 + a, dimensions tx*4 + x.
 #pragma unroll 4
-        for (int jj = 0; jj < FLASH_K; jj++) {
+        for (int jj = 0; jj < FLASH_TILE; jj++) {
             const float4 pa = *reinterpret_cast<const float4 *>(&p_t[jj][ty * 4]);
             const float4 vb = *reinterpret_cast<const float4 *>(&v_sh[jj][tx * 4]);
             const float pv[4] = {pa.x, pa.y, pa.z, pa.w}, vv[4] = {vb.x, vb.y, vb.z, vb.w};
@@ -397,7 +399,6 @@ extern "C" __global__ void HOT_KERNEL attention_backward_q(
 // attention_backward_kv_flash: a block of 256 threads owns 32 keys and walks the queries in
 // tiles of 32; each thread then adds, per query, p~ x dO into 2 x 4 of dv and ds x q into
 // 2 x 4 of dk (a float2 of terms and a float4 of the row per 8 FMAs).
-#define FLASH_BW 32
 
 // The 2 x 2 block of scores q_i.k_j and dO_i.v_j for queries qi, qi + 1 (rows of q_sh, do_sh)
 // and keys kj, kj + 1 (rows of k_sh, v_sh).
@@ -437,19 +438,19 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
     const int *__restrict__ key_mask, const float *__restrict__ dout, const float *__restrict__ lse,
     const float *__restrict__ delta, float *__restrict__ dk, float *__restrict__ dv, int batch, int heads, int len,
     int head_dim, int stride, float scale, float dropout, unsigned long long seed) {
-    __shared__ __align__(16) float k_sh[FLASH_BW][FLASH_LD];
-    __shared__ __align__(16) float v_sh[FLASH_BW][FLASH_LD];
-    __shared__ __align__(16) float q_sh[FLASH_BW][FLASH_LD];
-    __shared__ __align__(16) float do_sh[FLASH_BW][FLASH_LD];
-    __shared__ __align__(16) float pd_sh[FLASH_BW][FLASH_BW + FLASH_PAD];
-    __shared__ __align__(16) float ds_sh[FLASH_BW][FLASH_BW + FLASH_PAD];
-    __shared__ float stat_sh[2][FLASH_BW];
+    __shared__ __align__(16) float k_sh[FLASH_TILE][FLASH_LD];
+    __shared__ __align__(16) float v_sh[FLASH_TILE][FLASH_LD];
+    __shared__ __align__(16) float q_sh[FLASH_TILE][FLASH_LD];
+    __shared__ __align__(16) float do_sh[FLASH_TILE][FLASH_LD];
+    __shared__ __align__(16) float pd_sh[FLASH_TILE][FLASH_TILE + FLASH_PAD];
+    __shared__ __align__(16) float ds_sh[FLASH_TILE][FLASH_TILE + FLASH_PAD];
+    __shared__ float stat_sh[2][FLASH_TILE];
     const int t = threadIdx.x;
     // Terms: queries qi + a, keys kj + e. Sums: keys kr + e, head dimensions dc + x.
     const int qi = (t / 16) * 2, kj = (t % 16) * 2, kr = (t / 16) * 2, dc = (t % 16) * 4;
-    const int j0 = blockIdx.x * FLASH_BW, h = blockIdx.y, b = blockIdx.z, d = head_dim;
-    attn_stage(&k_sh[0][0], FLASH_LD, k, stride, h * d, b, j0, FLASH_BW, len, d);
-    attn_stage(&v_sh[0][0], FLASH_LD, v, stride, h * d, b, j0, FLASH_BW, len, d);
+    const int j0 = blockIdx.x * FLASH_TILE, h = blockIdx.y, b = blockIdx.z, d = head_dim;
+    attn_stage(&k_sh[0][0], FLASH_LD, k, stride, h * d, b, j0, FLASH_TILE, len, d);
+    attn_stage(&v_sh[0][0], FLASH_LD, v, stride, h * d, b, j0, FLASH_TILE, len, d);
     bool key_real[2];
 #pragma unroll
     for (int e = 0; e < 2; e++) key_real[e] = j0 + kj + e < len && attn_key_real(key_mask, b, j0 + kj + e, len);
@@ -465,7 +466,7 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
     auto fetch = [&](int i0) {
         flash_fetch_rows(q, stride, h * d, b, i0, len, d, q_next);
         flash_fetch_rows(dout, (long long)heads * d, h * d, b, i0, len, d, do_next);
-        if (t < FLASH_BW) {
+        if (t < FLASH_TILE) {
             const int i = i0 + t;
             lse_next = i < len ? lse[rows0 + i] : float_infinity();
             delta_next = i < len ? delta[rows0 + i] : 0.0f;
@@ -474,14 +475,14 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
     auto store = [&]() {
         flash_store_rows(q_sh, q_next);
         flash_store_rows(do_sh, do_next);
-        if (t < FLASH_BW) stat_sh[0][t] = lse_next, stat_sh[1][t] = delta_next;
+        if (t < FLASH_TILE) stat_sh[0][t] = lse_next, stat_sh[1][t] = delta_next;
     };
     fetch(0);
     store();
     __syncthreads();
-    for (int i0 = 0; i0 < len; i0 += FLASH_BW) {
-        const bool more = i0 + FLASH_BW < len;
-        if (more) fetch(i0 + FLASH_BW);
+    for (int i0 = 0; i0 < len; i0 += FLASH_TILE) {
+        const bool more = i0 + FLASH_TILE < len;
+        if (more) fetch(i0 + FLASH_TILE);
         float qk[2][2], dov[2][2];
         flash_scores(q_sh, do_sh, k_sh, v_sh, qi, kj, qk, dov);
 #pragma unroll
@@ -501,7 +502,7 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
             }
         __syncthreads();
 #pragma unroll 4
-        for (int ii = 0; ii < FLASH_BW; ii++) {
+        for (int ii = 0; ii < FLASH_TILE; ii++) {
             const float2 p2 = *reinterpret_cast<const float2 *>(&pd_sh[ii][kr]);
             const float2 s2 = *reinterpret_cast<const float2 *>(&ds_sh[ii][kr]);
             const float4 o4 = *reinterpret_cast<const float4 *>(&do_sh[ii][dc]);
@@ -542,17 +543,17 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
     const int *__restrict__ key_mask, const float *__restrict__ dout, const float *__restrict__ lse,
     const float *__restrict__ delta, float *__restrict__ dq, int batch, int heads, int len, int head_dim, int stride,
     float scale, float dropout, unsigned long long seed) {
-    __shared__ __align__(16) float q_sh[FLASH_BW][FLASH_LD];
-    __shared__ __align__(16) float do_sh[FLASH_BW][FLASH_LD];
-    __shared__ __align__(16) float k_sh[FLASH_BW][FLASH_LD];
-    __shared__ __align__(16) float v_sh[FLASH_BW][FLASH_LD];
-    __shared__ __align__(16) float ds_t[FLASH_BW][FLASH_BW + FLASH_PAD];
+    __shared__ __align__(16) float q_sh[FLASH_TILE][FLASH_LD];
+    __shared__ __align__(16) float do_sh[FLASH_TILE][FLASH_LD];
+    __shared__ __align__(16) float k_sh[FLASH_TILE][FLASH_LD];
+    __shared__ __align__(16) float v_sh[FLASH_TILE][FLASH_LD];
+    __shared__ __align__(16) float ds_t[FLASH_TILE][FLASH_TILE + FLASH_PAD];
     const int t = threadIdx.x;
     // Terms: queries qi + a, keys kj + e. Sums: queries qr + a, head dimensions dc + x.
     const int qi = (t / 16) * 2, kj = (t % 16) * 2, qr = (t / 16) * 2, dc = (t % 16) * 4;
-    const int i0 = blockIdx.x * FLASH_BW, h = blockIdx.y, b = blockIdx.z, d = head_dim;
-    attn_stage(&q_sh[0][0], FLASH_LD, q, stride, h * d, b, i0, FLASH_BW, len, d);
-    attn_stage(&do_sh[0][0], FLASH_LD, dout, (long long)heads * d, h * d, b, i0, FLASH_BW, len, d);
+    const int i0 = blockIdx.x * FLASH_TILE, h = blockIdx.y, b = blockIdx.z, d = head_dim;
+    attn_stage(&q_sh[0][0], FLASH_LD, q, stride, h * d, b, i0, FLASH_TILE, len, d);
+    attn_stage(&do_sh[0][0], FLASH_LD, dout, (long long)heads * d, h * d, b, i0, FLASH_TILE, len, d);
     const long long rows0 = ((long long)b * heads + h) * len;
     float lse_q[2], delta_q[2];
 #pragma unroll
@@ -573,11 +574,11 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
     flash_store_rows(k_sh, k_next);
     flash_store_rows(v_sh, v_next);
     __syncthreads();
-    for (int j0 = 0; j0 < len; j0 += FLASH_BW) {
-        const bool more = j0 + FLASH_BW < len;
+    for (int j0 = 0; j0 < len; j0 += FLASH_TILE) {
+        const bool more = j0 + FLASH_TILE < len;
         if (more) {
-            flash_fetch_rows(k, stride, h * d, b, j0 + FLASH_BW, len, d, k_next);
-            flash_fetch_rows(v, stride, h * d, b, j0 + FLASH_BW, len, d, v_next);
+            flash_fetch_rows(k, stride, h * d, b, j0 + FLASH_TILE, len, d, k_next);
+            flash_fetch_rows(v, stride, h * d, b, j0 + FLASH_TILE, len, d, v_next);
         }
         float qk[2][2], dov[2][2];
         flash_scores(q_sh, do_sh, k_sh, v_sh, qi, kj, qk, dov);
@@ -598,7 +599,7 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
         }
         __syncthreads();
 #pragma unroll 4
-        for (int jj = 0; jj < FLASH_BW; jj++) {
+        for (int jj = 0; jj < FLASH_TILE; jj++) {
             const float2 s2 = *reinterpret_cast<const float2 *>(&ds_t[jj][qr]);
             const float4 k4 = *reinterpret_cast<const float4 *>(&k_sh[jj][dc]);
             const float sv[2] = {s2.x, s2.y}, kv[4] = {k4.x, k4.y, k4.z, k4.w};

@@ -60,7 +60,7 @@ struct SliceLoader {
                 for (int j = 0; j < 4; j++) tile[k + j][i] = next[l][j];
             } else {
                 const int k = g / (EXTENT / 4), i = (g % (EXTENT / 4)) * 4;
-                *reinterpret_cast<float4 *>(&tile[k][i]) = make_float4(next[l][0], next[l][1], next[l][2], next[l][3]);
+                store_float4(&tile[k][i], next[l]);
             }
         }
     }

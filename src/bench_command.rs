@@ -98,7 +98,6 @@ fn planned(shape: step::StepShape, budget: usize) -> Result<step::StepShape> {
     })
 }
 
-/// The BERT-base products of one layer at `tokens` rows: QKV, attention output, FFN up and down.
 /// "nn", "nt", "tn" or "tt" as (trans_a, trans_b).
 fn parse_layout(layout: &str) -> Result<(bool, bool)> {
     match layout.to_ascii_lowercase().as_str() {
@@ -134,6 +133,7 @@ fn parse_tiles(names: &[String]) -> Result<Vec<Option<GemmTile>>> {
     Ok(out)
 }
 
+/// The BERT-base products of one layer at `tokens` rows: QKV, attention output, FFN up and down.
 fn bert_gemm_shapes(tokens: usize) -> Vec<(usize, usize, usize)> {
     vec![
         (tokens, 2304, 768),

@@ -225,11 +225,13 @@ fn the_planner_picks_the_least_costly_strategy_that_fits() {
     };
     let peaks: Vec<usize> = (0..=3).map(|k| peak(k, false, 8)).collect();
     // Each recomputed layer saves a layer's activations, except the top one: its backward
-    // comes first, when its activations are made again anyway (under a quarter of a layer
-    // differs: what the top layer's forward holds besides them).
+    // comes first, when its activations are made again anyway. What it does save is what the
+    // top layer's forward holds besides them (here 53,056 bytes against 330,240 a layer; since
+    // the GEMM epilogue fusion that includes one rows x H buffer, 38,400 bytes, that the
+    // recomputation no longer needs).
     assert!(peaks[1] < peaks[0] && peaks[2] < peaks[1], "{peaks:?}");
     assert!(
-        peaks[3] <= peaks[2] && (peaks[2] - peaks[3]) * 4 < peaks[1] - peaks[2],
+        peaks[3] <= peaks[2] && (peaks[2] - peaks[3]) * 6 < peaks[1] - peaks[2],
         "{peaks:?}"
     );
     // Room for exactly the peak of recomputing 2 layers: 2 is chosen.

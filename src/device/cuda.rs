@@ -219,14 +219,6 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Sets `count` 32-bit words at `dst` to `word`, ordered with the launches: no host wait.
-    pub fn fill_words(&self, dst: u64, word: u32, count: usize) -> Result<()> {
-        self.bind()?;
-        // SAFETY: dst is a live allocation of at least 4 * count bytes (Buffer checks lengths).
-        unsafe { sys::cuMemsetD32Async(dst, word, count, std::ptr::null_mut()).result()? };
-        Ok(())
-    }
-
     /// Zeroes `bytes` bytes at `dst`, ordered with the launches: no host wait.
     pub fn fill_zero(&self, dst: u64, bytes: usize) -> Result<()> {
         self.bind()?;

@@ -438,21 +438,6 @@ impl Device {
         Ok(b)
     }
 
-    /// A buffer of `len` copies of `value`, set on the device (no host copy, no host wait).
-    pub fn filled(&self, len: usize, value: f32, what: &str) -> Result<Buffer<f32>> {
-        let b = self.alloc::<f32>(len, what)?;
-        match &self.0.backend {
-            Backend::Cuda(c) => c.fill_words(b.addr, value.to_bits(), len)?,
-            Backend::Sizing(_) => {}
-            Backend::Simt(_) => {
-                // SAFETY: addr points to a live, suitably aligned allocation of exactly `len`
-                // f32 values that this new buffer owns.
-                unsafe { std::slice::from_raw_parts_mut(b.addr as *mut f32, len) }.fill(value)
-            }
-        }
-        Ok(b)
-    }
-
     /// A trainable parameter's values (counted as parameters).
     pub fn parameter(&self, values: &[f32], what: &str) -> Result<Buffer<f32>> {
         let _role = self.role(Role::Parameters);

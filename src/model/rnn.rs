@@ -282,7 +282,8 @@ impl BiRnn {
             }
         };
         let dh_pre = dh_pre.as_ref().unwrap_or(&dx_pre);
-        let ones = dev.filled(rows, 1.0, "ones")?;
+        let mut ones = dev.alloc::<f32>(rows, "ones")?;
+        ops::fill(&mut ones, 1.0)?;
         let mut dx = dev.alloc::<f32>(rows * self.input, "rnn dx")?;
         let [gw_ih, gw_hh, gb_ih, gb_hh] = &mut self.grads;
         // Each direction writes its half of every gradient: added while accumulating.

@@ -94,6 +94,9 @@ impl BertEncoder {
                 "encoder backward after `infer`, which keeps nothing for backward".into(),
             ));
         }
+        // A column of ones: each layer's Q, K, V bias gradients are ones^T dQKV.
+        let mut ones = dev.alloc::<f32>(rows, "ones")?;
+        ops::fill(&mut ones, 1.0)?;
         let mut states = std::mem::take(&mut s.layers);
         while let Some(state) = states.pop() {
             let l = states.len();
@@ -182,7 +185,6 @@ impl BertEncoder {
             drop((d_context, ls.context, ls.lse));
             // Q, K, V projections: weight and bias gradients, and their sum into d input.
             let mut d_input = dev.alloc::<f32>(rows * h, "d layer input")?;
-            let ones = dev.filled(rows, 1.0, "ones")?;
             for (k, which) in ["query", "key", "value"].iter().enumerate() {
                 let w = name(&format!("attention.self.{which}.weight"));
                 let b = name(&format!("attention.self.{which}.bias"));
