@@ -6,6 +6,7 @@ use emrclass::model::heads::HeadKind;
 use emrclass::model::loss::LossKind;
 use emrclass::model::rnn::Cell;
 use emrclass::ops::{Gemm, GemmTile};
+use emrclass::settings::Checks;
 use emrclass::{Device, Error, Result};
 
 use super::{loss_kinds, LossArg};
@@ -96,6 +97,119 @@ fn planned(shape: step::StepShape, budget: usize) -> Result<step::StepShape> {
         memory: p.strategy.memory,
         ..shape
     })
+}
+
+impl BenchWhat {
+    /// Every flag of the bench family (`emrclass::settings`' rules), before the device opens.
+    pub fn check(&self, out: &BenchOutputs) -> Result<()> {
+        let mut c = Checks::new();
+        if out.compare_torch {
+            c.count("--torch-reps", out.torch_reps);
+        }
+        match self {
+            BenchWhat::Copy { mib, reps } => {
+                c.count("--mib", *mib);
+                c.count("--reps", *reps);
+            }
+            BenchWhat::Step(a) => {
+                for (flag, v) in [
+                    ("--layers", a.layers),
+                    ("--hidden", a.hidden),
+                    ("--heads", a.heads),
+                    ("--vocab", a.vocab),
+                    ("--batch", a.batch),
+                    ("--reps", a.reps),
+                ] {
+                    c.count(flag, v);
+                }
+                c.at_least("--classes", a.classes, 2, "a classifier");
+                if let Some(i) = a.intermediate {
+                    c.count("--intermediate", i);
+                }
+                if a.heads > 0 && a.hidden % a.heads != 0 {
+                    c.refuse(
+                        "--hidden",
+                        a.hidden,
+                        &format!("must be a multiple of --heads {}", a.heads),
+                    );
+                }
+                c.require(!a.len.is_empty(), "--len: give at least one length");
+                if let Some(head) = c.parse::<HeadKind>("--head", &a.head) {
+                    for &l in &a.len {
+                        emrclass::settings::sequence_length(&mut c, "--len", l, &[head]);
+                    }
+                }
+            }
+            BenchWhat::Attention(s) | BenchWhat::Encoder(s) => {
+                for (flag, v) in [
+                    ("--batch", s.batch),
+                    ("--hidden", s.hidden),
+                    ("--heads", s.heads),
+                    ("--reps", s.reps),
+                ] {
+                    c.count(flag, v);
+                }
+                c.counts("--len", &s.len);
+                if s.heads > 0 && s.hidden % s.heads != 0 {
+                    c.refuse(
+                        "--hidden",
+                        s.hidden,
+                        &format!("must be a multiple of --heads {}", s.heads),
+                    );
+                }
+            }
+            BenchWhat::Gru(s) | BenchWhat::Lstm(s) | BenchWhat::Textcnn(s) => {
+                for (flag, v) in [
+                    ("--batch", s.batch),
+                    ("--len", s.len),
+                    ("--input", s.input),
+                    ("--hidden", s.hidden),
+                    ("--reps", s.reps),
+                ] {
+                    c.count(flag, v);
+                }
+            }
+            BenchWhat::Loss {
+                rows,
+                classes,
+                reps,
+                ..
+            } => {
+                c.counts("--rows", rows);
+                c.counts("--classes", classes);
+                for &k in classes {
+                    c.at_least("--classes", k, 2, "a classifier");
+                }
+                c.count("--reps", *reps);
+            }
+            BenchWhat::Gemm {
+                sizes,
+                shapes,
+                reps,
+                layouts,
+                tiles,
+            } => {
+                for &s in sizes {
+                    c.count("--sizes", s);
+                }
+                for s in shapes {
+                    if let Err(e) = parse_shape(s) {
+                        c.require(false, format!("--shapes {s}: {e}"));
+                    }
+                }
+                c.count("--reps", *reps);
+                for l in layouts {
+                    if let Err(e) = parse_layout(l) {
+                        c.require(false, format!("--layouts: {e}"));
+                    }
+                }
+                if let Err(e) = parse_tiles(tiles) {
+                    c.require(false, format!("--tiles: {e}"));
+                }
+            }
+        }
+        c.finish()
+    }
 }
 
 /// "nn", "nt", "tn" or "tt" as (trans_a, trans_b).

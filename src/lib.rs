@@ -14,6 +14,7 @@ pub mod model;
 pub mod ops;
 pub mod plan;
 pub mod reference;
+pub mod settings;
 pub mod train;
 pub mod weights;
 

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use emrclass::check::{registry, Rng};
-use emrclass::device::{parse_bytes, DeviceChoice};
+use emrclass::device::DeviceChoice;
 use emrclass::model::loss::LossKind;
+use emrclass::settings::{self, Checks};
 use emrclass::train::command::MemoryBudget;
 use emrclass::{kernel_report, Device, Result, Schedule};
 
@@ -189,7 +190,7 @@ struct TrainArgs {
     /// Dev data (default: a stratified split of the training data, --dev-fraction).
     #[arg(long)]
     pub dev: Option<std::path::PathBuf>,
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
     pub dev_fraction: f64,
     #[arg(long, default_value = "text")]
     pub text_field: String,
@@ -213,7 +214,7 @@ struct TrainArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 64)]
     pub max_len: usize,
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 3e-3, allow_negative_numbers = true)]
     pub lr: f64,
     /// Embedding width of the encoder-free path.
     #[arg(long, default_value_t = 64)]
@@ -224,10 +225,10 @@ struct TrainArgs {
     /// BiGRU/BiLSTM hidden size.
     #[arg(long, default_value_t = 64)]
     pub rnn_hidden: usize,
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
     pub dropout: f32,
     /// Size of the built-in synthetic set (1.0: about 5,900 records).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub synthetic_scale: f64,
     /// Keep the --encoder frozen: encode every text once (cached on disk, see
     /// --feature-cache) and train only the head.
@@ -238,7 +239,7 @@ struct TrainArgs {
     pub feature_cache: std::path::PathBuf,
     /// Learning rate of the input path (character embeddings or encoder) as a multiple of the
     /// head's --lr.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub input_lr_scale: f32,
     /// Gradient accumulation: micro-batches of --batch-size per optimizer step.
     #[arg(long, default_value_t = 1)]
@@ -289,6 +290,13 @@ impl TrainArgs {
         seed: Option<u64>,
         memory: Option<MemoryBudget>,
     ) -> Result<emrclass::train::command::TrainOptions> {
+        let mut names = Checks::new();
+        let head = names.parse("--head", &self.head);
+        let metric = names.parse("--metric", &self.metric);
+        names.finish()?;
+        let (Some(head), Some(metric)) = (head, metric) else {
+            unreachable!("finish() refuses a name that did not parse")
+        };
         Ok(emrclass::train::command::TrainOptions {
             train: self.train.clone(),
             dev: self.dev.clone(),
@@ -299,7 +307,7 @@ impl TrainArgs {
                 skip_bad: self.skip_bad,
             },
             encoder: self.encoder.clone(),
-            head: self.head.parse()?,
+            head,
             loss: loss_kinds(self.loss)?[0],
             max_len: self.max_len,
             embedding_dim: self.embedding_dim,
@@ -329,7 +337,7 @@ impl TrainArgs {
             checkpoint_every: self.checkpoint_every,
             log_every: self.log_every,
             patience: self.patience,
-            metric: self.metric.parse()?,
+            metric,
             eval_every: self.eval_every,
             quiet: self.quiet,
             stop_after_steps: self.stop_after_steps,
@@ -390,21 +398,12 @@ fn open_device(cli: &Cli, seed: u64) -> Result<Device> {
     Ok(dev)
 }
 
-/// --memory-budget with --context-reserve; without it, a GPU's free memory (what the context
-/// already holds counts as reserve, plus 64 MiB for modules loaded later); None: unlimited.
+/// --memory-budget with --context-reserve (checked by `settings::memory_flags` before the device
+/// opened); without it, a GPU's free memory (what the context already holds counts as reserve,
+/// plus 64 MiB for modules loaded later); None: unlimited.
 fn memory_budget(cli: &Cli, dev: &Device) -> Result<Option<MemoryBudget>> {
-    let reserve = parse_bytes(&cli.context_reserve)?;
-    match &cli.memory_budget {
-        Some(b) => {
-            let budget = parse_bytes(b)?;
-            if reserve >= budget {
-                return Err(emrclass::Error::Invalid(format!(
-                    "--memory-budget {b} leaves nothing after --context-reserve {}",
-                    cli.context_reserve
-                )));
-            }
-            Ok(Some(MemoryBudget { budget, reserve }))
-        }
+    match settings::memory_flags(cli.memory_budget.as_deref(), &cli.context_reserve)? {
+        Some((budget, reserve)) => Ok(Some(MemoryBudget { budget, reserve })),
         None if dev.is_cuda() => {
             let (free, total) = dev.mem_info()?;
             Ok(Some(MemoryBudget {
@@ -419,6 +418,21 @@ fn memory_budget(cli: &Cli, dev: &Device) -> Result<Option<MemoryBudget>> {
 fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
     use emrclass::model::bert::BertConfig;
     use emrclass::plan;
+    let mut c = Checks::new();
+    let head = c.parse("--head", &a.head);
+    c.count("--batch", a.batch);
+    c.count("--classes", a.classes);
+    c.at_least("--classes", a.classes, 2, "a classifier");
+    if let Some(h) = head {
+        settings::sequence_length(&mut c, "--seq", a.seq, &[h]);
+        settings::head_sizes(&mut c, &[h], a.filters, a.rnn_hidden);
+    }
+    let budget = c.bytes("--budget", &a.budget);
+    let reserve = c.bytes("--context-reserve", &cli.context_reserve);
+    c.finish()?;
+    let (Some(head), Some(budget), Some(reserve)) = (head, budget, reserve) else {
+        unreachable!("finish() refuses a value that did not parse")
+    };
     let is_json = a.model.extension().is_some_and(|e| e == "json");
     let config_path = if is_json {
         a.model.clone()
@@ -426,8 +440,7 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
         a.model.join("config.json")
     };
     let encoder = BertConfig::from_file(&config_path)?;
-    let mut head =
-        emrclass::model::heads::HeadConfig::new(a.head.parse()?, encoder.hidden_size, a.classes);
+    let mut head = emrclass::model::heads::HeadConfig::new(head, encoder.hidden_size, a.classes);
     head.textcnn_filters = a.filters;
     head.rnn_hidden = a.rnn_hidden;
     let request = plan::Request {
@@ -436,8 +449,8 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
         loss: loss_kinds(a.loss)?[0],
         batch: a.batch,
         seq: a.seq,
-        budget: parse_bytes(&a.budget)?,
-        reserve: parse_bytes(&cli.context_reserve)?,
+        budget,
+        reserve,
         frozen: a.frozen,
     };
     let p = plan::plan(&request)?;
@@ -464,6 +477,8 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
 
 fn run(cli: &Cli) -> Result<bool> {
     let seed = cli.seed.unwrap_or_else(Rng::fresh_seed);
+    // The global flags first: every command below checks its own before its device opens.
+    settings::memory_flags(cli.memory_budget.as_deref(), &cli.context_reserve)?;
     match &cli.command {
         Command::Kernels { files } => {
             let rows = kernel_report::build_for(files)?;
@@ -475,13 +490,16 @@ fn run(cli: &Cli) -> Result<bool> {
             Ok(problems.is_empty())
         }
         Command::Bench { what, out } => {
+            what.check(out)?;
             let dev = open_device(cli, seed)?;
             bench_command::run(&dev, what, &out.outputs())
         }
         Command::Train(args) => {
+            let mut options = args.options(cli.seed, None)?;
+            settings::check_train(&options, &[options.head])?;
             let dev_handle = open_device(cli, seed)?;
-            let memory = memory_budget(cli, &dev_handle)?;
-            emrclass::train::command::run(&dev_handle, &args.options(cli.seed, memory)?)?;
+            options.memory = memory_budget(cli, &dev_handle)?;
+            emrclass::train::command::run(&dev_handle, &options)?;
             Ok(true)
         }
         Command::Experiment {
@@ -490,10 +508,17 @@ fn run(cli: &Cli) -> Result<bool> {
             losses,
         } => {
             use emrclass::train::experiment::{run_grid, ExperimentOptions};
+            let mut base = train.options(cli.seed, None)?;
+            let mut c = Checks::new();
+            let heads: Vec<_> = heads.iter().filter_map(|h| c.parse("--heads", h)).collect();
+            c.require(!heads.is_empty(), "--heads: give at least one head");
+            c.require(!losses.is_empty(), "--losses: give at least one loss");
+            c.finish()?;
+            settings::check_train(&base, &heads)?;
             let dev_handle = open_device(cli, seed)?;
-            let base = train.options(cli.seed, memory_budget(cli, &dev_handle)?)?;
+            base.memory = memory_budget(cli, &dev_handle)?;
             let o = ExperimentOptions {
-                heads: heads.iter().map(|h| h.parse()).collect::<Result<_>>()?,
+                heads,
                 losses: losses
                     .iter()
                     .map(|&l| loss_kinds(l).map(|v| v[0]))
@@ -533,6 +558,10 @@ fn run(cli: &Cli) -> Result<bool> {
             skip_bad,
             batch_size,
         } => {
+            settings::check_inference(
+                *batch_size,
+                &[("--text-field", text_field), ("--label-field", label_field)],
+            )?;
             let dev = open_device(cli, seed)?;
             let read = emrclass::data::dataset::ReadOptions {
                 text_field: text_field.clone(),
@@ -550,6 +579,7 @@ fn run(cli: &Cli) -> Result<bool> {
             text_field,
             batch_size,
         } => {
+            settings::check_inference(*batch_size, &[("--text-field", text_field)])?;
             let dev = open_device(cli, seed)?;
             let n = emrclass::train::inference::predict(
                 &dev,
@@ -570,6 +600,7 @@ fn run(cli: &Cli) -> Result<bool> {
             max_len,
             output,
         } => {
+            settings::check_encode(*max_len)?;
             let dev = open_device(cli, seed)?;
             let input = match (texts, ids) {
                 (Some(t), _) => emrclass::encode::Input::Texts(t),
@@ -585,8 +616,8 @@ fn run(cli: &Cli) -> Result<bool> {
         }
         Command::Plan(a) => plan_command(cli, a),
         Command::Gradcheck { ops } => {
-            let dev = open_device(cli, seed)?;
             let checks = registry::select(ops)?;
+            let dev = open_device(cli, seed)?;
             println!("seed {seed} (replay with --seed {seed})");
             let mut rng = Rng::new(seed);
             let mut rows = Vec::new();

@@ -29,6 +29,7 @@ use super::trainer::{
 };
 use crate::ops::AdamW;
 use crate::plan;
+use crate::settings;
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -171,7 +172,9 @@ fn load(o: &TrainOptions) -> Result<(Vec<Example>, Vec<Example>, String)> {
 
 /// Runs training and prints per-epoch lines and the best epoch's report; returns the logs.
 pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
+    settings::check_train(o, &[o.head])?;
     let (train_set, dev_set, source) = load(o)?;
+    settings::check_data(o, &train_set, &dev_set, &source)?;
     let map = LabelMap::from_examples(&train_set);
     let classes = map.names.len();
     let train_labels = map.indices(

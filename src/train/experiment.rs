@@ -31,7 +31,8 @@ pub struct Outcome {
     pub macro_f1: f64,
     pub micro_f1: f64,
     pub seconds: f64,
-    pub samples_per_second: f64,
+    /// None when the runs took no measurable time.
+    pub samples_per_second: Option<f64>,
 }
 
 /// The paper's names for the heads and losses.
@@ -89,8 +90,10 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
                 macro_f1: best.dev.macro_avg.f1,
                 micro_f1: best.dev.micro_avg.f1,
                 seconds,
-                samples_per_second: logs.iter().map(|e| e.samples_per_second).sum::<f64>()
-                    / logs.len() as f64,
+                samples_per_second: super::trainer::per_second(
+                    logs.iter().map(|e| e.samples).sum(),
+                    seconds,
+                ),
             });
             write_tables(&o.out, &outcomes, &o.losses, describe)?;
         }
@@ -150,7 +153,7 @@ fn csv(outcomes: &[Outcome]) -> String {
     for r in outcomes {
         let _ = writeln!(
             s,
-            "{},{},{:.6},{:.6},{:.6},{},{:.2},{:.1}",
+            "{},{},{:.6},{:.6},{:.6},{},{:.2},{}",
             head_name(r.head),
             loss_name(r.loss),
             r.accuracy,
@@ -159,6 +162,7 @@ fn csv(outcomes: &[Outcome]) -> String {
             r.best_epoch,
             r.seconds,
             r.samples_per_second
+                .map_or_else(String::new, |v| format!("{v:.1}"))
         );
     }
     s

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use super::checkpoint::{self, Progress, RunInfo, State};
 use super::metrics::Confusion;
 use super::optim::Optimizer;
-use super::trainer::{Classifier, EpochLog, Event};
+use super::trainer::{per_second, rate_text, Classifier, EpochLog, Event};
 
 /// How often the loop writes, and what the bar shows.
 pub struct FolderSettings {
@@ -124,9 +124,9 @@ impl RunFolder {
                     eprint!("\r{:79}\r", "");
                 }
                 println!(
-                    "epoch {:>2}  loss {:.4}  dev acc {:.4}  macro-F1 {:.4}  micro-F1 {:.4}  {:.1} s  {:.0} samples/s{}",
+                    "epoch {:>2}  loss {:.4}  dev acc {:.4}  macro-F1 {:.4}  micro-F1 {:.4}  {:.1} s  {} samples/s{}",
                     log.epoch, log.mean_loss, log.dev.accuracy, log.dev.macro_avg.f1, log.dev.micro_avg.f1,
-                    log.seconds, log.samples_per_second, if best { "  (best)" } else { "" }
+                    log.seconds, rate_text(log.samples_per_second), if best { "  (best)" } else { "" }
                 );
                 self.log(json!({
                     "epoch": log.epoch, "loss": log.mean_loss, "dev_accuracy": log.dev.accuracy,
@@ -146,15 +146,21 @@ impl RunFolder {
     }
 
     fn progress_bar(&mut self, p: &Progress, loss: f32, lr: f32, batches: usize) {
-        let (start, first) = *self.bar_start.get_or_insert((Instant::now(), p.batch - 1));
+        // The clock starts at the first step seen; rates count the steps after it.
+        let (start, first) = *self.bar_start.get_or_insert((Instant::now(), p.batch));
         let done = p.batch - first;
-        let secs = start.elapsed().as_secs_f64().max(1e-9);
-        let rate = (done * self.settings.batch_size) as f64 / secs;
-        let eta = (batches - p.batch) as f64 * secs / done.max(1) as f64;
+        let secs = start.elapsed().as_secs_f64();
+        let rate = per_second(done * self.settings.batch_size, secs);
+        let eta = match per_second(done, secs) {
+            Some(steps_per_second) => {
+                format!("{:.0}s", (batches - p.batch) as f64 / steps_per_second)
+            }
+            None => "-".into(),
+        };
         let width = 24;
         let filled = width * p.batch / batches.max(1);
         eprint!(
-            "\repoch {}/{} [{}{}] {}/{} loss {:.4} lr {:.2e} {:.0} samples/s ETA {:.0}s ",
+            "\repoch {}/{} [{}{}] {}/{} loss {:.4} lr {:.2e} {} samples/s ETA {} ",
             p.epoch,
             self.settings.epochs,
             "#".repeat(filled),
@@ -163,7 +169,7 @@ impl RunFolder {
             batches,
             loss,
             lr,
-            rate,
+            rate_text(rate),
             eta
         );
     }

@@ -246,7 +246,20 @@ pub struct EpochLog {
     pub mean_loss: f64,
     pub dev: Report,
     pub seconds: f64,
-    pub samples_per_second: f64,
+    /// Training records this run stepped through in the epoch.
+    pub samples: usize,
+    /// None when the epoch took no measurable time.
+    pub samples_per_second: Option<f64>,
+}
+
+/// `count` per second, or None below a millisecond (a rate the clock cannot measure).
+pub fn per_second(count: usize, seconds: f64) -> Option<f64> {
+    (seconds >= 1e-3).then(|| count as f64 / seconds)
+}
+
+/// A rate for the terminal: `-` when not measurable.
+pub fn rate_text(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".to_string(), |r| format!("{r:.0}"))
 }
 
 /// Token sequences and their class indices.
@@ -366,17 +379,18 @@ pub fn train(
             }
         }
         let seconds = start.elapsed().as_secs_f64();
+        let samples: usize = batches[first.min(batches.len())..]
+            .iter()
+            .map(Vec::len)
+            .sum();
         let dev = model.evaluate(&dev_set.seqs, &dev_set.labels, classes, s.batch_size)?;
         let entry = EpochLog {
             epoch: p.epoch,
             mean_loss: p.loss_sum / batches.len().max(1) as f64,
             dev,
             seconds,
-            samples_per_second: batches[first.min(batches.len())..]
-                .iter()
-                .map(Vec::len)
-                .sum::<usize>() as f64
-                / seconds.max(1e-9),
+            samples,
+            samples_per_second: per_second(samples, seconds),
         };
         let score = ctl.metric.of(&entry.dev);
         let best = p.best.is_none_or(|(_, f)| score > f);

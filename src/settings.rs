@@ -1,0 +1,296 @@
+//! The rules a command's settings must meet, in one place. Every command (`train`, `experiment`,
+//! `plan`, `eval`, `predict`, `bench`, `encode`) checks its flags here before any work — no data
+//! read, no device opened, no file written — and a refusal names each flag, its value and what
+//! is valid, all problems at once. The data rules (classes, a non-empty dev set) run right after
+//! the data is read, before the run folder is written. The README's "What is validated" lists
+//! the same rules.
+
+use std::fmt::Display;
+
+use crate::data::dataset::Example;
+use crate::device::parse_bytes;
+use crate::error::{Error, Result};
+use crate::model::heads::HeadKind;
+use crate::train::command::TrainOptions;
+use crate::train::experiment::head_name;
+
+/// The widest Text-CNN window (widths 2, 3, 4): a shorter --max-len leaves that width nothing to
+/// slide over.
+pub const WIDEST_TEXTCNN_WINDOW: usize = 4;
+
+/// The shortest useful --max-len: [CLS], one token of text, [SEP].
+pub const SHORTEST_SEQUENCE: usize = 3;
+
+/// The problems found so far; `finish` turns them into one error.
+#[derive(Default)]
+pub struct Checks {
+    problems: Vec<String>,
+}
+
+impl Checks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A problem in the user's words: `--flag value: what is valid`.
+    pub fn refuse(&mut self, flag: &str, value: impl Display, valid: &str) {
+        self.problems.push(format!("{flag} {value}: {valid}"));
+    }
+
+    /// A count: at least 1.
+    pub fn count(&mut self, flag: &str, value: usize) {
+        self.at_least(flag, value, 1, "");
+    }
+
+    /// A list of counts: not empty, each at least 1.
+    pub fn counts(&mut self, flag: &str, values: &[usize]) {
+        if values.is_empty() {
+            self.refuse(flag, "(none)", "give at least one value");
+        }
+        for &v in values {
+            self.count(flag, v);
+        }
+    }
+
+    /// At least `min`; `why` (may be empty) says where the bound comes from.
+    pub fn at_least(&mut self, flag: &str, value: usize, min: usize, why: &str) {
+        if value < min {
+            let why = if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({why})")
+            };
+            self.refuse(flag, value, &format!("must be at least {min}{why}"));
+        }
+    }
+
+    /// A rate or scale: finite and > 0.
+    pub fn positive(&mut self, flag: &str, value: f64) {
+        if !(value.is_finite() && value > 0.0) {
+            self.refuse(flag, value, "must be a finite number > 0");
+        }
+    }
+
+    /// Finite and ≥ 0.
+    pub fn non_negative(&mut self, flag: &str, value: f64) {
+        if !(value.is_finite() && value >= 0.0) {
+            self.refuse(flag, value, "must be a finite number ≥ 0");
+        }
+    }
+
+    /// A fraction in [lo, hi) (`closed_low`) or (lo, hi).
+    pub fn fraction(&mut self, flag: &str, value: f64, closed_low: bool, lo: f64, hi: f64) {
+        let above = if closed_low { value >= lo } else { value > lo };
+        if !(above && value < hi) {
+            let open = if closed_low { '[' } else { '(' };
+            self.refuse(flag, value, &format!("must be in {open}{lo}, {hi})"));
+        }
+    }
+
+    /// A field or column name: not empty.
+    pub fn name(&mut self, flag: &str, value: &str) {
+        if value.trim().is_empty() {
+            self.refuse(flag, format!("{value:?}"), "must name a field");
+        }
+    }
+
+    /// A byte size such as 4GiB; None when it does not parse (the problem is kept).
+    pub fn bytes(&mut self, flag: &str, value: &str) -> Option<usize> {
+        match parse_bytes(value) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.problems.push(format!("{flag}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A parsed value (a head or metric name); None when it does not parse (the problem is kept).
+    pub fn parse<T: std::str::FromStr<Err = Error>>(
+        &mut self,
+        flag: &str,
+        value: &str,
+    ) -> Option<T> {
+        match value.parse() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.problems.push(format!("{flag} {value}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Any other rule: a whole sentence when `ok` is false.
+    pub fn require(&mut self, ok: bool, problem: impl Into<String>) {
+        if !ok {
+            self.problems.push(problem.into());
+        }
+    }
+
+    /// Ok, or one error listing every problem.
+    pub fn finish(self) -> Result<()> {
+        match self.problems.len() {
+            0 => Ok(()),
+            1 => Err(Error::Invalid(self.problems[0].clone())),
+            n => Err(Error::Invalid(format!(
+                "{n} settings are invalid:\n  {}",
+                self.problems.join("\n  ")
+            ))),
+        }
+    }
+}
+
+/// --memory-budget and --context-reserve as (budget, reserve); no budget: None.
+pub fn memory_flags(budget: Option<&str>, reserve: &str) -> Result<Option<(usize, usize)>> {
+    let mut c = Checks::new();
+    let r = c.bytes("--context-reserve", reserve);
+    let b = budget.and_then(|b| c.bytes("--memory-budget", b));
+    if let (Some(text), Some(b), Some(r)) = (budget, b, r) {
+        c.require(
+            r < b,
+            format!(
+                "--memory-budget {text} leaves nothing after --context-reserve {reserve}: the budget must be larger"
+            ),
+        );
+    }
+    c.finish()?;
+    Ok(b.zip(r))
+}
+
+/// Whether a head runs Text-CNN over the token states.
+pub fn uses_textcnn(head: HeadKind) -> bool {
+    matches!(
+        head,
+        HeadKind::TextCnn | HeadKind::TextCnnBiGru | HeadKind::Paper
+    )
+}
+
+/// The sequence-length rule of the heads in use: [CLS] + a token + [SEP], and the widest
+/// Text-CNN window where a head uses Text-CNN.
+pub fn sequence_length(c: &mut Checks, flag: &str, value: usize, heads: &[HeadKind]) {
+    match heads.iter().find(|&&h| uses_textcnn(h)) {
+        Some(h) => c.at_least(
+            flag,
+            value,
+            WIDEST_TEXTCNN_WINDOW.max(SHORTEST_SEQUENCE),
+            &format!("the {} head's widest Text-CNN window", head_name(*h)),
+        ),
+        None => c.at_least(flag, value, SHORTEST_SEQUENCE, "[CLS], a token and [SEP]"),
+    }
+}
+
+/// The head and its model sizes: the rules `train` and `plan` share.
+pub fn head_sizes(c: &mut Checks, heads: &[HeadKind], filters: usize, rnn_hidden: usize) {
+    if heads.iter().any(|&h| uses_textcnn(h)) {
+        c.count("--filters", filters);
+    }
+    if heads
+        .iter()
+        .any(|&h| h != HeadKind::Cls && h != HeadKind::TextCnn)
+    {
+        c.count("--rnn-hidden", rnn_hidden);
+    }
+}
+
+/// `train` (and each run of `experiment`, with its list of heads): every flag, before any work.
+pub fn check_train(o: &TrainOptions, heads: &[HeadKind]) -> Result<()> {
+    let mut c = Checks::new();
+    let s = &o.settings;
+    c.count("--epochs", s.epochs);
+    c.count("--batch-size", s.batch_size);
+    c.count("--accumulate", s.accumulate);
+    c.positive("--lr", s.lr);
+    c.non_negative("--input-lr-scale", s.input_lr_scale as f64);
+    c.fraction("--dropout", o.dropout as f64, true, 0.0, 1.0);
+    sequence_length(&mut c, "--max-len", o.max_len, heads);
+    head_sizes(&mut c, heads, o.filters, o.rnn_hidden);
+    if o.encoder.is_none() {
+        c.count("--embedding-dim", o.embedding_dim);
+        for &h in heads {
+            c.require(
+                h != HeadKind::Cls,
+                "--head cls reads an encoder's pooled [CLS]: give --encoder, or use textcnn, bigru, bilstm, textcnn-bigru or paper",
+            );
+        }
+    }
+    if o.train.is_none() {
+        c.positive("--synthetic-scale", o.synthetic_scale);
+    }
+    if o.dev.is_none() {
+        c.fraction("--dev-fraction", o.dev_fraction, false, 0.0, 1.0);
+    }
+    c.name("--text-field", &o.read.text_field);
+    c.name("--label-field", &o.read.label_field);
+    c.count("--log-every", o.log_every as usize);
+    if let Some(p) = o.patience {
+        c.count("--patience", p);
+    }
+    if let Some(n) = o.stop_after_steps {
+        c.count("--stop-after-steps", n as usize);
+    }
+    c.finish()
+}
+
+/// The data rules, right after reading: at least two classes, a dev set with at least one
+/// record; a warning (on stderr) naming the classes with no dev record.
+pub fn check_data(
+    o: &TrainOptions,
+    train: &[Example],
+    dev: &[Example],
+    train_source: &str,
+) -> Result<()> {
+    let mut classes: Vec<&str> = train.iter().map(|e| e.label.as_str()).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    if classes.len() < 2 {
+        return Err(Error::Invalid(format!(
+            "{train_source}: {} training record{} of {} class{} ({}): a classifier needs at least two classes",
+            train.len(),
+            if train.len() == 1 { "" } else { "s" },
+            classes.len(),
+            if classes.len() == 1 { "" } else { "es" },
+            classes.join(", ")
+        )));
+    }
+    if dev.is_empty() {
+        return Err(Error::Invalid(match &o.dev {
+            Some(path) => format!("{}: the dev file has no records", path.display()),
+            None => format!(
+                "{train_source}: the dev split is empty: --dev-fraction {} of {} records leaves none (a class needs two records to give one to dev); give --dev FILE or more data",
+                o.dev_fraction,
+                train.len()
+            ),
+        }));
+    }
+    let missing: Vec<&str> = classes
+        .iter()
+        .filter(|&&k| !dev.iter().any(|e| e.label == k))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "warning: {} of {} classes have no dev record, so their dev recall and F1 mean nothing: {}",
+            missing.len(),
+            classes.len(),
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `eval` and `predict`: the batch size and the field names.
+pub fn check_inference(batch_size: usize, fields: &[(&str, &str)]) -> Result<()> {
+    let mut c = Checks::new();
+    c.count("--batch-size", batch_size);
+    for (flag, value) in fields {
+        c.name(flag, value);
+    }
+    c.finish()
+}
+
+/// `encode`: the truncation length.
+pub fn check_encode(max_len: usize) -> Result<()> {
+    let mut c = Checks::new();
+    c.at_least("--max-len", max_len, 2, "[CLS] and [SEP]");
+    c.finish()
+}
