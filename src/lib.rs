@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod crash;
 pub mod data;
 pub mod device;
 pub mod encode;

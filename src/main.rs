@@ -651,6 +651,12 @@ fn run(cli: &Cli) -> Result<bool> {
 }
 
 fn main() -> ExitCode {
+    // Writing into a closed pipe (`emrclass ... | head`) ends the process quietly, as for any
+    // Unix tool, instead of panicking in println!.
+    // SAFETY: called first thing, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(&cli) {
         Ok(true) => ExitCode::SUCCESS,

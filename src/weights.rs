@@ -103,14 +103,38 @@ pub fn write_tensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> Res
     write_atomically(path, &bytes)
 }
 
-/// Writes `bytes` to a temp file beside `path`, then renames it into place: a reader sees the
-/// old file or the new one, never half of one.
+/// Writes `bytes` to `path.tmp`, syncs it to the disk, renames it into place and syncs the
+/// folder: a reader (or a run resumed after a crash or a power cut) sees the old file or the
+/// new one, never half of one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let (first, rest) = bytes.split_at(bytes.len() / 2);
+    let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    file.write_all(first).map_err(|e| Error::io(&tmp, e))?;
+    file.flush().map_err(|e| Error::io(&tmp, e))?;
+    crate::crash::point("write-partial");
+    file.write_all(rest)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    drop(file);
+    crate::crash::point("write-unrenamed");
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    sync_folder_of(path)
+}
+
+/// Makes a rename in `path`'s folder durable (a no-op where folders cannot be opened).
+fn sync_folder_of(path: &Path) -> Result<()> {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match std::fs::File::open(folder) {
+        Ok(f) => f.sync_all().map_err(|e| Error::io(folder, e)),
+        Err(_) => Ok(()),
+    }
 }
 
 /// A safetensors checkpoint read once: the header parsed, tensors converted on request.

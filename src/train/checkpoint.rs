@@ -6,16 +6,18 @@
 //!   running loss, finished epochs, best epoch, patience count), the GHM state, the settings'
 //!   fingerprint, the label names and the character vocabulary, and the tensor file's name.
 //!
-//! Atomic: the tensors go to a new file, then `state.json` is replaced through a temporary file
-//! and a rename — the commit point — and only then is the previous tensor file removed. A crash
-//! at any moment leaves the last complete checkpoint readable.
+//! Atomic: the tensors go to a new file (written whole, synced, renamed), then `state.json` is
+//! replaced the same way — the commit point — and only then is the previous tensor file removed.
+//! A crash at any moment leaves the last complete checkpoint readable, and only the tensor file
+//! `state.json` names is ever read; the next save removes what a crashed one left.
+//! (`tests/crash_consistency.rs` kills a run at every step and at every point of a save.)
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::weights::{write_tensors, Checkpoint};
+use crate::weights::{write_atomically, write_tensors, Checkpoint};
 
 use super::optim::Optimizer;
 use super::trainer::Classifier;
@@ -129,7 +131,9 @@ pub fn save(dir: &Path, model: &mut Classifier, opt: &Optimizer, state: &State) 
         .zip(&data)
         .map(|(n, d)| (n.as_str(), vec![d.len()], d.as_slice()))
         .collect();
+    remove_leftovers(dir);
     write_tensors(&dir.join(&tensor_file), &tensors)?;
+    crate::crash::point("tensors-written");
     let previous = load_state(dir).ok().map(|s| s.tensors);
     let state = State {
         format: FORMAT,
@@ -137,13 +141,32 @@ pub fn save(dir: &Path, model: &mut Classifier, opt: &Optimizer, state: &State) 
         ..state.clone()
     };
     let text = serde_json::to_string_pretty(&state).map_err(|e| io(dir, e))?;
-    let tmp = dir.join(format!(".state.json.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, dir.join("state.json")).map_err(|e| io(dir, e))?;
+    // The commit point: until this rename, state.json names the previous, whole tensor file.
+    write_atomically(&dir.join("state.json"), text.as_bytes())?;
+    crate::crash::point("state-renamed");
     if let Some(old) = previous.filter(|old| *old != tensor_file) {
         let _ = std::fs::remove_file(dir.join(old));
     }
     Ok(())
+}
+
+/// Removes what a crashed save left behind: half-written `*.tmp` files, and tensor files that
+/// `state.json` does not name (written, then never committed). Best effort: a file that cannot
+/// be removed is left, and never read.
+fn remove_leftovers(dir: &Path) {
+    let committed = load_state(dir).ok().map(|s| s.tensors);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale_tensors = name.starts_with("tensors-")
+            && name.ends_with(".safetensors")
+            && committed.as_deref() != Some(name.as_str());
+        if name.ends_with(".tmp") || stale_tensors {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Reads `dir/state.json`.

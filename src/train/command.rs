@@ -295,6 +295,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         }
         checkpoint::restore(&dir, &state, &mut model, &mut opt, false)?;
         let p = state.progress;
+        folder.truncate_log(&p)?;
         println!(
             "resuming from {}: epoch {}, {} batches done, step {}",
             dir.display(),
@@ -304,7 +305,10 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         );
         p
     } else {
-        Progress::start()
+        // A fresh run replaces whatever an earlier run left in the folder's log.
+        let p = Progress::start();
+        folder.truncate_log(&p)?;
+        p
     };
     let mut on_event =
         |m: &mut Classifier, op: &Optimizer, p: &Progress, e: Event| folder.on_event(m, op, p, e);

@@ -179,11 +179,7 @@ fn write_tables(
         ("results.csv", csv(outcomes)),
         ("results.md", markdown(outcomes, losses, describe)),
     ] {
-        let path = out.join(name);
-        let tmp = out.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        crate::weights::write_atomically(&out.join(name), text.as_bytes())?;
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ use super::checkpoint::{self, Progress, RunInfo, State};
 use super::metrics::Confusion;
 use super::optim::Optimizer;
 use super::trainer::{per_second, rate_text, Classifier, EpochLog, Event};
+use crate::weights::write_atomically;
 
 /// How often the loop writes, and what the bar shows.
 pub struct FolderSettings {
@@ -58,6 +59,32 @@ impl RunFolder {
 
     pub fn checkpoint_dir(&self) -> PathBuf {
         self.dir.join("checkpoint")
+    }
+
+    /// On --resume: drops the log lines a killed run wrote after the checkpoint it resumes from
+    /// (steps after `p.step`, epochs not yet finished there), so the resumed run's lines are not
+    /// doubled.
+    pub fn truncate_log(&self, p: &Progress) -> Result<()> {
+        let path = self.dir.join("log.jsonl");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let finished = p.finished.iter().map(|e| e.epoch).max().unwrap_or(0);
+        let keep = |line: &str| match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) => match (v["step"].as_u64(), v["epoch"].as_u64()) {
+                (Some(step), _) => step <= p.step,
+                (None, Some(epoch)) => epoch as usize <= finished,
+                (None, None) => true,
+            },
+            // A line cut by the kill.
+            Err(_) => false,
+        };
+        let kept: String = text
+            .lines()
+            .filter(|l| keep(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write_atomically(&path, kept.as_bytes())
     }
 
     fn state(&self, model: &Classifier, p: &Progress) -> Result<State> {
@@ -104,6 +131,7 @@ impl RunFolder {
                 if !self.settings.quiet {
                     self.progress_bar(p, loss, lr, batches);
                 }
+                crate::crash::point("step");
             }
             Event::Eval { step, dev } => {
                 if !self.settings.quiet && self.bar_start.take().is_some() {
@@ -134,12 +162,14 @@ impl RunFolder {
                     "dev_weighted_f1": log.dev.weighted_avg.f1, "seconds": log.seconds,
                     "samples_per_second": log.samples_per_second, "best": best,
                 }))?;
+                // The best epoch's files first, the latest checkpoint (the commit point of the
+                // epoch) last: a crash between them resumes before this epoch and rewrites both.
                 let state = self.state(model, p)?;
-                checkpoint::save(&self.checkpoint_dir(), model, opt, &state)?;
                 if best {
                     checkpoint::save(&self.dir.join("best"), model, opt, &state)?;
                     self.write_best(log)?;
                 }
+                checkpoint::save(&self.checkpoint_dir(), model, opt, &state)?;
             }
         }
         Ok(())
@@ -208,11 +238,7 @@ impl RunFolder {
             ),
         ];
         for (name, text) in files {
-            let path = self.dir.join(name);
-            let tmp = self.dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, text)
-                .and_then(|_| std::fs::rename(&tmp, &path))
-                .map_err(|e| io(&path, e))?;
+            write_atomically(&self.dir.join(name), text.as_bytes())?;
         }
         Ok(())
     }
