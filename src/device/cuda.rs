@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::Mutex;
 
-use cudarc::driver::{result, sys};
+use cudarc::driver::{result, sys, DriverError};
 
+use super::failure::{self, During};
 use super::{nvrtc, KernelInfo, LaunchConfig, KERNEL_FILES};
 use crate::error::{Error, Result};
 
@@ -60,6 +61,16 @@ pub(super) struct CudaBackend {
     /// keeps freed memory for reuse: a training step's temporaries then cost no cuMemAlloc and
     /// no device-wide synchronisation in cuMemFree. False where the device has no pools.
     pooled: bool,
+    /// The most recent launch: a fault surfaces at a later call, and names this one.
+    last_launch: Mutex<Option<(&'static str, LaunchConfig)>>,
+}
+
+/// A launch in words: kernel, grid, block and dynamic shared memory.
+fn describe_launch(kernel: &str, cfg: &LaunchConfig) -> String {
+    format!(
+        "`{kernel}` (grid {:?}, block {:?}, {} bytes of dynamic shared memory)",
+        cfg.grid, cfg.block, cfg.shared_bytes
+    )
 }
 
 // SAFETY: the raw context and module handles are process-wide driver objects; every use
@@ -129,6 +140,11 @@ impl CudaBackend {
         // SAFETY: dev comes from device::get; the attributes and total_mem are plain queries,
         // and the primary context is retained for the process's lifetime.
         unsafe {
+            let driver_version = {
+                let mut v = 0;
+                sys::cuDriverGetVersion(&mut v).result()?;
+                (v / 1000, (v % 1000) / 10)
+            };
             let attr = |a| result::device::get_attribute(dev, a);
             let info = CudaInfo {
                 name: result::device::get_name(dev)?,
@@ -147,12 +163,14 @@ impl CudaBackend {
                 )?,
                 driver_library: loaded_library_path("libcuda.so")
                     .unwrap_or_else(|| "libcuda (path unknown)".into()),
-                driver_version: {
-                    let mut v = 0;
-                    sys::cuDriverGetVersion(&mut v).result()?;
-                    format!("{}.{}", v / 1000, (v % 1000) / 10)
-                },
+                driver_version: format!("{}.{}", driver_version.0, driver_version.1),
             };
+            failure::check_driver(
+                driver_version,
+                &info.driver_library,
+                nvrtc::version()?,
+                &nvrtc::describe()?,
+            )?;
             let context = result::primary_ctx::retain(dev)?;
             result::ctx::set_current(context)?;
             let pooled = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)?
@@ -164,6 +182,7 @@ impl CudaBackend {
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
                 pooled,
+                last_launch: Mutex::new(None),
             })
         }
     }
@@ -183,17 +202,40 @@ impl CudaBackend {
         Ok(result::mem_get_info()?)
     }
 
-    pub fn alloc(&self, bytes: usize) -> Result<u64> {
+    /// The last launch, in words.
+    fn last_launch(&self) -> Option<String> {
+        let last = *self.last_launch.lock().unwrap_or_else(|e| e.into_inner());
+        last.map(|(kernel, cfg)| describe_launch(kernel, &cfg))
+    }
+
+    /// A driver error of `what` (a copy, a synchronisation) as the user's error: a kernel fault
+    /// reported here names the last launch.
+    fn fail(&self, what: &'static str) -> impl FnOnce(DriverError) -> Error + '_ {
+        move |e| failure::from_driver(e, During::Other { what }, self.last_launch().as_deref())
+    }
+
+    /// `bytes` of device memory for `what`; `live`: what the engine holds besides (for the
+    /// out-of-memory message).
+    pub fn alloc(&self, bytes: usize, what: &str, live: usize) -> Result<u64> {
         self.bind()?;
         // SAFETY: an allocation in the bound context, freed in free(). A pooled one is ordered
         // on the legacy null stream, which every launch and copy of the engine uses, so it is
         // valid for all later work.
-        Ok(unsafe {
+        let out = unsafe {
             if self.pooled {
-                result::malloc_async(std::ptr::null_mut(), bytes.max(1))?
+                result::malloc_async(std::ptr::null_mut(), bytes.max(1))
             } else {
-                result::malloc_sync(bytes.max(1))?
+                result::malloc_sync(bytes.max(1))
             }
+        };
+        out.map_err(|e| {
+            let during = During::Alloc {
+                what,
+                request: bytes,
+                live,
+                memory: result::mem_get_info().ok(),
+            };
+            failure::from_driver(e, during, self.last_launch().as_deref())
         })
     }
 
@@ -215,7 +257,8 @@ impl CudaBackend {
     pub fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         self.bind()?;
         // SAFETY: both are live allocations of at least `bytes` (Buffer checks lengths).
-        unsafe { result::memcpy_dtod_async(dst, src, bytes, std::ptr::null_mut())? };
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, std::ptr::null_mut()) }
+            .map_err(self.fail("a device-to-device copy"))?;
         Ok(())
     }
 
@@ -223,27 +266,30 @@ impl CudaBackend {
     pub fn fill_zero(&self, dst: u64, bytes: usize) -> Result<()> {
         self.bind()?;
         // SAFETY: dst is a live allocation of at least `bytes` bytes (Buffer checks lengths).
-        unsafe { result::memset_d8_async(dst, 0, bytes, std::ptr::null_mut())? };
+        unsafe { result::memset_d8_async(dst, 0, bytes, std::ptr::null_mut()) }
+            .map_err(self.fail("zeroing a buffer"))?;
         Ok(())
     }
 
     pub fn copy_to_device(&self, dst: u64, src: &[u8]) -> Result<()> {
         self.bind()?;
         // SAFETY: dst is a live allocation of at least src.len() bytes (Buffer checks lengths).
-        unsafe { result::memcpy_htod_sync(dst, src)? };
+        unsafe { result::memcpy_htod_sync(dst, src) }
+            .map_err(self.fail("a host-to-device copy"))?;
         Ok(())
     }
 
     pub fn copy_to_host(&self, dst: &mut [u8], src: u64) -> Result<()> {
         self.bind()?;
         // SAFETY: src is a live allocation of at least dst.len() bytes; the copy synchronises.
-        unsafe { result::memcpy_dtoh_sync(dst, src)? };
+        unsafe { result::memcpy_dtoh_sync(dst, src) }
+            .map_err(self.fail("a device-to-host copy"))?;
         Ok(())
     }
 
     pub fn synchronize(&self) -> Result<()> {
         self.bind()?;
-        Ok(result::ctx::synchronize()?)
+        result::ctx::synchronize().map_err(self.fail("waiting for the GPU"))
     }
 
     /// The function handle for a kernel, compiling and loading its file on first use.
@@ -259,10 +305,29 @@ impl CudaBackend {
                     .iter()
                     .find(|f| f.name == info.file)
                     .expect("every kernel's file is embedded");
-                let cubin = nvrtc::cached_cubin(file, &self.arch())?;
+                let arch = self.arch();
+                let cubin = nvrtc::cached_cubin(file, &arch)?;
                 // SAFETY: cubin is a complete image for this device's architecture; the
                 // driver copies it during the call.
-                let m = unsafe { result::module::load_data(cubin.as_ptr() as *const c_void)? };
+                let m = unsafe { result::module::load_data(cubin.as_ptr() as *const c_void) }
+                    .map_err(|e| {
+                        let (nvrtc, nvrtc_version) = (
+                            nvrtc::describe().unwrap_or_default(),
+                            nvrtc::version().unwrap_or((0, 0)),
+                        );
+                        let driver = format!(
+                            "CUDA {}, {}",
+                            self.info.driver_version, self.info.driver_library
+                        );
+                        let during = During::LoadModule {
+                            file: file.name,
+                            arch: &arch,
+                            nvrtc: &nvrtc,
+                            nvrtc_version,
+                            driver: &driver,
+                        };
+                        failure::from_driver(e, during, self.last_launch().as_deref())
+                    })?;
                 modules.insert(info.file, m);
                 m
             }
@@ -281,6 +346,7 @@ impl CudaBackend {
     ) -> Result<()> {
         self.bind()?;
         let f = self.function(info)?;
+        *self.last_launch.lock().unwrap_or_else(|e| e.into_inner()) = Some((info.name, *cfg));
         // SAFETY: params holds one pointer per kernel parameter (checked against the parsed
         // signature) to 8-byte slots that live until the call returns; the driver copies the
         // values at launch. Buffer addresses are live device allocations.
@@ -292,9 +358,12 @@ impl CudaBackend {
                 cfg.shared_bytes,
                 std::ptr::null_mut(),
                 params,
-            )?
-        };
-        Ok(())
+            )
+        }
+        .map_err(|e| {
+            let launch = describe_launch(info.name, cfg);
+            failure::from_driver(e, During::Launch { launch: &launch }, None)
+        })
     }
 
     /// Times `work` with a pair of events created with timing enabled (CU_EVENT_DEFAULT).

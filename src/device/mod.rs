@@ -5,6 +5,7 @@
 //! checked against the signature parsed from their source, on every device.
 
 mod cuda;
+pub mod failure;
 mod memory;
 pub mod nvrtc;
 mod simt;
@@ -403,7 +404,7 @@ impl Device {
         let role = self.current_role();
         self.0.memory.reserve(bytes, role, what)?;
         let addr = match &self.0.backend {
-            Backend::Cuda(c) => c.alloc(bytes),
+            Backend::Cuda(c) => c.alloc(bytes, what, self.0.memory.live() - bytes),
             Backend::Simt(s) => s.alloc(bytes, what),
             Backend::Sizing(next) => Ok(next.fetch_add(
                 bytes.next_multiple_of(256) as u64 + 256,
