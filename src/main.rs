@@ -8,7 +8,7 @@ use emrclass::device::DeviceChoice;
 use emrclass::model::loss::LossKind;
 use emrclass::settings::{self, Checks};
 use emrclass::train::command::MemoryBudget;
-use emrclass::{kernel_report, Device, Result, Schedule};
+use emrclass::{hub, kernel_report, Device, Result, Schedule};
 
 mod bench_command;
 
@@ -117,7 +117,8 @@ enum Command {
     /// Run a BERT checkpoint over texts or token ids and write last_hidden_state [B, L, H] and
     /// pooler_output [B, H] (fp32) to a safetensors file.
     Encode {
-        /// Folder with config.json, model.safetensors and tokenizer.json or vocab.txt.
+        /// Folder with config.json, model.safetensors or pytorch_model.bin, and tokenizer.json or
+        /// vocab.txt; or hf:owner/name[@revision].
         #[arg(long)]
         model: std::path::PathBuf,
         /// Texts: JSON lines (.jsonl: strings or {"text": ...}) or one text per line.
@@ -137,6 +138,13 @@ enum Command {
     /// strategy that fits (recomputation, fp16 checkpoints, micro-batches) or what is short,
     /// and the largest batch per sequence length. Needs no GPU and no weights.
     Plan(PlanArgs),
+    /// Convert a weights file — a PyTorch checkpoint (`pytorch_model.bin`, `*.pt`: zip or legacy
+    /// format, read without Python and without running its pickle) or safetensors; a folder
+    /// means its weights file — to safetensors, names and element types unchanged.
+    Convert {
+        input: std::path::PathBuf,
+        output: std::path::PathBuf,
+    },
     /// Check each op's f64 reference against finite differences and its kernels against the
     /// reference on fresh random inputs. Non-zero exit status on any failure.
     Gradcheck {
@@ -149,7 +157,7 @@ enum Command {
 /// The options of `plan`.
 #[derive(clap::Args)]
 struct PlanArgs {
-    /// A BERT checkpoint folder (its config.json is read) or a config.json.
+    /// A BERT checkpoint folder (its config.json is read), a config.json, or hf:owner/name.
     #[arg(long)]
     model: std::path::PathBuf,
     #[arg(long, default_value = "paper")]
@@ -199,7 +207,8 @@ struct TrainArgs {
     /// Skip broken records (counted) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad: bool,
-    /// A BERT checkpoint folder to fine-tune (default: trainable character embeddings).
+    /// A BERT checkpoint folder to fine-tune, or hf:owner/name[@revision] (fetched into the
+    /// Hugging Face cache); default: trainable character embeddings.
     #[arg(long)]
     pub encoder: Option<std::path::PathBuf>,
     /// cls, textcnn, bigru, bilstm, textcnn-bigru or paper (cls needs --encoder; without one,
@@ -377,6 +386,14 @@ pub(crate) fn loss_kinds(arg: LossArg) -> Result<Vec<LossKind>> {
     })
 }
 
+/// `--encoder` as a folder: an `hf:owner/name[@revision]` is fetched (or taken from the cache).
+fn encoder_folder(encoder: &Option<std::path::PathBuf>) -> Result<Option<std::path::PathBuf>> {
+    encoder
+        .as_ref()
+        .map(|e| hub::model_folder(e, hub::Need::Everything))
+        .transpose()
+}
+
 fn open_device(cli: &Cli, seed: u64) -> Result<Device> {
     let (dev, fallback) = Device::open(cli.device)?;
     dev.set_schedule(match cli.schedule {
@@ -433,11 +450,12 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
     let (Some(head), Some(budget), Some(reserve)) = (head, budget, reserve) else {
         unreachable!("finish() refuses a value that did not parse")
     };
-    let is_json = a.model.extension().is_some_and(|e| e == "json");
+    let model = hub::model_folder(&a.model, hub::Need::Config)?;
+    let is_json = model.extension().is_some_and(|e| e == "json");
     let config_path = if is_json {
-        a.model.clone()
+        model.clone()
     } else {
-        a.model.join("config.json")
+        model.join("config.json")
     };
     let encoder = BertConfig::from_file(&config_path)?;
     let mut head = emrclass::model::heads::HeadConfig::new(head, encoder.hidden_size, a.classes);
@@ -497,6 +515,7 @@ fn run(cli: &Cli) -> Result<bool> {
         Command::Train(args) => {
             let mut options = args.options(cli.seed, None)?;
             settings::check_train(&options, &[options.head])?;
+            options.encoder = encoder_folder(&options.encoder)?;
             let dev_handle = open_device(cli, seed)?;
             options.memory = memory_budget(cli, &dev_handle)?;
             emrclass::train::command::run(&dev_handle, &options)?;
@@ -515,6 +534,7 @@ fn run(cli: &Cli) -> Result<bool> {
             c.require(!losses.is_empty(), "--losses: give at least one loss");
             c.finish()?;
             settings::check_train(&base, &heads)?;
+            base.encoder = encoder_folder(&base.encoder)?;
             let dev_handle = open_device(cli, seed)?;
             base.memory = memory_budget(cli, &dev_handle)?;
             let o = ExperimentOptions {
@@ -601,13 +621,14 @@ fn run(cli: &Cli) -> Result<bool> {
             output,
         } => {
             settings::check_encode(*max_len)?;
+            let model = hub::model_folder(model, hub::Need::Everything)?;
             let dev = open_device(cli, seed)?;
             let input = match (texts, ids) {
                 (Some(t), _) => emrclass::encode::Input::Texts(t),
                 (None, Some(i)) => emrclass::encode::Input::Ids(i),
                 (None, None) => unreachable!("clap requires one of --texts and --ids"),
             };
-            let (b, l) = emrclass::encode::run(&dev, model, input, *max_len, output)?;
+            let (b, l) = emrclass::encode::run(&dev, &model, input, *max_len, output)?;
             eprintln!(
                 "encoded {b} sequences of {l} tokens into {}",
                 output.display()
@@ -615,6 +636,15 @@ fn run(cli: &Cli) -> Result<bool> {
             Ok(true)
         }
         Command::Plan(a) => plan_command(cli, a),
+        Command::Convert { input, output } => {
+            let n = emrclass::weights::convert(input, output)?;
+            eprintln!(
+                "wrote {n} tensors from {} to {}",
+                input.display(),
+                output.display()
+            );
+            Ok(true)
+        }
         Command::Gradcheck { ops } => {
             let checks = registry::select(ops)?;
             let dev = open_device(cli, seed)?;

@@ -59,7 +59,7 @@ impl Embedding {
         Embedding::from_host(dev, vocab, dim, &table)
     }
 
-    /// The word embeddings of a BERT-family checkpoint (model.safetensors).
+    /// The word embeddings of a BERT-family checkpoint (safetensors or PyTorch).
     pub fn from_checkpoint(dev: &Device, path: &Path) -> Result<Self> {
         let t = weights::read_tensor(path, &WORD_EMBEDDING_NAMES)?;
         let [vocab, dim] = t.shape[..] else {

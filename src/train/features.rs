@@ -51,7 +51,7 @@ fn cache_key(encoder_dir: &Path, seqs: &[&Vec<i32>]) -> Result<String> {
         &std::fs::read(&config)
             .map_err(|e| Error::Invalid(format!("{}: {e}", config.display())))?,
     );
-    let weights = encoder_dir.join("model.safetensors");
+    let weights = crate::weights::weights_file(encoder_dir)?;
     let meta = std::fs::metadata(&weights)
         .map_err(|e| Error::Invalid(format!("{}: {e}", weights.display())))?;
     h.write_u64(meta.len());

@@ -316,7 +316,7 @@ impl BertEncoder {
         BertEncoder::from_values(dev, config, values, true)
     }
 
-    /// Loads `model.safetensors` for `config`. Names may carry the prefix `bert.`, `ernie.` or
+    /// Loads a weights file (safetensors or a PyTorch checkpoint) for `config`. Names may carry the prefix `bert.`, `ernie.` or
     /// none, and LayerNorm parameters may be called gamma/beta; extra tensors (an MLM head, a
     /// classifier) are ignored. A missing tensor or a wrong shape names the tensor and shapes.
     pub fn load(dev: &Device, config: BertConfig, path: &Path) -> Result<Self> {
@@ -326,7 +326,7 @@ impl BertEncoder {
     /// `load_dir` for an encoder that will only run forward: no gradient buffers.
     pub fn load_frozen_dir(dev: &Device, dir: &Path) -> Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
-        BertEncoder::load_weights(dev, config, &dir.join("model.safetensors"), false)
+        BertEncoder::load_weights(dev, config, &crate::weights::weights_file(dir)?, false)
     }
 
     fn load_weights(
@@ -337,6 +337,16 @@ impl BertEncoder {
     ) -> Result<Self> {
         config.validate()?;
         let ckpt = Checkpoint::open(path)?;
+        // Each layer is 16 tensors: a layer count the file cannot hold is an error before the
+        // list of expected tensors is built (a damaged config.json can say 2^31 layers).
+        let held = ckpt.names().len();
+        if config.num_hidden_layers > held / 16 {
+            return Err(Error::Invalid(format!(
+                "{}: holds {held} tensors, too few for the {} layers of config.json (16 each)",
+                path.display(),
+                config.num_hidden_layers
+            )));
+        }
         let prefix = ["bert.", "ernie.", ""]
             .into_iter()
             .find(|p| ckpt.contains(&format!("{p}embeddings.word_embeddings.weight")))
@@ -376,10 +386,11 @@ impl BertEncoder {
         BertEncoder::from_values(dev, config, values, trainable)
     }
 
-    /// Loads `dir/config.json` and `dir/model.safetensors`.
+    /// Loads `dir/config.json` and the folder's weights: `model.safetensors`, else
+    /// `pytorch_model.bin`.
     pub fn load_dir(dev: &Device, dir: &Path) -> Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
-        BertEncoder::load(dev, config, &dir.join("model.safetensors"))
+        BertEncoder::load(dev, config, &crate::weights::weights_file(dir)?)
     }
 
     /// Writes every parameter under `transformers.BertModel`'s names (atomically).
