@@ -17,6 +17,7 @@ pub mod ops;
 pub mod plan;
 pub mod pytorch;
 pub mod reference;
+pub mod report;
 pub mod settings;
 pub mod train;
 pub mod weights;

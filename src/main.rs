@@ -138,6 +138,13 @@ enum Command {
     /// strategy that fits (recomputation, fp16 checkpoints, micro-batches) or what is short,
     /// and the largest batch per sequence length. Needs no GPU and no weights.
     Plan(PlanArgs),
+    /// Write RUN/report.html: the run's learning curves, per-class F1 against class size, the
+    /// confusion heat map, GHM's gradient-norm histogram and the settings (an experiment folder:
+    /// its heads x losses table and chart). `train` and `experiment` write it themselves.
+    Report {
+        #[arg(long)]
+        run: std::path::PathBuf,
+    },
     /// Convert a weights file — a PyTorch checkpoint (`pytorch_model.bin`, `*.pt`: zip or legacy
     /// format, read without Python and without running its pickle) or safetensors; a folder
     /// means its weights file — to safetensors, names and element types unchanged.
@@ -636,6 +643,11 @@ fn run(cli: &Cli) -> Result<bool> {
             Ok(true)
         }
         Command::Plan(a) => plan_command(cli, a),
+        Command::Report { run } => {
+            let path = emrclass::report::write(run)?;
+            eprintln!("wrote {}", path.display());
+            Ok(true)
+        }
         Command::Convert { input, output } => {
             let n = emrclass::weights::convert(input, output)?;
             eprintln!(

@@ -205,6 +205,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     let dev_seqs = text.encode_all(&dev_set)?;
     let truncated = train_seqs.iter().filter(|s| s.len() >= o.max_len).count();
     let lc = loss_config(o, &counts, &map.names)?;
+    let class_weights = lc.class_weights.clone();
     let mut settings = o.settings.clone();
     let planned = plan_memory(o, &spec, classes, &mut settings)?;
     let memory = planned
@@ -282,6 +283,25 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     if let Some(p) = &planned {
         plan::write_json(&o.out.join("memory-plan.json"), p, &[])?;
     }
+    folder.describe(&serde_json::json!({
+        "source": source,
+        "train_records": train_split.seqs.len(),
+        "dev_records": dev_split.seqs.len(),
+        "labels": map.names,
+        "train_counts": counts,
+        "dev_counts": map.counts(&dev_set),
+        "class_weights": class_weights,
+        "model": model_spec(o),
+        "loss": loss_name(o.loss),
+        "truncated_percent": 100.0 * truncated as f64 / train_split.seqs.len().max(1) as f64,
+        "epochs": o.settings.epochs,
+        "batch_size": settings.batch_size,
+        "accumulate": settings.accumulate,
+        "lr": o.settings.lr,
+        "seed": o.settings.seed,
+        "device": dev.describe(),
+        "settings": folder.info.fingerprint,
+    }))?;
     let progress = if o.resume {
         let dir = folder.checkpoint_dir();
         let state = checkpoint::load_state(&dir)?;
@@ -345,7 +365,12 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
             ),
         }
     }
-    println!("run folder: {}", o.out.display());
+    let report = crate::report::write(&o.out)?;
+    println!(
+        "run folder: {} (report: {})",
+        o.out.display(),
+        report.display()
+    );
     Ok(logs)
 }
 

@@ -96,6 +96,7 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
                 ),
             });
             write_tables(&o.out, &outcomes, &o.losses, describe)?;
+            crate::report::write(&o.out)?;
         }
     }
     println!("\n{}", markdown(&outcomes, &o.losses, describe));

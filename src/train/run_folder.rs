@@ -8,12 +8,14 @@
 //! - `confusion.csv` / `confusion.json`: the best epoch's dev confusion matrix (rows: truth);
 //! - `report.json`: the best epoch's full dev report.
 //!
-//! On the terminal: a progress bar (loss, learning rate, samples/s, ETA) on stderr unless
-//! `--quiet`, and one line per epoch.
+//! - `run.json`: data sizes and class counts, class weights, model, settings and device;
+//! - `report.html`: all of it as plots and tables (`crate::report`), at the end of the run.
+//!
+//! On the terminal: an indicatif progress bar (samples, loss, learning rate, rate, ETA) on
+//! stderr unless `--quiet`, and one line per epoch.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde_json::json;
 
@@ -22,7 +24,7 @@ use crate::error::{Error, Result};
 use super::checkpoint::{self, Progress, RunInfo, State};
 use super::metrics::Confusion;
 use super::optim::Optimizer;
-use super::trainer::{per_second, rate_text, Classifier, EpochLog, Event};
+use super::trainer::{rate_text, Classifier, EpochLog, Event};
 use crate::weights::write_atomically;
 
 /// How often the loop writes, and what the bar shows.
@@ -38,7 +40,8 @@ pub struct RunFolder {
     pub dir: PathBuf,
     pub settings: FolderSettings,
     pub info: RunInfo,
-    bar_start: Option<(Instant, usize)>,
+    /// The terminal's progress bar (indicatif: hidden when stderr is not a terminal).
+    bar: Option<indicatif::ProgressBar>,
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -53,7 +56,7 @@ impl RunFolder {
             dir,
             settings,
             info,
-            bar_start: None,
+            bar: None,
         })
     }
 
@@ -134,9 +137,7 @@ impl RunFolder {
                 crate::crash::point("step");
             }
             Event::Eval { step, dev } => {
-                if !self.settings.quiet && self.bar_start.take().is_some() {
-                    eprint!("\r{:79}\r", "");
-                }
+                self.clear_bar();
                 println!(
                     "step {step:>6}  dev acc {:.4}  macro-F1 {:.4}  micro-F1 {:.4}",
                     dev.accuracy, dev.macro_avg.f1, dev.micro_avg.f1
@@ -148,20 +149,25 @@ impl RunFolder {
                 }))?;
             }
             Event::Epoch { log, best } => {
-                if !self.settings.quiet && self.bar_start.take().is_some() {
-                    eprint!("\r{:79}\r", "");
-                }
+                self.clear_bar();
                 println!(
                     "epoch {:>2}  loss {:.4}  dev acc {:.4}  macro-F1 {:.4}  micro-F1 {:.4}  {:.1} s  {} samples/s{}",
                     log.epoch, log.mean_loss, log.dev.accuracy, log.dev.macro_avg.f1, log.dev.micro_avg.f1,
                     log.seconds, rate_text(log.samples_per_second), if best { "  (best)" } else { "" }
                 );
-                self.log(json!({
-                    "epoch": log.epoch, "loss": log.mean_loss, "dev_accuracy": log.dev.accuracy,
-                    "dev_macro_f1": log.dev.macro_avg.f1, "dev_micro_f1": log.dev.micro_avg.f1,
-                    "dev_weighted_f1": log.dev.weighted_avg.f1, "seconds": log.seconds,
-                    "samples_per_second": log.samples_per_second, "best": best,
-                }))?;
+                let mut line = json!({
+                    "epoch": log.epoch, "end_step": p.step, "loss": log.mean_loss,
+                    "dev_accuracy": log.dev.accuracy, "dev_macro_f1": log.dev.macro_avg.f1,
+                    "dev_micro_f1": log.dev.micro_avg.f1, "dev_weighted_f1": log.dev.weighted_avg.f1,
+                    "seconds": log.seconds, "samples_per_second": log.samples_per_second,
+                    "best": best,
+                });
+                // GHM's moving histogram of gradient norms (what it re-weights), for the report.
+                let (ghm_ema, _) = model.loss.state()?;
+                if !ghm_ema.is_empty() {
+                    line["ghm_ema"] = json!(ghm_ema);
+                }
+                self.log(line)?;
                 // The best epoch's files first, the latest checkpoint (the commit point of the
                 // epoch) last: a crash between them resumes before this epoch and rewrites both.
                 let state = self.state(model, p)?;
@@ -176,32 +182,39 @@ impl RunFolder {
     }
 
     fn progress_bar(&mut self, p: &Progress, loss: f32, lr: f32, batches: usize) {
-        // The clock starts at the first step seen; rates count the steps after it.
-        let (start, first) = *self.bar_start.get_or_insert((Instant::now(), p.batch));
-        let done = p.batch - first;
-        let secs = start.elapsed().as_secs_f64();
-        let rate = per_second(done * self.settings.batch_size, secs);
-        let eta = match per_second(done, secs) {
-            Some(steps_per_second) => {
-                format!("{:.0}s", (batches - p.batch) as f64 / steps_per_second)
-            }
-            None => "-".into(),
-        };
-        let width = 24;
-        let filled = width * p.batch / batches.max(1);
-        eprint!(
-            "\repoch {}/{} [{}{}] {}/{} loss {:.4} lr {:.2e} {} samples/s ETA {} ",
-            p.epoch,
-            self.settings.epochs,
-            "#".repeat(filled),
-            ".".repeat(width - filled),
-            p.batch,
-            batches,
-            loss,
-            lr,
-            rate_text(rate),
-            eta
-        );
+        let samples = |b: usize| (b * self.settings.batch_size) as u64;
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(samples(batches));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:24}] {pos}/{len} samples  {msg}  {per_sec}  ETA {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("#>."),
+            );
+            // A resumed epoch starts part way: the rate counts only what this run does.
+            bar.set_position(samples(p.batch.saturating_sub(1)));
+            bar.reset_eta();
+            bar
+        });
+        bar.set_length(samples(batches));
+        bar.set_prefix(format!("{}/{}", p.epoch, self.settings.epochs));
+        bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+        bar.set_position(samples(p.batch));
+    }
+
+    fn clear_bar(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// `run.json`: what the report needs beside the logs (data sizes and class counts, class
+    /// weights, model, settings, device), written once at the start.
+    pub fn describe(&self, description: &serde_json::Value) -> Result<()> {
+        let text = serde_json::to_string_pretty(description)
+            .map_err(|e| io(&self.dir.join("run.json"), e))?;
+        write_atomically(&self.dir.join("run.json"), text.as_bytes())
     }
 
     /// The best epoch's confusion matrix (CSV and JSON) and full report.

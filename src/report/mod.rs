@@ -1,0 +1,589 @@
+//! `emrclass report`: a run folder — or an experiment folder — as one self-contained HTML page
+//! (`report.html`: inline SVG from `plotters`, no script, no network), written at the end of
+//! `train` and after every `experiment` cell:
+//!
+//! - the training loss per logged step, dev accuracy / macro-F1 / micro-F1 per epoch and per
+//!   `--eval-every` point, the best epoch marked;
+//! - per-class dev F1 against the class's training count (log scale), and a table of precision,
+//!   recall, F1, support, training count and class weight;
+//! - the dev confusion matrix as a row-normalised heat map, with the counts in a table;
+//! - for GHM losses, the moving histogram of gradient norms at each epoch's end;
+//! - the data, model, settings, device, time and samples/s.
+//!
+//! An experiment folder gets the heads × losses table and a grouped bar chart of macro-F1. What a
+//! folder lacks (a cut `log.jsonl`, no confusion matrix) is said on the page, not an error.
+
+mod charts;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::weights::write_atomically;
+use charts::{hex, Chart, PALETTE};
+
+/// Writes `dir/report.html` for a run folder, or for an experiment folder (one holding
+/// `results.csv`); returns its path.
+pub fn write(dir: &Path) -> Result<PathBuf> {
+    if !dir.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: not a folder (a run folder from `train --out`, or an `experiment --out`)",
+            dir.display()
+        )));
+    }
+    let html = if dir.join("results.csv").is_file() {
+        experiment_page(dir)
+    } else {
+        run_page(dir)
+    };
+    let path = dir.join("report.html");
+    write_atomically(&path, html.as_bytes())?;
+    Ok(path)
+}
+
+fn esc(s: &str) -> String {
+    html_escape::encode_text(s).into_owned()
+}
+
+/// A JSON file of the folder, or why not (missing, unreadable).
+fn json_file(dir: &Path, name: &str, problems: &mut Vec<String>, missing: &str) -> Option<Value> {
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match serde_json::from_str(&text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                problems.push(format!("{name} is not readable JSON ({e}): {missing}"));
+                None
+            }
+        },
+        Err(_) => {
+            problems.push(format!("{name} is missing: {missing}"));
+            None
+        }
+    }
+}
+
+fn f64_of(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+/// What a run folder's `log.jsonl` holds, line kinds apart.
+#[derive(Default)]
+struct Log {
+    /// (step, loss) of the step lines.
+    steps: Vec<(f64, f64)>,
+    /// (step, accuracy, macro-F1, micro-F1) of dev evaluations: `--eval-every` and epoch ends.
+    dev: Vec<(f64, f64, f64, f64)>,
+    /// The epoch lines as written.
+    epochs: Vec<Value>,
+}
+
+fn read_log(dir: &Path, problems: &mut Vec<String>) -> Log {
+    let mut log = Log::default();
+    let Ok(text) = std::fs::read_to_string(dir.join("log.jsonl")) else {
+        problems.push("log.jsonl is missing: no learning curves".into());
+        return log;
+    };
+    for (i, line) in text.lines().enumerate() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            problems.push(format!(
+                "log.jsonl line {} is not JSON (cut by a crash?): skipped",
+                i + 1
+            ));
+            continue;
+        };
+        let dev = (
+            f64_of(&v, "dev_accuracy"),
+            f64_of(&v, "dev_macro_f1"),
+            f64_of(&v, "dev_micro_f1"),
+        );
+        match (f64_of(&v, "step"), f64_of(&v, "loss"), dev) {
+            (Some(step), Some(loss), _) => log.steps.push((step, loss)),
+            (Some(step), None, (Some(a), Some(m), Some(u))) => log.dev.push((step, a, m, u)),
+            (None, _, (Some(a), Some(m), Some(u))) => {
+                if let Some(step) = f64_of(&v, "end_step") {
+                    log.dev.push((step, a, m, u));
+                }
+                log.epochs.push(v);
+            }
+            _ => problems.push(format!(
+                "log.jsonl line {}: not a line the engine writes",
+                i + 1
+            )),
+        }
+    }
+    log.dev.sort_by(|a, b| a.0.total_cmp(&b.0));
+    log
+}
+
+/// A chart inside a figure whose data attributes say how to read values back from its pixels.
+fn figure(id: &str, chart: std::result::Result<Chart, String>, series: &[String]) -> String {
+    match chart {
+        Ok(c) => {
+            let f = c.frame;
+            let colors: Vec<String> = series
+                .iter()
+                .enumerate()
+                .map(|(i, name)| format!("{}={}", name, hex(&PALETTE[i % PALETTE.len()])))
+                .collect();
+            format!(
+                "<figure id=\"{id}\" data-pixels=\"{} {} {} {}\" data-range=\"{} {} {} {}\" data-log-x=\"{}\" data-series=\"{}\">\n{}</figure>\n",
+                f.pixels_x.0,
+                f.pixels_x.1,
+                f.pixels_y.0,
+                f.pixels_y.1,
+                f.range_x.0,
+                f.range_x.1,
+                f.range_y.0,
+                f.range_y.1,
+                f.log_x,
+                html_escape::encode_double_quoted_attribute(&colors.join(";")),
+                c.svg.trim_start_matches(|c: char| c != '<')
+            )
+        }
+        Err(e) => format!("<p class=\"missing\">{}</p>\n", esc(&e)),
+    }
+}
+
+const STYLE: &str = "body{font-family:'Noto Sans CJK SC','Source Han Sans SC','WenQuanYi Micro Hei','PingFang SC','Microsoft YaHei',sans-serif;margin:2em auto;max-width:1000px;color:#222}
+svg text{font-family:'Noto Sans CJK SC','Source Han Sans SC','WenQuanYi Micro Hei','PingFang SC','Microsoft YaHei',sans-serif}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
+th{background:#f3f3f3}td.name,th.name,table.text td{text-align:left}.missing{color:#a33}figure{margin:1em 0}
+details{margin:1em 0}summary{cursor:pointer;font-weight:bold}";
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"zh\">\n<head>\n<meta charset=\"utf-8\"/>\n<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{}</h1>\n{body}</body>\n</html>\n",
+        esc(title),
+        esc(title)
+    )
+}
+
+fn table(head: &[&str], rows: &[Vec<String>], first_is_name: bool) -> String {
+    let mut s = String::from("<table>\n<tr>");
+    for (i, h) in head.iter().enumerate() {
+        let class = if i == 0 && first_is_name {
+            " class=\"name\""
+        } else {
+            ""
+        };
+        let _ = write!(s, "<th{class}>{}</th>", esc(h));
+    }
+    s.push_str("</tr>\n");
+    for row in rows {
+        s.push_str("<tr>");
+        for (i, cell) in row.iter().enumerate() {
+            let class = if i == 0 && first_is_name {
+                " class=\"name\""
+            } else {
+                ""
+            };
+            let _ = write!(s, "<td{class}>{}</td>", esc(cell));
+        }
+        s.push_str("</tr>\n");
+    }
+    s.push_str("</table>\n");
+    s
+}
+
+fn strings(v: Option<&Value>) -> Option<Vec<String>> {
+    v?.as_array()?
+        .iter()
+        .map(|x| x.as_str().map(str::to_string))
+        .collect()
+}
+
+fn numbers(v: Option<&Value>) -> Option<Vec<f64>> {
+    v?.as_array()?.iter().map(Value::as_f64).collect()
+}
+
+fn run_page(dir: &Path) -> String {
+    let mut problems = Vec::new();
+    let log = read_log(dir, &mut problems);
+    let run = json_file(
+        dir,
+        "run.json",
+        &mut problems,
+        "no data sizes, class counts or settings",
+    );
+    let report = json_file(dir, "report.json", &mut problems, "no per-class scores");
+    let confusion = json_file(dir, "confusion.json", &mut problems, "no confusion matrix");
+    let mut body = String::new();
+
+    // What was run.
+    if let Some(r) = &run {
+        let model = &r["model"];
+        let rows: Vec<Vec<String>> = [
+            ("data", r["source"].as_str().unwrap_or("?").to_string()),
+            (
+                "records",
+                format!(
+                    "{} train / {} dev, {} classes, {:.1} % truncated",
+                    r["train_records"],
+                    r["dev_records"],
+                    r["labels"].as_array().map_or(0, Vec::len),
+                    f64_of(r, "truncated_percent").unwrap_or(0.0)
+                ),
+            ),
+            (
+                "model",
+                format!(
+                    "{} + {} head, {} loss, max-len {}",
+                    model["encoder"]
+                        .as_str()
+                        .map_or("character embeddings".to_string(), |e| format!(
+                            "encoder {e}"
+                        )),
+                    model["head"].as_str().unwrap_or("?"),
+                    r["loss"].as_str().unwrap_or("?"),
+                    model["max_len"]
+                ),
+            ),
+            (
+                "optimisation",
+                format!(
+                    "{} epochs, batch {} x {} accumulated, lr {}, seed {}",
+                    r["epochs"], r["batch_size"], r["accumulate"], r["lr"], r["seed"]
+                ),
+            ),
+            ("device", r["device"].as_str().unwrap_or("?").to_string()),
+            (
+                "settings",
+                r["settings"].as_str().unwrap_or("?").to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| vec![k.to_string(), v])
+        .collect();
+        body.push_str("<h2>Run</h2>\n");
+        body.push_str(&table(&["", ""], &rows, true).replacen(
+            "<table>",
+            "<table class=\"text\">",
+            1,
+        ));
+    }
+    if !log.epochs.is_empty() {
+        let rows: Vec<Vec<String>> = log
+            .epochs
+            .iter()
+            .map(|e| {
+                let n = |k: &str| f64_of(e, k).map_or("-".into(), |v| format!("{v:.4}"));
+                vec![
+                    e["epoch"].to_string(),
+                    n("loss"),
+                    n("dev_accuracy"),
+                    n("dev_macro_f1"),
+                    n("dev_micro_f1"),
+                    f64_of(e, "seconds").map_or("-".into(), |v| format!("{v:.1}")),
+                    f64_of(e, "samples_per_second").map_or("-".into(), |v| format!("{v:.0}")),
+                    if e["best"].as_bool() == Some(true) {
+                        "best"
+                    } else {
+                        ""
+                    }
+                    .to_string(),
+                ]
+            })
+            .collect();
+        body.push_str("<h2>Epochs</h2>\n");
+        body.push_str(&table(
+            &[
+                "epoch",
+                "loss",
+                "dev acc",
+                "macro-F1",
+                "micro-F1",
+                "seconds",
+                "samples/s",
+                "",
+            ],
+            &rows,
+            false,
+        ));
+    }
+
+    // Learning curves.
+    body.push_str("<h2>Learning</h2>\n");
+    if log.steps.is_empty() {
+        body.push_str("<p class=\"missing\">No step lines in log.jsonl: no loss curve.</p>\n");
+    } else {
+        let series = vec![("training loss".to_string(), log.steps.clone())];
+        body.push_str(&figure(
+            "loss",
+            charts::lines(
+                "Training loss per logged step",
+                "step",
+                "loss",
+                &series,
+                None,
+                &[],
+            ),
+            &["training loss".into()],
+        ));
+    }
+    if log.dev.is_empty() {
+        body.push_str("<p class=\"missing\">No dev evaluations in log.jsonl: no dev curves.</p>\n");
+    } else {
+        let pick = |f: fn(&(f64, f64, f64, f64)) -> f64| -> Vec<(f64, f64)> {
+            log.dev.iter().map(|d| (d.0, f(d))).collect()
+        };
+        let names = ["dev accuracy", "dev macro-F1", "dev micro-F1"].map(String::from);
+        let series = vec![
+            (names[0].clone(), pick(|d| d.1)),
+            (names[1].clone(), pick(|d| d.2)),
+            (names[2].clone(), pick(|d| d.3)),
+        ];
+        let marks: Vec<(f64, String)> = log
+            .epochs
+            .iter()
+            .rfind(|e| e["best"].as_bool() == Some(true))
+            .and_then(|e| {
+                Some((
+                    f64_of(e, "end_step")?,
+                    format!(" best epoch {}", e["epoch"]),
+                ))
+            })
+            .into_iter()
+            .collect();
+        body.push_str(&figure(
+            "dev",
+            charts::lines(
+                "Dev metrics (per epoch and per --eval-every point)",
+                "step",
+                "score",
+                &series,
+                Some((0.0, 1.02)),
+                &marks,
+            ),
+            &names,
+        ));
+    }
+
+    // Classes: scores against counts, and the table.
+    let labels = strings(report.as_ref().and_then(|r| r.get("labels")))
+        .or_else(|| strings(run.as_ref().and_then(|r| r.get("labels"))));
+    let per_class = report
+        .as_ref()
+        .and_then(|r| r["report"]["per_class"].as_array().cloned());
+    let train_counts = numbers(run.as_ref().and_then(|r| r.get("train_counts")));
+    let weights = numbers(run.as_ref().and_then(|r| r.get("class_weights")));
+    body.push_str("<h2>Classes</h2>\n");
+    match (&labels, &per_class) {
+        (Some(labels), Some(per_class)) if labels.len() == per_class.len() => {
+            if let Some(counts) = &train_counts {
+                let points: Vec<(String, f64, f64)> = labels
+                    .iter()
+                    .zip(per_class)
+                    .zip(counts)
+                    .map(|((l, c), &n)| (l.clone(), n, f64_of(c, "f1").unwrap_or(0.0)))
+                    .collect();
+                body.push_str(&figure("classes", charts::classes(&points), &["F1".into()]));
+            } else {
+                body.push_str("<p class=\"missing\">No training counts (run.json): no F1-against-count chart.</p>\n");
+            }
+            let mut order: Vec<usize> = (0..labels.len()).collect();
+            if let Some(counts) = &train_counts {
+                order.sort_by(|&a, &b| counts[b].total_cmp(&counts[a]));
+            }
+            let rows: Vec<Vec<String>> = order
+                .iter()
+                .map(|&i| {
+                    let c = &per_class[i];
+                    let n = |k: &str| f64_of(c, k).map_or("-".into(), |v| format!("{v:.4}"));
+                    vec![
+                        labels[i].clone(),
+                        train_counts
+                            .as_ref()
+                            .map_or("-".into(), |t| format!("{}", t[i])),
+                        c["support"].to_string(),
+                        n("precision"),
+                        n("recall"),
+                        n("f1"),
+                        weights
+                            .as_ref()
+                            .and_then(|w| w.get(i))
+                            .map_or("-".into(), |w| format!("{w:.3}")),
+                    ]
+                })
+                .collect();
+            body.push_str(&table(
+                &[
+                    "class",
+                    "train records",
+                    "dev support",
+                    "precision",
+                    "recall",
+                    "F1",
+                    "class weight",
+                ],
+                &rows,
+                true,
+            ));
+        }
+        _ => body.push_str("<p class=\"missing\">No per-class scores (report.json).</p>\n"),
+    }
+
+    // Confusion matrix.
+    body.push_str("<h2>Confusion matrix</h2>\n");
+    let matrix: Option<Vec<Vec<u64>>> = confusion.as_ref().and_then(|c| {
+        c["matrix"]
+            .as_array()?
+            .iter()
+            .map(|row| row.as_array()?.iter().map(Value::as_u64).collect())
+            .collect()
+    });
+    let names = strings(confusion.as_ref().and_then(|c| c.get("labels"))).or(labels.clone());
+    match (names, matrix) {
+        (Some(names), Some(m))
+            if m.len() == names.len() && m.iter().all(|r| r.len() == names.len()) =>
+        {
+            body.push_str(&figure("confusion", charts::confusion(&names, &m), &[]));
+            let mut head = vec!["truth \\ predicted".to_string()];
+            head.extend(names.iter().cloned());
+            let head_refs: Vec<&str> = head.iter().map(String::as_str).collect();
+            let rows: Vec<Vec<String>> = names
+                .iter()
+                .zip(&m)
+                .map(|(n, r)| {
+                    std::iter::once(n.clone())
+                        .chain(r.iter().map(u64::to_string))
+                        .collect()
+                })
+                .collect();
+            body.push_str("<details><summary>Counts</summary>\n");
+            body.push_str(&table(&head_refs, &rows, true));
+            body.push_str("</details>\n");
+        }
+        _ => body.push_str("<p class=\"missing\">No confusion matrix (confusion.json).</p>\n"),
+    }
+
+    // GHM.
+    let ghm: Vec<(String, Vec<(f64, f64)>)> = log
+        .epochs
+        .iter()
+        .filter_map(|e| {
+            let h = numbers(e.get("ghm_ema"))?;
+            let bins = h.len() as f64;
+            Some((
+                format!("epoch {}", e["epoch"]),
+                h.iter()
+                    .enumerate()
+                    .map(|(i, &v)| ((i as f64 + 0.5) / bins, v))
+                    .collect(),
+            ))
+        })
+        .collect();
+    if !ghm.is_empty() {
+        body.push_str("<h2>GHM: gradient norms</h2>\n<p>The loss's moving histogram of per-sample gradient norms |p − y| at each epoch's end: GHM divides each sample's weight by the density of its bin, so crowded bins (easy samples near 0, outliers near 1) count less.</p>\n");
+        let names: Vec<String> = ghm.iter().map(|g| g.0.clone()).collect();
+        body.push_str(&figure(
+            "ghm",
+            charts::lines(
+                "GHM moving histogram of gradient norms",
+                "gradient norm bin",
+                "samples (moving average)",
+                &ghm,
+                None,
+                &[],
+            ),
+            &names,
+        ));
+    }
+
+    if !problems.is_empty() {
+        body.push_str("<h2>Missing from this folder</h2>\n<ul>\n");
+        for p in &problems {
+            let _ = writeln!(body, "<li class=\"missing\">{}</li>", esc(p));
+        }
+        body.push_str("</ul>\n");
+    }
+    page(&format!("emrclass run: {}", dir.display()), &body)
+}
+
+fn experiment_page(dir: &Path) -> String {
+    let mut body = String::new();
+    let text = std::fs::read_to_string(dir.join("results.csv")).unwrap_or_default();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut problems = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let cells: Vec<String> = line.split(',').map(str::to_string).collect();
+        if cells.len() < 8 {
+            problems.push(format!(
+                "results.csv line {} has {} fields, 8 expected",
+                i + 1,
+                cells.len()
+            ));
+            continue;
+        }
+        rows.push(cells);
+    }
+    if let Ok(md) = std::fs::read_to_string(dir.join("results.md")) {
+        if let Some(first) = md.lines().next() {
+            let _ = writeln!(body, "<p>{}</p>", esc(first));
+        }
+    }
+    let mut heads: Vec<String> = Vec::new();
+    let mut losses: Vec<String> = Vec::new();
+    for r in &rows {
+        if !heads.contains(&r[0]) {
+            heads.push(r[0].clone());
+        }
+        if !losses.contains(&r[1]) {
+            losses.push(r[1].clone());
+        }
+    }
+    let values: Vec<Vec<Option<f64>>> = heads
+        .iter()
+        .map(|h| {
+            losses
+                .iter()
+                .map(|l| {
+                    rows.iter()
+                        .find(|r| &r[0] == h && &r[1] == l)
+                        .and_then(|r| r[3].parse().ok())
+                })
+                .collect()
+        })
+        .collect();
+    body.push_str("<h2>Macro-F1 by head and loss</h2>\n");
+    body.push_str(&figure(
+        "grid",
+        charts::grouped_bars("Best dev macro-F1", "macro-F1", &heads, &losses, &values),
+        &losses,
+    ));
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let link = format!("{}-{}/report.html", r[0], r[1]);
+            let mut row = r.clone();
+            row.push(link);
+            row
+        })
+        .collect();
+    body.push_str("<h2>Runs</h2>\n");
+    body.push_str(&table(
+        &[
+            "model",
+            "loss",
+            "accuracy",
+            "macro-F1",
+            "micro-F1",
+            "best epoch",
+            "train s",
+            "samples/s",
+            "run report",
+        ],
+        &table_rows,
+        true,
+    ));
+    if !problems.is_empty() {
+        body.push_str("<h2>Missing from this folder</h2>\n<ul>\n");
+        for p in &problems {
+            let _ = writeln!(body, "<li class=\"missing\">{}</li>", esc(p));
+        }
+        body.push_str("</ul>\n");
+    }
+    page(&format!("emrclass experiment: {}", dir.display()), &body)
+}

@@ -1,0 +1,313 @@
+//! Issue 18: the HTML report. A small simulator run writes report.html; the test parses it as
+//! XML, reads the plotted values back out of the SVG (through the plot area and ranges each
+//! figure declares) and matches them to log.jsonl, counts a heat-map cell per class pair and a
+//! dot per class, finds every class name, and checks that a damaged folder still gives a
+//! report that says what is missing. An experiment folder gets its grid chart and table.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use emrclass::model::heads::HeadKind;
+use emrclass::model::loss::LossKind;
+use emrclass::train::command::{run, TrainOptions};
+use emrclass::Schedule;
+use serde_json::Value;
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("emrclass-report-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn small(out: PathBuf) -> TrainOptions {
+    let mut o = TrainOptions {
+        synthetic_scale: 0.05,
+        out,
+        quiet: true,
+        log_every: 2,
+        eval_every: 5,
+        embedding_dim: 16,
+        filters: 8,
+        rnn_hidden: 8,
+        max_len: 32,
+        ..TrainOptions::default()
+    };
+    o.settings.epochs = 2;
+    o.settings.batch_size = 16;
+    o
+}
+
+/// A figure's declared frame: pixels (x0, x1, y0, y1), ranges (x0, x1, y0, y1), log x.
+struct Frame {
+    px: [f64; 4],
+    range: [f64; 4],
+    log_x: bool,
+}
+
+impl Frame {
+    fn of(fig: roxmltree::Node) -> Frame {
+        let four = |name: &str| -> [f64; 4] {
+            let v: Vec<f64> = fig
+                .attribute(name)
+                .unwrap()
+                .split(' ')
+                .map(|x| x.parse().unwrap())
+                .collect();
+            [v[0], v[1], v[2], v[3]]
+        };
+        Frame {
+            px: four("data-pixels"),
+            range: four("data-range"),
+            log_x: fig.attribute("data-log-x") == Some("true"),
+        }
+    }
+
+    fn value(&self, x: f64, y: f64) -> (f64, f64) {
+        let [x0, x1, y0, y1] = self.px;
+        let [a0, a1, b0, b1] = self.range;
+        let fx = (x - x0) / (x1 - x0 - 1.0);
+        let vx = if self.log_x {
+            (a0.log10() + fx * (a1.log10() - a0.log10())).powi(10)
+        } else {
+            a0 + fx * (a1 - a0)
+        };
+        let fy = (y1 - 1.0 - y) / (y1 - y0 - 1.0);
+        (vx, b0 + fy * (b1 - b0))
+    }
+
+    /// How far one pixel moves a value on each axis.
+    fn pixel(&self) -> (f64, f64) {
+        let [x0, x1, y0, y1] = self.px;
+        let [a0, a1, b0, b1] = self.range;
+        ((a1 - a0).abs() / (x1 - x0), (b1 - b0).abs() / (y1 - y0))
+    }
+}
+
+fn figure<'a>(doc: &'a roxmltree::Document, id: &str) -> roxmltree::Node<'a, 'a> {
+    doc.descendants()
+        .find(|n| n.has_tag_name("figure") && n.attribute("id") == Some(id))
+        .unwrap_or_else(|| panic!("no figure {id}"))
+}
+
+/// The points of the series `name` in a figure, read back as values.
+fn series(doc: &roxmltree::Document, id: &str, name: &str) -> Vec<(f64, f64)> {
+    let fig = figure(doc, id);
+    let frame = Frame::of(fig);
+    let color = fig
+        .attribute("data-series")
+        .unwrap()
+        .split(';')
+        .find_map(|s| s.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("{id}: no series {name}"))
+        .to_string();
+    let line = fig
+        .descendants()
+        .find(|n| {
+            n.has_tag_name("polyline")
+                && n.attribute("stroke") == Some(color.as_str())
+                && n.attribute("stroke-width") == Some("2")
+        })
+        .unwrap_or_else(|| panic!("{id}: no line of colour {color}"));
+    line.attribute("points")
+        .unwrap()
+        .split_whitespace()
+        .map(|p| {
+            let (x, y) = p.split_once(',').unwrap();
+            frame.value(x.parse().unwrap(), y.parse().unwrap())
+        })
+        .collect()
+}
+
+fn assert_close(id: &str, got: &[(f64, f64)], want: &[(f64, f64)], frame: &Frame) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{id}: {} points plotted, {} logged",
+        got.len(),
+        want.len()
+    );
+    let (dx, dy) = frame.pixel();
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g.0 - w.0).abs() <= 1.5 * dx && (g.1 - w.1).abs() <= 1.5 * dy,
+            "{id}: plotted {g:?}, logged {w:?} (one pixel: {dx:.3e} x {dy:.3e})"
+        );
+    }
+}
+
+fn log_lines(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn parse(html: &str) -> roxmltree::Document<'_> {
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    roxmltree::Document::parse_with_options(html, opts).expect("report.html is well-formed XML")
+}
+
+#[test]
+fn a_run_report_plots_what_the_logs_hold() {
+    let dev = common::test_device(Schedule::Forward);
+    let out = scratch("run");
+    let o = small(out.clone());
+    run(&dev, &o).unwrap();
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let doc = parse(&html);
+    let lines = log_lines(&out);
+
+    // Loss per logged step.
+    let steps: Vec<(f64, f64)> = lines
+        .iter()
+        .filter(|v| v.get("loss").is_some() && v.get("step").is_some())
+        .map(|v| (v["step"].as_f64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect();
+    assert!(steps.len() >= 5, "{steps:?}");
+    let frame = Frame::of(figure(&doc, "loss"));
+    assert_close(
+        "loss",
+        &series(&doc, "loss", "training loss"),
+        &steps,
+        &frame,
+    );
+
+    // Dev macro-F1 per --eval-every point and per epoch, in step order.
+    let mut dev_points: Vec<(f64, f64)> = lines
+        .iter()
+        .filter_map(|v| {
+            let step = v.get("step").or_else(|| v.get("end_step"))?.as_f64()?;
+            Some((step, v.get("dev_macro_f1")?.as_f64()?))
+        })
+        .collect();
+    dev_points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert_eq!(
+        lines.iter().filter(|v| v.get("end_step").is_some()).count(),
+        2
+    );
+    assert!(dev_points.len() > 2, "eval-every points are there too");
+    let frame = Frame::of(figure(&doc, "dev"));
+    assert_close(
+        "dev",
+        &series(&doc, "dev", "dev macro-F1"),
+        &dev_points,
+        &frame,
+    );
+    assert!(html.contains("best epoch"), "the best epoch is marked");
+
+    // One heat-map cell per class pair (plus the background), one dot per class.
+    let run_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let labels: Vec<String> = run_json["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    let k = labels.len();
+    assert!(k >= 10, "{k} classes");
+    let rects = figure(&doc, "confusion")
+        .descendants()
+        .filter(|n| n.has_tag_name("rect"))
+        .count();
+    assert_eq!(rects, k * k + 1, "heat-map cells for {k} classes");
+    let dots = figure(&doc, "classes")
+        .descendants()
+        .filter(|n| n.has_tag_name("circle"))
+        .count();
+    assert_eq!(dots, k);
+    // Every class name, in the heat map's axes and the tables.
+    let svg_text: String = figure(&doc, "confusion")
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .collect();
+    for name in &labels {
+        assert!(
+            svg_text.contains(name.as_str()),
+            "{name} not on the heat map"
+        );
+        assert!(
+            html.contains(&format!("<td class=\"name\">{name}</td>")),
+            "{name} not in a table"
+        );
+    }
+    // GHM-CS is the default loss: its histogram is drawn, one line per epoch.
+    for e in ["epoch 1", "epoch 2"] {
+        assert!(!series(&doc, "ghm", e).is_empty());
+    }
+    assert!(
+        !html.contains("Missing from this folder"),
+        "a whole folder lacks nothing"
+    );
+
+    // Damaged: log.jsonl cut mid-line, confusion.json gone: a report that says so.
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    let cut = log.len() - log.lines().last().unwrap().len() / 2;
+    std::fs::write(out.join("log.jsonl"), &log[..cut]).unwrap();
+    std::fs::remove_file(out.join("confusion.json")).unwrap();
+    std::fs::remove_file(out.join("report.html")).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_emrclass"))
+        .args(["report", "--run"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let doc = parse(&html);
+    let n = log.lines().count();
+    assert!(
+        html.contains(&format!("log.jsonl line {n} is not JSON")),
+        "the cut line is named"
+    );
+    assert!(html.contains("confusion.json is missing"));
+    assert!(!series(&doc, "loss", "training loss").is_empty());
+}
+
+#[test]
+fn an_experiment_report_has_the_grid() {
+    use emrclass::train::experiment::{run_grid, ExperimentOptions};
+    let dev = common::test_device(Schedule::Forward);
+    let out = scratch("grid");
+    let mut base = small(out.clone());
+    base.settings.epochs = 1;
+    base.synthetic_scale = 0.03;
+    let o = ExperimentOptions {
+        heads: vec![HeadKind::TextCnn, HeadKind::BiGru],
+        losses: vec![LossKind::CrossEntropy],
+        out: out.clone(),
+        base,
+    };
+    let outcomes = run_grid(&dev, &o, "test grid").unwrap();
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let doc = parse(&html);
+    let fig = figure(&doc, "grid");
+    let frame = Frame::of(fig);
+    // One bar per run (legend swatches are 10 px wide; bars are wider), at the run's macro-F1.
+    let bars: Vec<f64> = fig
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && n.attribute("width").is_some_and(|w| w != "10"))
+        .filter(|n| n.attribute("fill") == Some("#1F77B4"))
+        .map(|n| {
+            let y: f64 = n.attribute("y").unwrap().parse().unwrap();
+            frame.value(0.0, y).1
+        })
+        .collect();
+    assert_eq!(bars.len(), 2, "{bars:?}");
+    for (bar, outcome) in bars.iter().zip(&outcomes) {
+        assert!(
+            (bar - outcome.macro_f1).abs() < 2.0 * frame.pixel().1,
+            "{bar} vs {}",
+            outcome.macro_f1
+        );
+    }
+    for cell in ["textcnn-ce/report.html", "bigru-ce/report.html"] {
+        assert!(html.contains(cell), "{cell}");
+        assert!(out.join(cell).exists(), "{cell}");
+    }
+}
