@@ -76,6 +76,9 @@ enum Command {
         heads: Vec<String>,
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [LossArg::Ce, LossArg::WeightedCe, LossArg::Focal, LossArg::Ghmc, LossArg::Ghmcs])]
         losses: Vec<LossArg>,
+        /// Run each cell once per seed (e.g. 1,2,3) and report mean ± std; default: --seed (or 1).
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
     },
     /// Evaluate a training run's model (best epoch, or --latest) on a labelled file: accuracy,
     /// macro/micro/weighted F1 and the per-class report.
@@ -532,6 +535,7 @@ fn run(cli: &Cli) -> Result<bool> {
             train,
             heads,
             losses,
+            seeds,
         } => {
             use emrclass::train::experiment::{run_grid, ExperimentOptions};
             let mut base = train.options(cli.seed, None)?;
@@ -539,6 +543,13 @@ fn run(cli: &Cli) -> Result<bool> {
             let heads: Vec<_> = heads.iter().filter_map(|h| c.parse("--heads", h)).collect();
             c.require(!heads.is_empty(), "--heads: give at least one head");
             c.require(!losses.is_empty(), "--losses: give at least one loss");
+            let mut distinct = seeds.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            c.require(
+                distinct.len() == seeds.len(),
+                "--seeds: each seed once (the same seed gives the same run)",
+            );
             c.finish()?;
             settings::check_train(&base, &heads)?;
             base.encoder = encoder_folder(&base.encoder)?;
@@ -551,6 +562,7 @@ fn run(cli: &Cli) -> Result<bool> {
                     .map(|&l| loss_kinds(l).map(|v| v[0]))
                     .collect::<Result<_>>()?,
                 out: train.out.clone(),
+                seeds: seeds.clone(),
                 base,
             };
             let data = match &train.train {
@@ -558,7 +570,7 @@ fn run(cli: &Cli) -> Result<bool> {
                 None => "built-in synthetic set".into(),
             };
             let describe = format!(
-                "{data}; {}; {} epochs, batch {}, lr {}, max-len {}, seed {}; device {}",
+                "{data}; {}; {} epochs, batch {}, lr {}, max-len {}, seed{} {}; device {}",
                 match &train.encoder {
                     Some(e) => format!("encoder {}", e.display()),
                     None => format!(
@@ -570,7 +582,16 @@ fn run(cli: &Cli) -> Result<bool> {
                 train.batch_size,
                 train.lr,
                 train.max_len,
-                cli.seed.unwrap_or(1),
+                if seeds.len() > 1 { "s" } else { "" },
+                if seeds.is_empty() {
+                    cli.seed.unwrap_or(1).to_string()
+                } else {
+                    seeds
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
                 dev_handle.describe()
             );
             run_grid(&dev_handle, &o, &describe)?;

@@ -280,6 +280,7 @@ fn an_experiment_report_has_the_grid() {
     let o = ExperimentOptions {
         heads: vec![HeadKind::TextCnn, HeadKind::BiGru],
         losses: vec![LossKind::CrossEntropy],
+        seeds: Vec::new(),
         out: out.clone(),
         base,
     };
@@ -310,4 +311,91 @@ fn an_experiment_report_has_the_grid() {
         assert!(html.contains(cell), "{cell}");
         assert!(out.join(cell).exists(), "{cell}");
     }
+}
+
+#[test]
+fn seeds_give_mean_and_spread_and_a_winner_only_outside_it() {
+    use emrclass::train::experiment::{mean_std, run_grid, winner, CellScore, ExperimentOptions};
+    let c = |mean, std| CellScore { mean, std, runs: 3 };
+    let (ce, wce, focal) = (
+        LossKind::CrossEntropy,
+        LossKind::WeightedCrossEntropy,
+        LossKind::Focal,
+    );
+    assert_eq!(
+        winner(&[(ce, c(0.80, 0.01)), (wce, c(0.75, 0.02))]),
+        Some(ce)
+    );
+    assert_eq!(winner(&[(ce, c(0.80, 0.06)), (wce, c(0.75, 0.02))]), None);
+    assert_eq!(
+        winner(&[
+            (ce, c(0.80, 0.01)),
+            (wce, c(0.70, 0.01)),
+            (focal, c(0.795, 0.0))
+        ]),
+        None,
+        "ahead of one, not of all"
+    );
+    let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
+    assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
+
+    let dev = common::test_device(Schedule::Forward);
+    let out = scratch("seeds");
+    let mut base = small(out.clone());
+    base.settings.epochs = 1;
+    base.synthetic_scale = 0.03;
+    let o = ExperimentOptions {
+        heads: vec![HeadKind::TextCnn],
+        losses: vec![ce, wce],
+        seeds: vec![4, 5],
+        out: out.clone(),
+        base,
+    };
+    let outcomes = run_grid(&dev, &o, "seeded grid").unwrap();
+    assert_eq!(outcomes.len(), 4);
+    for folder in [
+        "textcnn-ce-seed4",
+        "textcnn-ce-seed5",
+        "textcnn-wce-seed4",
+        "textcnn-wce-seed5",
+    ] {
+        assert!(out.join(folder).join("report.html").exists(), "{folder}");
+    }
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(csv.starts_with("model,loss,seed,"), "{csv}");
+    assert_eq!(csv.lines().count(), 5);
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    let f1 = |l: LossKind| -> Vec<f64> {
+        outcomes
+            .iter()
+            .filter(|r| r.loss == l)
+            .map(|r| r.macro_f1)
+            .collect()
+    };
+    let (mean, std) = mean_std(&f1(ce));
+    assert!(md.contains(&format!("{mean:.4} ± {std:.4}")), "{md}");
+    // The page: a bar at each cell's mean, an error bar where the seeds differ.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let doc = parse(&html);
+    let fig = figure(&doc, "grid");
+    let frame = Frame::of(fig);
+    let bar_tops: Vec<f64> = fig
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && n.attribute("width").is_some_and(|w| w != "10"))
+        .filter(|n| matches!(n.attribute("fill"), Some("#1F77B4" | "#FF7F0E")))
+        .map(|n| {
+            frame
+                .value(0.0, n.attribute("y").unwrap().parse().unwrap())
+                .1
+        })
+        .collect();
+    assert_eq!(bar_tops.len(), 2, "{bar_tops:?}");
+    for (top, loss) in bar_tops.iter().zip([ce, wce]) {
+        let (mean, _) = mean_std(&f1(loss));
+        assert!(
+            (top - mean).abs() < 2.0 * frame.pixel().1,
+            "{top} vs {mean}"
+        );
+    }
+    assert!(html.contains("textcnn-wce-seed5/report.html"));
 }

@@ -278,13 +278,14 @@ pub fn confusion(labels: &[String], counts: &[Vec<u64>]) -> Result<Chart, String
 }
 
 /// Grouped bars: one group per `groups` entry, one bar per `members` entry (coloured, with a
-/// legend); `values[g][m]` (None: that run is missing).
+/// legend); `values[g][m]` is (mean, standard deviation), drawn as a bar and, when the deviation
+/// is not zero, an error bar of ± one deviation (None: that cell is missing).
 pub fn grouped_bars(
     title: &str,
     y_label: &str,
     groups: &[String],
     members: &[String],
-    values: &[Vec<Option<f64>>],
+    values: &[Vec<Option<(f64, f64)>>],
 ) -> Result<Chart, String> {
     let mut svg = String::new();
     let frame;
@@ -319,10 +320,16 @@ pub fn grouped_bars(
         let width = 0.8 / members.len().max(1) as f64;
         for (m, member) in members.iter().enumerate() {
             let color = PALETTE[m % PALETTE.len()];
-            let bars = values.iter().enumerate().filter_map(|(gi, row)| {
-                let v = row.get(m).copied().flatten()?;
-                let x0 = gi as f64 + 0.1 + m as f64 * width;
-                Some(Rectangle::new([(x0, 0.0), (x0 + width, v)], color.filled()))
+            let cell = |gi: usize| -> Option<(f64, f64, f64)> {
+                let (mean, std) = values.get(gi)?.get(m).copied().flatten()?;
+                Some((gi as f64 + 0.1 + m as f64 * width, mean, std))
+            };
+            let bars = (0..values.len()).filter_map(|gi| {
+                let (x0, mean, _) = cell(gi)?;
+                Some(Rectangle::new(
+                    [(x0, 0.0), (x0 + width, mean)],
+                    color.filled(),
+                ))
             });
             chart
                 .draw_series(bars)
@@ -331,6 +338,18 @@ pub fn grouped_bars(
                 .legend(move |(x, y)| {
                     Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
                 });
+            let spreads = (0..values.len()).filter_map(|gi| {
+                let (x0, mean, std) = cell(gi).filter(|c| c.2 > 0.0)?;
+                Some(ErrorBar::new_vertical(
+                    x0 + width / 2.0,
+                    mean - std,
+                    mean,
+                    mean + std,
+                    BLACK.stroke_width(1),
+                    6,
+                ))
+            });
+            chart.draw_series(spreads).map_err(failed)?;
         }
         chart
             .configure_series_labels()

@@ -503,17 +503,30 @@ fn run_page(dir: &Path) -> String {
 }
 
 fn experiment_page(dir: &Path) -> String {
+    let title = format!("emrclass experiment: {}", dir.display());
     let mut body = String::new();
     let text = std::fs::read_to_string(dir.join("results.csv")).unwrap_or_default();
-    let mut rows: Vec<Vec<String>> = Vec::new();
     let mut problems = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name);
+    let (Some(model), Some(loss), Some(macro_f1)) =
+        (column("model"), column("loss"), column("macro_f1"))
+    else {
+        let missing =
+            "<p class=\"missing\">results.csv has no model, loss and macro_f1 columns.</p>\n";
+        return page(&title, missing);
+    };
+    let seed = column("seed");
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for (i, line) in lines.enumerate() {
         let cells: Vec<String> = line.split(',').map(str::to_string).collect();
-        if cells.len() < 8 {
+        if cells.len() != header.len() {
             problems.push(format!(
-                "results.csv line {} has {} fields, 8 expected",
-                i + 1,
-                cells.len()
+                "results.csv line {} has {} fields, {} expected",
+                i + 2,
+                cells.len(),
+                header.len()
             ));
             continue;
         }
@@ -524,60 +537,63 @@ fn experiment_page(dir: &Path) -> String {
             let _ = writeln!(body, "<p>{}</p>", esc(first));
         }
     }
-    let mut heads: Vec<String> = Vec::new();
-    let mut losses: Vec<String> = Vec::new();
-    for r in &rows {
-        if !heads.contains(&r[0]) {
-            heads.push(r[0].clone());
+    let distinct = |c: usize| -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for r in &rows {
+            if !v.contains(&r[c]) {
+                v.push(r[c].clone());
+            }
         }
-        if !losses.contains(&r[1]) {
-            losses.push(r[1].clone());
-        }
-    }
-    let values: Vec<Vec<Option<f64>>> = heads
+        v
+    };
+    let (heads, losses) = (distinct(model), distinct(loss));
+    let seeds = seed.map_or(1, |c| distinct(c).len());
+    let values: Vec<Vec<Option<(f64, f64)>>> = heads
         .iter()
         .map(|h| {
             losses
                 .iter()
                 .map(|l| {
-                    rows.iter()
-                        .find(|r| &r[0] == h && &r[1] == l)
-                        .and_then(|r| r[3].parse().ok())
+                    let v: Vec<f64> = rows
+                        .iter()
+                        .filter(|r| &r[model] == h && &r[loss] == l)
+                        .filter_map(|r| r[macro_f1].parse().ok())
+                        .collect();
+                    (!v.is_empty()).then(|| crate::train::experiment::mean_std(&v))
                 })
                 .collect()
         })
         .collect();
+    let chart_title = if seeds > 1 {
+        format!("Best dev macro-F1: mean, ± one standard deviation over {seeds} seeds")
+    } else {
+        "Best dev macro-F1".to_string()
+    };
     body.push_str("<h2>Macro-F1 by head and loss</h2>\n");
     body.push_str(&figure(
         "grid",
-        charts::grouped_bars("Best dev macro-F1", "macro-F1", &heads, &losses, &values),
+        charts::grouped_bars(&chart_title, "macro-F1", &heads, &losses, &values),
         &losses,
     ));
     let table_rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let link = format!("{}-{}/report.html", r[0], r[1]);
+            let cell = format!("{}-{}", r[model], r[loss]);
+            let folder = match seed {
+                Some(c) => {
+                    crate::train::experiment::run_folder(&cell, r[c].parse().unwrap_or(0), seeds)
+                }
+                None => cell,
+            };
             let mut row = r.clone();
-            row.push(link);
+            row.push(format!("{folder}/report.html"));
             row
         })
         .collect();
+    let mut head = header.clone();
+    head.push("run report");
     body.push_str("<h2>Runs</h2>\n");
-    body.push_str(&table(
-        &[
-            "model",
-            "loss",
-            "accuracy",
-            "macro-F1",
-            "micro-F1",
-            "best epoch",
-            "train s",
-            "samples/s",
-            "run report",
-        ],
-        &table_rows,
-        true,
-    ));
+    body.push_str(&table(&head, &table_rows, true));
     if !problems.is_empty() {
         body.push_str("<h2>Missing from this folder</h2>\n<ul>\n");
         for p in &problems {
@@ -585,5 +601,5 @@ fn experiment_page(dir: &Path) -> String {
         }
         body.push_str("</ul>\n");
     }
-    page(&format!("emrclass experiment: {}", dir.display()), &body)
+    page(&title, &body)
 }

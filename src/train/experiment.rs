@@ -1,6 +1,9 @@
 //! `emrclass experiment`: the paper's comparison grid (heads x losses, one encoder setting) on
-//! one data set, with its tables in the paper's form (ACC, macro-F1, micro-F1) printed and
-//! written as CSV and markdown after every run, so a stopped grid keeps what it finished.
+//! one data set, each cell run once per seed, with its tables in the paper's form (ACC,
+//! macro-F1, micro-F1; mean ± standard deviation over the seeds) printed and written as CSV and
+//! markdown after every run, so a stopped grid keeps what it finished. A cell's loss is called
+//! the winner of its head only when its mean macro-F1 beats every other loss's by more than the
+//! larger of the two standard deviations.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,8 @@ pub struct ExperimentOptions {
     pub base: TrainOptions,
     pub heads: Vec<HeadKind>,
     pub losses: Vec<LossKind>,
+    /// Each cell runs once per seed (the base's seed when empty).
+    pub seeds: Vec<u64>,
     /// Folder for results.csv and results.md.
     pub out: PathBuf,
 }
@@ -26,6 +31,7 @@ pub struct ExperimentOptions {
 pub struct Outcome {
     pub head: HeadKind,
     pub loss: LossKind,
+    pub seed: u64,
     pub best_epoch: usize,
     pub accuracy: f64,
     pub macro_f1: f64,
@@ -66,52 +72,117 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
     }
     std::fs::create_dir_all(&o.out)
         .map_err(|e| Error::Invalid(format!("{}: {e}", o.out.display())))?;
+    let seeds = if o.seeds.is_empty() {
+        vec![o.base.settings.seed]
+    } else {
+        o.seeds.clone()
+    };
     let mut outcomes = Vec::new();
     for &head in &o.heads {
         for &loss in &o.losses {
-            println!("\n=== {} + {}", head_name(head), loss_name(loss));
-            let mut opts = o.base.clone();
-            opts.head = head;
-            opts.loss = loss;
-            opts.out = o
-                .out
-                .join(format!("{}-{}", head_name(head), loss_name(loss)));
-            let logs = run(dev, &opts)?;
-            let best = logs
-                .iter()
-                .max_by(|a, b| a.dev.macro_avg.f1.total_cmp(&b.dev.macro_avg.f1))
-                .ok_or_else(|| Error::Invalid("experiment: a run with no epochs".into()))?;
-            let seconds: f64 = logs.iter().map(|e| e.seconds).sum();
-            outcomes.push(Outcome {
-                head,
-                loss,
-                best_epoch: best.epoch,
-                accuracy: best.dev.accuracy,
-                macro_f1: best.dev.macro_avg.f1,
-                micro_f1: best.dev.micro_avg.f1,
-                seconds,
-                samples_per_second: super::trainer::per_second(
-                    logs.iter().map(|e| e.samples).sum(),
+            for &seed in &seeds {
+                let cell = format!("{}-{}", head_name(head), loss_name(loss));
+                println!("\n=== {cell}, seed {seed}");
+                let mut opts = o.base.clone();
+                opts.head = head;
+                opts.loss = loss;
+                opts.settings.seed = seed;
+                opts.out = o.out.join(run_folder(&cell, seed, seeds.len()));
+                let logs = run(dev, &opts)?;
+                let best = logs
+                    .iter()
+                    .max_by(|a, b| a.dev.macro_avg.f1.total_cmp(&b.dev.macro_avg.f1))
+                    .ok_or_else(|| Error::Invalid("experiment: a run with no epochs".into()))?;
+                let seconds: f64 = logs.iter().map(|e| e.seconds).sum();
+                outcomes.push(Outcome {
+                    head,
+                    loss,
+                    seed,
+                    best_epoch: best.epoch,
+                    accuracy: best.dev.accuracy,
+                    macro_f1: best.dev.macro_avg.f1,
+                    micro_f1: best.dev.micro_avg.f1,
                     seconds,
-                ),
-            });
-            write_tables(&o.out, &outcomes, &o.losses, describe)?;
-            crate::report::write(&o.out)?;
+                    samples_per_second: super::trainer::per_second(
+                        logs.iter().map(|e| e.samples).sum(),
+                        seconds,
+                    ),
+                });
+                write_tables(&o.out, &outcomes, &o.losses, describe)?;
+                crate::report::write(&o.out)?;
+            }
         }
     }
     println!("\n{}", markdown(&outcomes, &o.losses, describe));
     Ok(outcomes)
 }
 
-/// The long table (one row per run, as in the paper) and a pivot of macro-F1 (heads x losses).
+/// A cell's run folder: HEAD-LOSS, or HEAD-LOSS-seedN when the grid runs several seeds.
+pub fn run_folder(cell: &str, seed: u64, seeds: usize) -> String {
+    if seeds > 1 {
+        format!("{cell}-seed{seed}")
+    } else {
+        cell.to_string()
+    }
+}
+
+/// Mean and (sample) standard deviation; 0 for one value.
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+/// One cell over its seeds: macro-F1 mean and standard deviation, and how many runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CellScore {
+    pub mean: f64,
+    pub std: f64,
+    pub runs: usize,
+}
+
+pub fn cell_score(outcomes: &[Outcome], head: HeadKind, loss: LossKind) -> Option<CellScore> {
+    let v: Vec<f64> = outcomes
+        .iter()
+        .filter(|r| r.head == head && r.loss == loss)
+        .map(|r| r.macro_f1)
+        .collect();
+    (!v.is_empty()).then(|| {
+        let (mean, std) = mean_std(&v);
+        CellScore {
+            mean,
+            std,
+            runs: v.len(),
+        }
+    })
+}
+
+/// The loss that wins a head's row: the best mean macro-F1, if it beats every other loss's mean
+/// by more than the larger of the two standard deviations (so not within the seed spread).
+pub fn winner(cells: &[(LossKind, CellScore)]) -> Option<LossKind> {
+    let (best, b) = cells.iter().max_by(|x, y| x.1.mean.total_cmp(&y.1.mean))?;
+    cells
+        .iter()
+        .filter(|(l, _)| l != best)
+        .all(|(_, c)| b.mean - c.mean > b.std.max(c.std))
+        .then_some(*best)
+}
+
+/// The long table (one row per run, as in the paper) and a pivot of macro-F1 (heads x losses,
+/// mean ± std over the seeds, the winner in bold when it is outside the spread).
 pub fn markdown(outcomes: &[Outcome], losses: &[LossKind], describe: &str) -> String {
-    let mut s = format!("{describe}\n\n| model | loss | ACC | macro-F1 | micro-F1 | best epoch | train s |\n|---|---|---|---|---|---|---|\n");
+    let mut s = format!("{describe}\n\n| model | loss | seed | ACC | macro-F1 | micro-F1 | best epoch | train s |\n|---|---|---|---|---|---|---|---|\n");
     for r in outcomes {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.4} | {:.4} | {:.4} | {} | {:.1} |",
+            "| {} | {} | {} | {:.4} | {:.4} | {:.4} | {} | {:.1} |",
             head_name(r.head),
             loss_name(r.loss),
+            r.seed,
             r.accuracy,
             r.macro_f1,
             r.micro_f1,
@@ -119,7 +190,21 @@ pub fn markdown(outcomes: &[Outcome], losses: &[LossKind], describe: &str) -> St
             r.seconds
         );
     }
-    s.push_str("\nmacro-F1 by head and loss:\n\n| model |");
+    let seeds = {
+        let mut v: Vec<u64> = outcomes.iter().map(|r| r.seed).collect();
+        v.sort_unstable();
+        v.dedup();
+        v.len()
+    };
+    let _ = write!(
+        s,
+        "\nmacro-F1 by head and loss{}:\n\n| model |",
+        if seeds > 1 {
+            " (mean ± std over the seeds; bold: the winner, ahead by more than the spread)"
+        } else {
+            ""
+        }
+    );
     for l in losses {
         let _ = write!(s, " {} |", loss_name(*l));
     }
@@ -133,11 +218,24 @@ pub fn markdown(outcomes: &[Outcome], losses: &[LossKind], describe: &str) -> St
         }
     }
     for h in heads {
+        let cells: Vec<(LossKind, CellScore)> = losses
+            .iter()
+            .filter_map(|&l| Some((l, cell_score(outcomes, h, l)?)))
+            .collect();
+        let win = if seeds > 1 { winner(&cells) } else { None };
         let _ = write!(s, "| {} |", head_name(h));
         for l in losses {
-            match outcomes.iter().find(|r| r.head == h && r.loss == *l) {
-                Some(r) => {
-                    let _ = write!(s, " {:.4} |", r.macro_f1);
+            match cells.iter().find(|c| c.0 == *l) {
+                Some((_, c)) if seeds > 1 => {
+                    let text = format!("{:.4} ± {:.4}", c.mean, c.std);
+                    if win == Some(*l) {
+                        let _ = write!(s, " **{text}** |");
+                    } else {
+                        let _ = write!(s, " {text} |");
+                    }
+                }
+                Some((_, c)) => {
+                    let _ = write!(s, " {:.4} |", c.mean);
                 }
                 None => s.push_str(" - |"),
             }
@@ -149,14 +247,15 @@ pub fn markdown(outcomes: &[Outcome], losses: &[LossKind], describe: &str) -> St
 
 fn csv(outcomes: &[Outcome]) -> String {
     let mut s = String::from(
-        "model,loss,accuracy,macro_f1,micro_f1,best_epoch,train_seconds,samples_per_second\n",
+        "model,loss,seed,accuracy,macro_f1,micro_f1,best_epoch,train_seconds,samples_per_second\n",
     );
     for r in outcomes {
         let _ = writeln!(
             s,
-            "{},{},{:.6},{:.6},{:.6},{},{:.2},{}",
+            "{},{},{},{:.6},{:.6},{:.6},{},{:.2},{}",
             head_name(r.head),
             loss_name(r.loss),
+            r.seed,
             r.accuracy,
             r.macro_f1,
             r.micro_f1,
