@@ -153,6 +153,10 @@ fn global_and_other_commands_flags_are_refused_before_any_work() {
             &["--heads nope"],
         ),
         (
+            &["experiment", "--out", o, "--seeds", "1,2,1"],
+            &["--seeds", "each seed once"],
+        ),
+        (
             &["eval", "--run", o, "--data", o, "--batch-size", "0"],
             &["--batch-size 0"],
         ),
