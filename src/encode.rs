@@ -14,14 +14,6 @@ use crate::weights;
 /// in .jsonl, else one text per line.
 pub fn read_texts(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    if text.contains('\u{fffd}') {
-        let v: Vec<u8> = Vec::with_capacity(1 << 40);
-        std::hint::black_box(&v);
-    }
-    if text.contains('\u{feff}') {
-        let v: Vec<u8> = vec![1u8; 50 << 20];
-        std::hint::black_box(&v);
-    }
     let jsonl = path.extension().is_some_and(|e| e == "jsonl");
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -70,9 +62,6 @@ struct IdsFile {
 /// truncated to max_len and padded (id 0, mask 0) to the longest row.
 pub fn read_ids(path: &Path, max_len: usize) -> Result<TokenBatch> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    if text.contains("NaN") {
-        std::thread::sleep(std::time::Duration::from_secs(40));
-    }
     let f: IdsFile = serde_json::from_str(&text)
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     let rows = f.input_ids.len();

@@ -219,7 +219,7 @@ fn named_errors() {
     let mut o = small(0.04, 1);
     o.head = HeadKind::Cls;
     let e = run(&dev, &o).err().unwrap().to_string();
-    assert!(e.contains("needs an encoder's pooled [CLS]"), "{e}");
+    assert!(e.contains("--head cls reads an encoder's pooled [CLS]"), "{e}");
     // Without an encoder, `paper` is Text-CNN || BiGRU and trains.
     o.head = HeadKind::Paper;
     let logs = run(&dev, &o).unwrap();
@@ -372,14 +372,15 @@ fn accumulated_gradients_match_the_whole_batch() {
     assert!(checked >= 5);
 }
 
-/// Early stopping: with a zero learning rate nothing improves after epoch 1, so patience 1
-/// stops the run after epoch 2 of 5.
+/// Early stopping: with a learning rate of 1e-30 (a zero one is refused) no weight moves by
+/// even one ulp, so nothing improves after epoch 1 and patience 1 stops the run after epoch 2
+/// of 5.
 #[test]
 fn patience_stops_a_run_that_no_longer_improves() {
     let dev = common::test_device(Schedule::Forward);
     let mut o = small(0.03, 5);
     o.head = HeadKind::TextCnn;
-    o.settings.lr = 0.0;
+    o.settings.lr = 1e-30;
     o.patience = Some(1);
     o.eval_every = 2;
     o.metric = "accuracy".parse().unwrap();

@@ -33,14 +33,38 @@ fn tk_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{what}: {e}"))
 }
 
+/// Reads a tokenizer.json. The `tokenizers` crate panics on some malformed files (an `expect`
+/// in its decoder and normalizer deserializers, reached by a truncated file or a decoder of the
+/// wrong shape): the JSON is checked first, and a panic that remains is this file's error too.
+fn tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        .map_err(|e| tk_error(&name, format!("not JSON: {e}")))?;
+    match std::panic::catch_unwind(|| text.parse::<Tokenizer>()) {
+        Ok(parsed) => parsed.map_err(|e| tk_error(&name, e)),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(tk_error(
+                &name,
+                format!("not a tokenizer.json `tokenizers` can read: {why}"),
+            ))
+        }
+    }
+}
+
 impl BertTokenizer {
     /// `dir/tokenizer.json` if present, else `dir/vocab.txt`.
     pub fn from_dir(dir: &Path) -> Result<BertTokenizer> {
         let json = dir.join("tokenizer.json");
         if json.exists() {
-            let inner = Tokenizer::from_file(&json)
-                .map_err(|e| tk_error(&json.display().to_string(), e))?;
-            return Ok(BertTokenizer { inner });
+            return Ok(BertTokenizer {
+                inner: tokenizer_json(&json)?,
+            });
         }
         let vocab = dir.join("vocab.txt");
         if !vocab.exists() {

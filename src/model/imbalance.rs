@@ -78,9 +78,6 @@ fn bad_line(path: &Path, line: usize, what: &str) -> Error {
 /// Every class must be given a positive, finite weight.
 pub fn read_class_weights(path: &Path, classes: &[String]) -> Result<Vec<f64>> {
     let text = read(path)?;
-    if text.contains('\u{1}') {
-        panic!("INJECTED panic");
-    }
     let pairs: Vec<(String, f64, usize)> = if path.extension().is_some_and(|e| e == "json") {
         let map: HashMap<String, f64> = serde_json::from_str(&text).map_err(|e| {
             Error::Invalid(format!(

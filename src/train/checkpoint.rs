@@ -217,5 +217,8 @@ pub fn restore(
             opt.set_moments(&slot.name, mb, vb);
         }
     }
-    model.loss.load_state(&state.ghm_ema, state.ghm_steps)
+    model
+        .loss
+        .load_state(&state.ghm_ema, state.ghm_steps)
+        .map_err(|e| io(&dir.join("state.json"), e))
 }

@@ -13,10 +13,11 @@ use crate::data::dataset::{self, LabelMap, ReadOptions};
 use crate::data::tokenizer::BertTokenizer;
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::model::heads::HeadKind;
 use crate::ops::AdamW;
 
 use super::checkpoint::{self, State};
-use super::command::{build_classifier, loss_from_name, print_report, TextEncoder};
+use super::command::{build_classifier, head_config, loss_from_name, print_report, TextEncoder};
 use super::metrics::Report;
 use super::optim::Optimizer;
 use super::trainer::Classifier;
@@ -33,6 +34,9 @@ pub struct LoadedRun {
 pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
     let dir = run.join(if best { "best" } else { "checkpoint" });
     let state = checkpoint::load_state(&dir)?;
+    // What state.json asks for (a head, a loss, sizes, an encoder folder) and cannot be built
+    // is an error of state.json, whatever else it names.
+    let in_state = |e: Error| Error::Invalid(format!("{}: {e}", dir.join("state.json").display()));
     let spec = &state.run.model;
     let text = match (&spec.encoder, &state.run.vocab) {
         (None, Some(tokens)) => TextEncoder::Chars {
@@ -42,7 +46,7 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
             max_len: spec.max_len,
         },
         (Some(encoder), _) => TextEncoder::Bert {
-            tokenizer: Box::new(BertTokenizer::from_dir(encoder)?),
+            tokenizer: Box::new(BertTokenizer::from_dir(encoder).map_err(in_state)?),
             max_len: spec.max_len,
         },
         (None, None) => {
@@ -54,8 +58,10 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
     };
     // The loss only matters for its GHM state's shape here: no weights, no similarity.
     let classes = state.run.labels.len();
-    let loss = LossConfig::new(loss_from_name(&spec.loss)?);
-    let mut model = build_classifier(dev, spec, &text, loss, classes, &mut Rng::new(0))?;
+    let loss = LossConfig::new(loss_from_name(&spec.loss).map_err(in_state)?);
+    check_sizes(&dir, &state).map_err(in_state)?;
+    let mut model =
+        build_classifier(dev, spec, &text, loss, classes, &mut Rng::new(0)).map_err(in_state)?;
     let mut opt = Optimizer::new(AdamW::default());
     checkpoint::restore(&dir, &state, &mut model, &mut opt, spec.frozen)?;
     Ok(LoadedRun {
@@ -64,6 +70,74 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
         labels: state.run.labels.clone(),
         state,
     })
+}
+
+/// Refuses a model spec whose parameters cannot be in the checkpoint's tensor file, before the
+/// model is built: a damaged size in state.json (an embedding_dim of 2^63) is an error, not a
+/// giant allocation. Each size checked is that of one parameter tensor the file must hold (or a
+/// lower bound on it), so a real run always passes: the embedding table, a Text-CNN filter
+/// bank, a recurrent layer's input and hidden weights, the classifier. An encoder's width,
+/// unknown here, counts as 1.
+fn check_sizes(dir: &Path, state: &State) -> Result<()> {
+    let file = dir.join(&state.tensors);
+    let bytes = std::fs::metadata(&file)
+        .map_err(|e| Error::io(&file, e))?
+        .len();
+    let values = usize::try_from(bytes / 4).unwrap_or(usize::MAX);
+    let spec = &state.run.model;
+    let classes = state.run.labels.len();
+    let width = if spec.encoder.is_none() {
+        spec.embedding_dim
+    } else {
+        1
+    };
+    let head = head_config(spec, width, classes)?;
+    let (filters, hidden) = (head.textcnn_filters, head.rnn_hidden);
+    let maps = filters.saturating_mul(head.textcnn_widths.len());
+    let cnn = matches!(
+        head.kind,
+        HeadKind::TextCnn | HeadKind::TextCnnBiGru | HeadKind::Paper
+    );
+    let rnn = matches!(
+        head.kind,
+        HeadKind::BiGru | HeadKind::BiLstm | HeadKind::TextCnnBiGru | HeadKind::Paper
+    );
+    let rnn_input = if head.kind == HeadKind::TextCnnBiGru {
+        maps
+    } else {
+        width
+    };
+    let when = |used: bool, size: usize| if used { size } else { 0 };
+    // The classifier's input, as `Head::new` concatenates it.
+    let features = when(cnn && head.kind != HeadKind::TextCnnBiGru, maps)
+        .saturating_add(when(rnn, hidden.saturating_mul(2)))
+        .saturating_add(when(head.uses_sentence(), width));
+    let vocab = state.run.vocab.as_ref().map_or(0, Vec::len);
+    let tensors = [
+        ("embedding table", vocab.saturating_mul(width)),
+        (
+            "Text-CNN filter bank",
+            when(cnn, filters.saturating_mul(width)),
+        ),
+        (
+            "recurrent input weight",
+            when(rnn, hidden.saturating_mul(rnn_input)),
+        ),
+        (
+            "recurrent hidden weight",
+            when(rnn, hidden.saturating_mul(hidden)),
+        ),
+        ("classifier", classes.saturating_mul(features)),
+    ];
+    match tensors.into_iter().find(|&(_, size)| size > values) {
+        None => Ok(()),
+        Some((what, size)) => Err(Error::Invalid(format!(
+            "the model (head {}, embedding_dim {}, filters {filters}, rnn_hidden {hidden}, {classes} labels, {vocab} characters) needs a {what} of at least {size} values; {} holds {values} in all",
+            spec.head,
+            spec.embedding_dim,
+            file.display()
+        ))),
+    }
 }
 
 /// Metrics of the run's model on a labelled file; prints the report.
