@@ -75,9 +75,13 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// What to try when memory runs out (both the engine's budget and the GPU's own).
 pub const MEMORY_ADVICE: &str = "What to try: `emrclass plan --model DIR --batch B --seq L` shows the peak and the largest batch that fits; --memory-budget SIZE (the card's memory) makes `train` plan recomputation and micro-batches into it; or a smaller --batch-size or --max-len";
 
-/// Bytes as MiB with one decimal, for messages.
+/// A size for messages: exact bytes below 1 MiB, else MiB with one decimal.
 pub fn mib(bytes: usize) -> String {
-    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+    if bytes < 1 << 20 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{:.1} MiB", bytes as f64 / 1048576.0)
+    }
 }
 
 impl Error {

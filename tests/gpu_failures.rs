@@ -179,24 +179,31 @@ fn a_driver_older_than_the_nvrtc_is_refused_with_what_to_do() {
 
 #[test]
 fn the_engines_budget_exceeded_on_the_simulator_says_what_to_try() {
-    let dev = Device::simt(Schedule::Forward).with_budget(1 << 20);
-    let _kept = dev.zeros::<f32>(100_000, "embeddings").unwrap();
-    let Err(e) = dev.zeros::<f32>(200_000, "attention scores") else {
-        panic!("2 x 0.4 MiB fit a 1 MiB budget")
+    let dev = Device::simt(Schedule::Forward).with_budget(4 << 20);
+    let _kept = dev.zeros::<f32>(1 << 19, "embeddings").unwrap();
+    let Err(e) = dev.zeros::<f32>(3 << 19, "attention scores") else {
+        panic!("2 + 6 MiB fit a 4 MiB budget")
     };
     assert!(matches!(e, Error::OutOfBudget { .. }), "{e:?}");
     says(
         &e,
         &[
-            "0.8 MiB requested for attention scores",
-            "0.4 MiB live",
-            "the budget is 1.0 MiB",
+            "6.0 MiB requested for attention scores",
+            "2.0 MiB live",
+            "the budget is 4.0 MiB",
             "emrclass plan",
             "--memory-budget",
         ],
     );
-    // Nothing was counted for the refused request.
-    assert_eq!(dev.memory().live(), 400_000);
+    // Nothing was counted for the refused request; small sizes are exact bytes.
+    assert_eq!(dev.memory().live(), 2 << 20);
+    let Err(e) = Device::simt(Schedule::Forward)
+        .with_budget(1000)
+        .zeros::<f32>(300, "logits")
+    else {
+        panic!("1200 bytes fit 1000")
+    };
+    says(&e, &["1200 bytes requested for logits with 0 bytes live; the budget is 1000 bytes"]);
 }
 
 #[test]
