@@ -390,6 +390,12 @@ pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool
         }
         BenchWhat::Step(a) => {
             let head: HeadKind = a.head.parse()?;
+            if head == HeadKind::Bag {
+                return Err(Error::Invalid(
+                    "bench step: --head bag has no encoder; the step benchmark times BERT + a head"
+                        .into(),
+                ));
+            }
             let loss: LossKind = loss_kinds(a.loss)?[0];
             let mut rows = Vec::new();
             for &len in &a.len {

@@ -7,7 +7,7 @@ use emrclass::check::{registry, Rng};
 use emrclass::device::DeviceChoice;
 use emrclass::model::loss::LossKind;
 use emrclass::settings::{self, Checks};
-use emrclass::train::command::MemoryBudget;
+use emrclass::train::command::{default_lr, MemoryBudget};
 use emrclass::{hub, kernel_report, Device, Result, Schedule};
 
 mod bench_command;
@@ -221,8 +221,8 @@ struct TrainArgs {
     /// Hugging Face cache); default: trainable character embeddings.
     #[arg(long)]
     pub encoder: Option<std::path::PathBuf>,
-    /// cls, textcnn, bigru, bilstm, textcnn-bigru or paper (cls needs --encoder; without one,
-    /// paper is Text-CNN || BiGRU).
+    /// cls, textcnn, bigru, bilstm, textcnn-bigru, paper or bag (cls needs --encoder; without
+    /// one, paper is Text-CNN || BiGRU; bag is fastText-style hashed character n-grams).
     #[arg(long, default_value = "paper")]
     pub head: String,
     #[arg(long, value_enum, default_value_t = LossArg::Ghmcs)]
@@ -233,8 +233,13 @@ struct TrainArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 64)]
     pub max_len: usize,
-    #[arg(long, default_value_t = 3e-3, allow_negative_numbers = true)]
-    pub lr: f64,
+    /// Learning rate (default: 3e-3; 2e-2 for the bag head, whose n-gram rows are each
+    /// updated rarely).
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
+    /// Hash buckets of the `bag` head's character 1-3-grams (its embedding table's rows).
+    #[arg(long, default_value_t = 1 << 16)]
+    pub buckets: usize,
     /// Embedding width of the encoder-free path.
     #[arg(long, default_value_t = 64)]
     pub embedding_dim: usize,
@@ -329,6 +334,7 @@ impl TrainArgs {
             head,
             loss: loss_kinds(self.loss)?[0],
             max_len: self.max_len,
+            buckets: self.buckets,
             embedding_dim: self.embedding_dim,
             filters: self.filters,
             rnn_hidden: self.rnn_hidden,
@@ -337,7 +343,7 @@ impl TrainArgs {
             settings: emrclass::train::trainer::TrainSettings {
                 epochs: self.epochs,
                 batch_size: self.batch_size,
-                lr: self.lr,
+                lr: self.lr.unwrap_or_else(|| default_lr(head)),
                 seed: seed.unwrap_or(1),
                 accumulate: self.accumulate,
                 input_lr_scale: self.input_lr_scale,
@@ -450,6 +456,10 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
     c.count("--batch", a.batch);
     c.count("--classes", a.classes);
     c.at_least("--classes", a.classes, 2, "a classifier");
+    c.require(
+        head != Some(emrclass::model::heads::HeadKind::Bag),
+        "--head bag: the bag head has no encoder to plan (its memory is its embedding table)",
+    );
     if let Some(h) = head {
         settings::sequence_length(&mut c, "--seq", a.seq, &[h]);
         settings::head_sizes(&mut c, &[h], a.filters, a.rnn_hidden);
@@ -553,6 +563,8 @@ fn run(cli: &Cli) -> Result<bool> {
             c.finish()?;
             settings::check_train(&base, &heads)?;
             base.encoder = encoder_folder(&base.encoder)?;
+            // Without --lr, each head gets its own default.
+            let lr_per_head = train.lr.is_none();
             let dev_handle = open_device(cli, seed)?;
             base.memory = memory_budget(cli, &dev_handle)?;
             let o = ExperimentOptions {
@@ -563,6 +575,7 @@ fn run(cli: &Cli) -> Result<bool> {
                     .collect::<Result<_>>()?,
                 out: train.out.clone(),
                 seeds: seeds.clone(),
+                lr: (!lr_per_head).then_some(base.settings.lr),
                 base,
             };
             let data = match &train.train {
@@ -580,7 +593,9 @@ fn run(cli: &Cli) -> Result<bool> {
                 },
                 train.epochs,
                 train.batch_size,
-                train.lr,
+                train
+                    .lr
+                    .map_or_else(|| "per head (3e-3; bag 2e-2)".to_string(), |l| l.to_string()),
                 train.max_len,
                 if seeds.len() > 1 { "s" } else { "" },
                 if seeds.is_empty() {

@@ -184,10 +184,8 @@ pub fn head_sizes(c: &mut Checks, heads: &[HeadKind], filters: usize, rnn_hidden
     if heads.iter().any(|&h| uses_textcnn(h)) {
         c.count("--filters", filters);
     }
-    if heads
-        .iter()
-        .any(|&h| h != HeadKind::Cls && h != HeadKind::TextCnn)
-    {
+    let recurrent = |h: HeadKind| !matches!(h, HeadKind::Cls | HeadKind::TextCnn | HeadKind::Bag);
+    if heads.iter().any(|&h| recurrent(h)) {
         c.count("--rnn-hidden", rnn_hidden);
     }
 }
@@ -204,6 +202,13 @@ pub fn check_train(o: &TrainOptions, heads: &[HeadKind]) -> Result<()> {
     c.fraction("--dropout", o.dropout as f64, true, 0.0, 1.0);
     sequence_length(&mut c, "--max-len", o.max_len, heads);
     head_sizes(&mut c, heads, o.filters, o.rnn_hidden);
+    if heads.contains(&HeadKind::Bag) {
+        c.count("--buckets", o.buckets);
+        c.require(
+            o.encoder.is_none(),
+            "--head bag is its own input path (hashed character n-grams): drop --encoder",
+        );
+    }
     if o.encoder.is_none() {
         c.count("--embedding-dim", o.embedding_dim);
         for &h in heads {

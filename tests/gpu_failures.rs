@@ -203,7 +203,10 @@ fn the_engines_budget_exceeded_on_the_simulator_says_what_to_try() {
     else {
         panic!("1200 bytes fit 1000")
     };
-    says(&e, &["1200 bytes requested for logits with 0 bytes live; the budget is 1000 bytes"]);
+    says(
+        &e,
+        &["1200 bytes requested for logits with 0 bytes live; the budget is 1000 bytes"],
+    );
 }
 
 #[test]

@@ -281,6 +281,7 @@ fn an_experiment_report_has_the_grid() {
         heads: vec![HeadKind::TextCnn, HeadKind::BiGru],
         losses: vec![LossKind::CrossEntropy],
         seeds: Vec::new(),
+        lr: None,
         out: out.clone(),
         base,
     };
@@ -348,6 +349,7 @@ fn seeds_give_mean_and_spread_and_a_winner_only_outside_it() {
         heads: vec![HeadKind::TextCnn],
         losses: vec![ce, wce],
         seeds: vec![4, 5],
+        lr: None,
         out: out.clone(),
         base,
     };

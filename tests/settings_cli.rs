@@ -89,6 +89,11 @@ fn train_flags_are_refused_before_any_work() {
         (&["--head", "cls"], &["--head cls", "--encoder"]),
         (&["--head", "bogus"], &["--head bogus", "no head named"]),
         (&["--metric", "auc"], &["--metric auc"]),
+        (&["--head", "bag", "--buckets", "0"], &["--buckets 0"]),
+        (
+            &["--head", "bag", "--encoder", "/no/such/model"],
+            &["--head bag", "drop --encoder"],
+        ),
     ];
     for (flags, needles) in cases {
         let mut args = vec!["train", "--quiet", "--out", out_s];
@@ -193,6 +198,10 @@ fn global_and_other_commands_flags_are_refused_before_any_work() {
             &["--max-len 1", "[CLS] and [SEP]"],
         ),
         (&["plan", "--model", o, "--batch", "0"], &["--batch 0"]),
+        (
+            &["plan", "--model", o, "--head", "bag"],
+            &["--head bag", "no encoder to plan"],
+        ),
         (
             &["plan", "--model", o, "--classes", "1"],
             &["--classes 1", "at least 2"],

@@ -219,7 +219,10 @@ fn named_errors() {
     let mut o = small(0.04, 1);
     o.head = HeadKind::Cls;
     let e = run(&dev, &o).err().unwrap().to_string();
-    assert!(e.contains("--head cls reads an encoder's pooled [CLS]"), "{e}");
+    assert!(
+        e.contains("--head cls reads an encoder's pooled [CLS]"),
+        "{e}"
+    );
     // Without an encoder, `paper` is Text-CNN || BiGRU and trains.
     o.head = HeadKind::Paper;
     let logs = run(&dev, &o).unwrap();
@@ -314,6 +317,7 @@ fn accumulated_gradients_match_the_whole_batch() {
         dropout: 0.0,
         max_len: 24,
         frozen: false,
+        buckets: 0,
     };
     let seqs: Vec<Vec<i32>> = examples[..8]
         .iter()

@@ -10,13 +10,14 @@ use crate::model::heads::{Head, HeadConfig, HeadKind, Pool};
 use crate::model::rnn::Cell;
 use crate::reference::{self as r, rnn::RnnParams, seqpool, textcnn};
 
-const KINDS: [(HeadKind, Pool); 6] = [
+const KINDS: [(HeadKind, Pool); 7] = [
     (HeadKind::Cls, Pool::Max),
     (HeadKind::TextCnn, Pool::Max),
     (HeadKind::BiGru, Pool::Max),
     (HeadKind::BiLstm, Pool::Mean),
     (HeadKind::TextCnnBiGru, Pool::Last),
     (HeadKind::Paper, Pool::Max),
+    (HeadKind::Bag, Pool::Mean),
 ];
 
 fn host(b: &crate::device::Buffer<f32>) -> Result<Vec<f64>> {
@@ -121,6 +122,12 @@ impl RefHead {
         let cnn = !self.cnn.is_empty();
         if self.kind == HeadKind::Cls {
             parts.push((s.to_vec(), self.d));
+        }
+        if self.kind == HeadKind::Bag {
+            parts.push((
+                seqpool::forward(x, lengths, len, self.d, Pool::Mean, 1),
+                self.d,
+            ));
         }
         if cnn && self.kind != HeadKind::TextCnnBiGru {
             let (pooled, winners) =

@@ -70,6 +70,40 @@ impl CharVocab {
     }
 }
 
+/// fastText's input: every character n-gram of a text (n = 1..=max_n), hashed into `buckets`
+/// embedding rows (ids 1..=buckets; 0 stays [PAD]). No truncation and no vocabulary: any text,
+/// however long and whatever its characters, has its n-grams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NGramHasher {
+    pub buckets: usize,
+    pub max_n: usize,
+}
+
+impl NGramHasher {
+    /// The hashed n-grams of `text`, shortest first, in order of position.
+    pub fn encode(&self, text: &str) -> Vec<i32> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut ids = Vec::with_capacity(chars.len() * self.max_n);
+        let mut buf = [0u8; 4];
+        for n in 1..=self.max_n {
+            for window in chars.windows(n) {
+                // FNV-1a over the n-gram's UTF-8 bytes, with n mixed in first.
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ n as u64;
+                for c in window {
+                    for &b in c.encode_utf8(&mut buf).as_bytes() {
+                        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+                    }
+                }
+                ids.push(1 + (h % self.buckets.max(1) as u64) as i32);
+            }
+        }
+        if ids.is_empty() {
+            ids.push(UNK);
+        }
+        ids
+    }
+}
+
 /// Batches of example indices: a seeded shuffle, a stable sort by length within windows of 50
 /// batches, then the batches themselves shuffled. Same seed and epoch, same batches.
 pub fn bucketed_batches(

@@ -9,6 +9,7 @@
 //! | `bigru`/`bilstm`| BiGRU / BiLSTM over the token states, pooled (max, mean or last)    |
 //! | `textcnn-bigru` | BiGRU over the Text-CNN feature maps (in series), pooled            |
 //! | `paper`         | Text-CNN ∥ BiGRU over the token states, concatenated with [CLS]     |
+//! | `bag`           | the mean of the token states (fastText: hashed character n-grams)  |
 //!
 //! `paper` is the paper's framework as best reconstructed: its text names MC-BERT plus a deep
 //! network of Text-CNN and BiGRU layers without fixing how they connect; this head runs both
@@ -34,6 +35,9 @@ pub enum HeadKind {
     BiLstm,
     TextCnnBiGru,
     Paper,
+    /// fastText-style: the mean of the token states, which are hashed character n-gram
+    /// embeddings (`data::batching::NGramHasher`).
+    Bag,
 }
 
 impl FromStr for HeadKind {
@@ -46,9 +50,10 @@ impl FromStr for HeadKind {
             "bilstm" => HeadKind::BiLstm,
             "textcnn-bigru" => HeadKind::TextCnnBiGru,
             "paper" => HeadKind::Paper,
+            "bag" => HeadKind::Bag,
             other => {
                 return Err(Error::Invalid(format!(
-                "no head named `{other}`; heads: cls, textcnn, bigru, bilstm, textcnn-bigru, paper"
+                "no head named `{other}`; heads: cls, textcnn, bigru, bilstm, textcnn-bigru, paper, bag"
             )))
             }
         })
@@ -99,6 +104,8 @@ enum Part {
     Sentence,
     TextCnn,
     Rnn,
+    /// The mean of the token states over each sequence's real tokens.
+    Mean,
 }
 
 struct Saved {
@@ -152,7 +159,7 @@ impl Head {
         let d = config.input;
         let h = config.rnn_hidden;
         let (textcnn, rnn) = match config.kind {
-            HeadKind::Cls => (None, None),
+            HeadKind::Cls | HeadKind::Bag => (None, None),
             HeadKind::TextCnn => (Some(TextCnn::new(dev, cnn_config(d), rng)?), None),
             HeadKind::BiGru => (None, Some(BiRnn::new(dev, Cell::Gru, d, h, rng)?)),
             HeadKind::BiLstm => (None, Some(BiRnn::new(dev, Cell::Lstm, d, h, rng)?)),
@@ -169,6 +176,9 @@ impl Head {
         let mut parts = Vec::new();
         if config.kind == HeadKind::Cls {
             parts.push((Part::Sentence, d));
+        }
+        if config.kind == HeadKind::Bag {
+            parts.push((Part::Mean, d));
         }
         if let (Some(cnn), false) = (&textcnn, config.kind == HeadKind::TextCnnBiGru) {
             parts.push((Part::TextCnn, cnn.config.out_features()));
@@ -240,6 +250,22 @@ impl Head {
                         .unwrap()
                         .forward(tokens, lengths, len)?,
                 ),
+                Part::Mean => {
+                    let mut pooled = dev.alloc::<f32>(batch * width, "head mean")?;
+                    let mut winners = dev.alloc::<i32>(batch * width, "head mean argmax")?;
+                    seqpool::forward(
+                        tokens,
+                        &lengths_dev,
+                        &mut pooled,
+                        &mut winners,
+                        len,
+                        width,
+                        Pool::Mean,
+                        1,
+                    )?;
+                    argmax = Some(winners);
+                    Some(pooled)
+                }
                 Part::Rnn => {
                     let maps = match self.config.kind {
                         HeadKind::TextCnnBiGru => Some(
@@ -352,6 +378,21 @@ impl Head {
                     continue;
                 }
                 Part::TextCnn => self.textcnn.as_mut().unwrap().backward(&dpart)?,
+                Part::Mean => {
+                    let mut dx = dev.alloc::<f32>(batch * s.len * width, "head dmean")?;
+                    let winners = s.argmax.as_ref().expect("the mean part saved its pooling");
+                    seqpool::backward(
+                        &dpart,
+                        &s.lengths,
+                        winners,
+                        &mut dx,
+                        s.len,
+                        width,
+                        Pool::Mean,
+                        1,
+                    )?;
+                    dx
+                }
                 Part::Rnn => {
                     let mut dout = dev.alloc::<f32>(batch * s.len * width, "head drnn")?;
                     let winners = s.argmax.as_ref().expect("recurrent part saved its pooling");

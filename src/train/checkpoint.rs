@@ -75,6 +75,9 @@ pub struct ModelSpec {
     /// The encoder stayed frozen: the checkpoints hold the head alone.
     #[serde(default)]
     pub frozen: bool,
+    /// The `bag` head's hash buckets (0 for other heads).
+    #[serde(default)]
+    pub buckets: usize,
 }
 
 /// What a run's checkpoints share: labels, vocabulary, settings, model.

@@ -22,6 +22,8 @@ pub struct ExperimentOptions {
     pub losses: Vec<LossKind>,
     /// Each cell runs once per seed (the base's seed when empty).
     pub seeds: Vec<u64>,
+    /// One learning rate for every cell; None: each head's default (`command::default_lr`).
+    pub lr: Option<f64>,
     /// Folder for results.csv and results.md.
     pub out: PathBuf,
 }
@@ -50,6 +52,7 @@ pub fn head_name(h: HeadKind) -> &'static str {
         HeadKind::BiLstm => "bilstm",
         HeadKind::TextCnnBiGru => "textcnn-bigru",
         HeadKind::Paper => "paper",
+        HeadKind::Bag => "bag",
     }
 }
 
@@ -87,6 +90,7 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
                 opts.head = head;
                 opts.loss = loss;
                 opts.settings.seed = seed;
+                opts.settings.lr = o.lr.unwrap_or_else(|| super::command::default_lr(head));
                 opts.out = o.out.join(run_folder(&cell, seed, seeds.len()));
                 let logs = run(dev, &opts)?;
                 let best = logs

@@ -39,6 +39,9 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
     let in_state = |e: Error| Error::Invalid(format!("{}: {e}", dir.join("state.json").display()));
     let spec = &state.run.model;
     let text = match (&spec.encoder, &state.run.vocab) {
+        (None, _) if spec.head == "bag" => {
+            TextEncoder::NGrams(super::command::bag_hasher(spec.buckets))
+        }
         (None, Some(tokens)) => TextEncoder::Chars {
             vocab: CharVocab {
                 tokens: tokens.clone(),
