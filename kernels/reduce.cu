@@ -57,13 +57,16 @@ extern "C" __global__ void reduce_rows_backward(const float *__restrict__ x, con
 // Sum over rows for every column (bias gradients). Block = 32 columns x 8 row groups: each
 // thread walks its column down a strided set of rows (coalesced across the 32 columns), then
 // the 8 partial sums meet in shared memory in a fixed order, so the result is deterministic.
-extern "C" __global__ void sum_columns(const float *__restrict__ x, float *__restrict__ out, int rows, int cols) {
+// Rows are `ld` floats apart (ld >= cols): a column block of a wider matrix, such as one of Q, K
+// and V in the fused [rows, 3H] gradient, is summed in place.
+extern "C" __global__ void sum_columns(const float *__restrict__ x, float *__restrict__ out, int rows, int cols,
+                                       int ld) {
     __shared__ float partial[8][33];
     const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
     const int col = blockIdx.x * 32 + tx;
     float acc = 0.0f;
     if (col < cols)
-        for (int r = ty; r < rows; r += 8) acc += x[(long long)r * cols + col];
+        for (int r = ty; r < rows; r += 8) acc += x[(long long)r * ld + col];
     partial[ty][tx] = acc;
     __syncthreads();
     if (ty == 0 && col < cols) {

@@ -532,6 +532,24 @@ fn sum_columns_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
             relative_error(&ob.to_host()?, &expect),
         ));
     }
+    // A column block of a wider matrix (as Q, K, V in the fused [rows, 3H] gradient), read in
+    // place: the other columns must not leak in.
+    for (n_rows, cols, ld, offset) in [(9, 33, 99, 33), (100, 5, 17, 12), (3, 64, 192, 128)] {
+        let wide = rng.normals(offset + n_rows * ld, 1.0);
+        let block: Vec<f64> = (0..n_rows)
+            .flat_map(|r| wide[offset + r * ld..offset + r * ld + cols].to_vec())
+            .collect();
+        let expect = r::sum_columns(&block, n_rows, cols);
+        let xb = up(dev, &wide, "x")?;
+        let mut ob = poisoned(dev, cols, "out")?;
+        ops::sum_columns_of(&xb, offset, ld, &mut ob, n_rows, cols)?;
+        rows.push(kernel_row(
+            "sum_columns",
+            dev,
+            format!("rows={n_rows} cols={cols} ld={ld} offset={offset}"),
+            relative_error(&ob.to_host()?, &expect),
+        ));
+    }
     Ok(rows)
 }
 

@@ -54,7 +54,7 @@ pub fn gradient_beta(grad: &Buffer<f32>) -> f32 {
 }
 pub use rows::{
     reduce_rows_backward, reduce_rows_forward, softmax_rows_backward, softmax_rows_forward,
-    sum_columns, sum_squares_blocks, sum_squares_partial, Reduce,
+    sum_columns, sum_columns_of, sum_squares_blocks, sum_squares_partial, Reduce,
 };
 
 use crate::device::{Buffer, Elem, Role};

@@ -1,7 +1,7 @@
 //! Row-wise operations: softmax, reductions over the last axis, and column sums.
 use super::{need, to_i32};
 use crate::device::{Arg, Buffer, LaunchConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Warps per block for the one-warp-per-row kernels.
 const ROWS_PER_BLOCK: usize = 4;
@@ -128,8 +128,32 @@ pub fn reduce_rows_backward(
 
 /// out[c] = sum over rows of x[r, c]: bias gradients. Deterministic (fixed summation order).
 pub fn sum_columns(x: &Buffer<f32>, out: &mut Buffer<f32>, rows: usize, cols: usize) -> Result<()> {
+    sum_columns_of(x, 0, cols, out, rows, cols)
+}
+
+/// out[c] = sum over rows of x[offset + r * ld + c], c < cols: the column sums of a block of a
+/// wider row-major matrix (rows `ld` floats apart), without copying it out.
+pub fn sum_columns_of(
+    x: &Buffer<f32>,
+    offset: usize,
+    ld: usize,
+    out: &mut Buffer<f32>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
     const OP: &str = "sum_columns";
-    need(OP, "x", x, rows * cols)?;
+    if ld < cols {
+        return Err(Error::BadLaunch {
+            kernel: OP.into(),
+            message: format!("row stride {ld} is below the {cols} columns summed"),
+        });
+    }
+    let span = if rows == 0 {
+        0
+    } else {
+        offset + (rows - 1) * ld + cols
+    };
+    need(OP, "x", x, span)?;
     need(OP, "out", out, cols)?;
     if cols == 0 {
         return Ok(());
@@ -140,10 +164,11 @@ pub fn sum_columns(x: &Buffer<f32>, out: &mut Buffer<f32>, rows: usize, cols: us
         shared_bytes: 0,
     };
     let args = [
-        x.into(),
+        x.arg_at(offset),
         (&*out).into(),
         to_i32(OP, "rows", rows)?.into(),
         to_i32(OP, "cols", cols)?.into(),
+        to_i32(OP, "ld", ld)?.into(),
     ];
     x.device().launch(OP, cfg, &args)
 }

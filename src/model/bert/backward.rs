@@ -94,9 +94,6 @@ impl BertEncoder {
                 "encoder backward after `infer`, which keeps nothing for backward".into(),
             ));
         }
-        // A column of ones: each layer's Q, K, V bias gradients are ones^T dQKV.
-        let mut ones = dev.alloc::<f32>(rows, "ones")?;
-        ops::fill(&mut ones, 1.0)?;
         let mut states = std::mem::take(&mut s.layers);
         while let Some(state) = states.pop() {
             let l = states.len();
@@ -194,12 +191,7 @@ impl BertEncoder {
                     ..Gemm::new(h, h, rows, true, false)
                 };
                 self.write_grad(&w, |g| ops::gemm(&gw, &dqkv, &ls.input, g, None))?;
-                let gb = Gemm {
-                    ldb: 3 * h,
-                    offset_b: k * h,
-                    ..Gemm::new(1, h, rows, false, false)
-                };
-                self.write_grad(&b, |g| ops::gemm(&gb, &ones, &dqkv, g, None))?;
+                self.write_grad(&b, |g| ops::sum_columns_of(&dqkv, k * h, 3 * h, g, rows, h))?;
                 let gx = Gemm {
                     lda: 3 * h,
                     offset_a: k * h,
