@@ -26,9 +26,9 @@ fn emrclass(args: &[&str]) -> (bool, String) {
     )
 }
 
-/// `args` must be refused before the device opens, with every `needles` in the message, and
-/// `out` must not exist afterwards.
-fn refused_before_work(args: &[&str], needles: &[&str], out: &Path) {
+/// `args` must be refused with every `needles` in the message, `out` must not exist afterwards,
+/// and, `before_device`, the device must not have been opened.
+fn refused(args: &[&str], needles: &[&str], out: &Path, before_device: bool) {
     let (ok, err) = emrclass(args);
     assert!(!ok, "{args:?} was accepted:\n{err}");
     for n in needles {
@@ -38,10 +38,15 @@ fn refused_before_work(args: &[&str], needles: &[&str], out: &Path) {
         );
     }
     assert!(
-        !err.contains("device:"),
+        !(before_device && err.contains("device:")),
         "{args:?}: the device was opened before the refusal:\n{err}"
     );
     assert!(!out.exists(), "{args:?}: {} was written", out.display());
+}
+
+/// Refused before any work: no device opened, nothing written.
+fn refused_before_work(args: &[&str], needles: &[&str], out: &Path) {
+    refused(args, needles, out, true)
 }
 
 #[test]
@@ -252,15 +257,7 @@ fn write(path: &Path, lines: &[(&str, &str)]) {
 
 /// Data rules: refused right after reading, before the run folder is written.
 fn refused_data(args: &[&str], needles: &[&str], out: &Path) {
-    let (ok, err) = emrclass(args);
-    assert!(!ok, "{args:?} was accepted:\n{err}");
-    for n in needles {
-        assert!(
-            err.contains(n),
-            "{args:?}: the error does not say `{n}`:\n{err}"
-        );
-    }
-    assert!(!out.exists(), "{args:?}: {} was written", out.display());
+    refused(args, needles, out, false)
 }
 
 #[test]

@@ -36,6 +36,23 @@ pub struct Frame {
     pub log_x: bool,
 }
 
+impl Frame {
+    fn new(
+        (px, py): (std::ops::Range<i32>, std::ops::Range<i32>),
+        range_x: (f64, f64),
+        range_y: (f64, f64),
+        log_x: bool,
+    ) -> Frame {
+        Frame {
+            pixels_x: (px.start, px.end),
+            pixels_y: (py.start, py.end),
+            range_x,
+            range_y,
+            log_x,
+        }
+    }
+}
+
 pub fn hex(c: &RGBColor) -> String {
     format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
 }
@@ -137,14 +154,12 @@ pub fn lines(
                 .draw()
                 .map_err(failed)?;
         }
-        let (px, py) = chart.plotting_area().get_pixel_range();
-        frame = Frame {
-            pixels_x: (px.start, px.end),
-            pixels_y: (py.start, py.end),
+        frame = Frame::new(
+            chart.plotting_area().get_pixel_range(),
             range_x,
             range_y,
-            log_x: false,
-        };
+            false,
+        );
         root.present().map_err(failed)?;
     }
     Ok(Chart { svg, frame })
@@ -193,14 +208,12 @@ pub fn classes(points: &[(String, f64, f64)]) -> Result<Chart, String> {
                 )
             }))
             .map_err(failed)?;
-        let (px, py) = chart.plotting_area().get_pixel_range();
-        frame = Frame {
-            pixels_x: (px.start, px.end),
-            pixels_y: (py.start, py.end),
+        frame = Frame::new(
+            chart.plotting_area().get_pixel_range(),
             range_x,
-            range_y: (-0.02, 1.05),
-            log_x: true,
-        };
+            (-0.02, 1.05),
+            true,
+        );
         root.present().map_err(failed)?;
     }
     Ok(Chart { svg, frame })
@@ -264,14 +277,8 @@ pub fn confusion(labels: &[String], counts: &[Vec<u64>]) -> Result<Chart, String
                 })
             }))
             .map_err(failed)?;
-        let (px, py) = chart.plotting_area().get_pixel_range();
-        frame = Frame {
-            pixels_x: (px.start, px.end),
-            pixels_y: (py.start, py.end),
-            range_x: (0.0, k as f64),
-            range_y: (k as f64, 0.0),
-            log_x: false,
-        };
+        let pixels = chart.plotting_area().get_pixel_range();
+        frame = Frame::new(pixels, (0.0, k as f64), (k as f64, 0.0), false);
         root.present().map_err(failed)?;
     }
     Ok(Chart { svg, frame })
@@ -358,14 +365,12 @@ pub fn grouped_bars(
             .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(failed)?;
-        let (px, py) = chart.plotting_area().get_pixel_range();
-        frame = Frame {
-            pixels_x: (px.start, px.end),
-            pixels_y: (py.start, py.end),
-            range_x: (0.0, g),
-            range_y: (0.0, 1.05),
-            log_x: false,
-        };
+        frame = Frame::new(
+            chart.plotting_area().get_pixel_range(),
+            (0.0, g),
+            (0.0, 1.05),
+            false,
+        );
         root.present().map_err(failed)?;
     }
     Ok(Chart { svg, frame })

@@ -162,27 +162,24 @@ fn page(title: &str, body: &str) -> String {
 }
 
 fn table(head: &[&str], rows: &[Vec<String>], first_is_name: bool) -> String {
-    let mut s = String::from("<table>\n<tr>");
-    for (i, h) in head.iter().enumerate() {
-        let class = if i == 0 && first_is_name {
-            " class=\"name\""
-        } else {
-            ""
-        };
-        let _ = write!(s, "<th{class}>{}</th>", esc(h));
-    }
-    s.push_str("</tr>\n");
-    for row in rows {
-        s.push_str("<tr>");
-        for (i, cell) in row.iter().enumerate() {
+    // One row of cells (`th` or `td`), the first marked as a name where asked.
+    let row = |tag: &str, cells: &mut dyn Iterator<Item = &str>| -> String {
+        let mut s = String::from("<tr>");
+        for (i, cell) in cells.enumerate() {
             let class = if i == 0 && first_is_name {
                 " class=\"name\""
             } else {
                 ""
             };
-            let _ = write!(s, "<td{class}>{}</td>", esc(cell));
+            let _ = write!(s, "<{tag}{class}>{}</{tag}>", esc(cell));
         }
         s.push_str("</tr>\n");
+        s
+    };
+    let mut s = String::from("<table>\n");
+    s.push_str(&row("th", &mut head.iter().copied()));
+    for r in rows {
+        s.push_str(&row("td", &mut r.iter().map(String::as_str)));
     }
     s.push_str("</table>\n");
     s
