@@ -237,6 +237,14 @@ struct TrainArgs {
     /// updated rarely).
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
+    /// A record longer than --max-len: keep its head, or head-tail (the first quarter and the
+    /// last three quarters of the room: the diagnosis and plan at a record's end survive).
+    #[arg(long, default_value = "head")]
+    pub long_text: String,
+    /// The built-in set in its long-record mode (30 classes, 2 to 600 records each, hundreds
+    /// of characters, the class's subtype written at the end).
+    #[arg(long)]
+    pub synthetic_long: bool,
     /// Hash buckets of the `bag` head's character 1-3-grams (its embedding table's rows).
     #[arg(long, default_value_t = 1 << 16)]
     pub buckets: usize,
@@ -317,8 +325,9 @@ impl TrainArgs {
         let mut names = Checks::new();
         let head = names.parse("--head", &self.head);
         let metric = names.parse("--metric", &self.metric);
+        let long_text = names.parse("--long-text", &self.long_text);
         names.finish()?;
-        let (Some(head), Some(metric)) = (head, metric) else {
+        let (Some(head), Some(metric), Some(long_text)) = (head, metric, long_text) else {
             unreachable!("finish() refuses a name that did not parse")
         };
         Ok(emrclass::train::command::TrainOptions {
@@ -335,6 +344,8 @@ impl TrainArgs {
             loss: loss_kinds(self.loss)?[0],
             max_len: self.max_len,
             buckets: self.buckets,
+            long_text,
+            synthetic_long: self.synthetic_long,
             embedding_dim: self.embedding_dim,
             filters: self.filters,
             rnn_hidden: self.rnn_hidden,

@@ -160,3 +160,77 @@ fn stratified_split_keeps_shares_and_is_seeded() {
         "another seed, another split"
     );
 }
+
+/// --long-text: head keeps the body's first tokens, head-tail its first quarter and last three
+/// quarters of the room; short records pass unchanged; [CLS] and [SEP] stay.
+#[test]
+fn long_records_are_cut_at_the_head_or_at_both_ends() {
+    use emrclass::data::batching::LongText;
+    let ids: Vec<i32> = std::iter::once(2)
+        .chain(100..120)
+        .chain(std::iter::once(3))
+        .collect();
+    assert_eq!(
+        LongText::Head.cut(ids.clone(), 10),
+        vec![2, 100, 101, 102, 103, 104, 105, 106, 107, 3]
+    );
+    // Room 8: head 2, tail 6.
+    assert_eq!(
+        LongText::HeadTail.cut(ids.clone(), 10),
+        vec![2, 100, 101, 114, 115, 116, 117, 118, 119, 3]
+    );
+    assert_eq!(LongText::HeadTail.cut(ids.clone(), 30), ids);
+    assert_eq!("head-tail".parse::<LongText>().unwrap(), LongText::HeadTail);
+    assert!("middle".parse::<LongText>().is_err());
+}
+
+/// The long-record set: 30 classes, 2 to 600 records each, hundreds of characters, the subtype
+/// named only in the closing summary (so a head cut of 64 characters cannot see it).
+#[test]
+fn the_long_synthetic_set_hides_the_subtype_at_the_end() {
+    use emrclass::data::synthetic::{generate_long, long_class_names};
+    let all = generate_long(7, 1.0);
+    assert_eq!(all, generate_long(7, 1.0), "deterministic");
+    let names = long_class_names();
+    assert_eq!(names.len(), 30);
+    let counts: Vec<usize> = names
+        .iter()
+        .map(|n| all.iter().filter(|e| &e.label == n).count())
+        .collect();
+    assert_eq!(counts.iter().max(), Some(&600));
+    assert!(
+        *counts.iter().min().unwrap() >= 2 && *counts.iter().min().unwrap() < 10,
+        "{counts:?}"
+    );
+    let mean_chars = all.iter().map(|e| e.text.chars().count()).sum::<usize>() / all.len();
+    assert!(
+        (200..800).contains(&mean_chars),
+        "{mean_chars} characters on average"
+    );
+    for e in &all {
+        let head: String = e.text.chars().take(64).collect();
+        let subtype_words = [
+            "首次发现",
+            "初次就诊",
+            "新发病例",
+            "病情复发",
+            "再次入院",
+            "既往已确诊",
+        ];
+        assert!(
+            !subtype_words.iter().any(|w| head.contains(w)),
+            "{}",
+            e.text
+        );
+        let tail: String = e
+            .text
+            .chars()
+            .rev()
+            .take(24)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        assert!(subtype_words.iter().any(|w| tail.contains(w)), "{}", e.text);
+    }
+}

@@ -170,3 +170,59 @@ fn the_bag_head_learns_and_eval_rebuilds_it() {
     let report = eval(&dev, &o.out, true, &dev_path, &read, 9).unwrap();
     assert_eq!(report.confusion, best.dev.confusion);
 }
+
+/// --long-text head-tail on the long-record set: the run folder keeps the mode, so `eval`
+/// cuts the records the same way and reproduces the best epoch's confusion matrix.
+#[test]
+fn eval_cuts_long_records_as_the_run_did() {
+    let dev = common::test_device(Schedule::Forward);
+    let dir = temp_dir("long");
+    let all = synthetic::generate_long(7, 0.3);
+    let (train, dev_set) = emrclass::data::dataset::stratified_split(all, 0.25, 3).unwrap();
+    let (train_path, dev_path) = (dir.join("train.jsonl"), dir.join("dev.jsonl"));
+    write_jsonl(&train_path, &train);
+    write_jsonl(&dev_path, &dev_set);
+    let mut o = TrainOptions {
+        train: Some(train_path),
+        dev: Some(dev_path.clone()),
+        out: dir.join("run"),
+        quiet: true,
+        head: emrclass::model::heads::HeadKind::TextCnn,
+        loss: emrclass::model::loss::LossKind::CrossEntropy,
+        long_text: emrclass::data::batching::LongText::HeadTail,
+        max_len: 48,
+        embedding_dim: 16,
+        filters: 16,
+        ..TrainOptions::default()
+    };
+    o.settings.epochs = 2;
+    let logs = run(&dev, &o).unwrap();
+    let best = logs
+        .iter()
+        .max_by(|a, b| a.dev.macro_avg.f1.total_cmp(&b.dev.macro_avg.f1))
+        .unwrap();
+    let state = emrclass::train::checkpoint::load_state(&o.out.join("best")).unwrap();
+    assert_eq!(state.run.model.long_text, "head-tail");
+    // The rebuilt input path cuts a long record at both ends: its last tokens are the record's.
+    let loaded = emrclass::train::inference::load_run(&dev, &o.out, true).unwrap();
+    let record = &dev_set[0].text;
+    let ids = loaded.text.encode(record).unwrap();
+    assert_eq!(ids.len(), 48);
+    let vocab = state.run.vocab.as_ref().unwrap();
+    let last: String = ids[ids.len() - 5..ids.len() - 1]
+        .iter()
+        .map(|&i| vocab[i as usize].as_str())
+        .collect();
+    let tail: String = record
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    assert_eq!(last, tail, "head-tail keeps the record's end");
+    let read = emrclass::data::dataset::ReadOptions::default();
+    let report = eval(&dev, &o.out, true, &dev_path, &read, 13).unwrap();
+    assert_eq!(report.confusion, best.dev.confusion);
+}

@@ -96,6 +96,10 @@ fn train_flags_are_refused_before_any_work() {
         (&["--metric", "auc"], &["--metric auc"]),
         (&["--head", "bag", "--buckets", "0"], &["--buckets 0"]),
         (
+            &["--long-text", "middle"],
+            &["--long-text middle", "head or head-tail"],
+        ),
+        (
             &["--head", "bag", "--encoder", "/no/such/model"],
             &["--head bag", "drop --encoder"],
         ),

@@ -306,6 +306,7 @@ fn accumulated_gradients_match_the_whole_batch() {
     let text = TextEncoder::Chars {
         vocab: CharVocab::build(&examples, 1),
         max_len: 24,
+        long: Default::default(),
     };
     let spec = ModelSpec {
         encoder: None,
@@ -318,6 +319,7 @@ fn accumulated_gradients_match_the_whole_batch() {
         max_len: 24,
         frozen: false,
         buckets: 0,
+        long_text: "head".into(),
     };
     let seqs: Vec<Vec<i32>> = examples[..8]
         .iter()

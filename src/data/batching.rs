@@ -70,6 +70,61 @@ impl CharVocab {
     }
 }
 
+/// What to keep of a record longer than --max-len tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LongText {
+    /// The first tokens.
+    #[default]
+    Head,
+    /// The first quarter and the last three quarters of the room (Sun et al., "How to Fine-Tune
+    /// BERT for Text Classification", 2019: head 128 + tail 382 of 510): EMRs put the diagnosis
+    /// and the plan at the end.
+    HeadTail,
+}
+
+impl std::str::FromStr for LongText {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Self> {
+        match s {
+            "head" => Ok(LongText::Head),
+            "head-tail" => Ok(LongText::HeadTail),
+            other => Err(crate::error::Error::Invalid(format!(
+                "no long-text mode `{other}`: head or head-tail"
+            ))),
+        }
+    }
+}
+
+impl LongText {
+    pub fn name(self) -> &'static str {
+        match self {
+            LongText::Head => "head",
+            LongText::HeadTail => "head-tail",
+        }
+    }
+
+    /// `ids` ([CLS] body [SEP], untruncated) cut to `max_len` tokens: [CLS], the body's first
+    /// tokens (head) or its first and last (head-tail), [SEP].
+    pub fn cut(self, ids: Vec<i32>, max_len: usize) -> Vec<i32> {
+        if ids.len() <= max_len || ids.len() < 2 {
+            return ids;
+        }
+        let room = max_len.saturating_sub(2);
+        let body = &ids[1..ids.len() - 1];
+        let head = match self {
+            LongText::Head => room,
+            LongText::HeadTail => room / 4,
+        };
+        let tail = room - head;
+        let mut out = Vec::with_capacity(max_len);
+        out.push(ids[0]);
+        out.extend_from_slice(&body[..head]);
+        out.extend_from_slice(&body[body.len() - tail..]);
+        out.push(ids[ids.len() - 1]);
+        out
+    }
+}
+
 /// fastText's input: every character n-gram of a text (n = 1..=max_n), hashed into `buckets`
 /// embedding rows (ids 1..=buckets; 0 stays [PAD]). No truncation and no vocabulary: any text,
 /// however long and whatever its characters, has its n-grams.

@@ -267,3 +267,70 @@ pub fn generate(seed: u64, scale: f64) -> Vec<Example> {
     }
     out
 }
+
+/// The long-record set's subtypes: each disease comes as a first visit or a relapse, told apart
+/// only by the closing summary at the record's end.
+const SUBTYPES: [(&str, &[&str]); 2] = [
+    ("初诊", &["首次发现", "初次就诊", "新发病例"]),
+    ("复诊", &["病情复发", "再次入院", "既往已确诊"]),
+];
+
+/// The long-record set's class names: each disease and subtype, e.g. `高血压（复诊）`.
+pub fn long_class_names() -> Vec<String> {
+    CLASSES
+        .iter()
+        .flat_map(|c| SUBTYPES.iter().map(move |s| format!("{}（{}）", c.0, s.0)))
+        .collect()
+}
+
+/// Records of long-set class c: 600 / (c + 1)^1.3, at least 2, times `scale` (600 down to 7
+/// per class at scale 1, about 1,650 records).
+fn long_count(c: usize, scale: f64) -> usize {
+    ((600.0 / ((c + 1) as f64).powf(1.3)).max(2.0) * scale)
+        .round()
+        .max(2.0) as usize
+}
+
+/// Long records, as EMRs are: 30 classes (each disease as a first visit or a relapse), 2 to 600
+/// records per class, a few hundred characters each — the disease's terms at the start, a long
+/// course of shared phrases and other diseases' terms in the middle, and a closing summary that
+/// alone names the subtype. Truncating to the head loses the subtype; keeping the tail does
+/// not. The same seed gives the same records.
+pub fn generate_long(seed: u64, scale: f64) -> Vec<Example> {
+    let mut rng = Rng::new(seed ^ 0x4c4f_4e47);
+    let pick = |n: usize, rng: &mut Rng| (rng.next_u64() % n as u64) as usize;
+    let mut out = Vec::new();
+    let names = long_class_names();
+    for (c, name) in names.iter().enumerate() {
+        let (disease, subtype) = (CLASSES[c / 2], SUBTYPES[c % 2]);
+        for _ in 0..long_count(c, scale) {
+            let mut parts: Vec<&str> = vec![SHARED[pick(SHARED.len(), &mut rng)]];
+            for _ in 0..3 + pick(3, &mut rng) {
+                parts.push(disease.1[pick(disease.1.len(), &mut rng)]);
+            }
+            for _ in 0..40 + pick(50, &mut rng) {
+                let r = rng.uniform();
+                parts.push(if r < 0.5 {
+                    SHARED[pick(SHARED.len(), &mut rng)]
+                } else if r < 0.8 {
+                    let other = CLASSES[pick(CLASSES.len(), &mut rng)].1;
+                    other[pick(other.len(), &mut rng)]
+                } else {
+                    disease.1[pick(disease.1.len(), &mut rng)]
+                });
+            }
+            parts.push("出院小结");
+            parts.push(subtype.1[pick(subtype.1.len(), &mut rng)]);
+            parts.push(disease.0);
+            out.push(Example {
+                text: parts.join("，") + "。",
+                label: name.clone(),
+            });
+        }
+    }
+    for i in (1..out.len()).rev() {
+        let j = pick(i + 1, &mut rng);
+        out.swap(i, j);
+    }
+    out
+}

@@ -78,6 +78,13 @@ pub struct ModelSpec {
     /// The `bag` head's hash buckets (0 for other heads).
     #[serde(default)]
     pub buckets: usize,
+    /// What was kept of records longer than max_len: head or head-tail.
+    #[serde(default = "head")]
+    pub long_text: String,
+}
+
+fn head() -> String {
+    "head".into()
 }
 
 /// What a run's checkpoints share: labels, vocabulary, settings, model.

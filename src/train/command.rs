@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::check::Rng;
-use crate::data::batching::{CharVocab, NGramHasher};
+use crate::data::batching::{CharVocab, LongText, NGramHasher};
 use crate::data::dataset::{self, Example, LabelMap, ReadOptions};
 use crate::data::synthetic;
 use crate::data::tokenizer::BertTokenizer;
@@ -46,6 +46,10 @@ pub struct TrainOptions {
     pub max_len: usize,
     /// Hash buckets of the `bag` head's character n-grams.
     pub buckets: usize,
+    /// What to keep of a record longer than max_len.
+    pub long_text: LongText,
+    /// The built-in set's long-record mode (`synthetic::generate_long`).
+    pub synthetic_long: bool,
     pub embedding_dim: usize,
     pub filters: usize,
     pub rnn_hidden: usize,
@@ -109,6 +113,8 @@ impl Default for TrainOptions {
             loss: LossKind::GhmCs,
             max_len: 64,
             buckets: 1 << 16,
+            long_text: LongText::Head,
+            synthetic_long: false,
             embedding_dim: 64,
             filters: 64,
             rnn_hidden: 64,
@@ -140,12 +146,24 @@ fn load(o: &TrainOptions) -> Result<(Vec<Example>, Vec<Example>, String)> {
     let seed = o.settings.seed;
     let (train, dev, source) = match &o.train {
         None => {
-            let all = synthetic::generate(7, o.synthetic_scale);
+            let all = if o.synthetic_long {
+                synthetic::generate_long(7, o.synthetic_scale)
+            } else {
+                synthetic::generate(7, o.synthetic_scale)
+            };
             let (t, d) = dataset::stratified_split(all, o.dev_fraction, seed)?;
             (
                 t,
                 d,
-                format!("built-in synthetic set (scale {})", o.synthetic_scale),
+                format!(
+                    "built-in synthetic set{} (scale {})",
+                    if o.synthetic_long {
+                        ", long records"
+                    } else {
+                        ""
+                    },
+                    o.synthetic_scale
+                ),
             )
         }
         Some(path) => {
@@ -199,10 +217,12 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         (None, _) => TextEncoder::Chars {
             vocab: CharVocab::build(&train_set, 1),
             max_len: o.max_len,
+            long: o.long_text,
         },
         (Some(dir), _) => TextEncoder::Bert {
             tokenizer: Box::new(BertTokenizer::from_dir(dir)?),
             max_len: o.max_len,
+            long: o.long_text,
         },
     };
     let train_seqs = text.encode_all(&train_set)?;
@@ -437,27 +457,51 @@ pub enum TextEncoder {
     Chars {
         vocab: CharVocab,
         max_len: usize,
+        long: LongText,
     },
     Bert {
         tokenizer: Box<BertTokenizer>,
         max_len: usize,
+        long: LongText,
     },
 }
 
+/// Tokens of a whole record before --long-text cuts it (far above any record's length).
+const UNCUT: usize = 1 << 24;
+
 impl TextEncoder {
-    /// [CLS] ... [SEP], truncated to max_len, no padding.
+    /// [CLS] ... [SEP], cut to max_len as --long-text says, no padding.
     pub fn encode(&self, text: &str) -> Result<Vec<i32>> {
         match self {
-            TextEncoder::Chars { vocab, max_len } => Ok(vocab.encode(text, *max_len)),
+            TextEncoder::Chars {
+                vocab,
+                max_len,
+                long: LongText::Head,
+            } => Ok(vocab.encode(text, *max_len)),
+            TextEncoder::Chars {
+                vocab,
+                max_len,
+                long,
+            } => Ok(long.cut(vocab.encode(text, UNCUT), *max_len)),
             TextEncoder::NGrams(h) => Ok(h.encode(text)),
-            TextEncoder::Bert { tokenizer, max_len } => {
-                let b = tokenizer.encode(&[text], *max_len)?;
-                Ok(b.input_ids
+            TextEncoder::Bert {
+                tokenizer,
+                max_len,
+                long,
+            } => {
+                let first = match long {
+                    LongText::Head => *max_len,
+                    LongText::HeadTail => UNCUT,
+                };
+                let b = tokenizer.encode(&[text], first)?;
+                let ids = b
+                    .input_ids
                     .into_iter()
                     .zip(b.attention_mask)
                     .filter(|p| p.1 == 1)
                     .map(|p| p.0)
-                    .collect())
+                    .collect();
+                Ok(long.cut(ids, *max_len))
             }
         }
     }
@@ -484,6 +528,7 @@ pub fn model_spec(o: &TrainOptions) -> ModelSpec {
         } else {
             0
         },
+        long_text: o.long_text.name().to_string(),
     }
 }
 
@@ -628,9 +673,9 @@ pub fn loss_from_name(name: &str) -> Result<LossKind> {
 /// memory plan left them, so a resumed run whose budget splits batches differently is refused).
 fn fingerprint(o: &TrainOptions, s: &TrainSettings) -> String {
     format!(
-        "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} frozen={} head={:?} loss={:?} max_len={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} class_weights={:?} similarity={:?} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={} accumulate={} metric={}",
+        "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} frozen={} head={:?} loss={:?} max_len={} long_text={} buckets={} synthetic_long={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} class_weights={:?} similarity={:?} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={} accumulate={} metric={}",
         o.train, o.dev, o.dev_fraction, o.read.text_field, o.read.label_field, o.read.skip_bad,
-        o.encoder, o.freeze_encoder, o.head, o.loss, o.max_len, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
+        o.encoder, o.freeze_encoder, o.head, o.loss, o.max_len, o.long_text.name(), o.buckets, o.synthetic_long, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
         o.synthetic_scale, o.class_weights, o.similarity, s.epochs, s.batch_size, s.lr, s.input_lr_scale, s.warmup_fraction,
         s.weight_decay, s.clip, s.seed, s.accumulate, o.metric.name()
     )

@@ -38,6 +38,7 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
     // is an error of state.json, whatever else it names.
     let in_state = |e: Error| Error::Invalid(format!("{}: {e}", dir.join("state.json").display()));
     let spec = &state.run.model;
+    let long: crate::data::batching::LongText = spec.long_text.parse().map_err(in_state)?;
     let text = match (&spec.encoder, &state.run.vocab) {
         (None, _) if spec.head == "bag" => {
             TextEncoder::NGrams(super::command::bag_hasher(spec.buckets))
@@ -47,10 +48,12 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
                 tokens: tokens.clone(),
             },
             max_len: spec.max_len,
+            long,
         },
         (Some(encoder), _) => TextEncoder::Bert {
             tokenizer: Box::new(BertTokenizer::from_dir(encoder).map_err(in_state)?),
             max_len: spec.max_len,
+            long,
         },
         (None, None) => {
             return Err(Error::Invalid(format!(
