@@ -245,6 +245,10 @@ struct TrainArgs {
     /// of characters, the class's subtype written at the end).
     #[arg(long)]
     pub synthetic_long: bool,
+    /// GHM-CS: epochs with beta = 1 (weighted soft-target CE) before GHM re-weights; its
+    /// histogram of gradient norms fills meanwhile.
+    #[arg(long, default_value_t = 0)]
+    pub ghm_warmup_epochs: usize,
     /// Hash buckets of the `bag` head's character 1-3-grams (its embedding table's rows).
     #[arg(long, default_value_t = 1 << 16)]
     pub buckets: usize,
@@ -346,6 +350,7 @@ impl TrainArgs {
             buckets: self.buckets,
             long_text,
             synthetic_long: self.synthetic_long,
+            ghm_warmup_epochs: self.ghm_warmup_epochs,
             embedding_dim: self.embedding_dim,
             filters: self.filters,
             rnn_hidden: self.rnn_hidden,

@@ -406,3 +406,49 @@ fn patience_stops_a_run_that_no_longer_improves() {
         (1, 1)
     );
 }
+
+/// --ghm-warmup-epochs: GHM-CS runs with beta = 1 for that many epochs of optimizer steps (the
+/// count is this data set's), while its histogram keeps filling; the first epoch's loss then
+/// differs from the run with GHM weighting from the start.
+#[test]
+fn ghm_warm_up_counts_epochs_of_steps_and_keeps_the_histogram() {
+    let dev = common::test_device(Schedule::Forward);
+    let run_with = |warmup: usize| {
+        let mut o = small(0.03, 2);
+        o.head = HeadKind::TextCnn;
+        o.log_every = 1;
+        o.ghm_warmup_epochs = warmup;
+        let logs = run(&dev, &o).unwrap();
+        (o.out, logs)
+    };
+    let (out, warm) = run_with(1);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first_epoch_steps = lines
+        .iter()
+        .filter(|v| v.get("loss").is_some() && v.get("step").is_some() && v["epoch"] == 1)
+        .count();
+    assert!(first_epoch_steps > 0);
+    assert_eq!(info["ghm_warmup_steps"], first_epoch_steps as u64);
+    let histogram = lines
+        .iter()
+        .find(|v| v["epoch"] == 1 && v.get("ghm_ema").is_some())
+        .expect("epoch 1's line carries the histogram");
+    let filled: f64 = histogram["ghm_ema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .sum();
+    assert!(filled > 0.0, "the histogram fills during the warm-up");
+    let (_, cold) = run_with(0);
+    assert_ne!(
+        warm[0].mean_loss, cold[0].mean_loss,
+        "beta = 1 changes the first epoch"
+    );
+}

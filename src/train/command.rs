@@ -48,6 +48,9 @@ pub struct TrainOptions {
     pub buckets: usize,
     /// What to keep of a record longer than max_len.
     pub long_text: LongText,
+    /// GHM-CS: epochs with beta = 1 (plain weighted soft-target CE) before GHM weighting starts;
+    /// the histogram still updates.
+    pub ghm_warmup_epochs: usize,
     /// The built-in set's long-record mode (`synthetic::generate_long`).
     pub synthetic_long: bool,
     pub embedding_dim: usize,
@@ -114,6 +117,7 @@ impl Default for TrainOptions {
             max_len: 64,
             buckets: 1 << 16,
             long_text: LongText::Head,
+            ghm_warmup_epochs: 0,
             synthetic_long: false,
             embedding_dim: 64,
             filters: 64,
@@ -231,8 +235,13 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         TextEncoder::NGrams(_) => 0,
         _ => train_seqs.iter().filter(|s| s.len() >= o.max_len).count(),
     };
-    let lc = loss_config(o, &counts, &map.names)?;
+    let mut lc = loss_config(o, &counts, &map.names)?;
+    // GHM-CS's beta = 1 warm-up, in optimizer steps of this data set.
+    let batches = train_seqs.len().div_ceil(o.settings.batch_size.max(1));
+    let steps_per_epoch = batches.div_ceil(o.settings.accumulate.max(1)) as u64;
+    lc.ghm_warmup_steps = o.ghm_warmup_epochs as u64 * steps_per_epoch;
     let class_weights = lc.class_weights.clone();
+    let ghm_warmup_steps = lc.ghm_warmup_steps;
     let mut settings = o.settings.clone();
     let planned = plan_memory(o, &spec, classes, &mut settings)?;
     let memory = planned
@@ -320,6 +329,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         "class_weights": class_weights,
         "model": model_spec(o),
         "loss": loss_name(o.loss),
+        "ghm_warmup_steps": ghm_warmup_steps,
         "truncated_percent": 100.0 * truncated as f64 / train_split.seqs.len().max(1) as f64,
         "epochs": o.settings.epochs,
         "batch_size": settings.batch_size,
@@ -673,9 +683,9 @@ pub fn loss_from_name(name: &str) -> Result<LossKind> {
 /// memory plan left them, so a resumed run whose budget splits batches differently is refused).
 fn fingerprint(o: &TrainOptions, s: &TrainSettings) -> String {
     format!(
-        "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} frozen={} head={:?} loss={:?} max_len={} long_text={} buckets={} synthetic_long={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} class_weights={:?} similarity={:?} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={} accumulate={} metric={}",
+        "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} frozen={} head={:?} loss={:?} max_len={} long_text={} buckets={} synthetic_long={} ghm_warmup_epochs={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} class_weights={:?} similarity={:?} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={} accumulate={} metric={}",
         o.train, o.dev, o.dev_fraction, o.read.text_field, o.read.label_field, o.read.skip_bad,
-        o.encoder, o.freeze_encoder, o.head, o.loss, o.max_len, o.long_text.name(), o.buckets, o.synthetic_long, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
+        o.encoder, o.freeze_encoder, o.head, o.loss, o.max_len, o.long_text.name(), o.buckets, o.synthetic_long, o.ghm_warmup_epochs, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
         o.synthetic_scale, o.class_weights, o.similarity, s.epochs, s.batch_size, s.lr, s.input_lr_scale, s.warmup_fraction,
         s.weight_decay, s.clip, s.seed, s.accumulate, o.metric.name()
     )
