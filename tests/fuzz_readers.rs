@@ -187,12 +187,14 @@ fn regression_layer_count_beyond_the_weights_file() {
     .unwrap();
     let mut config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture.join("config.json")).unwrap()).unwrap();
-    config["num_hidden_layers"] = (1u64 << 31).into();
+    // (2^31 layers is now refused by config.json's own bounds, below; 1,000 passes them and
+    // still cannot be in a 2-layer file.)
+    config["num_hidden_layers"] = 1000.into();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let dev = emrclass::Device::simt(emrclass::Schedule::Forward);
     assert_refused(
         || emrclass::model::bert::BertEncoder::load_dir(&dev, &dir),
-        &["model.safetensors", "2147483648 layers"],
+        &["model.safetensors", "1000 layers"],
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -247,5 +249,36 @@ fn regression_tokenizer_json_that_tokenizers_panics_on() {
             || emrclass::data::tokenizer::BertTokenizer::from_dir(&dir),
             &words,
         );
+    }
+}
+
+/// A config.json whose sizes no BERT has (a damaged file) is refused when read, naming the
+/// field and the file, before `plan` or a loader sizes anything from it.
+#[test]
+fn absurd_config_sizes_are_refused_on_reading() {
+    let _serial = fuzz::serial();
+    let dir = temp_root("absurd-config");
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert_tiny/config.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for (field, value) in [
+        ("num_hidden_layers", 1u64 << 31),
+        ("vocab_size", 1 << 40),
+        ("intermediate_size", 1 << 30),
+        ("max_position_embeddings", 0),
+    ] {
+        let mut c = base.clone();
+        c[field] = value.into();
+        let path = dir.join("config.json");
+        std::fs::write(&path, c.to_string()).unwrap();
+        let e = emrclass::model::bert::BertConfig::from_file(&path)
+            .err()
+            .unwrap_or_else(|| panic!("{field} {value} accepted"))
+            .to_string();
+        assert!(e.contains("config.json") && e.contains(field), "{e}");
     }
 }

@@ -81,6 +81,27 @@ impl BertConfig {
                 h / self.num_attention_heads
             )));
         }
+        // Far above any BERT there is (BERT-large: 24 layers, 1024 wide, 4096 FFN, 512
+        // positions, vocabularies up to a few hundred thousand): a damaged config.json is an
+        // error here, not a multi-GiB plan or allocation later.
+        for (name, value, limit) in [
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            ("hidden_size", h, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("vocab_size", self.vocab_size, 1 << 24),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 20,
+            ),
+            ("type_vocab_size", self.type_vocab_size, 1 << 16),
+        ] {
+            if value == 0 || value > limit {
+                return Err(Error::Invalid(format!(
+                    "{name} {value} is not in 1..={limit}"
+                )));
+            }
+        }
         if !matches!(self.hidden_act.as_str(), "gelu" | "relu") {
             return Err(Error::Invalid(format!(
                 "hidden_act `{}`: gelu (erf form) or relu supported",
