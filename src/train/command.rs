@@ -275,10 +275,10 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     );
     println!(
         "model: {} + {:?} head, {:?} loss; device {}",
-        if o.encoder.is_some() {
-            "BERT encoder"
-        } else {
-            "character embeddings"
+        match (&o.encoder, o.head) {
+            (Some(_), _) => "BERT encoder",
+            (None, HeadKind::Bag) => "hashed character 1-3-gram embeddings",
+            (None, _) => "character embeddings",
         },
         o.head,
         o.loss,
