@@ -10,6 +10,8 @@
 //! killed before the first commit, a fresh run into the same folder) must end with the weights,
 //! AdamW moments, GHM state, best checkpoint and step log of the run never killed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -82,27 +84,12 @@ struct Outcome {
     steps: Vec<String>,
 }
 
-/// Every tensor of a checkpoint folder's committed tensor file, by name, as bits.
-fn bits(dir: &Path) -> Vec<(String, Vec<u32>)> {
-    let state = checkpoint::load_state(dir).unwrap();
-    let ck = Checkpoint::open(&dir.join(&state.tensors)).unwrap();
-    let mut names = ck.names();
-    names.sort();
-    names
-        .into_iter()
-        .map(|n| {
-            let v = ck.get(&n, &ck.shape(&n).unwrap()).unwrap();
-            (n, v.iter().map(|x| x.to_bits()).collect())
-        })
-        .collect()
-}
-
 fn outcome(out: &Path) -> Outcome {
     let state = checkpoint::load_state(&out.join("checkpoint")).unwrap();
     let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
     Outcome {
-        latest: bits(&out.join("checkpoint")),
-        best: bits(&out.join("best")),
+        latest: common::tensor_bits(&out.join("checkpoint")),
+        best: common::tensor_bits(&out.join("best")),
         progress: format!("{:?}", state.progress),
         ghm: state.ghm_ema.iter().map(|x| x.to_bits()).collect(),
         steps: log

@@ -38,13 +38,7 @@ fn encode_ids_through_the_tiny_bert() {
         expected["batch"].as_u64().unwrap() as usize,
         expected["seq"].as_u64().unwrap() as usize,
     );
-    let rows = |key: &str| -> Vec<Vec<i64>> {
-        f64s(&expected[key])
-            .chunks(seq)
-            .map(|r| r.iter().map(|&v| v as i64).collect())
-            .collect()
-    };
-    let ids = serde_json::json!({"input_ids": rows("input_ids"), "attention_mask": rows("attention_mask"), "token_type_ids": rows("token_type_ids")});
+    let ids = common::bert_tiny_ids(&expected);
     let ids_path = tmp("ids.json");
     std::fs::write(&ids_path, ids.to_string()).unwrap();
     let out = tmp("tiny.safetensors");

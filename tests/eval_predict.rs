@@ -31,28 +31,42 @@ fn write_jsonl(path: &PathBuf, examples: &[emrclass::data::dataset::Example]) {
     }
 }
 
-#[test]
-fn eval_and_predict_reproduce_the_best_epoch() {
-    let dev = common::test_device(Schedule::Forward);
-    let dir = temp_dir("eval-predict");
-    let all = synthetic::generate(7, 0.06);
+/// Writes a 75/25 split of `all` as train.jsonl and dev.jsonl in `dir`; returns the options of a
+/// quiet run on those files into `dir/run`, and the dev examples.
+fn split_run(
+    dir: &std::path::Path,
+    all: Vec<emrclass::data::dataset::Example>,
+) -> (TrainOptions, Vec<emrclass::data::dataset::Example>) {
     let (train, dev_set) = emrclass::data::dataset::stratified_split(all, 0.25, 3).unwrap();
     let (train_path, dev_path) = (dir.join("train.jsonl"), dir.join("dev.jsonl"));
     write_jsonl(&train_path, &train);
     write_jsonl(&dev_path, &dev_set);
-    let mut o = TrainOptions {
+    let o = TrainOptions {
         train: Some(train_path),
-        dev: Some(dev_path.clone()),
+        dev: Some(dev_path),
         out: dir.join("run"),
         quiet: true,
         ..TrainOptions::default()
     };
+    (o, dev_set)
+}
+
+/// The epoch with the best dev macro-F1.
+fn best_epoch(logs: &[emrclass::train::trainer::EpochLog]) -> &emrclass::train::trainer::EpochLog {
+    logs.iter()
+        .max_by(|a, b| a.dev.macro_avg.f1.total_cmp(&b.dev.macro_avg.f1))
+        .unwrap()
+}
+
+#[test]
+fn eval_and_predict_reproduce_the_best_epoch() {
+    let dev = common::test_device(Schedule::Forward);
+    let dir = temp_dir("eval-predict");
+    let (mut o, dev_set) = split_run(&dir, synthetic::generate(7, 0.06));
+    let dev_path = o.dev.clone().unwrap();
     o.settings.epochs = 3;
     let logs = run(&dev, &o).unwrap();
-    let best = logs
-        .iter()
-        .max_by(|a, b| a.dev.macro_avg.f1.total_cmp(&b.dev.macro_avg.f1))
-        .unwrap();
+    let best = best_epoch(&logs);
     let read = emrclass::data::dataset::ReadOptions::default();
     let report = eval(&dev, &o.out, true, &dev_path, &read, 17).unwrap();
     assert_eq!(
@@ -134,30 +148,20 @@ fn eval_and_predict_reproduce_the_best_epoch() {
 fn the_bag_head_learns_and_eval_rebuilds_it() {
     let dev = common::test_device(Schedule::Forward);
     let dir = temp_dir("bag");
-    let all = synthetic::generate(7, 0.1);
-    let (train, dev_set) = emrclass::data::dataset::stratified_split(all, 0.25, 3).unwrap();
-    let (train_path, dev_path) = (dir.join("train.jsonl"), dir.join("dev.jsonl"));
-    write_jsonl(&train_path, &train);
-    write_jsonl(&dev_path, &dev_set);
+    let (base, _) = split_run(&dir, synthetic::generate(7, 0.1));
+    let dev_path = base.dev.clone().unwrap();
     let mut o = TrainOptions {
-        train: Some(train_path),
-        dev: Some(dev_path.clone()),
-        out: dir.join("run"),
-        quiet: true,
         head: emrclass::model::heads::HeadKind::Bag,
         loss: emrclass::model::loss::LossKind::CrossEntropy,
         buckets: 4096,
         embedding_dim: 16,
-        ..TrainOptions::default()
+        ..base
     };
     o.settings.epochs = 6;
     o.settings.batch_size = 8;
     o.settings.lr = emrclass::train::command::default_lr(o.head);
     let logs = run(&dev, &o).unwrap();
-    let best = logs
-        .iter()
-        .max_by(|a, b| a.dev.macro_avg.f1.total_cmp(&b.dev.macro_avg.f1))
-        .unwrap();
+    let best = best_epoch(&logs);
     let classes = best.dev.per_class.len() as f64;
     assert!(
         best.dev.macro_avg.f1 > 4.0 / classes,
@@ -177,30 +181,20 @@ fn the_bag_head_learns_and_eval_rebuilds_it() {
 fn eval_cuts_long_records_as_the_run_did() {
     let dev = common::test_device(Schedule::Forward);
     let dir = temp_dir("long");
-    let all = synthetic::generate_long(7, 0.3);
-    let (train, dev_set) = emrclass::data::dataset::stratified_split(all, 0.25, 3).unwrap();
-    let (train_path, dev_path) = (dir.join("train.jsonl"), dir.join("dev.jsonl"));
-    write_jsonl(&train_path, &train);
-    write_jsonl(&dev_path, &dev_set);
+    let (base, dev_set) = split_run(&dir, synthetic::generate_long(7, 0.3));
+    let dev_path = base.dev.clone().unwrap();
     let mut o = TrainOptions {
-        train: Some(train_path),
-        dev: Some(dev_path.clone()),
-        out: dir.join("run"),
-        quiet: true,
         head: emrclass::model::heads::HeadKind::TextCnn,
         loss: emrclass::model::loss::LossKind::CrossEntropy,
         long_text: emrclass::data::batching::LongText::HeadTail,
         max_len: 48,
         embedding_dim: 16,
         filters: 16,
-        ..TrainOptions::default()
+        ..base
     };
     o.settings.epochs = 2;
     let logs = run(&dev, &o).unwrap();
-    let best = logs
-        .iter()
-        .max_by(|a, b| a.dev.macro_avg.f1.total_cmp(&b.dev.macro_avg.f1))
-        .unwrap();
+    let best = best_epoch(&logs);
     let state = emrclass::train::checkpoint::load_state(&o.out.join("best")).unwrap();
     assert_eq!(state.run.model.long_text, "head-tail");
     // The rebuilt input path cuts a long record at both ends: its last tokens are the record's.

@@ -5,8 +5,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::emrclass_cli as emrclass;
 use emrclass::weights::Checkpoint;
 
 fn fixture(name: &str) -> PathBuf {
@@ -81,20 +81,6 @@ fn dtypes_views_and_a_wrapped_state_dict() {
     }
 }
 
-/// Runs the real binary on the simulator; (success, stdout, stderr).
-fn emrclass(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_emrclass"))
-        .args(["--device", "simt"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 /// A folder laid out like `freedomking/mc-bert`: config.json, vocab.txt, pytorch_model.bin.
 fn mc_bert_like_folder(tag: &str) -> PathBuf {
     let dir = common::tiny_bert_dir(tag);
@@ -112,16 +98,9 @@ fn encode_through_pytorch_model_bin_gives_transformers_outputs() {
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("bert_tiny/expected.json")).unwrap())
             .unwrap();
-    let seq = expected["seq"].as_u64().unwrap() as usize;
-    let rows = |key: &str| -> Vec<Vec<i64>> {
-        common::f64s(&expected[key])
-            .chunks(seq)
-            .map(|r| r.iter().map(|&v| v as i64).collect())
-            .collect()
-    };
     let dir = mc_bert_like_folder("encode");
     let ids = dir.join("ids.json");
-    let ids_json = serde_json::json!({"input_ids": rows("input_ids"), "attention_mask": rows("attention_mask"), "token_type_ids": rows("token_type_ids")});
+    let ids_json = common::bert_tiny_ids(&expected);
     std::fs::write(&ids, ids_json.to_string()).unwrap();
     let out = dir.join("out.safetensors");
     let (ok, _, err) = emrclass(&[

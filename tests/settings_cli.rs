@@ -3,8 +3,9 @@
 //! for the data rules, the file and what is wrong), that no device was opened (no `device:`
 //! line) and that nothing was written (the --out folder does not exist).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn scratch(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("emrclass-settings-{}-{tag}", std::process::id()));
@@ -15,15 +16,8 @@ fn scratch(tag: &str) -> PathBuf {
 
 /// Runs emrclass on the simulator; returns (success, stderr).
 fn emrclass(args: &[&str]) -> (bool, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_emrclass"))
-        .args(["--device", "simt"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let (ok, _, err) = common::emrclass_cli(args);
+    (ok, err)
 }
 
 /// `args` must be refused with every `needles` in the message, `out` must not exist afterwards,

@@ -32,18 +32,7 @@ fn small(scale: f64, epochs: usize) -> TrainOptions {
 
 /// Every tensor of a run folder's latest checkpoint, by name, as bits.
 fn checkpoint_bits(run: &std::path::Path) -> Vec<(String, Vec<u32>)> {
-    let dir = run.join("checkpoint");
-    let state = checkpoint::load_state(&dir).unwrap();
-    let ck = emrclass::weights::Checkpoint::open(&dir.join(&state.tensors)).unwrap();
-    let mut names = ck.names();
-    names.sort();
-    names
-        .into_iter()
-        .map(|n| {
-            let v = ck.get(&n, &ck.shape(&n).unwrap()).unwrap();
-            (n, v.iter().map(|x| x.to_bits()).collect())
-        })
-        .collect()
+    common::tensor_bits(&run.join("checkpoint"))
 }
 
 /// A run killed mid-epoch (after its checkpoint at step 6, at step 7) and resumed ends with the

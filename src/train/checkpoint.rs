@@ -141,10 +141,11 @@ pub fn save(dir: &Path, model: &mut Classifier, opt: &Optimizer, state: &State) 
         .zip(&data)
         .map(|(n, d)| (n.as_str(), vec![d.len()], d.as_slice()))
         .collect();
-    remove_leftovers(dir);
+    // The committed checkpoint's tensor file: kept until the new state.json replaces it.
+    let previous = load_state(dir).ok().map(|s| s.tensors);
+    remove_leftovers(dir, previous.as_deref());
     write_tensors(&dir.join(&tensor_file), &tensors)?;
     crate::crash::point("tensors-written");
-    let previous = load_state(dir).ok().map(|s| s.tensors);
     let state = State {
         format: FORMAT,
         tensors: tensor_file.clone(),
@@ -163,8 +164,7 @@ pub fn save(dir: &Path, model: &mut Classifier, opt: &Optimizer, state: &State) 
 /// Removes what a crashed save left behind: half-written `*.tmp` files, and tensor files that
 /// `state.json` does not name (written, then never committed). Best effort: a file that cannot
 /// be removed is left, and never read.
-fn remove_leftovers(dir: &Path) {
-    let committed = load_state(dir).ok().map(|s| s.tensors);
+fn remove_leftovers(dir: &Path, committed: Option<&str>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -172,7 +172,7 @@ fn remove_leftovers(dir: &Path) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let stale_tensors = name.starts_with("tensors-")
             && name.ends_with(".safetensors")
-            && committed.as_deref() != Some(name.as_str());
+            && committed != Some(name.as_str());
         if name.ends_with(".tmp") || stale_tensors {
             let _ = std::fs::remove_file(entry.path());
         }

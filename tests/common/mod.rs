@@ -66,3 +66,48 @@ pub fn tiny_bert_dir(tag: &str) -> std::path::PathBuf {
     std::fs::write(dir.join("vocab.txt"), vocab.join("\n")).unwrap();
     dir
 }
+
+/// Runs the real `emrclass` binary on the simulator: (success, stdout, stderr).
+pub fn emrclass_cli(args: &[&str]) -> (bool, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_emrclass"))
+        .args(["--device", "simt"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Every tensor of a checkpoint folder's committed tensor file (the one its state.json names),
+/// by name, as bits.
+pub fn tensor_bits(dir: &std::path::Path) -> Vec<(String, Vec<u32>)> {
+    let state = emrclass::train::checkpoint::load_state(dir).unwrap();
+    let ck = emrclass::weights::Checkpoint::open(&dir.join(&state.tensors)).unwrap();
+    ck.names()
+        .into_iter()
+        .map(|n| {
+            let v = ck.get(&n, &ck.shape(&n).unwrap()).unwrap();
+            (n, v.iter().map(|x| x.to_bits()).collect())
+        })
+        .collect()
+}
+
+/// The token ids of tests/fixtures/bert_tiny/expected.json as `encode --ids` reads them:
+/// {"input_ids", "attention_mask", "token_type_ids"}, each a list of rows.
+pub fn bert_tiny_ids(expected: &Value) -> Value {
+    let seq = expected["seq"].as_u64().unwrap() as usize;
+    let rows = |key: &str| -> Vec<Vec<i64>> {
+        f64s(&expected[key])
+            .chunks(seq)
+            .map(|r| r.iter().map(|&v| v as i64).collect())
+            .collect()
+    };
+    serde_json::json!({
+        "input_ids": rows("input_ids"),
+        "attention_mask": rows("attention_mask"),
+        "token_type_ids": rows("token_type_ids"),
+    })
+}
