@@ -162,15 +162,14 @@ impl RunFolder {
                     "seconds": log.seconds, "samples_per_second": log.samples_per_second,
                     "best": best,
                 });
+                let state = self.state(model, p)?;
                 // GHM's moving histogram of gradient norms (what it re-weights), for the report.
-                let (ghm_ema, _) = model.loss.state()?;
-                if !ghm_ema.is_empty() {
-                    line["ghm_ema"] = json!(ghm_ema);
+                if !state.ghm_ema.is_empty() {
+                    line["ghm_ema"] = json!(state.ghm_ema);
                 }
                 self.log(line)?;
                 // The best epoch's files first, the latest checkpoint (the commit point of the
                 // epoch) last: a crash between them resumes before this epoch and rewrites both.
-                let state = self.state(model, p)?;
                 if best {
                     checkpoint::save(&self.dir.join("best"), model, opt, &state)?;
                     self.write_best(log)?;
