@@ -320,7 +320,7 @@ fn accumulated_gradients_match_the_whole_batch() {
     let mut whole = build_classifier(
         &dev,
         &spec,
-        &text,
+        text.input_vocab(),
         loss(),
         3,
         &mut emrclass::check::Rng::new(9),
@@ -329,7 +329,7 @@ fn accumulated_gradients_match_the_whole_batch() {
     let mut parts = build_classifier(
         &dev,
         &spec,
-        &text,
+        text.input_vocab(),
         loss(),
         3,
         &mut emrclass::check::Rng::new(9),

