@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod encode;
 pub mod error;
+pub mod export;
 pub mod hub;
 pub mod kernel_report;
 pub mod model;

@@ -141,6 +141,20 @@ enum Command {
     /// strategy that fits (recomputation, fp16 checkpoints, micro-batches) or what is short,
     /// and the largest batch per sequence length. Needs no GPU and no weights.
     Plan(PlanArgs),
+    /// Export a run's model (best epoch, or --latest) as a folder transformers loads: `cls` as
+    /// BertForSequenceClassification; other heads as OUT/encoder (BertModel) with
+    /// OUT/head.safetensors and OUT/head.json for the README's EmrclassHead module.
+    Export {
+        #[arg(long)]
+        run: std::path::PathBuf,
+        /// The format: hf (Hugging Face transformers).
+        #[arg(long, value_enum)]
+        to: ExportFormat,
+        /// A new (or empty) folder.
+        out: std::path::PathBuf,
+        #[arg(long)]
+        latest: bool,
+    },
     /// Write RUN/report.html: the run's learning curves, per-class F1 against class size, the
     /// confusion heat map, GHM's gradient-norm histogram and the settings (an experiment folder:
     /// its heads x losses table and chart). `train` and `experiment` write it themselves.
@@ -385,6 +399,13 @@ impl TrainArgs {
             memory,
         })
     }
+}
+
+/// What `export --to` writes.
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// A Hugging Face transformers folder.
+    Hf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -695,6 +716,25 @@ fn run(cli: &Cli) -> Result<bool> {
             Ok(true)
         }
         Command::Plan(a) => plan_command(cli, a),
+        Command::Export {
+            run,
+            to: ExportFormat::Hf,
+            out,
+            latest,
+        } => {
+            let dev = open_device(cli, seed)?;
+            let e = emrclass::export::export_hf(&dev, run, *latest, out)?;
+            for w in &e.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "wrote {} ({}, {} tensors)",
+                e.folder.display(),
+                e.layout,
+                e.tensors
+            );
+            Ok(true)
+        }
         Command::Report { run } => {
             let path = emrclass::report::write(run)?;
             eprintln!("wrote {}", path.display());

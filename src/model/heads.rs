@@ -149,6 +149,34 @@ impl Head {
         out
     }
 
+    /// The shape of each parameter `slots` lists, in the same order, in PyTorch's layouts: a
+    /// convolution [filters, channels, width], the RNN's tensors with both directions stacked
+    /// ([2, gates x hidden, input], [2, gates x hidden, hidden], [2, gates x hidden]), the
+    /// classifier [classes, features].
+    pub fn shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        if let Some(t) = &self.textcnn {
+            let (f, c) = (t.config.filters, t.config.channels);
+            for (i, &w) in t.config.widths.iter().enumerate() {
+                out.push((format!("head.textcnn.convs.{i}.weight"), vec![f, c, w]));
+            }
+            for i in 0..t.config.widths.len() {
+                out.push((format!("head.textcnn.convs.{i}.bias"), vec![f]));
+            }
+        }
+        if let Some(r) = &self.rnn {
+            let gh = r.cell.gates() * r.hidden;
+            out.push(("head.rnn.weight_ih".into(), vec![2, gh, r.input]));
+            out.push(("head.rnn.weight_hh".into(), vec![2, gh, r.hidden]));
+            out.push(("head.rnn.bias_ih".into(), vec![2, gh]));
+            out.push(("head.rnn.bias_hh".into(), vec![2, gh]));
+        }
+        let l = &self.linear;
+        out.push(("head.classifier.weight".into(), vec![l.output, l.input]));
+        out.push(("head.classifier.bias".into(), vec![l.output]));
+        out
+    }
+
     /// A head with PyTorch's default initialisation of every layer.
     pub fn new(dev: &Device, config: HeadConfig, rng: &mut Rng) -> Result<Self> {
         let cnn_config = |channels| TextCnnConfig {

@@ -123,7 +123,7 @@ impl RunFolder {
         match event {
             Event::Step { loss, lr, batches } => {
                 if p.step.is_multiple_of(self.settings.log_every) {
-                    self.log(json!({"step": p.step, "epoch": p.epoch, "batch": p.batch, "loss": loss, "lr": lr}))?;
+                    self.log(json!({"step": p.step, "epoch": p.epoch, "batch": p.batch, "loss": loss, "lr": lr, "grad_norm": opt.grad_norm}))?;
                 }
                 if self.settings.checkpoint_every > 0
                     && p.step.is_multiple_of(self.settings.checkpoint_every)
