@@ -4,7 +4,13 @@
 //! `loss_config`, the trainer's `optimizer` and `schedule`, `Classifier::optimizer_step` — on
 //! the simulator (or the GPU under `EMRCLASS_TEST_DEVICE=cuda`), and compared step by step:
 //! learning rate, loss and gradient norm, then the final parameters, AdamW moments and GHM
-//! histogram, and which parameters trained at all.
+//! histogram, and which parameters trained at all. Each case is two tests:
+//! - `CASE::reference`: the f64 reference (`reference::training`: the layers' references and an
+//!   optimizer step written from PyTorch's definitions, sharing no code with the engine's
+//!   optimizer) against the float64 run at 1e-12 relative, every quantity. Measured worst:
+//!   7e-14 (parameters), 3e-14 (moments), 2e-14 (gradient norms), 7e-16 (losses), 0 (GHM). At
+//!   this level even the clip coefficient's `+ 1e-6` shows (7e-11 on a loss without it).
+//! - `CASE::engine`: the kernels through the trainer, fp32, as below.
 //!
 //! The engine computes in fp32, so it is held to the float64 run, with tolerances that PyTorch's
 //! own float32 run of the same steps also meets (each check asserts that too: a tolerance that
@@ -40,11 +46,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use emrclass::data::batching::pad;
+use emrclass::data::tokenizer::TokenBatch;
 use emrclass::model::heads::HeadKind;
+use emrclass::model::loss::LossConfig;
+use emrclass::reference::training::{RefAdamW, RefClassifier, RefSettings};
 use emrclass::train::command::{
     build_classifier, loss_config, loss_from_name, model_spec, Similarity, TrainOptions,
 };
-use emrclass::train::trainer::{optimizer, schedule, MicroBatch, TrainSettings};
+use emrclass::train::trainer::{optimizer, schedule, Classifier, MicroBatch, TrainSettings};
 use emrclass::{Device, Schedule};
 use serde_json::Value;
 
@@ -53,6 +62,8 @@ const NORM_TOLERANCE: f64 = 2e-5;
 const PARAM_TOLERANCE: f64 = 1e-3;
 const MOMENT_TOLERANCE: f64 = 1e-4;
 const GHM_TOLERANCE: f64 = 1e-6;
+/// The f64 reference against PyTorch's float64 run, every quantity.
+const REFERENCE_TOLERANCE: f64 = 1e-12;
 
 /// Tensors whose true gradient is 0 (see above): value and moments not compared.
 fn shift_invariant(tensor: &str) -> bool {
@@ -124,16 +135,17 @@ struct Step {
 
 /// A trained tensor's final values and AdamW moments.
 struct Trained {
-    value: Vec<f32>,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    value: Vec<f64>,
+    m: Vec<f64>,
+    v: Vec<f64>,
 }
 
-/// What the engine ended with: per trained tensor (value, m, v), and the GHM histogram.
-struct EngineRun {
+/// How a run ended, the engine's or the f64 reference's: every step, every trained tensor, the
+/// GHM histogram.
+struct Run {
     steps: Vec<Step>,
     tensors: HashMap<String, Trained>,
-    ghm_ema: Vec<f32>,
+    ghm_ema: Vec<f64>,
 }
 
 fn options(case: &Value, encoder: Option<PathBuf>, similarity: Option<PathBuf>) -> TrainOptions {
@@ -163,7 +175,9 @@ fn options(case: &Value, encoder: Option<PathBuf>, similarity: Option<PathBuf>) 
     }
 }
 
-fn run_engine(dev: &Device, fixture: &Value, name: &str) -> EngineRun {
+/// The engine's classifier of a case at the fixture's initial weights, built as `train` builds
+/// it, with its options and loss configuration.
+fn build(dev: &Device, fixture: &Value, name: &str) -> (Classifier, TrainOptions, LossConfig) {
     let case = &fixture["case"];
     let classes = case["classes"].as_u64().unwrap() as usize;
     let labels: Vec<String> = (0..classes).map(|c| format!("c{c}")).collect();
@@ -186,7 +200,7 @@ fn run_engine(dev: &Device, fixture: &Value, name: &str) -> EngineRun {
         dev,
         &model_spec(&o),
         vocab,
-        lc,
+        lc.clone(),
         classes,
         &mut emrclass::check::Rng::new(7),
     )
@@ -206,30 +220,51 @@ fn run_engine(dev: &Device, fixture: &Value, name: &str) -> EngineRun {
         init.len(),
         "{name}: an initial tensor the engine has no slot for"
     );
+    (model, o, lc)
+}
 
-    let s = &o.settings;
-    let steps = case["steps"].as_u64().unwrap() as usize;
-    let records = steps * s.accumulate * s.batch_size;
-    let sched = schedule(s, records);
-    let mut opt = optimizer(s);
+/// The fixture's batches, one optimizer step's micro-batches at a time.
+fn steps_of(fixture: &Value, accumulate: usize) -> Vec<Vec<(TokenBatch, Vec<i32>)>> {
     let batches = fixture["batches"].as_array().unwrap();
+    batches
+        .chunks(accumulate)
+        .map(|group| {
+            group
+                .iter()
+                .map(|b| {
+                    let rows: Vec<Vec<i32>> = b["ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(common::i32s)
+                        .collect();
+                    let tokens = pad(&rows.iter().map(Vec::as_slice).collect::<Vec<_>>());
+                    (tokens, common::i32s(&b["labels"]))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn f64s_of(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+fn run_engine(dev: &Device, fixture: &Value, name: &str) -> Run {
+    let (mut model, o, _) = build(dev, fixture, name);
+    let s = &o.settings;
+    let steps = fixture["case"]["steps"].as_u64().unwrap() as usize;
+    let sched = schedule(s, steps * s.accumulate * s.batch_size);
+    let mut opt = optimizer(s);
     let mut out = Vec::new();
-    for group in batches.chunks(s.accumulate) {
-        let micro: Vec<MicroBatch> = group
-            .iter()
+    for micro in steps_of(fixture, s.accumulate) {
+        let micro: Vec<MicroBatch> = micro
+            .into_iter()
             .enumerate()
-            .map(|(k, b)| {
-                let rows: Vec<Vec<i32>> = b["ids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(common::i32s)
-                    .collect();
-                MicroBatch {
-                    tokens: pad(&rows.iter().map(Vec::as_slice).collect::<Vec<_>>()),
-                    labels: common::i32s(&b["labels"]),
-                    seed: k as u64,
-                }
+            .map(|(k, (tokens, labels))| MicroBatch {
+                tokens,
+                labels,
+                seed: k as u64,
             })
             .collect();
         let lr = sched.lr(opt.step + 1) as f32;
@@ -249,17 +284,56 @@ fn run_engine(dev: &Device, fixture: &Value, name: &str) -> EngineRun {
         tensors.insert(
             slot.name.clone(),
             Trained {
-                value: slot.value.to_host().unwrap(),
-                m: m.to_host().unwrap(),
-                v: v.to_host().unwrap(),
+                value: f64s_of(&slot.value.to_host().unwrap()),
+                m: f64s_of(&m.to_host().unwrap()),
+                v: f64s_of(&v.to_host().unwrap()),
             },
         );
     }
-    let (ghm_ema, _) = model.loss.state().unwrap();
-    EngineRun {
+    Run {
         steps: out,
         tensors,
-        ghm_ema,
+        ghm_ema: f64s_of(&model.loss.state().unwrap().0),
+    }
+}
+
+/// The same steps through the f64 reference (`reference::training`), at PyTorch's learning
+/// rates, from the fixture's float64 initial weights.
+fn run_reference(fixture: &Value, name: &str) -> Run {
+    let dev = Device::simt(Schedule::Forward);
+    let (mut model, o, lc) = build(&dev, fixture, name);
+    let mut reference = RefClassifier::from_classifier(&mut model, lc).unwrap();
+    reference.params.extend(initial_tensors(name));
+    let s = &o.settings;
+    let settings = RefSettings {
+        input_lr_scale: s.input_lr_scale as f64,
+        weight_decay: fixture["case"]["weight_decay"].as_f64().unwrap(),
+        clip: fixture["case"]["clip"].as_f64(),
+    };
+    let mut opt = RefAdamW::default();
+    let lrs = fixture["f64"]["steps"].as_array().unwrap();
+    let mut out = Vec::new();
+    for (micro, step) in steps_of(fixture, s.accumulate).iter().zip(lrs) {
+        let lr = step["lr"].as_f64().unwrap();
+        let (loss, grad_norm) = reference.optimizer_step(&mut opt, micro, lr, &settings);
+        out.push(Step {
+            lr,
+            loss,
+            grad_norm,
+        });
+    }
+    let tensors = opt
+        .moments
+        .into_iter()
+        .map(|(name, (m, v))| {
+            let value = reference.params[&name].clone();
+            (name, Trained { value, m, v })
+        })
+        .collect();
+    Run {
+        steps: out,
+        tensors,
+        ghm_ema: reference.ghm_ema.clone(),
     }
 }
 
@@ -274,43 +348,78 @@ fn rel1(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-30)
 }
 
-/// The worst errors of one case by quantity: (engine, PyTorch float32), for its summary line.
+/// Whose run is compared, and how close to PyTorch's float64 run it must come.
+struct Tolerances {
+    who: &'static str,
+    lr: f64,
+    loss: f64,
+    norm: f64,
+    param: f64,
+    moment: f64,
+    ghm: f64,
+    /// Whether PyTorch's own float32 run must meet the same tolerances (fp32 runs only).
+    bounds_torch32: bool,
+}
+
+const ENGINE: Tolerances = Tolerances {
+    who: "engine",
+    lr: 1e-6,
+    loss: LOSS_TOLERANCE,
+    norm: NORM_TOLERANCE,
+    param: PARAM_TOLERANCE,
+    moment: MOMENT_TOLERANCE,
+    ghm: GHM_TOLERANCE,
+    bounds_torch32: true,
+};
+
+const REFERENCE: Tolerances = Tolerances {
+    who: "f64 reference",
+    lr: 0.0,
+    loss: REFERENCE_TOLERANCE,
+    norm: REFERENCE_TOLERANCE,
+    param: REFERENCE_TOLERANCE,
+    moment: REFERENCE_TOLERANCE,
+    ghm: REFERENCE_TOLERANCE,
+    bounds_torch32: false,
+};
+
+/// The worst errors of one case by quantity: (this run, PyTorch float32), for its summary.
 type Worst = std::collections::BTreeMap<&'static str, (f64, f64)>;
 
-/// Asserts the engine's error and PyTorch float32's error are both within `tol`, and keeps the
-/// worst of each under `quantity`.
+/// Asserts the run's error (and, for fp32 runs, PyTorch float32's) is within `tol`, and keeps
+/// the worst of each under `quantity`.
 #[allow(clippy::too_many_arguments)]
 fn within(
+    t: &Tolerances,
     worst: &mut Worst,
     quantity: &'static str,
     name: &str,
     what: &str,
-    engine: f64,
+    err: f64,
     torch32: f64,
     tol: f64,
 ) {
     let w = worst.entry(quantity).or_default();
-    *w = (w.0.max(engine), w.1.max(torch32));
+    *w = (w.0.max(err), w.1.max(torch32));
     assert!(
-        torch32 <= tol,
+        !t.bounds_torch32 || torch32 <= tol,
         "{name}: {what}: PyTorch's own float32 run is {torch32:e} from float64, over the tolerance {tol:e}"
     );
     assert!(
-        engine <= tol,
-        "{name}: {what}: engine {engine:e} from PyTorch float64 (> {tol:e}; PyTorch float32: {torch32:e})"
+        err <= tol,
+        "{name}: {what}: {} {err:e} from PyTorch float64 (> {tol:e}; PyTorch float32: {torch32:e})",
+        t.who
     );
 }
 
-fn check_case(name: &str) {
-    let fixture = read_case(name);
-    let dev = test_device(Schedule::Random(20221201));
-    let run = run_engine(&dev, &fixture, name);
+fn compare(name: &str, fixture: &Value, run: &Run, t: &Tolerances) {
     let (f64_steps, f32_steps) = (
         fixture["f64"]["steps"].as_array().unwrap(),
         fixture["f32"]["steps"].as_array().unwrap(),
     );
+    assert_eq!(run.steps.len(), f64_steps.len(), "{name}: steps");
     let mut worst = Worst::new();
-    for (k, (e, (t, t32))) in run
+    for (k, (e, (s64, s32))) in run
         .steps
         .iter()
         .zip(f64_steps.iter().zip(f32_steps))
@@ -319,62 +428,58 @@ fn check_case(name: &str) {
         let g = |v: &Value, key: &str| v[key].as_f64().unwrap();
         let step = k + 1;
         assert!(
-            rel1(e.lr, g(t, "lr")) < 1e-6,
+            rel1(e.lr, g(s64, "lr")) <= t.lr,
             "{name}: step {step}: learning rate {} (PyTorch {})",
             e.lr,
-            g(t, "lr")
-        );
-        let loss_err = rel1(e.loss, g(t, "loss"));
-        eprintln!(
-            "{name} step {step}: loss err {loss_err:.2e} (t32 {:.2e}) norm err {:.2e}",
-            rel1(g(t32, "loss"), g(t, "loss")),
-            rel1(e.grad_norm, g(t, "grad_norm"))
+            g(s64, "lr")
         );
         within(
+            t,
             &mut worst,
             "loss",
             name,
-            &format!("step {step} loss {} (PyTorch {})", e.loss, g(t, "loss")),
-            loss_err,
-            rel1(g(t32, "loss"), g(t, "loss")),
-            LOSS_TOLERANCE,
+            &format!("step {step} loss {} (PyTorch {})", e.loss, g(s64, "loss")),
+            rel1(e.loss, g(s64, "loss")),
+            rel1(g(s32, "loss"), g(s64, "loss")),
+            t.loss,
         );
         within(
+            t,
             &mut worst,
             "gradient norm",
             name,
             &format!(
                 "step {step} gradient norm {} (PyTorch {})",
                 e.grad_norm,
-                g(t, "grad_norm")
+                g(s64, "grad_norm")
             ),
-            rel1(e.grad_norm, g(t, "grad_norm")),
-            rel1(g(t32, "grad_norm"), g(t, "grad_norm")),
-            NORM_TOLERANCE,
+            rel1(e.grad_norm, g(s64, "grad_norm")),
+            rel1(g(s32, "grad_norm"), g(s64, "grad_norm")),
+            t.norm,
         );
     }
-    // Which parameters trained: the engine's optimizer slots are exactly PyTorch's stepped ones.
+    // Which parameters trained: exactly the ones PyTorch stepped.
     let tensors = fixture["tensors"].as_object().unwrap();
-    let trained: Vec<&String> = tensors
+    let mut stepped: Vec<&String> = run.tensors.keys().collect();
+    stepped.sort();
+    let mut torch_stepped: Vec<&String> = tensors
         .iter()
         .filter(|(_, t)| t["trained"].as_bool().unwrap())
         .map(|(n, _)| n)
         .collect();
-    let mut engine_names: Vec<&String> = run.tensors.keys().collect();
-    engine_names.sort();
-    let mut torch_names = trained.clone();
-    torch_names.sort();
+    torch_stepped.sort();
     assert_eq!(
-        engine_names, torch_names,
-        "{name}: the engine steps other parameters than PyTorch"
+        stepped, torch_stepped,
+        "{name}: the {} steps other parameters than PyTorch",
+        t.who
     );
-    for (tensor, t) in tensors {
-        let index = common::usizes(&t["index"]);
-        let initial = common::f64s(&t["initial"]);
-        let (t64, t32) = (&t["f64"], &t["f32"]);
+    for (tensor, tj) in tensors {
+        let index = common::usizes(&tj["index"]);
+        let initial = common::f64s(&tj["initial"]);
+        let (t64, t32) = (&tj["f64"], &tj["f32"]);
         let final64 = common::f64s(&t64["final"]);
-        if !t["trained"].as_bool().unwrap() {
-            // Untrained in PyTorch: the engine has no slot for it, and it never changes.
+        if !tj["trained"].as_bool().unwrap() {
+            // Not stepped in PyTorch (nor here, checked above): it never changes.
             assert_eq!(
                 final64, initial,
                 "{name}: {tensor} changed without training"
@@ -385,57 +490,76 @@ fn check_case(name: &str) {
             continue;
         }
         let Trained { value, m, v } = &run.tensors[tensor];
-        let at = |x: &[f32]| -> Vec<f64> { index.iter().map(|&i| x[i] as f64).collect() };
+        let at = |x: &[f64]| -> Vec<f64> { index.iter().map(|&i| x[i]).collect() };
         let moved: Vec<f64> = final64.iter().zip(&initial).map(|(f, i)| f - i).collect();
-        let p_err = rel_to(&at(value), &final64, &moved);
         within(
+            t,
             &mut worst,
             "parameters",
             name,
             &format!("{tensor}: final values"),
-            p_err,
+            rel_to(&at(value), &final64, &moved),
             rel_to(&common::f64s(&t32["final"]), &final64, &moved),
-            PARAM_TOLERANCE,
+            t.param,
         );
-        for key in ["m", "v"] {
+        for (key, mine) in [("m", m), ("v", v)] {
             let want = common::f64s(&t64[key]);
-            let engine = at(if key == "m" { m } else { v });
             within(
+                t,
                 &mut worst,
                 "moments",
                 name,
                 &format!("{tensor}: AdamW {key}"),
-                rel_to(&engine, &want, &want),
+                rel_to(&at(mine), &want, &want),
                 rel_to(&common::f64s(&t32[key]), &want, &want),
-                MOMENT_TOLERANCE,
+                t.moment,
             );
         }
     }
     if let Some(ema) = fixture["f64"]["ghm_ema"].as_array() {
         let want: Vec<f64> = ema.iter().map(|x| x.as_f64().unwrap()).collect();
-        let engine: Vec<f64> = run.ghm_ema.iter().map(|&x| x as f64).collect();
         let t32 = common::f64s(&fixture["f32"]["ghm_ema"]);
         within(
+            t,
             &mut worst,
             "GHM histogram",
             name,
             "GHM moving average",
-            rel_to(&engine, &want, &want),
+            rel_to(&run.ghm_ema, &want, &want),
             rel_to(&t32, &want, &want),
-            GHM_TOLERANCE,
+            t.ghm,
         );
     }
     // The measured worst errors (the README's table is their maximum over the cases).
-    for (quantity, (engine, torch32)) in &worst {
-        eprintln!("{name}: {quantity}: engine {engine:.1e}, PyTorch float32 {torch32:.1e}");
+    for (quantity, (err, torch32)) in &worst {
+        eprintln!(
+            "{name}: {quantity}: {} {err:.1e}, PyTorch float32 {torch32:.1e}",
+            t.who
+        );
     }
 }
 
+/// Per case, two tests: `CASE::engine` (the kernels through the trainer, fp32 tolerances) and
+/// `CASE::reference` (the f64 reference, 1e-9).
 macro_rules! parity {
     ($($case:ident),* $(,)?) => {$(
-        #[test]
-        fn $case() {
-            check_case(stringify!($case));
+        mod $case {
+            #[test]
+            fn engine() {
+                let name = stringify!($case);
+                let fixture = super::read_case(name);
+                let dev = super::test_device(super::Schedule::Random(20221201));
+                let run = super::run_engine(&dev, &fixture, name);
+                super::compare(name, &fixture, &run, &super::ENGINE);
+            }
+
+            #[test]
+            fn reference() {
+                let name = stringify!($case);
+                let fixture = super::read_case(name);
+                let run = super::run_reference(&fixture, name);
+                super::compare(name, &fixture, &run, &super::REFERENCE);
+            }
         }
     )*};
 }

@@ -7,8 +7,8 @@ use super::{relative_error, to_f32, weighted_sum, worst, Rng};
 use crate::device::Device;
 use crate::error::Result;
 use crate::model::heads::{Head, HeadConfig, HeadKind, Pool};
-use crate::model::rnn::Cell;
-use crate::reference::{self as r, rnn::RnnParams, seqpool, textcnn};
+use crate::reference::bert::Params;
+use crate::reference::head::{self, HeadShape};
 
 const KINDS: [(HeadKind, Pool); 7] = [
     (HeadKind::Cls, Pool::Max),
@@ -24,165 +24,52 @@ fn host(b: &crate::device::Buffer<f32>) -> Result<Vec<f64>> {
     Ok(b.to_host()?.iter().map(|&v| v as f64).collect())
 }
 
-/// The head's parameters on the host, in f64.
+/// The head's parameters on the host, in f64, and its shape: the reference's view of it.
 struct RefHead {
-    kind: HeadKind,
-    pool: Pool,
-    d: usize,
-    filters: usize,
-    widths: Vec<usize>,
-    hidden: usize,
-    cnn: Vec<(Vec<f64>, Vec<f64>)>,
-    rnn: Option<(Cell, usize, [Vec<f64>; 4])>,
-    w: Vec<f64>,
-    b: Vec<f64>,
-    classes: usize,
-    p: f32,
+    shape: HeadShape,
+    params: Params,
     seed: u64,
 }
 
 impl RefHead {
     fn from(head: &Head, seed: u64) -> Result<RefHead> {
-        let c = &head.config;
-        let cnn = match &head.textcnn {
-            Some(t) => t
-                .weights
-                .iter()
-                .zip(&t.biases)
-                .map(|(w, b)| Ok((host(w)?, host(b)?)))
-                .collect::<Result<_>>()?,
-            None => vec![],
-        };
-        let rnn = match &head.rnn {
-            Some(n) => Some((
-                n.cell,
-                n.input,
-                [
-                    host(&n.w_ih)?,
-                    host(&n.w_hh)?,
-                    host(&n.b_ih)?,
-                    host(&n.b_hh)?,
-                ],
-            )),
-            None => None,
-        };
+        let mut params = Params::new();
+        if let Some(t) = &head.textcnn {
+            for (i, (w, b)) in t.weights.iter().zip(&t.biases).enumerate() {
+                params.insert(format!("head.textcnn.convs.{i}.weight"), host(w)?);
+                params.insert(format!("head.textcnn.convs.{i}.bias"), host(b)?);
+            }
+        }
+        if let Some(n) = &head.rnn {
+            for (name, b) in [
+                ("weight_ih", &n.w_ih),
+                ("weight_hh", &n.w_hh),
+                ("bias_ih", &n.b_ih),
+                ("bias_hh", &n.b_hh),
+            ] {
+                params.insert(format!("head.rnn.{name}"), host(b)?);
+            }
+        }
+        params.insert("head.classifier.weight".into(), host(&head.linear.weight)?);
+        params.insert("head.classifier.bias".into(), host(&head.linear.bias)?);
         Ok(RefHead {
-            kind: c.kind,
-            pool: c.pool,
-            d: c.input,
-            filters: c.textcnn_filters,
-            widths: c.textcnn_widths.clone(),
-            hidden: c.rnn_hidden,
-            cnn,
-            rnn,
-            w: host(&head.linear.weight)?,
-            b: host(&head.linear.bias)?,
-            classes: c.classes,
-            p: c.dropout,
+            shape: HeadShape::of(head),
+            params,
             seed,
         })
     }
 
-    fn convs(&self) -> Vec<textcnn::Conv<'_>> {
-        self.widths
-            .iter()
-            .zip(&self.cnn)
-            .map(|(&width, (w, b))| textcnn::Conv {
-                width,
-                weight: w,
-                bias: b,
-            })
-            .collect()
-    }
-
-    fn rnn_params(&self) -> RnnParams<'_> {
-        let (cell, input, t) = self.rnn.as_ref().unwrap();
-        RnnParams {
-            cell: *cell,
-            input: *input,
-            hidden: self.hidden,
-            w_ih: &t[0],
-            w_hh: &t[1],
-            b_ih: &t[2],
-            b_hh: &t[3],
-        }
-    }
-
-    /// Features, and the signature of the linear piece (winning windows and pooled positions).
-    fn features(
+    /// Logits with dropout (`training`) or without, and the signature of the piece.
+    fn logits(
         &self,
         x: &[f64],
         s: &[f64],
         lengths: &[i32],
         len: usize,
+        training: bool,
     ) -> (Vec<f64>, Vec<usize>) {
-        let batch = lengths.len();
-        let mut parts: Vec<(Vec<f64>, usize)> = Vec::new();
-        let mut sig = Vec::new();
-        let cnn = !self.cnn.is_empty();
-        if self.kind == HeadKind::Cls {
-            parts.push((s.to_vec(), self.d));
-        }
-        if self.kind == HeadKind::Bag {
-            parts.push((
-                seqpool::forward(x, lengths, len, self.d, Pool::Mean, 1),
-                self.d,
-            ));
-        }
-        if cnn && self.kind != HeadKind::TextCnnBiGru {
-            let (pooled, winners) =
-                textcnn::forward(x, lengths, len, self.d, self.filters, &self.convs());
-            sig.extend(winners.iter().map(|w| w.unwrap_or(usize::MAX)));
-            parts.push((pooled, self.filters * self.widths.len()));
-        }
-        if self.rnn.is_some() {
-            let input = if self.kind == HeadKind::TextCnnBiGru {
-                let maps =
-                    textcnn::maps_forward(x, lengths, len, self.d, self.filters, &self.convs());
-                sig.extend(maps.iter().map(|&m| (m > 0.0) as usize));
-                maps
-            } else {
-                x.to_vec()
-            };
-            let out = r::rnn::forward(&self.rnn_params(), &input, lengths, len);
-            let width = 2 * self.hidden;
-            let ones = vec![1.0; batch * width];
-            let dpos = seqpool::backward(&out, lengths, len, width, self.pool, 2, &ones);
-            sig.extend(dpos.iter().map(|&v| (v != 0.0) as usize));
-            parts.push((
-                seqpool::forward(&out, lengths, len, width, self.pool, 2),
-                width,
-            ));
-        }
-        if self.kind == HeadKind::Paper {
-            parts.push((s.to_vec(), self.d));
-        }
-        let total: usize = parts.iter().map(|p| p.1).sum();
-        let mut f = vec![0.0; batch * total];
-        let mut col = 0;
-        for (v, w) in &parts {
-            for b in 0..batch {
-                f[b * total + col..b * total + col + w].copy_from_slice(&v[b * w..(b + 1) * w]);
-            }
-            col += w;
-        }
-        (f, sig)
-    }
-
-    fn logits(&self, x: &[f64], s: &[f64], lengths: &[i32], len: usize) -> (Vec<f64>, Vec<usize>) {
-        let (f, sig) = self.features(x, s, lengths, len);
-        let f = r::dropout(&f, self.p, self.seed);
-        let n = f.len() / lengths.len();
-        let mut y = vec![0.0; lengths.len() * self.classes];
-        for b in 0..lengths.len() {
-            for k in 0..self.classes {
-                y[b * self.classes + k] = self.b[k]
-                    + (0..n)
-                        .map(|j| f[b * n + j] * self.w[k * n + j])
-                        .sum::<f64>();
-            }
-        }
-        (y, sig)
+        let seed = training.then_some(self.seed);
+        head::forward(&self.shape, &self.params, x, Some(s), lengths, len, seed)
     }
 }
 
@@ -232,7 +119,7 @@ pub fn gradient(rng: &mut Rng) -> Vec<Row> {
                 )?;
                 let g = head.backward(&dev.upload(&to_f32(&w), "w")?)?;
                 let f = |xv: &[f64], sv: &[f64]| {
-                    let (y, sig) = refh.logits(xv, sv, &LENGTHS, LEN);
+                    let (y, sig) = refh.logits(xv, sv, &LENGTHS, LEN, true);
                     (weighted_sum(&y, &w), sig)
                 };
                 let mut err = 0.0;
@@ -282,16 +169,7 @@ pub fn kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
                 Some(&sentence),
                 seed,
             )?;
-            let want = if training {
-                refh.logits(&x, &s, &LENGTHS, LEN).0
-            } else {
-                RefHead {
-                    p: 0.0,
-                    ..RefHead::from(&head, 0)?
-                }
-                .logits(&x, &s, &LENGTHS, LEN)
-                .0
-            };
+            let want = refh.logits(&x, &s, &LENGTHS, LEN, training).0;
             err = worst(err, relative_error(&logits.to_host()?, &want));
             head.backward(&dev.upload(&vec![1.0f32; LENGTHS.len() * 3], "dlogits")?)?;
         }

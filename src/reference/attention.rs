@@ -31,7 +31,7 @@ fn probabilities(
                 (0..d)
                     .map(|c| q[at(a, 0, b, i, h) + c] * k[at(a, 1, b, j, h) + c])
                     .sum::<f64>()
-                    * a.scale as f64
+                    * scale(a)
             })
             .collect();
         let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -52,6 +52,18 @@ fn probabilities(
         }
     }
     (p, keep)
+}
+
+/// The score scale in f64: exactly 1/sqrt(head_dim) when `a.scale` is that value rounded to
+/// f32 (the kernels' argument for BERT's scale, which PyTorch applies in full precision), else
+/// `a.scale` as given.
+fn scale(a: &Attention) -> f64 {
+    let exact = 1.0 / (a.head_dim as f64).sqrt();
+    if exact as f32 == a.scale {
+        exact
+    } else {
+        a.scale as f64
+    }
 }
 
 /// out [B, L, H d].
@@ -101,7 +113,7 @@ pub fn backward(
                 let delta: f64 = (0..l).map(|j| p[i * l + j] * dp[j]).sum();
                 for j in 0..l {
                     let pij = p[i * l + j];
-                    let ds = pij * (dp[j] - delta) * a.scale as f64;
+                    let ds = pij * (dp[j] - delta) * scale(a);
                     for c in 0..d {
                         g[2][at(a, 2, b, j, h) + c] += pij * keep[i * l + j] * doi(c);
                         g[0][at(a, 0, b, i, h) + c] += ds * k[at(a, 1, b, j, h) + c];

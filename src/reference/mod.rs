@@ -7,10 +7,12 @@
 
 pub mod attention;
 pub mod bert;
+pub mod head;
 pub mod loss;
 pub mod rnn;
 pub mod seqpool;
 pub mod textcnn;
+pub mod training;
 
 use crate::ops::Gemm;
 
