@@ -2,6 +2,7 @@
 //! the kernel-vs-reference harness (fresh random inputs, awkward sizes, NaN-poisoned outputs,
 //! relative error ||out - ref|| / ||ref||). `registry` lists every op that is checked.
 
+mod adamw8bit;
 mod attention;
 mod bert;
 mod embedding;

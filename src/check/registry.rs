@@ -90,6 +90,11 @@ pub static ALL: &[OpCheck] = &[
         kernel: adamw_kernel,
     },
     OpCheck {
+        name: "adamw8bit",
+        gradient: None,
+        kernel: super::adamw8bit::kernel,
+    },
+    OpCheck {
         name: "convert_f16",
         gradient: None,
         kernel: convert_kernel,

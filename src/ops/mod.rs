@@ -3,6 +3,7 @@
 //! out-of-bounds access on the device.
 
 mod adamw;
+pub mod adamw8bit;
 pub mod attention;
 mod elementwise;
 pub mod embedding;

@@ -11,15 +11,15 @@ use crate::error::Result;
 /// A table on the device, and what it was built from (addresses and lengths).
 pub struct TensorTable {
     key: Vec<u64>,
-    table: Buffer<u64>,
-    count: usize,
-    blocks: usize,
+    pub(crate) table: Buffer<u64>,
+    pub(crate) count: usize,
+    pub(crate) blocks: usize,
 }
 
 impl TensorTable {
     /// The table for `entries` (per tensor: its fixed fields, its length, its block count), or
     /// `cached` when that was built from the same key.
-    fn get<'c>(
+    pub(crate) fn get<'c>(
         cached: &'c mut Option<TensorTable>,
         dev: &Device,
         key: Vec<u64>,
@@ -54,7 +54,7 @@ impl TensorTable {
 }
 
 /// One block of 256 threads per entry of the block map.
-fn grid(blocks: usize) -> LaunchConfig {
+pub(crate) fn grid(blocks: usize) -> LaunchConfig {
     LaunchConfig {
         grid: (blocks as u32, 1, 1),
         block: (256, 1, 1),
@@ -63,7 +63,7 @@ fn grid(blocks: usize) -> LaunchConfig {
 }
 
 /// Placeholder in a table entry for the tensor's first block (filled in when the map is built).
-const FIRST: u64 = u64::MAX;
+pub(crate) const FIRST: u64 = u64::MAX;
 
 /// Blocks of 256 threads for `n` elements in `adamw_step_multi`: about 16 elements a thread.
 fn adamw_blocks(n: usize) -> usize {

@@ -5,6 +5,7 @@
 //! Index loops are the point here: they read like the formulas.
 #![allow(clippy::needless_range_loop)]
 
+pub mod adamw8bit;
 pub mod attention;
 pub mod bert;
 pub mod head;
