@@ -294,6 +294,10 @@ struct TrainArgs {
     /// Gradient accumulation: micro-batches of --batch-size per optimizer step.
     #[arg(long, default_value_t = 1)]
     pub accumulate: usize,
+    /// adamw (fp32 moments) or adamw8bit (block-wise 8-bit moments: ~2 bytes per parameter
+    /// instead of 8; tensors under 4096 elements and embedding tables keep fp32 moments).
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: String,
     /// Class weights from a file (CSV `class,weight` or a JSON object) instead of the counts.
     #[arg(long)]
     pub class_weights: Option<std::path::PathBuf>,
@@ -344,8 +348,11 @@ impl TrainArgs {
         let head = names.parse("--head", &self.head);
         let metric = names.parse("--metric", &self.metric);
         let long_text = names.parse("--long-text", &self.long_text);
+        let optimizer = names.parse("--optimizer", &self.optimizer);
         names.finish()?;
-        let (Some(head), Some(metric), Some(long_text)) = (head, metric, long_text) else {
+        let (Some(head), Some(metric), Some(long_text), Some(optimizer)) =
+            (head, metric, long_text, optimizer)
+        else {
             unreachable!("finish() refuses a name that did not parse")
         };
         Ok(emrclass::train::command::TrainOptions {
@@ -377,6 +384,7 @@ impl TrainArgs {
                 seed: seed.unwrap_or(1),
                 accumulate: self.accumulate,
                 input_lr_scale: self.input_lr_scale,
+                optimizer,
                 ..Default::default()
             },
             freeze_encoder: self.freeze_encoder,

@@ -80,18 +80,50 @@ pub fn expect_shape(path: &Path, t: &HostTensor, want: &[usize]) -> Result<()> {
 
 /// Writes f32 tensors (name, shape, values) atomically: a temp file beside `path`, then rename.
 pub fn write_tensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> Result<()> {
-    // safetensors is little-endian whatever the host is.
-    let bytes: Vec<Vec<u8>> = tensors
+    let all: Vec<TensorBytes> = tensors
         .iter()
-        .map(|t| t.2.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .map(|(name, shape, values)| TensorBytes::f32(name, shape.clone(), values))
         .collect();
+    write_tensor_bytes(path, &all)
+}
+
+/// A tensor to write: name, element type, shape and its little-endian bytes.
+pub struct TensorBytes {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl TensorBytes {
+    pub fn f32(name: &str, shape: Vec<usize>, values: &[f32]) -> TensorBytes {
+        TensorBytes {
+            name: name.to_string(),
+            dtype: Dtype::F32,
+            shape,
+            // safetensors is little-endian whatever the host is.
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    pub fn u8(name: &str, values: &[u8]) -> TensorBytes {
+        TensorBytes {
+            name: name.to_string(),
+            dtype: Dtype::U8,
+            shape: vec![values.len()],
+            bytes: values.to_vec(),
+        }
+    }
+}
+
+/// Writes tensors of any element type atomically, as `write_tensors`.
+pub fn write_tensor_bytes(path: &Path, tensors: &[TensorBytes]) -> Result<()> {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), bytes)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
-                .map(|v| (name.to_string(), v))
-                .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))
+        .map(|t| {
+            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| Error::Invalid(format!("tensor {}: {e}", t.name)))
         })
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, None)

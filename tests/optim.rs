@@ -277,3 +277,157 @@ fn multi_tensor_kernels_give_the_bits_of_one_launch_per_tensor() {
         }
     }
 }
+
+/// The dynamic quantisation maps of 8-bit AdamW: 256 strictly increasing values, 0 and 1 among
+/// them, signed within [-1, 1] and unsigned within [0, 1]; and their resolution: decade i
+/// (0..6), [10^(i-7), 10^(i-6)], holds 2^i points (signed; 2^(i+1) unsigned) evenly over its
+/// upper nine tenths, so any |x| in it is within half their spacing, 0.45 x 10^(i-6) / 2^i, of
+/// a code (between two decades the gap is narrower than that).
+#[test]
+fn eight_bit_maps_are_dense_near_zero_and_cover_the_block_maximum() {
+    use emrclass::ops::adamw8bit::{dynamic_map, zero_code};
+    use emrclass::reference::adamw8bit::nearest_code;
+    for signed in [true, false] {
+        let map = dynamic_map(signed);
+        assert_eq!(map.len(), 256);
+        assert!(map.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+        assert!(map.contains(&0.0) && map.contains(&1.0));
+        assert_eq!(map[zero_code(signed) as usize], 0.0);
+        let low = if signed { -1.0 } else { 0.0 };
+        assert!(map[0] >= low && map[255] == 1.0);
+        let mut rng = Rng::new(3);
+        for _ in 0..20_000 {
+            let x = 10f64.powf(-7.0 * rng.uniform());
+            let decade = (x.log10().floor() + 7.0).clamp(0.0, 6.0) as i32;
+            let points = if signed { 1 << decade } else { 2 << decade };
+            let bound = 0.45 * 10f64.powi(decade - 6) / points as f64 + 1e-15;
+            let q = map[nearest_code(&map, x) as usize];
+            assert!((q - x).abs() <= bound, "signed {signed}: {x} -> {q}");
+            if signed {
+                let qn = map[nearest_code(&map, -x) as usize];
+                assert!((qn + x).abs() <= bound, "{} -> {qn}", -x);
+            }
+        }
+    }
+}
+
+/// `Optimizer` with adamw8bit: a tensor of 4096+ elements gets 8-bit moments, a smaller one and
+/// an embedding table keep fp32 moments; with clipping, per-tensor learning-rate scales and
+/// decay, every step matches the f64 references (fp32 AdamW, and 8-bit AdamW started from the
+/// optimizer's own codes each step, as the kernel check does).
+#[test]
+fn adamw8bit_quantises_large_tensors_and_matches_the_references() {
+    use emrclass::reference::adamw8bit::{adamw8bit_step, Quantized};
+    use emrclass::train::optim::{MomentsRef, OptimizerKind};
+    let dev = common::test_device(Order::Reverse);
+    let mut rng = Rng::new(17);
+    let hp = AdamW {
+        lr: 0.0,
+        weight_decay: 0.05,
+        ..AdamW::default()
+    };
+    let names = [
+        "head.small",
+        "embeddings.word_embeddings.weight",
+        "head.large",
+    ];
+    let sizes = [300usize, 5000, 6001];
+    let (scales, decays) = ([1.0f32, 0.5, 2.0], [true, true, false]);
+    let mut host: Vec<Vec<f64>> = sizes.iter().map(|&n| rng.normals(n, 1.0)).collect();
+    let mut moments: Vec<(Vec<f64>, Vec<f64>)> = sizes
+        .iter()
+        .map(|&n| (vec![0.0; n], vec![0.0; n]))
+        .collect();
+    let up = |v: &[f64]| {
+        dev.upload(&v.iter().map(|&x| x as f32).collect::<Vec<_>>(), "t")
+            .unwrap()
+    };
+    let mut params: Vec<emrclass::Buffer<f32>> = host.iter().map(|p| up(p)).collect();
+    let mut opt = Optimizer::with_kind(hp, OptimizerKind::AdamW8bit);
+    let (lr, clip) = (1e-2f32, 5.0f32);
+    for step in 1..=3u64 {
+        let grads: Vec<Vec<f64>> = sizes.iter().map(|&n| rng.normals(n, 1.0)).collect();
+        let gbufs: Vec<emrclass::Buffer<f32>> = grads.iter().map(|g| up(g)).collect();
+        // The 8-bit tensor's reference starts from the optimizer's state (none at step 1).
+        let start = match opt.moments_ref(names[2]) {
+            Some(MomentsRef::Quantized(q)) => Some(Quantized {
+                m: q.m.to_host().unwrap(),
+                v: q.v.to_host().unwrap(),
+                m_absmax: q
+                    .m_absmax
+                    .to_host()
+                    .unwrap()
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect(),
+                v_absmax: q
+                    .v_absmax
+                    .to_host()
+                    .unwrap()
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect(),
+            }),
+            _ => None,
+        };
+        host[2] = params[2]
+            .to_host()
+            .unwrap()
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        let mut slots: Vec<Slot> = params
+            .iter_mut()
+            .zip(&gbufs)
+            .enumerate()
+            .map(|(t, (p, g))| Slot {
+                name: names[t].into(),
+                value: p,
+                grad: g,
+                lr_scale: scales[t],
+                decay: decays[t],
+            })
+            .collect();
+        let norm = opt.step(&mut slots, lr, Some(clip)).unwrap();
+        let want_norm = grads.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
+        assert!((norm - want_norm).abs() < 1e-5 * want_norm);
+        let scale = clip as f64 / (want_norm + 1e-6);
+        for t in 0..3 {
+            let hp_t = AdamW {
+                lr: lr * scales[t],
+                weight_decay: if decays[t] { hp.weight_decay } else { 0.0 },
+                ..hp
+            };
+            let g: Vec<f64> = grads[t].iter().map(|v| v * scale).collect();
+            if t == 2 {
+                let n = sizes[2];
+                let mut q = start.clone().unwrap_or(Quantized {
+                    m: vec![emrclass::ops::adamw8bit::zero_code(true); n],
+                    v: vec![emrclass::ops::adamw8bit::zero_code(false); n],
+                    m_absmax: vec![0.0; n.div_ceil(2048)],
+                    v_absmax: vec![0.0; n.div_ceil(2048)],
+                });
+                adamw8bit_step(&hp_t, step, &mut host[2], &g, &mut q);
+            } else {
+                let (m, v) = &mut moments[t];
+                r::adamw_step(&hp_t, step, &mut host[t], &g, m, v);
+            }
+        }
+        for t in 0..3 {
+            let err = relative_error(&params[t].to_host().unwrap(), &host[t]);
+            assert!(err < 1e-5, "step {step}: {}: {err:e}", names[t]);
+        }
+    }
+    assert!(matches!(
+        opt.moments_ref(names[0]),
+        Some(MomentsRef::Full(..))
+    ));
+    assert!(matches!(
+        opt.moments_ref(names[1]),
+        Some(MomentsRef::Full(..))
+    ));
+    assert!(matches!(
+        opt.moments_ref(names[2]),
+        Some(MomentsRef::Quantized(_))
+    ));
+}

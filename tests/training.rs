@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use emrclass::model::heads::HeadKind;
 use emrclass::train::checkpoint;
 use emrclass::train::command::{run, TrainOptions};
+use emrclass::train::optim::OptimizerKind;
 use emrclass::Schedule;
 
 fn temp_run(name: &str) -> PathBuf {
@@ -31,7 +32,7 @@ fn small(scale: f64, epochs: usize) -> TrainOptions {
 }
 
 /// Every tensor of a run folder's latest checkpoint, by name, as bits.
-fn checkpoint_bits(run: &std::path::Path) -> Vec<(String, Vec<u32>)> {
+fn checkpoint_bits(run: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     common::tensor_bits(&run.join("checkpoint"))
 }
 
@@ -49,13 +50,25 @@ fn resume_with_gradient_accumulation_continues_exactly() {
     resume_continues_exactly(2);
 }
 
+/// The same with 8-bit AdamW moments: the checkpoint holds their codes and block maxima, and
+/// the resumed run continues from those very codes.
+#[test]
+fn resume_with_8bit_adamw_continues_exactly() {
+    resume_continues_exactly_with(1, OptimizerKind::AdamW8bit);
+}
+
 fn resume_continues_exactly(accumulate: usize) {
+    resume_continues_exactly_with(accumulate, OptimizerKind::AdamW);
+}
+
+fn resume_continues_exactly_with(accumulate: usize, optimizer: OptimizerKind) {
     let dev = common::test_device(Schedule::Forward);
     let base = || {
         let mut o = small(if accumulate == 1 { 0.05 } else { 0.1 }, 2);
         o.checkpoint_every = 3;
         o.head = HeadKind::TextCnnBiGru;
         o.settings.accumulate = accumulate;
+        o.settings.optimizer = optimizer;
         o
     };
     let whole = base();
@@ -77,6 +90,11 @@ fn resume_continues_exactly(accumulate: usize) {
     assert!(
         a.iter().any(|(n, _)| n.starts_with("adam_m.")),
         "moments are saved"
+    );
+    assert_eq!(
+        a.iter().any(|(n, _)| n.starts_with("adam8_m.")),
+        optimizer == OptimizerKind::AdamW8bit,
+        "8-bit moments are saved as codes"
     );
     assert_eq!(a.len(), b.len());
     for ((na, va), (nb, vb)) in a.iter().zip(&b) {

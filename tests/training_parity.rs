@@ -170,6 +170,7 @@ fn options(case: &Value, encoder: Option<PathBuf>, similarity: Option<PathBuf>) 
             clip: case["clip"].as_f64().map(|c| c as f32),
             seed: 1,
             accumulate: u("accumulate"),
+            optimizer: Default::default(),
         },
         ..TrainOptions::default()
     }

@@ -12,10 +12,11 @@ use crate::error::{Error, Result};
 pub const QUANT_BLOCK: usize = 2048;
 
 /// The dynamic quantisation map of the 8-bit optimizers, 256 values sorted ascending: for each
-/// of 7 decades 10^-6 .. 10^0, the midpoints of an even split of [0.1, 1] scaled by the decade,
-/// with twice as many points per decade as the one below (so the relative step is about the
-/// same everywhere), plus 0 and 1. `signed` (for m): 2^i midpoints in decade i, each with its
-/// negative; unsigned (for v): 2^(i+1) midpoints, all positive. Computed in f64.
+/// of 7 decades, [10^-7, 10^-6] up to [0.1, 1], the midpoints of an even split of the decade's
+/// upper nine tenths, twice as many points per decade as in the one below — fine near the
+/// block's maximum (64 signed points in [0.1, 1]), coarse far below it (1 in [1e-7, 1e-6]) —
+/// plus 0 and 1. `signed` (for m): 2^i midpoints in decade i, each with its negative; unsigned
+/// (for v): 2^(i+1) midpoints, all positive. Computed in f64.
 pub fn dynamic_map(signed: bool) -> Vec<f64> {
     let mut map = vec![0.0, 1.0];
     for decade in 0..7i32 {

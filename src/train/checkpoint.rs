@@ -1,7 +1,10 @@
 //! Checkpoints of a training run, in a folder:
 //!
 //! - `tensors-<step>.safetensors`: every parameter under its name, and its AdamW moments as
-//!   `adam_m.<name>` and `adam_v.<name>` (fp32, flat);
+//!   `adam_m.<name>` and `adam_v.<name>` (fp32, flat), or under `--optimizer adamw8bit` its
+//!   8-bit moments as `adam8_m.<name>`, `adam8_v.<name>` (u8 codes) with their block maxima
+//!   `adam8_m_absmax.<name>`, `adam8_v_absmax.<name>` (fp32), so a resumed run continues
+//!   from the very same codes;
 //! - `state.json`: where the run stands (optimizer step, epoch, batches done in it, the epoch's
 //!   running loss, finished epochs, best epoch, patience count), the GHM state, the settings'
 //!   fingerprint, the label names and the character vocabulary, and the tensor file's name.
@@ -17,7 +20,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::weights::{write_atomically, write_tensors, Checkpoint};
+use crate::ops::adamw8bit::{QuantizedMoments, QUANT_BLOCK};
+use crate::weights::{write_atomically, write_tensor_bytes, Checkpoint, TensorBytes};
+
+use super::optim::MomentsRef;
 
 use super::optim::Optimizer;
 use super::trainer::Classifier;
@@ -117,34 +123,42 @@ fn io(path: &Path, e: impl std::fmt::Display) -> Error {
 /// Writes a checkpoint of `model` and `opt` into `dir` (created if missing).
 pub fn save(dir: &Path, model: &mut Classifier, opt: &Optimizer, state: &State) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let mut names = Vec::new();
-    let mut data: Vec<Vec<f32>> = Vec::new();
+    let mut tensors: Vec<TensorBytes> = Vec::new();
+    let flat = |name: String, v: Vec<f32>| TensorBytes::f32(&name, vec![v.len()], &v);
     for slot in model.slots(1.0) {
-        if names.contains(&slot.name) {
+        if tensors.iter().any(|t| t.name == slot.name) {
             return Err(Error::Invalid(format!(
                 "checkpoint: two parameters named `{}`",
                 slot.name
             )));
         }
-        data.push(slot.value.to_host()?);
-        names.push(slot.name.clone());
-        if let Some((m, v)) = opt.moments(&slot.name) {
-            data.push(m.to_host()?);
-            names.push(format!("adam_m.{}", slot.name));
-            data.push(v.to_host()?);
-            names.push(format!("adam_v.{}", slot.name));
+        let name = &slot.name;
+        tensors.push(flat(name.clone(), slot.value.to_host()?));
+        match opt.moments_ref(name) {
+            Some(MomentsRef::Full(m, v)) => {
+                tensors.push(flat(format!("adam_m.{name}"), m.to_host()?));
+                tensors.push(flat(format!("adam_v.{name}"), v.to_host()?));
+            }
+            Some(MomentsRef::Quantized(q)) => {
+                tensors.push(TensorBytes::u8(&format!("adam8_m.{name}"), &q.m.to_host()?));
+                tensors.push(TensorBytes::u8(&format!("adam8_v.{name}"), &q.v.to_host()?));
+                tensors.push(flat(
+                    format!("adam8_m_absmax.{name}"),
+                    q.m_absmax.to_host()?,
+                ));
+                tensors.push(flat(
+                    format!("adam8_v_absmax.{name}"),
+                    q.v_absmax.to_host()?,
+                ));
+            }
+            None => {}
         }
     }
     let tensor_file = format!("tensors-{}.safetensors", state.progress.step);
-    let tensors: Vec<(&str, Vec<usize>, &[f32])> = names
-        .iter()
-        .zip(&data)
-        .map(|(n, d)| (n.as_str(), vec![d.len()], d.as_slice()))
-        .collect();
     // The committed checkpoint's tensor file: kept until the new state.json replaces it.
     let previous = load_state(dir).ok().map(|s| s.tensors);
     remove_leftovers(dir, previous.as_deref());
-    write_tensors(&dir.join(&tensor_file), &tensors)?;
+    write_tensor_bytes(&dir.join(&tensor_file), &tensors)?;
     crate::crash::point("tensors-written");
     let state = State {
         format: FORMAT,
@@ -196,6 +210,41 @@ pub fn load_state(dir: &Path) -> Result<State> {
     Ok(state)
 }
 
+/// The 8-bit moments of parameter `name` (n elements) from a checkpoint: u8 codes of n, fp32
+/// block maxima of ceil(n / 2048); anything else names the tensor and both shapes.
+fn quantized_moments(
+    ck: &Checkpoint,
+    dev: &crate::device::Device,
+    name: &str,
+    n: usize,
+) -> Result<QuantizedMoments> {
+    let codes = |what: &str| -> Result<Vec<u8>> {
+        let key = format!("{what}.{name}");
+        match ck.raw(&key) {
+            Some((safetensors::Dtype::U8, shape, bytes)) if shape == [n] => Ok(bytes.to_vec()),
+            Some((dtype, shape, _)) => Err(io(
+                ck.path(),
+                format!("tensor {key} is {dtype:?} {shape:?}; U8 [{n}] expected"),
+            )),
+            None => Err(io(ck.path(), format!("tensor {key} is missing"))),
+        }
+    };
+    let blocks = n.div_ceil(QUANT_BLOCK);
+    let _role = dev.role(crate::device::Role::OptimizerState);
+    Ok(QuantizedMoments {
+        m: dev.upload(&codes("adam8_m")?, "adam m (8-bit)")?,
+        v: dev.upload(&codes("adam8_v")?, "adam v (8-bit)")?,
+        m_absmax: dev.upload(
+            &ck.get(&format!("adam8_m_absmax.{name}"), &[blocks])?,
+            "adam m absmax",
+        )?,
+        v_absmax: dev.upload(
+            &ck.get(&format!("adam8_v_absmax.{name}"), &[blocks])?,
+            "adam v absmax",
+        )?,
+    })
+}
+
 /// Copies a checkpoint's parameters into `model` and its moments into `opt` (step included).
 /// With `head_only`, the input path keeps its own weights (a frozen encoder's run).
 pub fn restore(
@@ -220,11 +269,14 @@ pub fn restore(
             format!("adam_m.{}", slot.name),
             format!("adam_v.{}", slot.name),
         );
+        let dev = slot.value.device().clone();
         if ck.contains(&m) && ck.contains(&v) {
-            let dev = slot.value.device().clone();
             let mb = dev.upload(&ck.get(&m, &[n])?, "adam m")?;
             let vb = dev.upload(&ck.get(&v, &[n])?, "adam v")?;
             opt.set_moments(&slot.name, mb, vb);
+        } else if ck.contains(&format!("adam8_m.{}", slot.name)) {
+            let state = quantized_moments(&ck, &dev, &slot.name, n)?;
+            opt.set_quantized_moments(&slot.name, state)?;
         }
     }
     model

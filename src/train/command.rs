@@ -22,7 +22,7 @@ use super::checkpoint::{self, ModelSpec, Progress, RunInfo};
 use super::experiment::{head_name, loss_name};
 use super::features::FeatureStore;
 use super::metrics::{Metric, Report};
-use super::optim::Optimizer;
+use super::optim::{Optimizer, OptimizerKind};
 use super::run_folder::{FolderSettings, RunFolder};
 use super::trainer::{
     check_head_input, optimizer, train, Classifier, Control, EpochLog, Event, Input, Split,
@@ -330,6 +330,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         "epochs": o.settings.epochs,
         "batch_size": settings.batch_size,
         "accumulate": settings.accumulate,
+        "optimizer": settings.optimizer.name(),
         "lr": o.settings.lr,
         "seed": o.settings.seed,
         "device": dev.describe(),
@@ -695,7 +696,11 @@ fn fingerprint(o: &TrainOptions, s: &TrainSettings) -> String {
         o.encoder, o.freeze_encoder, o.head, o.loss, o.max_len, o.long_text.name(), o.buckets, o.synthetic_long, o.ghm_warmup_epochs, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
         o.synthetic_scale, o.class_weights, o.similarity, s.epochs, s.batch_size, s.lr, s.input_lr_scale, s.warmup_fraction,
         s.weight_decay, s.clip, s.seed, s.accumulate, o.metric.name()
-    )
+    ) + &match s.optimizer {
+        // Absent for the default, so runs written before the option resume as they did.
+        OptimizerKind::AdamW => String::new(),
+        other => format!(" optimizer={}", other.name()),
+    }
 }
 
 pub fn print_report(r: &Report, names: &[String]) {

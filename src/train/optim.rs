@@ -6,8 +6,65 @@ use std::collections::HashMap;
 
 use crate::device::Buffer;
 use crate::error::{Error, Result};
+use crate::ops::adamw8bit::{self, AdamW8bitTensor, QuantMaps, QuantizedMoments};
 use crate::ops::multi_tensor::{self, AdamWTensor, TensorTable};
 use crate::ops::{self, AdamW};
+
+/// How the optimizer keeps AdamW's moments.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OptimizerKind {
+    /// fp32 m and v: 8 bytes per parameter.
+    #[default]
+    AdamW,
+    /// Block-wise 8-bit m and v (`ops::adamw8bit`): ~2 bytes per parameter, except where
+    /// `keeps_32bit_moments` says.
+    AdamW8bit,
+}
+
+impl OptimizerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::AdamW => "adamw",
+            OptimizerKind::AdamW8bit => "adamw8bit",
+        }
+    }
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "adamw" => Ok(OptimizerKind::AdamW),
+            "adamw8bit" => Ok(OptimizerKind::AdamW8bit),
+            other => Err(Error::Invalid(format!(
+                "no optimizer named `{other}`; optimizers: adamw, adamw8bit"
+            ))),
+        }
+    }
+}
+
+/// Tensors below this many elements keep fp32 moments under adamw8bit: biases and LayerNorm
+/// weights, a few KiB in all, which the paper keeps exact.
+pub const MIN_8BIT_ELEMENTS: usize = 4096;
+
+/// Whether a parameter keeps fp32 moments under adamw8bit: small tensors, and embedding tables
+/// (the paper's advice for stable training: rows that see a gradient rarely keep their moments
+/// exact).
+pub fn keeps_32bit_moments(name: &str, elements: usize) -> bool {
+    elements < MIN_8BIT_ELEMENTS || name.contains("embeddings")
+}
+
+/// One parameter's moments.
+enum Moments {
+    Full(Buffer<f32>, Buffer<f32>),
+    Quantized(QuantizedMoments),
+}
+
+/// One parameter's moments, as checkpoints read them.
+pub enum MomentsRef<'a> {
+    Full(&'a Buffer<f32>, &'a Buffer<f32>),
+    Quantized(&'a QuantizedMoments),
+}
 
 /// Linear warm-up to `peak` over `warmup` steps, then linear decay to 0 at `total`.
 #[derive(Clone, Copy, Debug)]
@@ -85,26 +142,43 @@ pub fn global_norm_cached(grads: &[&Buffer<f32>], cached: &mut Option<TensorTabl
 /// AdamW with moments per parameter name.
 pub struct Optimizer {
     pub hp: AdamW,
+    pub kind: OptimizerKind,
     pub step: u64,
     /// The global gradient norm of the last step, before clipping (what PyTorch's
     /// `clip_grad_norm_` returns).
     pub grad_norm: Option<f64>,
-    moments: HashMap<String, (Buffer<f32>, Buffer<f32>)>,
-    /// The multi-tensor kernels' tables (gradient norm, update), kept between steps.
+    moments: HashMap<String, Moments>,
+    /// adamw8bit's quantisation maps, uploaded at its first step.
+    maps: Option<QuantMaps>,
+    /// The multi-tensor kernels' tables (gradient norm, fp32 and 8-bit updates), kept between
+    /// steps.
     norm_table: Option<TensorTable>,
     update_table: Option<TensorTable>,
+    update8_table: Option<TensorTable>,
 }
 
 impl Optimizer {
     pub fn new(hp: AdamW) -> Self {
+        Optimizer::with_kind(hp, OptimizerKind::AdamW)
+    }
+
+    pub fn with_kind(hp: AdamW, kind: OptimizerKind) -> Self {
         Optimizer {
             hp,
+            kind,
             step: 0,
             grad_norm: None,
             moments: HashMap::new(),
+            maps: None,
             norm_table: None,
             update_table: None,
+            update8_table: None,
         }
+    }
+
+    /// Whether this optimizer keeps `name`'s moments as 8-bit codes.
+    pub fn quantizes(&self, name: &str, elements: usize) -> bool {
+        self.kind == OptimizerKind::AdamW8bit && !keeps_32bit_moments(name, elements)
     }
 
     /// One step at learning rate `lr`; with `clip`, gradients are scaled by
@@ -142,39 +216,83 @@ impl Optimizer {
             if !self.moments.contains_key(&s.name) {
                 let (dev, n) = (s.value.device(), s.value.len());
                 let _role = dev.role(crate::device::Role::OptimizerState);
-                self.moments.insert(
-                    s.name.to_string(),
-                    (dev.zeros(n, "adam m")?, dev.zeros(n, "adam v")?),
-                );
+                let moments = if self.quantizes(&s.name, n) {
+                    if self.maps.is_none() {
+                        self.maps = Some(QuantMaps::new(dev)?);
+                    }
+                    Moments::Quantized(QuantizedMoments::zeros(dev, n)?)
+                } else {
+                    Moments::Full(dev.zeros(n, "adam m")?, dev.zeros(n, "adam v")?)
+                };
+                self.moments.insert(s.name.to_string(), moments);
             }
         }
-        // Every parameter in one launch; the device writes the values and moments.
-        let tensors: Vec<AdamWTensor> = slots
-            .iter()
-            .map(|s| {
-                let (m, v) = &self.moments[&s.name];
-                AdamWTensor {
+        // Every fp32-moment parameter in one launch, every 8-bit one in another; the device
+        // writes the values and moments.
+        let mut full = Vec::new();
+        let mut quantized = Vec::new();
+        for s in slots.iter() {
+            match &self.moments[&s.name] {
+                Moments::Full(m, v) => full.push(AdamWTensor {
                     param: &*s.value,
                     grad: s.grad,
                     m,
                     v,
                     lr_scale: s.lr_scale,
                     decay: s.decay,
-                }
-            })
-            .collect();
+                }),
+                Moments::Quantized(state) => quantized.push(AdamW8bitTensor {
+                    param: &*s.value,
+                    grad: s.grad,
+                    state,
+                    lr_scale: s.lr_scale,
+                    decay: s.decay,
+                }),
+            }
+        }
         let hp = AdamW { lr, ..self.hp };
-        multi_tensor::adamw_step_multi(&hp, self.step, &tensors, scale, &mut self.update_table)?;
+        multi_tensor::adamw_step_multi(&hp, self.step, &full, scale, &mut self.update_table)?;
+        if let Some(maps) = &self.maps {
+            adamw8bit::adamw8bit_step_multi(
+                &hp,
+                self.step,
+                &quantized,
+                scale,
+                maps,
+                &mut self.update8_table,
+            )?;
+        }
         Ok(norm)
     }
 
-    /// Sets the moments of one parameter (restoring a checkpoint).
+    /// Sets the fp32 moments of one parameter (restoring a checkpoint).
     pub fn set_moments(&mut self, name: &str, m: Buffer<f32>, v: Buffer<f32>) {
-        self.moments.insert(name.to_string(), (m, v));
+        self.moments.insert(name.to_string(), Moments::Full(m, v));
     }
 
-    /// The moments of one parameter (for checkpoints).
+    /// Sets the 8-bit moments of one parameter (restoring a checkpoint).
+    pub fn set_quantized_moments(&mut self, name: &str, state: QuantizedMoments) -> Result<()> {
+        if self.maps.is_none() {
+            self.maps = Some(QuantMaps::new(state.m.device())?);
+        }
+        self.moments
+            .insert(name.to_string(), Moments::Quantized(state));
+        Ok(())
+    }
+
+    /// The fp32 moments of one parameter (None: none yet, or 8-bit ones).
     pub fn moments(&self, name: &str) -> Option<(&Buffer<f32>, &Buffer<f32>)> {
-        self.moments.get(name).map(|(m, v)| (m, v))
+        match self.moments.get(name)? {
+            Moments::Full(m, v) => Some((m, v)),
+            Moments::Quantized(_) => None,
+        }
+    }
+
+    /// The moments of one parameter, fp32 or 8-bit (for checkpoints).
+    pub fn moments_ref(&self, name: &str) -> Option<MomentsRef<'_>> {
+        Some(match self.moments.get(name)? {
+            Moments::Full(m, v) => MomentsRef::Full(m, v),
+            Moments::Quantized(q) => MomentsRef::Quantized(q),
+        })
     }
 }

@@ -231,6 +231,8 @@ pub struct TrainSettings {
     /// Micro-batches per optimizer step (gradient accumulation): an effective batch of
     /// batch_size x accumulate.
     pub accumulate: usize,
+    /// fp32 or 8-bit AdamW moments.
+    pub optimizer: super::optim::OptimizerKind,
 }
 
 impl Default for TrainSettings {
@@ -245,6 +247,7 @@ impl Default for TrainSettings {
             clip: Some(1.0),
             seed: 1,
             accumulate: 1,
+            optimizer: Default::default(),
         }
     }
 }
@@ -430,13 +433,17 @@ pub fn schedule(s: &TrainSettings, records: usize) -> Schedule {
     }
 }
 
-/// The optimizer of a run: AdamW (betas 0.9 / 0.999, eps 1e-8) with the settings' weight decay.
+/// The optimizer of a run: AdamW (betas 0.9 / 0.999, eps 1e-8) with the settings' weight decay,
+/// its moments in fp32 or 8-bit as the settings say.
 pub fn optimizer(s: &TrainSettings) -> Optimizer {
-    Optimizer::new(crate::ops::AdamW {
-        lr: s.lr as f32,
-        weight_decay: s.weight_decay,
-        ..crate::ops::AdamW::default()
-    })
+    Optimizer::with_kind(
+        crate::ops::AdamW {
+            lr: s.lr as f32,
+            weight_decay: s.weight_decay,
+            ..crate::ops::AdamW::default()
+        },
+        s.optimizer,
+    )
 }
 
 /// A device check for callers that build models: the encoder-free path needs no sentence vector.

@@ -82,15 +82,15 @@ pub fn emrclass_cli(args: &[&str]) -> (bool, String, String) {
 }
 
 /// Every tensor of a checkpoint folder's committed tensor file (the one its state.json names),
-/// by name, as bits.
-pub fn tensor_bits(dir: &std::path::Path) -> Vec<(String, Vec<u32>)> {
+/// by name, as its stored bytes (fp32 values and 8-bit optimizer codes alike).
+pub fn tensor_bits(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     let state = emrclass::train::checkpoint::load_state(dir).unwrap();
     let ck = emrclass::weights::Checkpoint::open(&dir.join(&state.tensors)).unwrap();
     ck.names()
         .into_iter()
         .map(|n| {
-            let v = ck.get(&n, &ck.shape(&n).unwrap()).unwrap();
-            (n, v.iter().map(|x| x.to_bits()).collect())
+            let (_, _, bytes) = ck.raw(&n).unwrap();
+            (n, bytes.to_vec())
         })
         .collect()
 }
