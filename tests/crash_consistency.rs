@@ -77,8 +77,8 @@ fn train(out: &Path, crash: Option<(&str, u64)>, resume: bool) -> std::process::
 /// latest state's progress and GHM state, and the step lines of log.jsonl.
 #[derive(Debug, PartialEq)]
 struct Outcome {
-    latest: Vec<(String, Vec<u32>)>,
-    best: Vec<(String, Vec<u32>)>,
+    latest: Vec<(String, Vec<u8>)>,
+    best: Vec<(String, Vec<u8>)>,
     progress: String,
     ghm: Vec<u32>,
     steps: Vec<String>,
