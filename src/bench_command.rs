@@ -71,6 +71,9 @@ pub struct StepArgs {
     /// Keep the recomputed layers' inputs in fp16.
     #[arg(long)]
     fp16_checkpoints: bool,
+    /// adamw, adamw8bit or adamw8bit-all, as `train --optimizer`.
+    #[arg(long, default_value = "adamw")]
+    optimizer: String,
 }
 
 /// The step with the encoder memory the planner picks within `budget` (one pass: a plan that
@@ -397,6 +400,7 @@ pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool
                 ));
             }
             let loss: LossKind = loss_kinds(a.loss)?[0];
+            let optimizer = a.optimizer.parse()?;
             let mut rows = Vec::new();
             for &len in &a.len {
                 let shape = step::StepShape {
@@ -415,6 +419,7 @@ pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool
                         fp16_checkpoints: a.fp16_checkpoints,
                         ..Default::default()
                     },
+                    optimizer,
                 };
                 let budget = dev.memory().budget();
                 let shape = if a.recompute.is_none() && budget < usize::MAX {

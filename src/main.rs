@@ -198,6 +198,9 @@ struct PlanArgs {
     /// Plan a frozen encoder (features cached, head trained alone).
     #[arg(long)]
     frozen: bool,
+    /// adamw, adamw8bit or adamw8bit-all, as `train --optimizer`.
+    #[arg(long, default_value = "adamw")]
+    optimizer: String,
     /// Classes of the head (CHIP-CTC has 44).
     #[arg(long, default_value_t = 44)]
     classes: usize,
@@ -294,8 +297,9 @@ struct TrainArgs {
     /// Gradient accumulation: micro-batches of --batch-size per optimizer step.
     #[arg(long, default_value_t = 1)]
     pub accumulate: usize,
-    /// adamw (fp32 moments) or adamw8bit (block-wise 8-bit moments: ~2 bytes per parameter
-    /// instead of 8; tensors under 4096 elements and embedding tables keep fp32 moments).
+    /// adamw (fp32 moments), adamw8bit (block-wise 8-bit moments: ~2 bytes per parameter
+    /// instead of 8; tensors under 4096 elements and embedding tables keep fp32 moments) or
+    /// adamw8bit-all (embedding tables in 8 bits too).
     #[arg(long, default_value = "adamw")]
     pub optimizer: String,
     /// Class weights from a file (CSV `class,weight` or a JSON object) instead of the counts.
@@ -498,6 +502,7 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
     use emrclass::plan;
     let mut c = Checks::new();
     let head = c.parse("--head", &a.head);
+    let optimizer = c.parse("--optimizer", &a.optimizer);
     c.count("--batch", a.batch);
     c.count("--classes", a.classes);
     c.at_least("--classes", a.classes, 2, "a classifier");
@@ -512,7 +517,9 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
     let budget = c.bytes("--budget", &a.budget);
     let reserve = c.bytes("--context-reserve", &cli.context_reserve);
     c.finish()?;
-    let (Some(head), Some(budget), Some(reserve)) = (head, budget, reserve) else {
+    let (Some(head), Some(budget), Some(reserve), Some(optimizer)) =
+        (head, budget, reserve, optimizer)
+    else {
         unreachable!("finish() refuses a value that did not parse")
     };
     let model = hub::model_folder(&a.model, hub::Need::Config)?;
@@ -535,6 +542,7 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
         budget,
         reserve,
         frozen: a.frozen,
+        optimizer,
     };
     let p = plan::plan(&request)?;
     plan::print_plan(&p);

@@ -264,8 +264,8 @@ fn gpu_check_packs_and_fails_cleanly_without_a_gpu() {
     let tests = rows(&out_dir.join("tests.jsonl"));
     assert_eq!(
         tests.len(),
-        14,
-        "12 test binaries and the two step benches (plain, 4 GiB plan): {tests:?}"
+        15,
+        "12 test binaries and the three step benches (plain, 8-bit AdamW, 4 GiB plan): {tests:?}"
     );
     for t in &tests {
         if std::path::Path::new("/dev/nvidia0").exists() {

@@ -148,6 +148,7 @@ fn tiny_request(head: HeadKind, loss: LossKind, batch: usize, seq: usize) -> Req
         budget: 1 << 40,
         reserve: 0,
         frozen: false,
+        optimizer: Default::default(),
     }
 }
 
@@ -290,6 +291,7 @@ fn bert_base_fits_4_gib_at_16_x_512_and_32_x_128() {
         budget: 4 << 30,
         reserve: plan::DEFAULT_RESERVE,
         frozen: false,
+        optimizer: Default::default(),
     };
     for (batch, seq) in [(16, 512), (32, 128)] {
         let p = plan::plan(&request(batch, seq)).unwrap();
@@ -588,4 +590,74 @@ fn stdout_of_success(out: &std::process::Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}{err}");
     text
+}
+
+/// 8-bit AdamW in the plan (issue 17): with `adamw8bit` a tensor of 4096+ elements that is not
+/// an embedding table keeps 2 bytes per element and 8 per 2048-element block (two fp32 block
+/// maxima), every other tensor 8 bytes per element, plus the two 256-value maps; with
+/// `adamw8bit-all` the embedding tables too. The optimizer state at the peak is exactly that,
+/// and the simulator measures the same peak, role by role.
+#[test]
+fn eight_bit_moments_are_planned_exactly_and_measured_alike() {
+    use emrclass::model::bert::parameter_shapes;
+    use emrclass::model::heads::Head;
+    use emrclass::train::optim::OptimizerKind;
+    let encoder = BertConfig {
+        hidden_size: 64,
+        intermediate_size: 128,
+        ..tiny_config(2)
+    };
+    for (n, kind) in [OptimizerKind::AdamW8bit, OptimizerKind::AdamW8bitAll]
+        .into_iter()
+        .enumerate()
+    {
+        let base = tiny_request(HeadKind::Paper, LossKind::GhmCs, 3, 9);
+        let req = Request {
+            head: HeadConfig {
+                input: encoder.hidden_size,
+                textcnn_filters: 16,
+                ..base.head.clone()
+            },
+            encoder: encoder.clone(),
+            optimizer: kind,
+            ..base
+        };
+        let head = Head::new(&Device::sizing(), req.head.clone(), &mut Rng::new(1)).unwrap();
+        let tensors: Vec<(String, usize)> = parameter_shapes(&req.encoder)
+            .into_iter()
+            .chain(head.shapes())
+            .map(|(name, shape)| (name, shape.iter().product()))
+            .collect();
+        let mut quantized = 0;
+        let want: usize = tensors
+            .iter()
+            .map(|(name, e)| {
+                let eight = *e >= 4096
+                    && (kind == OptimizerKind::AdamW8bitAll || !name.contains("embeddings"));
+                quantized += eight as usize;
+                if eight {
+                    2 * e + 8 * e.div_ceil(2048)
+                } else {
+                    8 * e
+                }
+            })
+            .sum::<usize>()
+            + 2 * 256 * 4;
+        assert!(quantized >= 4, "the case must quantise several tensors");
+        let strategy = Strategy::whole(3);
+        let planned = plan::measure(&req, &strategy).unwrap();
+        assert_eq!(
+            planned.at_peak[Role::OptimizerState.index()],
+            want,
+            "{kind:?}: optimizer state at the peak"
+        );
+        let dev = common::test_device(if n == 0 {
+            Schedule::Forward
+        } else {
+            Schedule::Random(3)
+        });
+        let measured = plan::run_steps(&dev, &req, &strategy).unwrap();
+        assert_eq!(planned.peak, measured.peak, "{kind:?}");
+        assert_eq!(planned.at_peak, measured.at_peak, "{kind:?}: by role");
+    }
 }

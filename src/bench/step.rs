@@ -30,6 +30,8 @@ pub struct StepShape {
     pub loss: LossKind,
     /// Recomputation and fp16 checkpoints (what a memory plan picks).
     pub memory: EncoderMemory,
+    /// fp32 or 8-bit AdamW moments.
+    pub optimizer: crate::train::optim::OptimizerKind,
 }
 
 #[derive(Serialize)]
@@ -100,6 +102,7 @@ impl StepShape {
             budget,
             reserve: 0,
             frozen: false,
+            optimizer: self.optimizer,
         }
     }
 }
@@ -134,10 +137,13 @@ impl StepModel {
             .map(|_| (rng.next_u64() % s.classes as u64) as i32)
             .collect();
         let settings = TrainSettings::default();
-        let optimizer = Optimizer::new(AdamW {
-            weight_decay: settings.weight_decay,
-            ..AdamW::default()
-        });
+        let optimizer = Optimizer::with_kind(
+            AdamW {
+                weight_decay: settings.weight_decay,
+                ..AdamW::default()
+            },
+            s.optimizer,
+        );
         Ok(StepModel {
             model: Classifier {
                 input: Input::Encoder(Box::new(encoder)),

@@ -30,7 +30,7 @@ use crate::model::heads::{Head, HeadConfig};
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 use crate::ops::AdamW;
 use crate::train::features::FeatureStore;
-use crate::train::optim::Optimizer;
+use crate::train::optim::{Optimizer, OptimizerKind};
 use crate::train::trainer::{Classifier, Input, MicroBatch, TrainSettings};
 
 /// Device memory the engine's allocator does not see: the CUDA context, the loaded NVRTC
@@ -51,6 +51,8 @@ pub struct Request {
     pub reserve: usize,
     /// Encoder frozen: forward once into a feature cache, train the head alone.
     pub frozen: bool,
+    /// fp32 or 8-bit AdamW moments.
+    pub optimizer: OptimizerKind,
 }
 
 impl Request {
@@ -211,7 +213,7 @@ pub fn run_steps(dev: &Device, req: &Request, strategy: &Strategy) -> Result<Mea
         accumulate: strategy.accumulate,
         ..TrainSettings::default()
     };
-    let mut opt = Optimizer::new(AdamW::default());
+    let mut opt = Optimizer::with_kind(AdamW::default(), req.optimizer);
     for _ in 0..2 {
         model.optimizer_step(&micro, &mut opt, 1e-5, &settings)?;
     }

@@ -649,6 +649,7 @@ fn plan_memory(
         budget: m.budget,
         reserve: m.reserve,
         frozen: o.freeze_encoder,
+        optimizer: settings.optimizer,
     };
     let p = plan::plan(&request)?;
     let layers = request.encoder.num_hidden_layers;

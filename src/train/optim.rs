@@ -17,8 +17,10 @@ pub enum OptimizerKind {
     #[default]
     AdamW,
     /// Block-wise 8-bit m and v (`ops::adamw8bit`): ~2 bytes per parameter, except where
-    /// `keeps_32bit_moments` says.
+    /// `keeps_32bit_moments` says (small tensors, embedding tables).
     AdamW8bit,
+    /// As AdamW8bit, the embedding tables' moments in 8 bits too (only small tensors keep fp32).
+    AdamW8bitAll,
 }
 
 impl OptimizerKind {
@@ -26,6 +28,7 @@ impl OptimizerKind {
         match self {
             OptimizerKind::AdamW => "adamw",
             OptimizerKind::AdamW8bit => "adamw8bit",
+            OptimizerKind::AdamW8bitAll => "adamw8bit-all",
         }
     }
 }
@@ -36,8 +39,9 @@ impl std::str::FromStr for OptimizerKind {
         match s {
             "adamw" => Ok(OptimizerKind::AdamW),
             "adamw8bit" => Ok(OptimizerKind::AdamW8bit),
+            "adamw8bit-all" => Ok(OptimizerKind::AdamW8bitAll),
             other => Err(Error::Invalid(format!(
-                "no optimizer named `{other}`; optimizers: adamw, adamw8bit"
+                "no optimizer named `{other}`; optimizers: adamw, adamw8bit, adamw8bit-all"
             ))),
         }
     }
@@ -48,8 +52,8 @@ impl std::str::FromStr for OptimizerKind {
 pub const MIN_8BIT_ELEMENTS: usize = 4096;
 
 /// Whether a parameter keeps fp32 moments under adamw8bit: small tensors, and embedding tables
-/// (the paper's advice for stable training: rows that see a gradient rarely keep their moments
-/// exact).
+/// (the paper's advice for stable training: a row that sees a gradient rarely shares its block
+/// maximum with rows that see large ones, and its small moments would round to 0).
 pub fn keeps_32bit_moments(name: &str, elements: usize) -> bool {
     elements < MIN_8BIT_ELEMENTS || name.contains("embeddings")
 }
@@ -178,7 +182,11 @@ impl Optimizer {
 
     /// Whether this optimizer keeps `name`'s moments as 8-bit codes.
     pub fn quantizes(&self, name: &str, elements: usize) -> bool {
-        self.kind == OptimizerKind::AdamW8bit && !keeps_32bit_moments(name, elements)
+        match self.kind {
+            OptimizerKind::AdamW => false,
+            OptimizerKind::AdamW8bit => !keeps_32bit_moments(name, elements),
+            OptimizerKind::AdamW8bitAll => elements >= MIN_8BIT_ELEMENTS,
+        }
     }
 
     /// One step at learning rate `lr`; with `clip`, gradients are scaled by
