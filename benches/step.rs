@@ -23,6 +23,7 @@ fn bench_step(c: &mut Criterion) {
         head: HeadKind::Paper,
         loss: LossKind::CrossEntropy,
         memory: Default::default(),
+        optimizer: Default::default(),
     };
     let mut devices = vec![(Device::simt(Schedule::Forward), tiny.clone(), 10_000usize)];
     if let Ok(cuda) = Device::cuda() {

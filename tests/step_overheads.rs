@@ -24,6 +24,7 @@ fn bert_base(len: usize) -> StepShape {
         head: HeadKind::Paper,
         loss: LossKind::GhmCs,
         memory: EncoderMemory::default(),
+        optimizer: Default::default(),
     }
 }
 
