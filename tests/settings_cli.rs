@@ -88,6 +88,10 @@ fn train_flags_are_refused_before_any_work() {
         (&["--head", "cls"], &["--head cls", "--encoder"]),
         (&["--head", "bogus"], &["--head bogus", "no head named"]),
         (&["--metric", "auc"], &["--metric auc"]),
+        (
+            &["--optimizer", "sgd"],
+            &["--optimizer sgd", "adamw, adamw8bit, adamw8bit-all"],
+        ),
         (&["--head", "bag", "--buckets", "0"], &["--buckets 0"]),
         (
             &["--long-text", "middle"],
