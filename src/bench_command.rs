@@ -9,7 +9,7 @@ use emrclass::ops::{Gemm, GemmTile};
 use emrclass::settings::Checks;
 use emrclass::{Device, Error, Result};
 
-use super::{loss_kinds, LossArg};
+use super::{loss_kinds, LossArg, SavedActivations};
 
 /// Where results go besides the table (global to every bench family).
 #[derive(clap::Args, Clone)]
@@ -74,6 +74,9 @@ pub struct StepArgs {
     /// adamw, adamw8bit or adamw8bit-all, as `train --optimizer`.
     #[arg(long, default_value = "adamw")]
     optimizer: String,
+    /// fp32 or fp16, as `train --saved-activations`.
+    #[arg(long, value_enum, default_value_t = SavedActivations::Fp32)]
+    saved_activations: SavedActivations,
 }
 
 /// The step with the encoder memory the planner picks within `budget` (one pass: a plan that
@@ -417,6 +420,7 @@ pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool
                     memory: emrclass::model::bert::EncoderMemory {
                         recompute_layers: a.recompute.unwrap_or(0),
                         fp16_checkpoints: a.fp16_checkpoints,
+                        fp16_activations: a.saved_activations == SavedActivations::Fp16,
                         ..Default::default()
                     },
                     optimizer,

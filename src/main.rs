@@ -201,6 +201,9 @@ struct PlanArgs {
     /// adamw, adamw8bit or adamw8bit-all, as `train --optimizer`.
     #[arg(long, default_value = "adamw")]
     optimizer: String,
+    /// fp32 or fp16, as `train --saved-activations`.
+    #[arg(long, value_enum, default_value_t = SavedActivations::Fp32)]
+    saved_activations: SavedActivations,
     /// Classes of the head (CHIP-CTC has 44).
     #[arg(long, default_value_t = 44)]
     classes: usize,
@@ -302,6 +305,10 @@ struct TrainArgs {
     /// adamw8bit-all (embedding tables in 8 bits too).
     #[arg(long, default_value = "adamw")]
     pub optimizer: String,
+    /// How the encoder's kept activations are stored for backward: fp32, or fp16 (half the
+    /// bytes; fp32 arithmetic, statistics in fp32; gradients within ~1e-3 of fp32's).
+    #[arg(long, value_enum, default_value_t = SavedActivations::Fp32)]
+    pub saved_activations: SavedActivations,
     /// Class weights from a file (CSV `class,weight` or a JSON object) instead of the counts.
     #[arg(long)]
     pub class_weights: Option<std::path::PathBuf>,
@@ -409,8 +416,16 @@ impl TrainArgs {
             quiet: self.quiet,
             stop_after_steps: self.stop_after_steps,
             memory,
+            fp16_activations: self.saved_activations == SavedActivations::Fp16,
         })
     }
+}
+
+/// How saved activations are stored (`--saved-activations`).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SavedActivations {
+    Fp32,
+    Fp16,
 }
 
 /// What `export --to` writes.
@@ -543,6 +558,7 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
         reserve,
         frozen: a.frozen,
         optimizer,
+        fp16_activations: a.saved_activations == SavedActivations::Fp16,
     };
     let p = plan::plan(&request)?;
     plan::print_plan(&p);

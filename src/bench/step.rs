@@ -103,6 +103,7 @@ impl StepShape {
             reserve: 0,
             frozen: false,
             optimizer: self.optimizer,
+            fp16_activations: self.memory.fp16_activations,
         }
     }
 }

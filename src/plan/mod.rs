@@ -53,6 +53,9 @@ pub struct Request {
     pub frozen: bool,
     /// fp32 or 8-bit AdamW moments.
     pub optimizer: OptimizerKind,
+    /// The encoder's kept activations stored in fp16 (`--saved-activations fp16`): every
+    /// strategy tried keeps them so.
+    pub fp16_activations: bool,
 }
 
 impl Request {
@@ -98,6 +101,9 @@ impl Strategy {
         }
         if self.memory.fp16_weights {
             parts.push("weights stored in fp16".into());
+        }
+        if self.memory.fp16_activations && self.memory.recompute_layers < layers && !frozen {
+            parts.push("kept activations stored in fp16".into());
         }
         if self.accumulate > 1 {
             parts.push(format!(
@@ -286,10 +292,15 @@ pub fn plan(req: &Request) -> Result<Plan> {
         .filter(|&d| req.batch.is_multiple_of(d))
         .collect();
     for micro in divisors {
+        let whole = Strategy::whole(req.batch);
         let base = Strategy {
             micro_batch: micro,
             accumulate: req.batch / micro,
-            ..Strategy::whole(req.batch)
+            memory: EncoderMemory {
+                fp16_activations: req.fp16_activations,
+                ..whole.memory
+            },
+            ..whole
         };
         let m = attempt(req, base, &mut tried)?;
         if m.peak <= usable {
@@ -321,6 +332,7 @@ pub fn plan(req: &Request) -> Result<Plan> {
                 recompute_layers: k,
                 fp16_checkpoints: fp16,
                 fp16_weights: false,
+                fp16_activations: req.fp16_activations,
             },
             ..base
         };

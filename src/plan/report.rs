@@ -123,7 +123,7 @@ pub fn print_plan(plan: &Plan) {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TableRow {
     pub seq: usize,
-    /// Full fine-tuning, every activation kept.
+    /// Full fine-tuning, every activation kept (in fp16 with `--saved-activations fp16`).
     pub kept: Option<usize>,
     /// Full fine-tuning, every layer recomputed (bit-exact).
     pub recompute: Option<usize>,
@@ -140,6 +140,7 @@ pub fn table(req: &Request, seqs: &[usize], cap: usize) -> Result<Vec<TableRow>>
         recompute_layers: layers,
         fp16_checkpoints: fp16,
         fp16_weights: false,
+        fp16_activations: false,
     };
     let frozen_fp16 = EncoderMemory {
         fp16_weights: true,
@@ -158,7 +159,14 @@ pub fn table(req: &Request, seqs: &[usize], cap: usize) -> Result<Vec<TableRow>>
             };
             Ok(TableRow {
                 seq,
-                kept: largest_batch(&full, EncoderMemory::default(), cap)?,
+                kept: largest_batch(
+                    &full,
+                    EncoderMemory {
+                        fp16_activations: req.fp16_activations,
+                        ..EncoderMemory::default()
+                    },
+                    cap,
+                )?,
                 recompute: largest_batch(&full, all(false), cap)?,
                 recompute_fp16: largest_batch(&full, all(true), cap)?,
                 frozen: largest_batch(&frozen, frozen_fp16, cap)?,

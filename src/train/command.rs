@@ -86,6 +86,8 @@ pub struct TrainOptions {
     pub stop_after_steps: Option<u64>,
     /// Plan the encoder's memory for this budget (`--memory-budget`); None: unlimited.
     pub memory: Option<MemoryBudget>,
+    /// Store the encoder's kept activations in fp16 (`--saved-activations fp16`).
+    pub fp16_activations: bool,
 }
 
 /// A device memory budget and the part of it that is not the engine's (CUDA context).
@@ -142,6 +144,7 @@ impl Default for TrainOptions {
             quiet: false,
             memory: None,
             stop_after_steps: None,
+            fp16_activations: false,
         }
     }
 }
@@ -244,9 +247,13 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     let ghm_warmup_steps = lc.ghm_warmup_steps;
     let mut settings = o.settings.clone();
     let planned = plan_memory(o, &spec, classes, &mut settings)?;
-    let memory = planned
-        .as_ref()
-        .map_or_else(EncoderMemory::default, |p| p.strategy.memory);
+    let memory = planned.as_ref().map_or_else(
+        || EncoderMemory {
+            fp16_activations: o.fp16_activations,
+            ..EncoderMemory::default()
+        },
+        |p| p.strategy.memory,
+    );
     let mut model = build_classifier(dev, &spec, text.input_vocab(), lc, classes, &mut rng)?;
     if let Input::Encoder(enc) = &mut model.input {
         enc.memory = memory;
@@ -331,6 +338,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         "batch_size": settings.batch_size,
         "accumulate": settings.accumulate,
         "optimizer": settings.optimizer.name(),
+        "saved_activations": if o.fp16_activations { "fp16" } else { "fp32" },
         "lr": o.settings.lr,
         "seed": o.settings.seed,
         "device": dev.describe(),
@@ -650,6 +658,7 @@ fn plan_memory(
         reserve: m.reserve,
         frozen: o.freeze_encoder,
         optimizer: settings.optimizer,
+        fp16_activations: o.fp16_activations,
     };
     let p = plan::plan(&request)?;
     let layers = request.encoder.num_hidden_layers;
@@ -701,6 +710,10 @@ fn fingerprint(o: &TrainOptions, s: &TrainSettings) -> String {
         // Absent for the default, so runs written before the option resume as they did.
         OptimizerKind::AdamW => String::new(),
         other => format!(" optimizer={}", other.name()),
+    } + if o.fp16_activations {
+        " saved_activations=fp16"
+    } else {
+        ""
     }
 }
 

@@ -100,6 +100,7 @@ impl BertEncoder {
             // Owned, so that each saved tensor goes as soon as backward is done with it.
             let ls = match state {
                 LayerState::Kept(saved) => *saved,
+                LayerState::Kept16(half) => half.into_fp32()?,
                 LayerState::Checkpoint(input) => self.recompute(l, input, &s)?,
                 LayerState::Checkpoint16(half) => {
                     let mut input = dev.alloc::<f32>(half.len(), "layer input")?;

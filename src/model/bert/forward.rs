@@ -84,7 +84,11 @@ impl BertEncoder {
                 continue;
             }
             layers.push(if l >= self.memory.recompute_layers {
-                LayerState::Kept(Box::new(saved))
+                if self.memory.fp16_activations {
+                    LayerState::Kept16(Box::new(saved.into_fp16()?))
+                } else {
+                    LayerState::Kept(Box::new(saved))
+                }
             } else if self.memory.fp16_checkpoints {
                 let mut half = dev.alloc::<half::f16>(saved.input.len(), "layer input (fp16)")?;
                 ops::convert_f32_to_f16(&saved.input, &mut half)?;

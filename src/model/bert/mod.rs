@@ -188,6 +188,10 @@ pub struct EncoderMemory {
     /// Frozen encoders only: weights stored in fp16, each part's made fp32 just before it runs
     /// (fp32 arithmetic on fp16-rounded weights; see `store_weights_fp16`).
     pub fp16_weights: bool,
+    /// The kept layers' saved tensors stored in fp16 (`--saved-activations fp16`): half their
+    /// bytes; the statistics (attention log-sum-exp, LayerNorm mean and rstd) stay fp32, and
+    /// every tensor is made fp32 again before backward uses it (fp32 arithmetic throughout).
+    pub fp16_activations: bool,
 }
 
 /// What one layer's forward keeps for backward.
@@ -204,9 +208,71 @@ struct LayerSaved {
     ln2: layernorm::Stats,
 }
 
-/// A layer's state between forward and backward: everything, or only its input.
+/// `LayerSaved` with its [rows, *] tensors in fp16 and its statistics in fp32.
+struct LayerSaved16 {
+    tensors: [Buffer<half::f16>; 7],
+    lse: Buffer<f32>,
+    ln1: layernorm::Stats,
+    ln2: layernorm::Stats,
+}
+
+impl LayerSaved {
+    /// Stores the seven [rows, *] tensors in fp16, each fp32 one freed once converted.
+    fn into_fp16(self) -> Result<LayerSaved16> {
+        let half = |b: Buffer<f32>| -> Result<Buffer<half::f16>> {
+            let mut h = b
+                .device()
+                .alloc::<half::f16>(b.len(), "saved activation (fp16)")?;
+            crate::ops::convert_f32_to_f16(&b, &mut h)?;
+            Ok(h)
+        };
+        Ok(LayerSaved16 {
+            tensors: [
+                half(self.input)?,
+                half(self.qkv)?,
+                half(self.context)?,
+                half(self.ln1_in)?,
+                half(self.h1)?,
+                half(self.inter)?,
+                half(self.ln2_in)?,
+            ],
+            lse: self.lse,
+            ln1: self.ln1,
+            ln2: self.ln2,
+        })
+    }
+}
+
+impl LayerSaved16 {
+    /// The fp32 tensors again, for backward (each fp16 one freed once converted).
+    fn into_fp32(self) -> Result<LayerSaved> {
+        let [input, qkv, context, ln1_in, h1, inter, ln2_in] = self.tensors.map(Some);
+        let full = |h: Option<Buffer<half::f16>>| -> Result<Buffer<f32>> {
+            let h = h.expect("each tensor once");
+            let mut f = h.device().alloc::<f32>(h.len(), "saved activation")?;
+            crate::ops::convert_f16_to_f32(&h, &mut f)?;
+            Ok(f)
+        };
+        Ok(LayerSaved {
+            input: full(input)?,
+            qkv: full(qkv)?,
+            context: full(context)?,
+            lse: self.lse,
+            ln1_in: full(ln1_in)?,
+            ln1: self.ln1,
+            h1: full(h1)?,
+            inter: full(inter)?,
+            ln2_in: full(ln2_in)?,
+            ln2: self.ln2,
+        })
+    }
+}
+
+/// A layer's state between forward and backward: everything (in fp32 or fp16), or only its
+/// input.
 enum LayerState {
     Kept(Box<LayerSaved>),
+    Kept16(Box<LayerSaved16>),
     Checkpoint(Buffer<f32>),
     Checkpoint16(Buffer<half::f16>),
 }
@@ -221,6 +287,14 @@ impl LayerState {
                 .iter()
                 .map(|b| b.bytes())
                 .sum::<usize>()
+                    + [&s.ln1, &s.ln2]
+                        .iter()
+                        .map(|st| st.mean.bytes() + st.rstd.bytes())
+                        .sum::<usize>()
+            }
+            LayerState::Kept16(s) => {
+                s.tensors.iter().map(|b| b.bytes()).sum::<usize>()
+                    + s.lse.bytes()
                     + [&s.ln1, &s.ln2]
                         .iter()
                         .map(|st| st.mean.bytes() + st.rstd.bytes())
