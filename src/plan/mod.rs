@@ -292,15 +292,13 @@ pub fn plan(req: &Request) -> Result<Plan> {
         .filter(|&d| req.batch.is_multiple_of(d))
         .collect();
     for micro in divisors {
-        let whole = Strategy::whole(req.batch);
         let base = Strategy {
             micro_batch: micro,
             accumulate: req.batch / micro,
             memory: EncoderMemory {
                 fp16_activations: req.fp16_activations,
-                ..whole.memory
+                ..EncoderMemory::default()
             },
-            ..whole
         };
         let m = attempt(req, base, &mut tried)?;
         if m.peak <= usable {
