@@ -168,18 +168,23 @@ fn same_as_committed(out: &Path, case: &str) {
     }
 }
 
-fn export_and_compare(head: &str) {
-    let encoder = common::tiny_bert_dir(&format!("export-encoder-{head}"));
-    let run = make_run(head, Some(encoder), head);
-    let out = tmp(&format!("out-{head}"));
-    let (ok, stdout, stderr) = emrclass_cli(&[
+/// `emrclass export --run RUN --to hf OUT` through the binary: (success, stdout, stderr).
+fn export(run: &Path, out: &Path) -> (bool, String, String) {
+    emrclass_cli(&[
         "export",
         "--run",
         run.to_str().unwrap(),
         "--to",
         "hf",
         out.to_str().unwrap(),
-    ]);
+    ])
+}
+
+fn export_and_compare(head: &str) {
+    let encoder = common::tiny_bert_dir(&format!("export-encoder-{head}"));
+    let run = make_run(head, Some(encoder), head);
+    let out = tmp(&format!("out-{head}"));
+    let (ok, stdout, stderr) = export(&run, &out);
     assert!(ok, "export failed: {stdout}{stderr}");
     same_as_committed(&out, head);
 
@@ -252,14 +257,7 @@ fn paper_head_exports_as_bert_model_and_the_readme_module() {
 fn export_refuses_a_non_empty_folder_and_an_encoder_free_run() {
     let run = make_run("textcnn", None, "encoder-free");
     let out = tmp("refused");
-    let (ok, _, stderr) = emrclass_cli(&[
-        "export",
-        "--run",
-        run.to_str().unwrap(),
-        "--to",
-        "hf",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = export(&run, &out);
     assert!(!ok && stderr.contains("without a BERT encoder"), "{stderr}");
     assert!(!out.exists(), "a refused export left {}", out.display());
 
@@ -267,14 +265,7 @@ fn export_refuses_a_non_empty_folder_and_an_encoder_free_run() {
     let run = make_run("cls", Some(encoder), "refused-cls");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "mine").unwrap();
-    let (ok, _, stderr) = emrclass_cli(&[
-        "export",
-        "--run",
-        run.to_str().unwrap(),
-        "--to",
-        "hf",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = export(&run, &out);
     assert!(!ok && stderr.contains("not empty"), "{stderr}");
     assert_eq!(files(&out), vec![PathBuf::from("keep.txt")]);
     assert_eq!(

@@ -153,12 +153,8 @@ pub fn adamw8bit_step_multi(
             blocks,
         ));
     }
-    let key = entries
-        .iter()
-        .flat_map(|(f, _)| f.iter().copied())
-        .collect();
     let dev = first.param.device();
-    let table = TensorTable::get(cached, dev, key, &entries)?;
+    let table = TensorTable::get(cached, dev, &entries)?;
     let (bc1, bc2) = hp.bias_corrections(step);
     dev.launch(
         "adamw8bit_step_multi",

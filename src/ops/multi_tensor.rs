@@ -17,14 +17,17 @@ pub struct TensorTable {
 }
 
 impl TensorTable {
-    /// The table for `entries` (per tensor: its fixed fields, its length, its block count), or
-    /// `cached` when that was built from the same key.
+    /// The table for `entries` (per tensor: its fields, then its block count), or `cached`
+    /// when that was built from the same fields.
     pub(crate) fn get<'c>(
         cached: &'c mut Option<TensorTable>,
         dev: &Device,
-        key: Vec<u64>,
         entries: &[(Vec<u64>, usize)],
     ) -> Result<&'c TensorTable> {
+        let key: Vec<u64> = entries
+            .iter()
+            .flat_map(|(f, _)| f.iter().copied())
+            .collect();
         if cached.as_ref().is_none_or(|t| t.key != key) {
             let mut words = Vec::new();
             let mut map = Vec::new();
@@ -93,11 +96,7 @@ pub fn sum_squares_partial_multi(
             )
         })
         .collect();
-    let key = entries
-        .iter()
-        .flat_map(|(f, _)| f.iter().copied())
-        .collect();
-    let table = TensorTable::get(cached, first.device(), key, &entries)?;
+    let table = TensorTable::get(cached, first.device(), &entries)?;
     need(
         "sum_squares_partial_multi",
         "partial",
@@ -168,12 +167,8 @@ pub fn adamw_step_multi(
             blocks,
         ));
     }
-    let key = entries
-        .iter()
-        .flat_map(|(f, _)| f.iter().copied())
-        .collect();
     let dev = first.param.device();
-    let table = TensorTable::get(cached, dev, key, &entries)?;
+    let table = TensorTable::get(cached, dev, &entries)?;
     let (bc1, bc2) = hp.bias_corrections(step);
     dev.launch(
         "adamw_step_multi",

@@ -9,7 +9,7 @@ use crate::model::bert::BertConfig;
 pub type Params = HashMap<String, Vec<f64>>;
 
 /// y = x W^T + b for x [rows, n_in], W [n_out, n_in].
-fn linear(x: &[f64], w: &[f64], b: &[f64], n_in: usize, n_out: usize) -> Vec<f64> {
+pub(crate) fn linear(x: &[f64], w: &[f64], b: &[f64], n_in: usize, n_out: usize) -> Vec<f64> {
     let rows = x.len() / n_in;
     let mut y = vec![0.0; rows * n_out];
     for r in 0..rows {
@@ -24,7 +24,7 @@ fn linear(x: &[f64], w: &[f64], b: &[f64], n_in: usize, n_out: usize) -> Vec<f64
 }
 
 /// (dx, dW, db) of `linear`.
-fn linear_backward(
+pub(crate) fn linear_backward(
     x: &[f64],
     w: &[f64],
     dy: &[f64],

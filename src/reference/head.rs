@@ -188,17 +188,9 @@ pub fn forward(
         Some(seed) => super::dropout(&f, shape.dropout, seed),
         None => f,
     };
-    let batch = lengths.len();
-    let n = f.len() / batch.max(1);
+    let n = f.len() / lengths.len().max(1);
     let (w, b) = (&p["head.classifier.weight"], &p["head.classifier.bias"]);
-    let mut y = vec![0.0; batch * shape.classes];
-    for r in 0..batch {
-        for k in 0..shape.classes {
-            y[r * shape.classes + k] =
-                b[k] + (0..n).map(|j| f[r * n + j] * w[k * n + j]).sum::<f64>();
-        }
-    }
-    (y, sig)
+    (super::bert::linear(&f, w, b, n, shape.classes), sig)
 }
 
 /// What backward returns: every parameter's gradient, and those of the token states and of
@@ -230,18 +222,8 @@ pub fn backward(
         None => v.to_vec(),
     };
     let fd = drop(&f);
-    let w = &p["head.classifier.weight"];
-    let (mut dw, mut db, mut dfd) = (vec![0.0; k * n], vec![0.0; k], vec![0.0; batch * n]);
-    for r in 0..batch {
-        for c in 0..k {
-            let g = dlogits[r * k + c];
-            db[c] += g;
-            for j in 0..n {
-                dw[c * n + j] += g * fd[r * n + j];
-                dfd[r * n + j] += g * w[c * n + j];
-            }
-        }
-    }
+    let (dfd, dw, db) =
+        super::bert::linear_backward(&fd, &p["head.classifier.weight"], dlogits, n, k);
     // Dropout is a fixed mask times 1/(1-p): its backward is the same map.
     let df = drop(&dfd);
     let mut g = HeadGradients {
