@@ -159,8 +159,15 @@ enum Command {
     /// confusion heat map, GHM's gradient-norm histogram and the settings (an experiment folder:
     /// its heads x losses table and chart). `train` and `experiment` write it themselves.
     Report {
+        #[arg(long, required_unless_present = "compare")]
+        run: Option<std::path::PathBuf>,
+        /// Instead: overlay the learning curves of these run folders into --out (an HTML page,
+        /// with each chart beside it as an SVG).
+        #[arg(long, num_args = 1.., conflicts_with = "run", requires = "out")]
+        compare: Vec<std::path::PathBuf>,
+        /// The page `--compare` writes.
         #[arg(long)]
-        run: std::path::PathBuf,
+        out: Option<std::path::PathBuf>,
     },
     /// Convert a weights file — a PyTorch checkpoint (`pytorch_model.bin`, `*.pt`: zip or legacy
     /// format, read without Python and without running its pickle) or safetensors; a folder
@@ -767,9 +774,15 @@ fn run(cli: &Cli) -> Result<bool> {
             );
             Ok(true)
         }
-        Command::Report { run } => {
-            let path = emrclass::report::write(run)?;
-            eprintln!("wrote {}", path.display());
+        Command::Report { run, compare, out } => {
+            let written = match (run, out) {
+                (Some(run), _) => vec![emrclass::report::write(run)?],
+                (None, Some(out)) => emrclass::report::compare(compare, out)?,
+                (None, None) => unreachable!("clap requires --run or --compare with --out"),
+            };
+            for path in written {
+                eprintln!("wrote {}", path.display());
+            }
             Ok(true)
         }
         Command::Convert { input, output } => {

@@ -401,3 +401,42 @@ fn seeds_give_mean_and_spread_and_a_winner_only_outside_it() {
     }
     assert!(html.contains("textcnn-wce-seed5/report.html"));
 }
+
+/// `report --compare`: two runs' curves overlaid, each read back from the page and matched to
+/// its own log.jsonl; the charts also as SVG files beside the page; a folder that is not a run
+/// is refused by name.
+#[test]
+fn compare_overlays_the_runs_curves() {
+    let dev = common::test_device(Schedule::Forward);
+    let root = scratch("compare");
+    let (a, b) = (root.join("a/run"), root.join("b/run"));
+    run(&dev, &small(a.clone())).unwrap();
+    let mut other = small(b.clone());
+    other.settings.seed = 2;
+    run(&dev, &other).unwrap();
+    let out = root.join("compared.html");
+    let written = emrclass::report::compare(&[a.clone(), b.clone()], &out).unwrap();
+    assert_eq!(
+        written,
+        vec![
+            out.clone(),
+            root.join("compared-loss.svg"),
+            root.join("compared-dev.svg")
+        ]
+    );
+    let html = std::fs::read_to_string(&out).unwrap();
+    let doc = parse(&html);
+    for (dir, name) in [(&a, "a/run"), (&b, "b/run")] {
+        let want: Vec<(f64, f64)> = log_lines(dir)
+            .iter()
+            .filter_map(|v| Some((v.get("step")?.as_f64()?, v.get("loss")?.as_f64()?)))
+            .collect();
+        let got = series(&doc, "loss", name);
+        assert_close("loss", &got, &want, &Frame::of(figure(&doc, "loss")));
+    }
+    for f in &written[1..] {
+        assert!(std::fs::read_to_string(f).unwrap().starts_with("<svg"));
+    }
+    let err = emrclass::report::compare(&[a, root.clone()], &out).unwrap_err();
+    assert!(err.to_string().contains("not a run folder"), "{err}");
+}

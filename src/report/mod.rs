@@ -600,3 +600,91 @@ fn experiment_page(dir: &Path) -> String {
     }
     page(&title, &body)
 }
+
+/// A run's name in a comparison: its folder's name, or parent/name when two runs share it
+/// (`experiment` names its runs the same in every experiment folder).
+fn series_name(dir: &Path, all: &[PathBuf]) -> String {
+    let last = |d: &Path, n: usize| -> String {
+        let parts: Vec<String> = d
+            .components()
+            .rev()
+            .take(n)
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        parts.into_iter().rev().collect::<Vec<_>>().join("/")
+    };
+    let own = last(dir, 1);
+    if all.iter().filter(|d| last(d, 1) == own).count() > 1 {
+        last(dir, 2)
+    } else {
+        own
+    }
+}
+
+/// `emrclass report --compare RUN... --out FILE.html`: the runs' learning curves overlaid —
+/// training loss per logged step, dev macro-F1 at each evaluation — each run named by its
+/// folder, and beside the page each chart as an SVG (`FILE-loss.svg`, `FILE-dev.svg`) for a
+/// README. A run without step lines is named on the page, not an error; a path that is not a
+/// run folder is.
+pub fn compare(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
+    let mut problems = Vec::new();
+    let mut losses = Vec::new();
+    let mut devs = Vec::new();
+    for dir in runs {
+        if !dir.join("log.jsonl").is_file() && !dir.join("run.json").is_file() {
+            return Err(Error::Invalid(format!(
+                "{}: not a run folder (no log.jsonl or run.json)",
+                dir.display()
+            )));
+        }
+        let name = series_name(dir, runs);
+        let mut theirs = Vec::new();
+        let log = read_log(dir, &mut theirs);
+        problems.extend(theirs.into_iter().map(|p| format!("{name}: {p}")));
+        losses.push((name.clone(), log.steps));
+        devs.push((name, log.dev.iter().map(|d| (d.0, d.2)).collect()));
+    }
+    let names: Vec<String> = runs
+        .iter()
+        .zip(&losses)
+        .map(|(_, (n, _))| n.clone())
+        .collect();
+    let loss = charts::lines(
+        "Training loss per logged step",
+        "step",
+        "loss",
+        &losses,
+        None,
+        &[],
+    );
+    let dev = charts::lines(
+        "Dev macro-F1 at each evaluation",
+        "step",
+        "macro-F1",
+        &devs,
+        Some((0.0, 1.0)),
+        &[],
+    );
+    let mut written = Vec::new();
+    let stem = out.with_extension("");
+    for (suffix, chart) in [("loss", &loss), ("dev", &dev)] {
+        if let Ok(c) = chart {
+            let path = PathBuf::from(format!("{}-{suffix}.svg", stem.display()));
+            write_atomically(&path, c.svg.as_bytes())?;
+            written.push(path);
+        }
+    }
+    let mut body = String::new();
+    if !problems.is_empty() {
+        body.push_str("<ul class=\"missing\">\n");
+        for p in &problems {
+            body.push_str(&format!("<li>{}</li>\n", esc(p)));
+        }
+        body.push_str("</ul>\n");
+    }
+    body.push_str(&figure("loss", loss, &names));
+    body.push_str(&figure("dev", dev, &names));
+    write_atomically(out, page("Runs compared", &body).as_bytes())?;
+    written.insert(0, out.to_path_buf());
+    Ok(written)
+}
