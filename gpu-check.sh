@@ -156,10 +156,11 @@ PY
     # BERT-base at 16 x 512 under a 4 GiB budget: `bench step` runs the memory plan (recompute
     # some layers), and records its time, the engine's peak and the device's used memory.
     local plan4=("$emr" --device cuda --memory-budget 4GiB bench --json "$out/bench.jsonl")
-    # The same step with 8-bit AdamW moments (issue 17): time and peak beside PyTorch's AdamW.
+    # The same step with 8-bit AdamW moments and fp16 saved activations (issue 17): its time and
+    # peak beside PyTorch's (fp32 AdamW, eager).
     if [[ $parts == *" bench-step "* ]]; then
         step bench-step 240 "${bench[@]}" step
-        step bench-step-8bit 240 "${bench[@]}" step --optimizer adamw8bit --len 128,512
+        step bench-step-lean 240 "${bench[@]}" step --optimizer adamw8bit --saved-activations fp16 --len 128,512
         step bench-step-4gib 240 "${plan4[@]}" step --len 512
     elif [[ $parts != *" bench "* ]]; then
         :
@@ -171,7 +172,7 @@ PY
         step bench-gru 120 "${bench[@]}" gru
         step bench-lstm 120 "${bench[@]}" lstm
         step bench-step 240 "${bench[@]}" step
-        step bench-step-8bit 240 "${bench[@]}" step --optimizer adamw8bit --len 128,512
+        step bench-step-lean 240 "${bench[@]}" step --optimizer adamw8bit --saved-activations fp16 --len 128,512
         step bench-step-4gib 240 "${plan4[@]}" step --len 512
     else
         step bench-copy 60 "${bench[@]}" copy
@@ -185,7 +186,7 @@ PY
         step bench-textcnn 120 "${bench[@]}" textcnn
         step bench-loss 120 "${bench[@]}" loss --rows 16,256,4096 --classes 44
         step bench-step 300 "${bench[@]}" step --len 128,512
-        step bench-step-8bit 300 "${bench[@]}" step --optimizer adamw8bit --len 128,512
+        step bench-step-lean 300 "${bench[@]}" step --optimizer adamw8bit --saved-activations fp16 --len 128,512
         step bench-step-4gib 300 "${plan4[@]}" step --len 512
     fi
     python3 benches/compare_torch.py report "$out"

@@ -265,7 +265,7 @@ fn gpu_check_packs_and_fails_cleanly_without_a_gpu() {
     assert_eq!(
         tests.len(),
         15,
-        "12 test binaries and the three step benches (plain, 8-bit AdamW, 4 GiB plan): {tests:?}"
+        "12 test binaries and the three step benches (plain, 8-bit AdamW + fp16 activations, 4 GiB plan): {tests:?}"
     );
     for t in &tests {
         if std::path::Path::new("/dev/nvidia0").exists() {
