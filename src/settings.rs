@@ -209,6 +209,10 @@ pub fn check_train(o: &TrainOptions, heads: &[HeadKind]) -> Result<()> {
             "--head bag is its own input path (hashed character n-grams): drop --encoder",
         );
     }
+    c.require(
+        !o.fp16_activations || (o.encoder.is_some() && !o.freeze_encoder),
+        "--saved-activations fp16 stores a fine-tuned encoder's activations: give --encoder (not frozen), or drop it",
+    );
     if o.encoder.is_none() {
         c.count("--embedding-dim", o.embedding_dim);
         for &h in heads {

@@ -92,6 +92,10 @@ fn train_flags_are_refused_before_any_work() {
             &["--optimizer", "sgd"],
             &["--optimizer sgd", "adamw, adamw8bit, adamw8bit-all"],
         ),
+        (
+            &["--saved-activations", "fp16"],
+            &["--saved-activations fp16", "give --encoder"],
+        ),
         (&["--head", "bag", "--buckets", "0"], &["--buckets 0"]),
         (
             &["--long-text", "middle"],
