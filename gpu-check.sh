@@ -15,8 +15,12 @@
 # EMRCLASS_GPU_GRID_SECONDS=N also runs `emrclass experiment` on CHIP-CTC (every encoder-free
 # head with every loss, the issue's PyTorch reference settings) for at most N seconds, writing
 # OUT/results.md and OUT/results.csv after each finished run (EMRCLASS_GPU_GRID_HEADS and
-# EMRCLASS_GPU_GRID_LOSSES narrow it, comma-separated). EMRCLASS_GPU_PARTS picks the parts to run
-# (default "tests train bench"; bench also takes "bench-step" for the training step alone).
+# EMRCLASS_GPU_GRID_LOSSES narrow it, comma-separated; EMRCLASS_GPU_GRID_SEEDS, default 1, runs
+# each cell once per seed). EMRCLASS_GPU_PROTOCOL_SECONDS=N runs issue 16's protocol for the
+# defaults for at most N seconds per data set: textcnn, paper and bag with every loss, seeds
+# 1,2,3, the defaults' settings, on CHIP-CTC and on the long-record synthetic set (head-tail),
+# writing OUT/protocol-chip-ctc.md and OUT/protocol-long.md. EMRCLASS_GPU_PARTS picks the parts
+# to run (default "tests train bench"; bench also takes "bench-step" for the training step alone).
 set -uo pipefail
 cd "$(dirname "$0")"
 BUNDLE=gpu-bundle
@@ -149,8 +153,20 @@ PY
             --embedding-dim 128 --filters 128 --rnn-hidden 128 --dropout 0.5 --lr 1e-3 \
             --batch-size 64 --epochs 5 --max-len 128 --out "$work/grid" --quiet \
             --heads "${EMRCLASS_GPU_GRID_HEADS:-textcnn,bilstm,bigru,textcnn-bigru,paper}" \
-            --losses "${EMRCLASS_GPU_GRID_LOSSES:-ce,wce,focal,ghm,ghm-cs}"
+            --losses "${EMRCLASS_GPU_GRID_LOSSES:-ce,wce,focal,ghm,ghm-cs}" \
+            --seeds "${EMRCLASS_GPU_GRID_SEEDS:-1}"
         cp "$work/grid/results.md" "$work/grid/results.csv" "$out/" 2>/dev/null
+    fi
+    local protocol=${EMRCLASS_GPU_PROTOCOL_SECONDS:-0}
+    if [ "$protocol" -gt 0 ] && [ -f "$work/data/CHIP-CTC_train.json" ]; then
+        local cells=(--heads textcnn,paper,bag --losses ce,wce,focal,ghm,ghm-cs --seeds 1,2,3 --quiet)
+        step protocol-chip-ctc "$protocol" "$emr" --device cuda experiment "${cells[@]}" \
+            --train "$work/data/CHIP-CTC_train.json" --dev "$work/data/CHIP-CTC_dev.json" \
+            --max-len 128 --out "$work/protocol-chip-ctc"
+        cp "$work/protocol-chip-ctc/results.md" "$out/protocol-chip-ctc.md" 2>/dev/null
+        step protocol-long "$protocol" "$emr" --device cuda experiment "${cells[@]}" \
+            --synthetic-long --long-text head-tail --max-len 128 --out "$work/protocol-long"
+        cp "$work/protocol-long/results.md" "$out/protocol-long.md" 2>/dev/null
     fi
     local bench=("$emr" --device cuda bench --json "$out/bench.jsonl" --compare-torch)
     # BERT-base at 16 x 512 under a 4 GiB budget: `bench step` runs the memory plan (recompute
