@@ -5,6 +5,7 @@ use super::{largest_batch, Plan, Request};
 use crate::device::Role;
 use crate::error::Result;
 use crate::model::bert::EncoderMemory;
+use crate::train::optim::OptimizerKind;
 
 fn mib(bytes: usize) -> String {
     format!("{:.1}", bytes as f64 / (1u64 << 20) as f64)
@@ -29,10 +30,16 @@ pub fn print_plan(plan: &Plan) {
         r.loss
     );
     println!(
-        "run: batch {} x seq {}, {}; budget {} = {} MiB reserve (CUDA context, modules, pool rounding) + {} MiB for the engine",
+        "run: batch {} x seq {}, {}, optimizer {}{}; budget {} = {} MiB reserve (CUDA context, modules, pool rounding) + {} MiB for the engine",
         r.batch,
         r.seq,
         if r.frozen { "frozen encoder" } else { "full fine-tuning" },
+        r.optimizer.name(),
+        if r.fp16_activations && !r.frozen {
+            ", saved activations fp16"
+        } else {
+            ""
+        },
         gib(r.budget),
         mib(r.reserve),
         mib(r.usable())
@@ -42,6 +49,9 @@ pub fn print_plan(plan: &Plan) {
     println!("  {:<36} {:>10}", "live at the peak", "MiB");
     for role in Role::ALL {
         let what = match role {
+            Role::OptimizerState if r.optimizer != OptimizerKind::AdamW => {
+                "optimizer state (m, v: 8-bit codes)"
+            }
             Role::OptimizerState => "optimizer state (AdamW m, v)",
             Role::Activations => "activations (made by forward passes)",
             Role::Scratch => "scratch (backward, loss, optimizer)",
@@ -216,6 +226,7 @@ pub fn write_json(path: &std::path::Path, plan: &Plan, rows: &[TableRow]) -> Res
             "vocab": r.encoder.vocab_size, "head": format!("{:?}", r.head.kind),
             "classes": r.head.classes, "loss": format!("{:?}", r.loss), "batch": r.batch,
             "seq": r.seq, "budget": r.budget, "reserve": r.reserve, "frozen": r.frozen,
+            "optimizer": r.optimizer.name(), "fp16_activations": r.fp16_activations,
         },
         "fits": plan.fits,
         "strategy": {
