@@ -50,7 +50,11 @@ pub fn test_device(schedule: emrclass::Schedule) -> emrclass::Device {
 /// of its 97 ids, so that the tokenizer can build: a whole checkpoint folder for `train`.
 #[allow(dead_code)]
 pub fn tiny_bert_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("emrclass-{tag}-{}", std::process::id()));
+    // A fresh folder per call: tests of one binary run in parallel threads of one process, and
+    // two calls with the same tag must not write the files another is reading.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("emrclass-{tag}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let fixture =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert_tiny");
