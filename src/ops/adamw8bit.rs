@@ -79,15 +79,6 @@ impl QuantizedMoments {
             v_absmax: dev.zeros(blocks, "adam v absmax")?,
         })
     }
-
-    /// Elements covered.
-    pub fn len(&self) -> usize {
-        self.m.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.m.is_empty()
-    }
 }
 
 /// One parameter for `adamw8bit_step_multi`.
