@@ -73,7 +73,12 @@ pub fn export_hf(dev: &Device, run: &Path, latest: bool, out: &Path) -> Result<E
         )));
     };
     let mut warnings = Vec::new();
-    if spec.long_text != "head" {
+    if spec.long_text == "chunks" {
+        warnings.push(format!(
+            "the run read long records as up to {} windows of {} tokens and took the {} of their logits; the exported model reads one window: split long texts and pool the same way",
+            spec.max_chunks, spec.max_len, spec.chunk_pool
+        ));
+    } else if spec.long_text != "head" {
         warnings.push(format!(
             "the run kept `--long-text {}`; the tokenizer's truncation keeps the head only: cut long texts the same way before tokenizing",
             spec.long_text

@@ -184,6 +184,104 @@ fn long_records_are_cut_at_the_head_or_at_both_ends() {
     assert!("middle".parse::<LongText>().is_err());
 }
 
+/// --long-text chunks: a long record becomes windows of max_len tokens, each [CLS] + a run of
+/// consecutive body tokens + [SEP], the first at the body's start, the last at its end, each
+/// overlapping the next by at least a quarter of the room; over --max-chunks, that many spread
+/// evenly (gaps allowed); a short record stays one window.
+#[test]
+fn long_records_become_overlapping_windows() {
+    use emrclass::data::batching::LongText;
+    let record = |n: i32| -> Vec<i32> {
+        std::iter::once(2)
+            .chain(100..100 + n)
+            .chain(std::iter::once(3))
+            .collect()
+    };
+    let chunks = |max| LongText::Chunks { max };
+    // Room 8 (max_len 10), stride 6: 20 body tokens need 1 + ceil(12 / 6) = 3 windows,
+    // starting at 0, 6 and 12.
+    let w = chunks(8).windows(record(20), 10);
+    assert_eq!(
+        w,
+        vec![
+            vec![2, 100, 101, 102, 103, 104, 105, 106, 107, 3],
+            vec![2, 106, 107, 108, 109, 110, 111, 112, 113, 3],
+            vec![2, 112, 113, 114, 115, 116, 117, 118, 119, 3],
+        ]
+    );
+    // Every awkward length: every body token is read, windows are max_len long, runs of
+    // consecutive tokens, the overlap at least a quarter of the room.
+    for max_len in [3, 4, 7, 10, 33] {
+        let room = max_len - 2;
+        for n in 0..90 {
+            let ids = record(n);
+            let w = chunks(1000).windows(ids.clone(), max_len);
+            if ids.len() <= max_len {
+                assert_eq!(w, vec![ids.clone()], "max_len {max_len}, {n} tokens");
+                continue;
+            }
+            let mut seen = vec![false; n as usize];
+            let mut last_start = None::<usize>;
+            for win in &w {
+                assert_eq!(win.len(), max_len);
+                assert_eq!((win[0], win[max_len - 1]), (2, 3));
+                let start = (win[1] - 100) as usize;
+                for (k, &t) in win[1..max_len - 1].iter().enumerate() {
+                    assert_eq!(t as usize, 100 + start + k, "consecutive tokens");
+                    seen[start + k] = true;
+                }
+                if let Some(prev) = last_start {
+                    assert!(start > prev, "windows move forward");
+                    assert!(
+                        prev + room - start >= room / 4,
+                        "overlap of a quarter window"
+                    );
+                }
+                last_start = Some(start);
+            }
+            assert!(
+                seen.iter().all(|&s| s),
+                "max_len {max_len}, {n} tokens: all read"
+            );
+        }
+    }
+    // The cap: 2 windows of 20 tokens -> the head and the tail; 1 window -> the head cut.
+    assert_eq!(
+        chunks(2).windows(record(20), 10),
+        vec![
+            vec![2, 100, 101, 102, 103, 104, 105, 106, 107, 3],
+            vec![2, 112, 113, 114, 115, 116, 117, 118, 119, 3],
+        ]
+    );
+    assert_eq!(
+        chunks(1).windows(record(20), 10),
+        vec![LongText::Head.cut(record(20), 10)]
+    );
+    // 3 of 5 needed windows over 40 tokens: starts 0, 16, 32 (evenly spread).
+    let starts: Vec<i32> = chunks(3)
+        .windows(record(40), 10)
+        .iter()
+        .map(|w| w[1] - 100)
+        .collect();
+    assert_eq!(starts, vec![0, 16, 32]);
+    // Head and head-tail are one window: the cut.
+    assert_eq!(
+        LongText::HeadTail.windows(record(20), 10),
+        vec![LongText::HeadTail.cut(record(20), 10)]
+    );
+    assert_eq!(
+        "chunks".parse::<LongText>().unwrap(),
+        LongText::Chunks {
+            max: emrclass::data::batching::DEFAULT_MAX_CHUNKS
+        }
+    );
+    assert_eq!(chunks(3).name(), "chunks");
+    assert_eq!(
+        (chunks(3).max_windows(), LongText::Head.max_windows()),
+        (3, 1)
+    );
+}
+
 /// The long-record set: 30 classes, 2 to 600 records each, hundreds of characters, the subtype
 /// named only in the closing summary (so a head cut of 64 characters cannot see it).
 #[test]

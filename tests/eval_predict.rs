@@ -200,7 +200,7 @@ fn eval_cuts_long_records_as_the_run_did() {
     // The rebuilt input path cuts a long record at both ends: its last tokens are the record's.
     let loaded = emrclass::train::inference::load_run(&dev, &o.out, true).unwrap();
     let record = &dev_set[0].text;
-    let ids = loaded.text.encode(record).unwrap();
+    let ids = loaded.text.encode(record).unwrap().remove(0);
     assert_eq!(ids.len(), 48);
     let vocab = state.run.vocab.as_ref().unwrap();
     let last: String = ids[ids.len() - 5..ids.len() - 1]
@@ -219,4 +219,102 @@ fn eval_cuts_long_records_as_the_run_did() {
     let read = emrclass::data::dataset::ReadOptions::default();
     let report = eval(&dev, &o.out, true, &dev_path, &read, 13).unwrap();
     assert_eq!(report.confusion, best.dev.confusion);
+}
+
+/// --long-text chunks on the long-record set: the run folder keeps the mode and the window cap,
+/// the rebuilt input path reads a long record as windows from its first characters to its last,
+/// `eval` reproduces the best epoch's confusion matrix (the mean over windows, as in training),
+/// and `predict` labels each record as `eval` counted it.
+#[test]
+fn eval_and_predict_read_long_records_as_windows() {
+    let dev = common::test_device(Schedule::Random(4));
+    let dir = temp_dir("chunks");
+    let (base, dev_set) = split_run(&dir, synthetic::generate_long(7, 0.3));
+    let dev_path = base.dev.clone().unwrap();
+    let mut o = TrainOptions {
+        head: emrclass::model::heads::HeadKind::TextCnn,
+        loss: emrclass::model::loss::LossKind::CrossEntropy,
+        long_text: emrclass::data::batching::LongText::Chunks { max: 3 },
+        max_len: 40,
+        embedding_dim: 16,
+        filters: 16,
+        ..base
+    };
+    o.settings.epochs = 2;
+    let logs = run(&dev, &o).unwrap();
+    let best = best_epoch(&logs);
+    let state = emrclass::train::checkpoint::load_state(&o.out.join("best")).unwrap();
+    assert_eq!(
+        (
+            state.run.model.long_text.as_str(),
+            state.run.model.max_chunks
+        ),
+        ("chunks", 3)
+    );
+    let loaded = emrclass::train::inference::load_run(&dev, &o.out, true).unwrap();
+    let vocab = state.run.vocab.as_ref().unwrap();
+    let text_of = |ids: &[i32]| -> String {
+        ids.iter()
+            .map(|&i| vocab[i as usize].as_str())
+            .collect::<String>()
+    };
+    let record = &dev_set[0].text;
+    let chars: Vec<char> = record.chars().collect();
+    assert!(chars.len() > 3 * 38, "a record longer than 3 windows");
+    let windows = loaded.text.encode(record).unwrap();
+    assert_eq!(windows.len(), 3);
+    let first = text_of(&windows[0][1..5]);
+    let last = text_of(&windows[2][35..39]);
+    assert_eq!(first, chars[..4].iter().collect::<String>());
+    assert_eq!(last, chars[chars.len() - 4..].iter().collect::<String>());
+    let read = emrclass::data::dataset::ReadOptions::default();
+    let report = eval(&dev, &o.out, true, &dev_path, &read, 5).unwrap();
+    assert_eq!(report.confusion, best.dev.confusion);
+    // predict: one line per record, its label the class eval counted for it.
+    let input = dir.join("texts.jsonl");
+    let lines: Vec<String> = dev_set
+        .iter()
+        .map(|e| serde_json::json!({ "text": e.text }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let output = dir.join("predicted.jsonl");
+    predict(&dev, &o.out, true, &input, &output, "text", 4).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let predicted: Vec<String> = lines
+        .iter()
+        .map(|l| l["label"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(predicted.len(), dev_set.len());
+    let names = &state.run.labels;
+    // Each record's probabilities: the softmax of the mean of its windows' logits.
+    let mut model = loaded.model;
+    for (e, line) in dev_set.iter().zip(&lines).take(6) {
+        let windows = loaded.text.encode(&e.text).unwrap();
+        let batch =
+            emrclass::data::batching::pad(&windows.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        let z = model.forward(&batch, None).unwrap().to_host().unwrap();
+        let k = names.len();
+        let mean: Vec<f64> = (0..k)
+            .map(|c| (0..windows.len()).map(|w| z[w * k + c] as f64).sum::<f64>())
+            .map(|s| s / windows.len() as f64)
+            .collect();
+        let top = mean.iter().cloned().fold(f64::MIN, f64::max);
+        let total: f64 = mean.iter().map(|v| (v - top).exp()).sum();
+        for (c, name) in names.iter().enumerate() {
+            let want = (mean[c] - top).exp() / total;
+            let got = line["probabilities"][name].as_f64().unwrap();
+            assert!((got - want).abs() < 1e-5, "{name}: {got} vs {want}");
+        }
+    }
+    let mut counts = vec![0u64; names.len() * names.len()];
+    for (e, p) in dev_set.iter().zip(&predicted) {
+        let t = names.iter().position(|n| *n == e.label).unwrap();
+        let q = names.iter().position(|n| n == p).unwrap();
+        counts[t * names.len() + q] += 1;
+    }
+    assert_eq!(counts, report.confusion.counts);
 }

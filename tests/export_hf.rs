@@ -57,6 +57,8 @@ fn make_run(head: &str, encoder: Option<PathBuf>, tag: &str) -> PathBuf {
         frozen: false,
         buckets: 0,
         long_text: "head".into(),
+        max_chunks: 0,
+        chunk_pool: "mean".into(),
     };
     let dev = Device::simt(Schedule::Forward);
     let mut model = build_classifier(
@@ -207,7 +209,7 @@ fn export_and_compare(head: &str) {
         .collect();
     let seqs: Vec<Vec<i32>> = texts
         .iter()
-        .map(|t| loaded.text.encode(t).unwrap())
+        .map(|t| loaded.text.encode(t).unwrap().remove(0))
         .collect();
     for (k, (ids, want)) in seqs
         .iter()

@@ -182,6 +182,7 @@ fn tiny_request(head: HeadKind, loss: LossKind, batch: usize, seq: usize) -> Req
         frozen: false,
         optimizer: Default::default(),
         fp16_activations: false,
+        windows: 1,
     }
 }
 
@@ -332,6 +333,7 @@ fn bert_base_fits_4_gib_at_16_x_512_and_32_x_128() {
         frozen: false,
         optimizer: Default::default(),
         fp16_activations: false,
+        windows: 1,
     };
     for (batch, seq) in [(16, 512), (32, 128)] {
         let p = plan::plan(&request(batch, seq)).unwrap();
@@ -513,6 +515,54 @@ fn train_with_a_memory_budget_runs_the_plan_within_it() {
         .unwrap();
     let text = stdout_of_success(&out);
     assert!(text.contains("memory plan: recompute"), "{text}");
+}
+
+/// --long-text chunks: a micro-batch of b records runs up to b x --max-chunks windows, and the
+/// plan sizes it so. A budget one byte under the unplanned run's peak: the planned run fits it
+/// (a plan of one window per record would keep everything and overrun).
+#[test]
+fn train_plans_for_every_window_of_a_chunked_record() {
+    use emrclass::data::batching::LongText;
+    use emrclass::train::command::{run, MemoryBudget, TrainOptions};
+    let dir = common::tiny_bert_dir("plan-chunks");
+    let options = |name: &str| {
+        let mut o = TrainOptions {
+            synthetic_scale: 0.03,
+            synthetic_long: true,
+            out: std::env::temp_dir().join(format!(
+                "emrclass-plan-chunks-{name}-{}",
+                std::process::id()
+            )),
+            quiet: true,
+            encoder: Some(dir.clone()),
+            head: HeadKind::TextCnn,
+            max_len: 24,
+            long_text: LongText::Chunks { max: 3 },
+            ..TrainOptions::default()
+        };
+        o.settings.epochs = 1;
+        o.settings.batch_size = 4;
+        o.settings.lr = 1e-3;
+        let _ = std::fs::remove_dir_all(&o.out);
+        o
+    };
+    let dev = common::test_device(Schedule::Forward);
+    let free = run(&dev, &options("free")).unwrap();
+    let usable = dev.memory().peak() - 1;
+    let reserve = 1 << 20;
+    let dev = common::test_device(Schedule::Forward).with_budget(usable);
+    let mut o = options("planned");
+    o.memory = Some(MemoryBudget {
+        budget: usable + reserve,
+        reserve,
+    });
+    let planned = run(&dev, &o).unwrap();
+    assert!(dev.memory().peak() <= usable);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(o.out.join("memory-plan.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["request"]["windows"], 3, "{record}");
+    assert_eq!(free[0].dev, planned[0].dev);
 }
 
 #[test]

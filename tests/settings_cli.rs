@@ -99,7 +99,23 @@ fn train_flags_are_refused_before_any_work() {
         (&["--head", "bag", "--buckets", "0"], &["--buckets 0"]),
         (
             &["--long-text", "middle"],
-            &["--long-text middle", "head or head-tail"],
+            &["--long-text middle", "head, head-tail or chunks"],
+        ),
+        (
+            &["--max-chunks", "3"],
+            &["--max-chunks applies to --long-text chunks"],
+        ),
+        (
+            &["--long-text", "chunks", "--max-chunks", "0"],
+            &["--max-chunks 0"],
+        ),
+        (
+            &["--long-text", "chunks", "--chunk-pool", "sum"],
+            &["no chunk pool `sum`", "mean or max"],
+        ),
+        (
+            &["--long-text", "head-tail", "--chunk-pool", "max"],
+            &["--chunk-pool applies to --long-text chunks"],
         ),
         (
             &["--head", "bag", "--encoder", "/no/such/model"],

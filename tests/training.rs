@@ -327,10 +327,12 @@ fn accumulated_gradients_match_the_whole_batch() {
         frozen: false,
         buckets: 0,
         long_text: "head".into(),
+        max_chunks: 0,
+        chunk_pool: "mean".into(),
     };
     let seqs: Vec<Vec<i32>> = examples[..8]
         .iter()
-        .map(|e| text.encode(&e.text).unwrap())
+        .map(|e| text.encode(&e.text).unwrap().remove(0))
         .collect();
     let labels: Vec<i32> = (0..8).map(|i: i32| i % 3).collect();
     let loss =
@@ -383,6 +385,194 @@ fn accumulated_gradients_match_the_whole_batch() {
         checked += 1;
     }
     assert!(checked >= 5);
+}
+
+/// --long-text chunks, pooling over windows: on the simulator (NaN-poisoned outputs, two
+/// schedules) the window pool equals the mean or class-wise max over each record's rows (f64,
+/// on the host), and its backward hands every window 1/n of its record's gradient (mean) or
+/// all of it to the window that won (max, the first of ties); a chunked batch's loss is the
+/// loss of the pooled logits; and a record of n copies of one window trains exactly as that
+/// window alone (same loss, same gradients), under both pools.
+#[test]
+fn chunked_records_pool_their_windows_logits() {
+    use emrclass::data::batching::{CharVocab, LongText};
+    use emrclass::model::window_pool::{Pool, WindowPool};
+    use emrclass::train::checkpoint::ModelSpec;
+    use emrclass::train::command::{build_classifier, TextEncoder};
+    use emrclass::train::trainer::record_batch;
+    for (schedule, pool) in [
+        (Schedule::Forward, Pool::Mean),
+        (Schedule::Random(3), Pool::Mean),
+        (Schedule::Forward, Pool::Max),
+        (Schedule::Random(4), Pool::Max),
+    ] {
+        let dev = common::test_device(schedule);
+        let mut rng = emrclass::check::Rng::new(17);
+        let counts = [1usize, 3, 1, 5, 2];
+        let (rows, classes) = (12, 7);
+        let mut x: Vec<f32> = (0..rows * classes).map(|_| rng.normal() as f32).collect();
+        // A tie in record 1 (windows 1..4), class 2: the first window wins.
+        x[2 * classes + 2] = 9.0;
+        x[3 * classes + 2] = 9.0;
+        let dy: Vec<f32> = (0..counts.len() * classes)
+            .map(|_| rng.normal() as f32)
+            .collect();
+        let mut layer = WindowPool::new(&dev, &counts, rows, pool).unwrap().unwrap();
+        assert_eq!(layer.records(), counts.len());
+        let y = layer
+            .forward(&dev.upload(&x, "x").unwrap(), classes)
+            .unwrap()
+            .to_host()
+            .unwrap();
+        let dx = layer
+            .backward(&dev.upload(&dy, "dy").unwrap(), classes)
+            .unwrap()
+            .to_host()
+            .unwrap();
+        let mut first = 0;
+        for (r, &n) in counts.iter().enumerate() {
+            for c in 0..classes {
+                let values: Vec<f64> = (first..first + n)
+                    .map(|w| x[w * classes + c] as f64)
+                    .collect();
+                let (want, winner) = match pool {
+                    Pool::Max => values
+                        .iter()
+                        .enumerate()
+                        .fold(
+                            (f64::MIN, 0),
+                            |best, (k, &v)| {
+                                if v > best.0 {
+                                    (v, k)
+                                } else {
+                                    best
+                                }
+                            },
+                        ),
+                    _ => (values.iter().sum::<f64>() / n as f64, usize::MAX),
+                };
+                assert!(
+                    (y[r * classes + c] as f64 - want).abs() < 1e-6,
+                    "record {r}"
+                );
+                for (k, w) in (first..first + n).enumerate() {
+                    let g = dy[r * classes + c] as f64;
+                    let want = match pool {
+                        Pool::Max if k == winner => g,
+                        Pool::Max => 0.0,
+                        _ => g / n as f64,
+                    };
+                    assert!(
+                        (dx[w * classes + c] as f64 - want).abs() < 1e-7,
+                        "window {w}"
+                    );
+                }
+            }
+            first += n;
+        }
+        assert!(WindowPool::new(&dev, &[1, 1], 2, pool).unwrap().is_none());
+        assert!(
+            WindowPool::new(&dev, &[2, 1], 2, pool).is_err(),
+            "counts must sum to the rows"
+        );
+    }
+
+    let dev = common::test_device(Schedule::Random(8));
+    let examples = emrclass::data::synthetic::generate_long(3, 0.02);
+    let text = TextEncoder::Chars {
+        vocab: CharVocab::build(&examples, 1),
+        max_len: 20,
+        long: LongText::Chunks { max: 4 },
+    };
+    let spec = ModelSpec {
+        encoder: None,
+        head: "textcnn".into(),
+        loss: "ce".into(),
+        embedding_dim: 8,
+        filters: 5,
+        rnn_hidden: 6,
+        dropout: 0.0,
+        max_len: 20,
+        frozen: false,
+        buckets: 0,
+        long_text: "chunks".into(),
+        max_chunks: 4,
+        chunk_pool: "mean".into(),
+    };
+    let build = || {
+        build_classifier(
+            &dev,
+            &spec,
+            text.input_vocab(),
+            emrclass::model::loss::LossConfig::new(emrclass::model::loss::LossKind::CrossEntropy),
+            3,
+            &mut emrclass::check::Rng::new(9),
+        )
+        .unwrap()
+    };
+    let records: Vec<Vec<Vec<i32>>> = examples[..6]
+        .iter()
+        .map(|e| text.encode(&e.text).unwrap())
+        .collect();
+    let counts: Vec<usize> = records.iter().map(Vec::len).collect();
+    assert!(counts.iter().all(|&n| n == 4), "long records: {counts:?}");
+    let labels: Vec<i32> = (0..6).map(|i: i32| i % 3).collect();
+    let (batch, windows) = record_batch(&records.iter().collect::<Vec<_>>());
+    assert_eq!(windows, counts);
+    // The loss of the mean of the windows' logits (the spec's pool), in f64 from the window
+    // logits.
+    let mut model = build();
+    let z = model.forward(&batch, None).unwrap().to_host().unwrap();
+    let mut want = 0.0f64;
+    let mut first = 0;
+    for (r, &n) in windows.iter().enumerate() {
+        let mean: Vec<f64> = (0..3)
+            .map(|c| (first..first + n).map(|w| z[w * 3 + c] as f64).sum::<f64>() / n as f64)
+            .collect();
+        let lse = mean.iter().map(|v| v.exp()).sum::<f64>().ln();
+        want += (lse - mean[labels[r] as usize]) / windows.len() as f64;
+        first += n;
+    }
+    let loss = model
+        .backward_records(&batch, &windows, &labels, 1)
+        .unwrap();
+    assert!((loss as f64 - want).abs() < 1e-5, "{loss} vs {want}");
+    // Predictions read the same mean.
+    let predicted = model.predict_records(&batch, &windows).unwrap();
+    assert_eq!(predicted.len(), records.len());
+
+    // n copies of a record's first window train as that window alone.
+    let singles: Vec<Vec<Vec<i32>>> = records.iter().map(|r| vec![r[0].clone()]).collect();
+    let copies: Vec<Vec<Vec<i32>>> = records
+        .iter()
+        .zip([1usize, 2, 3, 1, 4, 2])
+        .map(|(r, n)| vec![r[0].clone(); n])
+        .collect();
+    let grads = |set: &[Vec<Vec<i32>>], pool: Pool| {
+        let mut m = build();
+        m.window_pool = pool;
+        let (b, w) = record_batch(&set.iter().collect::<Vec<_>>());
+        let loss = m.backward_records(&b, &w, &labels, 1).unwrap();
+        let g: Vec<(String, Vec<f64>)> = m
+            .slots(1.0)
+            .into_iter()
+            .map(|s| {
+                let v = s.grad.to_host().unwrap();
+                (s.name.clone(), v.iter().map(|&x| x as f64).collect())
+            })
+            .collect();
+        (loss, g)
+    };
+    for pool in [Pool::Mean, Pool::Max] {
+        let (single_loss, single) = grads(&singles, pool);
+        let (copies_loss, copied) = grads(&copies, pool);
+        assert!((single_loss - copies_loss).abs() < 1e-6);
+        for ((name, a), (_, b)) in copied.iter().zip(&single) {
+            let err = common::rel(a, b);
+            assert!(err < 1e-5, "{pool:?} {name}: {err}");
+        }
+        assert!(single.len() >= 4);
+    }
 }
 
 /// Early stopping: with a learning rate of 1e-30 (a zero one is refused) no weight moves by
@@ -453,6 +643,38 @@ fn ghm_warm_up_counts_epochs_of_steps_and_keeps_the_histogram() {
         .map(|x| x.as_f64().unwrap())
         .sum();
     assert!(filled > 0.0, "the histogram fills during the warm-up");
+    // Each bin's β from the histogram: the total over (filled bins x the bin's share), so
+    // β_j S_j is the same for every filled bin; and GHM re-weights from the next step on.
+    let ema: Vec<f64> = common::f64s(&histogram["ghm_ema"]);
+    let beta: Vec<f64> = common::f64s(&histogram["ghm_beta"]);
+    let total: f64 = ema.iter().sum();
+    let filled_bins = ema.iter().filter(|&&s| s > 0.0).count() as f64;
+    assert_eq!(beta.len(), ema.len());
+    for (b, s) in beta.iter().zip(&ema) {
+        let want = if *s > 0.0 {
+            total / (filled_bins * s)
+        } else {
+            0.0
+        };
+        assert!(
+            (b - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{b} vs {want}"
+        );
+    }
+    assert_eq!(histogram["ghm_weighting"], true);
+    let (long_out, _) = run_with(5);
+    let long_log = std::fs::read_to_string(long_out.join("log.jsonl")).unwrap();
+    let still_warm = long_log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("ghm_weighting").is_some())
+        .map(|v| v["ghm_weighting"] == false)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        still_warm,
+        vec![true, true],
+        "a warm-up longer than the run"
+    );
     let (_, cold) = run_with(0);
     assert_ne!(
         warm[0].mean_loss, cold[0].mean_loss,

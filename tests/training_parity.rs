@@ -266,6 +266,7 @@ fn run_engine(dev: &Device, fixture: &Value, name: &str) -> Run {
                 tokens,
                 labels,
                 seed: k as u64,
+                windows: Vec::new(),
             })
             .collect();
         let lr = sched.lr(opt.step + 1) as f32;

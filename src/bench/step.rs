@@ -104,6 +104,7 @@ impl StepShape {
             frozen: false,
             optimizer: self.optimizer,
             fp16_activations: self.memory.fp16_activations,
+            windows: 1,
         }
     }
 }
@@ -150,6 +151,7 @@ impl StepModel {
                 input: Input::Encoder(Box::new(encoder)),
                 head,
                 loss,
+                window_pool: crate::model::window_pool::Pool::Mean,
             },
             batch,
             labels,

@@ -80,7 +80,14 @@ pub enum LongText {
     /// BERT for Text Classification", 2019: head 128 + tail 382 of 510): EMRs put the diagnosis
     /// and the plan at the end.
     HeadTail,
+    /// All of it, as windows of --max-len tokens overlapping by a quarter, at most `max` of
+    /// them (then spread evenly from the first tokens to the last); the model reads each
+    /// window and averages their logits per record, in training and in eval/predict.
+    Chunks { max: usize },
 }
+
+/// Windows per record under `--long-text chunks` unless `--max-chunks` says otherwise.
+pub const DEFAULT_MAX_CHUNKS: usize = 8;
 
 impl std::str::FromStr for LongText {
     type Err = crate::error::Error;
@@ -88,8 +95,11 @@ impl std::str::FromStr for LongText {
         match s {
             "head" => Ok(LongText::Head),
             "head-tail" => Ok(LongText::HeadTail),
+            "chunks" => Ok(LongText::Chunks {
+                max: DEFAULT_MAX_CHUNKS,
+            }),
             other => Err(crate::error::Error::Invalid(format!(
-                "no long-text mode `{other}`: head or head-tail"
+                "no long-text mode `{other}`: head, head-tail or chunks"
             ))),
         }
     }
@@ -100,11 +110,20 @@ impl LongText {
         match self {
             LongText::Head => "head",
             LongText::HeadTail => "head-tail",
+            LongText::Chunks { .. } => "chunks",
+        }
+    }
+
+    /// The most windows a record becomes.
+    pub fn max_windows(self) -> usize {
+        match self {
+            LongText::Chunks { max } => max.max(1),
+            _ => 1,
         }
     }
 
     /// `ids` ([CLS] body [SEP], untruncated) cut to `max_len` tokens: [CLS], the body's first
-    /// tokens (head) or its first and last (head-tail), [SEP].
+    /// tokens (head) or its first and last (head-tail), [SEP]. Chunks cut as head does.
     pub fn cut(self, ids: Vec<i32>, max_len: usize) -> Vec<i32> {
         if ids.len() <= max_len || ids.len() < 2 {
             return ids;
@@ -112,7 +131,7 @@ impl LongText {
         let room = max_len.saturating_sub(2);
         let body = &ids[1..ids.len() - 1];
         let head = match self {
-            LongText::Head => room,
+            LongText::Head | LongText::Chunks { .. } => room,
             LongText::HeadTail => room / 4,
         };
         let tail = room - head;
@@ -122,6 +141,40 @@ impl LongText {
         out.extend_from_slice(&body[body.len() - tail..]);
         out.push(ids[ids.len() - 1]);
         out
+    }
+
+    /// `ids` ([CLS] body [SEP], untruncated) as the windows the model reads, each at most
+    /// `max_len` tokens: the cut record (head, head-tail, or chunks of a record that fits), or
+    /// chunks' [CLS] + `max_len - 2` body tokens + [SEP] windows, starting a quarter window
+    /// short of where the last one ended, the first at the body's start and the last at its end.
+    /// Over `max` windows, `max` are spread evenly over the body (the middle may go unread).
+    pub fn windows(self, ids: Vec<i32>, max_len: usize) -> Vec<Vec<i32>> {
+        let LongText::Chunks { max } = self else {
+            return vec![self.cut(ids, max_len)];
+        };
+        let room = max_len.saturating_sub(2);
+        if ids.len() <= max_len || ids.len() < 2 || room == 0 {
+            return vec![self.cut(ids, max_len)];
+        }
+        let body = &ids[1..ids.len() - 1];
+        let stride = (room - room / 4).max(1);
+        let beyond = body.len() - room;
+        let n = (1 + beyond.div_ceil(stride)).min(max.max(1));
+        (0..n)
+            .map(|i| {
+                // Starts from 0 to `beyond`, evenly spaced, rounded to the nearest token.
+                let start = if n == 1 {
+                    0
+                } else {
+                    (2 * i * beyond + (n - 1)) / (2 * (n - 1))
+                };
+                let mut w = Vec::with_capacity(max_len);
+                w.push(ids[0]);
+                w.extend_from_slice(&body[start..start + room]);
+                w.push(ids[ids.len() - 1]);
+                w
+            })
+            .collect()
     }
 }
 

@@ -60,6 +60,24 @@ impl LossConfig {
     }
 }
 
+/// GHM's weight per bin for a batch distributed as the moving histogram `ema`: β_j =
+/// (Σ S) / (M · S_j) over the M non-empty bins, 0 for empty ones (the kernel's rows / (S_j · M)
+/// with rows = Σ S). Over such a batch the mean β is 1 by construction, so what tells how GHM
+/// treats easy (low g) against hard (high g) examples is β per bin.
+pub fn ghm_bin_beta(ema: &[f32]) -> Vec<f64> {
+    let total: f64 = ema.iter().map(|&s| s as f64).sum();
+    let filled = ema.iter().filter(|&&s| s > 0.0).count() as f64;
+    ema.iter()
+        .map(|&s| {
+            if s > 0.0 {
+                total / (filled * s as f64)
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 pub struct ClassificationLoss {
     config: LossConfig,
     classes: usize,
@@ -177,6 +195,15 @@ impl ClassificationLoss {
 
     pub fn config(&self) -> &LossConfig {
         &self.config
+    }
+
+    /// Whether GHM re-weights the next step: GHM-C always, GHM-CS after its warm-up.
+    pub fn ghm_weighting(&self) -> bool {
+        match self.config.kind {
+            LossKind::GhmC => true,
+            LossKind::GhmCs => self.steps >= self.config.ghm_warmup_steps,
+            _ => false,
+        }
     }
 
     /// The loss of a batch (logits: rows x classes, row-major) and dL/dlogits into `grad`.

@@ -9,3 +9,4 @@ pub mod linear;
 pub mod loss;
 pub mod rnn;
 pub mod textcnn;
+pub mod window_pool;

@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::model::bert::{BertConfig, BertEncoder, EncoderMemory};
 use crate::model::heads::{Head, HeadConfig};
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
+use crate::model::window_pool::Pool;
 use crate::ops::AdamW;
 use crate::train::features::FeatureStore;
 use crate::train::optim::{Optimizer, OptimizerKind};
@@ -56,6 +57,9 @@ pub struct Request {
     /// The encoder's kept activations stored in fp16 (`--saved-activations fp16`): every
     /// strategy tried keeps them so.
     pub fp16_activations: bool,
+    /// Token windows per record (`--long-text chunks`: `--max-chunks`; else 1), each `seq`
+    /// long: a micro-batch of b records runs b x windows rows.
+    pub windows: usize,
 }
 
 impl Request {
@@ -168,18 +172,20 @@ fn loss_config(kind: LossKind, classes: usize) -> LossConfig {
 pub fn run_steps(dev: &Device, req: &Request, strategy: &Strategy) -> Result<Measured> {
     let classes = req.head.classes;
     let (vocab, h) = (req.encoder.vocab_size, req.encoder.hidden_size);
+    let per_record = req.windows.max(1);
+    let rows = strategy.micro_batch * per_record;
     let micro: Vec<MicroBatch> = (0..strategy.accumulate)
         .map(|k| MicroBatch {
-            tokens: sizing_batch(
-                strategy.micro_batch,
-                req.seq,
-                vocab,
-                k * strategy.micro_batch,
-            ),
+            tokens: sizing_batch(rows, req.seq, vocab, k * rows),
             labels: (0..strategy.micro_batch)
                 .map(|r| (r % classes) as i32)
                 .collect(),
             seed: 11 + k as u64,
+            windows: if per_record > 1 {
+                vec![per_record; strategy.micro_batch]
+            } else {
+                Vec::new()
+            },
         })
         .collect();
     let mut rng = Rng::new(1);
@@ -213,7 +219,12 @@ pub fn run_steps(dev: &Device, req: &Request, strategy: &Strategy) -> Result<Mea
     };
     let head = Head::new(dev, req.head.clone(), &mut rng)?;
     let loss = ClassificationLoss::new(dev, classes, loss_config(req.loss, classes))?;
-    let mut model = Classifier { input, head, loss };
+    let mut model = Classifier {
+        input,
+        head,
+        loss,
+        window_pool: Pool::Mean,
+    };
     let settings = TrainSettings {
         batch_size: strategy.micro_batch,
         accumulate: strategy.accumulate,
@@ -223,7 +234,7 @@ pub fn run_steps(dev: &Device, req: &Request, strategy: &Strategy) -> Result<Mea
     for _ in 0..2 {
         model.optimizer_step(&micro, &mut opt, 1e-5, &settings)?;
     }
-    model.predict(&micro[0].tokens)?;
+    model.predict_records(&micro[0].tokens, &micro[0].windows)?;
     if let Input::Encoder(enc) = &mut model.input {
         let t = &micro[0].tokens;
         let _role = dev.role(Role::Activations);
@@ -251,9 +262,9 @@ pub fn measure(req: &Request, strategy: &Strategy) -> Result<Measured> {
 
 fn check(req: &Request) -> Result<()> {
     req.encoder.validate()?;
-    if req.batch == 0 || req.seq == 0 {
+    if req.batch == 0 || req.seq == 0 || req.windows == 0 {
         return Err(Error::Invalid(
-            "plan: batch and sequence length must be at least 1".into(),
+            "plan: batch, sequence length and windows per record must be at least 1".into(),
         ));
     }
     if req.seq > req.encoder.max_position_embeddings {

@@ -227,6 +227,7 @@ pub fn write_json(path: &std::path::Path, plan: &Plan, rows: &[TableRow]) -> Res
             "classes": r.head.classes, "loss": format!("{:?}", r.loss), "batch": r.batch,
             "seq": r.seq, "budget": r.budget, "reserve": r.reserve, "frozen": r.frozen,
             "optimizer": r.optimizer.name(), "fp16_activations": r.fp16_activations,
+            "windows": r.windows,
         },
         "fits": plan.fits,
         "strategy": {

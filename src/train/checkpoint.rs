@@ -84,13 +84,23 @@ pub struct ModelSpec {
     /// The `bag` head's hash buckets (0 for other heads).
     #[serde(default)]
     pub buckets: usize,
-    /// What was kept of records longer than max_len: head or head-tail.
+    /// What was kept of records longer than max_len: head, head-tail or chunks.
     #[serde(default = "head")]
     pub long_text: String,
+    /// Under `chunks`, the most windows per record (0 otherwise).
+    #[serde(default)]
+    pub max_chunks: usize,
+    /// Under `chunks`, how the windows' logits pool: mean or max.
+    #[serde(default = "mean")]
+    pub chunk_pool: String,
 }
 
 fn head() -> String {
     "head".into()
+}
+
+fn mean() -> String {
+    "mean".into()
 }
 
 /// What a run's checkpoints share: labels, vocabulary, settings, model.

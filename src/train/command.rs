@@ -17,6 +17,7 @@ use crate::model::imbalance::{
     class_weights_from_counts, read_class_weights, read_similarity_matrix, similarity_from_edges,
 };
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
+use crate::model::window_pool::Pool;
 
 use super::checkpoint::{self, ModelSpec, Progress, RunInfo};
 use super::experiment::{head_name, loss_name};
@@ -26,7 +27,7 @@ use super::optim::{Optimizer, OptimizerKind};
 use super::run_folder::{FolderSettings, RunFolder};
 use super::trainer::{
     check_head_input, optimizer, train, Classifier, Control, EpochLog, Event, Input, Split,
-    TrainSettings,
+    TrainSettings, Windows,
 };
 use crate::plan;
 use crate::settings;
@@ -51,6 +52,8 @@ pub struct TrainOptions {
     /// GHM-CS: epochs with beta = 1 (plain weighted soft-target CE) before GHM weighting starts;
     /// the histogram still updates.
     pub ghm_warmup_epochs: usize,
+    /// `--long-text chunks`: mean or max over a record's windows' logits.
+    pub chunk_pool: Pool,
     /// The built-in set's long-record mode (`synthetic::generate_long`).
     pub synthetic_long: bool,
     pub embedding_dim: usize,
@@ -119,7 +122,8 @@ impl Default for TrainOptions {
             max_len: 64,
             buckets: 1 << 16,
             long_text: LongText::Head,
-            ghm_warmup_epochs: 0,
+            ghm_warmup_epochs: 1,
+            chunk_pool: Pool::Mean,
             synthetic_long: false,
             embedding_dim: 64,
             filters: 64,
@@ -232,15 +236,21 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
             long: o.long_text,
         },
     };
-    let train_seqs = text.encode_all(&train_set)?;
-    let dev_seqs = text.encode_all(&dev_set)?;
-    let truncated = match text {
-        TextEncoder::NGrams(_) => 0,
-        _ => train_seqs.iter().filter(|s| s.len() >= o.max_len).count(),
+    let train_records = text.encode_all(&train_set)?;
+    let dev_records = text.encode_all(&dev_set)?;
+    // Records cut at --max-len, or (chunks) read as more than one window.
+    let truncated = match (&text, o.long_text) {
+        (TextEncoder::NGrams(_), _) => 0,
+        (_, LongText::Chunks { .. }) => train_records.iter().filter(|r| r.len() > 1).count(),
+        _ => train_records
+            .iter()
+            .filter(|r| r[0].len() >= o.max_len)
+            .count(),
     };
+    let windows: usize = train_records.iter().map(Vec::len).sum();
     let mut lc = loss_config(o, &counts, &map.names)?;
     // GHM-CS's beta = 1 warm-up, in optimizer steps of this data set.
-    let batches = train_seqs.len().div_ceil(o.settings.batch_size.max(1));
+    let batches = train_records.len().div_ceil(o.settings.batch_size.max(1));
     let steps_per_epoch = batches.div_ceil(o.settings.accumulate.max(1)) as u64;
     lc.ghm_warmup_steps = o.ghm_warmup_epochs as u64 * steps_per_epoch;
     let class_weights = lc.class_weights.clone();
@@ -266,18 +276,25 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
             dev,
             &mut model,
             o,
-            &train_seqs,
-            &dev_seqs,
+            &train_records,
+            &dev_records,
             settings.batch_size,
         )?;
     }
     println!(
-        "data: {source}: {} train / {} dev records, {classes} classes (largest {}, smallest {}), {:.1}% truncated at {} tokens",
-        train_seqs.len(),
-        dev_seqs.len(),
+        "data: {source}: {} train / {} dev records, {classes} classes (largest {}, smallest {}), {:.1}% {} {} tokens",
+        train_records.len(),
+        dev_records.len(),
         counts.iter().max().unwrap_or(&0),
         counts.iter().min().unwrap_or(&0),
-        100.0 * truncated as f64 / train_seqs.len().max(1) as f64,
+        100.0 * truncated as f64 / train_records.len().max(1) as f64,
+        match o.long_text {
+            LongText::Chunks { .. } => format!(
+                "longer than one window ({:.2} windows per record) of",
+                windows as f64 / train_records.len().max(1) as f64
+            ),
+            _ => "truncated at".to_string(),
+        },
         o.max_len
     );
     println!(
@@ -292,11 +309,11 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         dev.describe()
     );
     let train_split = Split {
-        seqs: train_seqs,
+        records: train_records,
         labels: train_labels,
     };
     let dev_split = Split {
-        seqs: dev_seqs,
+        records: dev_records,
         labels: dev_labels,
     };
     let mut opt = optimizer(&o.settings);
@@ -324,8 +341,9 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     }
     folder.describe(&serde_json::json!({
         "source": source,
-        "train_records": train_split.seqs.len(),
-        "dev_records": dev_split.seqs.len(),
+        "train_records": train_split.records.len(),
+        "dev_records": dev_split.records.len(),
+        "train_windows": windows,
         "labels": map.names,
         "train_counts": counts,
         "dev_counts": map.counts(&dev_set),
@@ -333,7 +351,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         "model": model_spec(o),
         "loss": loss_name(o.loss),
         "ghm_warmup_steps": ghm_warmup_steps,
-        "truncated_percent": 100.0 * truncated as f64 / train_split.seqs.len().max(1) as f64,
+        "truncated_percent": 100.0 * truncated as f64 / train_split.records.len().max(1) as f64,
         "epochs": o.settings.epochs,
         "batch_size": settings.batch_size,
         "accumulate": settings.accumulate,
@@ -421,14 +439,19 @@ fn freeze(
     dev: &Device,
     model: &mut Classifier,
     o: &TrainOptions,
-    train_seqs: &[Vec<i32>],
-    dev_seqs: &[Vec<i32>],
+    train_records: &[Windows],
+    dev_records: &[Windows],
     batch_size: usize,
 ) -> Result<()> {
     let (Input::Encoder(enc), Some(dir)) = (&mut model.input, &o.encoder) else {
         return Err(Error::Invalid("--freeze-encoder needs --encoder".into()));
     };
-    let all: Vec<Vec<i32>> = train_seqs.iter().chain(dev_seqs).cloned().collect();
+    let all: Vec<Vec<i32>> = train_records
+        .iter()
+        .chain(dev_records)
+        .flatten()
+        .cloned()
+        .collect();
     let t = std::time::Instant::now();
     let (store, cached) = FeatureStore::build(enc, dir, &all, &o.feature_cache, batch_size)?;
     println!(
@@ -485,20 +508,21 @@ pub enum TextEncoder {
 const UNCUT: usize = 1 << 24;
 
 impl TextEncoder {
-    /// [CLS] ... [SEP], cut to max_len as --long-text says, no padding.
-    pub fn encode(&self, text: &str) -> Result<Vec<i32>> {
+    /// The windows the model reads of a text, each [CLS] ... [SEP] without padding: one,
+    /// cut to max_len as --long-text says, or for `chunks` as many as the record needs.
+    pub fn encode(&self, text: &str) -> Result<Vec<Vec<i32>>> {
         match self {
             TextEncoder::Chars {
                 vocab,
                 max_len,
                 long: LongText::Head,
-            } => Ok(vocab.encode(text, *max_len)),
+            } => Ok(vec![vocab.encode(text, *max_len)]),
             TextEncoder::Chars {
                 vocab,
                 max_len,
                 long,
-            } => Ok(long.cut(vocab.encode(text, UNCUT), *max_len)),
-            TextEncoder::NGrams(h) => Ok(h.encode(text)),
+            } => Ok(long.windows(vocab.encode(text, UNCUT), *max_len)),
+            TextEncoder::NGrams(h) => Ok(vec![h.encode(text)]),
             TextEncoder::Bert {
                 tokenizer,
                 max_len,
@@ -506,7 +530,7 @@ impl TextEncoder {
             } => {
                 let first = match long {
                     LongText::Head => *max_len,
-                    LongText::HeadTail => UNCUT,
+                    LongText::HeadTail | LongText::Chunks { .. } => UNCUT,
                 };
                 let b = tokenizer.encode(&[text], first)?;
                 let ids = b
@@ -516,7 +540,7 @@ impl TextEncoder {
                     .filter(|p| p.1 == 1)
                     .map(|p| p.0)
                     .collect();
-                Ok(long.cut(ids, *max_len))
+                Ok(long.windows(ids, *max_len))
             }
         }
     }
@@ -530,7 +554,8 @@ impl TextEncoder {
         }
     }
 
-    pub fn encode_all(&self, examples: &[Example]) -> Result<Vec<Vec<i32>>> {
+    /// Every example's windows.
+    pub fn encode_all(&self, examples: &[Example]) -> Result<Vec<Vec<Vec<i32>>>> {
         examples.iter().map(|e| self.encode(&e.text)).collect()
     }
 }
@@ -553,6 +578,11 @@ pub fn model_spec(o: &TrainOptions) -> ModelSpec {
             0
         },
         long_text: o.long_text.name().to_string(),
+        max_chunks: match o.long_text {
+            LongText::Chunks { max } => max,
+            _ => 0,
+        },
+        chunk_pool: chunk_pool_name(o.chunk_pool).to_string(),
     }
 }
 
@@ -621,7 +651,12 @@ pub fn build_classifier(
     let head = Head::new(dev, head_config(spec, width, classes)?, rng)?;
     check_head_input(&head, spec.encoder.is_some())?;
     let loss = ClassificationLoss::new(dev, classes, loss)?;
-    Ok(Classifier { input, head, loss })
+    Ok(Classifier {
+        input,
+        head,
+        loss,
+        window_pool: chunk_pool_from_name(&spec.chunk_pool)?,
+    })
 }
 
 /// The head a model spec asks for over `width` input features.
@@ -659,13 +694,19 @@ fn plan_memory(
         frozen: o.freeze_encoder,
         optimizer: settings.optimizer,
         fp16_activations: o.fp16_activations,
+        windows: o.long_text.max_windows(),
     };
     let p = plan::plan(&request)?;
     let layers = request.encoder.num_hidden_layers;
     if !p.fits {
         return Err(Error::Invalid(format!(
-            "batch {} x {} tokens does not fit the memory budget: with {} the peak is {:.1} MiB, {:.1} MiB over the engine's {:.1} MiB (see `emrclass plan`)",
+            "batch {}{} x {} tokens does not fit the memory budget: with {} the peak is {:.1} MiB, {:.1} MiB over the engine's {:.1} MiB (see `emrclass plan`)",
             request.batch,
+            if request.windows > 1 {
+                format!(" x {} windows", request.windows)
+            } else {
+                String::new()
+            },
             request.seq,
             p.strategy.describe(layers, request.frozen),
             p.measured.peak as f64 / 1048576.0,
@@ -682,6 +723,28 @@ fn plan_memory(
     settings.batch_size = p.strategy.micro_batch;
     settings.accumulate *= p.strategy.accumulate;
     Ok(Some(p))
+}
+
+/// `--chunk-pool` unless given: the mean (on the long-record set, 3 seeds, max did no better:
+/// README, "Long records").
+pub const DEFAULT_CHUNK_POOL: Pool = Pool::Mean;
+
+/// `--chunk-pool`: how a record's windows pool their logits.
+pub fn chunk_pool_from_name(name: &str) -> Result<Pool> {
+    match name {
+        "mean" => Ok(Pool::Mean),
+        "max" => Ok(Pool::Max),
+        other => Err(Error::Invalid(format!(
+            "no chunk pool `{other}`: mean or max"
+        ))),
+    }
+}
+
+pub fn chunk_pool_name(pool: Pool) -> &'static str {
+    match pool {
+        Pool::Max => "max",
+        _ => "mean",
+    }
 }
 
 pub fn loss_from_name(name: &str) -> Result<LossKind> {
@@ -703,7 +766,10 @@ fn fingerprint(o: &TrainOptions, s: &TrainSettings) -> String {
     format!(
         "train={:?} dev={:?} dev_fraction={} fields={}/{} skip_bad={} encoder={:?} frozen={} head={:?} loss={:?} max_len={} long_text={} buckets={} synthetic_long={} ghm_warmup_epochs={} embedding_dim={} filters={} rnn_hidden={} dropout={} synthetic_scale={} class_weights={:?} similarity={:?} epochs={} batch_size={} lr={} input_lr_scale={} warmup={} weight_decay={} clip={:?} seed={} accumulate={} metric={}",
         o.train, o.dev, o.dev_fraction, o.read.text_field, o.read.label_field, o.read.skip_bad,
-        o.encoder, o.freeze_encoder, o.head, o.loss, o.max_len, o.long_text.name(), o.buckets, o.synthetic_long, o.ghm_warmup_epochs, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
+        o.encoder, o.freeze_encoder, o.head, o.loss, o.max_len, match o.long_text {
+            LongText::Chunks { max } => format!("chunks/{max}/{}", chunk_pool_name(o.chunk_pool)),
+            other => other.name().to_string(),
+        }, o.buckets, o.synthetic_long, o.ghm_warmup_epochs, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
         o.synthetic_scale, o.class_weights, o.similarity, s.epochs, s.batch_size, s.lr, s.input_lr_scale, s.warmup_fraction,
         s.weight_decay, s.clip, s.seed, s.accumulate, o.metric.name()
     ) + &match s.optimizer {

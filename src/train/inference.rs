@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use crate::check::Rng;
-use crate::data::batching::{pad, CharVocab};
+use crate::data::batching::{CharVocab, LongText};
 use crate::data::dataset::{self, LabelMap, ReadOptions};
 use crate::data::tokenizer::BertTokenizer;
 use crate::device::Device;
@@ -20,7 +20,7 @@ use super::checkpoint::{self, State};
 use super::command::{build_classifier, head_config, loss_from_name, print_report, TextEncoder};
 use super::metrics::Report;
 use super::optim::Optimizer;
-use super::trainer::Classifier;
+use super::trainer::{record_batch, Classifier};
 use crate::model::loss::LossConfig;
 
 pub struct LoadedRun {
@@ -38,7 +38,12 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
     // is an error of state.json, whatever else it names.
     let in_state = |e: Error| Error::Invalid(format!("{}: {e}", dir.join("state.json").display()));
     let spec = &state.run.model;
-    let long: crate::data::batching::LongText = spec.long_text.parse().map_err(in_state)?;
+    let long = match spec.long_text.parse().map_err(in_state)? {
+        LongText::Chunks { .. } => LongText::Chunks {
+            max: spec.max_chunks,
+        },
+        other => other,
+    };
     let text = match (&spec.encoder, &state.run.vocab) {
         (None, _) if spec.head == "bag" => {
             TextEncoder::NGrams(super::command::bag_hasher(spec.buckets))
@@ -255,12 +260,12 @@ pub fn predict(
     let io = |e: std::io::Error| Error::Invalid(format!("{}: {e}", tmp.display()));
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
     for chunk in records.chunks(batch.max(1)) {
-        let seqs = chunk
+        let windows = chunk
             .iter()
             .map(|rec| r.text.encode(&rec.text))
             .collect::<Result<Vec<_>>>()?;
-        let b = pad(&seqs.iter().map(Vec::as_slice).collect::<Vec<_>>());
-        for (rec, (best_class, probs)) in chunk.iter().zip(r.model.predict(&b)?) {
+        let (b, counts) = record_batch(&windows.iter().collect::<Vec<_>>());
+        for (rec, (best_class, probs)) in chunk.iter().zip(r.model.predict_records(&b, &counts)?) {
             let mut p = Map::new();
             for (name, &v) in r.labels.iter().zip(&probs) {
                 p.insert(name.clone(), json!(v));

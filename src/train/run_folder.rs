@@ -163,9 +163,12 @@ impl RunFolder {
                     "best": best,
                 });
                 let state = self.state(model, p)?;
-                // GHM's moving histogram of gradient norms (what it re-weights), for the report.
+                // GHM's moving histogram of gradient norms (what it re-weights), for the report;
+                // the weight each bin's examples get from it; whether it re-weights yet.
                 if !state.ghm_ema.is_empty() {
                     line["ghm_ema"] = json!(state.ghm_ema);
+                    line["ghm_beta"] = json!(crate::model::loss::ghm_bin_beta(&state.ghm_ema));
+                    line["ghm_weighting"] = json!(model.loss.ghm_weighting());
                 }
                 self.log(line)?;
                 // The best epoch's files first, the latest checkpoint (the commit point of the

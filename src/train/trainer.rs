@@ -14,6 +14,7 @@ use super::features::FeatureStore;
 use crate::model::embedding::Embedding;
 use crate::model::heads::Head;
 use crate::model::loss::ClassificationLoss;
+use crate::model::window_pool::{Pool, WindowPool};
 use crate::ops;
 
 use super::checkpoint::{EpochRecord, Progress};
@@ -37,12 +38,29 @@ pub struct MicroBatch {
     pub tokens: TokenBatch,
     pub labels: Vec<i32>,
     pub seed: u64,
+    /// Windows (token rows) per record, in order, under `--long-text chunks`; empty: one row
+    /// per record.
+    pub windows: Vec<usize>,
+}
+
+/// Records as the model reads them: each its token windows (one unless `--long-text chunks`).
+pub type Windows = Vec<Vec<i32>>;
+
+/// The padded windows of `records` and each record's window count.
+pub fn record_batch(records: &[&Windows]) -> (TokenBatch, Vec<usize>) {
+    let rows: Vec<&[i32]> = records
+        .iter()
+        .flat_map(|r| r.iter().map(Vec::as_slice))
+        .collect();
+    (pad(&rows), records.iter().map(|r| r.len()).collect())
 }
 
 pub struct Classifier {
     pub input: Input,
     pub head: Head,
     pub loss: ClassificationLoss,
+    /// How a record read as several windows pools their logits (`--chunk-pool`).
+    pub window_pool: Pool,
 }
 
 /// Real tokens per row of a padded batch.
@@ -95,20 +113,59 @@ impl Classifier {
         s: &TrainSettings,
     ) -> Result<f32> {
         let loss = self.backward_step(b, labels, seed)?;
+        self.step_parameters(opt, lr, s)?;
+        Ok(loss)
+    }
+
+    /// AdamW on the gradients in place.
+    fn step_parameters(&mut self, opt: &mut Optimizer, lr: f32, s: &TrainSettings) -> Result<()> {
         let mut slots = self.slots(s.input_lr_scale);
-        opt.step(&mut slots, lr, s.clip)?;
+        opt.step(&mut slots, lr, s.clip).map(|_| ())
+    }
+
+    /// `train_step` on a micro-batch of records.
+    fn train_micro_batch(
+        &mut self,
+        m: &MicroBatch,
+        opt: &mut Optimizer,
+        lr: f32,
+        s: &TrainSettings,
+    ) -> Result<f32> {
+        let loss = self.backward_records(&m.tokens, &m.windows, &m.labels, m.seed)?;
+        self.step_parameters(opt, lr, s)?;
         Ok(loss)
     }
 
     /// Forward, loss and backward on a batch: every parameter's gradient is overwritten with
     /// this batch's. Returns the loss.
     pub fn backward_step(&mut self, b: &TokenBatch, labels: &[i32], seed: u64) -> Result<f32> {
+        self.backward_records(b, &[], labels, seed)
+    }
+
+    /// `backward_step` over records of `windows[r]` token rows each (empty: one each), whose
+    /// logits pool their windows' (`window_pool`).
+    pub fn backward_records(
+        &mut self,
+        b: &TokenBatch,
+        windows: &[usize],
+        labels: &[i32],
+        seed: u64,
+    ) -> Result<f32> {
         let logits = self.forward(b, Some(seed))?;
+        let classes = logits.len() / b.batch.max(1);
+        let mut pool = self.pool_windows(b, windows)?;
+        let logits = match &mut pool {
+            Some(p) => p.forward(&logits, classes)?,
+            None => logits,
+        };
         let mut dlogits = logits.device().alloc::<f32>(logits.len(), "dlogits")?;
         let loss = self
             .loss
             .forward_backward(&logits, labels, &mut dlogits)?
             .loss;
+        if let Some(p) = &pool {
+            dlogits = p.backward(&dlogits, classes)?;
+        }
         let g = self.head.backward(&dlogits)?;
         match &mut self.input {
             Input::Embeddings(e) => e.backward(
@@ -136,7 +193,7 @@ impl Classifier {
         if s.accumulate.max(1) == 1 {
             let mut loss = 0.0;
             for m in micro_batches {
-                loss = self.train_step(&m.tokens, &m.labels, m.seed, opt, lr, s)?;
+                loss = self.train_micro_batch(m, opt, lr, s)?;
             }
             return Ok(loss);
         }
@@ -145,7 +202,7 @@ impl Classifier {
         let mut loss = 0.0f32;
         for (k, m) in micro_batches.iter().enumerate() {
             let _sum = (k > 0).then(|| dev.accumulate_gradients());
-            loss += self.backward_step(&m.tokens, &m.labels, m.seed)? / n as f32;
+            loss += self.backward_records(&m.tokens, &m.windows, &m.labels, m.seed)? / n as f32;
         }
         let mut slots = self.slots(s.input_lr_scale);
         opt.step_scaled(&mut slots, lr, s.clip, 1.0 / n.max(1) as f32)?;
@@ -171,14 +228,37 @@ impl Classifier {
         slots
     }
 
+    /// The pool over each record's windows, when some record has more than one.
+    fn pool_windows(&self, b: &TokenBatch, windows: &[usize]) -> Result<Option<WindowPool>> {
+        if windows.is_empty() {
+            return Ok(None);
+        }
+        WindowPool::new(self.loss.device(), windows, b.batch, self.window_pool)
+    }
+
     /// Predicted class and class probabilities of every row.
     pub fn predict(&mut self, b: &TokenBatch) -> Result<Vec<(usize, Vec<f32>)>> {
+        self.predict_records(b, &[])
+    }
+
+    /// Predicted class and class probabilities of every record of `windows[r]` rows (empty:
+    /// one row each), from its windows' pooled logits.
+    pub fn predict_records(
+        &mut self,
+        b: &TokenBatch,
+        windows: &[usize],
+    ) -> Result<Vec<(usize, Vec<f32>)>> {
         let logits = self.forward(b, None)?;
-        let k = logits.len() / b.batch;
+        let k = logits.len() / b.batch.max(1);
+        let logits = match self.pool_windows(b, windows)? {
+            Some(mut p) => p.forward(&logits, k)?,
+            None => logits,
+        };
+        let rows = logits.len() / k.max(1);
         let mut probs = logits
             .device()
             .alloc::<f32>(logits.len(), "probabilities")?;
-        ops::softmax_rows_forward(&logits, &mut probs, b.batch, k)?;
+        ops::softmax_rows_forward(&logits, &mut probs, rows, k)?;
         let host = probs.to_host()?;
         Ok(host
             .chunks(k)
@@ -192,24 +272,22 @@ impl Classifier {
             .collect())
     }
 
-    /// Metrics over token sequences with their labels.
+    /// Metrics over records (their token windows) with their labels.
     pub fn evaluate(
         &mut self,
-        seqs: &[Vec<i32>],
+        records: &[Windows],
         labels: &[usize],
         classes: usize,
         batch_size: usize,
     ) -> Result<Report> {
         let mut conf = Confusion::new(classes);
-        for chunk in (0..seqs.len())
+        for chunk in (0..records.len())
             .collect::<Vec<_>>()
             .chunks(batch_size.max(1))
         {
-            let b = pad(&chunk
-                .iter()
-                .map(|&i| seqs[i].as_slice())
-                .collect::<Vec<_>>());
-            for (&i, (p, _)) in chunk.iter().zip(self.predict(&b)?) {
+            let (b, windows) =
+                record_batch(&chunk.iter().map(|&i| &records[i]).collect::<Vec<_>>());
+            for (&i, (p, _)) in chunk.iter().zip(self.predict_records(&b, &windows)?) {
                 conf.add(labels[i], p)?;
             }
         }
@@ -273,9 +351,9 @@ pub fn rate_text(rate: Option<f64>) -> String {
     rate.map_or_else(|| "-".to_string(), |r| format!("{r:.0}"))
 }
 
-/// Token sequences and their class indices.
+/// Records (their token windows) and their class indices.
 pub struct Split {
-    pub seqs: Vec<Vec<i32>>,
+    pub records: Vec<Windows>,
     pub labels: Vec<usize>,
 }
 
@@ -319,13 +397,17 @@ pub fn train(
     s: &TrainSettings,
     ctl: &mut Control,
 ) -> Result<(Vec<EpochLog>, Progress)> {
-    let (train_seqs, train_labels) = (&train_set.seqs, &train_set.labels);
-    let lens: Vec<usize> = train_seqs.iter().map(Vec::len).collect();
+    let (train_records, train_labels) = (&train_set.records, &train_set.labels);
+    // Tokens per record (all its windows): what bucketing groups by.
+    let lens: Vec<usize> = train_records
+        .iter()
+        .map(|r| r.iter().map(Vec::len).sum())
+        .collect();
     let micro = s.accumulate.max(1);
-    let schedule = schedule(s, train_seqs.len());
+    let schedule = schedule(s, train_records.len());
     let mut p = ctl.progress.clone();
     // One dropout seed per batch, drawn in order: skip those of the batches already trained.
-    let batches_per_epoch = train_seqs.len().div_ceil(s.batch_size.max(1));
+    let batches_per_epoch = train_records.len().div_ceil(s.batch_size.max(1));
     let mut seeds = Rng::new(s.seed);
     for _ in 0..(p.epoch.saturating_sub(1) * batches_per_epoch + p.batch) {
         seeds.next_u64();
@@ -342,13 +424,15 @@ pub fn train(
             let lr = schedule.lr(opt.step + 1) as f32;
             let micro_batches: Vec<MicroBatch> = group
                 .iter()
-                .map(|idx| MicroBatch {
-                    tokens: pad(&idx
-                        .iter()
-                        .map(|&i| train_seqs[i].as_slice())
-                        .collect::<Vec<_>>()),
-                    labels: idx.iter().map(|&i| train_labels[i] as i32).collect(),
-                    seed: seeds.next_u64(),
+                .map(|idx| {
+                    let (tokens, windows) =
+                        record_batch(&idx.iter().map(|&i| &train_records[i]).collect::<Vec<_>>());
+                    MicroBatch {
+                        tokens,
+                        labels: idx.iter().map(|&i| train_labels[i] as i32).collect(),
+                        seed: seeds.next_u64(),
+                        windows,
+                    }
                 })
                 .collect();
             let loss = model.optimizer_step(&micro_batches, opt, lr, s)?;
@@ -368,7 +452,8 @@ pub fn train(
                 && p.step.is_multiple_of(ctl.eval_every)
                 && p.batch < batches.len()
             {
-                let dev = model.evaluate(&dev_set.seqs, &dev_set.labels, classes, s.batch_size)?;
+                let dev =
+                    model.evaluate(&dev_set.records, &dev_set.labels, classes, s.batch_size)?;
                 (ctl.on_event)(
                     model,
                     opt,
@@ -385,7 +470,7 @@ pub fn train(
             .iter()
             .map(Vec::len)
             .sum();
-        let dev = model.evaluate(&dev_set.seqs, &dev_set.labels, classes, s.batch_size)?;
+        let dev = model.evaluate(&dev_set.records, &dev_set.labels, classes, s.batch_size)?;
         let entry = EpochLog {
             epoch: p.epoch,
             mean_loss: p.loss_sum / batches.len().max(1) as f64,
