@@ -200,6 +200,9 @@ struct PlanArgs {
     batch: usize,
     #[arg(long, default_value_t = 512)]
     seq: usize,
+    /// Token windows per record: `train --long-text chunks`' --max-chunks (each --seq long).
+    #[arg(long, default_value_t = 1)]
+    windows: usize,
     /// The card's memory.
     #[arg(long, default_value = "4GiB")]
     budget: String,
@@ -567,6 +570,7 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
     let head = c.parse("--head", &a.head);
     let optimizer = c.parse("--optimizer", &a.optimizer);
     c.count("--batch", a.batch);
+    c.count("--windows", a.windows);
     c.count("--classes", a.classes);
     c.at_least("--classes", a.classes, 2, "a classifier");
     c.require(
@@ -607,7 +611,7 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
         frozen: a.frozen,
         optimizer,
         fp16_activations: a.saved_activations == SavedActivations::Fp16,
-        windows: 1,
+        windows: a.windows,
     };
     let p = plan::plan(&request)?;
     plan::print_plan(&p);

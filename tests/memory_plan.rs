@@ -429,6 +429,33 @@ fn plan_command_reports_and_refuses() {
             && text.contains("parameters, gradients and optimizer state alone"),
         "{text}"
     );
+    // --windows: records of several windows (train --long-text chunks) plan every window.
+    let windowed = |windows: &str| {
+        let out = std::process::Command::new(exe)
+            .args(["plan", "--model"])
+            .arg(&model)
+            .args(["--batch", "4", "--seq", "128", "--windows", windows])
+            .args(["--budget", "64GiB", "--no-table", "--json"])
+            .arg(&json)
+            .output()
+            .unwrap();
+        let text = stdout_of_success(&out);
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        (text, v)
+    };
+    let (text, four) = windowed("4");
+    assert!(
+        text.contains("batch 4 records x 4 windows x seq 128"),
+        "{text}"
+    );
+    assert_eq!(four["request"]["windows"], 4);
+    let (_, one) = windowed("1");
+    let activations = |v: &serde_json::Value| v["peak"].as_u64().unwrap();
+    assert!(
+        activations(&four) > activations(&one) + (100 << 20),
+        "{four} vs {one}"
+    );
     let out = std::process::Command::new(exe)
         .args(["plan", "--model", "/nonexistent/bert"])
         .output()

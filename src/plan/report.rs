@@ -30,8 +30,13 @@ pub fn print_plan(plan: &Plan) {
         r.loss
     );
     println!(
-        "run: batch {} x seq {}, {}, optimizer {}{}; budget {} = {} MiB reserve (CUDA context, modules, pool rounding) + {} MiB for the engine",
+        "run: batch {}{} x seq {}, {}, optimizer {}{}; budget {} = {} MiB reserve (CUDA context, modules, pool rounding) + {} MiB for the engine",
         r.batch,
+        if r.windows > 1 {
+            format!(" records x {} windows", r.windows)
+        } else {
+            String::new()
+        },
         r.seq,
         if r.frozen { "frozen encoder" } else { "full fine-tuning" },
         r.optimizer.name(),
