@@ -702,10 +702,18 @@ fn run(cli: &Cli) -> Result<bool> {
             };
             let data = match &train.train {
                 Some(p) => p.display().to_string(),
+                None if train.synthetic_long => "built-in long-record synthetic set".into(),
                 None => "built-in synthetic set".into(),
             };
+            let long_text = match o.base.long_text {
+                LongText::Chunks { max } => format!(
+                    "chunks (at most {max}, {} pool)",
+                    emrclass::train::command::chunk_pool_name(o.base.chunk_pool)
+                ),
+                other => other.name().to_string(),
+            };
             let describe = format!(
-                "{data}; {}; {} epochs, batch {}, lr {}, max-len {}, seed{} {}; device {}",
+                "{data}; {}; {} epochs, batch {}, lr {}, max-len {} (long text: {long_text}), GHM-CS warm-up {} epoch(s), seed{} {}; device {}",
                 match &train.encoder {
                     Some(e) => format!("encoder {}", e.display()),
                     None => format!(
@@ -719,6 +727,7 @@ fn run(cli: &Cli) -> Result<bool> {
                     .lr
                     .map_or_else(|| "per head (3e-3; bag 2e-2)".to_string(), |l| l.to_string()),
                 train.max_len,
+                o.base.ghm_warmup_epochs,
                 if seeds.len() > 1 { "s" } else { "" },
                 if seeds.is_empty() {
                     cli.seed.unwrap_or(1).to_string()
