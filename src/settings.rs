@@ -7,6 +7,7 @@
 
 use std::fmt::Display;
 
+use crate::data::batching::LongText;
 use crate::data::dataset::Example;
 use crate::device::parse_bytes;
 use crate::error::{Error, Result};
@@ -204,6 +205,11 @@ pub fn check_train(o: &TrainOptions, heads: &[HeadKind]) -> Result<()> {
     head_sizes(&mut c, heads, o.filters, o.rnn_hidden);
     if heads.contains(&HeadKind::Bag) {
         c.count("--buckets", o.buckets);
+        // In a grid with other heads, the bag cells read whole records and the others cut.
+        c.require(
+            heads.iter().any(|&h| h != HeadKind::Bag) || o.long_text == LongText::Head,
+            "--head bag reads every n-gram of the whole record: --long-text does not apply, drop it",
+        );
         c.require(
             o.encoder.is_none(),
             "--head bag is its own input path (hashed character n-grams): drop --encoder",

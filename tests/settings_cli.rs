@@ -114,6 +114,13 @@ fn train_flags_are_refused_before_any_work() {
             &["no chunk pool `sum`", "mean or max"],
         ),
         (
+            &["--head", "bag", "--long-text", "head-tail"],
+            &[
+                "--head bag reads every n-gram",
+                "--long-text does not apply",
+            ],
+        ),
+        (
             &["--long-text", "head-tail", "--chunk-pool", "max"],
             &["--chunk-pool applies to --long-text chunks"],
         ),

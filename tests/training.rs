@@ -675,6 +675,19 @@ fn ghm_warm_up_counts_epochs_of_steps_and_keeps_the_histogram() {
         vec![true, true],
         "a warm-up longer than the run"
     );
+    // With --accumulate 2 the loss sees two micro-batches per optimizer step: the warm-up
+    // counts micro-batches, so it still lasts one epoch.
+    let mut o = small(0.03, 1);
+    o.head = HeadKind::TextCnn;
+    o.settings.accumulate = 2;
+    let logs = run(&dev, &o).unwrap();
+    assert_eq!(logs.len(), 1);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(o.out.join("run.json")).unwrap()).unwrap();
+    let records = info["train_records"].as_u64().unwrap();
+    let micro_batches = records.div_ceil(o.settings.batch_size as u64);
+    assert!(micro_batches >= 3);
+    assert_eq!(info["ghm_warmup_steps"], micro_batches);
     let (_, cold) = run_with(0);
     assert_ne!(
         warm[0].mean_loss, cold[0].mean_loss,

@@ -249,14 +249,14 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     };
     let windows: usize = train_records.iter().map(Vec::len).sum();
     let mut lc = loss_config(o, &counts, &map.names)?;
-    // GHM-CS's beta = 1 warm-up, in optimizer steps of this data set.
-    let batches = train_records.len().div_ceil(o.settings.batch_size.max(1));
-    let steps_per_epoch = batches.div_ceil(o.settings.accumulate.max(1)) as u64;
-    lc.ghm_warmup_steps = o.ghm_warmup_epochs as u64 * steps_per_epoch;
     let class_weights = lc.class_weights.clone();
-    let ghm_warmup_steps = lc.ghm_warmup_steps;
     let mut settings = o.settings.clone();
     let planned = plan_memory(o, &spec, classes, &mut settings)?;
+    // GHM-CS's beta = 1 warm-up, in loss steps (one per micro-batch: the loss sees each
+    // micro-batch of a step, --accumulate's or the memory plan's) of this data set.
+    let micro_batches = train_records.len().div_ceil(settings.batch_size.max(1)) as u64;
+    lc.ghm_warmup_steps = o.ghm_warmup_epochs as u64 * micro_batches;
+    let ghm_warmup_steps = lc.ghm_warmup_steps;
     let memory = planned.as_ref().map_or_else(
         || EncoderMemory {
             fp16_activations: o.fp16_activations,
@@ -769,7 +769,9 @@ fn fingerprint(o: &TrainOptions, s: &TrainSettings) -> String {
         o.encoder, o.freeze_encoder, o.head, o.loss, o.max_len, match o.long_text {
             LongText::Chunks { max } => format!("chunks/{max}/{}", chunk_pool_name(o.chunk_pool)),
             other => other.name().to_string(),
-        }, o.buckets, o.synthetic_long, o.ghm_warmup_epochs, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
+        }, o.buckets, o.synthetic_long,
+        // Only GHM-CS warms up: other losses' runs written before the default became 1 resume.
+        if o.loss == LossKind::GhmCs { o.ghm_warmup_epochs } else { 0 }, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
         o.synthetic_scale, o.class_weights, o.similarity, s.epochs, s.batch_size, s.lr, s.input_lr_scale, s.warmup_fraction,
         s.weight_decay, s.clip, s.seed, s.accumulate, o.metric.name()
     ) + &match s.optimizer {
