@@ -32,12 +32,17 @@ extern "C" __global__ void HOT_KERNEL layernorm_forward(const float *__restrict_
 // One warp per row: with xhat = (x - mean) rstd and g = dy * gamma,
 //   dx = rstd (g - mean(g) - xhat mean(g xhat)).
 // Also writes dy * xhat per element, whose column sums (sum_columns, deterministic) give dgamma;
-// dbeta is the column sum of dy itself.
+// dbeta is the column sum of dy itself. When dx_dropped is given, also writes dropout_backward of
+// dx there (rate p, seed: the mask of dropout_forward over [rows, cols]): the post-LayerNorm's
+// input was residual + dropout(dense), so the residual path takes dx and the dense path the
+// dropped copy, without another pass over dx.
 extern "C" __global__ void HOT_KERNEL layernorm_backward(const float *__restrict__ x, const float *__restrict__ gamma,
                                                          const float *__restrict__ mean_in,
                                                          const float *__restrict__ rstd_in,
                                                          const float *__restrict__ dy, float *__restrict__ dx,
-                                                         float *__restrict__ dy_xhat, int rows, int cols) {
+                                                         float *__restrict__ dy_xhat, int rows, int cols,
+                                                         float *__restrict__ dx_dropped, float p,
+                                                         unsigned long long seed) {
     const int lane = threadIdx.x % 32;
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= rows) return;
@@ -53,8 +58,11 @@ extern "C" __global__ void HOT_KERNEL layernorm_backward(const float *__restrict
     }
     sg = warp_sum(sg) / (float)cols;
     sgx = warp_sum(sgx) / (float)cols;
+    const float keep_scale = 1.0f / (1.0f - p);
     for (int c = lane; c < cols; c += 32) {
         const float xhat = (x[base + c] - mean) * rstd;
-        dx[base + c] = rstd * (dy[base + c] * gamma[c] - sg - xhat * sgx);
+        const float d = rstd * (dy[base + c] * gamma[c] - sg - xhat * sgx);
+        dx[base + c] = d;
+        if (dx_dropped) dx_dropped[base + c] = dropout_keep(seed, base + c, p) ? d * keep_scale : 0.0f;
     }
 }

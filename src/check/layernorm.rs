@@ -86,6 +86,41 @@ pub fn kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         );
         err = worst(err, relative_error(&dg.to_host()?, &want_dg));
         err = worst(err, relative_error(&db.to_host()?, &want_db));
+        // The fused dropout backward: dx again, and dx through the mask of (seed, index).
+        let (rate, seed) = (0.3f32, 0x5eed + rows as u64);
+        let mut dx2 = dev.upload(&super::nan_vec(rows * cols), "dx")?;
+        let mut dropped = dev.upload(&super::nan_vec(rows * cols), "dx dropped")?;
+        layernorm::backward_and_dropout(
+            &xb,
+            &gb,
+            &stats,
+            &dyb,
+            &mut dx2,
+            &mut dyx,
+            Some(layernorm::DroppedGrad {
+                out: &mut dropped,
+                rate,
+                seed,
+            }),
+            rows,
+            cols,
+        )?;
+        let keep = |i: usize| r::dropout_keep(seed, i as u64, rate);
+        let scale = 1.0 / (1.0 - rate as f64);
+        let want_dropped: Vec<f64> = (0..rows * cols)
+            .map(|i| if keep(i) { want_dx[i] * scale } else { 0.0 })
+            .collect();
+        let dropped_terms: Vec<f64> = (0..rows * cols)
+            .map(|i| if keep(i) { terms[i] * scale } else { 0.0 })
+            .collect();
+        err = worst(
+            err,
+            relative_error_to_terms(&dx2.to_host()?, &want_dx, &terms),
+        );
+        err = worst(
+            err,
+            relative_error_to_terms(&dropped.to_host()?, &want_dropped, &dropped_terms),
+        );
         rows_out.push(Row {
             op: "layernorm".into(),
             check: "kernel",

@@ -1,6 +1,6 @@
 //! LayerNorm over the last axis (kernels/layernorm.cu).
 use super::{need, rows::THREADS_PER_BLOCK, to_i32};
-use crate::device::{Buffer, LaunchConfig};
+use crate::device::{Arg, Buffer, LaunchConfig};
 use crate::error::Result;
 
 fn cfg(rows: usize) -> LaunchConfig {
@@ -65,11 +65,44 @@ pub fn backward(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
+    backward_and_dropout(x, gamma, stats, dy, dx, dy_xhat, None, rows, cols)
+}
+
+/// What `backward_and_dropout` also writes: dropout_backward of dx (rate in [0, 1), seed).
+pub struct DroppedGrad<'a> {
+    pub out: &'a mut Buffer<f32>,
+    pub rate: f32,
+    pub seed: u64,
+}
+
+/// `backward`, and when `dropped` is given the dropout backward of dx in the same pass (the
+/// gradient into the dense output of residual + dropout(dense)).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_and_dropout(
+    x: &Buffer<f32>,
+    gamma: &Buffer<f32>,
+    stats: &Stats,
+    dy: &Buffer<f32>,
+    dx: &mut Buffer<f32>,
+    dy_xhat: &mut Buffer<f32>,
+    dropped: Option<DroppedGrad>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
     const OP: &str = "layernorm_backward";
     need(OP, "x", x, rows * cols)?;
     need(OP, "dy", dy, rows * cols)?;
     need(OP, "dx", dx, rows * cols)?;
     need(OP, "dy_xhat", dy_xhat, rows * cols)?;
+    let (rate, seed) = dropped.as_ref().map_or((0.0, 0), |d| (d.rate, d.seed));
+    if let Some(d) = &dropped {
+        need(OP, "dx_dropped", d.out, rows * cols)?;
+        if !(0.0..1.0).contains(&rate) {
+            return Err(crate::Error::Invalid(format!(
+                "{OP}: dropout rate {rate} is not in [0, 1)"
+            )));
+        }
+    }
     if rows == 0 {
         return Ok(());
     }
@@ -83,6 +116,12 @@ pub fn backward(
         (&*dy_xhat).into(),
         to_i32(OP, "rows", rows)?.into(),
         to_i32(OP, "cols", cols)?.into(),
+        match &dropped {
+            Some(d) => (&*d.out).into(),
+            None => Arg::Null,
+        },
+        Arg::F32(rate),
+        Arg::U64(seed),
     ];
     x.device().launch(OP, cfg(rows), &args)
 }

@@ -4,7 +4,7 @@
 use super::{site_seed, BertEncoder, LayerSaved, LayerState, Saved};
 use crate::device::{Buffer, Role};
 use crate::error::{Error, Result};
-use crate::ops::{self, attention, embedding, layernorm, Gemm};
+use crate::ops::{self, attention, embedding, layernorm, Epilogue, Gemm};
 
 impl BertEncoder {
     /// Writes parameter `name`'s gradient with `write` (over it, or added while the device
@@ -110,26 +110,26 @@ impl BertEncoder {
                 }
             };
             let name = |x: &str| format!("encoder.layer.{l}.{x}");
-            // Output LayerNorm, then the FFN's dense, dropout and residual.
-            let d_ln2_in = self.layer_norm_backward(
+            // Output LayerNorm, then the FFN's dense, dropout and residual: the LayerNorm's
+            // backward also writes the dropout's.
+            let (d_ln2_in, dropped) = self.layer_norm_backward(
                 &ls.ln2_in,
                 &ls.ln2,
                 &dx,
                 &name("output.LayerNorm"),
                 rows,
+                s.seed.map(|x| site_seed(x, l, 3)),
             )?;
             drop((dx, ls.ln2_in, ls.ln2));
-            let d_dense = self.dropout_backward(&d_ln2_in, s.seed.map(|x| site_seed(x, l, 3)))?;
             let act = self.activation(&ls.inter)?;
             let d_act = self.dense_backward(
                 act,
-                &d_dense,
+                dropped.as_ref().unwrap_or(&d_ln2_in),
                 &name("output.dense"),
-                rows,
-                c.intermediate_size,
-                h,
+                (rows, c.intermediate_size, h),
+                None,
             )?;
-            drop(d_dense);
+            drop(dropped);
             // In place: d_act becomes d_inter.
             let mut d_inter = d_act;
             if c.hidden_act == "relu" {
@@ -138,37 +138,33 @@ impl BertEncoder {
                 ops::gelu_backward(&ls.inter, &mut d_inter, ls.inter.len())?;
             }
             drop(ls.inter);
-            let d_h1_ffn = self.dense_backward(
+            // The residual path joins in the product's epilogue.
+            let d_h1 = self.dense_backward(
                 ls.h1,
                 &d_inter,
                 &name("intermediate.dense"),
-                rows,
-                h,
-                c.intermediate_size,
+                (rows, h, c.intermediate_size),
+                Some(&d_ln2_in),
             )?;
-            drop(d_inter);
-            let mut d_h1 = dev.alloc::<f32>(rows * h, "d h1")?;
-            ops::add(&d_h1_ffn, &d_ln2_in, &mut d_h1, rows * h)?; // the residual path
-            drop((d_h1_ffn, d_ln2_in));
+            drop((d_inter, d_ln2_in));
             // Attention output LayerNorm, dense, dropout, residual.
-            let d_ln1_in = self.layer_norm_backward(
+            let (d_ln1_in, dropped) = self.layer_norm_backward(
                 &ls.ln1_in,
                 &ls.ln1,
                 &d_h1,
                 &name("attention.output.LayerNorm"),
                 rows,
+                s.seed.map(|x| site_seed(x, l, 2)),
             )?;
             drop((d_h1, ls.ln1_in, ls.ln1));
-            let d_dense = self.dropout_backward(&d_ln1_in, s.seed.map(|x| site_seed(x, l, 2)))?;
             let d_context = self.dense_backward(
                 &ls.context,
-                &d_dense,
+                dropped.as_ref().unwrap_or(&d_ln1_in),
                 &name("attention.output.dense"),
-                rows,
-                h,
-                h,
+                (rows, h, h),
+                None,
             )?;
-            drop(d_dense);
+            drop(dropped);
             let a = self.attention_shape(batch, len, l, s.seed);
             let dqkv = dev.alloc::<f32>(rows * 3 * h, "d qkv")?;
             attention::backward(
@@ -181,7 +177,8 @@ impl BertEncoder {
                 [&dqkv, &dqkv, &dqkv],
             )?;
             drop((d_context, ls.context, ls.lse));
-            // Q, K, V projections: weight and bias gradients, and their sum into d input.
+            // Q, K, V projections: weight and bias gradients, and their sum into d input, the
+            // residual path added in the last product's epilogue.
             let mut d_input = dev.alloc::<f32>(rows * h, "d layer input")?;
             for (k, which) in ["query", "key", "value"].iter().enumerate() {
                 let w = name(&format!("attention.self.{which}.weight"));
@@ -199,17 +196,26 @@ impl BertEncoder {
                     beta: if k == 0 { 0.0 } else { 1.0 },
                     ..Gemm::new(rows, h, h, false, false)
                 };
-                ops::gemm(&gx, &dqkv, self.value(&w), &mut d_input, None)?;
+                let epilogue = Epilogue {
+                    // Last, so the sums round as (q + k + v) + residual did in a separate add.
+                    residual: (k == 2).then_some(&d_ln1_in),
+                    ..Epilogue::default()
+                };
+                ops::gemm_fused(&gx, &dqkv, self.value(&w), &mut d_input, None, epilogue)?;
             }
-            drop((dqkv, ls.qkv, ls.input));
-            let mut total = dev.alloc::<f32>(rows * h, "d layer input")?;
-            ops::add(&d_input, &d_ln1_in, &mut total, rows * h)?; // the residual path
-            dx = total;
+            drop((dqkv, ls.qkv, ls.input, d_ln1_in));
+            dx = d_input;
         }
         // Embeddings.
         let d_emb = self.dropout_backward(&dx, s.seed.map(|x| site_seed(x, 0, 0)))?;
-        let d_sum =
-            self.layer_norm_backward(&s.emb_sum, &s.emb_ln, &d_emb, "embeddings.LayerNorm", rows)?;
+        let (d_sum, _) = self.layer_norm_backward(
+            &s.emb_sum,
+            &s.emb_ln,
+            &d_emb,
+            "embeddings.LayerNorm",
+            rows,
+            None,
+        )?;
         let pad = Some(c.pad_token_id);
         let word = "embeddings.word_embeddings.weight";
         self.write_grad(word, |g| embedding::backward(&s.ids, &d_sum, g, h, pad))?;
@@ -231,7 +237,9 @@ impl BertEncoder {
         Ok(saved)
     }
 
-    /// Backward of a post-LayerNorm: writes its parameter gradients, returns d input.
+    /// Backward of a post-LayerNorm: writes its parameter gradients, returns d input and, for
+    /// an input residual + dropout(dense) in training (`dropout_seed`), the dropout's backward
+    /// of it — the gradient into the dense output (without dropout it is d input itself).
     fn layer_norm_backward(
         &mut self,
         x: &Buffer<f32>,
@@ -239,18 +247,31 @@ impl BertEncoder {
         dy: &Buffer<f32>,
         prefix: &str,
         rows: usize,
-    ) -> Result<Buffer<f32>> {
+        dropout_seed: Option<u64>,
+    ) -> Result<(Buffer<f32>, Option<Buffer<f32>>)> {
         let h = self.config.hidden_size;
         let dev = x.device().clone();
         let mut dx = dev.alloc::<f32>(rows * h, "d layernorm")?;
         let mut dy_xhat = dev.alloc::<f32>(rows * h, "d layernorm")?;
-        layernorm::backward(
+        let mut dropped = match dropout_seed {
+            Some(_) => Some(dev.alloc::<f32>(rows * h, "d dropout")?),
+            None => None,
+        };
+        layernorm::backward_and_dropout(
             x,
             self.value(&format!("{prefix}.weight")),
             stats,
             dy,
             &mut dx,
             &mut dy_xhat,
+            dropped
+                .as_mut()
+                .zip(dropout_seed)
+                .map(|(out, seed)| layernorm::DroppedGrad {
+                    out,
+                    rate: self.config.hidden_dropout_prob as f32,
+                    seed,
+                }),
             rows,
             h,
         )?;
@@ -260,19 +281,19 @@ impl BertEncoder {
         self.write_grad(&format!("{prefix}.bias"), |g| {
             ops::sum_columns(dy, g, rows, h)
         })?;
-        Ok(dx)
+        Ok((dx, dropped))
     }
 
-    /// Backward of y = x W^T + b: writes dW, db, returns dx. `x` may be owned, to be freed
-    /// as soon as dW has it.
+    /// Backward of y = x W^T + b ([rows, input] -> [rows, output]): writes dW, db, returns dx
+    /// (+ `residual`, another path's gradient into x, added in the product's epilogue). `x` may
+    /// be owned, to be freed as soon as dW has it.
     fn dense_backward(
         &mut self,
         x: impl std::borrow::Borrow<Buffer<f32>>,
         dy: &Buffer<f32>,
         prefix: &str,
-        rows: usize,
-        input: usize,
-        output: usize,
+        (rows, input, output): (usize, usize, usize),
+        residual: Option<&Buffer<f32>>,
     ) -> Result<Buffer<f32>> {
         let dev = x.borrow().device().clone();
         self.write_grad(&format!("{prefix}.weight"), |g| {
@@ -284,12 +305,16 @@ impl BertEncoder {
         })?;
         drop(x); // an owned input goes before dx is made
         let mut dx = dev.alloc::<f32>(rows * input, "d dense")?;
-        ops::gemm(
+        ops::gemm_fused(
             &Gemm::new(rows, input, output, false, false),
             dy,
             self.value(&format!("{prefix}.weight")),
             &mut dx,
             None,
+            Epilogue {
+                residual,
+                ..Epilogue::default()
+            },
         )?;
         Ok(dx)
     }
