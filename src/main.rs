@@ -334,6 +334,10 @@ struct TrainArgs {
     /// Class weights from a file (CSV `class,weight` or a JSON object) instead of the counts.
     #[arg(long)]
     pub class_weights: Option<std::path::PathBuf>,
+    /// The exponent γ of the class weights from the training counts, (N / (K n_c))^γ
+    /// renormalised (default 1; 0.5 for GHM-CS).
+    #[arg(long, allow_negative_numbers = true)]
+    pub class_weight_gamma: Option<f64>,
     /// GHM-CS class similarity: a K x K matrix (CSV with class names on both axes, or JSON
     /// {"classes": [..], "matrix": [[..]]}).
     #[arg(long, conflicts_with = "similarity_edges")]
@@ -452,6 +456,7 @@ impl TrainArgs {
             freeze_encoder: self.freeze_encoder,
             feature_cache: self.feature_cache.clone(),
             class_weights: self.class_weights.clone(),
+            class_weight_gamma: self.class_weight_gamma,
             similarity: match (&self.similarity_matrix, &self.similarity_edges) {
                 (Some(m), _) => Some(emrclass::train::command::Similarity::Matrix(m.clone())),
                 (None, Some(e)) => Some(emrclass::train::command::Similarity::Edges(e.clone())),

@@ -200,6 +200,13 @@ pub fn check_train(o: &TrainOptions, heads: &[HeadKind]) -> Result<()> {
     c.count("--accumulate", s.accumulate);
     c.positive("--lr", s.lr);
     c.non_negative("--input-lr-scale", s.input_lr_scale as f64);
+    if let Some(g) = o.class_weight_gamma {
+        c.non_negative("--class-weight-gamma", g);
+        c.require(
+            o.class_weights.is_none(),
+            "--class-weight-gamma shapes the weights from the counts: give it or --class-weights, not both",
+        );
+    }
     c.fraction("--dropout", o.dropout as f64, true, 0.0, 1.0);
     sequence_length(&mut c, "--max-len", o.max_len, heads);
     head_sizes(&mut c, heads, o.filters, o.rnn_hidden);

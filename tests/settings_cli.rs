@@ -114,6 +114,14 @@ fn train_flags_are_refused_before_any_work() {
             &["no chunk pool `sum`", "mean or max"],
         ),
         (
+            &["--class-weight-gamma", "-1"],
+            &["--class-weight-gamma -1", "finite number ≥ 0"],
+        ),
+        (
+            &["--class-weight-gamma", "1", "--class-weights", "w.csv"],
+            &["--class-weight-gamma shapes the weights from the counts"],
+        ),
+        (
             &["--head", "bag", "--long-text", "head-tail"],
             &[
                 "--head bag reads every n-gram",

@@ -575,6 +575,37 @@ fn chunked_records_pool_their_windows_logits() {
     }
 }
 
+/// --class-weight-gamma: the class weights from the counts take the exponent given (GHM-CS's
+/// own default is 0.5), as run.json records them.
+#[test]
+fn class_weight_gamma_shapes_the_weights_from_the_counts() {
+    use emrclass::model::imbalance::class_weights_from_counts;
+    let dev = common::test_device(Schedule::Forward);
+    let weights_with = |gamma: Option<f64>| {
+        let mut o = small(0.03, 1);
+        o.head = HeadKind::TextCnn;
+        o.class_weight_gamma = gamma;
+        run(&dev, &o).unwrap();
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(o.out.join("run.json")).unwrap())
+                .unwrap();
+        let counts: Vec<usize> = common::usizes(&info["train_counts"]);
+        (common::f64s(&info["class_weights"]), counts)
+    };
+    let (default, counts) = weights_with(None);
+    let (one, _) = weights_with(Some(1.0));
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9);
+    assert!(close(
+        &default,
+        &class_weights_from_counts(&counts, 0.5).unwrap()
+    ));
+    assert!(close(
+        &one,
+        &class_weights_from_counts(&counts, 1.0).unwrap()
+    ));
+    assert!(!close(&default, &one));
+}
+
 /// Early stopping: with a learning rate of 1e-30 (a zero one is refused) no weight moves by
 /// even one ulp, so nothing improves after epoch 1 and patience 1 stops the run after epoch 2
 /// of 5.

@@ -67,6 +67,9 @@ pub struct TrainOptions {
     pub feature_cache: PathBuf,
     /// Class weights from a file (CSV `class,weight` or a JSON object) instead of the counts.
     pub class_weights: Option<PathBuf>,
+    /// The exponent γ of the class weights from the counts, (N / (K n_c))^γ renormalised
+    /// (None: 1, and 0.5 for GHM-CS).
+    pub class_weight_gamma: Option<f64>,
     /// GHM-CS's class similarity.
     pub similarity: Option<Similarity>,
     pub settings: TrainSettings,
@@ -133,6 +136,7 @@ impl Default for TrainOptions {
             freeze_encoder: false,
             feature_cache: PathBuf::from("runs/feature-cache"),
             class_weights: None,
+            class_weight_gamma: None,
             similarity: None,
             settings: TrainSettings {
                 lr: 3e-3,
@@ -594,7 +598,10 @@ pub fn loss_config(o: &TrainOptions, counts: &[usize], labels: &[String]) -> Res
     lc.class_weights = Some(match &o.class_weights {
         Some(path) => read_class_weights(path, labels)?,
         None => {
-            let gamma = if o.loss == LossKind::GhmCs { 0.5 } else { 1.0 };
+            let gamma = o.class_weight_gamma.unwrap_or(match o.loss {
+                LossKind::GhmCs => 0.5,
+                _ => 1.0,
+            });
             class_weights_from_counts(counts, gamma)?
         }
     });
@@ -774,7 +781,11 @@ fn fingerprint(o: &TrainOptions, s: &TrainSettings) -> String {
         if o.loss == LossKind::GhmCs { o.ghm_warmup_epochs } else { 0 }, o.embedding_dim, o.filters, o.rnn_hidden, o.dropout,
         o.synthetic_scale, o.class_weights, o.similarity, s.epochs, s.batch_size, s.lr, s.input_lr_scale, s.warmup_fraction,
         s.weight_decay, s.clip, s.seed, s.accumulate, o.metric.name()
-    ) + &match s.optimizer {
+    ) + &match o.class_weight_gamma {
+        // Absent unless given, so runs written before the option resume as they did.
+        Some(g) => format!(" class_weight_gamma={g}"),
+        None => String::new(),
+    } + &match s.optimizer {
         // Absent for the default, so runs written before the option resume as they did.
         OptimizerKind::AdamW => String::new(),
         other => format!(" optimizer={}", other.name()),
