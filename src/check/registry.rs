@@ -427,15 +427,25 @@ fn softmax_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
             sizes.clone(),
             relative_error(&y, &y_ref),
         ));
-        // The backward kernel gets the reference's y, so its error is its own.
+        // The backward kernel gets the reference's y, so its error is its own. dx_i =
+        // y_i (dy_i - sum_j y_j dy_j) cancels where dy_i is near the row's mean, so it is judged
+        // against the size of its terms, y_i (|dy_i| + sum_j y_j |dy_j|): the fp32 rounding of
+        // y and dy alone can move a nearly cancelled dx_i by more than 1e-5 of itself.
         let (yr, dyb) = (up(dev, &y_ref, "y")?, up(dev, &dy, "dy")?);
         let mut dxb = poisoned(dev, n, "dx")?;
         ops::softmax_rows_backward(&yr, &dyb, &mut dxb, n_rows, cols)?;
+        let terms: Vec<f64> = (0..n)
+            .map(|i| {
+                let row = i / cols * cols..(i / cols + 1) * cols;
+                let dot: f64 = row.map(|j| y_ref[j] * dy[j].abs()).sum();
+                y_ref[i] * (dy[i].abs() + dot)
+            })
+            .collect();
         rows.push(kernel_row(
             "softmax_rows_backward",
             dev,
             sizes,
-            relative_error(&dxb.to_host()?, &dx_ref),
+            relative_error_to_terms(&dxb.to_host()?, &dx_ref, &terms),
         ));
     }
     Ok(rows)
