@@ -177,23 +177,40 @@ fn the_bag_head_learns_and_eval_rebuilds_it() {
 
 /// --long-text head-tail on the long-record set: the run folder keeps the mode, so `eval`
 /// cuts the records the same way and reproduces the best epoch's confusion matrix.
-#[test]
-fn eval_cuts_long_records_as_the_run_did() {
-    let dev = common::test_device(Schedule::Forward);
-    let dir = temp_dir("long");
-    let (base, dev_set) = split_run(&dir, synthetic::generate_long(7, 0.3));
-    let dev_path = base.dev.clone().unwrap();
+/// A 2-epoch Text-CNN run with `long_text` on a split of the long-record set in `dir`: its
+/// options, its dev examples and its epochs.
+fn long_record_run(
+    dev: &emrclass::Device,
+    dir: &std::path::Path,
+    long_text: emrclass::data::batching::LongText,
+    max_len: usize,
+) -> (
+    TrainOptions,
+    Vec<emrclass::data::dataset::Example>,
+    Vec<emrclass::train::trainer::EpochLog>,
+) {
+    let (base, dev_set) = split_run(dir, synthetic::generate_long(7, 0.3));
     let mut o = TrainOptions {
         head: emrclass::model::heads::HeadKind::TextCnn,
         loss: emrclass::model::loss::LossKind::CrossEntropy,
-        long_text: emrclass::data::batching::LongText::HeadTail,
-        max_len: 48,
+        long_text,
+        max_len,
         embedding_dim: 16,
         filters: 16,
         ..base
     };
     o.settings.epochs = 2;
-    let logs = run(&dev, &o).unwrap();
+    let logs = run(dev, &o).unwrap();
+    (o, dev_set, logs)
+}
+
+#[test]
+fn eval_cuts_long_records_as_the_run_did() {
+    let dev = common::test_device(Schedule::Forward);
+    let dir = temp_dir("long");
+    let long_text = emrclass::data::batching::LongText::HeadTail;
+    let (o, dev_set, logs) = long_record_run(&dev, &dir, long_text, 48);
+    let dev_path = o.dev.clone().unwrap();
     let best = best_epoch(&logs);
     let state = emrclass::train::checkpoint::load_state(&o.out.join("best")).unwrap();
     assert_eq!(state.run.model.long_text, "head-tail");
@@ -229,19 +246,9 @@ fn eval_cuts_long_records_as_the_run_did() {
 fn eval_and_predict_read_long_records_as_windows() {
     let dev = common::test_device(Schedule::Random(4));
     let dir = temp_dir("chunks");
-    let (base, dev_set) = split_run(&dir, synthetic::generate_long(7, 0.3));
-    let dev_path = base.dev.clone().unwrap();
-    let mut o = TrainOptions {
-        head: emrclass::model::heads::HeadKind::TextCnn,
-        loss: emrclass::model::loss::LossKind::CrossEntropy,
-        long_text: emrclass::data::batching::LongText::Chunks { max: 3 },
-        max_len: 40,
-        embedding_dim: 16,
-        filters: 16,
-        ..base
-    };
-    o.settings.epochs = 2;
-    let logs = run(&dev, &o).unwrap();
+    let long_text = emrclass::data::batching::LongText::Chunks { max: 3 };
+    let (o, dev_set, logs) = long_record_run(&dev, &dir, long_text, 40);
+    let dev_path = o.dev.clone().unwrap();
     let best = best_epoch(&logs);
     let state = emrclass::train::checkpoint::load_state(&o.out.join("best")).unwrap();
     assert_eq!(

@@ -467,9 +467,40 @@ fn plan_command_reports_and_refuses() {
     );
 }
 
+/// `options("free")` run without a budget (everything kept), then `options("planned")` with the
+/// engine's share one byte under that run's peak; asserts the planned run stayed within it.
+/// Returns both runs' epochs, the planned run's memory-plan.json and the engine's share.
+fn run_one_byte_under_the_unplanned_peak(
+    options: &dyn Fn(&str) -> emrclass::train::command::TrainOptions,
+) -> (
+    Vec<emrclass::train::trainer::EpochLog>,
+    Vec<emrclass::train::trainer::EpochLog>,
+    serde_json::Value,
+    usize,
+) {
+    use emrclass::train::command::{run, MemoryBudget};
+    let dev = common::test_device(Schedule::Forward);
+    let free = run(&dev, &options("free")).unwrap();
+    let usable = dev.memory().peak() - 1;
+    let reserve = 1 << 20;
+    let dev = common::test_device(Schedule::Forward).with_budget(usable);
+    let mut o = options("planned");
+    o.memory = Some(MemoryBudget {
+        budget: usable + reserve,
+        reserve,
+    });
+    let planned = run(&dev, &o).unwrap();
+    assert!(dev.memory().peak() <= usable);
+    // The run folder records the plan it ran.
+    let record =
+        serde_json::from_str(&std::fs::read_to_string(o.out.join("memory-plan.json")).unwrap())
+            .unwrap();
+    (free, planned, record, usable)
+}
+
 #[test]
 fn train_with_a_memory_budget_runs_the_plan_within_it() {
-    use emrclass::train::command::{run, MemoryBudget, TrainOptions};
+    use emrclass::train::command::{run, TrainOptions};
     let dir = common::tiny_bert_dir("plan-train");
     let options = |name: &str| {
         let mut o = TrainOptions {
@@ -486,26 +517,10 @@ fn train_with_a_memory_budget_runs_the_plan_within_it() {
         let _ = std::fs::remove_dir_all(&o.out);
         o
     };
-    // Unlimited: everything kept.
-    let dev = common::test_device(Schedule::Forward);
-    let free = run(&dev, &options("free")).unwrap();
-    let unplanned_peak = dev.memory().peak();
-    // One byte less for the engine: the plan recomputes, the run stays within the budget and
-    // is the same run, bit for bit.
-    let usable = unplanned_peak - 1;
+    // One byte less for the engine than the unplanned run's peak: the plan recomputes, the run
+    // stays within the budget and is the same run, bit for bit.
+    let (free, planned, record, usable) = run_one_byte_under_the_unplanned_peak(&options);
     let reserve = 1 << 20;
-    let dev = common::test_device(Schedule::Forward).with_budget(usable);
-    let mut o = options("planned");
-    o.memory = Some(MemoryBudget {
-        budget: usable + reserve,
-        reserve,
-    });
-    let planned = run(&dev, &o).unwrap();
-    assert!(dev.memory().peak() <= usable);
-    // The run folder records the plan it ran.
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(o.out.join("memory-plan.json")).unwrap())
-            .unwrap();
     assert_eq!(record["fits"], true);
     assert!(record["strategy"]["recompute_layers"].as_u64().unwrap() >= 1);
     assert!(record["peak"].as_u64().unwrap() <= usable as u64);
@@ -550,7 +565,7 @@ fn train_with_a_memory_budget_runs_the_plan_within_it() {
 #[test]
 fn train_plans_for_every_window_of_a_chunked_record() {
     use emrclass::data::batching::LongText;
-    use emrclass::train::command::{run, MemoryBudget, TrainOptions};
+    use emrclass::train::command::TrainOptions;
     let dir = common::tiny_bert_dir("plan-chunks");
     let options = |name: &str| {
         let mut o = TrainOptions {
@@ -573,21 +588,7 @@ fn train_plans_for_every_window_of_a_chunked_record() {
         let _ = std::fs::remove_dir_all(&o.out);
         o
     };
-    let dev = common::test_device(Schedule::Forward);
-    let free = run(&dev, &options("free")).unwrap();
-    let usable = dev.memory().peak() - 1;
-    let reserve = 1 << 20;
-    let dev = common::test_device(Schedule::Forward).with_budget(usable);
-    let mut o = options("planned");
-    o.memory = Some(MemoryBudget {
-        budget: usable + reserve,
-        reserve,
-    });
-    let planned = run(&dev, &o).unwrap();
-    assert!(dev.memory().peak() <= usable);
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(o.out.join("memory-plan.json")).unwrap())
-            .unwrap();
+    let (free, planned, record, _) = run_one_byte_under_the_unplanned_peak(&options);
     assert_eq!(record["request"]["windows"], 3, "{record}");
     assert_eq!(free[0].dev, planned[0].dev);
 }

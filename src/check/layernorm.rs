@@ -74,7 +74,7 @@ pub fn kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         let dyb = dev.upload(&to_f32(&dy), "dy")?;
         let mut dx = dev.upload(&super::nan_vec(rows * cols), "dx")?;
         let mut dyx = dev.upload(&super::nan_vec(rows * cols), "dy_xhat")?;
-        layernorm::backward(&xb, &gb, &stats, &dyb, &mut dx, &mut dyx, rows, cols)?;
+        layernorm::backward(&xb, &gb, &stats, &dyb, &mut dx, &mut dyx, None, rows, cols)?;
         let (mut dg, mut db) = (dev.alloc(cols, "dgamma")?, dev.alloc(cols, "dbeta")?);
         ops::sum_columns(&dyx, &mut dg, rows, cols)?;
         ops::sum_columns(&dyb, &mut db, rows, cols)?;
@@ -90,7 +90,7 @@ pub fn kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         let (rate, seed) = (0.3f32, 0x5eed + rows as u64);
         let mut dx2 = dev.upload(&super::nan_vec(rows * cols), "dx")?;
         let mut dropped = dev.upload(&super::nan_vec(rows * cols), "dx dropped")?;
-        layernorm::backward_and_dropout(
+        layernorm::backward(
             &xb,
             &gb,
             &stats,

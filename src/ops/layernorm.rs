@@ -53,32 +53,18 @@ pub fn forward(
     x.device().launch(OP, cfg(rows), &args)
 }
 
-/// dx, and dy * xhat per element (column-sum it for dgamma; column-sum dy for dbeta).
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    x: &Buffer<f32>,
-    gamma: &Buffer<f32>,
-    stats: &Stats,
-    dy: &Buffer<f32>,
-    dx: &mut Buffer<f32>,
-    dy_xhat: &mut Buffer<f32>,
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
-    backward_and_dropout(x, gamma, stats, dy, dx, dy_xhat, None, rows, cols)
-}
-
-/// What `backward_and_dropout` also writes: dropout_backward of dx (rate in [0, 1), seed).
+/// What `backward` may also write: dropout_backward of dx (rate in [0, 1), seed).
 pub struct DroppedGrad<'a> {
     pub out: &'a mut Buffer<f32>,
     pub rate: f32,
     pub seed: u64,
 }
 
-/// `backward`, and when `dropped` is given the dropout backward of dx in the same pass (the
-/// gradient into the dense output of residual + dropout(dense)).
+/// dx, and dy * xhat per element (column-sum it for dgamma; column-sum dy for dbeta); when
+/// `dropped` is given, also the dropout backward of dx in the same pass (the gradient into the
+/// dense output of residual + dropout(dense)).
 #[allow(clippy::too_many_arguments)]
-pub fn backward_and_dropout(
+pub fn backward(
     x: &Buffer<f32>,
     gamma: &Buffer<f32>,
     stats: &Stats,

@@ -257,7 +257,7 @@ impl BertEncoder {
             Some(_) => Some(dev.alloc::<f32>(rows * h, "d dropout")?),
             None => None,
         };
-        layernorm::backward_and_dropout(
+        layernorm::backward(
             x,
             self.value(&format!("{prefix}.weight")),
             stats,
