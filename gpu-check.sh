@@ -182,7 +182,7 @@ PY
         :
     elif [ "$quick" = 1 ]; then
         step bench-copy 60 "${bench[@]}" copy
-        step bench-gemm 180 "${bench[@]}" gemm --shapes 2048x2304x768,2048x768x3072,8192x3072x768 \
+        step bench-gemm 180 "${bench[@]}" gemm --shapes 2048x2304x768,2048x768x3072,768x768x8192 \
             --layouts nn,nt,tn --tiles all
         step bench-attention 120 "${bench[@]}" attention --len 128,512
         step bench-gru 120 "${bench[@]}" gru
@@ -193,7 +193,7 @@ PY
     else
         step bench-copy 60 "${bench[@]}" copy
         step bench-gemm 180 "${bench[@]}" gemm
-        step bench-gemm-tiles 240 "${bench[@]}" gemm --shapes 2048x2304x768,2048x768x3072,8192x3072x768 \
+        step bench-gemm-tiles 240 "${bench[@]}" gemm --shapes 2048x2304x768,2048x768x3072,768x768x8192 \
             --layouts nn,nt,tn --tiles all
         step bench-attention 180 "${bench[@]}" attention
         step bench-encoder 180 "${bench[@]}" encoder

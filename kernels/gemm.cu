@@ -1,5 +1,6 @@
 // GEMM: C = alpha * op(A) * op(B) + beta * C (+ bias broadcast along rows), strided-batched.
-// One tiled kernel, instantiated at three tile sizes; the launcher picks one by shape.
+// One tiled kernel, instantiated at three tile sizes, and split-K's summing pass; the launcher
+// picks a tile and a split by shape.
 #include "common.cuh"
 
 #define GEMM_THREADS 256
@@ -66,6 +67,69 @@ struct SliceLoader {
     }
 };
 
+// What happens to each element of C after the product, in this order: alpha * acc (+ beta * C)
+// (+ bias); inverted dropout when dropout > 0, with the mask of dropout_forward over a dense
+// [batch, M, N] C (element index (b * M + m) * N + n); + residual (laid out like C: same ldc and
+// batch stride); then C is written and, when act_out is given (laid out like C), the activation
+// of C too (GEMM_GELU or GEMM_RELU). beta == 0 never reads C (BLAS semantics: C may hold garbage).
+struct GemmEpilogue {
+    float *C;
+    const float *bias, *residual;
+    float *act_out;
+    int M, N, ldc;
+    long long stride_c;
+    float alpha, beta, dropout;
+    int activation;
+    unsigned long long seed;
+
+    // Whether whole groups of 4 may move as float4s: every row of every batch 16-byte aligned.
+    __device__ __forceinline__ bool vec_ok() const {
+        return ldc % 4 == 0 && stride_c % 4 == 0 && aligned16(C) && (!bias || aligned16(bias)) &&
+               (!residual || aligned16(residual)) && (!act_out || aligned16(act_out));
+    }
+
+    // The elements (m, n .. n + 3) of batch b (those with n < N), from their sums `acc`.
+    // `vec`: vec_ok() and n + 3 < N.
+    __device__ __forceinline__ void apply4(int b, int m, int n, const float acc[4], bool vec) const {
+        const long long at = b * stride_c + (long long)m * ldc + n;  // from the buffers' starts
+        const long long counter = ((long long)b * M + m) * N + n;     // the dropout mask's index
+        float c_old[4] = {}, b_add[4] = {}, r_add[4] = {};
+        if (vec) {
+            if (beta != 0.0f) load_float4(C + at, c_old);
+            if (bias) load_float4(bias + n, b_add);
+            if (residual) load_float4(residual + at, r_add);
+        } else {
+            for (int j = 0; j < 4 && n + j < N; j++) {
+                if (beta != 0.0f) c_old[j] = C[at + j];
+                if (bias) b_add[j] = bias[n + j];
+                if (residual) r_add[j] = residual[at + j];
+            }
+        }
+        const float keep_scale = 1.0f / (1.0f - dropout);
+        float out[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float o = alpha * acc[j];
+            if (beta != 0.0f) o += beta * c_old[j];
+            if (bias) o += b_add[j];
+            if (dropout > 0.0f) o = dropout_keep(seed, counter + j, dropout) ? o * keep_scale : 0.0f;
+            if (residual) o += r_add[j];
+            out[j] = o;
+        }
+        if (vec) store_float4(C + at, out);
+        else
+            for (int j = 0; j < 4 && n + j < N; j++) C[at + j] = out[j];
+        if (act_out) {
+            float act[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) act[j] = activation == GEMM_GELU ? gelu(out[j]) : fmaxf(out[j], 0.0f);
+            if (vec) store_float4(act_out + at, act);
+            else
+                for (int j = 0; j < 4 && n + j < N; j++) act_out[at + j] = act[j];
+        }
+    }
+};
+
 // Tiled SGEMM. Idea: a block of 256 threads owns a BM x BN tile of C and walks K in slices of
 // BK. Each slice of op(A) (BM x BK) and op(B) (BK x BN) is staged k-major in shared memory,
 // double-buffered: while the block multiplies one buffer, each thread has already issued the
@@ -76,19 +140,21 @@ struct SliceLoader {
 // Per k step a thread does TM*TN FMAs for (TM+TN)/4 shared loads: 8x8 is 64 FMAs per 4 loads.
 //
 // Any M, N, K, leading dimension and batch stride is correct: loads are zero-filled outside
-// the matrices (float4 only when a group is in bounds and aligned), stores are masked, and
-// beta == 0 never reads C (BLAS semantics: C may hold garbage).
+// the matrices (float4 only when a group is in bounds and aligned), stores are masked.
 //
-// The epilogue fuses what the encoder would otherwise do in extra passes over C, per element
-// in this order: alpha * acc (+ beta * C) (+ bias); inverted dropout when dropout > 0, with the
-// mask of dropout_forward over a dense [batch, M, N] C (element index (b * M + m) * N + n);
-// + residual (laid out like C: same ldc and batch stride); then C is written and, when act_out
-// is given (laid out like C), the activation of C too (GEMM_GELU or GEMM_RELU) -- the FFN keeps
-// its pre-activation for backward and hands the activation to the next product.
+// The epilogue (GemmEpilogue) fuses what the encoder would otherwise do in extra passes over C:
+// bias, dropout, residual, and an activation written beside C -- the FFN keeps its
+// pre-activation for backward and hands the activation to the next product.
 //
 // Layouts (row-major): op(A) is M x K (A is M x K, or K x M when trans_a), op(B) is K x N (B is
-// K x N, or N x K when trans_b), C is M x N. Batch b (blockIdx.z) offsets A, B and C by
-// b * stride_a, b * stride_b, b * stride_c. bias (length N, may be null) is added to each row.
+// K x N, or N x K when trans_b), C is M x N. Batch b offsets A, B and C by b * stride_a,
+// b * stride_b, b * stride_c. bias (length N, may be null) is added to each row.
+//
+// Split-K (splits > 1): block z works on batch z / splits and on k in [s * k_chunk, (s + 1) *
+// k_chunk) for s = z % splits (the last slice ends at K), and writes its partial product as
+// batch z of C -- a dense workspace the launcher gives with a plain epilogue (alpha 1, nothing
+// else); gemm_split_sum then adds the slices in a fixed order and applies the real epilogue.
+// k_chunk is a multiple of 16, so float4 loads along k stay aligned.
 template <int BM, int BN, int BK, int TM, int TN>
 __device__ __forceinline__ void gemm_tiled(const float *__restrict__ A, const float *__restrict__ B,
                                            float *__restrict__ C, const float *__restrict__ bias, int M, int N,
@@ -96,7 +162,7 @@ __device__ __forceinline__ void gemm_tiled(const float *__restrict__ A, const fl
                                            long long stride_b, long long stride_c, int trans_a, int trans_b,
                                            float alpha, float beta, const float *__restrict__ residual,
                                            float *__restrict__ act_out, int activation, float dropout,
-                                           unsigned long long seed) {
+                                           unsigned long long seed, int splits, int k_chunk) {
     static_assert((BM / TM) * (BN / TN) == GEMM_THREADS, "one TM x TN block per thread");
     static_assert(TM % 4 == 0 && TN % 4 == 0 && BK % 4 == 0, "float4 groups");
     __shared__ __align__(16) float As[2][BK][BM + GEMM_SMEM_PAD];
@@ -106,13 +172,17 @@ __device__ __forceinline__ void gemm_tiled(const float *__restrict__ A, const fl
 
     const int tx = threadIdx.x % (BN / TN), ty = threadIdx.x / (BN / TN);
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    A += blockIdx.z * stride_a;
-    B += blockIdx.z * stride_b;
-    C += blockIdx.z * stride_c;
+    const int batch = blockIdx.z / splits, split = blockIdx.z % splits;
+    A += batch * stride_a;
+    B += batch * stride_b;
+    // This block's range of k: all of it, or its split's slice.
+    const int k_begin = splits > 1 ? split * k_chunk : 0;
+    const int k_end = splits > 1 ? min(K, k_begin + k_chunk) : K;
 
-    // The stored matrices' shapes; A is read along k unless transposed, B along k when transposed.
-    const int a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
-    const int b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
+    // The stored matrices' shapes, up to k_end; A is read along k unless transposed, B along k
+    // when transposed.
+    const int a_rows = trans_a ? k_end : M, a_cols = trans_a ? M : k_end;
+    const int b_rows = trans_b ? N : k_end, b_cols = trans_b ? k_end : N;
     const bool a_vec = lda % 4 == 0 && stride_a % 4 == 0 && aligned16(A);
     const bool b_vec = ldb % 4 == 0 && stride_b % 4 == 0 && aligned16(B);
     const bool a_along_k = !trans_a, b_along_k = trans_b != 0;
@@ -125,9 +195,9 @@ __device__ __forceinline__ void gemm_tiled(const float *__restrict__ A, const fl
 #pragma unroll
         for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
 
-    const int slices = (K + BK - 1) / BK;
-    a_slice.fetch(A, a_rows, a_cols, lda, a_vec, a_along_k, m0, 0);
-    b_slice.fetch(B, b_rows, b_cols, ldb, b_vec, b_along_k, n0, 0);
+    const int slices = (k_end - k_begin + BK - 1) / BK;
+    a_slice.fetch(A, a_rows, a_cols, lda, a_vec, a_along_k, m0, k_begin);
+    b_slice.fetch(B, b_rows, b_cols, ldb, b_vec, b_along_k, n0, k_begin);
     a_slice.store(As[0], a_along_k);
     b_slice.store(Bs[0], b_along_k);
     __syncthreads();
@@ -135,8 +205,8 @@ __device__ __forceinline__ void gemm_tiled(const float *__restrict__ A, const fl
         const int buf = s & 1;
         const bool more = s + 1 < slices;
         if (more) {
-            a_slice.fetch(A, a_rows, a_cols, lda, a_vec, a_along_k, m0, (s + 1) * BK);
-            b_slice.fetch(B, b_rows, b_cols, ldb, b_vec, b_along_k, n0, (s + 1) * BK);
+            a_slice.fetch(A, a_rows, a_cols, lda, a_vec, a_along_k, m0, k_begin + (s + 1) * BK);
+            b_slice.fetch(B, b_rows, b_cols, ldb, b_vec, b_along_k, n0, k_begin + (s + 1) * BK);
         }
 #pragma unroll
         for (int kk = 0; kk < BK; kk++) {
@@ -165,58 +235,20 @@ __device__ __forceinline__ void gemm_tiled(const float *__restrict__ A, const fl
     }
 
     // Epilogue, float4 where a group is whole and every pointer aligned.
-    const bool c_vec = ldc % 4 == 0 && stride_c % 4 == 0 && aligned16(C) && (!bias || aligned16(bias)) &&
-                       (!residual || aligned16(residual + blockIdx.z * stride_c)) &&
-                       (!act_out || aligned16(act_out + blockIdx.z * stride_c));
-    const float keep_scale = 1.0f / (1.0f - dropout);
+    const GemmEpilogue e = {C,     bias, residual, act_out, M,       N,          ldc,
+                            stride_c, alpha, beta,  dropout, activation, seed};
+    const bool c_vec = e.vec_ok();
 #pragma unroll
     for (int gm = 0; gm < GROUPS_M; gm++) {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int m = m0 + gm * STRIDE_M + ty * 4 + i;
             if (m >= M) continue;
-            const long long row = blockIdx.z * stride_c + (long long)m * ldc;  // from the batch's start
-            // The dropout counter: the element's index in a dense [batch, M, N] C.
-            const long long counter_row = ((long long)blockIdx.z * M + m) * N;
 #pragma unroll
             for (int gn = 0; gn < GROUPS_N; gn++) {
                 const int n = n0 + gn * STRIDE_N + tx * 4;
-                const bool vec = c_vec && n + 3 < N;
-                float out[4];
-#pragma unroll
-                for (int j = 0; j < 4; j++) out[j] = alpha * acc[gm * 4 + i][gn * 4 + j];
-                float c_old[4] = {}, b_add[4] = {}, r_add[4] = {};
-                if (vec) {
-                    if (beta != 0.0f) load_float4(C + (long long)m * ldc + n, c_old);
-                    if (bias) load_float4(bias + n, b_add);
-                    if (residual) load_float4(residual + row + n, r_add);
-                } else {
-                    for (int j = 0; j < 4 && n + j < N; j++) {
-                        if (beta != 0.0f) c_old[j] = C[(long long)m * ldc + n + j];
-                        if (bias) b_add[j] = bias[n + j];
-                        if (residual) r_add[j] = residual[row + n + j];
-                    }
-                }
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    float o = out[j];
-                    if (beta != 0.0f) o += beta * c_old[j];
-                    if (bias) o += b_add[j];
-                    if (dropout > 0.0f) o = dropout_keep(seed, counter_row + n + j, dropout) ? o * keep_scale : 0.0f;
-                    if (residual) o += r_add[j];
-                    out[j] = o;
-                }
-                if (vec) store_float4(C + (long long)m * ldc + n, out);
-                else
-                    for (int j = 0; j < 4 && n + j < N; j++) C[(long long)m * ldc + n + j] = out[j];
-                if (act_out) {
-                    float act[4];
-#pragma unroll
-                    for (int j = 0; j < 4; j++) act[j] = activation == GEMM_GELU ? gelu(out[j]) : fmaxf(out[j], 0.0f);
-                    if (vec) store_float4(act_out + row + n, act);
-                    else
-                        for (int j = 0; j < 4 && n + j < N; j++) act_out[row + n + j] = act[j];
-                }
+                if (n >= N) continue;
+                e.apply4(blockIdx.z, m, n, &acc[gm * 4 + i][gn * 4], c_vec && n + 3 < N);
             }
         }
     }
@@ -224,18 +256,18 @@ __device__ __forceinline__ void gemm_tiled(const float *__restrict__ A, const fl
 
 // The three instances. Large products take 128 x 128 tiles (8 x 8 per thread: the most FMAs per
 // shared load); 128 x 64 and 64 x 64 give more blocks where the large tile would leave SMs idle.
-// __launch_bounds__(256, 2): at most 128 registers, so two blocks share an SM on sm_61; three
-// for 64 x 64 (at most 80).
+// __launch_bounds__(256, 2): at most 128 registers, so two blocks share an SM on sm_61; four
+// for 64 x 64 (at most 64, spill-free: 62 on sm_61).
 #define GEMM_PASS                                                                                                 \
     A, B, C, bias, M, N, K, lda, ldb, ldc, stride_a, stride_b, stride_c, trans_a, trans_b, alpha, beta, residual, \
-        act_out, activation, dropout, seed
+        act_out, activation, dropout, seed, splits, k_chunk
 
 extern "C" __global__ void HOT_KERNEL __launch_bounds__(GEMM_THREADS, 2)
     gemm_f32_128x128(const float *__restrict__ A, const float *__restrict__ B, float *__restrict__ C,
                      const float *__restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc,
                      long long stride_a, long long stride_b, long long stride_c, int trans_a, int trans_b,
                      float alpha, float beta, const float *__restrict__ residual, float *__restrict__ act_out,
-                     int activation, float dropout, unsigned long long seed) {
+                     int activation, float dropout, unsigned long long seed, int splits, int k_chunk) {
     gemm_tiled<128, 128, 8, 8, 8>(GEMM_PASS);
 }
 
@@ -244,15 +276,48 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(GEMM_THREADS, 2)
                     const float *__restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc,
                     long long stride_a, long long stride_b, long long stride_c, int trans_a, int trans_b,
                     float alpha, float beta, const float *__restrict__ residual, float *__restrict__ act_out,
-                    int activation, float dropout, unsigned long long seed) {
+                    int activation, float dropout, unsigned long long seed, int splits, int k_chunk) {
     gemm_tiled<128, 64, 16, 8, 4>(GEMM_PASS);
 }
 
-extern "C" __global__ void HOT_KERNEL __launch_bounds__(GEMM_THREADS, 3)
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(GEMM_THREADS, 4)
     gemm_f32_64x64(const float *__restrict__ A, const float *__restrict__ B, float *__restrict__ C,
                    const float *__restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc,
                    long long stride_a, long long stride_b, long long stride_c, int trans_a, int trans_b,
                    float alpha, float beta, const float *__restrict__ residual, float *__restrict__ act_out,
-                   int activation, float dropout, unsigned long long seed) {
+                   int activation, float dropout, unsigned long long seed, int splits, int k_chunk) {
     gemm_tiled<64, 64, 16, 4, 4>(GEMM_PASS);
+}
+
+// Split-K's second pass. Idea: a thread owns 4 consecutive columns of one row of C; it adds
+// the splits' partial products (workspace [batch * splits, M, N], dense) in split order --
+// a fixed order, so the sum is the same on every run and schedule -- and applies the epilogue
+// to the sum. Grid-stride over the batch's rows x column groups.
+extern "C" __global__ void gemm_split_sum(const float *__restrict__ partial, int splits, float *__restrict__ C,
+                                          const float *__restrict__ bias, int M, int N, int ldc, int batch,
+                                          long long stride_c, float alpha, float beta,
+                                          const float *__restrict__ residual, float *__restrict__ act_out,
+                                          int activation, float dropout, unsigned long long seed) {
+    const GemmEpilogue e = {C, bias, residual, act_out, M, N, ldc, stride_c, alpha, beta, dropout, activation, seed};
+    const bool c_vec = e.vec_ok();
+    const bool p_vec = N % 4 == 0 && aligned16(partial);
+    const int groups = (N + 3) / 4;
+    const long long slice = (long long)M * N, total = (long long)batch * M * groups;
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
+         t += (long long)gridDim.x * blockDim.x) {
+        const int n = (int)(t % groups) * 4;
+        const int m = (int)(t / groups % M);
+        const int b = (int)(t / groups / M);
+        float sum[4] = {};
+        const float *p = partial + (long long)b * splits * slice + (long long)m * N + n;
+        for (int s = 0; s < splits; s++, p += slice) {
+            float v[4];
+            if (p_vec) load_float4(p, v);
+            else
+                for (int j = 0; j < 4; j++) v[j] = n + j < N ? p[j] : 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; j++) sum[j] += v[j];
+        }
+        e.apply4(b, m, n, sum, c_vec && n + 3 < N);
+    }
 }

@@ -5,7 +5,7 @@ use emrclass::bench::{self, record, step};
 use emrclass::model::heads::HeadKind;
 use emrclass::model::loss::LossKind;
 use emrclass::model::rnn::Cell;
-use emrclass::ops::{Gemm, GemmTile};
+use emrclass::ops::{Gemm, GemmPlan, GemmTile};
 use emrclass::settings::Checks;
 use emrclass::{Device, Error, Result};
 
@@ -81,8 +81,12 @@ pub struct StepArgs {
 
 /// The step with the encoder memory the planner picks within `budget` (one pass: a plan that
 /// needs micro-batches is refused, as the step times one batch).
-fn planned(shape: step::StepShape, budget: usize) -> Result<step::StepShape> {
-    let p = emrclass::plan::plan(&shape.plan_request(budget))?;
+fn planned(
+    shape: step::StepShape,
+    budget: usize,
+    multiprocessors: usize,
+) -> Result<step::StepShape> {
+    let p = emrclass::plan::plan(&shape.plan_request(budget, multiprocessors))?;
     let layers = shape.layers;
     if !p.fits || p.strategy.accumulate > 1 {
         return Err(emrclass::Error::Invalid(format!(
@@ -231,36 +235,54 @@ fn parse_layout(layout: &str) -> Result<(bool, bool)> {
     }
 }
 
-/// `auto` as None (the launcher's choice), `all` as every tile, else the named tiles.
-fn parse_tiles(names: &[String]) -> Result<Vec<Option<GemmTile>>> {
+/// `auto` as None (the launcher's choice), `all` as every tile unsplit and the launcher's
+/// choice, else named tiles, `TILE:S` for S slices of k (split-K), e.g. `128x128:4`.
+fn parse_tiles(names: &[String]) -> Result<Vec<Option<GemmPlan>>> {
     let mut out = Vec::new();
     for name in names {
+        let bad = || {
+            Error::Invalid(format!(
+                "gemm tile `{name}`: expected auto, all, 128x128, 128x64 or 64x64, each optionally with :SPLITS (1 to 64)"
+            ))
+        };
         match name.as_str() {
             "auto" => out.push(None),
-            "all" => out.extend(GemmTile::ALL.map(Some)),
-            _ => out.push(Some(
-                GemmTile::ALL
+            "all" => {
+                out.extend(GemmTile::ALL.map(|t| Some(GemmPlan::unsplit(t))));
+                out.push(None);
+            }
+            _ => {
+                let (tile, splits) = name.split_once(':').unwrap_or((name, "1"));
+                let tile = GemmTile::ALL
                     .into_iter()
-                    .find(|t| t.name() == *name)
-                    .ok_or_else(|| {
-                        Error::Invalid(format!(
-                            "gemm tile `{name}`: expected auto, all, 128x128, 128x64 or 64x64"
-                        ))
-                    })?,
-            )),
+                    .find(|t| t.name() == tile)
+                    .ok_or_else(bad)?;
+                let splits = splits
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=64).contains(s))
+                    .ok_or_else(bad)?;
+                out.push(Some(GemmPlan { tile, splits }));
+            }
         }
     }
     Ok(out)
 }
 
-/// The BERT-base products of one layer at `tokens` rows: QKV, attention output, FFN up and down.
-fn bert_gemm_shapes(tokens: usize) -> Vec<(usize, usize, usize)> {
-    vec![
-        (tokens, 2304, 768),
-        (tokens, 768, 768),
-        (tokens, 3072, 768),
-        (tokens, 768, 3072),
-    ]
+/// The products of one BERT-base layer's linears (QKV, attention output, FFN up, FFN down) at
+/// `tokens` rows, in the layouts a training step runs them: forward y = x W^T (NT), input
+/// gradient dx = dy W (NN), weight gradient dW = dy^T x (TN, summed over the rows).
+fn bert_gemm_products(tokens: usize) -> Vec<Gemm> {
+    [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
+        .into_iter()
+        .flat_map(|(input, output)| {
+            [
+                Gemm::new(tokens, output, input, false, true),
+                Gemm::new(tokens, input, output, false, false),
+                Gemm::new(output, input, tokens, true, false),
+            ]
+        })
+        .collect()
 }
 
 fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
@@ -305,27 +327,42 @@ pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool
                 .iter()
                 .map(|l| parse_layout(l))
                 .collect::<Result<Vec<_>>>()?;
-            let tiles = parse_tiles(tiles)?;
-            let mut todo: Vec<(usize, usize, usize)> = sizes.iter().map(|&s| (s, s, s)).collect();
+            let plans = parse_tiles(tiles)?;
+            let mut shapes_asked: Vec<(usize, usize, usize)> =
+                sizes.iter().map(|&s| (s, s, s)).collect();
             for s in shapes {
-                todo.push(parse_shape(s)?);
+                shapes_asked.push(parse_shape(s)?);
             }
+            let mut todo: Vec<Gemm> = shapes_asked
+                .iter()
+                .flat_map(|&(m, n, k)| {
+                    layouts
+                        .iter()
+                        .map(move |&(ta, tb)| Gemm::new(m, n, k, ta, tb))
+                })
+                .collect();
             if todo.is_empty() {
                 todo = if dev.is_cuda() {
-                    let mut v = bert_gemm_shapes(16 * 128);
-                    v.extend(bert_gemm_shapes(16 * 512));
-                    v.extend([(1024, 1024, 1024), (4096, 4096, 4096)]);
+                    let mut v = bert_gemm_products(16 * 128);
+                    v.extend(bert_gemm_products(16 * 512));
+                    v.extend([1024, 4096].map(|s| Gemm::new(s, s, s, false, false)));
                     v
                 } else {
-                    vec![(64, 64, 64), (128, 128, 128), (256, 256, 256)]
+                    [64, 128, 256]
+                        .map(|s| Gemm::new(s, s, s, false, false))
+                        .into()
                 };
             }
             let mut rows = Vec::new();
-            for &(m, n, k) in &todo {
-                for &(trans_a, trans_b) in &layouts {
-                    for &tile in &tiles {
-                        let g = Gemm::new(m, n, k, trans_a, trans_b);
-                        rows.push(bench::gemm(dev, &g, tile, *reps)?);
+            for g in &todo {
+                let mut done = Vec::new();
+                for &plan in &plans {
+                    // `all` adds the launcher's choice, which may be a tile already timed.
+                    let plan =
+                        plan.unwrap_or_else(|| GemmPlan::for_shape(g, dev.multiprocessors()));
+                    if !done.contains(&plan) {
+                        done.push(plan);
+                        rows.push(bench::gemm(dev, g, Some(plan), *reps)?);
                     }
                 }
             }
@@ -333,7 +370,7 @@ pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool
             if !dev.is_cuda() {
                 let base: Vec<_> = todo
                     .iter()
-                    .map(|&(m, n, k)| bench::host_naive_gemm(dev, m, n, k))
+                    .map(|g| bench::host_naive_gemm(dev, g.m, g.n, g.k))
                     .collect();
                 bench::print_gemm(&base);
             }
@@ -427,7 +464,7 @@ pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool
                 };
                 let budget = dev.memory().budget();
                 let shape = if a.recompute.is_none() && budget < usize::MAX {
-                    planned(shape, budget)?
+                    planned(shape, budget, dev.multiprocessors())?
                 } else {
                     shape
                 };
@@ -510,9 +547,10 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
-    /// C = A B, row-major fp32. Default shapes: 64..256 squares on the simulator; on CUDA the
-    /// BERT-base products at batch 16 x L 128 and 512 (QKV, attention output, FFN up, FFN down)
-    /// and 1024/4096 squares.
+    /// C = op(A) op(B), row-major fp32. Default: 64..256 squares on the simulator; on CUDA the
+    /// products of a BERT-base training step at batch 16 x L 128 and 512 (QKV, attention output,
+    /// FFN up, FFN down; each forward, input gradient and weight gradient, in the step's
+    /// layouts) and 1024/4096 squares.
     Gemm {
         /// Square sizes (m = n = k).
         #[arg(long, value_delimiter = ',')]
@@ -523,11 +561,12 @@ pub enum BenchWhat {
         /// Timed repetitions per size (the median is reported).
         #[arg(long, default_value_t = 5)]
         reps: usize,
-        /// Operand layouts: nn (C = A B), nt (A B^T, as backward's dX = dY W^T), tn (A^T B, as
-        /// the weight gradient X^T dY).
+        /// Operand layouts of --sizes and --shapes: nn (C = A B, as the input gradient dX = dY W),
+        /// nt (A B^T, as the forward X W^T), tn (A^T B, as the weight gradient dY^T X).
         #[arg(long, value_delimiter = ',', default_values_t = ["nn".to_string()])]
         layouts: Vec<String>,
-        /// GEMM tile: auto (the launcher's choice for the shape), all, or 128x128, 128x64, 64x64.
+        /// GEMM plan: auto (the launcher's choice for the shape), all (every tile unsplit, and
+        /// auto), or 128x128, 128x64, 64x64, each optionally split along k as TILE:SPLITS.
         #[arg(long, value_delimiter = ',', default_values_t = ["auto".to_string()])]
         tiles: Vec<String>,
     },

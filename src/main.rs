@@ -206,6 +206,10 @@ struct PlanArgs {
     /// The card's memory.
     #[arg(long, default_value = "4GiB")]
     budget: String,
+    /// The card's streaming multiprocessors (6: a GTX 1050 Ti; an H200 has 132): GEMM plans
+    /// depend on them, and split-K's workspace is memory.
+    #[arg(long, default_value_t = emrclass::plan::TARGET_MULTIPROCESSORS)]
+    multiprocessors: usize,
     /// Plan a frozen encoder (features cached, head trained alone).
     #[arg(long)]
     frozen: bool,
@@ -576,6 +580,7 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
     let optimizer = c.parse("--optimizer", &a.optimizer);
     c.count("--batch", a.batch);
     c.count("--windows", a.windows);
+    c.count("--multiprocessors", a.multiprocessors);
     c.count("--classes", a.classes);
     c.at_least("--classes", a.classes, 2, "a classifier");
     c.require(
@@ -617,6 +622,7 @@ fn plan_command(cli: &Cli, a: &PlanArgs) -> Result<bool> {
         optimizer,
         fp16_activations: a.saved_activations == SavedActivations::Fp16,
         windows: a.windows,
+        multiprocessors: a.multiprocessors,
     };
     let p = plan::plan(&request)?;
     plan::print_plan(&p);

@@ -183,6 +183,7 @@ fn tiny_request(head: HeadKind, loss: LossKind, batch: usize, seq: usize) -> Req
         optimizer: Default::default(),
         fp16_activations: false,
         windows: 1,
+        multiprocessors: plan::TARGET_MULTIPROCESSORS,
     }
 }
 
@@ -245,6 +246,44 @@ fn planned_peak_equals_the_simulators_measured_peak() {
         let sum: usize = measured.at_peak.iter().sum();
         assert_eq!(sum, measured.peak, "case {n}: the roles add up to the peak");
     }
+}
+
+#[test]
+fn a_card_with_many_sms_splits_its_gemms_and_the_plan_counts_the_workspace() {
+    // 8 x 32 tokens: the weight gradients sum over 256 rows, which a 132-SM card splits along
+    // k (GemmPlan::for_shape; so does a 6-SM one at these tiny widths, never at BERT-base's)
+    // while a 1-SM one never splits. The split's workspace is memory, so the plan for the big
+    // card must run the same splits.
+    let many = Request {
+        multiprocessors: 132,
+        ..tiny_request(HeadKind::Paper, LossKind::CrossEntropy, 8, 32)
+    };
+    let few = Request {
+        multiprocessors: 1,
+        ..many.clone()
+    };
+    let strategy = Strategy::whole(8);
+    let planned = plan::measure(&many, &strategy).unwrap();
+    let dev = common::test_device(Schedule::Reverse).with_multiprocessors(132);
+    let measured = plan::run_steps(&dev, &many, &strategy).unwrap();
+    assert_eq!(planned.peak, measured.peak);
+    assert_eq!(planned.at_peak, measured.at_peak, "by role");
+    // The splits ran (one more launch each), and their workspace reached the peak.
+    let small = common::test_device(Schedule::Reverse).with_multiprocessors(1);
+    let unsplit = plan::run_steps(&small, &few, &strategy).unwrap();
+    assert!(
+        dev.launch_count() > small.launch_count(),
+        "{} launches split, {} unsplit",
+        dev.launch_count(),
+        small.launch_count()
+    );
+    assert!(
+        measured.peak > unsplit.peak,
+        "{} bytes split, {} unsplit",
+        measured.peak,
+        unsplit.peak
+    );
+    assert_eq!(plan::measure(&few, &strategy).unwrap().peak, unsplit.peak);
 }
 
 #[test]
@@ -334,6 +373,7 @@ fn bert_base_fits_4_gib_at_16_x_512_and_32_x_128() {
         optimizer: Default::default(),
         fp16_activations: false,
         windows: 1,
+        multiprocessors: plan::TARGET_MULTIPROCESSORS,
     };
     for (batch, seq) in [(16, 512), (32, 128)] {
         let p = plan::plan(&request(batch, seq)).unwrap();

@@ -62,6 +62,8 @@ fn launches_and_host_waits_per_step_are_steady_and_bounded() {
     // the gradient norm out (1). Never one per tensor or per layer.
     assert!(l128.1 <= 13, "{} host waits per step", l128.1);
     // Launches: 565 since the post-LayerNorms' backward writes the dropout's gradient in the
-    // same pass and the residual gradients join in the GEMM epilogues (613 before: 4 a layer).
-    assert!(l128.0 <= 565, "{} kernel launches per step", l128.0);
+    // same pass and the residual gradients join in the GEMM epilogues (613 before: 4 a layer);
+    // 566 since split-K: the classifier's 16 x 44 product over 2048 features is one 64 x 64
+    // tile, which a 6-SM card runs as 6 slices of k and a summing pass.
+    assert!(l128.0 <= 566, "{} kernel launches per step", l128.0);
 }

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 use crate::model::rnn::{BiRnn, Cell};
 use crate::model::textcnn::{TextCnn, TextCnnConfig};
-use crate::ops::{self, Gemm, GemmTile};
+use crate::ops::{self, Gemm, GemmPlan};
 
 pub mod record;
 pub mod step;
@@ -82,17 +82,22 @@ pub struct GemmTiming {
     pub roofline: Option<f64>,
 }
 
-/// Times the product `g` (densely packed operands) on `dev` with the given tile, or the
+/// Times the product `g` (densely packed operands) on `dev` with the given plan, or the
 /// launcher's choice when None: one warm-up, then the median of `reps`.
-pub fn gemm(dev: &Device, g: &Gemm, tile: Option<GemmTile>, reps: usize) -> Result<GemmTiming> {
+pub fn gemm(dev: &Device, g: &Gemm, plan: Option<GemmPlan>, reps: usize) -> Result<GemmTiming> {
     let (m, n, k) = (g.m, g.n, g.k);
     let mut rng = Rng::new(1);
     let a = dev.upload(&to_f32(&rng.normals(m * k, 1.0)), "A")?;
     let b = dev.upload(&to_f32(&rng.normals(k * n, 1.0)), "B")?;
     let mut c = dev.zeros::<f32>(m * n, "C")?;
-    let picked = GemmTile::for_shape(g, dev.multiprocessors());
-    let tile = tile.unwrap_or(picked);
-    let mut run = || ops::gemm_with_tile(g, tile, &a, &b, &mut c, None, Default::default());
+    let picked = GemmPlan::for_shape(g, dev.multiprocessors());
+    // As run: a split the chunk rounding shortens is the shorter one.
+    let plan = plan.unwrap_or(picked);
+    let plan = GemmPlan {
+        splits: plan.effective_splits(g),
+        ..plan
+    };
+    let mut run = || ops::gemm_with_plan(g, plan, &a, &b, &mut c, None, Default::default());
     run()?;
     dev.synchronize()?;
     let mut times = Vec::with_capacity(reps);
@@ -109,7 +114,7 @@ pub fn gemm(dev: &Device, g: &Gemm, tile: Option<GemmTile>, reps: usize) -> Resu
     let mut out = timing(
         format!(
             "emrclass gemm {layout} {} on {}",
-            tile.name(),
+            plan.name(),
             dev.describe()
         ),
         dev,
@@ -119,7 +124,8 @@ pub fn gemm(dev: &Device, g: &Gemm, tile: Option<GemmTile>, reps: usize) -> Resu
         ms,
     );
     out.spec = json!({"family": "gemm", "m": m, "n": n, "k": k, "trans_a": g.trans_a,
-                      "trans_b": g.trans_b, "tile": tile.name(), "picked": tile == picked});
+                      "trans_b": g.trans_b, "tile": plan.tile.name(),
+                      "splits": plan.effective_splits(g), "picked": plan == picked});
     Ok(out)
 }
 

@@ -91,8 +91,9 @@ impl StepShape {
         }
     }
 
-    /// What `emrclass plan` would be asked for this step within `budget` bytes.
-    pub fn plan_request(&self, budget: usize) -> crate::plan::Request {
+    /// What `emrclass plan` would be asked for this step within `budget` bytes on a card with
+    /// `multiprocessors` SMs.
+    pub fn plan_request(&self, budget: usize, multiprocessors: usize) -> crate::plan::Request {
         crate::plan::Request {
             encoder: self.bert_config(),
             head: HeadConfig::new(self.head, self.hidden, self.classes),
@@ -105,6 +106,7 @@ impl StepShape {
             optimizer: self.optimizer,
             fp16_activations: self.memory.fp16_activations,
             windows: 1,
+            multiprocessors,
         }
     }
 }

@@ -1,14 +1,14 @@
 //! The GEMM's fused epilogue (dropout, residual, activation output) against the f64 reference:
 //! the product from `reference::gemm`, then each step applied element by element as
-//! kernels/gemm.cu documents it. Every tile, awkward shapes (padded leading dimensions, a batch,
+//! kernels/gemm.cu documents it. Every tile, unsplit and split-K, awkward shapes (padded leading dimensions, a batch,
 //! views at odd offsets), C and the activation output NaN-poisoned where they must be written
 //! and checked untouched elsewhere.
 
-use super::registry::{gemm_lengths, gemm_sizes, in_c_window, kernel_row, Row};
+use super::registry::{gemm_lengths, gemm_plans, gemm_sizes, in_c_window, kernel_row, Row};
 use super::{nan_vec, relative_error, to_f32, worst, Rng};
 use crate::device::Device;
 use crate::error::Result;
-use crate::ops::{self, Activation, Epilogue, Gemm, GemmTile};
+use crate::ops::{self, Activation, Epilogue, Gemm};
 use crate::reference as r;
 
 /// (dropout, residual, activation, bias, beta)
@@ -54,8 +54,9 @@ fn at(g: &Gemm, bt: usize, m: usize, n: usize) -> usize {
 
 pub fn kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for tile in GemmTile::ALL {
-        for (g, (dropout, with_residual, activation, with_bias, with_beta)) in cases() {
+    for (g, steps) in cases() {
+        for plan in gemm_plans(&g) {
+            let (dropout, with_residual, activation, with_bias, with_beta) = steps;
             let g = Gemm {
                 beta: if with_beta { 0.5 } else { 0.0 },
                 ..g
@@ -113,9 +114,9 @@ pub fn kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
                 residual: with_residual.then_some(&dres),
                 activation: activation.map(|act| (act, &mut dact)),
             };
-            ops::gemm_with_tile(
+            ops::gemm_with_plan(
                 &g,
-                tile,
+                plan,
                 &da,
                 &db,
                 &mut dc,
@@ -157,7 +158,7 @@ pub fn kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
             rows.push(kernel_row(
                 "gemm_epilogue",
                 dev,
-                format!("{}{steps} tile {}", gemm_sizes(&g, with_bias), tile.name()),
+                format!("{}{steps} tile {}", gemm_sizes(&g, with_bias), plan.name()),
                 err,
             ));
         }

@@ -244,6 +244,7 @@ fn gemm_cases() -> Vec<(Gemm, bool)> {
         (96, 128, 64),
         (129, 65, 9),
         (130, 257, 24),
+        (45, 70, 300),
     ];
     for (idx, &(m, n, k)) in shapes.iter().enumerate() {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -312,13 +313,22 @@ pub(super) fn gemm_sizes(g: &Gemm, bias: bool) -> String {
     )
 }
 
-/// Every case under every tile size (each its own kernel instance), not only the one the
-/// launcher would pick for the shape.
+/// The plans every GEMM case runs under: each tile size (its own kernel instance) unsplit and
+/// split three ways along k (two or three slices after rounding, where k is over 16), not only
+/// the one the launcher would pick for the shape.
+pub(super) fn gemm_plans(g: &Gemm) -> Vec<ops::GemmPlan> {
+    ops::GemmTile::ALL
+        .into_iter()
+        .flat_map(|tile| [1, 3].map(|splits| ops::GemmPlan { tile, splits }))
+        .filter(|p| p.splits == 1 || p.effective_splits(g) > 1)
+        .collect()
+}
+
 fn gemm_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for (tile, (g, with_bias)) in ops::GemmTile::ALL
+    for (plan, (g, with_bias)) in gemm_cases()
         .into_iter()
-        .flat_map(|t| gemm_cases().into_iter().map(move |c| (t, c)))
+        .flat_map(|c| gemm_plans(&c.0).into_iter().map(move |p| (p, c)))
     {
         let (la, lb, lc) = gemm_lengths(&g);
         let a = rng.normals(la, 1.0);
@@ -338,9 +348,9 @@ fn gemm_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
             up(dev, &bias, "bias")?,
         );
         let mut dc = dev.upload(&to_f32(&c0), "C")?;
-        ops::gemm_with_tile(
+        ops::gemm_with_plan(
             &g,
-            tile,
+            plan,
             &da,
             &db,
             &mut dc,
@@ -364,7 +374,7 @@ fn gemm_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
         } else {
             f64::INFINITY
         };
-        let sizes = format!("{} tile {}", gemm_sizes(&g, with_bias), tile.name());
+        let sizes = format!("{} tile {}", gemm_sizes(&g, with_bias), plan.name());
         rows.push(kernel_row("gemm", dev, sizes, err));
     }
     Ok(rows)

@@ -213,6 +213,8 @@ struct Inner {
     /// Calls that make the host wait for the device: copies to or from host memory (cudarc's
     /// synchronous memcpy) and `synchronize`. `bench step` reports them per step.
     host_syncs: std::sync::atomic::AtomicU64,
+    /// The SM count kernel choices assume (`Device::multiprocessors`).
+    multiprocessors: std::sync::atomic::AtomicUsize,
 }
 
 /// A device: cheap to clone, shared by every buffer allocated on it.
@@ -298,6 +300,10 @@ impl Device {
     }
 
     fn with_backend(backend: Backend, budget: usize) -> Device {
+        let multiprocessors = match &backend {
+            Backend::Cuda(c) => c.info.multiprocessors.max(1) as usize,
+            Backend::Simt(_) | Backend::Sizing(_) => 6,
+        };
         Device(Arc::new(Inner {
             backend,
             memory: MemoryCounter::new(budget),
@@ -305,7 +311,20 @@ impl Device {
             accumulate: std::sync::atomic::AtomicBool::new(false),
             launches: Default::default(),
             host_syncs: Default::default(),
+            multiprocessors: multiprocessors.into(),
         }))
+    }
+
+    /// The simulator or the sizing device standing in for a card with `n` SMs, so that kernel
+    /// choices by shape (GEMM tiles, split-K and its workspace) are that card's. No effect on
+    /// CUDA: a GPU's count is its own.
+    pub fn with_multiprocessors(self, n: usize) -> Device {
+        if !self.is_cuda() {
+            self.0
+                .multiprocessors
+                .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+        }
+        self
     }
 
     /// The same device with a byte budget that allocations may not pass.
@@ -365,11 +384,13 @@ impl Device {
     }
 
     /// Streaming multiprocessors: the GPU's own count on CUDA; on the simulator and the sizing
-    /// device, the GTX 1050 Ti's 6, so that shape-dependent kernel choices (GEMM tiles) are the
-    /// ones the target card makes, and the tests exercise them.
+    /// device, the GTX 1050 Ti's 6 unless `with_multiprocessors` says otherwise, so that
+    /// shape-dependent kernel choices (GEMM tiles, split-K) are the ones the target card makes,
+    /// and the tests exercise them.
     pub fn multiprocessors(&self) -> usize {
-        self.cuda_info()
-            .map_or(6, |info| info.multiprocessors.max(1) as usize)
+        self.0
+            .multiprocessors
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn cuda_info(&self) -> Option<&CudaInfo> {

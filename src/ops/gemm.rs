@@ -144,30 +144,109 @@ impl GemmTile {
             GemmTile::T64x64 => 0.77,
         }
     }
+}
 
-    /// The estimated time of `g` with this tile, in units of one 128 x 128 tile's work: blocks
-    /// spread evenly over the SMs, the busiest SM's share at this tile's rate. Edge padding
-    /// counts (a padded block costs what a full one does), and so does a last, partial round.
-    pub fn estimated_cost(self, g: &Gemm, multiprocessors: usize) -> f64 {
-        let (bm, bn) = self.dims();
-        let per_sm = self.blocks(g).div_ceil(multiprocessors.max(1));
-        per_sm as f64 * (bm * bn) as f64 / (128.0 * 128.0) / self.relative_rate()
+/// How a product runs: a tile, and the number of slices of k it is split into (split-K: 1 is
+/// none). Split, each slice is its own set of blocks writing a partial product into a
+/// workspace of splits x batch x m x n floats (allocated for the call, freed after it), and a
+/// second kernel adds the slices in a fixed order and applies the epilogue: deterministic,
+/// and it fills a large GPU when m x n alone gives too few blocks (BERT's weight gradients,
+/// 768 x 768 summed over thousands of rows, are 36 large tiles for 132 SMs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmPlan {
+    pub tile: GemmTile,
+    pub splits: usize,
+}
+
+/// A split's k range is a multiple of this (the kernel's float4 loads along k stay aligned,
+/// and every tile's slice depth divides it).
+const SPLIT_K_ALIGN: usize = 16;
+/// The least k a split covers: fewer k steps than this leave the block mostly prologue.
+const SPLIT_K_MIN_CHUNK: usize = 128;
+const SPLIT_K_MAX: usize = 16;
+/// The cost model's exchange rate between memory and arithmetic: FMAs a card does in the time
+/// it moves one byte of DRAM (H200: 33.5 TFMA/s over 4.8 TB/s is 7; GTX 1050 Ti: 1.05 over
+/// 0.112 is 9.4).
+const FMAS_PER_BYTE: f64 = 8.0;
+/// One more launch, in FMAs of one SM (about 2 microseconds at 250 GFMA/s an SM).
+const LAUNCH_FMAS: f64 = 5.0e5;
+
+impl GemmPlan {
+    pub fn unsplit(tile: GemmTile) -> GemmPlan {
+        GemmPlan { tile, splits: 1 }
     }
 
-    /// The tile with the least estimated cost on a GPU with `multiprocessors` SMs (the larger
-    /// one on a tie). Bigger tiles do more FMAs per byte loaded; smaller ones keep every SM of
-    /// a large GPU busy on products like BERT's 2048 x 768.
-    pub fn for_shape(g: &Gemm, multiprocessors: usize) -> GemmTile {
-        GemmTile::ALL
-            .into_iter()
-            .fold(None::<(GemmTile, f64)>, |best, t| {
-                let cost = t.estimated_cost(g, multiprocessors);
-                match best {
-                    Some((_, c)) if c <= cost => best,
-                    _ => Some((t, cost)),
+    /// The k each split covers (all of k when unsplit).
+    pub fn k_chunk(self, g: &Gemm) -> usize {
+        if self.splits <= 1 {
+            return g.k;
+        }
+        g.k.div_ceil(self.splits).next_multiple_of(SPLIT_K_ALIGN)
+    }
+
+    /// The splits that actually run: rounding the chunk up can leave the last asked-for ones
+    /// empty.
+    pub fn effective_splits(self, g: &Gemm) -> usize {
+        if self.splits <= 1 || g.k == 0 {
+            1
+        } else {
+            g.k.div_ceil(self.k_chunk(g))
+        }
+    }
+
+    /// Floats of workspace a split product needs (0 unsplit).
+    pub fn workspace(self, g: &Gemm) -> usize {
+        match self.effective_splits(g) {
+            1 => 0,
+            s => s * g.batch * g.m * g.n,
+        }
+    }
+
+    pub fn name(self) -> String {
+        match self.splits {
+            1 => self.tile.name(),
+            s => format!("{} split {s}", self.tile.name()),
+        }
+    }
+
+    /// The estimated time of `g`, in FMAs of the busiest of `multiprocessors` SMs at 128 x
+    /// 128's rate: blocks spread evenly, each doing its tile times its k range at the tile's
+    /// rate (a padded block costs what a full one does, and so does a last, partial round);
+    /// split, plus the workspace's traffic (written once, read once, C written) spread over
+    /// the card, and one more launch.
+    pub fn estimated_cost(self, g: &Gemm, multiprocessors: usize) -> f64 {
+        let sms = multiprocessors.max(1);
+        let (bm, bn) = self.tile.dims();
+        let splits = self.effective_splits(g);
+        let per_sm = (self.tile.blocks(g) * splits).div_ceil(sms);
+        let arithmetic =
+            per_sm as f64 * (bm * bn * self.k_chunk(g).max(1)) as f64 / self.tile.relative_rate();
+        if splits == 1 {
+            return arithmetic;
+        }
+        let bytes = (2 * splits + 1) as f64 * (g.batch * g.m * g.n * 4) as f64;
+        arithmetic + bytes * FMAS_PER_BYTE / sms as f64 + LAUNCH_FMAS
+    }
+
+    /// The plan with the least estimated cost on a GPU with `multiprocessors` SMs (on a tie,
+    /// the larger tile, then fewer splits). Bigger tiles do more FMAs per byte loaded; smaller
+    /// ones and split-K keep every SM of a large GPU busy.
+    pub fn for_shape(g: &Gemm, multiprocessors: usize) -> GemmPlan {
+        let max_splits = (g.k / SPLIT_K_MIN_CHUNK).clamp(1, SPLIT_K_MAX);
+        let mut best = (GemmPlan::unsplit(GemmTile::T64x64), f64::INFINITY);
+        for tile in GemmTile::ALL {
+            for splits in 1..=max_splits {
+                let plan = GemmPlan { tile, splits };
+                if plan.effective_splits(g) != splits {
+                    continue; // the same as a smaller split
                 }
-            })
-            .map_or(GemmTile::T64x64, |(t, _)| t)
+                let cost = plan.estimated_cost(g, multiprocessors);
+                if cost < best.1 {
+                    best = (plan, cost);
+                }
+            }
+        }
+        best.0
     }
 }
 
@@ -192,7 +271,7 @@ pub struct Epilogue<'a> {
     pub activation: Option<(Activation, &'a mut Buffer<f32>)>,
 }
 
-/// C = alpha * op(A) * op(B) + beta * C (+ bias), with the tile `GemmTile::for_shape` picks for
+/// C = alpha * op(A) * op(B) + beta * C (+ bias), with the plan `GemmPlan::for_shape` picks for
 /// this device.
 pub fn gemm(
     g: &Gemm,
@@ -213,14 +292,15 @@ pub fn gemm_fused(
     bias: Option<&Buffer<f32>>,
     epilogue: Epilogue,
 ) -> Result<()> {
-    let tile = GemmTile::for_shape(g, a.device().multiprocessors());
-    gemm_with_tile(g, tile, a, b, c, bias, epilogue)
+    let plan = GemmPlan::for_shape(g, a.device().multiprocessors());
+    gemm_with_plan(g, plan, a, b, c, bias, epilogue)
 }
 
-/// `gemm_fused` with a chosen tile: for the tests (every tile on every shape) and benchmarks.
-pub fn gemm_with_tile(
+/// `gemm_fused` with a chosen plan: for the tests (every tile and several splits on every
+/// shape) and benchmarks.
+pub fn gemm_with_plan(
     g: &Gemm,
-    tile: GemmTile,
+    plan: GemmPlan,
     a: &Buffer<f32>,
     b: &Buffer<f32>,
     c: &mut Buffer<f32>,
@@ -274,35 +354,8 @@ pub fn gemm_with_tile(
     if g.m == 0 || g.n == 0 || g.batch == 0 {
         return Ok(());
     }
-    let (bm, bn) = tile.dims();
-    let cfg = LaunchConfig {
-        grid: (
-            g.n.div_ceil(bn) as u32,
-            g.m.div_ceil(bm) as u32,
-            to_i32(OP, "batch", g.batch)? as u32,
-        ),
-        block: (256, 1, 1),
-        shared_bytes: 0,
-    };
     let i = |what, v| to_i32(OP, what, v).map(Arg::I32);
-    let args = [
-        a.arg_at(g.offset_a),
-        b.arg_at(g.offset_b),
-        c.arg_at(g.offset_c),
-        bias.map_or(Arg::Null, |b| b.arg_at(g.offset_bias)),
-        i("m", g.m)?,
-        i("n", g.n)?,
-        i("k", g.k)?,
-        i("lda", g.lda)?,
-        i("ldb", g.ldb)?,
-        i("ldc", g.ldc)?,
-        Arg::I64(g.stride_a as i64),
-        Arg::I64(g.stride_b as i64),
-        Arg::I64(g.stride_c as i64),
-        Arg::I32(g.trans_a as i32),
-        Arg::I32(g.trans_b as i32),
-        Arg::F32(g.alpha),
-        Arg::F32(g.beta),
+    let fused = [
         epilogue
             .residual
             .map_or(Arg::Null, |r| r.arg_at(g.offset_c)),
@@ -318,50 +371,184 @@ pub fn gemm_with_tile(
         Arg::F32(rate),
         Arg::U64(seed),
     ];
-    a.device().launch(tile.kernel(), cfg, &args)
+    let plain = [
+        Arg::Null,
+        Arg::Null,
+        Arg::I32(0),
+        Arg::F32(0.0),
+        Arg::U64(0),
+    ];
+    let bias = bias.map_or(Arg::Null, |b| b.arg_at(g.offset_bias));
+    let splits = plan.effective_splits(g);
+    let (bm, bn) = plan.tile.dims();
+    let cfg = LaunchConfig {
+        grid: (
+            g.n.div_ceil(bn) as u32,
+            g.m.div_ceil(bm) as u32,
+            to_i32(OP, "batch x splits", g.batch * splits)? as u32,
+        ),
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    // The tiled kernel's arguments, writing into `out` (ldc, batch stride) with `tail`'s
+    // epilogue, alpha and beta.
+    let tiled =
+        |out: Arg, bias: Arg, (ldc, stride_c): (usize, usize), alpha, beta, tail: [Arg; 5]| {
+            let mut args = vec![
+                a.arg_at(g.offset_a),
+                b.arg_at(g.offset_b),
+                out,
+                bias,
+                i("m", g.m)?,
+                i("n", g.n)?,
+                i("k", g.k)?,
+                i("lda", g.lda)?,
+                i("ldb", g.ldb)?,
+                i("ldc", ldc)?,
+                Arg::I64(g.stride_a as i64),
+                Arg::I64(g.stride_b as i64),
+                Arg::I64(stride_c as i64),
+                Arg::I32(g.trans_a as i32),
+                Arg::I32(g.trans_b as i32),
+                Arg::F32(alpha),
+                Arg::F32(beta),
+            ];
+            args.extend(tail);
+            args.extend([i("splits", splits)?, i("k chunk", plan.k_chunk(g))?]);
+            Ok::<_, crate::Error>(args)
+        };
+    let dev = a.device();
+    let c_at = c.arg_at(g.offset_c);
+    if splits == 1 {
+        let args = tiled(c_at, bias, (g.ldc, g.stride_c), g.alpha, g.beta, fused)?;
+        return dev.launch(plan.tile.kernel(), cfg, &args);
+    }
+    // Split-K: the partial products as a dense [batch * splits, m, n] C with a plain epilogue,
+    // then their sum with the real one.
+    let partial = dev.alloc::<f32>(plan.workspace(g), "split-K partial products")?;
+    let dense = (g.n, g.m * g.n);
+    let args = tiled(partial.arg_at(0), Arg::Null, dense, 1.0, 0.0, plain)?;
+    dev.launch(plan.tile.kernel(), cfg, &args)?;
+    let groups = g.batch * g.m * g.n.div_ceil(4);
+    let sum_cfg = LaunchConfig {
+        grid: (groups.div_ceil(256).clamp(1, 65535) as u32, 1, 1),
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    let mut args = vec![
+        partial.arg_at(0),
+        i("splits", splits)?,
+        c_at,
+        bias,
+        i("m", g.m)?,
+        i("n", g.n)?,
+        i("ldc", g.ldc)?,
+        i("batch", g.batch)?,
+        Arg::I64(g.stride_c as i64),
+        Arg::F32(g.alpha),
+        Arg::F32(g.beta),
+    ];
+    args.extend(fused);
+    dev.launch("gemm_split_sum", sum_cfg, &args)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Gemm, GemmTile};
+    use super::{Gemm, GemmPlan, GemmTile};
+
+    fn unsplit(t: GemmTile) -> GemmPlan {
+        GemmPlan::unsplit(t)
+    }
 
     #[test]
-    fn tiles_by_shape_and_card() {
+    fn plans_by_shape_and_card() {
         let nn = |m, n, k| Gemm::new(m, n, k, false, false);
-        // A GTX 1050 Ti (6 SMs) fills up on every BERT-base product: the largest tile.
-        for (m, n, k) in [
-            (2048, 2304, 768),
-            (2048, 768, 768),
-            (2048, 3072, 768),
-            (8192, 768, 3072),
-        ] {
-            assert_eq!(GemmTile::for_shape(&nn(m, n, k), 6), GemmTile::T128x128);
+        // A training step's products at 16 x 128 and 16 x 512 tokens: forward (NT), input
+        // gradient (NN), weight gradient (TN, summed over the tokens).
+        let step = |t| {
+            [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
+                .into_iter()
+                .flat_map(move |(i, o)| {
+                    [
+                        Gemm::new(t, o, i, false, true),
+                        Gemm::new(t, i, o, false, false),
+                        Gemm::new(o, i, t, true, false),
+                    ]
+                })
+        };
+        // A GTX 1050 Ti (6 SMs) fills up on every BERT-base product: the largest tile, unsplit
+        // (splitting k only adds the workspace's traffic).
+        for g in step(2048).chain(step(8192)) {
+            assert_eq!(
+                GemmPlan::for_shape(&g, 6),
+                unsplit(GemmTile::T128x128),
+                "{g:?}"
+            );
         }
         // On an H200 (132 SMs) the large tile leaves SMs idle: 2048 x 2304 is 288 large tiles
         // (3 rounds of 132), 2048 x 768 only 96.
         assert_eq!(
-            GemmTile::for_shape(&nn(2048, 2304, 768), 132),
-            GemmTile::T128x64
+            GemmPlan::for_shape(&nn(2048, 2304, 768), 132),
+            unsplit(GemmTile::T128x64)
         );
         assert_eq!(
-            GemmTile::for_shape(&nn(2048, 768, 3072), 132),
-            GemmTile::T64x64
+            GemmPlan::for_shape(&nn(4096, 768, 768), 132),
+            unsplit(GemmTile::T128x64)
         );
-        assert_eq!(
-            GemmTile::for_shape(&nn(4096, 768, 768), 132),
-            GemmTile::T128x64
-        );
+        // A weight gradient, 768 x 768 summed over 2048 rows: 36 large tiles, 72 of 128 x 64
+        // (the best unsplit), 144 small ones (two rounds, the second nearly empty). Split along
+        // k, 128 x 128 tiles fill the card (the model picks 7 slices of 304: 252 blocks, two
+        // nearly full rounds) at 0.7 of the best unsplit cost after the workspace's traffic and
+        // the second launch.
+        let dw = Gemm::new(768, 768, 2048, true, false);
+        let plan = GemmPlan::for_shape(&dw, 132);
+        assert_eq!(plan.tile, GemmTile::T128x128);
+        assert!(plan.splits > 1, "{plan:?}");
+        let best_unsplit = GemmTile::ALL
+            .map(|t| unsplit(t).estimated_cost(&dw, 132))
+            .into_iter()
+            .fold(f64::INFINITY, f64::min);
+        assert!(plan.estimated_cost(&dw, 132) < 0.75 * best_unsplit);
+        assert_eq!(plan.workspace(&dw), plan.splits * 768 * 768);
         // 512^3 on 6 SMs: the order the timing model measured (128 x 128 fastest).
         let cube = nn(512, 512, 512);
-        let costs = GemmTile::ALL.map(|t| t.estimated_cost(&cube, 6));
+        let costs = GemmTile::ALL.map(|t| unsplit(t).estimated_cost(&cube, 6));
         assert!(costs[0] < costs[1] && costs[1] < costs[2], "{costs:?}");
         // Mostly padding (a 12 x 12 attention block): never the large tile.
         let scores = Gemm::new(12, 12, 64, false, true).batched(192);
-        assert_eq!(GemmTile::for_shape(&scores, 6), GemmTile::T64x64);
+        assert_eq!(GemmPlan::for_shape(&scores, 6), unsplit(GemmTile::T64x64));
         // 130 x 130 would waste half of four 128 x 128 tiles.
         assert_eq!(
-            GemmTile::for_shape(&nn(130, 130, 64).batched(8), 6),
-            GemmTile::T64x64
+            GemmPlan::for_shape(&nn(130, 130, 64).batched(8), 6),
+            unsplit(GemmTile::T64x64)
         );
+        // Short sums are never split, however idle the card.
+        assert_eq!(GemmPlan::for_shape(&nn(64, 64, 255), 132).splits, 1);
+    }
+
+    #[test]
+    fn split_chunks_cover_k_in_aligned_slices() {
+        for k in [17, 100, 255, 256, 257, 1000, 8192] {
+            for splits in 1..=16 {
+                let g = Gemm::new(8, 8, k, true, false);
+                let p = GemmPlan {
+                    tile: GemmTile::T64x64,
+                    splits,
+                };
+                let (chunk, s) = (p.k_chunk(&g), p.effective_splits(&g));
+                assert!(s <= splits && s >= 1);
+                if s > 1 {
+                    assert_eq!(chunk % 16, 0);
+                    // Every slice holds some k; together they hold all of it.
+                    assert!(
+                        (s - 1) * chunk < k && s * chunk >= k,
+                        "k {k} splits {splits}"
+                    );
+                    assert_eq!(p.workspace(&g), s * 64);
+                } else {
+                    assert_eq!(p.workspace(&g), 0);
+                }
+            }
+        }
     }
 }

@@ -22,7 +22,7 @@ pub use elementwise::{
     gelu_forward, relu_backward, relu_forward, scale, tanh_backward, tanh_forward, transpose,
     Block,
 };
-pub use gemm::{gemm, gemm_fused, gemm_with_tile, Activation, Epilogue, Gemm, GemmTile};
+pub use gemm::{gemm, gemm_fused, gemm_with_plan, Activation, Epilogue, Gemm, GemmPlan, GemmTile};
 
 /// Writes a parameter's gradient with `write`: over it, or, while its device accumulates
 /// gradients (micro-batches), into a temporary that is then added to it. The temporary and the

@@ -38,6 +38,9 @@ use crate::train::trainer::{Classifier, Input, MicroBatch, TrainSettings};
 /// modules and the stream-ordered pool's rounding. A stated assumption (`--reserve` changes it).
 pub const DEFAULT_RESERVE: usize = 320 << 20;
 
+/// The SM count `emrclass plan` assumes unless told: the GTX 1050 Ti's.
+pub const TARGET_MULTIPROCESSORS: usize = 6;
+
 /// What to train, at which size, in how many bytes.
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -60,6 +63,10 @@ pub struct Request {
     /// Token windows per record (`--long-text chunks`: `--max-chunks`; else 1), each `seq`
     /// long: a micro-batch of b records runs b x windows rows.
     pub windows: usize,
+    /// The card's SM count: some kernel choices depend on it and hold memory (split-K GEMMs
+    /// allocate a workspace), so the count runs the same choices (`TARGET_MULTIPROCESSORS`:
+    /// the GTX 1050 Ti's).
+    pub multiprocessors: usize,
 }
 
 impl Request {
@@ -255,9 +262,10 @@ pub fn run_steps(dev: &Device, req: &Request, strategy: &Strategy) -> Result<Mea
     })
 }
 
-/// The peak of `strategy` counted on a fresh sizing device.
+/// The peak of `strategy` counted on a fresh sizing device with the request's SM count.
 pub fn measure(req: &Request, strategy: &Strategy) -> Result<Measured> {
-    run_steps(&Device::sizing(), req, strategy)
+    let dev = Device::sizing().with_multiprocessors(req.multiprocessors);
+    run_steps(&dev, req, strategy)
 }
 
 fn check(req: &Request) -> Result<()> {

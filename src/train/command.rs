@@ -255,7 +255,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     let mut lc = loss_config(o, &counts, &map.names)?;
     let class_weights = lc.class_weights.clone();
     let mut settings = o.settings.clone();
-    let planned = plan_memory(o, &spec, classes, &mut settings)?;
+    let planned = plan_memory(o, &spec, classes, &mut settings, dev.multiprocessors())?;
     // GHM-CS's beta = 1 warm-up, in loss steps (one per micro-batch: the loss sees each
     // micro-batch of a step, --accumulate's or the memory plan's) of this data set.
     let micro_batches = train_records.len().div_ceil(settings.batch_size.max(1)) as u64;
@@ -679,12 +679,13 @@ pub fn head_config(spec: &ModelSpec, width: usize, classes: usize) -> Result<Hea
 /// With an encoder and a memory budget: the planner's plan for batches of
 /// `settings.batch_size` x `max_len` (the longest a batch can be). Micro-batches change
 /// `settings` (same effective batch); the encoder's memory settings are the plan's strategy. A
-/// plan that cannot fit is an error that says what is short.
+/// plan that cannot fit is an error that says what is short. `multiprocessors`: the device's.
 fn plan_memory(
     o: &TrainOptions,
     spec: &ModelSpec,
     classes: usize,
     settings: &mut TrainSettings,
+    multiprocessors: usize,
 ) -> Result<Option<plan::Plan>> {
     let (Some(dir), Some(m)) = (&o.encoder, o.memory) else {
         return Ok(None);
@@ -702,6 +703,7 @@ fn plan_memory(
         optimizer: settings.optimizer,
         fp16_activations: o.fp16_activations,
         windows: o.long_text.max_windows(),
+        multiprocessors,
     };
     let p = plan::plan(&request)?;
     let layers = request.encoder.num_hidden_layers;
