@@ -353,20 +353,29 @@ pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool
                         .into()
                 };
             }
-            let mut rows = Vec::new();
+            let sms = dev.multiprocessors();
+            let (mut rows, mut timed) = (Vec::new(), Vec::new());
             for g in &todo {
                 let mut done = Vec::new();
                 for &plan in &plans {
                     // `all` adds the launcher's choice, which may be a tile already timed.
-                    let plan =
-                        plan.unwrap_or_else(|| GemmPlan::for_shape(g, dev.multiprocessors()));
+                    let plan = plan.unwrap_or_else(|| GemmPlan::for_shape(g, sms));
                     if !done.contains(&plan) {
                         done.push(plan);
-                        rows.push(bench::gemm(dev, g, Some(plan), *reps)?);
+                        let (row, t) = bench::gemm(dev, g, Some(plan), *reps)?;
+                        rows.push(row);
+                        timed.push(t);
                     }
                 }
             }
             bench::print_gemm(&rows);
+            // The cost model's check: only a GPU's times say anything about a GPU.
+            if dev.is_cuda() {
+                let check = bench::gemm_plans::check(&timed, sms);
+                for line in bench::gemm_plans::summary(&check, sms) {
+                    println!("{line}");
+                }
+            }
             if !dev.is_cuda() {
                 let base: Vec<_> = todo
                     .iter()

@@ -9,6 +9,7 @@ use crate::model::rnn::{BiRnn, Cell};
 use crate::model::textcnn::{TextCnn, TextCnnConfig};
 use crate::ops::{self, Gemm, GemmPlan};
 
+pub mod gemm_plans;
 pub mod record;
 pub mod step;
 
@@ -83,8 +84,14 @@ pub struct GemmTiming {
 }
 
 /// Times the product `g` (densely packed operands) on `dev` with the given plan, or the
-/// launcher's choice when None: one warm-up, then the median of `reps`.
-pub fn gemm(dev: &Device, g: &Gemm, plan: Option<GemmPlan>, reps: usize) -> Result<GemmTiming> {
+/// launcher's choice when None: one warm-up, then the median of `reps`. Also the plan as run,
+/// for `gemm_plans::check`.
+pub fn gemm(
+    dev: &Device,
+    g: &Gemm,
+    plan: Option<GemmPlan>,
+    reps: usize,
+) -> Result<(GemmTiming, gemm_plans::TimedPlan)> {
     let (m, n, k) = (g.m, g.n, g.k);
     let mut rng = Rng::new(1);
     let a = dev.upload(&to_f32(&rng.normals(m * k, 1.0)), "A")?;
@@ -126,7 +133,13 @@ pub fn gemm(dev: &Device, g: &Gemm, plan: Option<GemmPlan>, reps: usize) -> Resu
     out.spec = json!({"family": "gemm", "m": m, "n": n, "k": k, "trans_a": g.trans_a,
                       "trans_b": g.trans_b, "tile": plan.tile.name(),
                       "splits": plan.effective_splits(g), "picked": plan == picked});
-    Ok(out)
+    let timed = gemm_plans::TimedPlan {
+        gemm: *g,
+        plan,
+        picked: plan == picked,
+        ms,
+    };
+    Ok((out, timed))
 }
 
 fn timing(what: String, dev: &Device, m: usize, n: usize, k: usize, ms: f64) -> GemmTiming {
@@ -176,13 +189,13 @@ pub fn host_naive_gemm(dev: &Device, m: usize, n: usize, k: usize) -> GemmTiming
 
 pub fn print_gemm(rows: &[GemmTiming]) {
     println!(
-        "{:<52} {:>6} {:>6} {:>6} {:>10} {:>9} {:>8} {:>9}",
+        "{:<64} {:>6} {:>6} {:>6} {:>10} {:>9} {:>8} {:>9}",
         "gemm", "m", "n", "k", "ms", "GFLOP/s", "GB/s", "roofline"
     );
     for r in rows {
         let roof = percent(r.roofline);
         println!(
-            "{:<52} {:>6} {:>6} {:>6} {:>10.3} {:>9.2} {:>8.2} {:>9}",
+            "{:<64} {:>6} {:>6} {:>6} {:>10.3} {:>9.2} {:>8.2} {:>9}",
             r.what, r.m, r.n, r.k, r.ms, r.gflops, r.gbytes_per_s, roof
         );
     }
