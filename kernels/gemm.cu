@@ -129,6 +129,8 @@ struct GemmEpilogue {
         }
     }
 };
+// A GemmEpilogue from the kernel parameters of the same names (both GEMM kernels have them).
+#define GEMM_EPILOGUE_FROM_PARAMS {C, bias, residual, act_out, M, N, ldc, stride_c, alpha, beta, dropout, activation, seed}
 
 // Tiled SGEMM. Idea: a block of 256 threads owns a BM x BN tile of C and walks K in slices of
 // BK. Each slice of op(A) (BM x BK) and op(B) (BK x BN) is staged k-major in shared memory,
@@ -235,8 +237,7 @@ __device__ __forceinline__ void gemm_tiled(const float *__restrict__ A, const fl
     }
 
     // Epilogue, float4 where a group is whole and every pointer aligned.
-    const GemmEpilogue e = {C,     bias, residual, act_out, M,       N,          ldc,
-                            stride_c, alpha, beta,  dropout, activation, seed};
+    const GemmEpilogue e = GEMM_EPILOGUE_FROM_PARAMS;
     const bool c_vec = e.vec_ok();
 #pragma unroll
     for (int gm = 0; gm < GROUPS_M; gm++) {
@@ -298,7 +299,7 @@ extern "C" __global__ void gemm_split_sum(const float *__restrict__ partial, int
                                           long long stride_c, float alpha, float beta,
                                           const float *__restrict__ residual, float *__restrict__ act_out,
                                           int activation, float dropout, unsigned long long seed) {
-    const GemmEpilogue e = {C, bias, residual, act_out, M, N, ldc, stride_c, alpha, beta, dropout, activation, seed};
+    const GemmEpilogue e = GEMM_EPILOGUE_FROM_PARAMS;
     const bool c_vec = e.vec_ok();
     const bool p_vec = N % 4 == 0 && aligned16(partial);
     const int groups = (N + 3) / 4;

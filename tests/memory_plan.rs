@@ -215,8 +215,15 @@ fn planned_peak_equals_the_simulators_measured_peak() {
         (HeadKind::BiGru, LossKind::Focal, 4, 8, EncoderMemory { recompute_layers: 1, ..half_activations }, 2, false),
     ];
     for (n, (head, loss, batch, seq, mem, accumulate, frozen)) in cases.into_iter().enumerate() {
+        let dev = common::test_device(if n % 2 == 0 {
+            Schedule::Forward
+        } else {
+            Schedule::Reverse
+        });
+        // Planned for the device's SM count (a GPU's own: GEMM plans depend on it).
         let req = Request {
             frozen,
+            multiprocessors: dev.multiprocessors(),
             ..tiny_request(head, loss, batch, seq)
         };
         let strategy = Strategy {
@@ -225,11 +232,6 @@ fn planned_peak_equals_the_simulators_measured_peak() {
             accumulate,
         };
         let planned = plan::measure(&req, &strategy).unwrap();
-        let dev = common::test_device(if n % 2 == 0 {
-            Schedule::Forward
-        } else {
-            Schedule::Reverse
-        });
         let measured = plan::run_steps(&dev, &req, &strategy).unwrap();
         assert_eq!(planned.peak, measured.peak, "case {n}: {strategy:?}");
         assert_eq!(planned.at_peak, measured.at_peak, "case {n}: by role");
@@ -254,35 +256,44 @@ fn a_card_with_many_sms_splits_its_gemms_and_the_plan_counts_the_workspace() {
     // k (GemmPlan::for_shape; so does a 6-SM one at these tiny widths, never at BERT-base's)
     // while a 1-SM one never splits. The split's workspace is memory, so the plan for the big
     // card must run the same splits.
+    // (On CUDA the test device keeps its own count, and the plan is for that.)
+    let dev = common::test_device(Schedule::Reverse).with_multiprocessors(132);
+    let req = Request {
+        multiprocessors: dev.multiprocessors(),
+        ..tiny_request(HeadKind::Paper, LossKind::CrossEntropy, 8, 32)
+    };
+    let strategy = Strategy::whole(8);
+    let planned = plan::measure(&req, &strategy).unwrap();
+    let measured = plan::run_steps(&dev, &req, &strategy).unwrap();
+    assert_eq!(planned.peak, measured.peak);
+    assert_eq!(planned.at_peak, measured.at_peak, "by role");
+    // On the simulator standing in for both cards: the splits ran (one more launch each), and
+    // their workspace reached the peak.
     let many = Request {
         multiprocessors: 132,
-        ..tiny_request(HeadKind::Paper, LossKind::CrossEntropy, 8, 32)
+        ..req.clone()
     };
     let few = Request {
         multiprocessors: 1,
-        ..many.clone()
+        ..req
     };
-    let strategy = Strategy::whole(8);
-    let planned = plan::measure(&many, &strategy).unwrap();
-    let dev = common::test_device(Schedule::Reverse).with_multiprocessors(132);
-    let measured = plan::run_steps(&dev, &many, &strategy).unwrap();
-    assert_eq!(planned.peak, measured.peak);
-    assert_eq!(planned.at_peak, measured.at_peak, "by role");
-    // The splits ran (one more launch each), and their workspace reached the peak.
-    let small = common::test_device(Schedule::Reverse).with_multiprocessors(1);
+    let big = Device::simt(Schedule::Reverse).with_multiprocessors(132);
+    let split = plan::run_steps(&big, &many, &strategy).unwrap();
+    let small = Device::simt(Schedule::Reverse).with_multiprocessors(1);
     let unsplit = plan::run_steps(&small, &few, &strategy).unwrap();
     assert!(
-        dev.launch_count() > small.launch_count(),
+        big.launch_count() > small.launch_count(),
         "{} launches split, {} unsplit",
-        dev.launch_count(),
+        big.launch_count(),
         small.launch_count()
     );
     assert!(
-        measured.peak > unsplit.peak,
+        split.peak > unsplit.peak,
         "{} bytes split, {} unsplit",
-        measured.peak,
+        split.peak,
         unsplit.peak
     );
+    assert_eq!(plan::measure(&many, &strategy).unwrap().peak, split.peak);
     assert_eq!(plan::measure(&few, &strategy).unwrap().peak, unsplit.peak);
 }
 
@@ -823,6 +834,15 @@ fn eight_bit_moments_are_planned_exactly_and_measured_alike() {
             .sum::<usize>()
             + 2 * 256 * 4;
         assert!(quantized >= 4, "the case must quantise several tensors");
+        let dev = common::test_device(if n == 0 {
+            Schedule::Forward
+        } else {
+            Schedule::Random(3)
+        });
+        let req = Request {
+            multiprocessors: dev.multiprocessors(),
+            ..req
+        };
         let strategy = Strategy::whole(3);
         let planned = plan::measure(&req, &strategy).unwrap();
         assert_eq!(
@@ -830,11 +850,6 @@ fn eight_bit_moments_are_planned_exactly_and_measured_alike() {
             want,
             "{kind:?}: optimizer state at the peak"
         );
-        let dev = common::test_device(if n == 0 {
-            Schedule::Forward
-        } else {
-            Schedule::Random(3)
-        });
         let measured = plan::run_steps(&dev, &req, &strategy).unwrap();
         assert_eq!(planned.peak, measured.peak, "{kind:?}");
         assert_eq!(planned.at_peak, measured.at_peak, "{kind:?}: by role");

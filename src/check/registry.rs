@@ -319,9 +319,18 @@ pub(super) fn gemm_sizes(g: &Gemm, bias: bool) -> String {
 pub(super) fn gemm_plans(g: &Gemm) -> Vec<ops::GemmPlan> {
     ops::GemmTile::ALL
         .into_iter()
-        .flat_map(|tile| [1, 3].map(|splits| ops::GemmPlan { tile, splits }))
-        .filter(|p| p.splits == 1 || p.effective_splits(g) > 1)
-        .collect()
+        .flat_map(|tile| {
+            [1, 3].map(|splits| ops::GemmPlan {
+                tile,
+                splits: ops::GemmPlan { tile, splits }.effective_splits(g),
+            })
+        })
+        .fold(Vec::new(), |mut plans, p| {
+            if !plans.contains(&p) {
+                plans.push(p);
+            }
+            plans
+        })
 }
 
 fn gemm_kernel(dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {

@@ -317,7 +317,8 @@ impl Device {
 
     /// The simulator or the sizing device standing in for a card with `n` SMs, so that kernel
     /// choices by shape (GEMM tiles, split-K and its workspace) are that card's. No effect on
-    /// CUDA: a GPU's count is its own.
+    /// CUDA: a GPU's count is its own. Like `with_budget`, it changes the device every clone
+    /// shares.
     pub fn with_multiprocessors(self, n: usize) -> Device {
         if !self.is_cuda() {
             self.0

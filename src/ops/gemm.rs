@@ -164,6 +164,8 @@ const SPLIT_K_ALIGN: usize = 16;
 /// The least k a split covers: fewer k steps than this leave the block mostly prologue.
 const SPLIT_K_MIN_CHUNK: usize = 128;
 const SPLIT_K_MAX: usize = 16;
+/// Grids are at most this deep (gridDim.z), and split-K's blocks are batch x splits deep.
+const MAX_GRID_Z: usize = 65535;
 /// The cost model's exchange rate between memory and arithmetic: FMAs a card does in the time
 /// it moves one byte of DRAM (H200: 33.5 TFMA/s over 4.8 TB/s is 7; GTX 1050 Ti: 1.05 over
 /// 0.112 is 9.4).
@@ -212,8 +214,8 @@ impl GemmPlan {
     /// The estimated time of `g`, in FMAs of the busiest of `multiprocessors` SMs at 128 x
     /// 128's rate: blocks spread evenly, each doing its tile times its k range at the tile's
     /// rate (a padded block costs what a full one does, and so does a last, partial round);
-    /// split, plus the workspace's traffic (written once, read once, C written) spread over
-    /// the card, and one more launch.
+    /// split, plus the workspace's traffic (each slice written once and read once; C is
+    /// written, and read with beta, either way) spread over the card, and one more launch.
     pub fn estimated_cost(self, g: &Gemm, multiprocessors: usize) -> f64 {
         let sms = multiprocessors.max(1);
         let (bm, bn) = self.tile.dims();
@@ -224,17 +226,23 @@ impl GemmPlan {
         if splits == 1 {
             return arithmetic;
         }
-        let bytes = (2 * splits + 1) as f64 * (g.batch * g.m * g.n * 4) as f64;
+        let bytes = (2 * splits) as f64 * (g.batch * g.m * g.n * 4) as f64;
         arithmetic + bytes * FMAS_PER_BYTE / sms as f64 + LAUNCH_FMAS
     }
 
     /// The plan with the least estimated cost on a GPU with `multiprocessors` SMs (on a tie,
     /// the larger tile, then fewer splits). Bigger tiles do more FMAs per byte loaded; smaller
-    /// ones and split-K keep every SM of a large GPU busy.
+    /// ones and split-K keep every SM of a large GPU busy. A tile is split only while its
+    /// grid is under two blocks per SM: past that, splitting would only even out the last
+    /// round, which the model's whole-round arithmetic overrates.
     pub fn for_shape(g: &Gemm, multiprocessors: usize) -> GemmPlan {
-        let max_splits = (g.k / SPLIT_K_MIN_CHUNK).clamp(1, SPLIT_K_MAX);
+        let most = (g.k / SPLIT_K_MIN_CHUNK)
+            .min(MAX_GRID_Z / g.batch.max(1))
+            .clamp(1, SPLIT_K_MAX);
         let mut best = (GemmPlan::unsplit(GemmTile::T64x64), f64::INFINITY);
         for tile in GemmTile::ALL {
+            let few_blocks = tile.blocks(g) < 2 * multiprocessors.max(1);
+            let max_splits = if few_blocks { most } else { 1 };
             for splits in 1..=max_splits {
                 let plan = GemmPlan { tile, splits };
                 if plan.effective_splits(g) != splits {
@@ -524,6 +532,21 @@ mod tests {
         );
         // Short sums are never split, however idle the card.
         assert_eq!(GemmPlan::for_shape(&nn(64, 64, 255), 132).splits, 1);
+        // The FFN's down product (and its input gradient's shape): 96 large tiles for 132 SMs,
+        // split 4 ways (384 blocks, a 24 MiB workspace).
+        let down = Gemm::new(2048, 768, 3072, false, true);
+        assert_eq!(
+            GemmPlan::for_shape(&down, 132),
+            GemmPlan {
+                tile: GemmTile::T128x128,
+                splits: 4
+            }
+        );
+        // A grid already many rounds deep is not split (nor could 40,000 x 16 blocks launch:
+        // a grid is at most 65,535 deep).
+        let many = Gemm::new(1, 1, 4096, false, false).batched(40000);
+        assert_eq!(GemmPlan::for_shape(&many, 132).splits, 1);
+        assert_eq!(GemmPlan::for_shape(&many, 6).splits, 1);
     }
 
     #[test]
