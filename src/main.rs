@@ -323,6 +323,10 @@ struct TrainArgs {
     /// head's --lr.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub input_lr_scale: f32,
+    /// AdamW's decoupled weight decay: each step multiplies a weight by 1 - lr x decay (none on
+    /// biases, LayerNorm parameters and the encoder-free embedding tables).
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
+    pub weight_decay: f32,
     /// Gradient accumulation: micro-batches of --batch-size per optimizer step.
     #[arg(long, default_value_t = 1)]
     pub accumulate: usize,
@@ -454,6 +458,7 @@ impl TrainArgs {
                 seed: seed.unwrap_or(1),
                 accumulate: self.accumulate,
                 input_lr_scale: self.input_lr_scale,
+                weight_decay: self.weight_decay,
                 optimizer,
                 ..Default::default()
             },

@@ -200,6 +200,15 @@ pub fn check_train(o: &TrainOptions, heads: &[HeadKind]) -> Result<()> {
     c.count("--accumulate", s.accumulate);
     c.positive("--lr", s.lr);
     c.non_negative("--input-lr-scale", s.input_lr_scale as f64);
+    c.non_negative("--weight-decay", s.weight_decay as f64);
+    let shrink = s.lr * s.weight_decay as f64 * (s.input_lr_scale as f64).max(1.0);
+    c.require(
+        shrink < 1.0 || shrink.is_nan(), // NaN: refused above
+        format!(
+            "--weight-decay {} with --lr {} (x --input-lr-scale {}): a step multiplies the weights by 1 - lr x decay, which must stay above 0",
+            s.weight_decay, s.lr, s.input_lr_scale
+        ),
+    );
     if let Some(g) = o.class_weight_gamma {
         c.non_negative("--class-weight-gamma", g);
         c.require(

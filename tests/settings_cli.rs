@@ -71,6 +71,14 @@ fn train_flags_are_refused_before_any_work() {
             &["--input-lr-scale", "inf"],
             &["--input-lr-scale inf", "finite"],
         ),
+        (
+            &["--weight-decay", "-0.1"],
+            &["--weight-decay -0.1", "finite number ≥ 0"],
+        ),
+        (
+            &["--lr", "0.5", "--weight-decay", "2"],
+            &["--weight-decay 2 with --lr 0.5", "must stay above 0"],
+        ),
         (&["--dropout", "1"], &["--dropout 1", "[0, 1)"]),
         (&["--dropout", "-0.1"], &["--dropout -0.1", "[0, 1)"]),
         (&["--dev-fraction", "0"], &["--dev-fraction 0", "(0, 1)"]),
@@ -388,4 +396,49 @@ fn a_rate_over_no_measurable_time_is_not_printed() {
     assert_eq!(per_second(64, 2.0), Some(32.0));
     assert_eq!(rate_text(None), "-");
     assert_eq!(rate_text(Some(31.6)), "32");
+}
+
+/// --weight-decay reaches the optimizer: run.json records it, and two runs that differ only in
+/// it end with different weights (the head's linear decays; same seed, same batches).
+#[test]
+fn weight_decay_reaches_the_optimizer() {
+    let dir = scratch("decay");
+    let train = |decay: &str| {
+        let out = dir.join(format!("run-{decay}"));
+        let (ok, err) = emrclass(&[
+            "train",
+            "--quiet",
+            "--head",
+            "bag",
+            "--synthetic-scale",
+            "0.02",
+            "--epochs",
+            "1",
+            "--weight-decay",
+            decay,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let info = std::fs::read_to_string(out.join("run.json")).unwrap();
+        assert!(
+            info.contains(&format!("weight_decay={decay} ")),
+            "run.json does not record --weight-decay {decay}"
+        );
+        common::tensor_bits(&out.join("checkpoint"))
+    };
+    let (none, strong) = (train("0"), train("0.5"));
+    let weight = |bits: &[(String, Vec<u8>)]| {
+        bits.iter()
+            .find(|(name, _)| name.ends_with("classifier.weight"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no classifier weight in {:?}",
+                    bits.iter().map(|b| &b.0).collect::<Vec<_>>()
+                )
+            })
+            .1
+            .clone()
+    };
+    assert_ne!(weight(&none), weight(&strong));
 }
