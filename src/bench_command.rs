@@ -359,12 +359,9 @@ pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool
                 let mut done = Vec::new();
                 for &plan in &plans {
                     // `all` adds the launcher's choice, which may be a tile already timed.
-                    // As run: a split that rounding shortens is the shorter one.
-                    let plan = plan.unwrap_or_else(|| GemmPlan::for_shape(g, sms));
-                    let plan = GemmPlan {
-                        splits: plan.effective_splits(g),
-                        ..plan
-                    };
+                    let plan = plan
+                        .unwrap_or_else(|| GemmPlan::for_shape(g, sms))
+                        .as_run(g);
                     if !done.contains(&plan) {
                         done.push(plan);
                         let (row, t) = bench::gemm(dev, g, Some(plan), *reps)?;

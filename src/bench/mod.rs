@@ -98,12 +98,7 @@ pub fn gemm(
     let b = dev.upload(&to_f32(&rng.normals(k * n, 1.0)), "B")?;
     let mut c = dev.zeros::<f32>(m * n, "C")?;
     let picked = GemmPlan::for_shape(g, dev.multiprocessors());
-    // As run: a split the chunk rounding shortens is the shorter one.
-    let plan = plan.unwrap_or(picked);
-    let plan = GemmPlan {
-        splits: plan.effective_splits(g),
-        ..plan
-    };
+    let plan = plan.unwrap_or(picked).as_run(g);
     let mut run = || ops::gemm_with_plan(g, plan, &a, &b, &mut c, None, Default::default());
     run()?;
     dev.synchronize()?;
@@ -132,7 +127,7 @@ pub fn gemm(
     );
     out.spec = json!({"family": "gemm", "m": m, "n": n, "k": k, "trans_a": g.trans_a,
                       "trans_b": g.trans_b, "tile": plan.tile.name(),
-                      "splits": plan.effective_splits(g), "picked": plan == picked});
+                      "splits": plan.splits, "picked": plan == picked});
     let timed = gemm_plans::TimedPlan {
         gemm: *g,
         plan,

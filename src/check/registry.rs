@@ -319,12 +319,7 @@ pub(super) fn gemm_sizes(g: &Gemm, bias: bool) -> String {
 pub(super) fn gemm_plans(g: &Gemm) -> Vec<ops::GemmPlan> {
     ops::GemmTile::ALL
         .into_iter()
-        .flat_map(|tile| {
-            [1, 3].map(|splits| ops::GemmPlan {
-                tile,
-                splits: ops::GemmPlan { tile, splits }.effective_splits(g),
-            })
-        })
+        .flat_map(|tile| [1, 3].map(|splits| ops::GemmPlan { tile, splits }.as_run(g)))
         .fold(Vec::new(), |mut plans, p| {
             if !plans.contains(&p) {
                 plans.push(p);

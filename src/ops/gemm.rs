@@ -196,6 +196,15 @@ impl GemmPlan {
         }
     }
 
+    /// The plan as it runs on `g`: a split that the chunk rounding shortens is the shorter one
+    /// (what tables name and compare).
+    pub fn as_run(self, g: &Gemm) -> GemmPlan {
+        GemmPlan {
+            splits: self.effective_splits(g),
+            ..self
+        }
+    }
+
     /// Floats of workspace a split product needs (0 unsplit).
     pub fn workspace(self, g: &Gemm) -> usize {
         match self.effective_splits(g) {
@@ -464,10 +473,6 @@ pub fn gemm_with_plan(
 mod tests {
     use super::{Gemm, GemmPlan, GemmTile};
 
-    fn unsplit(t: GemmTile) -> GemmPlan {
-        GemmPlan::unsplit(t)
-    }
-
     #[test]
     fn plans_by_shape_and_card() {
         let nn = |m, n, k| Gemm::new(m, n, k, false, false);
@@ -489,7 +494,7 @@ mod tests {
         for g in step(2048).chain(step(8192)) {
             assert_eq!(
                 GemmPlan::for_shape(&g, 6),
-                unsplit(GemmTile::T128x128),
+                GemmPlan::unsplit(GemmTile::T128x128),
                 "{g:?}"
             );
         }
@@ -497,43 +502,52 @@ mod tests {
         // (3 rounds of 132), 2048 x 768 only 96.
         assert_eq!(
             GemmPlan::for_shape(&nn(2048, 2304, 768), 132),
-            unsplit(GemmTile::T128x64)
+            GemmPlan::unsplit(GemmTile::T128x64)
         );
         assert_eq!(
             GemmPlan::for_shape(&nn(4096, 768, 768), 132),
-            unsplit(GemmTile::T128x64)
+            GemmPlan::unsplit(GemmTile::T128x64)
         );
         // A weight gradient, 768 x 768 summed over 2048 rows: 36 large tiles, 72 of 128 x 64
         // (the best unsplit), 144 small ones (two rounds, the second nearly empty). Split along
-        // k, 128 x 128 tiles fill the card (the model picks 7 slices of 304: 252 blocks, two
-        // nearly full rounds) at 0.7 of the best unsplit cost after the workspace's traffic and
-        // the second launch.
+        // k, 128 x 128 tiles fill the card (7 slices of 304: 252 blocks, two nearly full
+        // rounds) at 0.7 of the best unsplit cost after the workspace's traffic and the second
+        // launch.
         let dw = Gemm::new(768, 768, 2048, true, false);
         let plan = GemmPlan::for_shape(&dw, 132);
-        assert_eq!(plan.tile, GemmTile::T128x128);
-        assert!(plan.splits > 1, "{plan:?}");
+        assert_eq!(
+            plan,
+            GemmPlan {
+                tile: GemmTile::T128x128,
+                splits: 7
+            }
+        );
+        assert_eq!(plan.k_chunk(&dw), 304);
         let best_unsplit = GemmTile::ALL
-            .map(|t| unsplit(t).estimated_cost(&dw, 132))
+            .map(|t| GemmPlan::unsplit(t).estimated_cost(&dw, 132))
             .into_iter()
             .fold(f64::INFINITY, f64::min);
         assert!(plan.estimated_cost(&dw, 132) < 0.75 * best_unsplit);
         assert_eq!(plan.workspace(&dw), plan.splits * 768 * 768);
         // 512^3 on 6 SMs: the order the timing model measured (128 x 128 fastest).
         let cube = nn(512, 512, 512);
-        let costs = GemmTile::ALL.map(|t| unsplit(t).estimated_cost(&cube, 6));
+        let costs = GemmTile::ALL.map(|t| GemmPlan::unsplit(t).estimated_cost(&cube, 6));
         assert!(costs[0] < costs[1] && costs[1] < costs[2], "{costs:?}");
         // Mostly padding (a 12 x 12 attention block): never the large tile.
         let scores = Gemm::new(12, 12, 64, false, true).batched(192);
-        assert_eq!(GemmPlan::for_shape(&scores, 6), unsplit(GemmTile::T64x64));
+        assert_eq!(
+            GemmPlan::for_shape(&scores, 6),
+            GemmPlan::unsplit(GemmTile::T64x64)
+        );
         // 130 x 130 would waste half of four 128 x 128 tiles.
         assert_eq!(
             GemmPlan::for_shape(&nn(130, 130, 64).batched(8), 6),
-            unsplit(GemmTile::T64x64)
+            GemmPlan::unsplit(GemmTile::T64x64)
         );
         // Short sums are never split, however idle the card.
         assert_eq!(GemmPlan::for_shape(&nn(64, 64, 255), 132).splits, 1);
-        // The FFN's down product (and its input gradient's shape): 96 large tiles for 132 SMs,
-        // split 4 ways (384 blocks, a 24 MiB workspace).
+        // The FFN's down product (and the up product's input gradient, the same shape): 96
+        // large tiles for 132 SMs, split 4 ways (384 blocks, a 24 MiB workspace).
         let down = Gemm::new(2048, 768, 3072, false, true);
         assert_eq!(
             GemmPlan::for_shape(&down, 132),
