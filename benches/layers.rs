@@ -21,7 +21,7 @@ fn bench_layers(c: &mut Criterion) {
         let shape = format!("B{batch} L{len} in{input} H{hidden}");
         let x = dev.upload(&vec![0.1f32; batch * len * input], "x").unwrap();
         let lengths = vec![len as i32; batch];
-        let mut rng = emrclass::check::Rng::new(1);
+        let mut rng = emrclass::rng::Rng::new(1);
         for cell in [Cell::Gru, Cell::Lstm] {
             let mut layer = BiRnn::new(&dev, cell, input, hidden, &mut rng).unwrap();
             let dout = dev

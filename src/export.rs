@@ -130,7 +130,7 @@ fn write_folder(
     enc: &BertEncoder,
     head: &mut Head,
     labels: &[String],
-    spec: &crate::train::checkpoint::ModelSpec,
+    spec: &crate::train::state::ModelSpec,
 ) -> Result<usize> {
     let config_path = encoder_dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| io(&config_path, e))?;
@@ -215,7 +215,7 @@ fn write_folder(
     let c = &head.config;
     let description = json!({
         "format": 1,
-        "kind": crate::train::experiment::head_name(c.kind),
+        "kind": c.kind.name(),
         "input": c.input,
         "classes": c.classes,
         "labels": labels,

@@ -12,8 +12,7 @@ use crate::data::dataset::Example;
 use crate::device::parse_bytes;
 use crate::error::{Error, Result};
 use crate::model::heads::HeadKind;
-use crate::train::command::TrainOptions;
-use crate::train::experiment::head_name;
+use crate::options::TrainOptions;
 
 /// The widest Text-CNN window (widths 2, 3, 4): a shorter --max-len leaves that width nothing to
 /// slide over.
@@ -174,7 +173,7 @@ pub fn sequence_length(c: &mut Checks, flag: &str, value: usize, heads: &[HeadKi
             flag,
             value,
             WIDEST_TEXTCNN_WINDOW.max(SHORTEST_SEQUENCE),
-            &format!("the {} head's widest Text-CNN window", head_name(*h)),
+            &format!("the {} head's widest Text-CNN window", h.name()),
         ),
         None => c.at_least(flag, value, SHORTEST_SEQUENCE, "[CLS], a token and [SEP]"),
     }

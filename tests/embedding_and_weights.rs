@@ -100,7 +100,7 @@ fn bad_files_and_ids_are_named_errors() {
 #[test]
 fn embedding_gradient_is_deterministic() {
     let dev = common::test_device(Schedule::Random(4));
-    let mut rng = emrclass::check::Rng::new(8);
+    let mut rng = emrclass::rng::Rng::new(8);
     let mut emb = Embedding::new(&dev, 30, 7, &mut rng).unwrap();
     let ids: Vec<i32> = (0..500i32).map(|i| (i * 7919) % 13).collect();
     let dout: Vec<f32> = (0..500 * 7)

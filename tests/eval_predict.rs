@@ -8,7 +8,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use emrclass::data::synthetic;
-use emrclass::train::command::{run, TrainOptions};
+use emrclass::jobs::train::run;
+use emrclass::options::TrainOptions;
 use emrclass::train::inference::{eval, predict};
 use emrclass::Schedule;
 
@@ -159,7 +160,7 @@ fn the_bag_head_learns_and_eval_rebuilds_it() {
     };
     o.settings.epochs = 6;
     o.settings.batch_size = 8;
-    o.settings.lr = emrclass::train::command::default_lr(o.head);
+    o.settings.lr = emrclass::options::default_lr(o.head);
     let logs = run(&dev, &o).unwrap();
     let best = best_epoch(&logs);
     let classes = best.dev.per_class.len() as f64;

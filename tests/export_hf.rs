@@ -12,12 +12,13 @@ use common::{emrclass_cli, rel};
 
 use std::path::{Path, PathBuf};
 
-use emrclass::check::Rng;
 use emrclass::data::batching::pad;
 use emrclass::model::loss::{LossConfig, LossKind};
-use emrclass::train::checkpoint::{self, ModelSpec, Progress, RunInfo, State};
-use emrclass::train::command::build_classifier;
+use emrclass::rng::Rng;
+use emrclass::train::build::build_classifier;
+use emrclass::train::checkpoint;
 use emrclass::train::inference::load_run;
+use emrclass::train::state::{ModelSpec, Progress, RunInfo, State};
 use emrclass::train::trainer::optimizer;
 use emrclass::{Device, Schedule};
 use serde_json::Value;

@@ -46,7 +46,7 @@ mod fuzz;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use emrclass::check::Rng;
+use emrclass::rng::Rng;
 
 #[global_allocator]
 static ALLOCATOR: fuzz::alloc::Counting = fuzz::alloc::Counting;

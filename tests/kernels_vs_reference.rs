@@ -2,8 +2,8 @@
 //! fresh random inputs of awkward sizes with NaN-poisoned outputs, on the simulator under
 //! three thread schedules (and on CUDA when EMRCLASS_TEST_CUDA=1 and a GPU is present).
 
-use emrclass::check::registry::{self, Row};
-use emrclass::check::Rng;
+use emrclass::check::{registry, Row};
+use emrclass::rng::Rng;
 use emrclass::{Device, Schedule};
 
 fn run_all(dev: &Device) {

@@ -241,7 +241,7 @@ fn recurrent_layers_launch_a_constant_number_of_kernels() {
         let mut counts = Vec::new();
         for len in [3usize, 40] {
             let dev = common::test_device(Schedule::Forward);
-            let mut rng = emrclass::check::Rng::new(1);
+            let mut rng = emrclass::rng::Rng::new(1);
             let mut layer = BiRnn::new(&dev, cell, 6, 5, &mut rng).unwrap();
             let x = dev.zeros::<f32>(2 * len * 6, "x").unwrap();
             let lengths = [len as i32, (len / 2) as i32];
@@ -263,7 +263,7 @@ fn recurrent_layers_launch_a_constant_number_of_kernels() {
 #[test]
 fn oversized_hidden_and_unknown_heads_are_named_errors() {
     let dev = common::test_device(Schedule::Forward);
-    let mut rng = emrclass::check::Rng::new(2);
+    let mut rng = emrclass::rng::Rng::new(2);
     let e = BiRnn::new(&dev, Cell::Lstm, 4, 600, &mut rng)
         .err()
         .unwrap()

@@ -9,12 +9,12 @@
 
 mod common;
 
-use emrclass::check::Rng;
 use emrclass::device::Role;
 use emrclass::model::bert::{BertConfig, BertEncoder, EncoderMemory};
 use emrclass::model::heads::{HeadConfig, HeadKind};
 use emrclass::model::loss::LossKind;
 use emrclass::plan::{self, Request, Strategy};
+use emrclass::rng::Rng;
 use emrclass::train::optim::OptimizerKind;
 use emrclass::{Device, Schedule};
 
@@ -522,14 +522,15 @@ fn plan_command_reports_and_refuses() {
 /// engine's share one byte under that run's peak; asserts the planned run stayed within it.
 /// Returns both runs' epochs, the planned run's memory-plan.json and the engine's share.
 fn run_one_byte_under_the_unplanned_peak(
-    options: &dyn Fn(&str) -> emrclass::train::command::TrainOptions,
+    options: &dyn Fn(&str) -> emrclass::options::TrainOptions,
 ) -> (
     Vec<emrclass::train::trainer::EpochLog>,
     Vec<emrclass::train::trainer::EpochLog>,
     serde_json::Value,
     usize,
 ) {
-    use emrclass::train::command::{run, MemoryBudget};
+    use emrclass::jobs::train::run;
+    use emrclass::options::MemoryBudget;
     let dev = common::test_device(Schedule::Forward);
     let free = run(&dev, &options("free")).unwrap();
     let usable = dev.memory().peak() - 1;
@@ -551,7 +552,8 @@ fn run_one_byte_under_the_unplanned_peak(
 
 #[test]
 fn train_with_a_memory_budget_runs_the_plan_within_it() {
-    use emrclass::train::command::{run, TrainOptions};
+    use emrclass::jobs::train::run;
+    use emrclass::options::TrainOptions;
     let dir = common::tiny_bert_dir("plan-train");
     let options = |name: &str| {
         let mut o = TrainOptions {
@@ -616,7 +618,7 @@ fn train_with_a_memory_budget_runs_the_plan_within_it() {
 #[test]
 fn train_plans_for_every_window_of_a_chunked_record() {
     use emrclass::data::batching::LongText;
-    use emrclass::train::command::TrainOptions;
+    use emrclass::options::TrainOptions;
     let dir = common::tiny_bert_dir("plan-chunks");
     let options = |name: &str| {
         let mut o = TrainOptions {

@@ -90,8 +90,7 @@ fn confusion_csv_and_bad_pairs() {
 /// character, long names widen the class column.
 #[test]
 fn report_table_aligns_wide_and_long_names() {
-    use emrclass::train::command::{display_width, report_table};
-    use emrclass::train::metrics::{report, Confusion};
+    use emrclass::train::metrics::{display_width, report, report_table, Confusion};
     let mut c = Confusion::new(3);
     for (t, p) in [(0, 0), (1, 1), (2, 2), (2, 1), (0, 2)] {
         c.add(t, p).unwrap();

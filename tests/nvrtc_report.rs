@@ -3,8 +3,7 @@
 //! 48 KiB shared memory per block on sm_61). NVRTC needs no GPU; when it cannot be found this
 //! test fails with the instructions to get it (./test.sh installs it): it never skips.
 
-use emrclass::device::nvrtc;
-use emrclass::device::KERNELS;
+use emrclass::device::{nvrtc, KERNELS};
 use emrclass::kernel_report::{self, occupancy, GTX_1050_TI};
 
 #[test]

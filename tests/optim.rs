@@ -4,10 +4,12 @@
 
 mod common;
 
-use emrclass::check::{relative_error, Rng};
+use emrclass::check::relative_error;
+use emrclass::model::slot::Slot;
 use emrclass::ops::AdamW;
 use emrclass::reference as r;
-use emrclass::train::optim::{global_norm, Optimizer, Schedule, Slot};
+use emrclass::rng::Rng;
+use emrclass::train::optim::{global_norm, Optimizer, Schedule};
 use emrclass::Schedule as Order;
 
 #[test]

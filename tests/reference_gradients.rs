@@ -1,8 +1,8 @@
 //! Link 1 of the correctness chain: the f64 reference's backward passes agree with central
 //! finite differences (relative error <= 1e-6), for every registered op that has a gradient.
 
-use emrclass::check::registry::{self, GRADIENT_TOLERANCE};
-use emrclass::check::{finite_difference, Rng};
+use emrclass::check::{finite_difference, registry, GRADIENT_TOLERANCE};
+use emrclass::rng::Rng;
 
 #[test]
 fn reference_backward_matches_finite_differences() {

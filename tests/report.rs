@@ -8,9 +8,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use emrclass::jobs::train::run;
 use emrclass::model::heads::HeadKind;
 use emrclass::model::loss::LossKind;
-use emrclass::train::command::{run, TrainOptions};
+use emrclass::options::TrainOptions;
 use emrclass::Schedule;
 use serde_json::Value;
 
@@ -271,7 +272,7 @@ fn a_run_report_plots_what_the_logs_hold() {
 
 #[test]
 fn an_experiment_report_has_the_grid() {
-    use emrclass::train::experiment::{run_grid, ExperimentOptions};
+    use emrclass::jobs::experiment::{run_grid, ExperimentOptions};
     let dev = common::test_device(Schedule::Forward);
     let out = scratch("grid");
     let mut base = small(out.clone());
@@ -316,7 +317,8 @@ fn an_experiment_report_has_the_grid() {
 
 #[test]
 fn seeds_give_mean_and_spread_and_a_winner_only_outside_it() {
-    use emrclass::train::experiment::{mean_std, run_grid, winner, CellScore, ExperimentOptions};
+    use emrclass::jobs::experiment::{run_grid, winner, CellScore, ExperimentOptions};
+    use emrclass::train::metrics::mean_std;
     let c = |mean, std| CellScore { mean, std, runs: 3 };
     let (ce, wce, focal) = (
         LossKind::CrossEntropy,

@@ -6,9 +6,10 @@ mod common;
 
 use std::path::PathBuf;
 
+use emrclass::jobs::train::run;
 use emrclass::model::heads::HeadKind;
+use emrclass::options::TrainOptions;
 use emrclass::train::checkpoint;
-use emrclass::train::command::{run, TrainOptions};
 use emrclass::train::optim::OptimizerKind;
 use emrclass::Schedule;
 
@@ -285,7 +286,7 @@ fn ghm_cs_takes_a_similarity_source() {
     .unwrap();
     let plain = run(&dev, &small(0.03, 1)).unwrap();
     let mut o = small(0.03, 1);
-    o.similarity = Some(emrclass::train::command::Similarity::Edges(edges.clone()));
+    o.similarity = Some(emrclass::options::Similarity::Edges(edges.clone()));
     let with = run(&dev, &o).unwrap();
     assert_ne!(
         plain[0].mean_loss.to_bits(),
@@ -306,8 +307,9 @@ fn ghm_cs_takes_a_similarity_source() {
 #[test]
 fn accumulated_gradients_match_the_whole_batch() {
     use emrclass::data::batching::{pad, CharVocab};
-    use emrclass::train::checkpoint::ModelSpec;
-    use emrclass::train::command::{build_classifier, TextEncoder};
+    use emrclass::data::text_encoder::TextEncoder;
+    use emrclass::train::build::build_classifier;
+    use emrclass::train::state::ModelSpec;
     let dev = common::test_device(Schedule::Random(5));
     let examples = emrclass::data::synthetic::generate(3, 0.02);
     let text = TextEncoder::Chars {
@@ -343,7 +345,7 @@ fn accumulated_gradients_match_the_whole_batch() {
         text.input_vocab(),
         loss(),
         3,
-        &mut emrclass::check::Rng::new(9),
+        &mut emrclass::rng::Rng::new(9),
     )
     .unwrap();
     let mut parts = build_classifier(
@@ -352,7 +354,7 @@ fn accumulated_gradients_match_the_whole_batch() {
         text.input_vocab(),
         loss(),
         3,
-        &mut emrclass::check::Rng::new(9),
+        &mut emrclass::rng::Rng::new(9),
     )
     .unwrap();
     let batch =
@@ -396,9 +398,10 @@ fn accumulated_gradients_match_the_whole_batch() {
 #[test]
 fn chunked_records_pool_their_windows_logits() {
     use emrclass::data::batching::{CharVocab, LongText};
+    use emrclass::data::text_encoder::TextEncoder;
     use emrclass::model::window_pool::{Pool, WindowPool};
-    use emrclass::train::checkpoint::ModelSpec;
-    use emrclass::train::command::{build_classifier, TextEncoder};
+    use emrclass::train::build::build_classifier;
+    use emrclass::train::state::ModelSpec;
     use emrclass::train::trainer::record_batch;
     for (schedule, pool) in [
         (Schedule::Forward, Pool::Mean),
@@ -407,7 +410,7 @@ fn chunked_records_pool_their_windows_logits() {
         (Schedule::Random(4), Pool::Max),
     ] {
         let dev = common::test_device(schedule);
-        let mut rng = emrclass::check::Rng::new(17);
+        let mut rng = emrclass::rng::Rng::new(17);
         let counts = [1usize, 3, 1, 5, 2];
         let (rows, classes) = (12, 7);
         let mut x: Vec<f32> = (0..rows * classes).map(|_| rng.normal() as f32).collect();
@@ -506,7 +509,7 @@ fn chunked_records_pool_their_windows_logits() {
             text.input_vocab(),
             emrclass::model::loss::LossConfig::new(emrclass::model::loss::LossKind::CrossEntropy),
             3,
-            &mut emrclass::check::Rng::new(9),
+            &mut emrclass::rng::Rng::new(9),
         )
         .unwrap()
     };

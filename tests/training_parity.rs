@@ -47,12 +47,12 @@ use std::path::PathBuf;
 
 use emrclass::data::batching::pad;
 use emrclass::data::tokenizer::TokenBatch;
+use emrclass::jobs::train::loss_config;
 use emrclass::model::heads::HeadKind;
-use emrclass::model::loss::LossConfig;
+use emrclass::model::loss::{LossConfig, LossKind};
+use emrclass::options::{model_spec, Similarity, TrainOptions};
 use emrclass::reference::training::{RefAdamW, RefClassifier, RefSettings};
-use emrclass::train::command::{
-    build_classifier, loss_config, loss_from_name, model_spec, Similarity, TrainOptions,
-};
+use emrclass::train::build::build_classifier;
 use emrclass::train::trainer::{optimizer, schedule, Classifier, MicroBatch, TrainSettings};
 use emrclass::{Device, Schedule};
 use serde_json::Value;
@@ -154,7 +154,7 @@ fn options(case: &Value, encoder: Option<PathBuf>, similarity: Option<PathBuf>) 
     TrainOptions {
         encoder,
         head: case["head"].as_str().unwrap().parse::<HeadKind>().unwrap(),
-        loss: loss_from_name(case["loss"].as_str().unwrap()).unwrap(),
+        loss: LossKind::from_name(case["loss"].as_str().unwrap()).unwrap(),
         embedding_dim: case.get("dim").map_or(16, |d| d.as_u64().unwrap() as usize),
         filters: 6,
         rnn_hidden: 5,
@@ -203,7 +203,7 @@ fn build(dev: &Device, fixture: &Value, name: &str) -> (Classifier, TrainOptions
         vocab,
         lc.clone(),
         classes,
-        &mut emrclass::check::Rng::new(7),
+        &mut emrclass::rng::Rng::new(7),
     )
     .unwrap();
     let init = initial_tensors(name);

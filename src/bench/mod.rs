@@ -1,13 +1,14 @@
 //! `emrclass bench`: kernel timings with GFLOP/s, GB/s and the fraction of the card's roofline,
 //! beside the baseline a user would otherwise have on the same machine.
 
-use crate::check::{to_f32, Rng};
+use crate::check::to_f32;
 use crate::device::Device;
 use crate::error::Result;
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 use crate::model::rnn::{BiRnn, Cell};
 use crate::model::textcnn::{TextCnn, TextCnnConfig};
 use crate::ops::{self, Gemm, GemmPlan};
+use crate::rng::Rng;
 
 pub mod gemm_plans;
 pub mod record;

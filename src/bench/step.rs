@@ -4,7 +4,6 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::check::Rng;
 use crate::data::tokenizer::TokenBatch;
 use crate::device::Device;
 use crate::error::Result;
@@ -12,6 +11,7 @@ use crate::model::bert::{BertConfig, BertEncoder, EncoderMemory};
 use crate::model::heads::{Head, HeadConfig, HeadKind};
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 use crate::ops::AdamW;
+use crate::rng::Rng;
 use crate::train::optim::Optimizer;
 use crate::train::trainer::{Classifier, Input, TrainSettings};
 

@@ -6,8 +6,7 @@
 //! of a kernel's code lies from the moment it encodes than the nearest map value does (a code
 //! picked differently at a near-tie costs ~1e-7; a wrong code costs a whole step of the map).
 
-use super::registry::{kernel_row, Row};
-use super::{relative_error, to_f32, worst, Rng};
+use super::{kernel_row, relative_error, to_f32, worst, Row};
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::adamw8bit::{
@@ -15,6 +14,7 @@ use crate::ops::adamw8bit::{
 };
 use crate::ops::AdamW;
 use crate::reference::adamw8bit::{adamw8bit_step, nearest_code, Quantized};
+use crate::rng::Rng;
 
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()

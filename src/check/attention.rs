@@ -3,12 +3,15 @@
 //! head sizes 1, 7, 16, 33, 64 (the tiled forward) and 128 (warp per query), two query
 //! tiles, padding, a fused QKV buffer, dropout.
 
-use super::registry::{Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE};
-use super::{finite_difference, relative_error, to_f32, weighted_sum, worst, Rng};
+use super::{
+    finite_difference, relative_error, to_f32, weighted_sum, worst, Row, GRADIENT_TOLERANCE,
+    KERNEL_TOLERANCE,
+};
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::attention::{self as k, Attention};
 use crate::reference::attention as r;
+use crate::rng::Rng;
 
 /// (batch, heads, len, head_dim, lengths, fused qkv, dropout)
 type Case = (usize, usize, usize, usize, Vec<i32>, bool, f32);

@@ -3,12 +3,15 @@
 //! encoder's kernels against the reference (outputs and every parameter gradient), GELU and
 //! ReLU, with padding, dropout off.
 
-use super::registry::{Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE};
-use super::{finite_difference_piecewise, relative_error, weighted_sum, worst, Rng};
+use super::{
+    finite_difference_piecewise, relative_error, weighted_sum, worst, Row, GRADIENT_TOLERANCE,
+    KERNEL_TOLERANCE,
+};
 use crate::device::Device;
 use crate::error::Result;
 use crate::model::bert::{parameter_shapes, BertConfig, BertEncoder};
 use crate::reference::bert as rb;
+use crate::rng::Rng;
 
 fn config(act: &str) -> BertConfig {
     BertConfig {

@@ -1,11 +1,14 @@
 //! Registry checks of the token embedding: gather and deterministic scatter.
 
-use super::registry::{Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE};
-use super::{finite_difference, relative_error, to_f32, weighted_sum, worst, Rng};
+use super::{
+    finite_difference, relative_error, to_f32, weighted_sum, worst, Row, GRADIENT_TOLERANCE,
+    KERNEL_TOLERANCE,
+};
 use crate::device::Device;
 use crate::error::Result;
 use crate::model::embedding::Embedding;
 use crate::reference as r;
+use crate::rng::Rng;
 
 /// (vocab, dim, tokens): repeated ids, ids never used, a single token.
 const CASES: [(usize, usize, usize); 4] = [(1, 1, 1), (7, 3, 20), (50, 33, 9), (300, 5, 257)];

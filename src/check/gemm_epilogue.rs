@@ -4,12 +4,13 @@
 //! views at odd offsets), C and the activation output NaN-poisoned where they must be written
 //! and checked untouched elsewhere.
 
-use super::registry::{gemm_lengths, gemm_plans, gemm_sizes, in_c_window, kernel_row, Row};
-use super::{nan_vec, relative_error, to_f32, worst, Rng};
+use super::gemm::{gemm_lengths, gemm_plans, gemm_sizes, in_c_window};
+use super::{kernel_row, nan_vec, relative_error, to_f32, worst, Row};
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::{self, Activation, Epilogue, Gemm};
 use crate::reference as r;
+use crate::rng::Rng;
 
 /// (dropout, residual, activation, bias, beta)
 type Steps = (Option<f32>, bool, Option<Activation>, bool, bool);

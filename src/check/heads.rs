@@ -2,13 +2,15 @@
 //! head's wiring: concatenation, dropout mask, linear) against finite differences, and the
 //! head's kernels against that composition, for every head kind.
 
-use super::registry::{Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE};
-use super::{relative_error, to_f32, weighted_sum, worst, Rng};
+use super::{
+    relative_error, to_f32, weighted_sum, worst, Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE,
+};
 use crate::device::Device;
 use crate::error::Result;
 use crate::model::heads::{Head, HeadConfig, HeadKind, Pool};
 use crate::reference::bert::Params;
 use crate::reference::head::{self, HeadShape};
+use crate::rng::Rng;
 
 const KINDS: [(HeadKind, Pool); 7] = [
     (HeadKind::Cls, Pool::Max),

@@ -1,13 +1,14 @@
 //! Registry checks of LayerNorm (and ReLU, ERNIE's activation).
 
-use super::registry::{Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE};
 use super::{
-    finite_difference, relative_error, relative_error_to_terms, to_f32, weighted_sum, worst, Rng,
+    finite_difference, relative_error, relative_error_to_terms, to_f32, weighted_sum, worst,
 };
+use super::{Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE};
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::{self, layernorm};
 use crate::reference as r;
+use crate::rng::Rng;
 
 const SHAPES: [(usize, usize); 5] = [(1, 2), (3, 7), (5, 64), (2, 33), (4, 768)];
 const EPS: f64 = 1e-12;

@@ -3,13 +3,16 @@
 //! the loss layer's kernels against the reference over two steps (so the GHM moving average is
 //! exercised), with the gradient buffer NaN-poisoned before each step.
 
-use super::registry::{Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE};
-use super::{finite_difference, relative_error, relative_error_to_terms, worst, Rng};
+use super::{
+    finite_difference, relative_error, relative_error_to_terms, worst, Row, GRADIENT_TOLERANCE,
+    KERNEL_TOLERANCE,
+};
 use crate::device::Device;
 use crate::error::Result;
 use crate::model::imbalance::class_weights_from_counts;
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 use crate::reference::loss::{layer_parts, loss_and_grad, StepParts};
+use crate::rng::Rng;
 
 /// A configuration of `kind` for `k` classes with random class counts, focal alphas and
 /// similarity, so every optional input is exercised.

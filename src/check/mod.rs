@@ -1,68 +1,81 @@
 //! The correctness chain's machinery: finite-difference gradient checks of the reference, and
 //! the kernel-vs-reference harness (fresh random inputs, awkward sizes, NaN-poisoned outputs,
-//! relative error ||out - ref|| / ||ref||). `registry` lists every op that is checked.
+//! relative error ||out - ref|| / ||ref||). This file is the harness every check shares (a
+//! report `Row`, the tolerances, finite differences, error measures); each op family's checks
+//! have a file of their own; `registry` lists every checked op and imports them all.
 
+mod adamw;
 mod adamw8bit;
 mod attention;
 mod bert;
+mod elementwise;
 mod embedding;
+mod gemm;
 mod gemm_epilogue;
 mod heads;
 mod layernorm;
 mod losses;
 pub mod registry;
 mod rnn;
+mod rows;
 mod seqpool;
 mod textcnn;
 
-/// A small, seedable generator (splitmix64): fresh inputs per run, reproducible from the seed.
-pub struct Rng(u64);
+use crate::device::{Buffer, Device};
+use crate::error::Result;
 
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
+/// fp32 kernels against the f64 reference (DESIGN.md, correctness chain, link 3).
+pub const KERNEL_TOLERANCE: f64 = 1e-5;
+/// The reference's backward against finite differences (link 1).
+pub const GRADIENT_TOLERANCE: f64 = 1e-6;
 
-    /// A seed from EMRCLASS_SEED when set (to replay a failure), else from the clock.
-    pub fn fresh_seed() -> u64 {
-        if let Some(s) = std::env::var("EMRCLASS_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-        {
-            return s;
-        }
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
-    }
+/// One line of the report.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub op: String,
+    /// "gradient" (reference vs finite differences) or "kernel" (kernel vs reference).
+    pub check: &'static str,
+    pub device: String,
+    pub sizes: String,
+    pub error: f64,
+    pub tolerance: f64,
+}
 
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+impl Row {
+    pub fn passed(&self) -> bool {
+        self.error <= self.tolerance // false for NaN
     }
+}
 
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+pub fn grad_row(op: &str, sizes: String, error: f64) -> Row {
+    Row {
+        op: op.into(),
+        check: "gradient",
+        device: "f64 reference".into(),
+        sizes,
+        error,
+        tolerance: GRADIENT_TOLERANCE,
     }
+}
 
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+pub fn kernel_row(op: &str, dev: &Device, sizes: String, error: f64) -> Row {
+    Row {
+        op: op.into(),
+        check: "kernel",
+        device: dev.describe(),
+        sizes,
+        error,
+        tolerance: KERNEL_TOLERANCE,
     }
+}
 
-    /// `n` values drawn from N(0, scale^2), already rounded to f32 (what a kernel will see).
-    pub fn normals(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n)
-            .map(|_| (self.normal() * scale) as f32 as f64)
-            .collect()
-    }
+pub fn up(dev: &Device, v: &[f64], what: &str) -> Result<Buffer<f32>> {
+    dev.upload(&to_f32(v), what)
+}
+
+/// An output buffer filled with NaN, so an element no thread writes fails the comparison.
+pub fn poisoned(dev: &Device, n: usize, what: &str) -> Result<Buffer<f32>> {
+    dev.upload(&nan_vec(n), what)
 }
 
 /// ||out - ref|| / ||ref|| (plain ||out - ref|| when ref is all zeros). NaN anywhere in `out`

@@ -3,12 +3,15 @@
 //! gradients) at awkward shapes: length-1 sequences, every length different, a batch larger
 //! than one block's chunk, hidden sizes not a multiple of 32.
 
-use super::registry::{Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE};
-use super::{finite_difference, relative_error, to_f32, weighted_sum, worst, Rng};
+use super::{
+    finite_difference, relative_error, to_f32, weighted_sum, worst, Row, GRADIENT_TOLERANCE,
+    KERNEL_TOLERANCE,
+};
 use crate::device::Device;
 use crate::error::Result;
 use crate::model::rnn::{BiRnn, Cell, RnnTensors};
 use crate::reference::rnn::{self as r, RnnParams};
+use crate::rng::Rng;
 
 /// (batch, len, input, hidden, lengths)
 fn cases() -> Vec<(usize, usize, usize, usize, Vec<i32>)> {

@@ -1,11 +1,14 @@
 //! Registry checks of sequence pooling (max, mean, last states) over real tokens.
 
-use super::registry::{Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE};
-use super::{finite_difference_piecewise, relative_error, to_f32, weighted_sum, worst, Rng};
+use super::{
+    finite_difference_piecewise, relative_error, to_f32, weighted_sum, worst, Row,
+    GRADIENT_TOLERANCE, KERNEL_TOLERANCE,
+};
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::seqpool::{self as k, Pool};
 use crate::reference::seqpool as r;
+use crate::rng::Rng;
 
 /// (len, features, halves, lengths)
 type Case = (usize, usize, usize, Vec<i32>);

@@ -1,12 +1,15 @@
 //! Registry checks of the Text-CNN layer: the f64 reference against finite differences, and
 //! the layer's kernels against the reference (outputs, dx, dW, db) at awkward shapes.
 
-use super::registry::{Row, GRADIENT_TOLERANCE, KERNEL_TOLERANCE};
-use super::{finite_difference_piecewise, relative_error, to_f32, weighted_sum, worst, Rng};
+use super::{
+    finite_difference_piecewise, relative_error, to_f32, weighted_sum, worst, Row,
+    GRADIENT_TOLERANCE, KERNEL_TOLERANCE,
+};
 use crate::device::Device;
 use crate::error::Result;
 use crate::model::textcnn::{TextCnn, TextCnnConfig};
 use crate::reference::textcnn::{self as r, Conv};
+use crate::rng::Rng;
 
 /// (batch, len, channels, filters, widths, lengths): length 1, lengths all different, shorter
 /// than a width, channels and filters not multiples of anything.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use super::dataset::Example;
 use super::tokenizer::TokenBatch;
-use crate::check::Rng;
+use crate::rng::Rng;
 
 pub const PAD: i32 = 0;
 pub const UNK: i32 = 1;

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use crate::check::Rng;
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Example {

@@ -3,4 +3,5 @@
 pub mod batching;
 pub mod dataset;
 pub mod synthetic;
+pub mod text_encoder;
 pub mod tokenizer;

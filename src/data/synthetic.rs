@@ -4,7 +4,7 @@
 //! phrases and some terms of other classes, so the task is learnable but not trivial.
 
 use super::dataset::Example;
-use crate::check::Rng;
+use crate::rng::Rng;
 
 /// (class, its own terms): symptoms, findings and treatments written for the project.
 const CLASSES: [(&str, &[&str]); 15] = [

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use cudarc::driver::{result, sys, DriverError};
 
 use super::failure::{self, During};
-use super::{nvrtc, KernelInfo, LaunchConfig, KERNEL_FILES};
+use super::kernels::{KernelInfo, LaunchConfig, KERNEL_FILES};
+use super::nvrtc;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]

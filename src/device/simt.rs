@@ -8,7 +8,7 @@ use std::ffi::{c_char, c_void, CString};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::{KernelInfo, LaunchConfig};
+use super::kernels::{KernelInfo, LaunchConfig};
 use crate::error::{Error, Result};
 
 /// The order in which a block's threads run between synchronisation points. A kernel that is

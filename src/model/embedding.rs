@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
-use crate::check::Rng;
 use crate::device::{Buffer, Device};
 use crate::error::{Error, Result};
+use crate::model::slot::Slot;
 use crate::ops::{self, embedding};
+use crate::rng::Rng;
 use crate::weights;
 
 /// Word-embedding tensor names in HF checkpoints: BERT / MC-BERT, ERNIE, sentence-transformers.
@@ -27,8 +28,8 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
-        vec![crate::train::optim::Slot::new(
+    pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<Slot<'_>> {
+        vec![Slot::new(
             format!("{prefix}.weight"),
             &mut self.table,
             &self.table_grad,

@@ -17,15 +17,16 @@
 
 use std::str::FromStr;
 
-use crate::check::Rng;
 use crate::device::{Buffer, Device};
 use crate::error::{Error, Result};
+use crate::model::slot::Slot;
 use crate::ops::{self, seqpool, Block};
+use crate::rng::Rng;
 
 use super::linear::Linear;
 use super::rnn::{BiRnn, Cell};
 use super::textcnn::{TextCnn, TextCnnConfig};
-pub use crate::reference::seqpool::Pool;
+pub use crate::ops::seqpool::Pool;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeadKind {
@@ -40,23 +41,42 @@ pub enum HeadKind {
     Bag,
 }
 
+impl HeadKind {
+    /// Every head, in the order the CLI lists them.
+    pub const ALL: [HeadKind; 7] = [
+        HeadKind::Cls,
+        HeadKind::TextCnn,
+        HeadKind::BiGru,
+        HeadKind::BiLstm,
+        HeadKind::TextCnnBiGru,
+        HeadKind::Paper,
+        HeadKind::Bag,
+    ];
+
+    /// The head's name on the command line, in run folders and in the paper's tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadKind::Cls => "cls",
+            HeadKind::TextCnn => "textcnn",
+            HeadKind::BiGru => "bigru",
+            HeadKind::BiLstm => "bilstm",
+            HeadKind::TextCnnBiGru => "textcnn-bigru",
+            HeadKind::Paper => "paper",
+            HeadKind::Bag => "bag",
+        }
+    }
+}
+
 impl FromStr for HeadKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "cls" => HeadKind::Cls,
-            "textcnn" => HeadKind::TextCnn,
-            "bigru" => HeadKind::BiGru,
-            "bilstm" => HeadKind::BiLstm,
-            "textcnn-bigru" => HeadKind::TextCnnBiGru,
-            "paper" => HeadKind::Paper,
-            "bag" => HeadKind::Bag,
-            other => {
-                return Err(Error::Invalid(format!(
-                "no head named `{other}`; heads: cls, textcnn, bigru, bilstm, textcnn-bigru, paper, bag"
-            )))
-            }
-        })
+        HeadKind::ALL
+            .into_iter()
+            .find(|h| h.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = HeadKind::ALL.iter().map(|h| h.name()).collect();
+                Error::Invalid(format!("no head named `{s}`; heads: {}", names.join(", ")))
+            })
     }
 }
 
@@ -137,7 +157,7 @@ pub struct HeadGrads {
 
 impl Head {
     /// Every parameter of the head's layers, for the optimizer.
-    pub fn slots(&mut self, lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
+    pub fn slots(&mut self, lr_scale: f32) -> Vec<Slot<'_>> {
         let mut out = Vec::new();
         if let Some(t) = self.textcnn.as_mut() {
             out.extend(t.slots("head.textcnn", lr_scale));

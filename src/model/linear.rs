@@ -1,9 +1,10 @@
 //! A linear layer, torch.nn.Linear semantics: y = x W^T + b with W [out, in].
 
-use crate::check::Rng;
 use crate::device::{Buffer, Device};
 use crate::error::{Error, Result};
+use crate::model::slot::Slot;
 use crate::ops::{self, Gemm};
+use crate::rng::Rng;
 
 pub struct Linear {
     pub input: usize,
@@ -15,8 +16,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
-        use crate::train::optim::Slot;
+    pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<Slot<'_>> {
         vec![
             Slot::new(
                 format!("{prefix}.weight"),

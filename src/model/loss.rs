@@ -23,6 +23,36 @@ pub enum LossKind {
     GhmCs,
 }
 
+impl LossKind {
+    /// Every loss, in the paper's order.
+    pub const ALL: [LossKind; 5] = [
+        LossKind::CrossEntropy,
+        LossKind::WeightedCrossEntropy,
+        LossKind::Focal,
+        LossKind::GhmC,
+        LossKind::GhmCs,
+    ];
+
+    /// The loss's name in run folders and the paper's tables: ce, wce, focal, ghm, ghm-cs.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossKind::CrossEntropy => "ce",
+            LossKind::WeightedCrossEntropy => "wce",
+            LossKind::Focal => "focal",
+            LossKind::GhmC => "ghm",
+            LossKind::GhmCs => "ghm-cs",
+        }
+    }
+
+    /// The loss `name` names (the inverse of `name`).
+    pub fn from_name(name: &str) -> Result<LossKind> {
+        LossKind::ALL
+            .into_iter()
+            .find(|l| l.name() == name)
+            .ok_or_else(|| Error::Invalid(format!("no loss named `{name}`")))
+    }
+}
+
 /// How the loss is configured. Defaults follow the issue: focal gamma 2; GHM 10 bins with a
 /// moving average of 0.75; GHM-CS class-weight exponent 0.5 and eps 0.1.
 #[derive(Clone, Debug)]

@@ -8,5 +8,6 @@ pub mod imbalance;
 pub mod linear;
 pub mod loss;
 pub mod rnn;
+pub mod slot;
 pub mod textcnn;
 pub mod window_pool;

@@ -7,12 +7,13 @@
 //! Backward: one launch of backpropagation through time, then GEMMs for every weight and
 //! input gradient. The launch count does not depend on the sequence length.
 
-use crate::check::Rng;
 use crate::device::{Buffer, Device};
 use crate::error::{Error, Result};
+use crate::model::slot::Slot;
+pub use crate::ops::rnn::Cell;
 use crate::ops::rnn::{self as k, RnnShape};
 use crate::ops::{self, Gemm};
-pub use crate::reference::rnn::Cell;
+use crate::rng::Rng;
 
 /// The eight tensors of a one-layer bidirectional nn.GRU / nn.LSTM, in PyTorch's layouts.
 pub struct RnnTensors {
@@ -46,8 +47,7 @@ pub struct BiRnn {
 
 impl BiRnn {
     /// Parameters and gradients for the optimizer: `{prefix}.weight_ih`, `.weight_hh`, `.bias_ih`, `.bias_hh`.
-    pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
-        use crate::train::optim::Slot;
+    pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<Slot<'_>> {
         let [g0, g1, g2, g3] = &self.grads;
         vec![
             Slot::new(

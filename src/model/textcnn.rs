@@ -7,6 +7,7 @@
 
 use crate::device::{Buffer, Device};
 use crate::error::{Error, Result};
+use crate::model::slot::Slot;
 use crate::ops::textcnn::{self as k, Padding, PoolSlot};
 use crate::ops::{self, Gemm};
 
@@ -66,10 +67,10 @@ pub struct TextCnn {
 
 impl TextCnn {
     /// Parameters and gradients for the optimizer, named `{prefix}.convs.{i}.weight/bias`.
-    pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
+    pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<Slot<'_>> {
         let mut out = Vec::new();
         for (i, (w, g)) in self.weights.iter_mut().zip(&self.weight_grads).enumerate() {
-            out.push(crate::train::optim::Slot::new(
+            out.push(Slot::new(
                 format!("{prefix}.convs.{i}.weight"),
                 w,
                 g,
@@ -78,7 +79,7 @@ impl TextCnn {
             ));
         }
         for (i, (b, g)) in self.biases.iter_mut().zip(&self.bias_grads).enumerate() {
-            out.push(crate::train::optim::Slot::new(
+            out.push(Slot::new(
                 format!("{prefix}.convs.{i}.bias"),
                 b,
                 g,
@@ -136,7 +137,7 @@ impl TextCnn {
     }
 
     /// torch.nn.Conv1d's default initialisation: U(-1/sqrt(C width), 1/sqrt(C width)) for both.
-    pub fn new(dev: &Device, config: TextCnnConfig, rng: &mut crate::check::Rng) -> Result<Self> {
+    pub fn new(dev: &Device, config: TextCnnConfig, rng: &mut crate::rng::Rng) -> Result<Self> {
         let params: Vec<_> = config
             .widths
             .iter()

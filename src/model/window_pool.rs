@@ -9,7 +9,7 @@ use crate::device::{Buffer, Device};
 use crate::error::{Error, Result};
 use crate::ops::{self, seqpool, Gemm};
 
-pub use crate::reference::seqpool::Pool;
+pub use crate::ops::seqpool::Pool;
 
 pub struct WindowPool {
     /// [records x most, windows]: 1 where a padded slot holds a window.
@@ -118,5 +118,27 @@ impl WindowPool {
         let g = Gemm::new(self.windows, classes, slots, true, false);
         ops::gemm(&g, &self.scatter, &d_padded, &mut out, None)?;
         Ok(out)
+    }
+}
+
+/// `--chunk-pool` unless given: the mean (on the long-record set, 3 seeds, max did no better:
+/// README, "Long records").
+pub const DEFAULT_CHUNK_POOL: Pool = Pool::Mean;
+
+/// `--chunk-pool`: how a record's windows pool their logits.
+pub fn chunk_pool_from_name(name: &str) -> Result<Pool> {
+    match name {
+        "mean" => Ok(Pool::Mean),
+        "max" => Ok(Pool::Max),
+        other => Err(Error::Invalid(format!(
+            "no chunk pool `{other}`: mean or max"
+        ))),
+    }
+}
+
+pub fn chunk_pool_name(pool: Pool) -> &'static str {
+    match pool {
+        Pool::Max => "max",
+        _ => "mean",
     }
 }

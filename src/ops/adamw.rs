@@ -1,5 +1,5 @@
 //! The AdamW optimizer step.
-use super::need;
+use super::shapes::need;
 use crate::device::{Arg, Buffer, LaunchConfig};
 use crate::error::Result;
 

@@ -4,7 +4,8 @@
 //! maximum per `QUANT_BLOCK` elements: ~2 bytes per parameter for m and v together, against 8.
 
 use super::multi_tensor::{grid, TensorTable, FIRST};
-use super::{need, AdamW};
+use super::shapes::need;
+use super::AdamW;
 use crate::device::{Arg, Buffer, Device};
 use crate::error::{Error, Result};
 

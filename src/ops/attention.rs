@@ -1,5 +1,5 @@
 //! Fused multi-head self-attention (kernels/attention.cu).
-use super::{need, to_i32};
+use super::shapes::{need, to_i32};
 use crate::device::{Arg, Buffer, LaunchConfig};
 use crate::error::{Error, Result};
 

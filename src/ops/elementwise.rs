@@ -1,5 +1,5 @@
 //! Elementwise maps over flat buffers.
-use super::need;
+use super::shapes::need;
 use crate::device::{Arg, Buffer, LaunchConfig};
 use crate::error::Result;
 use half::f16;
@@ -87,7 +87,7 @@ pub fn transpose(
     if n == 0 {
         return Ok(());
     }
-    let i = |v: usize| super::to_i32("transpose", "size", v).map(Arg::I32);
+    let i = |v: usize| super::shapes::to_i32("transpose", "size", v).map(Arg::I32);
     src.device().launch(
         "transpose_f32",
         cfg(n),
@@ -118,7 +118,7 @@ pub fn copy_block(
     let span = |b: Block| b.offset + (rows - 1) * b.ld + cols;
     need("copy_block", "src", src, span(s))?;
     need("copy_block", "dst", dst, span(d))?;
-    let i = |v: usize| super::to_i32("copy_block", "size", v).map(Arg::I32);
+    let i = |v: usize| super::shapes::to_i32("copy_block", "size", v).map(Arg::I32);
     let args = [
         src.arg_at(s.offset),
         i(s.ld)?,

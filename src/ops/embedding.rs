@@ -1,5 +1,5 @@
 //! Embedding gathers and their deterministic scatter (kernels/embedding.cu).
-use super::need;
+use super::shapes::need;
 use crate::device::{Arg, Buffer, LaunchConfig};
 use crate::error::{Error, Result};
 

@@ -1,4 +1,4 @@
-use super::{need, to_i32};
+use super::shapes::{need, to_i32};
 use crate::device::{Arg, Buffer, LaunchConfig};
 use crate::error::Result;
 

@@ -1,5 +1,6 @@
 //! LayerNorm over the last axis (kernels/layernorm.cu).
-use super::{need, rows::THREADS_PER_BLOCK, to_i32};
+use super::rows::THREADS_PER_BLOCK;
+use super::shapes::{need, to_i32};
 use crate::device::{Arg, Buffer, LaunchConfig};
 use crate::error::Result;
 

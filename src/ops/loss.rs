@@ -1,6 +1,6 @@
 //! The loss kernels (kernels/loss.cu), one function per launch. The loss layer
 //! (model::loss) strings them together.
-use super::{need, to_i32};
+use super::shapes::{need, to_i32};
 use crate::device::{Arg, Buffer, LaunchConfig};
 use crate::error::{Error, Result};
 

@@ -14,6 +14,7 @@ pub mod multi_tensor;
 pub mod rnn;
 mod rows;
 pub mod seqpool;
+mod shapes;
 pub mod textcnn;
 
 pub use adamw::{adamw_step, AdamW};
@@ -23,6 +24,13 @@ pub use elementwise::{
     Block,
 };
 pub use gemm::{gemm, gemm_fused, gemm_with_plan, Activation, Epilogue, Gemm, GemmPlan, GemmTile};
+pub use rows::{
+    reduce_rows_backward, reduce_rows_forward, softmax_rows_backward, softmax_rows_forward,
+    sum_columns, sum_columns_of, sum_squares_blocks, sum_squares_partial, Reduce,
+};
+
+use crate::device::{Buffer, Role};
+use crate::error::Result;
 
 /// Writes a parameter's gradient with `write`: over it, or, while its device accumulates
 /// gradients (micro-batches), into a temporary that is then added to it. The temporary and the
@@ -53,12 +61,6 @@ pub fn gradient_beta(grad: &Buffer<f32>) -> f32 {
         0.0
     }
 }
-pub use rows::{
-    reduce_rows_backward, reduce_rows_forward, softmax_rows_backward, softmax_rows_forward,
-    sum_columns, sum_columns_of, sum_squares_blocks, sum_squares_partial, Reduce,
-};
-
-use crate::device::{Buffer, Elem, Role};
 
 /// Threads per block that the op functions launch each kernel with (for occupancy reports).
 pub fn threads_per_block(kernel: &str) -> u32 {
@@ -79,22 +81,4 @@ pub fn threads_per_block(kernel: &str) -> u32 {
         "gru_forward" | "gru_backward" | "lstm_forward" | "lstm_backward" => 1024,
         _ => 256,
     }
-}
-use crate::error::{Error, Result};
-
-/// Fails unless `buf` holds at least `needed` elements.
-fn need<T: Elem>(op: &str, what: &str, buf: &Buffer<T>, needed: usize) -> Result<()> {
-    if buf.len() < needed {
-        return Err(Error::Invalid(format!(
-            "{op}: `{what}` holds {} elements, the shapes given need {needed}",
-            buf.len()
-        )));
-    }
-    Ok(())
-}
-
-/// Converts a size to the kernels' `int`, refusing what does not fit.
-fn to_i32(op: &str, what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v)
-        .map_err(|_| Error::Invalid(format!("{op}: {what} = {v} does not fit a 32-bit index")))
 }

@@ -4,7 +4,8 @@
 //! a `TensorTable` and reuse it while the tensors stay where they are (every step after the
 //! first).
 
-use super::{need, sum_squares_blocks, AdamW};
+use super::shapes::need;
+use super::{sum_squares_blocks, AdamW};
 use crate::device::{Arg, Buffer, Device, LaunchConfig};
 use crate::error::Result;
 

@@ -1,8 +1,23 @@
 //! The recurrence kernels (kernels/rnn.cu): one launch walks every time step of both directions.
-use super::{need, to_i32};
+use super::shapes::{need, to_i32};
 use crate::device::{Arg, Buffer, LaunchConfig, MAX_SHARED_BYTES_PER_BLOCK};
 use crate::error::{Error, Result};
-use crate::reference::rnn::Cell;
+
+/// The recurrent cell: PyTorch's GRU or LSTM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cell {
+    Gru,
+    Lstm,
+}
+
+impl Cell {
+    pub fn gates(self) -> usize {
+        match self {
+            Cell::Gru => 3,
+            Cell::Lstm => 4,
+        }
+    }
+}
 
 /// Sequences per block (RNN_CHUNK in kernels/rnn.cu).
 pub const CHUNK: usize = 4;

@@ -1,5 +1,5 @@
 //! Row-wise operations: softmax, reductions over the last axis, and column sums.
-use super::{need, to_i32};
+use super::shapes::{need, to_i32};
 use crate::device::{Arg, Buffer, LaunchConfig};
 use crate::error::{Error, Result};
 

@@ -1,8 +1,16 @@
 //! Sequence pooling over real tokens (kernels/seqpool.cu).
-use super::{need, to_i32};
+use super::shapes::{need, to_i32};
 use crate::device::{Arg, Buffer, LaunchConfig};
 use crate::error::Result;
-pub use crate::reference::seqpool::Pool;
+
+/// How a sequence's token states pool into one vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    Max = 0,
+    Mean = 1,
+    /// Last states of a bidirectional RNN: first half at the last real token, second at 0.
+    Last = 2,
+}
 
 #[allow(clippy::too_many_arguments)]
 pub fn forward(

@@ -1,5 +1,5 @@
 //! The Text-CNN kernels (kernels/textcnn.cu): padding copy, weight permutation, pooling.
-use super::{need, to_i32};
+use super::shapes::{need, to_i32};
 use crate::device::{Arg, Buffer, LaunchConfig};
 use crate::error::Result;
 

@@ -21,7 +21,6 @@ mod report;
 
 pub use report::{print_plan, print_table, table, write_json, TableRow};
 
-use crate::check::Rng;
 use crate::data::tokenizer::TokenBatch;
 use crate::device::{Device, Role};
 use crate::error::{Error, Result};
@@ -30,6 +29,7 @@ use crate::model::heads::{Head, HeadConfig};
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 use crate::model::window_pool::Pool;
 use crate::ops::AdamW;
+use crate::rng::Rng;
 use crate::train::features::FeatureStore;
 use crate::train::optim::{Optimizer, OptimizerKind};
 use crate::train::trainer::{Classifier, Input, MicroBatch, TrainSettings};

@@ -5,10 +5,12 @@
 //! (`head.textcnn.convs.{i}.weight`, `head.rnn.weight_ih`, `head.classifier.bias`, ...).
 
 use super::bert::Params;
-use super::rnn::{Cell, RnnParams};
-use super::seqpool::{self, Pool};
+use super::rnn::RnnParams;
+use super::seqpool;
 use super::textcnn::{self, Conv};
 use crate::model::heads::{Head, HeadKind};
+use crate::ops::rnn::Cell;
+use crate::ops::seqpool::Pool;
 
 /// The head's shape: everything but its parameters.
 #[derive(Clone, Debug)]

@@ -2,20 +2,7 @@
 //! variable-length sequences: the reverse direction starts at each sequence's last real token;
 //! outputs at padding are zero). Plain loops; backward is textbook backpropagation through time.
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cell {
-    Gru,
-    Lstm,
-}
-
-impl Cell {
-    pub fn gates(self) -> usize {
-        match self {
-            Cell::Gru => 3,
-            Cell::Lstm => 4,
-        }
-    }
-}
+use crate::ops::rnn::Cell;
 
 /// Parameters of both directions, PyTorch layouts: w_ih [dir][G*H][I], w_hh [dir][G*H][H],
 /// b_ih and b_hh [dir][G*H] (direction 1 is the `_reverse` set).

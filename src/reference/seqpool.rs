@@ -1,12 +1,6 @@
 //! f64 reference of sequence pooling over real tokens (kernels/seqpool.cu).
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pool {
-    Max = 0,
-    Mean = 1,
-    /// Last states of a bidirectional RNN: first half at the last real token, second at 0.
-    Last = 2,
-}
+use crate::ops::seqpool::Pool;
 
 fn source(pool: Pool, d: usize, features: usize, halves: usize, n: usize) -> usize {
     if pool == Pool::Last && halves == 2 && d >= features / 2 {

@@ -556,7 +556,7 @@ fn experiment_page(dir: &Path) -> String {
                         .filter(|r| &r[model] == h && &r[loss] == l)
                         .filter_map(|r| r[macro_f1].parse().ok())
                         .collect();
-                    (!v.is_empty()).then(|| crate::train::experiment::mean_std(&v))
+                    (!v.is_empty()).then(|| crate::train::metrics::mean_std(&v))
                 })
                 .collect()
         })
@@ -578,7 +578,7 @@ fn experiment_page(dir: &Path) -> String {
             let cell = format!("{}-{}", r[model], r[loss]);
             let folder = match seed {
                 Some(c) => {
-                    crate::train::experiment::run_folder(&cell, r[c].parse().unwrap_or(0), seeds)
+                    crate::train::run_folder::cell_folder(&cell, r[c].parse().unwrap_or(0), seeds)
                 }
                 None => cell,
             };

@@ -17,8 +17,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
 use crate::ops::adamw8bit::{QuantizedMoments, QUANT_BLOCK};
 use crate::weights::{write_atomically, write_tensor_bytes, Checkpoint, TensorBytes};
@@ -26,103 +24,8 @@ use crate::weights::{write_atomically, write_tensor_bytes, Checkpoint, TensorByt
 use super::optim::MomentsRef;
 
 use super::optim::Optimizer;
+use super::state::State;
 use super::trainer::Classifier;
-
-/// One finished epoch, as kept in the state.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    pub mean_loss: f64,
-    pub accuracy: f64,
-    pub macro_f1: f64,
-    pub micro_f1: f64,
-}
-
-/// Where a run stands; everything else follows from the settings and the seed.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Progress {
-    /// Optimizer steps taken.
-    pub step: u64,
-    /// The epoch in progress (1-based).
-    pub epoch: usize,
-    /// Batches of that epoch already trained on.
-    pub batch: usize,
-    /// Sum of those batches' losses.
-    pub loss_sum: f64,
-    pub finished: Vec<EpochRecord>,
-    /// Best epoch so far and its dev macro-F1.
-    pub best: Option<(usize, f64)>,
-    /// Epochs since the best one (early stopping).
-    pub bad_epochs: usize,
-}
-
-impl Progress {
-    pub fn start() -> Self {
-        Progress {
-            epoch: 1,
-            ..Default::default()
-        }
-    }
-}
-
-/// What `eval` and `predict` need to rebuild the model of a run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelSpec {
-    /// The BERT checkpoint folder the run started from (None: character embeddings).
-    pub encoder: Option<PathBuf>,
-    /// Head and loss by their command-line names.
-    pub head: String,
-    pub loss: String,
-    pub embedding_dim: usize,
-    pub filters: usize,
-    pub rnn_hidden: usize,
-    pub dropout: f32,
-    pub max_len: usize,
-    /// The encoder stayed frozen: the checkpoints hold the head alone.
-    #[serde(default)]
-    pub frozen: bool,
-    /// The `bag` head's hash buckets (0 for other heads).
-    #[serde(default)]
-    pub buckets: usize,
-    /// What was kept of records longer than max_len: head, head-tail or chunks.
-    #[serde(default = "head")]
-    pub long_text: String,
-    /// Under `chunks`, the most windows per record (0 otherwise).
-    #[serde(default)]
-    pub max_chunks: usize,
-    /// Under `chunks`, how the windows' logits pool: mean or max.
-    #[serde(default = "mean")]
-    pub chunk_pool: String,
-}
-
-fn head() -> String {
-    "head".into()
-}
-
-fn mean() -> String {
-    "mean".into()
-}
-
-/// What a run's checkpoints share: labels, vocabulary, settings, model.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunInfo {
-    /// The settings that must match for --resume (data, model, optimisation, seed).
-    pub fingerprint: String,
-    pub labels: Vec<String>,
-    /// The character vocabulary of the encoder-free path (None with an encoder).
-    pub vocab: Option<Vec<String>>,
-    pub model: ModelSpec,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct State {
-    pub format: u32,
-    pub progress: Progress,
-    pub ghm_ema: Vec<f32>,
-    pub ghm_steps: u64,
-    pub run: RunInfo,
-    pub tensors: String,
-}
 
 const FORMAT: u32 = 1;
 

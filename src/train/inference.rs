@@ -7,7 +7,6 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use crate::check::Rng;
 use crate::data::batching::{CharVocab, LongText};
 use crate::data::dataset::{self, LabelMap, ReadOptions};
 use crate::data::tokenizer::BertTokenizer;
@@ -15,13 +14,16 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::heads::HeadKind;
 use crate::ops::AdamW;
+use crate::rng::Rng;
 
-use super::checkpoint::{self, State};
-use super::command::{build_classifier, head_config, loss_from_name, print_report, TextEncoder};
-use super::metrics::Report;
+use super::build::{build_classifier, head_config};
+use super::checkpoint;
+use super::metrics::{print_report, Report};
 use super::optim::Optimizer;
+use super::state::State;
 use super::trainer::{record_batch, Classifier};
-use crate::model::loss::LossConfig;
+use crate::data::text_encoder::{bag_hasher, TextEncoder};
+use crate::model::loss::{LossConfig, LossKind};
 
 pub struct LoadedRun {
     pub model: Classifier,
@@ -45,9 +47,7 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
         other => other,
     };
     let text = match (&spec.encoder, &state.run.vocab) {
-        (None, _) if spec.head == "bag" => {
-            TextEncoder::NGrams(super::command::bag_hasher(spec.buckets))
-        }
+        (None, _) if spec.head == "bag" => TextEncoder::NGrams(bag_hasher(spec.buckets)),
         (None, Some(tokens)) => TextEncoder::Chars {
             vocab: CharVocab {
                 tokens: tokens.clone(),
@@ -69,7 +69,7 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
     };
     // The loss only matters for its GHM state's shape here: no weights, no similarity.
     let classes = state.run.labels.len();
-    let loss = LossConfig::new(loss_from_name(&spec.loss).map_err(in_state)?);
+    let loss = LossConfig::new(LossKind::from_name(&spec.loss).map_err(in_state)?);
     check_sizes(&dir, &state).map_err(in_state)?;
     let mut model = build_classifier(
         dev,

@@ -227,3 +227,91 @@ impl std::str::FromStr for Metric {
         })
     }
 }
+
+/// Mean and (sample) standard deviation; 0 for one value.
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+pub fn print_report(r: &Report, names: &[String]) {
+    print!("{}", report_table(r, names));
+}
+
+/// Terminal columns a string takes: East Asian wide characters (CJK, Hangul, full-width forms)
+/// count two.
+pub fn display_width(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c as u32 {
+            0x1100..=0x115F
+            | 0x2E80..=0xA4CF
+            | 0xAC00..=0xD7A3
+            | 0xF900..=0xFAFF
+            | 0xFE30..=0xFE4F
+            | 0xFF00..=0xFF60
+            | 0xFFE0..=0xFFE6
+            | 0x20000..=0x3FFFD => 2,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// The per-class report as text, the class column as wide as the widest name (Chinese names
+/// count two columns per character) so the numbers line up.
+pub fn report_table(r: &Report, names: &[String]) -> String {
+    use std::fmt::Write as _;
+    let width = names
+        .iter()
+        .map(|n| display_width(n))
+        .max()
+        .unwrap_or(0)
+        .max(12);
+    let cell = |name: &str| {
+        format!(
+            "{name}{}",
+            " ".repeat(width - display_width(name).min(width))
+        )
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} {:>9} {:>9} {:>9} {:>8}",
+        cell("class"),
+        "precision",
+        "recall",
+        "F1",
+        "support"
+    );
+    for (n, c) in names.iter().zip(&r.per_class) {
+        let _ = writeln!(
+            out,
+            "{} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+            cell(n),
+            c.precision,
+            c.recall,
+            c.f1,
+            c.support
+        );
+    }
+    for (label, a) in [
+        ("macro avg", &r.macro_avg),
+        ("micro avg", &r.micro_avg),
+        ("weighted avg", &r.weighted_avg),
+    ] {
+        let _ = writeln!(
+            out,
+            "{} {:>9.4} {:>9.4} {:>9.4}",
+            cell(label),
+            a.precision,
+            a.recall,
+            a.f1
+        );
+    }
+    let _ = writeln!(out, "{} {:>29.4}", cell("accuracy"), r.accuracy);
+    out
+}

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use crate::device::Buffer;
 use crate::error::{Error, Result};
+use crate::model::slot::Slot;
 use crate::ops::adamw8bit::{self, AdamW8bitTensor, QuantMaps, QuantizedMoments};
 use crate::ops::multi_tensor::{self, AdamWTensor, TensorTable};
 use crate::ops::{self, AdamW};
@@ -87,35 +88,6 @@ impl Schedule {
         } else {
             self.peak * (self.total.saturating_sub(s)) as f64
                 / (self.total.saturating_sub(self.warmup)).max(1) as f64
-        }
-    }
-}
-
-/// One parameter as the optimizer sees it.
-pub struct Slot<'a> {
-    pub name: String,
-    pub value: &'a mut Buffer<f32>,
-    pub grad: &'a Buffer<f32>,
-    /// Multiplies the step's learning rate (e.g. a head trained faster than the encoder).
-    pub lr_scale: f32,
-    /// No weight decay on biases and LayerNorm weights, as is usual for BERT.
-    pub decay: bool,
-}
-
-impl<'a> Slot<'a> {
-    pub fn new(
-        name: String,
-        value: &'a mut Buffer<f32>,
-        grad: &'a Buffer<f32>,
-        lr_scale: f32,
-        decay: bool,
-    ) -> Self {
-        Slot {
-            name,
-            value,
-            grad,
-            lr_scale,
-            decay,
         }
     }
 }

@@ -21,9 +21,10 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 
-use super::checkpoint::{self, Progress, RunInfo, State};
+use super::checkpoint;
 use super::metrics::Confusion;
 use super::optim::Optimizer;
+use super::state::{Progress, RunInfo, State};
 use super::trainer::{rate_text, Classifier, EpochLog, Event};
 use crate::weights::write_atomically;
 
@@ -264,5 +265,14 @@ fn csv_field(s: &str) -> String {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
+    }
+}
+
+/// A cell's run folder: HEAD-LOSS, or HEAD-LOSS-seedN when the grid runs several seeds.
+pub fn cell_folder(cell: &str, seed: u64, seeds: usize) -> String {
+    if seeds > 1 {
+        format!("{cell}-seed{seed}")
+    } else {
+        cell.to_string()
     }
 }

@@ -3,23 +3,24 @@
 //! the best epoch's metrics kept. (Checkpoints, resume, the frozen-encoder cache, progress bars
 //! and the experiment grid are the rest of issue 6.)
 
-use crate::check::Rng;
 use crate::data::batching::{bucketed_batches, pad};
 use crate::data::tokenizer::TokenBatch;
 use crate::device::{Buffer, Role};
 use crate::error::{Error, Result};
 use crate::model::bert::BertEncoder;
+use crate::rng::Rng;
 
 use super::features::FeatureStore;
 use crate::model::embedding::Embedding;
 use crate::model::heads::Head;
 use crate::model::loss::ClassificationLoss;
+use crate::model::slot::Slot;
 use crate::model::window_pool::{Pool, WindowPool};
 use crate::ops;
 
-use super::checkpoint::{EpochRecord, Progress};
 use super::metrics::{report, Confusion, Metric, Report};
 use super::optim::{Optimizer, Schedule};
+use super::state::{EpochRecord, Progress};
 
 pub enum Input {
     /// Trainable token embeddings: the paper's non-pretrained baselines.
@@ -213,7 +214,7 @@ impl Classifier {
     /// The encoder's pooler trains only under a head that reads the pooled [CLS]; under the
     /// others it gets no gradient, and (as in PyTorch, where its `.grad` stays None) no step:
     /// no weight decay, no moments.
-    pub fn slots(&mut self, input_lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
+    pub fn slots(&mut self, input_lr_scale: f32) -> Vec<Slot<'_>> {
         let pooler = self.head.config.uses_sentence();
         let mut slots = self.head.slots(1.0);
         match &mut self.input {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use emrclass::check::Rng;
+use emrclass::rng::Rng;
 
 /// Held by every test of the binary: one reader runs at a time, so the allocator's count is
 /// its own.

@@ -6,7 +6,7 @@
 //! of its 8-byte length, and for binary files (PyTorch zip and pickle streams) little-endian
 //! integers overwritten with interesting values (lengths, offsets, counts).
 
-use emrclass::check::Rng;
+use emrclass::rng::Rng;
 
 /// Mutated inputs stay below this size (a 100 KB record fits), so that every case is quick.
 pub const MAX_INPUT: usize = 400_000;

@@ -473,7 +473,8 @@ fn encode_inputs(root: &Path) -> Target {
 pub fn trained_run() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
-        use emrclass::train::command::{run, TrainOptions};
+        use emrclass::jobs::train::run;
+        use emrclass::options::TrainOptions;
         let out = std::env::temp_dir()
             .join(format!("emrclass-fuzz-{}", std::process::id()))
             .join("trained-run");

@@ -7,7 +7,7 @@
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
 
-use super::{KernelFile, COMMON_HEADER};
+use super::kernels::{KernelFile, COMMON_HEADER};
 use crate::error::{Error, Result};
 
 mod library;

@@ -10,10 +10,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::check::Rng;
 use crate::device::{Buffer, Device, Role};
 use crate::error::{Error, Result};
+use crate::model::slot::Slot;
 use crate::ops::{self, layernorm};
+use crate::rng::Rng;
 use crate::weights::{self, Checkpoint};
 
 mod backward;
@@ -336,18 +337,12 @@ fn site_seed(seed: u64, layer: usize, site: u64) -> u64 {
 
 impl BertEncoder {
     /// Every parameter for the optimizer (HF names); no decay on biases and LayerNorm weights.
-    pub fn slots(&mut self, lr_scale: f32) -> Vec<crate::train::optim::Slot<'_>> {
+    pub fn slots(&mut self, lr_scale: f32) -> Vec<Slot<'_>> {
         self.params
             .iter_mut()
             .map(|p| {
                 let decay = !(p.name.ends_with(".bias") || p.name.contains("LayerNorm"));
-                crate::train::optim::Slot::new(
-                    p.name.clone(),
-                    &mut p.value,
-                    &p.grad,
-                    lr_scale,
-                    decay,
-                )
+                Slot::new(p.name.clone(), &mut p.value, &p.grad, lr_scale, decay)
             })
             .collect()
     }

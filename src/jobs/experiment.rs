@@ -13,7 +13,11 @@ use crate::error::{Error, Result};
 use crate::model::heads::HeadKind;
 use crate::model::loss::LossKind;
 
-use super::command::{run, TrainOptions};
+use super::train::run;
+use crate::options::{default_lr, TrainOptions};
+use crate::train::metrics::mean_std;
+use crate::train::run_folder::cell_folder;
+use crate::train::trainer::per_second;
 
 pub struct ExperimentOptions {
     /// Everything but the head and the loss, shared by every run.
@@ -22,7 +26,7 @@ pub struct ExperimentOptions {
     pub losses: Vec<LossKind>,
     /// Each cell runs once per seed (the base's seed when empty).
     pub seeds: Vec<u64>,
-    /// One learning rate for every cell; None: each head's default (`command::default_lr`).
+    /// One learning rate for every cell; None: each head's default (`options::default_lr`).
     pub lr: Option<f64>,
     /// Folder for results.csv and results.md.
     pub out: PathBuf,
@@ -43,29 +47,6 @@ pub struct Outcome {
     pub samples_per_second: Option<f64>,
 }
 
-/// The paper's names for the heads and losses.
-pub fn head_name(h: HeadKind) -> &'static str {
-    match h {
-        HeadKind::Cls => "cls",
-        HeadKind::TextCnn => "textcnn",
-        HeadKind::BiGru => "bigru",
-        HeadKind::BiLstm => "bilstm",
-        HeadKind::TextCnnBiGru => "textcnn-bigru",
-        HeadKind::Paper => "paper",
-        HeadKind::Bag => "bag",
-    }
-}
-
-pub fn loss_name(l: LossKind) -> &'static str {
-    match l {
-        LossKind::CrossEntropy => "ce",
-        LossKind::WeightedCrossEntropy => "wce",
-        LossKind::Focal => "focal",
-        LossKind::GhmC => "ghm",
-        LossKind::GhmCs => "ghm-cs",
-    }
-}
-
 /// Runs every head with every loss; returns the outcomes in run order.
 pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<Vec<Outcome>> {
     if o.heads.is_empty() || o.losses.is_empty() {
@@ -84,14 +65,14 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
     for &head in &o.heads {
         for &loss in &o.losses {
             for &seed in &seeds {
-                let cell = format!("{}-{}", head_name(head), loss_name(loss));
+                let cell = format!("{}-{}", head.name(), loss.name());
                 println!("\n=== {cell}, seed {seed}");
                 let mut opts = o.base.clone();
                 opts.head = head;
                 opts.loss = loss;
                 opts.settings.seed = seed;
-                opts.settings.lr = o.lr.unwrap_or_else(|| super::command::default_lr(head));
-                opts.out = o.out.join(run_folder(&cell, seed, seeds.len()));
+                opts.settings.lr = o.lr.unwrap_or_else(|| default_lr(head));
+                opts.out = o.out.join(cell_folder(&cell, seed, seeds.len()));
                 let logs = run(dev, &opts)?;
                 let best = logs
                     .iter()
@@ -107,10 +88,7 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
                     macro_f1: best.dev.macro_avg.f1,
                     micro_f1: best.dev.micro_avg.f1,
                     seconds,
-                    samples_per_second: super::trainer::per_second(
-                        logs.iter().map(|e| e.samples).sum(),
-                        seconds,
-                    ),
+                    samples_per_second: per_second(logs.iter().map(|e| e.samples).sum(), seconds),
                 });
                 write_tables(&o.out, &outcomes, &o.losses, describe)?;
                 crate::report::write(&o.out)?;
@@ -119,26 +97,6 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
     }
     println!("\n{}", markdown(&outcomes, &o.losses, describe));
     Ok(outcomes)
-}
-
-/// A cell's run folder: HEAD-LOSS, or HEAD-LOSS-seedN when the grid runs several seeds.
-pub fn run_folder(cell: &str, seed: u64, seeds: usize) -> String {
-    if seeds > 1 {
-        format!("{cell}-seed{seed}")
-    } else {
-        cell.to_string()
-    }
-}
-
-/// Mean and (sample) standard deviation; 0 for one value.
-pub fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len().max(1) as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    if v.len() < 2 {
-        return (mean, 0.0);
-    }
-    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0);
-    (mean, var.sqrt())
 }
 
 /// One cell over its seeds: macro-F1 mean and standard deviation, and how many runs.
@@ -184,8 +142,8 @@ pub fn markdown(outcomes: &[Outcome], losses: &[LossKind], describe: &str) -> St
         let _ = writeln!(
             s,
             "| {} | {} | {} | {:.4} | {:.4} | {:.4} | {} | {:.1} |",
-            head_name(r.head),
-            loss_name(r.loss),
+            r.head.name(),
+            r.loss.name(),
             r.seed,
             r.accuracy,
             r.macro_f1,
@@ -210,7 +168,7 @@ pub fn markdown(outcomes: &[Outcome], losses: &[LossKind], describe: &str) -> St
         }
     );
     for l in losses {
-        let _ = write!(s, " {} |", loss_name(*l));
+        let _ = write!(s, " {} |", l.name());
     }
     s.push_str("\n|---|");
     s.push_str(&"---|".repeat(losses.len()));
@@ -227,7 +185,7 @@ pub fn markdown(outcomes: &[Outcome], losses: &[LossKind], describe: &str) -> St
             .filter_map(|&l| Some((l, cell_score(outcomes, h, l)?)))
             .collect();
         let win = if seeds > 1 { winner(&cells) } else { None };
-        let _ = write!(s, "| {} |", head_name(h));
+        let _ = write!(s, "| {} |", h.name());
         for l in losses {
             match cells.iter().find(|c| c.0 == *l) {
                 Some((_, c)) if seeds > 1 => {
@@ -257,8 +215,8 @@ fn csv(outcomes: &[Outcome]) -> String {
         let _ = writeln!(
             s,
             "{},{},{},{:.6},{:.6},{:.6},{},{:.2},{}",
-            head_name(r.head),
-            loss_name(r.loss),
+            r.head.name(),
+            r.loss.name(),
             r.seed,
             r.accuracy,
             r.macro_f1,

@@ -1,161 +1,35 @@
-//! `emrclass train`: data (a file, or the built-in synthetic set), a model (character
-//! embeddings or a BERT encoder, and a head), a loss, the training loop, the metrics table.
+//! `emrclass train` end to end: data (a file, or the built-in synthetic set), a model (character
+//! embeddings or a BERT encoder, and a head), a loss, the memory plan, the training loop, the run
+//! folder, the metrics table and `report.html`.
 
-use std::path::PathBuf;
-
-use crate::check::Rng;
-use crate::data::batching::{CharVocab, LongText, NGramHasher};
-use crate::data::dataset::{self, Example, LabelMap, ReadOptions};
+use crate::data::batching::{CharVocab, LongText};
+use crate::data::dataset::{self, Example, LabelMap};
 use crate::data::synthetic;
+use crate::data::text_encoder::{bag_hasher, TextEncoder};
 use crate::data::tokenizer::BertTokenizer;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::model::bert::{BertConfig, BertEncoder, EncoderMemory};
-use crate::model::embedding::Embedding;
-use crate::model::heads::{Head, HeadConfig, HeadKind};
+use crate::model::bert::{BertConfig, EncoderMemory};
+use crate::model::heads::HeadKind;
 use crate::model::imbalance::{
     class_weights_from_counts, read_class_weights, read_similarity_matrix, similarity_from_edges,
 };
-use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
-use crate::model::window_pool::Pool;
-
-use super::checkpoint::{self, ModelSpec, Progress, RunInfo};
-use super::experiment::{head_name, loss_name};
-use super::features::FeatureStore;
-use super::metrics::{Metric, Report};
-use super::optim::{Optimizer, OptimizerKind};
-use super::run_folder::{FolderSettings, RunFolder};
-use super::trainer::{
-    check_head_input, optimizer, train, Classifier, Control, EpochLog, Event, Input, Split,
-    TrainSettings, Windows,
-};
+use crate::model::loss::{LossConfig, LossKind};
+use crate::model::window_pool::chunk_pool_name;
+use crate::options::{model_spec, Similarity, TrainOptions};
 use crate::plan;
+use crate::rng::Rng;
 use crate::settings;
-
-#[derive(Clone, Debug)]
-pub struct TrainOptions {
-    /// Training file; None: the built-in synthetic set.
-    pub train: Option<PathBuf>,
-    /// Dev file; None: a stratified split of the training data.
-    pub dev: Option<PathBuf>,
-    pub dev_fraction: f64,
-    pub read: ReadOptions,
-    /// A BERT checkpoint folder to fine-tune; None: trainable character embeddings.
-    pub encoder: Option<PathBuf>,
-    pub head: HeadKind,
-    pub loss: LossKind,
-    pub max_len: usize,
-    /// Hash buckets of the `bag` head's character n-grams.
-    pub buckets: usize,
-    /// What to keep of a record longer than max_len.
-    pub long_text: LongText,
-    /// GHM-CS: epochs with beta = 1 (plain weighted soft-target CE) before GHM weighting starts;
-    /// the histogram still updates.
-    pub ghm_warmup_epochs: usize,
-    /// `--long-text chunks`: mean or max over a record's windows' logits.
-    pub chunk_pool: Pool,
-    /// The built-in set's long-record mode (`synthetic::generate_long`).
-    pub synthetic_long: bool,
-    pub embedding_dim: usize,
-    pub filters: usize,
-    pub rnn_hidden: usize,
-    pub dropout: f32,
-    pub synthetic_scale: f64,
-    /// Keep the encoder frozen: encode every text once (cached on disk) and train the head.
-    pub freeze_encoder: bool,
-    /// Where the frozen encoder's features are cached.
-    pub feature_cache: PathBuf,
-    /// Class weights from a file (CSV `class,weight` or a JSON object) instead of the counts.
-    pub class_weights: Option<PathBuf>,
-    /// The exponent γ of the class weights from the counts, (N / (K n_c))^γ renormalised
-    /// (None: 1, and 0.5 for GHM-CS).
-    pub class_weight_gamma: Option<f64>,
-    /// GHM-CS's class similarity.
-    pub similarity: Option<Similarity>,
-    pub settings: TrainSettings,
-    /// The run folder: checkpoint/, best/, log.jsonl, confusion matrix, report.
-    pub out: PathBuf,
-    /// Continue from out/checkpoint (same settings required).
-    pub resume: bool,
-    /// Checkpoint every N optimizer steps (0: at each epoch's end only).
-    pub checkpoint_every: u64,
-    pub log_every: u64,
-    /// Stop after this many epochs without a better dev metric.
-    pub patience: Option<usize>,
-    /// The dev metric that picks the best epoch and drives early stopping.
-    pub metric: Metric,
-    /// Also evaluate on the dev set every N steps (0: per epoch only).
-    pub eval_every: u64,
-    /// No progress bar.
-    pub quiet: bool,
-    /// Return right after this step, as if killed (tests of --resume).
-    pub stop_after_steps: Option<u64>,
-    /// Plan the encoder's memory for this budget (`--memory-budget`); None: unlimited.
-    pub memory: Option<MemoryBudget>,
-    /// Store the encoder's kept activations in fp16 (`--saved-activations fp16`).
-    pub fp16_activations: bool,
-}
-
-/// A device memory budget and the part of it that is not the engine's (CUDA context).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MemoryBudget {
-    pub budget: usize,
-    pub reserve: usize,
-}
-
-/// Where GHM-CS's class similarity comes from.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Similarity {
-    /// A K x K matrix: CSV with class names on both axes, or JSON {"classes", "matrix"}.
-    Matrix(PathBuf),
-    /// A knowledge-network edge list `a,b,w`; unlinked pairs get the best path's product.
-    Edges(PathBuf),
-}
-
-impl Default for TrainOptions {
-    fn default() -> Self {
-        TrainOptions {
-            train: None,
-            dev: None,
-            dev_fraction: 0.2,
-            read: ReadOptions::default(),
-            encoder: None,
-            head: HeadKind::Paper,
-            loss: LossKind::GhmCs,
-            max_len: 64,
-            buckets: 1 << 16,
-            long_text: LongText::Head,
-            ghm_warmup_epochs: 1,
-            chunk_pool: Pool::Mean,
-            synthetic_long: false,
-            embedding_dim: 64,
-            filters: 64,
-            rnn_hidden: 64,
-            dropout: 0.2,
-            synthetic_scale: 0.5,
-            freeze_encoder: false,
-            feature_cache: PathBuf::from("runs/feature-cache"),
-            class_weights: None,
-            class_weight_gamma: None,
-            similarity: None,
-            settings: TrainSettings {
-                lr: 3e-3,
-                ..TrainSettings::default()
-            },
-            out: PathBuf::from("runs/train"),
-            resume: false,
-            checkpoint_every: 0,
-            log_every: 50,
-            patience: None,
-            metric: Metric::MacroF1,
-            eval_every: 0,
-            quiet: false,
-            memory: None,
-            stop_after_steps: None,
-            fp16_activations: false,
-        }
-    }
-}
+use crate::train::build::{build_classifier, head_config};
+use crate::train::checkpoint;
+use crate::train::features::FeatureStore;
+use crate::train::metrics::print_report;
+use crate::train::optim::{Optimizer, OptimizerKind};
+use crate::train::run_folder::{FolderSettings, RunFolder};
+use crate::train::state::{ModelSpec, Progress, RunInfo};
+use crate::train::trainer::{
+    optimizer, train, Classifier, Control, EpochLog, Event, Input, Split, TrainSettings, Windows,
+};
 
 fn load(o: &TrainOptions) -> Result<(Vec<Example>, Vec<Example>, String)> {
     let seed = o.settings.seed;
@@ -353,7 +227,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         "dev_counts": map.counts(&dev_set),
         "class_weights": class_weights,
         "model": model_spec(o),
-        "loss": loss_name(o.loss),
+        "loss": o.loss.name(),
         "ghm_warmup_steps": ghm_warmup_steps,
         "truncated_percent": 100.0 * truncated as f64 / train_split.records.len().max(1) as f64,
         "epochs": o.settings.epochs,
@@ -477,119 +351,6 @@ fn freeze(
     Ok(())
 }
 
-/// A head's default learning rate: 3e-3, and 2e-2 for `bag`, whose embedding rows each see a
-/// gradient only when their n-gram occurs (synthetic set, 5 epochs: dev macro-F1 0.864 at
-/// 2e-2, 0.199 after 3 epochs at 3e-3).
-pub fn default_lr(head: HeadKind) -> f64 {
-    match head {
-        HeadKind::Bag => 2e-2,
-        _ => 3e-3,
-    }
-}
-
-/// The `bag` head's n-grams: characters 1 to 3 long, `buckets` rows.
-pub fn bag_hasher(buckets: usize) -> NGramHasher {
-    NGramHasher { buckets, max_n: 3 }
-}
-
-/// Text to token ids: characters (the encoder-free path), the checkpoint's tokenizer, or hashed
-/// character n-grams (the `bag` head).
-pub enum TextEncoder {
-    NGrams(NGramHasher),
-    Chars {
-        vocab: CharVocab,
-        max_len: usize,
-        long: LongText,
-    },
-    Bert {
-        tokenizer: Box<BertTokenizer>,
-        max_len: usize,
-        long: LongText,
-    },
-}
-
-/// Tokens of a whole record before --long-text cuts it (far above any record's length).
-const UNCUT: usize = 1 << 24;
-
-impl TextEncoder {
-    /// The windows the model reads of a text, each [CLS] ... [SEP] without padding: one,
-    /// cut to max_len as --long-text says, or for `chunks` as many as the record needs.
-    pub fn encode(&self, text: &str) -> Result<Vec<Vec<i32>>> {
-        match self {
-            TextEncoder::Chars {
-                vocab,
-                max_len,
-                long: LongText::Head,
-            } => Ok(vec![vocab.encode(text, *max_len)]),
-            TextEncoder::Chars {
-                vocab,
-                max_len,
-                long,
-            } => Ok(long.windows(vocab.encode(text, UNCUT), *max_len)),
-            TextEncoder::NGrams(h) => Ok(vec![h.encode(text)]),
-            TextEncoder::Bert {
-                tokenizer,
-                max_len,
-                long,
-            } => {
-                let first = match long {
-                    LongText::Head => *max_len,
-                    LongText::HeadTail | LongText::Chunks { .. } => UNCUT,
-                };
-                let b = tokenizer.encode(&[text], first)?;
-                let ids = b
-                    .input_ids
-                    .into_iter()
-                    .zip(b.attention_mask)
-                    .filter(|p| p.1 == 1)
-                    .map(|p| p.0)
-                    .collect();
-                Ok(long.windows(ids, *max_len))
-            }
-        }
-    }
-
-    /// Rows of the encoder-free path's embedding table (None: the text goes to a BERT encoder).
-    pub fn input_vocab(&self) -> Option<usize> {
-        match self {
-            TextEncoder::Chars { vocab, .. } => Some(vocab.len()),
-            TextEncoder::NGrams(h) => Some(h.buckets + 1),
-            TextEncoder::Bert { .. } => None,
-        }
-    }
-
-    /// Every example's windows.
-    pub fn encode_all(&self, examples: &[Example]) -> Result<Vec<Vec<Vec<i32>>>> {
-        examples.iter().map(|e| self.encode(&e.text)).collect()
-    }
-}
-
-/// The model part of the options, as a run folder keeps it.
-pub fn model_spec(o: &TrainOptions) -> ModelSpec {
-    ModelSpec {
-        encoder: o.encoder.clone(),
-        head: head_name(o.head).to_string(),
-        loss: loss_name(o.loss).to_string(),
-        embedding_dim: o.embedding_dim,
-        filters: o.filters,
-        rnn_hidden: o.rnn_hidden,
-        dropout: o.dropout,
-        max_len: o.max_len,
-        frozen: o.freeze_encoder,
-        buckets: if o.head == HeadKind::Bag {
-            o.buckets
-        } else {
-            0
-        },
-        long_text: o.long_text.name().to_string(),
-        max_chunks: match o.long_text {
-            LongText::Chunks { max } => max,
-            _ => 0,
-        },
-        chunk_pool: chunk_pool_name(o.chunk_pool).to_string(),
-    }
-}
-
 /// The loss of a training run: class weights from the training counts (γ = 1; 0.5 for GHM-CS)
 /// or from --class-weights, GHM-CS's class similarity from --similarity-matrix or
 /// --similarity-edges (one-hot targets without one).
@@ -617,63 +378,6 @@ pub fn loss_config(o: &TrainOptions, counts: &[usize], labels: &[String]) -> Res
         )));
     }
     Ok(lc)
-}
-
-/// The classifier a spec describes: embeddings of `input_vocab` rows (N(0, 1); the
-/// encoder-free path, see `TextEncoder::input_vocab`) or the BERT checkpoint, the head
-/// (PyTorch's initialisation), and the loss.
-pub fn build_classifier(
-    dev: &Device,
-    spec: &ModelSpec,
-    input_vocab: Option<usize>,
-    loss: LossConfig,
-    classes: usize,
-    rng: &mut Rng,
-) -> Result<Classifier> {
-    let (input, width) = match (&spec.encoder, input_vocab) {
-        (None, Some(rows)) => (
-            Input::Embeddings(Embedding::new(dev, rows, spec.embedding_dim, rng)?),
-            spec.embedding_dim,
-        ),
-        (Some(dir), None) => {
-            let encoder = if spec.frozen {
-                BertEncoder::load_frozen_dir(dev, dir)?
-            } else {
-                BertEncoder::load_dir(dev, dir)?
-            };
-            let h = encoder.config.hidden_size;
-            (Input::Encoder(Box::new(encoder)), h)
-        }
-        (None, None) => {
-            return Err(Error::Invalid(
-                "the encoder-free path needs the size of its embedding table".into(),
-            ))
-        }
-        (Some(_), Some(_)) => {
-            return Err(Error::Invalid(
-                "a BERT encoder reads its own vocabulary; no embedding table size is taken".into(),
-            ))
-        }
-    };
-    let head = Head::new(dev, head_config(spec, width, classes)?, rng)?;
-    check_head_input(&head, spec.encoder.is_some())?;
-    let loss = ClassificationLoss::new(dev, classes, loss)?;
-    Ok(Classifier {
-        input,
-        head,
-        loss,
-        window_pool: chunk_pool_from_name(&spec.chunk_pool)?,
-    })
-}
-
-/// The head a model spec asks for over `width` input features.
-pub fn head_config(spec: &ModelSpec, width: usize, classes: usize) -> Result<HeadConfig> {
-    let mut hc = HeadConfig::new(spec.head.parse()?, width, classes);
-    hc.textcnn_filters = spec.filters;
-    hc.rnn_hidden = spec.rnn_hidden;
-    hc.dropout = spec.dropout;
-    hc.sentence = spec.encoder.is_some();
-    Ok(hc)
 }
 
 /// With an encoder and a memory budget: the planner's plan for batches of
@@ -734,41 +438,6 @@ fn plan_memory(
     Ok(Some(p))
 }
 
-/// `--chunk-pool` unless given: the mean (on the long-record set, 3 seeds, max did no better:
-/// README, "Long records").
-pub const DEFAULT_CHUNK_POOL: Pool = Pool::Mean;
-
-/// `--chunk-pool`: how a record's windows pool their logits.
-pub fn chunk_pool_from_name(name: &str) -> Result<Pool> {
-    match name {
-        "mean" => Ok(Pool::Mean),
-        "max" => Ok(Pool::Max),
-        other => Err(Error::Invalid(format!(
-            "no chunk pool `{other}`: mean or max"
-        ))),
-    }
-}
-
-pub fn chunk_pool_name(pool: Pool) -> &'static str {
-    match pool {
-        Pool::Max => "max",
-        _ => "mean",
-    }
-}
-
-pub fn loss_from_name(name: &str) -> Result<LossKind> {
-    [
-        LossKind::CrossEntropy,
-        LossKind::WeightedCrossEntropy,
-        LossKind::Focal,
-        LossKind::GhmC,
-        LossKind::GhmCs,
-    ]
-    .into_iter()
-    .find(|&l| loss_name(l) == name)
-    .ok_or_else(|| Error::Invalid(format!("no loss named `{name}`")))
-}
-
 /// The settings a resumed run must share with the one that wrote the checkpoint (`s`: as the
 /// memory plan left them, so a resumed run whose budget splits batches differently is refused).
 fn fingerprint(o: &TrainOptions, s: &TrainSettings) -> String {
@@ -796,81 +465,4 @@ fn fingerprint(o: &TrainOptions, s: &TrainSettings) -> String {
     } else {
         ""
     }
-}
-
-pub fn print_report(r: &Report, names: &[String]) {
-    print!("{}", report_table(r, names));
-}
-
-/// Terminal columns a string takes: East Asian wide characters (CJK, Hangul, full-width forms)
-/// count two.
-pub fn display_width(s: &str) -> usize {
-    s.chars()
-        .map(|c| match c as u32 {
-            0x1100..=0x115F
-            | 0x2E80..=0xA4CF
-            | 0xAC00..=0xD7A3
-            | 0xF900..=0xFAFF
-            | 0xFE30..=0xFE4F
-            | 0xFF00..=0xFF60
-            | 0xFFE0..=0xFFE6
-            | 0x20000..=0x3FFFD => 2,
-            _ => 1,
-        })
-        .sum()
-}
-
-/// The per-class report as text, the class column as wide as the widest name (Chinese names
-/// count two columns per character) so the numbers line up.
-pub fn report_table(r: &Report, names: &[String]) -> String {
-    use std::fmt::Write as _;
-    let width = names
-        .iter()
-        .map(|n| display_width(n))
-        .max()
-        .unwrap_or(0)
-        .max(12);
-    let cell = |name: &str| {
-        format!(
-            "{name}{}",
-            " ".repeat(width - display_width(name).min(width))
-        )
-    };
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{} {:>9} {:>9} {:>9} {:>8}",
-        cell("class"),
-        "precision",
-        "recall",
-        "F1",
-        "support"
-    );
-    for (n, c) in names.iter().zip(&r.per_class) {
-        let _ = writeln!(
-            out,
-            "{} {:>9.4} {:>9.4} {:>9.4} {:>8}",
-            cell(n),
-            c.precision,
-            c.recall,
-            c.f1,
-            c.support
-        );
-    }
-    for (label, a) in [
-        ("macro avg", &r.macro_avg),
-        ("micro avg", &r.micro_avg),
-        ("weighted avg", &r.weighted_avg),
-    ] {
-        let _ = writeln!(
-            out,
-            "{} {:>9.4} {:>9.4} {:>9.4}",
-            cell(label),
-            a.precision,
-            a.recall,
-            a.f1
-        );
-    }
-    let _ = writeln!(out, "{} {:>29.4}", cell("accuracy"), r.accuracy);
-    out
 }

@@ -9,7 +9,22 @@ use emrclass::ops::{Gemm, GemmPlan, GemmTile};
 use emrclass::settings::Checks;
 use emrclass::{Device, Error, Result};
 
-use super::{loss_kinds, LossArg, SavedActivations};
+use super::common::{loss_kinds, GlobalArgs, LossArg, SavedActivations};
+
+/// Time kernels and print GFLOP/s, GB/s and the fraction of the card's roofline.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: BenchWhat,
+    #[command(flatten)]
+    out: BenchOutputs,
+}
+
+pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
+    a.what.check(&a.out)?;
+    let dev = global.open_device(global.seed())?;
+    run_bench(&dev, &a.what, &a.out.outputs())
+}
 
 /// Where results go besides the table (global to every bench family).
 #[derive(clap::Args, Clone)]
@@ -301,7 +316,7 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
     }
 }
 
-pub fn run(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool> {
+fn run_bench(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bool> {
     match what {
         BenchWhat::Copy { mib, reps } => {
             let c = bench::copy_bandwidth(dev, mib << 20, *reps)?;

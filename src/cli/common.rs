@@ -1,0 +1,132 @@
+//! What several commands share: the global flags (device, memory budget, simulator schedule,
+//! seed), opening the device they name, and the flag values more than one command takes.
+
+use clap::ValueEnum;
+use emrclass::device::DeviceChoice;
+use emrclass::model::loss::LossKind;
+use emrclass::options::MemoryBudget;
+use emrclass::rng::Rng;
+use emrclass::{hub, settings, Device, Result, Schedule};
+
+/// The flags every command takes.
+#[derive(clap::Args)]
+pub struct GlobalArgs {
+    /// Where kernels run: a CUDA GPU, the CPU SIMT simulator, or CUDA when usable else the simulator.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto, global = true)]
+    pub device: DeviceChoice,
+    /// The device memory to fit in, e.g. 4GiB (a GTX 1050 Ti): the engine allocates at most this
+    /// less --context-reserve, and `train` plans recomputation and micro-batches to fit. Absent:
+    /// the GPU's free memory (unlimited on the simulator).
+    #[arg(long, global = true)]
+    pub memory_budget: Option<String>,
+    /// The part of --memory-budget left to the CUDA context, loaded kernels and pool rounding.
+    #[arg(long, global = true, default_value = "320MiB")]
+    pub context_reserve: String,
+    /// Simulator thread order between barriers (a missing barrier shows under reverse or random).
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Forward, global = true)]
+    pub schedule: ScheduleArg,
+    /// Seed for random inputs and the random schedule (default: fresh each run, printed).
+    #[arg(long, global = true)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ScheduleArg {
+    Forward,
+    Reverse,
+    Random,
+}
+
+impl GlobalArgs {
+    /// The global flags' rules, checked before any command's own.
+    pub fn check(&self) -> Result<()> {
+        settings::memory_flags(self.memory_budget.as_deref(), &self.context_reserve)?;
+        Ok(())
+    }
+
+    /// --seed, or a fresh one (EMRCLASS_SEED when set).
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or_else(Rng::fresh_seed)
+    }
+
+    /// Opens --device (saying on stderr which, and why when `auto` fell back to the simulator)
+    /// within --memory-budget; `seed` orders the threads under `--schedule random`.
+    pub fn open_device(&self, seed: u64) -> Result<Device> {
+        let (dev, fallback) = Device::open(self.device)?;
+        dev.set_schedule(match self.schedule {
+            ScheduleArg::Forward => Schedule::Forward,
+            ScheduleArg::Reverse => Schedule::Reverse,
+            ScheduleArg::Random => Schedule::Random(seed),
+        });
+        let dev = match self.memory_budget(&dev)? {
+            Some(m) => dev.with_budget(m.budget - m.reserve),
+            None => dev,
+        };
+        match fallback {
+            Some(why) => eprintln!("device: {} (auto: CUDA unavailable: {why})", dev.describe()),
+            None => eprintln!("device: {}", dev.describe()),
+        }
+        if let Some(libraries) = dev.libraries() {
+            eprintln!("libraries: {libraries}");
+        }
+        Ok(dev)
+    }
+
+    /// --memory-budget with --context-reserve (checked by `check` before the device opened);
+    /// without it, a GPU's free memory (what the context already holds counts as reserve, plus
+    /// 64 MiB for modules loaded later); None: unlimited.
+    pub fn memory_budget(&self, dev: &Device) -> Result<Option<MemoryBudget>> {
+        match settings::memory_flags(self.memory_budget.as_deref(), &self.context_reserve)? {
+            Some((budget, reserve)) => Ok(Some(MemoryBudget { budget, reserve })),
+            None if dev.is_cuda() => {
+                let (free, total) = dev.mem_info()?;
+                Ok(Some(MemoryBudget {
+                    budget: total,
+                    reserve: (total - free + (64 << 20)).min(total),
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// `--encoder` as a folder: an `hf:owner/name[@revision]` is fetched (or taken from the cache).
+pub fn encoder_folder(encoder: &Option<std::path::PathBuf>) -> Result<Option<std::path::PathBuf>> {
+    encoder
+        .as_ref()
+        .map(|e| hub::model_folder(e, hub::Need::Everything))
+        .transpose()
+}
+
+/// How saved activations are stored (`--saved-activations`).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SavedActivations {
+    Fp32,
+    Fp16,
+}
+
+/// A `--loss` value.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LossArg {
+    Ce,
+    #[value(alias = "wce")]
+    WeightedCe,
+    Focal,
+    #[value(alias = "ghm")]
+    Ghmc,
+    #[value(alias = "ghm-cs")]
+    Ghmcs,
+    All,
+}
+
+/// The losses a --loss/--kind value names (`all` for benches only).
+pub fn loss_kinds(arg: LossArg) -> Result<Vec<LossKind>> {
+    Ok(match arg {
+        LossArg::Ce => vec![LossKind::CrossEntropy],
+        LossArg::WeightedCe => vec![LossKind::WeightedCrossEntropy],
+        LossArg::Focal => vec![LossKind::Focal],
+        LossArg::Ghmc => vec![LossKind::GhmC],
+        LossArg::Ghmcs => vec![LossKind::GhmCs],
+        LossArg::All => LossKind::ALL.to_vec(),
+    })
+}

@@ -1,0 +1,133 @@
+//! `emrclass plan`: the memory plan of fine-tuning a BERT checkpoint on a card.
+
+use std::path::PathBuf;
+
+use emrclass::model::bert::BertConfig;
+use emrclass::model::heads::{HeadConfig, HeadKind};
+use emrclass::settings::{self, Checks};
+use emrclass::{hub, plan, Result};
+
+use super::common::{loss_kinds, GlobalArgs, LossArg, SavedActivations};
+
+/// Plan the device memory of fine-tuning a BERT checkpoint: the byte breakdown at the peak
+/// (counted by running the engine's own training step on a device that only counts), the
+/// strategy that fits (recomputation, fp16 checkpoints, micro-batches) or what is short,
+/// and the largest batch per sequence length. Needs no GPU and no weights.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A BERT checkpoint folder (its config.json is read), a config.json, or hf:owner/name.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value = "paper")]
+    head: String,
+    #[arg(long, value_enum, default_value_t = LossArg::Ghmcs)]
+    loss: LossArg,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 512)]
+    seq: usize,
+    /// Token windows per record: `train --long-text chunks`' --max-chunks (each --seq long).
+    #[arg(long, default_value_t = 1)]
+    windows: usize,
+    /// The card's memory.
+    #[arg(long, default_value = "4GiB")]
+    budget: String,
+    /// The card's streaming multiprocessors (6: a GTX 1050 Ti; an H200 has 132): GEMM plans
+    /// depend on them, and split-K's workspace is memory.
+    #[arg(long, default_value_t = emrclass::plan::TARGET_MULTIPROCESSORS)]
+    multiprocessors: usize,
+    /// Plan a frozen encoder (features cached, head trained alone).
+    #[arg(long)]
+    frozen: bool,
+    /// adamw, adamw8bit or adamw8bit-all, as `train --optimizer`.
+    #[arg(long, default_value = "adamw")]
+    optimizer: String,
+    /// fp32 or fp16, as `train --saved-activations`.
+    #[arg(long, value_enum, default_value_t = SavedActivations::Fp32)]
+    saved_activations: SavedActivations,
+    /// Classes of the head (CHIP-CTC has 44).
+    #[arg(long, default_value_t = 44)]
+    classes: usize,
+    #[arg(long, default_value_t = 64)]
+    filters: usize,
+    #[arg(long, default_value_t = 64)]
+    rnn_hidden: usize,
+    /// Skip the table of the largest batch per sequence length.
+    #[arg(long)]
+    no_table: bool,
+    /// Also write the plan and the table as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
+    let mut c = Checks::new();
+    let head = c.parse("--head", &a.head);
+    let optimizer = c.parse("--optimizer", &a.optimizer);
+    c.count("--batch", a.batch);
+    c.count("--windows", a.windows);
+    c.count("--multiprocessors", a.multiprocessors);
+    c.count("--classes", a.classes);
+    c.at_least("--classes", a.classes, 2, "a classifier");
+    c.require(
+        head != Some(HeadKind::Bag),
+        "--head bag: the bag head has no encoder to plan (its memory is its embedding table)",
+    );
+    if let Some(h) = head {
+        settings::sequence_length(&mut c, "--seq", a.seq, &[h]);
+        settings::head_sizes(&mut c, &[h], a.filters, a.rnn_hidden);
+    }
+    let budget = c.bytes("--budget", &a.budget);
+    let reserve = c.bytes("--context-reserve", &global.context_reserve);
+    c.finish()?;
+    let (Some(head), Some(budget), Some(reserve), Some(optimizer)) =
+        (head, budget, reserve, optimizer)
+    else {
+        unreachable!("finish() refuses a value that did not parse")
+    };
+    let model = hub::model_folder(&a.model, hub::Need::Config)?;
+    let is_json = model.extension().is_some_and(|e| e == "json");
+    let config_path = if is_json {
+        model.clone()
+    } else {
+        model.join("config.json")
+    };
+    let encoder = BertConfig::from_file(&config_path)?;
+    let mut head = HeadConfig::new(head, encoder.hidden_size, a.classes);
+    head.textcnn_filters = a.filters;
+    head.rnn_hidden = a.rnn_hidden;
+    let request = plan::Request {
+        encoder,
+        head,
+        loss: loss_kinds(a.loss)?[0],
+        batch: a.batch,
+        seq: a.seq,
+        budget,
+        reserve,
+        frozen: a.frozen,
+        optimizer,
+        fp16_activations: a.saved_activations == SavedActivations::Fp16,
+        windows: a.windows,
+        multiprocessors: a.multiprocessors,
+    };
+    let p = plan::plan(&request)?;
+    plan::print_plan(&p);
+    let cap = 4096;
+    let seqs: Vec<usize> = [64, 128, 256, 384, 512]
+        .into_iter()
+        .filter(|&l| l <= request.encoder.max_position_embeddings)
+        .collect();
+    let rows = if a.no_table {
+        Vec::new()
+    } else {
+        println!();
+        let rows = plan::table(&request, &seqs, cap)?;
+        plan::print_table(&request, &rows, cap);
+        rows
+    };
+    if let Some(path) = &a.json {
+        plan::write_json(path, &p, &rows)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(p.fits)
+}
