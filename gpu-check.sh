@@ -4,8 +4,8 @@
 #
 #   ./gpu-check.sh pack       here: builds the release test binaries and `emrclass`, strips them
 #                             and packs them with NVRTC 12.9 and CHIP-CTC into
-#                             gpu-bundle/bundle.tar.xz (git-ignored; about 40 MiB).
-#   ./gpu-check.sh run OUT    there, from a copy of this repository holding gpu-bundle/: runs the
+#                             target/gpu-bundle/bundle.tar.xz (git-ignored; about 40 MiB).
+#   ./gpu-check.sh run OUT    there, from a copy of this repository holding target/gpu-bundle/: runs the
 #                             kernel, parity and training tests on the GPU, `emrclass gradcheck`,
 #                             a short CHIP-CTC training run and every benchmark with
 #                             --compare-torch, and writes OUT/report.md, OUT/report.json,
@@ -23,7 +23,7 @@
 # to run (default "tests train bench"; bench also takes "bench-step" for the training step alone).
 set -uo pipefail
 cd "$(dirname "$0")"
-BUNDLE=gpu-bundle
+BUNDLE=target/gpu-bundle
 # Test binaries whose tests honour EMRCLASS_TEST_DEVICE=cuda (tests/common::test_device) or
 # EMRCLASS_TEST_CUDA=1 (kernels_vs_reference). text_parity is left out: its MiniLM checkpoint
 # (90 MB) is more than the GPU machine's transfer allows, and so is training_parity's MiniLM case

@@ -68,6 +68,13 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    /// A run folder another process holds (`train::folder_lock`).
+    #[error("{0}")]
+    Busy(String),
+    /// A run stopped by a signal after saving what it had (`interrupt`); the process exits
+    /// with `128 + signal`.
+    #[error("{message}")]
+    Interrupted { signal: i32, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,4 +1,5 @@
-//! Models by name: `hf:owner/name[@revision]` becomes a local folder, as `from_pretrained` does.
+//! Models by name: `hf:owner/name[@revision]` (or `hf:name` for a model without an owner, such as
+//! `bert-base-chinese`) becomes a local folder, as `from_pretrained` does.
 //! The files a checkpoint folder needs — `config.json`, the tokenizer (`tokenizer.json`, else
 //! `vocab.txt`) and the weights (`model.safetensors`, else `pytorch_model.bin`) — are fetched
 //! through the `hf-hub` crate into the standard Hugging Face cache (`$HF_HOME/hub`, default
@@ -30,20 +31,25 @@ pub enum Need {
 pub fn model_folder(arg: &Path, need: Need) -> Result<PathBuf> {
     match arg.to_str().and_then(|s| s.strip_prefix(PREFIX)) {
         Some(name) => fetch(name, need),
+        None if !arg.exists() => Err(Error::Invalid(format!(
+            "{}: no such file or folder (give a BERT checkpoint folder, or {PREFIX}owner/name for a model on the Hugging Face Hub)",
+            arg.display()
+        ))),
         None => Ok(arg.to_path_buf()),
     }
 }
 
-/// `owner/name[@revision]` → (repository id, revision).
+/// `owner/name[@revision]`, or `name[@revision]` for the Hub's models without an owner (such as
+/// `bert-base-chinese`, as transformers accepts them) → (repository id, revision).
 fn parse(name: &str) -> Result<(String, String)> {
     let (id, revision) = match name.split_once('@') {
         Some((id, rev)) => (id, rev),
         None => (name, "main"),
     };
     let parts: Vec<&str> = id.split('/').collect();
-    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) || revision.is_empty() {
+    if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) || revision.is_empty() {
         return Err(Error::Invalid(format!(
-            "`{PREFIX}{name}`: a model name is {PREFIX}owner/name or {PREFIX}owner/name@revision, e.g. {PREFIX}freedomking/mc-bert"
+            "`{PREFIX}{name}`: a model name is {PREFIX}owner/name or {PREFIX}owner/name@revision (or {PREFIX}name for a model without an owner), e.g. {PREFIX}freedomking/mc-bert"
         )));
     }
     Ok((id.to_string(), revision.to_string()))

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod console;
 pub mod crash;
 pub mod data;
 pub mod device;
@@ -12,6 +13,7 @@ pub mod encode;
 pub mod error;
 pub mod export;
 pub mod hub;
+pub mod interrupt;
 pub mod jobs;
 pub mod kernel_report;
 pub mod model;

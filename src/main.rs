@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cli;
 
@@ -36,6 +36,20 @@ enum Command {
     Gradcheck(cli::gradcheck::Args),
 }
 
+/// The parser, with the global flags shown only under the commands that use them.
+fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    cmd.build();
+    for name in ["convert", "report", "kernels"] {
+        let sub = cmd.find_subcommand_mut(name).expect("a command");
+        *sub = std::mem::take(sub).mut_args(|a| match a.is_global_set() {
+            true => a.hide(true),
+            false => a,
+        });
+    }
+    cmd
+}
+
 fn run(cli: &Cli) -> emrclass::Result<bool> {
     // The global flags first: every command checks its own before its device opens.
     cli.global.check()?;
@@ -63,10 +77,17 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match run(&cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
+        Err(emrclass::Error::Interrupted { signal, message }) => {
+            emrclass::note!("{message}");
+            ExitCode::from((128 + signal) as u8)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

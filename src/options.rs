@@ -9,6 +9,7 @@ use crate::data::dataset::ReadOptions;
 use crate::model::heads::HeadKind;
 use crate::model::loss::LossKind;
 use crate::model::window_pool::{chunk_pool_name, Pool};
+use crate::train::folder_lock::Start;
 use crate::train::metrics::Metric;
 use crate::train::state::ModelSpec;
 use crate::train::trainer::TrainSettings;
@@ -58,6 +59,10 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Continue from out/checkpoint (same settings required).
     pub resume: bool,
+    /// Replace the run `out` holds (`--overwrite`).
+    pub overwrite: bool,
+    /// `out` is the default: take the first new or empty folder of out, out-2, out-3, ...
+    pub numbered_out: bool,
     /// Checkpoint every N optimizer steps (0: at each epoch's end only).
     pub checkpoint_every: u64,
     pub log_every: u64,
@@ -93,6 +98,18 @@ pub enum Similarity {
     Edges(PathBuf),
 }
 
+impl TrainOptions {
+    /// What the run does with its `out` folder.
+    pub fn start(&self) -> Start {
+        match (self.resume, self.overwrite, self.numbered_out) {
+            (true, _, _) => Start::Resume,
+            (_, true, _) => Start::Overwrite,
+            (_, _, true) => Start::Numbered,
+            _ => Start::Fresh,
+        }
+    }
+}
+
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
@@ -125,6 +142,8 @@ impl Default for TrainOptions {
             },
             out: PathBuf::from("runs/train"),
             resume: false,
+            overwrite: false,
+            numbered_out: false,
             checkpoint_every: 0,
             log_every: 50,
             patience: None,

@@ -11,8 +11,10 @@ use crate::data::batching::LongText;
 use crate::data::dataset::Example;
 use crate::device::parse_bytes;
 use crate::error::{Error, Result};
+use crate::model::bert::BertConfig;
 use crate::model::heads::HeadKind;
 use crate::options::TrainOptions;
+use crate::train::folder_lock;
 
 /// The widest Text-CNN window (widths 2, 3, 4): a shorter --max-len leaves that width nothing to
 /// slide over.
@@ -258,6 +260,45 @@ pub fn check_train(o: &TrainOptions, heads: &[HeadKind]) -> Result<()> {
     if let Some(n) = o.stop_after_steps {
         c.count("--stop-after-steps", n as usize);
     }
+    c.finish()?;
+    // The folder last: flags first, then what --out holds.
+    folder_lock::check(&o.out, o.start(), "--out")
+}
+
+/// `train --resume`: the folder holds a checkpoint to continue from.
+pub fn check_resumable(o: &TrainOptions) -> Result<()> {
+    if o.resume && !o.out.join("checkpoint").join("state.json").exists() {
+        return Err(Error::Invalid(format!(
+            "--resume: {} holds no checkpoint to continue from (its run ended before the first one): start it again with --overwrite",
+            o.out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// What the --encoder checkpoint can read: --max-len tokens (each window's, under --long-text
+/// chunks) within its `max_position_embeddings`. Checked before the data is read.
+pub fn check_encoder_limits(o: &TrainOptions) -> Result<()> {
+    let Some(dir) = &o.encoder else {
+        return Ok(());
+    };
+    let config = BertConfig::from_file(&dir.join("config.json"))?;
+    let mut c = Checks::new();
+    c.require(
+        o.max_len <= config.max_position_embeddings,
+        format!(
+            "--max-len {}: the encoder reads at most {} positions (max_position_embeddings in {}); give --max-len {} or less{}",
+            o.max_len,
+            config.max_position_embeddings,
+            dir.join("config.json").display(),
+            config.max_position_embeddings,
+            if matches!(o.long_text, LongText::Chunks { .. }) {
+                ""
+            } else {
+                ", and --long-text chunks to read longer records whole"
+            }
+        ),
+    );
     c.finish()
 }
 
@@ -298,7 +339,7 @@ pub fn check_data(
         .copied()
         .collect();
     if !missing.is_empty() {
-        eprintln!(
+        crate::note!(
             "warning: {} of {} classes have no dev record, so their dev recall and F1 mean nothing: {}",
             missing.len(),
             classes.len(),

@@ -249,7 +249,7 @@ fn gpu_check_packs_and_fails_cleanly_without_a_gpu() {
         String::from_utf8_lossy(&pack.stdout),
         String::from_utf8_lossy(&pack.stderr)
     );
-    let bundle = Path::new(root).join("gpu-bundle/bundle.tar.xz");
+    let bundle = Path::new(root).join("target/gpu-bundle/bundle.tar.xz");
     assert!(std::fs::metadata(&bundle).unwrap().len() < 60 << 20);
     let out_dir = temp_dir("gpu-check");
     let run = Command::new("./gpu-check.sh")

@@ -67,9 +67,13 @@ fn train(out: &Path, crash: Option<(&str, u64)>, resume: bool) -> std::process::
     if let Some((point, n)) = crash {
         c.env("EMRCLASS_TEST_CRASH", format!("{point}@{n}"));
     }
-    if resume {
-        c.arg("--resume");
-    }
+    match (resume, crash) {
+        (true, _) => c.arg("--resume"),
+        // Recovering a run killed before its first checkpoint: its folder holds what it wrote
+        // (run.json, log lines), which a new run may replace only when asked.
+        (false, None) if out.exists() => c.arg("--overwrite"),
+        (false, _) => &mut c,
+    };
     c.output().unwrap()
 }
 

@@ -89,7 +89,7 @@ fn eval_and_predict_reproduce_the_best_epoch() {
     }
     drop(f);
     let output = dir.join("out.jsonl");
-    let n = predict(&dev, &o.out, true, &input, &output, "text", 5).unwrap();
+    let n = predict(&dev, &o.out, true, &input, &output, "text", 5, false).unwrap();
     assert_eq!(n, dev_set.len());
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
         .unwrap()
@@ -120,7 +120,7 @@ fn eval_and_predict_reproduce_the_best_epoch() {
 
     // Named errors: a broken input line, an unknown label, a folder that is no run.
     std::fs::write(&input, "\"胸痛\"\n{\"text\": 3}\n").unwrap();
-    let e = predict(&dev, &o.out, true, &input, &output, "text", 5)
+    let e = predict(&dev, &o.out, true, &input, &output, "text", 5, false)
         .err()
         .unwrap()
         .to_string();
@@ -286,7 +286,7 @@ fn eval_and_predict_read_long_records_as_windows() {
         .collect();
     std::fs::write(&input, lines.join("\n")).unwrap();
     let output = dir.join("predicted.jsonl");
-    predict(&dev, &o.out, true, &input, &output, "text", 4).unwrap();
+    predict(&dev, &o.out, true, &input, &output, "text", 4, false).unwrap();
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
         .unwrap()
         .lines()

@@ -77,7 +77,8 @@ impl Hub {
 fn respond(files: &HashMap<String, Vec<u8>>, path: &str, range: Option<&str>) -> Vec<u8> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let found = match parts.as_slice() {
-        ["test", "tiny-mc-bert", "resolve", "main" | "v1", file] => files.get(*file),
+        ["test", "tiny-mc-bert", "resolve", "main" | "v1", file]
+        | ["tiny-mc-bert", "resolve", "main", file] => files.get(*file),
         _ => None,
     };
     let Some(body) = found else {
@@ -223,6 +224,22 @@ fn a_model_by_name_is_fetched_into_the_cache_then_used_offline() {
             .count()
     };
     assert_eq!(weights(&hub.requests()), weights(&fetched));
+    // A model without an owner (as `hf:bert-base-chinese`, which transformers accepts): fetched
+    // from /<name>/resolve/..., the same outputs.
+    let ownerless = dir.join("ownerless.safetensors");
+    let (ok, err) = encode(&hub.endpoint, &home, false, "hf:tiny-mc-bert", &ownerless);
+    assert!(ok, "{err}");
+    assert!(
+        hub.requests()
+            .iter()
+            .any(|r| r == "/tiny-mc-bert/resolve/main/pytorch_model.bin"),
+        "{:?}",
+        hub.requests()
+    );
+    assert_eq!(
+        std::fs::read(&ownerless).unwrap(),
+        std::fs::read(&by_name).unwrap()
+    );
 }
 
 #[test]
@@ -303,13 +320,7 @@ fn a_revision_plan_needing_only_the_config_and_named_failures() {
         "{err}"
     );
     // A malformed name.
-    let (ok, err) = encode(
-        &hub.endpoint,
-        &home,
-        false,
-        "hf:just-a-name",
-        &dir.join("o"),
-    );
+    let (ok, err) = encode(&hub.endpoint, &home, false, "hf:a/b/c", &dir.join("o"));
     assert!(!ok && err.contains("hf:owner/name"), "{err}");
     assert!(!dir.join("o").exists());
 }

@@ -163,13 +163,30 @@ fn a_run_report_plots_what_the_logs_hold() {
     let doc = parse(&html);
     let lines = log_lines(&out);
 
-    // Loss per logged step.
+    // Loss per logged step: the mean of each logging window (not the one batch of the step).
     let steps: Vec<(f64, f64)> = lines
         .iter()
         .filter(|v| v.get("loss").is_some() && v.get("step").is_some())
-        .map(|v| (v["step"].as_f64().unwrap(), v["loss"].as_f64().unwrap()))
+        .map(|v| {
+            (
+                v["step"].as_f64().unwrap(),
+                v["loss_mean"].as_f64().unwrap(),
+            )
+        })
         .collect();
     assert!(steps.len() >= 5, "{steps:?}");
+    // ... and the epochs' mean losses at their last steps.
+    let epoch_losses: Vec<(f64, f64)> = lines
+        .iter()
+        .filter(|v| v.get("end_step").is_some())
+        .map(|v| (v["end_step"].as_f64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect();
+    assert_close(
+        "loss",
+        &series(&doc, "loss", "epoch loss"),
+        &epoch_losses,
+        &Frame::of(figure(&doc, "loss")),
+    );
     let frame = Frame::of(figure(&doc, "loss"));
     assert_close(
         "loss",
@@ -431,7 +448,7 @@ fn compare_overlays_the_runs_curves() {
     for (dir, name) in [(&a, "a/run"), (&b, "b/run")] {
         let want: Vec<(f64, f64)> = log_lines(dir)
             .iter()
-            .filter_map(|v| Some((v.get("step")?.as_f64()?, v.get("loss")?.as_f64()?)))
+            .filter_map(|v| Some((v.get("step")?.as_f64()?, v.get("loss_mean")?.as_f64()?)))
             .collect();
         let got = series(&doc, "loss", name);
         assert_close("loss", &got, &want, &Frame::of(figure(&doc, "loss")));

@@ -132,14 +132,22 @@ fn resume_refuses_other_settings_and_missing_checkpoints() {
     let mut o = small(0.03, 1);
     o.resume = true;
     let e = run(&dev, &o).err().unwrap().to_string();
-    assert!(e.contains("checkpoint") && e.contains("state.json"), "{e}");
+    assert!(
+        e.contains("does not exist") && e.contains("--resume"),
+        "{e}"
+    );
+    // A folder without a checkpoint: nothing to continue either, and nothing written.
+    std::fs::create_dir_all(&o.out).unwrap();
+    let e = run(&dev, &o).err().unwrap().to_string();
+    assert!(e.contains("holds no checkpoint"), "{e}");
+    assert_eq!(std::fs::read_dir(&o.out).unwrap().count(), 0);
     o.resume = false;
     run(&dev, &o).unwrap();
     o.resume = true;
     o.settings.lr *= 2.0;
     let e = run(&dev, &o).err().unwrap().to_string();
     assert!(
-        e.contains("was written with other settings") && e.contains("lr="),
+        e.contains("was written with other settings") && e.contains("lr: "),
         "{e}"
     );
     // A state that names a tensor file that is gone: a named error, not a panic.
@@ -184,6 +192,7 @@ fn fine_tunes_a_bert_checkpoint_with_the_paper_head() {
     // Frozen: the encoder runs once per distinct text; a second run reads the cache and trains
     // the same head bit for bit; `eval` (the encoder run live) reproduces the best epoch.
     o.freeze_encoder = true;
+    o.out = temp_run("frozen");
     o.feature_cache = temp_run("feature-cache");
     o.settings.epochs = 3;
     o.settings.lr = 1e-2;
@@ -209,7 +218,8 @@ fn fine_tunes_a_bert_checkpoint_with_the_paper_head() {
     let input = o.out.join("in.jsonl");
     std::fs::write(&input, "\"患者胸闷痛\"\n").unwrap();
     let output = o.out.join("out.jsonl");
-    emrclass::train::inference::predict(&dev, &o.out, true, &input, &output, "text", 4).unwrap();
+    emrclass::train::inference::predict(&dev, &o.out, true, &input, &output, "text", 4, false)
+        .unwrap();
     let line: serde_json::Value =
         serde_json::from_str(std::fs::read_to_string(&output).unwrap().trim()).unwrap();
     let total: f64 = line["probabilities"]
@@ -288,6 +298,8 @@ fn ghm_cs_takes_a_similarity_source() {
     let mut o = small(0.03, 1);
     o.similarity = Some(emrclass::options::Similarity::Edges(edges.clone()));
     let with = run(&dev, &o).unwrap();
+    // The refusals below come before any write: the run above is kept.
+    o.overwrite = true;
     assert_ne!(
         plain[0].mean_loss.to_bits(),
         with[0].mean_loss.to_bits(),
@@ -295,7 +307,7 @@ fn ghm_cs_takes_a_similarity_source() {
     );
     o.loss = emrclass::model::loss::LossKind::Focal;
     let e = run(&dev, &o).err().unwrap().to_string();
-    assert!(e.contains("GHM-CS loss only"), "{e}");
+    assert!(e.contains("ghm-cs loss only"), "{e}");
     std::fs::write(&edges, "no-such-class,also-not,0.5\n").unwrap();
     o.loss = emrclass::model::loss::LossKind::GhmCs;
     let e = run(&dev, &o).err().unwrap().to_string();

@@ -54,10 +54,13 @@ impl BenchOutputs {
 /// The model and batch of `bench step`.
 #[derive(clap::Args, Clone)]
 pub struct StepArgs {
+    /// Encoder layers (BERT-base: 12).
     #[arg(long, default_value_t = 12)]
     layers: usize,
+    /// Hidden size (BERT-base: 768).
     #[arg(long, default_value_t = 768)]
     hidden: usize,
+    /// Attention heads (BERT-base: 12).
     #[arg(long, default_value_t = 12)]
     heads: usize,
     /// FFN width (default 4 x hidden).
@@ -66,17 +69,22 @@ pub struct StepArgs {
     /// Vocabulary (bert-base-chinese / MC-BERT: 21128).
     #[arg(long, default_value_t = 21128)]
     vocab: usize,
+    /// Records per batch.
     #[arg(long, default_value_t = 16)]
     batch: usize,
     /// Sequence lengths to time.
     #[arg(long, value_delimiter = ',', default_values_t = [128])]
     len: Vec<usize>,
+    /// Classes of the head (CHIP-CTC: 44).
     #[arg(long, default_value_t = 44)]
     classes: usize,
+    /// The head, as `train --head`.
     #[arg(long, default_value = "paper")]
     head: String,
+    /// The loss, as `train --loss`.
     #[arg(long, value_enum, default_value_t = LossArg::Ce)]
     loss: LossArg,
+    /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
     /// Recompute the lowest K encoder layers in backward. Default: none, or what the memory
@@ -506,8 +514,10 @@ fn run_bench(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bo
 /// The shape of a sequence-layer benchmark (defaults: the BERT-base-sized setting).
 #[derive(clap::Args, Clone, Copy)]
 pub struct LayerShape {
+    /// Sequences per batch.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Tokens per sequence.
     #[arg(long, default_value_t = 256)]
     pub len: usize,
     /// Width of the token states (BERT-base: 768).
@@ -516,6 +526,7 @@ pub struct LayerShape {
     /// Hidden size (RNNs) or filters per width (Text-CNN).
     #[arg(long, default_value_t = 256)]
     pub hidden: usize,
+    /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
 }
@@ -523,15 +534,19 @@ pub struct LayerShape {
 /// The shape of the attention / encoder benchmarks (default: BERT-base, batch 16).
 #[derive(clap::Args, Clone)]
 pub struct BertShape {
+    /// Sequences per batch.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// Sequence lengths to time.
     #[arg(long, value_delimiter = ',', default_values_t = [128, 256, 512])]
     pub len: Vec<usize>,
+    /// Hidden size (BERT-base: 768).
     #[arg(long, default_value_t = 768)]
     pub hidden: usize,
+    /// Attention heads (BERT-base: 12).
     #[arg(long, default_value_t = 12)]
     pub heads: usize,
+    /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
 }
@@ -543,6 +558,7 @@ pub enum BenchWhat {
         /// MiB copied.
         #[arg(long, default_value_t = 256)]
         mib: usize,
+        /// Timed repetitions (the median is reported).
         #[arg(long, default_value_t = 10)]
         reps: usize,
     },
@@ -562,6 +578,7 @@ pub enum BenchWhat {
     Textcnn(LayerShape),
     /// One loss-layer step (logits -> loss and dL/dlogits): rows/s, GB/s, roofline.
     Loss {
+        /// The loss to time (see `train --loss`), or all.
         #[arg(long, value_enum, default_value_t = LossArg::All)]
         kind: LossArg,
         /// Batch sizes (rows).
@@ -570,6 +587,7 @@ pub enum BenchWhat {
         /// Class counts (44 is CHIP-CTC's).
         #[arg(long, value_delimiter = ',', default_values_t = [44, 1000])]
         classes: Vec<usize>,
+        /// Timed repetitions (the median is reported).
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },

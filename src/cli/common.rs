@@ -16,7 +16,7 @@ pub struct GlobalArgs {
     pub device: DeviceChoice,
     /// The device memory to fit in, e.g. 4GiB (a GTX 1050 Ti): the engine allocates at most this
     /// less --context-reserve, and `train` plans recomputation and micro-batches to fit. Absent:
-    /// the GPU's free memory (unlimited on the simulator).
+    /// the GPU's free memory (unlimited on the simulator); `plan`: 4GiB.
     #[arg(long, global = true)]
     pub memory_budget: Option<String>,
     /// The part of --memory-budget left to the CUDA context, loaded kernels and pool rounding.
@@ -25,7 +25,9 @@ pub struct GlobalArgs {
     /// Simulator thread order between barriers (a missing barrier shows under reverse or random).
     #[arg(long, value_enum, default_value_t = ScheduleArg::Forward, global = true)]
     pub schedule: ScheduleArg,
-    /// Seed for random inputs and the random schedule (default: fresh each run, printed).
+    /// Seed: of a training run (`train`, `experiment`: default 1, so a run repeats), of the
+    /// random inputs of `gradcheck` and `bench` (default: fresh each run, printed), and of
+    /// `--schedule random`.
     #[arg(long, global = true)]
     pub seed: Option<u64>,
 }
@@ -88,6 +90,14 @@ impl GlobalArgs {
             None => Ok(None),
         }
     }
+}
+
+/// For the commands that train: a first Ctrl-C or SIGTERM stops at a checkpoint instead of
+/// ending the process, and a closed stdout (`| head`) silences the output, not the run.
+pub fn catch_signals() -> Result<()> {
+    emrclass::interrupt::install()
+        .and_then(|_| emrclass::console::keep_running_when_piped())
+        .map_err(|e| emrclass::Error::Invalid(format!("installing signal handlers: {e}")))
 }
 
 /// `--encoder` as a folder: an `hf:owner/name[@revision]` is fetched (or taken from the cache).

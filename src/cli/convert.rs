@@ -9,7 +9,9 @@ use emrclass::Result;
 /// means its weights file — to safetensors, names and element types unchanged.
 #[derive(clap::Args)]
 pub struct Args {
+    /// A weights file (pytorch_model.bin, *.pt, *.safetensors) or a checkpoint folder.
     input: PathBuf,
+    /// The safetensors file to write.
     output: PathBuf,
 }
 

@@ -24,6 +24,7 @@ pub struct Args {
     /// Truncation length; batches are padded to their longest sequence.
     #[arg(long, default_value_t = 128)]
     max_len: usize,
+    /// The safetensors file to write.
     #[arg(long)]
     output: PathBuf,
 }

@@ -20,12 +20,16 @@ pub struct Args {
     /// Use the latest checkpoint instead of the best epoch's.
     #[arg(long)]
     latest: bool,
+    /// The text's field (JSON lines, CBLUE) or column (CSV, TSV).
     #[arg(long, default_value = "text")]
     text_field: String,
+    /// The label's field (JSON lines, CBLUE) or column (CSV, TSV).
     #[arg(long, default_value = "label")]
     label_field: String,
+    /// Skip broken records (listed on stderr) instead of stopping at the first.
     #[arg(long)]
     skip_bad: bool,
+    /// Records per forward pass.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
 }

@@ -6,7 +6,7 @@ use emrclass::model::window_pool::chunk_pool_name;
 use emrclass::settings::{self, Checks};
 use emrclass::Result;
 
-use super::common::{encoder_folder, loss_kinds, GlobalArgs, LossArg};
+use super::common::{catch_signals, encoder_folder, loss_kinds, GlobalArgs, LossArg};
 
 /// Run the paper's comparison grid (each head with each loss) on one data set and write the
 /// tables (ACC, macro-F1, micro-F1) as CSV and markdown into --out (each run's own folder
@@ -16,8 +16,11 @@ use super::common::{encoder_folder, loss_kinds, GlobalArgs, LossArg};
 pub struct Args {
     #[command(flatten)]
     train: super::train::Args,
+    /// The heads of the grid, comma-separated: cls, textcnn, bigru, bilstm, textcnn-bigru,
+    /// paper, bag.
     #[arg(long, value_delimiter = ',', default_values_t = ["textcnn".to_string(), "bilstm".into(), "bigru".into(), "textcnn-bigru".into(), "paper".into()])]
     heads: Vec<String>,
+    /// The losses of the grid, comma-separated (see --loss), or all.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [LossArg::Ce, LossArg::WeightedCe, LossArg::Focal, LossArg::Ghmc, LossArg::Ghmcs])]
     losses: Vec<LossArg>,
     /// Run each cell once per seed (e.g. 1,2,3) and report mean ± std; default: --seed (or 1).
@@ -32,7 +35,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> Result<bool> {
         losses,
         seeds,
     } = args;
-    let mut base = train.options(global.seed, None)?;
+    let mut base = train.options(global.seed, "runs/experiment")?;
     let mut c = Checks::new();
     let heads: Vec<_> = heads.iter().filter_map(|h| c.parse("--heads", h)).collect();
     c.require(!heads.is_empty(), "--heads: give at least one head");
@@ -47,17 +50,26 @@ pub fn run(global: &GlobalArgs, args: &Args) -> Result<bool> {
     c.finish()?;
     settings::check_train(&base, &heads)?;
     base.encoder = encoder_folder(&base.encoder)?;
+    settings::check_encoder_limits(&base)?;
     // Without --lr, each head gets its own default.
     let lr_per_head = train.lr.is_none();
+    catch_signals()?;
     let dev_handle = global.open_device(global.seed())?;
     base.memory = global.memory_budget(&dev_handle)?;
     let o = ExperimentOptions {
         heads,
-        losses: losses
-            .iter()
-            .map(|&l| loss_kinds(l).map(|v| v[0]))
-            .collect::<Result<_>>()?,
-        out: train.out.clone(),
+        losses: {
+            let mut all = Vec::new();
+            for &l in losses {
+                for k in loss_kinds(l)? {
+                    if !all.contains(&k) {
+                        all.push(k);
+                    }
+                }
+            }
+            all
+        },
+        out: base.out.clone(),
         seeds: seeds.clone(),
         lr: (!lr_per_head).then_some(base.settings.lr),
         base,

@@ -12,6 +12,7 @@ use super::common::GlobalArgs;
 /// OUT/head.safetensors and OUT/head.json for the README's EmrclassHead module.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The run folder `train --out` wrote.
     #[arg(long)]
     run: PathBuf,
     /// The format: hf (Hugging Face transformers).
@@ -19,6 +20,7 @@ pub struct Args {
     to: ExportFormat,
     /// A new (or empty) folder.
     out: PathBuf,
+    /// Export the latest checkpoint instead of the best epoch's.
     #[arg(long)]
     latest: bool,
 }

@@ -10,8 +10,10 @@ use super::common::GlobalArgs;
 /// reference on fresh random inputs. Non-zero exit status on any failure.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Ops to check (all when none given): gemm, softmax, reduce, sum_columns, add, scale,
-    /// gelu, adamw, convert_f16, loss_ce, loss_weighted_ce, loss_focal, loss_ghmc, loss_ghmcs.
+    /// Ops to check (all when none given): gemm, gemm_epilogue, softmax, reduce, sum_columns,
+    /// add, scale, gelu, adamw, adamw8bit, convert_f16, attention, dropout, tanh, bert_encoder,
+    /// layernorm, textcnn, bigru, bilstm, seq_pool, embedding, head, loss_ce, loss_weighted_ce,
+    /// loss_focal, loss_ghmc, loss_ghmcs.
     ops: Vec<String>,
 }
 

@@ -18,20 +18,24 @@ pub struct Args {
     /// A BERT checkpoint folder (its config.json is read), a config.json, or hf:owner/name.
     #[arg(long)]
     model: PathBuf,
+    /// The head over the encoder: cls, textcnn, bigru, bilstm, textcnn-bigru or paper.
     #[arg(long, default_value = "paper")]
     head: String,
+    /// The loss, as `train --loss`.
     #[arg(long, value_enum, default_value_t = LossArg::Ghmcs)]
     loss: LossArg,
+    /// Records per batch.
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Tokens per record (`train --max-len`).
     #[arg(long, default_value_t = 512)]
     seq: usize,
     /// Token windows per record: `train --long-text chunks`' --max-chunks (each --seq long).
     #[arg(long, default_value_t = 1)]
     windows: usize,
-    /// The card's memory.
-    #[arg(long, default_value = "4GiB")]
-    budget: String,
+    /// Older spelling of the global --memory-budget (the card's memory), kept for scripts.
+    #[arg(long, hide = true)]
+    budget: Option<String>,
     /// The card's streaming multiprocessors (6: a GTX 1050 Ti; an H200 has 132): GEMM plans
     /// depend on them, and split-K's workspace is memory.
     #[arg(long, default_value_t = emrclass::plan::TARGET_MULTIPROCESSORS)]
@@ -48,8 +52,10 @@ pub struct Args {
     /// Classes of the head (CHIP-CTC has 44).
     #[arg(long, default_value_t = 44)]
     classes: usize,
+    /// Text-CNN filters per width, as `train --filters`.
     #[arg(long, default_value_t = 64)]
     filters: usize,
+    /// BiGRU/BiLSTM hidden size, as `train --rnn-hidden`.
     #[arg(long, default_value_t = 64)]
     rnn_hidden: usize,
     /// Skip the table of the largest batch per sequence length.
@@ -77,7 +83,22 @@ pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
         settings::sequence_length(&mut c, "--seq", a.seq, &[h]);
         settings::head_sizes(&mut c, &[h], a.filters, a.rnn_hidden);
     }
-    let budget = c.bytes("--budget", &a.budget);
+    // The card's memory: --memory-budget, as for every command (default here: 4GiB, a GTX
+    // 1050 Ti); `--budget` is its older name.
+    let (flag, card) = match (&global.memory_budget, &a.budget) {
+        (Some(m), Some(b)) if m != b => {
+            c.refuse(
+                "--budget",
+                b,
+                &format!("is the older name of --memory-budget, given too ({m}): give one"),
+            );
+            ("--memory-budget", m.clone())
+        }
+        (Some(m), _) => ("--memory-budget", m.clone()),
+        (None, Some(b)) => ("--budget", b.clone()),
+        (None, None) => ("--memory-budget", "4GiB".into()),
+    };
+    let budget = c.bytes(flag, &card);
     let reserve = c.bytes("--context-reserve", &global.context_reserve);
     c.finish()?;
     let (Some(head), Some(budget), Some(reserve), Some(optimizer)) =

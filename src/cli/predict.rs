@@ -10,18 +10,28 @@ use super::common::GlobalArgs;
 /// text field and an optional id), JSON lines out (id, text, label, probabilities).
 #[derive(clap::Args)]
 pub struct Args {
+    /// The run folder `train --out` wrote.
     #[arg(long)]
     run: PathBuf,
+    /// JSON lines: a string per line, or an object with the text field and an optional id.
     #[arg(long)]
     input: PathBuf,
+    /// The JSON-lines file to write (id, text as given, label, probability of every label).
     #[arg(long)]
     output: PathBuf,
+    /// Use the latest checkpoint instead of the best epoch's.
     #[arg(long)]
     latest: bool,
+    /// The text's field in input objects.
     #[arg(long, default_value = "text")]
     text_field: String,
+    /// Texts per forward pass.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Skip broken input lines (not JSON, no text field, an empty text) and list them on
+    /// stderr, instead of stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
 }
 
 pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
@@ -35,6 +45,7 @@ pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
         &a.output,
         &a.text_field,
         a.batch_size,
+        a.skip_bad,
     )?;
     eprintln!("wrote {n} predictions to {}", a.output.display());
     Ok(true)

@@ -9,6 +9,7 @@ use emrclass::Result;
 /// its heads x losses table and chart). `train` and `experiment` write it themselves.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The run (or experiment) folder to report on.
     #[arg(long, required_unless_present = "compare")]
     run: Option<PathBuf>,
     /// Instead: overlay the learning curves of these run folders into --out (an HTML page,

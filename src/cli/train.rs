@@ -3,12 +3,14 @@
 use emrclass::data::batching::LongText;
 use emrclass::data::dataset::ReadOptions;
 use emrclass::model::window_pool::{chunk_pool_from_name, Pool, DEFAULT_CHUNK_POOL};
-use emrclass::options::{default_lr, MemoryBudget, Similarity, TrainOptions};
+use emrclass::options::{default_lr, Similarity, TrainOptions};
 use emrclass::settings::{self, Checks};
 use emrclass::train::trainer::TrainSettings;
 use emrclass::{Error, Result};
 
-use super::common::{encoder_folder, loss_kinds, GlobalArgs, LossArg, SavedActivations};
+use super::common::{
+    catch_signals, encoder_folder, loss_kinds, GlobalArgs, LossArg, SavedActivations,
+};
 
 /// Train a classifier and print dev metrics per epoch and the best epoch's report. With no
 /// --train file, trains on the built-in synthetic, unbalanced EMR-like set.
@@ -20,10 +22,13 @@ pub struct Args {
     /// Dev data (default: a stratified split of the training data, --dev-fraction).
     #[arg(long)]
     pub dev: Option<std::path::PathBuf>,
+    /// Without --dev: the share of each class held out as the dev set (stratified, seeded).
     #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
     pub dev_fraction: f64,
+    /// The text's field (JSON lines, CBLUE) or column (CSV, TSV).
     #[arg(long, default_value = "text")]
     pub text_field: String,
+    /// The label's field (JSON lines, CBLUE) or column (CSV, TSV).
     #[arg(long, default_value = "label")]
     pub label_field: String,
     /// Skip broken records (counted) instead of stopping at the first.
@@ -37,12 +42,18 @@ pub struct Args {
     /// one, paper is Text-CNN || BiGRU; bag is fastText-style hashed character n-grams).
     #[arg(long, default_value = "paper")]
     pub head: String,
+    /// The loss: ce, weighted-ce (wce), focal, ghmc (ghm) or ghmcs (ghm-cs: class proportion x
+    /// GHM x class similarity, the paper's).
     #[arg(long, value_enum, default_value_t = LossArg::Ghmcs)]
     pub loss: LossArg,
+    /// Passes over the training data (with --resume, a larger value extends a run).
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
+    /// Records per batch (per optimizer step, times --accumulate).
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Tokens a model reads of a record, [CLS] and [SEP] included (see --long-text for longer
+    /// records).
     #[arg(long, default_value_t = 64)]
     pub max_len: usize,
     /// Learning rate (default: 3e-3; 2e-2 for the bag head, whose n-gram rows are each
@@ -84,6 +95,7 @@ pub struct Args {
     /// BiGRU/BiLSTM hidden size.
     #[arg(long, default_value_t = 64)]
     pub rnn_hidden: usize,
+    /// Dropout probability of the head (and of the encoder-free embeddings).
     #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
     pub dropout: f32,
     /// Size of the built-in synthetic set (1.0: about 5,900 records).
@@ -130,12 +142,20 @@ pub struct Args {
     /// GHM-CS class similarity from a knowledge-network edge list `a,b,w` (w in (0, 1]).
     #[arg(long)]
     pub similarity_edges: Option<std::path::PathBuf>,
-    /// Run folder: checkpoint/ (latest), best/, log.jsonl, confusion.csv/.json, report.json.
-    #[arg(long, default_value = "runs/train")]
-    pub out: std::path::PathBuf,
-    /// Continue the run in --out from its latest checkpoint (the same settings are required).
+    /// Run folder: checkpoint/ (latest), best/, log.jsonl, run.json, report.html, confusion and
+    /// report files. A new run needs a new or empty folder. Default: runs/train, or the first
+    /// free of runs/train-2, runs/train-3, ... (`experiment`: runs/experiment, ...); with
+    /// --resume, runs/train.
     #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Continue the run in --out from its latest checkpoint (the same settings are required,
+    /// except a larger --epochs, which extends a run).
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Replace the run (or experiment) --out holds. Refused when the folder holds anything a
+    /// run did not write.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Also checkpoint every N optimizer steps (0: at each epoch's end only).
     #[arg(long, default_value_t = 0)]
     pub checkpoint_every: u64,
@@ -162,7 +182,8 @@ pub struct Args {
 
 impl Args {
     /// The options these flags give (names parsed; `settings::check_train` checks the rest).
-    pub fn options(&self, seed: Option<u64>, memory: Option<MemoryBudget>) -> Result<TrainOptions> {
+    /// `default_out`: the folder (numbered when taken) when --out is absent.
+    pub fn options(&self, seed: Option<u64>, default_out: &str) -> Result<TrainOptions> {
         let mut names = Checks::new();
         let head = names.parse("--head", &self.head);
         let metric = names.parse("--metric", &self.metric);
@@ -211,7 +232,14 @@ impl Args {
             },
             encoder: self.encoder.clone(),
             head,
-            loss: loss_kinds(self.loss)?[0],
+            loss: match self.loss {
+                LossArg::All => {
+                    return Err(Error::Invalid(
+                        "--loss all: a run trains one loss; `emrclass experiment --losses all` runs each".into(),
+                    ))
+                }
+                one => loss_kinds(one)?[0],
+            },
             max_len: self.max_len,
             buckets: self.buckets,
             long_text,
@@ -243,8 +271,13 @@ impl Args {
                 (None, Some(e)) => Some(Similarity::Edges(e.clone())),
                 (None, None) => None,
             },
-            out: self.out.clone(),
+            out: self
+                .out
+                .clone()
+                .unwrap_or_else(|| default_out.into()),
             resume: self.resume,
+            overwrite: self.overwrite,
+            numbered_out: self.out.is_none() && !self.resume,
             checkpoint_every: self.checkpoint_every,
             log_every: self.log_every,
             patience: self.patience,
@@ -252,16 +285,19 @@ impl Args {
             eval_every: self.eval_every,
             quiet: self.quiet,
             stop_after_steps: self.stop_after_steps,
-            memory,
+            memory: None,
             fp16_activations: self.saved_activations == SavedActivations::Fp16,
         })
     }
 }
 
 pub fn run(global: &GlobalArgs, args: &Args) -> Result<bool> {
-    let mut options = args.options(global.seed, None)?;
+    let mut options = args.options(global.seed, "runs/train")?;
     settings::check_train(&options, &[options.head])?;
+    settings::check_resumable(&options)?;
     options.encoder = encoder_folder(&options.encoder)?;
+    settings::check_encoder_limits(&options)?;
+    catch_signals()?;
     let dev = global.open_device(global.seed())?;
     options.memory = global.memory_budget(&dev)?;
     emrclass::jobs::train::run(&dev, &options)?;

@@ -1,5 +1,5 @@
 //! Labelled texts from files: JSON lines (`{"text": .., "label": ..}`, field names selectable),
-//! CSV / TSV with a header (columns selectable), and the CBLUE JSON array
+//! CSV / TSV with a header (columns selectable; read strictly, see `delimited`), and the CBLUE JSON array
 //! (`[{"id", "label", "text"}]`, e.g. CHIP-CTC). HTML entities in texts are decoded. A broken
 //! record (malformed, invalid UTF-8, empty text, missing field) is an error naming the file and
 //! line, or, with `skip_bad`, skipped and reported. Labels map to indices in sorted order.
@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use super::delimited;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -68,7 +69,11 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Loaded> {
             for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
                 let line = i + 1;
                 let Ok(text) = std::str::from_utf8(raw) else {
-                    records.push(Err(bad(path, line, "invalid UTF-8")));
+                    records.push(Err(bad(
+                        path,
+                        line,
+                        format!("invalid UTF-8{}", delimited::encoding_advice(&bytes, path)),
+                    )));
                     continue;
                 };
                 if text.trim().is_empty() {
@@ -94,49 +99,64 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Loaded> {
             }
         }
         "csv" | "tsv" => {
-            let mut reader = csv::ReaderBuilder::new()
-                .delimiter(if ext == "tsv" { b'\t' } else { b',' })
-                .flexible(true)
-                .from_reader(bytes.as_slice());
-            let headers = reader
-                .headers()
-                .map_err(|e| Error::Invalid(bad(path, 1, format!("unreadable header: {e}"))))?
-                .clone();
+            let delimiter = if ext == "tsv" { b'\t' } else { b',' };
+            let mut rows = delimited::records(&bytes, delimiter).into_iter();
+            let utf8 = |line: usize, f: Vec<u8>| {
+                String::from_utf8(f).map_err(|_| {
+                    bad(
+                        path,
+                        line,
+                        format!("invalid UTF-8{}", delimited::encoding_advice(&bytes, path)),
+                    )
+                })
+            };
+            let headers: Vec<String> = match rows.next() {
+                None => Vec::new(),
+                Some(Err(b)) => {
+                    return Err(Error::Invalid(bad(
+                        path,
+                        b.line,
+                        format!("unreadable header: {}", b.why),
+                    )))
+                }
+                Some(Ok(r)) => r
+                    .fields
+                    .into_iter()
+                    .map(|f| utf8(1, f).map(|h| h.trim().to_string()))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(Error::Invalid)?,
+            };
             let col = |name: &str| {
-                headers
-                    .iter()
-                    .position(|h| h.trim() == name)
-                    .ok_or_else(|| {
-                        Error::Invalid(bad(
-                            path,
-                            1,
-                            format!(
-                                "no column \"{name}\" in the header ({})",
-                                headers.iter().collect::<Vec<_>>().join(", ")
-                            ),
-                        ))
-                    })
+                headers.iter().position(|h| h == name).ok_or_else(|| {
+                    Error::Invalid(bad(
+                        path,
+                        1,
+                        format!(
+                            "no column \"{name}\" in the header ({})",
+                            headers.join(", ")
+                        ),
+                    ))
+                })
             };
             let (tc, lc) = (col(&opts.text_field)?, col(&opts.label_field)?);
-            for rec in reader.records() {
-                records.push(match rec {
-                    Err(e) => {
-                        let line = e.position().map_or(0, |p| p.line() as usize);
-                        Err(bad(path, line, e))
-                    }
-                    Ok(r) => {
-                        let line = r.position().map_or(0, |p| p.line() as usize);
-                        match (r.get(tc), r.get(lc)) {
-                            (Some(t), Some(l)) => Ok((line, t.to_string(), l.trim().to_string())),
-                            _ => Err(bad(
-                                path,
-                                line,
-                                format!(
-                                    "{} fields; the text and label columns are {tc} and {lc}",
-                                    r.len()
-                                ),
-                            )),
-                        }
+            for row in rows {
+                records.push(match row {
+                    Err(b) => Err(bad(path, b.line, b.why)),
+                    Ok(r) if r.fields.len() != headers.len() => Err(bad(
+                        path,
+                        r.line,
+                        format!(
+                            "{} fields where the header has {} (a delimiter in an unquoted text? quote the field)",
+                            r.fields.len(),
+                            headers.len()
+                        ),
+                    )),
+                    Ok(mut r) => {
+                        let label = std::mem::take(&mut r.fields[lc]);
+                        let text = std::mem::take(&mut r.fields[tc]);
+                        utf8(r.line, text).and_then(|t| {
+                            utf8(r.line, label).map(|l| (r.line, t, l.trim().to_string()))
+                        })
                     }
                 });
             }
@@ -148,7 +168,11 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Loaded> {
                     .filter(|&&b| b == b'\n')
                     .count()
                     + 1;
-                Error::Invalid(bad(path, line, "invalid UTF-8"))
+                Error::Invalid(bad(
+                    path,
+                    line,
+                    format!("invalid UTF-8{}", delimited::encoding_advice(&bytes, path)),
+                ))
             })?;
             let items: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| {
                 Error::Invalid(bad(
@@ -200,6 +224,8 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Loaded> {
         match r {
             Ok(e) => loaded.examples.push(e),
             Err(why) if opts.skip_bad => loaded.skipped.push(why),
+            // A file in another encoding: skipping its records would skip them all.
+            Err(why) if delimited::looks_gbk(&bytes) => return Err(Error::Invalid(why)),
             Err(why) => {
                 return Err(Error::Invalid(format!(
                     "{why} (pass --skip-bad to skip such records)"
@@ -208,12 +234,36 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Loaded> {
         }
     }
     if loaded.examples.is_empty() {
-        return Err(Error::Invalid(format!(
-            "{}: no usable records",
-            path.display()
-        )));
+        return Err(Error::Invalid(match loaded.skipped.first() {
+            Some(first) => format!(
+                "{}: no usable records: all {} were broken and skipped (first: {first})",
+                path.display(),
+                loaded.skipped.len()
+            ),
+            None => format!("{}: no records", path.display()),
+        }));
     }
     Ok(loaded)
+}
+
+/// Tells (on stderr) how many records of `path` were skipped, and the first few.
+pub fn report_skipped(path: &Path, skipped: &[String]) {
+    const SHOWN: usize = 5;
+    if skipped.is_empty() {
+        return;
+    }
+    crate::note!(
+        "{}: skipped {} broken record{}:",
+        path.display(),
+        skipped.len(),
+        if skipped.len() == 1 { "" } else { "s" }
+    );
+    for why in skipped.iter().take(SHOWN) {
+        crate::note!("  {why}");
+    }
+    if skipped.len() > SHOWN {
+        crate::note!("  ... and {} more", skipped.len() - SHOWN);
+    }
 }
 
 /// Label names in sorted order and their indices; saved with a trained model.

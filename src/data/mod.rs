@@ -2,6 +2,7 @@
 
 pub mod batching;
 pub mod dataset;
+pub mod delimited;
 pub mod synthetic;
 pub mod text_encoder;
 pub mod tokenizer;

@@ -15,6 +15,7 @@ use crate::model::loss::LossKind;
 
 use super::train::run;
 use crate::options::{default_lr, TrainOptions};
+use crate::train::folder_lock::FolderLock;
 use crate::train::metrics::mean_std;
 use crate::train::run_folder::cell_folder;
 use crate::train::trainer::per_second;
@@ -54,8 +55,10 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
             "experiment: no heads or no losses to run".into(),
         ));
     }
-    std::fs::create_dir_all(&o.out)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", o.out.display())))?;
+    // The grid's folder, this grid's alone; its runs' folders inside are each claimed by
+    // their run.
+    let lock = FolderLock::claim(&o.out, o.base.start(), "--out")?;
+    let root = lock.dir.clone();
     let seeds = if o.seeds.is_empty() {
         vec![o.base.settings.seed]
     } else {
@@ -66,14 +69,24 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
         for &loss in &o.losses {
             for &seed in &seeds {
                 let cell = format!("{}-{}", head.name(), loss.name());
-                println!("\n=== {cell}, seed {seed}");
+                crate::say!("\n=== {cell}, seed {seed}");
                 let mut opts = o.base.clone();
                 opts.head = head;
                 opts.loss = loss;
                 opts.settings.seed = seed;
                 opts.settings.lr = o.lr.unwrap_or_else(|| default_lr(head));
-                opts.out = o.out.join(cell_folder(&cell, seed, seeds.len()));
+                opts.out = root.join(cell_folder(&cell, seed, seeds.len()));
+                opts.overwrite = false;
+                opts.numbered_out = false;
+                // Under --resume, a run that had not begun starts; one that had continues.
+                opts.resume = o.base.resume && opts.out.join("checkpoint/state.json").exists();
                 let logs = run(dev, &opts)?;
+                if opts.resume {
+                    outcomes.push(outcome_from_log(&opts.out, head, loss, seed)?);
+                    write_tables(&root, &outcomes, &o.losses, describe)?;
+                    crate::report::write(&root)?;
+                    continue;
+                }
                 let best = logs
                     .iter()
                     .max_by(|a, b| a.dev.macro_avg.f1.total_cmp(&b.dev.macro_avg.f1))
@@ -90,13 +103,47 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
                     seconds,
                     samples_per_second: per_second(logs.iter().map(|e| e.samples).sum(), seconds),
                 });
-                write_tables(&o.out, &outcomes, &o.losses, describe)?;
-                crate::report::write(&o.out)?;
+                write_tables(&root, &outcomes, &o.losses, describe)?;
+                crate::report::write(&root)?;
             }
         }
     }
-    println!("\n{}", markdown(&outcomes, &o.losses, describe));
+    drop(lock);
+    crate::say!("\n{}", markdown(&outcomes, &o.losses, describe));
     Ok(outcomes)
+}
+
+/// A resumed run's outcome, over all its epochs (those of earlier processes too), from the
+/// epoch lines of its log.jsonl.
+fn outcome_from_log(dir: &Path, head: HeadKind, loss: LossKind, seed: u64) -> Result<Outcome> {
+    let path = dir.join("log.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let epochs: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("end_step").is_some())
+        .collect();
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let best = epochs
+        .iter()
+        .max_by(|a, b| f(a, "dev_macro_f1").total_cmp(&f(b, "dev_macro_f1")))
+        .ok_or_else(|| Error::Invalid(format!("{}: no finished epoch", path.display())))?;
+    let seconds: f64 = epochs.iter().map(|v| f(v, "seconds")).sum();
+    let samples: f64 = epochs
+        .iter()
+        .map(|v| f(v, "seconds") * v["samples_per_second"].as_f64().unwrap_or(0.0))
+        .sum();
+    Ok(Outcome {
+        head,
+        loss,
+        seed,
+        best_epoch: best["epoch"].as_u64().unwrap_or(0) as usize,
+        accuracy: f(best, "dev_accuracy"),
+        macro_f1: f(best, "dev_macro_f1"),
+        micro_f1: f(best, "dev_micro_f1"),
+        seconds,
+        samples_per_second: per_second(samples.round() as usize, seconds),
+    })
 }
 
 /// One cell over its seeds: macro-F1 mean and standard deviation, and how many runs.

@@ -19,14 +19,16 @@ use crate::model::window_pool::chunk_pool_name;
 use crate::options::{model_spec, Similarity, TrainOptions};
 use crate::plan;
 use crate::rng::Rng;
+use crate::say;
 use crate::settings;
 use crate::train::build::{build_classifier, head_config};
 use crate::train::checkpoint;
 use crate::train::features::FeatureStore;
+use crate::train::folder_lock::FolderLock;
 use crate::train::metrics::print_report;
 use crate::train::optim::{Optimizer, OptimizerKind};
 use crate::train::run_folder::{FolderSettings, RunFolder};
-use crate::train::state::{ModelSpec, Progress, RunInfo};
+use crate::train::state::{settings_pairs, ModelSpec, Progress, RunInfo, State};
 use crate::train::trainer::{
     optimizer, train, Classifier, Control, EpochLog, Event, Input, Split, TrainSettings, Windows,
 };
@@ -57,17 +59,11 @@ fn load(o: &TrainOptions) -> Result<(Vec<Example>, Vec<Example>, String)> {
         }
         Some(path) => {
             let loaded = dataset::read(path, &o.read)?;
-            if !loaded.skipped.is_empty() {
-                eprintln!(
-                    "{}: skipped {} broken records (first: {})",
-                    path.display(),
-                    loaded.skipped.len(),
-                    loaded.skipped[0]
-                );
-            }
+            dataset::report_skipped(path, &loaded.skipped);
             match &o.dev {
                 Some(dp) => {
                     let dev = dataset::read(dp, &o.read)?;
+                    dataset::report_skipped(dp, &dev.skipped);
                     (loaded.examples, dev.examples, path.display().to_string())
                 }
                 None => {
@@ -81,10 +77,20 @@ fn load(o: &TrainOptions) -> Result<(Vec<Example>, Vec<Example>, String)> {
 }
 
 /// Runs training and prints per-epoch lines and the best epoch's report; returns the logs.
+///
+/// Nothing is written until every check has passed: the settings, the folder (`--out` new or
+/// empty, or `--resume` of a run with the same settings, or `--overwrite`), the encoder's
+/// limits, the data and the memory plan. The folder is then this run's alone (`FolderLock`),
+/// and a new run that fails before its first checkpoint takes back what it wrote. A first
+/// Ctrl-C or SIGTERM (`interrupt`) stops after the step in progress with a checkpoint.
 pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     settings::check_train(o, &[o.head])?;
+    settings::check_resumable(o)?;
+    let start = o.start();
+    settings::check_encoder_limits(o)?;
     let (train_set, dev_set, source) = load(o)?;
     settings::check_data(o, &train_set, &dev_set, &source)?;
+    stop_if_interrupted()?;
     let map = LabelMap::from_examples(&train_set);
     let classes = map.names.len();
     let train_labels = map.indices(
@@ -159,7 +165,21 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
             settings.batch_size,
         )?;
     }
-    println!(
+    let info = RunInfo {
+        fingerprint: fingerprint(o, &settings),
+        labels: map.names.clone(),
+        vocab: match &text {
+            TextEncoder::Chars { vocab, .. } => Some(vocab.tokens.clone()),
+            TextEncoder::Bert { .. } | TextEncoder::NGrams(_) => None,
+        },
+        model: spec,
+    };
+    let resumed = match o.resume {
+        true => Some(resumable_state(o, &info)?),
+        false => None,
+    };
+    stop_if_interrupted()?;
+    say!(
         "data: {source}: {} train / {} dev records, {classes} classes (largest {}, smallest {}), {:.1}% {} {} tokens",
         train_records.len(),
         dev_records.len(),
@@ -175,15 +195,15 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         },
         o.max_len
     );
-    println!(
-        "model: {} + {:?} head, {:?} loss; device {}",
+    say!(
+        "model: {} + {} head, {} loss; device {}",
         match (&o.encoder, o.head) {
             (Some(_), _) => "BERT encoder",
             (None, HeadKind::Bag) => "hashed character 1-3-gram embeddings",
             (None, _) => "character embeddings",
         },
-        o.head,
-        o.loss,
+        o.head.name(),
+        o.loss.name(),
         dev.describe()
     );
     let train_split = Split {
@@ -195,8 +215,10 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         labels: dev_labels,
     };
     let mut opt = optimizer(&o.settings);
+    let lock = FolderLock::claim(&o.out, start, "--out")?;
     let mut folder = RunFolder::new(
-        o.out.clone(),
+        lock,
+        resumed.is_some(),
         FolderSettings {
             checkpoint_every: o.checkpoint_every,
             log_every: o.log_every,
@@ -204,18 +226,11 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
             batch_size: settings.batch_size,
             epochs: o.settings.epochs,
         },
-        RunInfo {
-            fingerprint: fingerprint(o, &settings),
-            labels: map.names.clone(),
-            vocab: match &text {
-                TextEncoder::Chars { vocab, .. } => Some(vocab.tokens.clone()),
-                TextEncoder::Bert { .. } | TextEncoder::NGrams(_) => None,
-            },
-            model: spec,
-        },
+        info,
     )?;
+    let out = folder.dir.clone();
     if let Some(p) = &planned {
-        plan::write_json(&o.out.join("memory-plan.json"), p, &[])?;
+        plan::write_json(&out.join("memory-plan.json"), p, &[])?;
     }
     folder.describe(&serde_json::json!({
         "source": source,
@@ -240,76 +255,167 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         "device": dev.describe(),
         "settings": folder.info.fingerprint,
     }))?;
-    let progress = if o.resume {
-        let dir = folder.checkpoint_dir();
-        let state = checkpoint::load_state(&dir)?;
-        if state.run.fingerprint != folder.info.fingerprint {
-            return Err(Error::Invalid(format!(
-                "--resume: {} was written with other settings:\n  then: {}\n  now:  {}",
+    let progress = match resumed {
+        Some(state) => {
+            let dir = folder.checkpoint_dir();
+            checkpoint::restore(&dir, &state, &mut model, &mut opt, false)?;
+            let p = state.progress;
+            folder.truncate_log(&p)?;
+            say!(
+                "resuming from {}: epoch {}, {} batches done, step {}",
                 dir.display(),
-                state.run.fingerprint,
-                folder.info.fingerprint
-            )));
+                p.epoch,
+                p.batch,
+                p.step
+            );
+            p
         }
-        checkpoint::restore(&dir, &state, &mut model, &mut opt, false)?;
-        let p = state.progress;
-        folder.truncate_log(&p)?;
-        println!(
-            "resuming from {}: epoch {}, {} batches done, step {}",
-            dir.display(),
-            p.epoch,
-            p.batch,
-            p.step
-        );
-        p
-    } else {
-        // A fresh run replaces whatever an earlier run left in the folder's log.
-        let p = Progress::start();
-        folder.truncate_log(&p)?;
-        p
+        None => {
+            let p = Progress::start();
+            folder.truncate_log(&p)?;
+            p
+        }
     };
-    let mut on_event =
-        |m: &mut Classifier, op: &Optimizer, p: &Progress, e: Event| folder.on_event(m, op, p, e);
-    let mut ctl = Control {
-        progress,
-        patience: o.patience,
-        metric: o.metric,
-        eval_every: o.eval_every,
-        stop_after_steps: o.stop_after_steps,
-        on_event: &mut on_event,
+    let (logs, end) = {
+        let mut on_event = |m: &mut Classifier, op: &Optimizer, p: &Progress, e: Event| {
+            folder.on_event(m, op, p, e)
+        };
+        let mut ctl = Control {
+            progress,
+            patience: o.patience,
+            metric: o.metric,
+            eval_every: o.eval_every,
+            log_every: o.log_every,
+            stop_after_steps: o.stop_after_steps,
+            on_event: &mut on_event,
+        };
+        train(
+            &mut model,
+            &mut opt,
+            &train_split,
+            &dev_split,
+            classes,
+            &settings,
+            &mut ctl,
+        )?
     };
-    let (logs, end) = train(
-        &mut model,
-        &mut opt,
-        &train_split,
-        &dev_split,
-        classes,
-        &settings,
-        &mut ctl,
-    )?;
+    if let Some(signal) = crate::interrupt::requested() {
+        folder.save_checkpoint(&mut model, &opt, &end)?;
+        let _ = crate::report::write(&out);
+        return Err(Error::Interrupted {
+            signal,
+            message: format!(
+                "interrupted at step {} (epoch {}, {} batches into it); {} holds it: continue with the same command and --resume",
+                end.step,
+                end.epoch,
+                end.batch,
+                folder.checkpoint_dir().display()
+            ),
+        });
+    }
     if o.stop_after_steps == Some(end.step) {
-        println!("stopped after step {} (--stop-after-steps)", end.step);
+        // As a kill would: the folder stays as it is.
+        folder.keep();
+        say!("stopped after step {} (--stop-after-steps)", end.step);
         return Ok(logs);
     }
     if let Some((epoch, f1)) = end.best {
         match logs.iter().find(|l| l.epoch == epoch) {
             Some(best) => {
-                println!("best epoch {epoch} (by dev {}):", o.metric.name());
+                say!("best epoch {epoch} (by dev {}):", o.metric.name());
                 print_report(&best.dev, &map.names);
             }
-            None => println!(
+            None => say!(
                 "best epoch {epoch} (before this resumed run): dev {} {f1:.4}",
                 o.metric.name()
             ),
         }
     }
-    let report = crate::report::write(&o.out)?;
-    println!(
+    let report = crate::report::write(&out)?;
+    say!(
         "run folder: {} (report: {})",
-        o.out.display(),
+        out.display(),
         report.display()
     );
     Ok(logs)
+}
+
+/// A signal before the loop began: nothing has been written yet.
+fn stop_if_interrupted() -> Result<()> {
+    match crate::interrupt::requested() {
+        Some(signal) => Err(Error::Interrupted {
+            signal,
+            message: "interrupted before training began; nothing was written".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The checkpoint `--resume` continues from, when its settings are this run's; or, when only
+/// `--epochs` grew, the same run extended (its schedule then decays over the new total).
+fn resumable_state(o: &TrainOptions, now: &RunInfo) -> Result<State> {
+    let dir = o.out.join("checkpoint");
+    let state = checkpoint::load_state(&dir)?;
+    let then = &state.run.fingerprint;
+    if *then == now.fingerprint {
+        if state.progress.epoch > o.settings.epochs {
+            say!(
+                "{} finished its {} epochs: nothing to train (to train longer: --resume --epochs N)",
+                o.out.display(),
+                o.settings.epochs
+            );
+        }
+        return Ok(state);
+    }
+    let changed = settings_diff(then, &now.fingerprint);
+    let epochs_only = changed.len() == 1 && changed[0].0 == "epochs";
+    let grew = changed
+        .first()
+        .and_then(|(_, a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .is_some_and(|(a, b)| b > a);
+    if epochs_only && grew {
+        say!(
+            "extending {} from {} to {} epochs (the learning-rate schedule now decays over {} epochs)",
+            o.out.display(),
+            changed[0].1,
+            changed[0].2,
+            changed[0].2
+        );
+        return Ok(state);
+    }
+    let list: Vec<String> = changed
+        .iter()
+        .map(|(k, a, b)| format!("{k}: {a} then, {b} now"))
+        .collect();
+    Err(Error::Invalid(format!(
+        "--resume: {} was written with other settings ({}). Resume with the run's own settings{}, or start a new run with another --out (or --overwrite)",
+        dir.display(),
+        list.join("; "),
+        if epochs_only {
+            "; --epochs may only grow, to extend a run"
+        } else {
+            ""
+        }
+    )))
+}
+
+/// The settings two fingerprints disagree on: (key, then, now).
+fn settings_diff(then: &str, now: &str) -> Vec<(String, String, String)> {
+    let (a, b) = (settings_pairs(then), settings_pairs(now));
+    let mut out = Vec::new();
+    for (k, v) in &b {
+        match a.iter().find(|(ka, _)| ka == k) {
+            Some((_, va)) if va == v => {}
+            Some((_, va)) => out.push((k.clone(), va.clone(), v.clone())),
+            None => out.push((k.clone(), "(unset)".into(), v.clone())),
+        }
+    }
+    for (k, v) in &a {
+        if !b.iter().any(|(kb, _)| kb == k) {
+            out.push((k.clone(), v.clone(), "(unset)".into()));
+        }
+    }
+    out
 }
 
 /// Replaces the model's encoder by its cached outputs over every training and dev text.
@@ -332,7 +438,7 @@ fn freeze(
         .collect();
     let t = std::time::Instant::now();
     let (store, cached) = FeatureStore::build(enc, dir, &all, &o.feature_cache, batch_size)?;
-    println!(
+    say!(
         "frozen encoder: {} distinct texts {} in {:.1} s ({})",
         store.len(),
         if cached {
@@ -373,8 +479,8 @@ pub fn loss_config(o: &TrainOptions, counts: &[usize], labels: &[String]) -> Res
     };
     if lc.similarity.is_some() && o.loss != LossKind::GhmCs {
         return Err(Error::Invalid(format!(
-            "a class similarity is used by the GHM-CS loss only, not by {:?}",
-            o.loss
+            "a class similarity is used by the ghm-cs loss only, not by {}",
+            o.loss.name()
         )));
     }
     Ok(lc)
@@ -427,7 +533,7 @@ fn plan_memory(
             request.usable() as f64 / 1048576.0
         )));
     }
-    println!(
+    say!(
         "memory plan: {} (peak {:.1} of {:.1} MiB)",
         p.strategy.describe(layers, request.frozen),
         p.measured.peak as f64 / 1048576.0,

@@ -20,14 +20,14 @@ pub fn print_plan(plan: &Plan) {
     let r = &plan.request;
     let c = &r.encoder;
     println!(
-        "model: BERT {} layers, hidden {}, {} heads, vocab {} + {:?} head ({} classes), {:?} loss",
+        "model: BERT {} layers, hidden {}, {} heads, vocab {} + {} head ({} classes), {} loss",
         c.num_hidden_layers,
         c.hidden_size,
         c.num_attention_heads,
         c.vocab_size,
-        r.head.kind,
+        r.head.kind.name(),
         r.head.classes,
-        r.loss
+        r.loss.name()
     );
     println!(
         "run: batch {}{} x seq {}, {}, optimizer {}{}; budget {} = {} MiB reserve (CUDA context, modules, pool rounding) + {} MiB for the engine",

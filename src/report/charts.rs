@@ -26,6 +26,21 @@ pub struct Chart {
     pub frame: Frame,
 }
 
+/// The fonts a chart's text asks for: CJK faces first (class names are often Chinese), then
+/// any sans-serif. Written into the SVG itself, so a chart saved alone renders the same.
+pub const FONTS: &str =
+    "'Noto Sans CJK SC','Source Han Sans SC','WenQuanYi Micro Hei','PingFang SC','Microsoft YaHei',sans-serif";
+
+impl Chart {
+    fn new(svg: String, frame: Frame) -> Chart {
+        let svg = svg.replace(
+            "font-family=\"sans-serif\"",
+            &format!("font-family=\"{FONTS}\""),
+        );
+        Chart { svg, frame }
+    }
+}
+
 /// The plot area in pixels and the value ranges it shows; `log_x`: the x axis is log10.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Frame {
@@ -105,10 +120,27 @@ pub fn lines(
             .y_label_area_size(52)
             .build_cartesian_2d(range_x.0..range_x.1, range_y.0..range_y.1)
             .map_err(failed)?;
+        // Steps and epochs are whole: whole-number ticks only, never "2.5".
+        let whole = series
+            .iter()
+            .flat_map(|s| s.1.iter())
+            .all(|p| p.0.fract() == 0.0);
+        let ticks = if whole {
+            ((range_x.1 - range_x.0).floor() as usize + 1).clamp(2, 10)
+        } else {
+            10
+        };
+        let label_x = |x: &f64| match whole {
+            true if x.fract().abs() > 1e-9 => String::new(),
+            true => format!("{x:.0}"),
+            false => format!("{x}"),
+        };
         chart
             .configure_mesh()
             .x_desc(x_label)
             .y_desc(y_label)
+            .x_labels(ticks)
+            .x_label_formatter(&label_x)
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(failed)?;
@@ -144,6 +176,12 @@ pub fn lines(
                 .map_err(failed)?
                 .label(name.clone())
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+            // A dot on each point where they are few: a one-epoch run still shows its score.
+            if points.len() <= 60 {
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(failed)?;
+            }
         }
         if series.len() > 1 {
             chart
@@ -162,7 +200,7 @@ pub fn lines(
         );
         root.present().map_err(failed)?;
     }
-    Ok(Chart { svg, frame })
+    Ok(Chart::new(svg, frame))
 }
 
 /// Per-class F1 against the class's training count (log x): one labelled dot per class.
@@ -216,7 +254,7 @@ pub fn classes(points: &[(String, f64, f64)]) -> Result<Chart, String> {
         );
         root.present().map_err(failed)?;
     }
-    Ok(Chart { svg, frame })
+    Ok(Chart::new(svg, frame))
 }
 
 /// The confusion matrix as a row-normalised heat map (rows: truth, columns: prediction), one
@@ -281,7 +319,7 @@ pub fn confusion(labels: &[String], counts: &[Vec<u64>]) -> Result<Chart, String
         frame = Frame::new(pixels, (0.0, k as f64), (k as f64, 0.0), false);
         root.present().map_err(failed)?;
     }
-    Ok(Chart { svg, frame })
+    Ok(Chart::new(svg, frame))
 }
 
 /// Grouped bars: one group per `groups` entry, one bar per `members` entry (coloured, with a
@@ -373,5 +411,5 @@ pub fn grouped_bars(
         );
         root.present().map_err(failed)?;
     }
-    Ok(Chart { svg, frame })
+    Ok(Chart::new(svg, frame))
 }

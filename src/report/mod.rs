@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::train::state::settings_pairs;
 use crate::weights::write_atomically;
 use charts::{hex, Chart, PALETTE};
 
@@ -72,8 +73,11 @@ fn f64_of(v: &Value, key: &str) -> Option<f64> {
 /// What a run folder's `log.jsonl` holds, line kinds apart.
 #[derive(Default)]
 struct Log {
-    /// (step, loss) of the step lines.
+    /// (step, loss) of the step lines: the mean over the steps since the previous line
+    /// (`loss_mean`), or, in logs written before it existed, the step's own loss.
     steps: Vec<(f64, f64)>,
+    /// (end step, mean loss) of the epoch lines.
+    epoch_losses: Vec<(f64, f64)>,
     /// (step, accuracy, macro-F1, micro-F1) of dev evaluations: `--eval-every` and epoch ends.
     dev: Vec<(f64, f64, f64, f64)>,
     /// The epoch lines as written.
@@ -99,12 +103,16 @@ fn read_log(dir: &Path, problems: &mut Vec<String>) -> Log {
             f64_of(&v, "dev_macro_f1"),
             f64_of(&v, "dev_micro_f1"),
         );
-        match (f64_of(&v, "step"), f64_of(&v, "loss"), dev) {
+        let loss = f64_of(&v, "loss_mean").or_else(|| f64_of(&v, "loss"));
+        match (f64_of(&v, "step"), loss, dev) {
             (Some(step), Some(loss), _) => log.steps.push((step, loss)),
             (Some(step), None, (Some(a), Some(m), Some(u))) => log.dev.push((step, a, m, u)),
             (None, _, (Some(a), Some(m), Some(u))) => {
                 if let Some(step) = f64_of(&v, "end_step") {
                     log.dev.push((step, a, m, u));
+                    if let Some(loss) = f64_of(&v, "loss") {
+                        log.epoch_losses.push((step, loss));
+                    }
                 }
                 log.epochs.push(v);
             }
@@ -116,6 +124,32 @@ fn read_log(dir: &Path, problems: &mut Vec<String>) -> Log {
     }
     log.dev.sort_by(|a, b| a.0.total_cmp(&b.0));
     log
+}
+
+/// A run's loss curves: the mean of each logging window, and each epoch's mean (at its last
+/// step); either may be missing.
+fn loss_curves(log: &Log) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut series = Vec::new();
+    if !log.steps.is_empty() {
+        series.push(("training loss".to_string(), log.steps.clone()));
+    }
+    if !log.epoch_losses.is_empty() {
+        series.push(("epoch loss".to_string(), log.epoch_losses.clone()));
+    }
+    series
+}
+
+/// A setting's value as a reader wants it: `Some("x")` as x, `None` as -.
+fn readable(v: &str) -> String {
+    match v {
+        "None" => "-".into(),
+        _ => v
+            .strip_prefix("Some(")
+            .and_then(|x| x.strip_suffix(')'))
+            .unwrap_or(v)
+            .trim_matches('"')
+            .to_string(),
+    }
 }
 
 /// A chart inside a figure whose data attributes say how to read values back from its pixels.
@@ -246,10 +280,6 @@ fn run_page(dir: &Path) -> String {
                 ),
             ),
             ("device", r["device"].as_str().unwrap_or("?").to_string()),
-            (
-                "settings",
-                r["settings"].as_str().unwrap_or("?").to_string(),
-            ),
         ]
         .into_iter()
         .map(|(k, v)| vec![k.to_string(), v])
@@ -260,6 +290,19 @@ fn run_page(dir: &Path) -> String {
             "<table class=\"text\">",
             1,
         ));
+        if let Some(fingerprint) = r["settings"].as_str() {
+            let rows: Vec<Vec<String>> = settings_pairs(fingerprint)
+                .into_iter()
+                .map(|(k, v)| vec![k.replace('_', " "), readable(&v)])
+                .collect();
+            body.push_str("<details><summary>Every setting</summary>\n");
+            body.push_str(&table(&["setting", "value"], &rows, true).replacen(
+                "<table>",
+                "<table class=\"text\">",
+                1,
+            ));
+            body.push_str("</details>\n");
+        }
     }
     if !log.epochs.is_empty() {
         let rows: Vec<Vec<String>> = log
@@ -303,21 +346,24 @@ fn run_page(dir: &Path) -> String {
 
     // Learning curves.
     body.push_str("<h2>Learning</h2>\n");
-    if log.steps.is_empty() {
-        body.push_str("<p class=\"missing\">No step lines in log.jsonl: no loss curve.</p>\n");
+    let loss_series = loss_curves(&log);
+    let loss_names: Vec<String> = loss_series.iter().map(|s| s.0.clone()).collect();
+    if loss_series.is_empty() {
+        body.push_str(
+            "<p class=\"missing\">No step or epoch lines in log.jsonl: no loss curve.</p>\n",
+        );
     } else {
-        let series = vec![("training loss".to_string(), log.steps.clone())];
         body.push_str(&figure(
             "loss",
             charts::lines(
-                "Training loss per logged step",
+                "Training loss: mean of each --log-every window, and of each epoch",
                 "step",
                 "loss",
-                &series,
+                &loss_series,
                 None,
                 &[],
             ),
-            &["training loss".into()],
+            &loss_names,
         ));
     }
     if log.dev.is_empty() {
@@ -326,11 +372,11 @@ fn run_page(dir: &Path) -> String {
         let pick = |f: fn(&(f64, f64, f64, f64)) -> f64| -> Vec<(f64, f64)> {
             log.dev.iter().map(|d| (d.0, f(d))).collect()
         };
-        let names = ["dev accuracy", "dev macro-F1", "dev micro-F1"].map(String::from);
+        // Micro-F1 is accuracy for single-label data: one line for both.
+        let names = ["dev accuracy (= micro-F1)", "dev macro-F1"].map(String::from);
         let series = vec![
             (names[0].clone(), pick(|d| d.1)),
             (names[1].clone(), pick(|d| d.2)),
-            (names[2].clone(), pick(|d| d.3)),
         ];
         let marks: Vec<(f64, String)> = log
             .epochs
@@ -351,7 +397,7 @@ fn run_page(dir: &Path) -> String {
                 "step",
                 "score",
                 &series,
-                Some((0.0, 1.02)),
+                Some((0.0, 1.05)),
                 &marks,
             ),
             &names,
@@ -641,7 +687,13 @@ pub fn compare(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
         let mut theirs = Vec::new();
         let log = read_log(dir, &mut theirs);
         problems.extend(theirs.into_iter().map(|p| format!("{name}: {p}")));
-        losses.push((name.clone(), log.steps));
+        // Runs without step lines (few steps per epoch): their epoch losses.
+        let curve = if log.steps.is_empty() {
+            log.epoch_losses.clone()
+        } else {
+            log.steps.clone()
+        };
+        losses.push((name.clone(), curve));
         devs.push((name, log.dev.iter().map(|d| (d.0, d.2)).collect()));
     }
     let names: Vec<String> = runs
@@ -650,7 +702,7 @@ pub fn compare(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
         .map(|(_, (n, _))| n.clone())
         .collect();
     let loss = charts::lines(
-        "Training loss per logged step",
+        "Training loss: mean of each --log-every window (of each epoch where a run logged no steps)",
         "step",
         "loss",
         &losses,
@@ -662,7 +714,7 @@ pub fn compare(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
         "step",
         "macro-F1",
         &devs,
-        Some((0.0, 1.0)),
+        Some((0.0, 1.05)),
         &[],
     );
     let mut written = Vec::new();

@@ -2,7 +2,7 @@
 //! on new data. The run folder holds everything needed to rebuild it: the model spec, the label
 //! names, the character vocabulary (or the encoder's folder, for its tokenizer) and the weights.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
@@ -169,14 +169,7 @@ pub fn eval(
 ) -> Result<Report> {
     let mut r = load_run(dev, run, best)?;
     let loaded = dataset::read(data, read)?;
-    if !loaded.skipped.is_empty() {
-        eprintln!(
-            "{}: skipped {} broken records (first: {})",
-            data.display(),
-            loaded.skipped.len(),
-            loaded.skipped[0]
-        );
-    }
+    dataset::report_skipped(data, &loaded.skipped);
     let map = LabelMap {
         names: r.labels.clone(),
     };
@@ -185,7 +178,7 @@ pub fn eval(
     let report = r
         .model
         .evaluate(&seqs, &labels, r.labels.len(), batch.max(1))?;
-    println!(
+    crate::say!(
         "{}: {} records; accuracy {:.4}, macro-F1 {:.4}, micro-F1 {:.4}",
         data.display(),
         seqs.len(),
@@ -197,54 +190,73 @@ pub fn eval(
     Ok(report)
 }
 
-/// One text to classify, with its id when the input line had one.
+/// One text to classify: as the input gave it (written back), as the model reads it (entities
+/// decoded, trimmed), and its id when the input line had one.
 struct Record {
     id: Option<Value>,
+    given: String,
     text: String,
 }
 
-fn read_texts(path: &Path, text_field: &str) -> Result<Vec<Record>> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let line = line.map_err(|e| Error::Invalid(format!("{}: {e}", at())))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(&line)
-            .map_err(|e| Error::Invalid(format!("{}: not JSON: {e}", at())))?;
-        let (id, text) = match &v {
-            Value::String(s) => (None, s.clone()),
-            Value::Object(o) => match o.get(text_field) {
-                Some(Value::String(s)) => (o.get("id").cloned(), s.clone()),
-                _ => {
-                    return Err(Error::Invalid(format!(
-                        "{}: no string field `{text_field}`",
-                        at()
-                    )))
-                }
-            },
-            _ => {
+/// The texts of a JSON-lines file, and the lines skipped as broken (with `skip_bad`; without,
+/// the first broken line is an error).
+fn read_texts(path: &Path, text_field: &str, skip_bad: bool) -> Result<(Vec<Record>, Vec<String>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (mut out, mut skipped) = (Vec::new(), Vec::new());
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let at = format!("{}:{}", path.display(), i + 1);
+        let record = std::str::from_utf8(raw)
+            .map_err(|_| {
+                format!(
+                    "{at}: invalid UTF-8{}",
+                    crate::data::delimited::encoding_advice(&bytes, path)
+                )
+            })
+            .and_then(|line| {
+                parse_text_line(line, text_field).map_err(|why| format!("{at}: {why}"))
+            });
+        match record {
+            Ok(None) => {}
+            Ok(Some(r)) => out.push(r),
+            Err(why) if skip_bad => skipped.push(why),
+            Err(why) => {
                 return Err(Error::Invalid(format!(
-                    "{}: expected a string or an object",
-                    at()
+                    "{why} (pass --skip-bad to skip such lines)"
                 )))
             }
-        };
-        let text = html_escape::decode_html_entities(&text).trim().to_string();
-        if text.is_empty() {
-            return Err(Error::Invalid(format!("{}: empty text", at())));
         }
-        out.push(Record { id, text });
     }
-    Ok(out)
+    Ok((out, skipped))
+}
+
+/// One input line: a JSON string, or an object with `text_field` (and an optional id); None
+/// for a blank line.
+fn parse_text_line(line: &str, text_field: &str) -> std::result::Result<Option<Record>, String> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let (id, given) = match &v {
+        Value::String(s) => (None, s.clone()),
+        Value::Object(o) => match o.get(text_field) {
+            Some(Value::String(s)) => (o.get("id").cloned(), s.clone()),
+            _ => return Err(format!("no string field `{text_field}`")),
+        },
+        _ => return Err("expected a string or an object".into()),
+    };
+    let text = html_escape::decode_html_entities(&given).trim().to_string();
+    if text.is_empty() {
+        return Err("empty text".into());
+    }
+    Ok(Some(Record { id, given, text }))
 }
 
 /// Classifies every text of a JSON-lines file (strings, or objects with `text_field` and an
 /// optional `id`) and writes one line per text: id, text, label and the probability of every
-/// label. The output is written to a temporary file and renamed. Returns the count.
+/// label, the id and text exactly as the input gave them. With `skip_bad`, broken lines (not
+/// JSON, no text, an empty one) are skipped and listed on stderr. The output is written to a
+/// temporary file and renamed. Returns the count.
+#[allow(clippy::too_many_arguments)]
 pub fn predict(
     dev: &Device,
     run: &Path,
@@ -253,9 +265,11 @@ pub fn predict(
     output: &Path,
     text_field: &str,
     batch: usize,
+    skip_bad: bool,
 ) -> Result<usize> {
     let mut r = load_run(dev, run, best)?;
-    let records = read_texts(input, text_field)?;
+    let (records, skipped) = read_texts(input, text_field, skip_bad)?;
+    dataset::report_skipped(input, &skipped);
     let tmp = output.with_extension("jsonl.tmp");
     let io = |e: std::io::Error| Error::Invalid(format!("{}: {e}", tmp.display()));
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
@@ -274,7 +288,7 @@ pub fn predict(
             if let Some(id) = &rec.id {
                 line.insert("id".into(), id.clone());
             }
-            line.insert("text".into(), json!(rec.text));
+            line.insert("text".into(), json!(rec.given));
             line.insert("label".into(), json!(r.labels[best_class]));
             line.insert("probabilities".into(), Value::Object(p));
             writeln!(w, "{}", Value::Object(line)).map_err(io)?;

@@ -240,7 +240,9 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 }
 
 pub fn print_report(r: &Report, names: &[String]) {
-    print!("{}", report_table(r, names));
+    for line in report_table(r, names).lines() {
+        crate::say!("{line}");
+    }
 }
 
 /// Terminal columns a string takes: East Asian wide characters (CJK, Hangul, full-width forms)

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod checkpoint;
 pub mod features;
+pub mod folder_lock;
 pub mod inference;
 pub mod metrics;
 pub mod optim;

@@ -3,7 +3,8 @@
 //! - `checkpoint/`: the latest checkpoint (every `--checkpoint-every` steps and at each epoch's
 //!   end), what `--resume` continues from;
 //! - `best/`: the checkpoint of the best epoch by dev macro-F1;
-//! - `log.jsonl`: one line every `--log-every` steps (step, epoch, loss, learning rate) and one
+//! - `log.jsonl`: one line every `--log-every` steps (step, epoch, the step's loss and the mean
+//!   loss since the previous line, learning rate, gradient norm) and one
 //!   per epoch (loss, dev accuracy, macro/micro/weighted F1, seconds, samples/s);
 //! - `confusion.csv` / `confusion.json`: the best epoch's dev confusion matrix (rows: truth);
 //! - `report.json`: the best epoch's full dev report.
@@ -22,6 +23,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 
 use super::checkpoint;
+use super::folder_lock::{FolderLock, LOCK_FILE};
 use super::metrics::Confusion;
 use super::optim::Optimizer;
 use super::state::{Progress, RunInfo, State};
@@ -41,8 +43,14 @@ pub struct RunFolder {
     pub dir: PathBuf,
     pub settings: FolderSettings,
     pub info: RunInfo,
-    /// The terminal's progress bar (indicatif: hidden when stderr is not a terminal).
-    bar: Option<indicatif::ProgressBar>,
+    /// The terminal's progress bar (indicatif: hidden when stderr is not a terminal), when it
+    /// started and the epoch's records done then.
+    bar: Option<(indicatif::ProgressBar, std::time::Instant, usize)>,
+    /// The folder, this run's alone while it lives.
+    lock: Option<FolderLock>,
+    /// A checkpoint of this run exists: from then on the folder is kept whatever happens. A new
+    /// run that fails before its first checkpoint takes back all it wrote (`Drop`).
+    committed: bool,
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -50,15 +58,43 @@ fn io(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 impl RunFolder {
-    pub fn new(dir: PathBuf, mut settings: FolderSettings, info: RunInfo) -> Result<Self> {
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    /// The run's folder, claimed (`FolderLock::claim`); `resumed`: it holds this run's
+    /// checkpoint already.
+    pub fn new(
+        lock: FolderLock,
+        resumed: bool,
+        mut settings: FolderSettings,
+        info: RunInfo,
+    ) -> Result<Self> {
         settings.log_every = settings.log_every.max(1);
         Ok(RunFolder {
-            dir,
+            dir: lock.dir.clone(),
             settings,
             info,
             bar: None,
+            lock: Some(lock),
+            committed: resumed,
         })
+    }
+
+    /// Keeps the folder as it is, checkpoint or not (`--stop-after-steps`, standing in for a
+    /// kill).
+    pub fn keep(&mut self) {
+        self.committed = true;
+    }
+
+    /// Writes the latest checkpoint now (an interrupted run's last act).
+    pub fn save_checkpoint(
+        &mut self,
+        model: &mut Classifier,
+        opt: &Optimizer,
+        p: &Progress,
+    ) -> Result<()> {
+        self.clear_bar();
+        let state = self.state(model, p)?;
+        checkpoint::save(&self.checkpoint_dir(), model, opt, &state)?;
+        self.committed = true;
+        Ok(())
     }
 
     pub fn checkpoint_dir(&self) -> PathBuf {
@@ -122,26 +158,36 @@ impl RunFolder {
         event: Event,
     ) -> Result<()> {
         match event {
-            Event::Step { loss, lr, batches } => {
-                if p.step.is_multiple_of(self.settings.log_every) {
-                    self.log(json!({"step": p.step, "epoch": p.epoch, "batch": p.batch, "loss": loss, "lr": lr, "grad_norm": opt.grad_norm}))?;
+            Event::Step {
+                loss,
+                window_mean,
+                lr,
+                done,
+                records,
+            } => {
+                if let Some(mean) = window_mean {
+                    // `loss`: this step's batch; `loss_mean`: every step since the last line.
+                    self.log(json!({"step": p.step, "epoch": p.epoch, "batch": p.batch, "loss": loss, "loss_mean": mean, "lr": lr, "grad_norm": opt.grad_norm}))?;
                 }
                 if self.settings.checkpoint_every > 0
                     && p.step.is_multiple_of(self.settings.checkpoint_every)
                 {
                     let state = self.state(model, p)?;
                     checkpoint::save(&self.checkpoint_dir(), model, opt, &state)?;
+                    self.committed = true;
                 }
                 if !self.settings.quiet {
-                    self.progress_bar(p, loss, lr, batches);
+                    self.progress_bar(p, loss, lr, done, records);
                 }
                 crate::crash::point("step");
             }
             Event::Eval { step, dev } => {
                 self.clear_bar();
-                println!(
+                crate::say!(
                     "step {step:>6}  dev acc {:.4}  macro-F1 {:.4}  micro-F1 {:.4}",
-                    dev.accuracy, dev.macro_avg.f1, dev.micro_avg.f1
+                    dev.accuracy,
+                    dev.macro_avg.f1,
+                    dev.micro_avg.f1
                 );
                 self.log(json!({
                     "step": step, "epoch": p.epoch, "dev_accuracy": dev.accuracy,
@@ -151,7 +197,7 @@ impl RunFolder {
             }
             Event::Epoch { log, best } => {
                 self.clear_bar();
-                println!(
+                crate::say!(
                     "epoch {:>2}  loss {:.4}  dev acc {:.4}  macro-F1 {:.4}  micro-F1 {:.4}  {:.1} s  {} samples/s{}",
                     log.epoch, log.mean_loss, log.dev.accuracy, log.dev.macro_avg.f1, log.dev.micro_avg.f1,
                     log.seconds, rate_text(log.samples_per_second), if best { "  (best)" } else { "" }
@@ -179,35 +225,45 @@ impl RunFolder {
                     self.write_best(log)?;
                 }
                 checkpoint::save(&self.checkpoint_dir(), model, opt, &state)?;
+                self.committed = true;
             }
         }
         Ok(())
     }
 
-    fn progress_bar(&mut self, p: &Progress, loss: f32, lr: f32, batches: usize) {
-        let samples = |b: usize| (b * self.settings.batch_size) as u64;
-        let bar = self.bar.get_or_insert_with(|| {
-            let bar = indicatif::ProgressBar::new(samples(batches));
+    /// The bar: records of the epoch done (not padded batches), loss, learning rate, and the
+    /// rate of this process (`-` until a second has passed: one step's time says little).
+    fn progress_bar(&mut self, p: &Progress, loss: f32, lr: f32, done: usize, records: usize) {
+        let (bar, started, first) = self.bar.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(records as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "epoch {prefix} [{bar:24}] {pos}/{len} samples  {msg}  {per_sec}  ETA {eta}",
+                    "epoch {prefix} [{bar:24}] {pos}/{len} records  {msg}",
                 )
                 .expect("a valid template")
                 .progress_chars("#>."),
             );
-            // A resumed epoch starts part way: the rate counts only what this run does.
-            bar.set_position(samples(p.batch.saturating_sub(1)));
-            bar.reset_eta();
-            bar
+            (bar, std::time::Instant::now(), done)
         });
-        bar.set_length(samples(batches));
+        let seconds = started.elapsed().as_secs_f64();
+        let rate = (seconds >= 1.0).then(|| (done.saturating_sub(*first)) as f64 / seconds);
+        let eta = match rate {
+            Some(r) if r > 0.0 => {
+                format!("  ETA {:.0} s", (records - done.min(records)) as f64 / r)
+            }
+            _ => String::new(),
+        };
+        bar.set_length(records as u64);
         bar.set_prefix(format!("{}/{}", p.epoch, self.settings.epochs));
-        bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
-        bar.set_position(samples(p.batch));
+        bar.set_message(format!(
+            "loss {loss:.4}  lr {lr:.2e}  {} records/s{eta}",
+            rate_text(rate)
+        ));
+        bar.set_position(done as u64);
     }
 
     fn clear_bar(&mut self) {
-        if let Some(bar) = self.bar.take() {
+        if let Some((bar, _, _)) = self.bar.take() {
             bar.finish_and_clear();
         }
     }
@@ -257,6 +313,34 @@ impl RunFolder {
             write_atomically(&self.dir.join(name), text.as_bytes())?;
         }
         Ok(())
+    }
+}
+
+impl Drop for RunFolder {
+    /// A new run that ends before its first checkpoint (an error, a panic) leaves nothing:
+    /// what it wrote goes, and the folder too when the run made it.
+    fn drop(&mut self) {
+        self.clear_bar();
+        let Some(lock) = self.lock.take() else {
+            return;
+        };
+        if self.committed {
+            return;
+        }
+        if let Ok(read) = std::fs::read_dir(&lock.dir) {
+            for e in read.flatten() {
+                if e.file_name() == LOCK_FILE {
+                    continue;
+                }
+                let path = e.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+        lock.give_back();
     }
 }
 

@@ -32,6 +32,9 @@ pub struct Progress {
     pub best: Option<(usize, f64)>,
     /// Epochs since the best one (early stopping).
     pub bad_epochs: usize,
+    /// The losses of the steps since the last `--log-every` line: their sum and count.
+    #[serde(default)]
+    pub window: (f64, u64),
 }
 
 impl Progress {
@@ -100,4 +103,29 @@ pub struct State {
     pub ghm_steps: u64,
     pub run: RunInfo,
     pub tensors: String,
+}
+
+/// A settings fingerprint (`RunInfo::fingerprint`: `key=value key=value ...`, values printed as
+/// Rust writes them, which may hold spaces) as (key, value) pairs. A key is a lowercase word
+/// that follows a space (or starts the text) and precedes `=`.
+pub fn settings_pairs(fingerprint: &str) -> Vec<(String, String)> {
+    let s = fingerprint;
+    let starts: Vec<usize> = (0..s.len())
+        .filter(|&i| {
+            s.is_char_boundary(i)
+                && (i == 0 || s.as_bytes()[i - 1] == b' ')
+                && s[i..].split_once('=').is_some_and(|(k, _)| {
+                    !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                })
+        })
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| {
+            let end = starts.get(n + 1).map_or(s.len(), |&j| j - 1);
+            let (k, v) = s[i..end].split_once('=').unwrap_or((&s[i..end], ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
 }

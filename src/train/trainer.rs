@@ -360,8 +360,15 @@ pub struct Split {
 
 /// What the loop reports as it goes.
 pub enum Event<'e> {
-    /// After each optimizer step.
-    Step { loss: f32, lr: f32, batches: usize },
+    /// After each optimizer step: its loss; every `log_every` steps the mean loss since the
+    /// previous such step; the records of the epoch trained on so far, of `records`.
+    Step {
+        loss: f32,
+        window_mean: Option<f64>,
+        lr: f32,
+        done: usize,
+        records: usize,
+    },
     /// After each epoch's evaluation; `best` when its dev metric is the best so far.
     Epoch { log: &'e EpochLog, best: bool },
     /// A dev evaluation every `eval_every` steps within an epoch (logged; the best checkpoint
@@ -380,6 +387,8 @@ pub struct Control<'a> {
     pub metric: Metric,
     /// Also evaluate on the dev set every N optimizer steps (0: per epoch only).
     pub eval_every: u64,
+    /// Report the mean loss every N optimizer steps (`Event::Step::window_mean`).
+    pub log_every: u64,
     /// Return right after this optimizer step, as if killed (tests of --resume).
     pub stop_after_steps: Option<u64>,
     pub on_event: &'a mut dyn FnMut(&mut Classifier, &Optimizer, &Progress, Event) -> Result<()>,
@@ -422,6 +431,10 @@ pub fn train(
         let batches = bucketed_batches(&lens, s.batch_size, s.seed, p.epoch as u64);
         let first = p.batch;
         for group in batches[first.min(batches.len())..].chunks(micro) {
+            // A first Ctrl-C or SIGTERM: stop between steps (the caller checkpoints).
+            if crate::interrupt::requested().is_some() {
+                return Ok((logs, p));
+            }
             let lr = schedule.lr(opt.step + 1) as f32;
             let micro_batches: Vec<MicroBatch> = group
                 .iter()
@@ -440,10 +453,19 @@ pub fn train(
             p.loss_sum += loss as f64 * group.len() as f64;
             p.batch += group.len();
             p.step = opt.step;
+            p.window.0 += loss as f64;
+            p.window.1 += 1;
+            let window_mean = p.step.is_multiple_of(ctl.log_every.max(1)).then(|| {
+                let mean = p.window.0 / p.window.1 as f64;
+                p.window = (0.0, 0);
+                mean
+            });
             let ev = Event::Step {
                 loss,
+                window_mean,
                 lr,
-                batches: batches.len(),
+                done: batches[..p.batch].iter().map(Vec::len).sum(),
+                records: train_records.len(),
             };
             (ctl.on_event)(model, opt, &p, ev)?;
             if ctl.stop_after_steps == Some(p.step) {
@@ -500,6 +522,9 @@ pub fn train(
         p.loss_sum = 0.0;
         (ctl.on_event)(model, opt, &p, Event::Epoch { log: &entry, best })?;
         logs.push(entry);
+        if crate::interrupt::requested().is_some() {
+            return Ok((logs, p));
+        }
     }
     Ok((logs, p))
 }
@@ -536,8 +561,8 @@ pub fn optimizer(s: &TrainSettings) -> Optimizer {
 pub fn check_head_input(head: &Head, encoder: bool) -> Result<()> {
     if head.config.uses_sentence() && !encoder {
         return Err(Error::Invalid(format!(
-            "head `{:?}` needs an encoder's pooled [CLS]; with character embeddings use textcnn, bigru, bilstm or textcnn-bigru",
-            head.config.kind
+            "head `{}` needs an encoder's pooled [CLS]; with character embeddings use textcnn, bigru, bilstm or textcnn-bigru",
+            head.config.kind.name()
         )));
     }
     Ok(())

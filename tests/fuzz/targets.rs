@@ -560,7 +560,7 @@ fn eval_predict_inputs(root: &Path, dev: &Device) -> Target {
                 Ok(())
             } else {
                 let out = path.with_file_name("predictions.jsonl");
-                predict(&dev, &run, false, path, &out, "text", 4).map(|_| ())
+                predict(&dev, &run, false, path, &out, "text", 4, false).map(|_| ())
             }
         },
     )
