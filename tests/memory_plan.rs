@@ -513,7 +513,7 @@ fn plan_command_reports_and_refuses() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("/nonexistent/bert/config.json"),
+        !out.status.success() && err.contains("/nonexistent/bert: no such file or folder"),
         "{err}"
     );
 }

@@ -221,9 +221,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         resumed.is_some(),
         FolderSettings {
             checkpoint_every: o.checkpoint_every,
-            log_every: o.log_every,
             quiet: o.quiet,
-            batch_size: settings.batch_size,
             epochs: o.settings.epochs,
         },
         info,

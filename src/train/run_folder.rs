@@ -33,9 +33,7 @@ use crate::weights::write_atomically;
 /// How often the loop writes, and what the bar shows.
 pub struct FolderSettings {
     pub checkpoint_every: u64,
-    pub log_every: u64,
     pub quiet: bool,
-    pub batch_size: usize,
     pub epochs: usize,
 }
 
@@ -63,10 +61,9 @@ impl RunFolder {
     pub fn new(
         lock: FolderLock,
         resumed: bool,
-        mut settings: FolderSettings,
+        settings: FolderSettings,
         info: RunInfo,
     ) -> Result<Self> {
-        settings.log_every = settings.log_every.max(1);
         Ok(RunFolder {
             dir: lock.dir.clone(),
             settings,
