@@ -221,6 +221,19 @@ fn gbk(text: &str) -> Vec<u8> {
     out
 }
 
+/// The commands a `--help` lists (but `help`).
+fn subcommands(help: &str) -> Vec<String> {
+    help.split("Commands:")
+        .nth(1)
+        .expect("a Commands: list")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect()
+}
+
 /// Every option line of a `--help` and whether a description follows it.
 fn undescribed(help: &str) -> Vec<String> {
     let lines: Vec<&str> = help.lines().collect();
@@ -244,28 +257,10 @@ fn undescribed(help: &str) -> Vec<String> {
 fn every_option_is_described_and_globals_show_only_where_they_count() {
     let dir = scratch("help");
     let (_, top, _) = emrclass(&dir, &["--help"]);
-    let commands: Vec<String> = top
-        .split("Commands:")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .filter(|c| c != "help")
-        .collect();
+    let commands = subcommands(&top);
     assert!(commands.len() >= 12, "{commands:?}");
     let (_, bench, _) = emrclass(&dir, &["bench", "--help"]);
-    let benches: Vec<String> = bench
-        .split("Commands:")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .filter(|c| c != "help")
-        .collect();
+    let benches = subcommands(&bench);
     let mut missing = undescribed(&top);
     for c in &commands {
         let (_, help, _) = emrclass(&dir, &[c, "--help"]);

@@ -104,6 +104,19 @@ fn wait_for(child: &mut Child, path: &Path) {
     }
 }
 
+/// Waits for the child; its exit status and what it wrote on stderr (piped).
+fn finish(mut child: Child) -> (std::process::ExitStatus, String) {
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr piped")
+        .read_to_string(&mut err)
+        .unwrap();
+    (status, err)
+}
+
 fn signal(child: &Child, sig: i32) {
     // SAFETY: kill(2) on the pid of our own child, which has not been waited for yet.
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
@@ -217,14 +230,7 @@ fn ctrl_c_and_sigterm_stop_at_a_checkpoint_that_resumes_to_the_same_bits() {
             .unwrap();
         wait_for(&mut child, &dir.join(name).join("log.jsonl"));
         signal(&child, sig);
-        let status = child.wait().unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let (status, err) = finish(child);
         assert_eq!(status.code(), Some(128 + sig), "{err}");
         assert!(
             err.contains("interrupted at step") && err.contains("--resume"),
@@ -263,14 +269,7 @@ fn a_second_ctrl_c_ends_the_run_at_once() {
     signal(&child, libc::SIGINT);
     std::thread::sleep(Duration::from_millis(50));
     signal(&child, libc::SIGINT);
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, err) = finish(child);
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(
         err.contains("again to stop at once") && !err.contains("interrupted at step"),
@@ -293,14 +292,7 @@ fn a_closed_stdout_stops_the_output_not_the_run() {
     let mut first = [0u8; 16];
     stdout.read_exact(&mut first).unwrap();
     drop(stdout);
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, err) = finish(child);
     assert!(status.success(), "{status:?}: {err}");
     same_run(&dir.join("piped"), &dir.join("whole"));
     assert!(dir.join("piped/report.html").exists());

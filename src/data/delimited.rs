@@ -79,14 +79,8 @@ fn record(
     let mut state = State::FieldStart;
     loop {
         let b = bytes.get(*pos).copied();
-        // A line break: \n, or \r\n.
-        let eol = match b {
-            Some(b'\n') => Some(1),
-            Some(b'\r') if bytes.get(*pos + 1) == Some(&b'\n') => Some(2),
-            _ => None,
-        };
-        match state {
-            State::Quoted(opened) => match b {
+        if let State::Quoted(opened) = state {
+            match b {
                 None => {
                     return Err(format!(
                         "the quote that opens a field on line {opened} never closes (it would swallow every line after it)"
@@ -101,67 +95,49 @@ fn record(
                     *pos += 1;
                 }
                 Some(c) => {
-                    if c == b'\n' {
-                        *line += 1;
-                    }
+                    *line += usize::from(c == b'\n');
                     field.push(c);
                     *pos += 1;
                 }
-            },
-            State::AfterQuote(opened) => match (b, eol) {
-                (None, _) => {
-                    fields.push(field);
-                    return Ok(fields);
-                }
-                (_, Some(n)) => {
-                    fields.push(field);
-                    *pos += n;
-                    *line += 1;
-                    return Ok(fields);
-                }
-                (Some(c), None) if c == delimiter => {
-                    fields.push(std::mem::take(&mut field));
-                    state = State::FieldStart;
-                    *pos += 1;
-                }
-                (Some(_), None) => {
-                    let at = if *line == opened {
-                        String::new()
-                    } else {
-                        format!(" (on line {line})")
-                    };
-                    return Err(format!(
-                        "text after the closing quote of the field opened on line {opened}{at}: an unclosed quote, or a stray one (a field that holds quotes is written \"like \"\"this\"\"\")"
-                    ));
-                }
-            },
-            State::FieldStart | State::Unquoted => match (b, eol) {
-                (None, _) => {
-                    fields.push(field);
-                    return Ok(fields);
-                }
-                (_, Some(n)) => {
-                    fields.push(field);
-                    *pos += n;
-                    *line += 1;
-                    return Ok(fields);
-                }
-                (Some(b'"'), None) if matches!(state, State::FieldStart) => {
-                    state = State::Quoted(*line);
-                    *pos += 1;
-                }
-                (Some(c), None) if c == delimiter => {
-                    fields.push(std::mem::take(&mut field));
-                    state = State::FieldStart;
-                    *pos += 1;
-                }
-                (Some(c), None) => {
-                    field.push(c);
-                    state = State::Unquoted;
-                    *pos += 1;
-                }
-            },
+            }
+            continue;
         }
+        // Outside quotes, the end of the file or of the line (\n or \r\n) ends the record.
+        let eol = match b {
+            None => Some(0),
+            Some(b'\n') => Some(1),
+            Some(b'\r') if bytes.get(*pos + 1) == Some(&b'\n') => Some(2),
+            _ => None,
+        };
+        if let Some(n) = eol {
+            fields.push(field);
+            *pos += n;
+            *line += usize::from(n > 0);
+            return Ok(fields);
+        }
+        let c = b.expect("not the end");
+        match state {
+            _ if c == delimiter => {
+                fields.push(std::mem::take(&mut field));
+                state = State::FieldStart;
+            }
+            State::AfterQuote(opened) => {
+                let at = if *line == opened {
+                    String::new()
+                } else {
+                    format!(" (on line {line})")
+                };
+                return Err(format!(
+                    "text after the closing quote of the field opened on line {opened}{at}: an unclosed quote, or a stray one (a field that holds quotes is written \"like \"\"this\"\"\")"
+                ));
+            }
+            State::FieldStart if c == b'"' => state = State::Quoted(*line),
+            _ => {
+                field.push(c);
+                state = State::Unquoted;
+            }
+        }
+        *pos += 1;
     }
 }
 
