@@ -38,16 +38,7 @@ enum Command {
 
 /// The parser, with the global flags shown only under the commands that use them.
 fn command() -> clap::Command {
-    let mut cmd = Cli::command();
-    cmd.build();
-    for name in ["convert", "report", "kernels"] {
-        let sub = cmd.find_subcommand_mut(name).expect("a command");
-        *sub = std::mem::take(sub).mut_args(|a| match a.is_global_set() {
-            true => a.hide(true),
-            false => a,
-        });
-    }
-    cmd
+    cli::common::hide_globals(Cli::command(), &["convert", "report", "kernels"])
 }
 
 fn run(cli: &Cli) -> emrclass::Result<bool> {

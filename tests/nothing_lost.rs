@@ -195,6 +195,22 @@ fn a_second_run_into_a_folder_in_use_or_finished_is_refused_and_changes_nothing(
     assert!(out2.contains("run folder: runs/train-2 "), "{out2}");
     assert_eq!(snapshot(&dir.join("runs/train")), first_run);
     same_run(&dir.join("runs/train"), &dir.join("runs/train-2"));
+    // --resume without --out: which of the two is the user's to say.
+    let (rc, _, err) = output(train(&dir, &["--resume"]));
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("train, train-2") && err.contains("--out"),
+        "{err}"
+    );
+    // --overwrite of a folder that holds runs (a typo for runs/train): refused, all kept.
+    let before = snapshot(&dir.join("runs"));
+    let (rc, _, err) = output(train(&dir, &["--out", "runs", "--overwrite"]));
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("holds what no run wrote (train, train-2)"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&dir.join("runs")), before);
 }
 
 #[test]
@@ -450,6 +466,15 @@ fn an_experiment_is_refused_over_another_and_resumes_its_cells() {
             .collect()
     };
     assert_eq!(scores(&again), scores(&results));
+    // A cell killed in its first epoch (no checkpoint, its run.json and log left): --resume
+    // runs it again from the start, over what it left.
+    let cell = dir.join("grid/textcnn-focal");
+    std::fs::remove_dir_all(cell.join("checkpoint")).unwrap();
+    std::fs::remove_dir_all(cell.join("best")).unwrap();
+    let (rc, _, err) = grid(&["--resume"]);
+    assert_eq!(rc, 0, "{err}");
+    let third = std::fs::read_to_string(dir.join("grid/results.csv")).unwrap();
+    assert_eq!(scores(&third), scores(&results));
     for cell in ["textcnn-ce", "textcnn-focal"] {
         same_run(&dir.join("grid").join(cell), &{
             let copy = dir.join(format!("{cell}-before"));

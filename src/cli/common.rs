@@ -92,6 +92,19 @@ impl GlobalArgs {
     }
 }
 
+/// `cmd` with its global flags left out of the help of `commands`, which ignore them.
+pub fn hide_globals(mut cmd: clap::Command, commands: &[&str]) -> clap::Command {
+    cmd.build();
+    for name in commands {
+        let sub = cmd.find_subcommand_mut(name).expect("a command");
+        *sub = std::mem::take(sub).mut_args(|a| match a.is_global_set() {
+            true => a.hide(true),
+            false => a,
+        });
+    }
+    cmd
+}
+
 /// For the commands that train: a first Ctrl-C or SIGTERM stops at a checkpoint instead of
 /// ending the process, and a closed stdout (`| head`) silences the output, not the run.
 pub fn catch_signals() -> Result<()> {

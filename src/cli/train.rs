@@ -271,10 +271,11 @@ impl Args {
                 (None, Some(e)) => Some(Similarity::Edges(e.clone())),
                 (None, None) => None,
             },
-            out: self
-                .out
-                .clone()
-                .unwrap_or_else(|| default_out.into()),
+            out: match (&self.out, self.resume) {
+                (Some(out), _) => out.clone(),
+                (None, true) => run_to_resume(default_out)?,
+                (None, false) => default_out.into(),
+            },
             resume: self.resume,
             overwrite: self.overwrite,
             numbered_out: self.out.is_none() && !self.resume,
@@ -302,4 +303,38 @@ pub fn run(global: &GlobalArgs, args: &Args) -> Result<bool> {
     options.memory = global.memory_budget(&dev)?;
     emrclass::jobs::train::run(&dev, &options)?;
     Ok(true)
+}
+
+/// `--resume` without `--out`: the default folder, when it is the only one of DIR, DIR-2, ...
+/// that exists; several are refused (which run to continue is the user's to say).
+fn run_to_resume(default_out: &str) -> Result<std::path::PathBuf> {
+    let base = std::path::Path::new(default_out);
+    let name = base
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let parent = base.parent().unwrap_or(std::path::Path::new("."));
+    let mut found: Vec<String> = std::fs::read_dir(if parent.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        parent
+    })
+    .into_iter()
+    .flatten()
+    .flatten()
+    .map(|e| e.file_name().to_string_lossy().into_owned())
+    .filter(|n| {
+        n == &name
+            || n.strip_prefix(&format!("{name}-"))
+                .is_some_and(|k| k.parse::<u32>().is_ok())
+    })
+    .collect();
+    found.sort();
+    if found.len() > 1 {
+        return Err(Error::Invalid(format!(
+            "--resume without --out: {} hold runs ({}); say which to continue with --out",
+            parent.display(),
+            found.join(", ")
+        )));
+    }
+    Ok(base.to_path_buf())
 }

@@ -64,16 +64,20 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Loaded> {
         .unwrap_or("")
         .to_ascii_lowercase();
     let mut records: Vec<std::result::Result<(usize, String, String), String>> = Vec::new();
+    // What to say of bytes that are not UTF-8: worked out once (it reads the whole file).
+    let advice = std::cell::OnceCell::new();
+    let not_utf8 = || {
+        format!(
+            "invalid UTF-8{}",
+            advice.get_or_init(|| delimited::encoding_advice(&bytes, path))
+        )
+    };
     match ext.as_str() {
         "jsonl" => {
             for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
                 let line = i + 1;
                 let Ok(text) = std::str::from_utf8(raw) else {
-                    records.push(Err(bad(
-                        path,
-                        line,
-                        format!("invalid UTF-8{}", delimited::encoding_advice(&bytes, path)),
-                    )));
+                    records.push(Err(bad(path, line, not_utf8())));
                     continue;
                 };
                 if text.trim().is_empty() {
@@ -102,13 +106,7 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Loaded> {
             let delimiter = if ext == "tsv" { b'\t' } else { b',' };
             let mut rows = delimited::records(&bytes, delimiter).into_iter();
             let utf8 = |line: usize, f: Vec<u8>| {
-                String::from_utf8(f).map_err(|_| {
-                    bad(
-                        path,
-                        line,
-                        format!("invalid UTF-8{}", delimited::encoding_advice(&bytes, path)),
-                    )
-                })
+                String::from_utf8(f).map_err(|_| bad(path, line, not_utf8()))
             };
             let headers: Vec<String> = match rows.next() {
                 None => Vec::new(),
@@ -168,11 +166,7 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Loaded> {
                     .filter(|&&b| b == b'\n')
                     .count()
                     + 1;
-                Error::Invalid(bad(
-                    path,
-                    line,
-                    format!("invalid UTF-8{}", delimited::encoding_advice(&bytes, path)),
-                ))
+                Error::Invalid(bad(path, line, not_utf8()))
             })?;
             let items: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| {
                 Error::Invalid(bad(

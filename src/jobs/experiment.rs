@@ -15,7 +15,7 @@ use crate::model::loss::LossKind;
 
 use super::train::run;
 use crate::options::{default_lr, TrainOptions};
-use crate::train::folder_lock::FolderLock;
+use crate::train::folder_lock::{FolderLock, EXPERIMENT_FILE};
 use crate::train::metrics::mean_std;
 use crate::train::run_folder::cell_folder;
 use crate::train::trainer::per_second;
@@ -59,6 +59,12 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
     // their run.
     let lock = FolderLock::claim(&o.out, o.base.start(), "--out")?;
     let root = lock.dir.clone();
+    // What marks the folder as an experiment's (its runs' folders are then its own to replace
+    // under --overwrite).
+    crate::weights::write_atomically(
+        &root.join(EXPERIMENT_FILE),
+        serde_json::json!({"settings": describe, "heads": o.heads.iter().map(|h| h.name()).collect::<Vec<_>>(), "losses": o.losses.iter().map(|l| l.name()).collect::<Vec<_>>()}).to_string().as_bytes(),
+    )?;
     let seeds = if o.seeds.is_empty() {
         vec![o.base.settings.seed]
     } else {
@@ -78,8 +84,10 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
                 opts.out = root.join(cell_folder(&cell, seed, seeds.len()));
                 opts.overwrite = false;
                 opts.numbered_out = false;
-                // Under --resume, a run that had not begun starts; one that had continues.
+                // Under --resume, a run that had begun continues; one that had not starts, over
+                // what it left before its first checkpoint (a killed first epoch).
                 opts.resume = o.base.resume && opts.out.join("checkpoint/state.json").exists();
+                opts.overwrite = o.base.resume && !opts.resume && opts.out.exists();
                 let logs = run(dev, &opts)?;
                 if opts.resume {
                     outcomes.push(outcome_from_log(&opts.out, head, loss, seed)?);
@@ -105,6 +113,19 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
                 });
                 write_tables(&root, &outcomes, &o.losses, describe)?;
                 crate::report::write(&root)?;
+                if let Some(signal) = crate::interrupt::requested() {
+                    return Err(Error::Interrupted {
+                        signal,
+                        message: format!(
+                            "interrupted after {cell}, seed {seed}; continue the grid with the same command and --resume{}",
+                            if o.base.numbered_out {
+                                format!(" --out {}", root.display())
+                            } else {
+                                String::new()
+                            }
+                        ),
+                    });
+                }
             }
         }
     }

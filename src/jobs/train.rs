@@ -174,10 +174,10 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         },
         model: spec,
     };
-    let resumed = match o.resume {
-        true => Some(resumable_state(o, &info)?),
-        false => None,
-    };
+    // Checked here, before any write; read again under the folder's lock below.
+    if o.resume {
+        resumable_state(o, &info)?;
+    }
     stop_if_interrupted()?;
     say!(
         "data: {source}: {} train / {} dev records, {classes} classes (largest {}, smallest {}), {:.1}% {} {} tokens",
@@ -216,6 +216,16 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     };
     let mut opt = optimizer(&o.settings);
     let lock = FolderLock::claim(&o.out, start, "--out")?;
+    let resumed = match o.resume {
+        true => {
+            let (state, note) = resumable_state(o, &info)?;
+            if let Some(note) = note {
+                say!("{note}");
+            }
+            Some(state)
+        }
+        false => None,
+    };
     let mut folder = RunFolder::new(
         lock,
         resumed.is_some(),
@@ -297,17 +307,23 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
             &mut ctl,
         )?
     };
-    if let Some(signal) = crate::interrupt::requested() {
+    let finished = end.epoch > settings.epochs || o.patience.is_some_and(|n| end.bad_epochs >= n);
+    if let (Some(signal), false) = (crate::interrupt::requested(), finished) {
         folder.save_checkpoint(&mut model, &opt, &end)?;
         let _ = crate::report::write(&out);
         return Err(Error::Interrupted {
             signal,
             message: format!(
-                "interrupted at step {} (epoch {}, {} batches into it); {} holds it: continue with the same command and --resume",
+                "interrupted at step {} (epoch {}, {} batches into it); {} holds it: continue with the same command and --resume{}",
                 end.step,
                 end.epoch,
                 end.batch,
-                folder.checkpoint_dir().display()
+                folder.checkpoint_dir().display(),
+                if o.numbered_out {
+                    format!(" --out {}", out.display())
+                } else {
+                    String::new()
+                }
             ),
         });
     }
@@ -350,36 +366,50 @@ fn stop_if_interrupted() -> Result<()> {
 }
 
 /// The checkpoint `--resume` continues from, when its settings are this run's; or, when only
-/// `--epochs` grew, the same run extended (its schedule then decays over the new total).
-fn resumable_state(o: &TrainOptions, now: &RunInfo) -> Result<State> {
+/// `--epochs` grew, the same run extended (its schedule then decays over the new total). With
+/// what to tell the user about it.
+fn resumable_state(o: &TrainOptions, now: &RunInfo) -> Result<(State, Option<String>)> {
     let dir = o.out.join("checkpoint");
     let state = checkpoint::load_state(&dir)?;
+    let p = &state.progress;
+    let stopped_early = o.patience.is_some_and(|n| p.bad_epochs >= n);
     let then = &state.run.fingerprint;
-    if *then == now.fingerprint {
-        if state.progress.epoch > o.settings.epochs {
-            say!(
-                "{} finished its {} epochs: nothing to train (to train longer: --resume --epochs N)",
-                o.out.display(),
-                o.settings.epochs
-            );
-        }
-        return Ok(state);
-    }
     let changed = settings_diff(then, &now.fingerprint);
+    if changed.is_empty() {
+        let note = (p.epoch > o.settings.epochs || stopped_early).then(|| {
+            format!(
+                "{} finished ({} epochs{}): nothing to train (to train longer: --resume --epochs N{})",
+                o.out.display(),
+                p.finished.len(),
+                if stopped_early { ", stopped early by --patience" } else { "" },
+                if stopped_early { " and a larger --patience" } else { "" }
+            )
+        });
+        return Ok((state, note));
+    }
     let epochs_only = changed.len() == 1 && changed[0].0 == "epochs";
     let grew = changed
         .first()
         .and_then(|(_, a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
         .is_some_and(|(a, b)| b > a);
-    if epochs_only && grew {
-        say!(
+    if epochs_only && grew && !stopped_early {
+        let note = format!(
             "extending {} from {} to {} epochs (the learning-rate schedule now decays over {} epochs)",
             o.out.display(),
             changed[0].1,
             changed[0].2,
             changed[0].2
         );
-        return Ok(state);
+        return Ok((state, Some(note)));
+    }
+    if epochs_only && grew {
+        return Err(Error::Invalid(format!(
+            "--resume --epochs {}: {} stopped early (--patience {}: {} epochs without a better dev score), so more epochs would train none; give a larger --patience too",
+            o.settings.epochs,
+            o.out.display(),
+            o.patience.unwrap_or(0),
+            p.bad_epochs
+        )));
     }
     let list: Vec<String> = changed
         .iter()

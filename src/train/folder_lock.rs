@@ -35,8 +35,11 @@ pub enum Start {
     Overwrite,
 }
 
-/// The files a run writes at the top of its folder (`run_folder`), and an experiment's tables.
-const RUN_FILES: [&str; 11] = [
+/// What marks an experiment's folder (written by `jobs::experiment` when it claims it).
+pub const EXPERIMENT_FILE: &str = "experiment.json";
+
+/// The files a run writes at the top of its folder (`run_folder`), and an experiment's.
+const RUN_FILES: [&str; 12] = [
     "checkpoint",
     "best",
     "log.jsonl",
@@ -48,6 +51,7 @@ const RUN_FILES: [&str; 11] = [
     "memory-plan.json",
     "results.csv",
     "results.md",
+    EXPERIMENT_FILE,
 ];
 
 /// A claimed folder: held until dropped.
@@ -79,14 +83,20 @@ fn entries(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Whether `name` in `dir` is something runs write: a run file, or a run's own folder.
+/// Whether `name` in `dir` is something runs write: a run file, or, in an experiment's folder,
+/// one of its runs' folders.
 fn written_by_runs(dir: &Path, name: &str) -> bool {
     let path = dir.join(name);
+    let experiment = dir.join(EXPERIMENT_FILE).exists() || dir.join("results.csv").exists();
     RUN_FILES.contains(&name)
         || name.ends_with(".tmp")
-        || (path.is_dir()
+        || (experiment
+            && path.is_dir()
             && (path.join("run.json").exists() || path.join("checkpoint").exists())
-            && entries(&path).is_ok_and(|e| e.iter().all(|n| written_by_runs(&path, n))))
+            && entries(&path).is_ok_and(|e| {
+                e.iter()
+                    .all(|n| RUN_FILES.contains(&n.as_str()) || n.ends_with(".tmp"))
+            }))
 }
 
 fn listing(names: &[String]) -> String {
@@ -135,6 +145,12 @@ fn check_contents(dir: &Path, start: Start, flag: &str) -> Result<()> {
                 .filter(|n| !written_by_runs(dir, n))
                 .collect();
             if foreign.is_empty() {
+                // A run inside (an experiment's) may be training now.
+                for name in entries(dir)? {
+                    if dir.join(&name).is_dir() {
+                        busy(&dir.join(name))?;
+                    }
+                }
                 Ok(())
             } else {
                 Err(Error::Invalid(format!(
@@ -219,11 +235,10 @@ impl FolderLock {
 
     /// Lets the folder go as this claim found it: a folder it made is removed again.
     pub fn give_back(self) {
-        let (dir, created) = (self.dir.clone(), self.created);
-        drop(self);
-        if created {
-            let _ = std::fs::remove_file(dir.join(LOCK_FILE));
-            let _ = std::fs::remove_dir(&dir);
+        // Removed while still held, so no other run locks the file this one is removing.
+        if self.created {
+            let _ = std::fs::remove_file(self.dir.join(LOCK_FILE));
+            let _ = std::fs::remove_dir(&self.dir);
         }
     }
 

@@ -203,13 +203,15 @@ struct Record {
 fn read_texts(path: &Path, text_field: &str, skip_bad: bool) -> Result<(Vec<Record>, Vec<String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (mut out, mut skipped) = (Vec::new(), Vec::new());
+    // Worked out once: it reads the whole file.
+    let advice = std::cell::OnceCell::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let at = format!("{}:{}", path.display(), i + 1);
         let record = std::str::from_utf8(raw)
             .map_err(|_| {
                 format!(
                     "{at}: invalid UTF-8{}",
-                    crate::data::delimited::encoding_advice(&bytes, path)
+                    advice.get_or_init(|| crate::data::delimited::encoding_advice(&bytes, path))
                 )
             })
             .and_then(|line| {
