@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::heads::HeadKind;
 use crate::model::loss::LossKind;
 
-use super::train::run;
+use super::train::{out_to_resume, run};
 use crate::options::{default_lr, TrainOptions};
 use crate::train::folder_lock::{FolderLock, EXPERIMENT_FILE};
 use crate::train::metrics::mean_std;
@@ -118,11 +118,7 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
                         signal,
                         message: format!(
                             "interrupted after {cell}, seed {seed}; continue the grid with the same command and --resume{}",
-                            if o.base.numbered_out {
-                                format!(" --out {}", root.display())
-                            } else {
-                                String::new()
-                            }
+                            out_to_resume(o.base.numbered_out, &root)
                         ),
                     });
                 }

@@ -319,11 +319,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
                 end.epoch,
                 end.batch,
                 folder.checkpoint_dir().display(),
-                if o.numbered_out {
-                    format!(" --out {}", out.display())
-                } else {
-                    String::new()
-                }
+                out_to_resume(o.numbered_out, &out)
             ),
         });
     }
@@ -352,6 +348,16 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         report.display()
     );
     Ok(logs)
+}
+
+/// What `--resume` must add to the same command: the folder, when the run picked it (a
+/// numbered default), since the same command would pick another.
+pub fn out_to_resume(numbered: bool, dir: &std::path::Path) -> String {
+    if numbered {
+        format!(" --out {}", dir.display())
+    } else {
+        String::new()
+    }
 }
 
 /// A signal before the loop began: nothing has been written yet.
