@@ -8,7 +8,10 @@
 // forward keeps lse = log sum_j exp(s_ij), O(B*H*L) floats; backward recomputes each
 // probability from it. Dropout on the probabilities keeps element (b, h, i, j) iff
 // dropout_keep(seed, ((b*H + h)*L + i)*L + j, p): the same mask in forward and backward.
-// Head size d <= 128.
+// Head size d <= 128. The tiled kernels (d <= 64) come in two instances each, without dropout
+// and `_dropout`: the mask's hash (two 64-bit multiplies a probability, many XMADs on Pascal) is
+// compiled only where it runs. Their main loops hold no 64-bit multiply: addresses advance by
+// fixed steps and the hash's input by multiples of its constant.
 #include "common.cuh"
 
 #define ATTN_WARPS 4
@@ -93,14 +96,14 @@ __device__ __forceinline__ void attn_stage(float *tile, int ld, const float *__r
         tile[rr * ld + c] = (row < len && c < d) ? src[attn_row(b, row, len) * row_stride + col0 + c] : 0.0f;
     }
 }
-// The same tile, transposed: tile[c * ld + rr] holds column c of row row0 + rr. Global reads
-// stay coalesced (consecutive threads read consecutive columns of one row).
+// The same tile, transposed and multiplied by `mul`: tile[c * ld + rr] holds column c of row
+// row0 + rr. Global reads stay coalesced (consecutive threads read consecutive columns of one row).
 __device__ __forceinline__ void attn_stage_transposed(float *tile, int ld, const float *__restrict__ src,
                                                       long long row_stride, int col0, int b, int row0, int rows,
-                                                      int len, int d) {
+                                                      int len, int d, float mul) {
     for (int e = threadIdx.x; e < rows * ATTN_TILE_D; e += blockDim.x) {
         const int rr = e / ATTN_TILE_D, c = e % ATTN_TILE_D, row = row0 + rr;
-        tile[c * ld + rr] = (row < len && c < d) ? src[attn_row(b, row, len) * row_stride + col0 + c] : 0.0f;
+        tile[c * ld + rr] = (row < len && c < d) ? src[attn_row(b, row, len) * row_stride + col0 + c] * mul : 0.0f;
     }
 }
 
@@ -113,33 +116,53 @@ __device__ __forceinline__ void attn_stage_transposed(float *tile, int ld, const
 #define FLASH_STAGE (FLASH_TILE * ATTN_TILE_D / FLASH_THREADS)
 #define FLASH_LD (ATTN_TILE_D + FLASH_PAD)
 
-// This thread's share of rows row0 .. row0 + 32 of one head (row r of sequence b starts at
-// src + (b * len + r) * row_stride + col0): column c = tid % 64 of rows tid / 64 + 4u, so
-// consecutive threads read consecutive columns (coalesced); 0 past len and past the head size.
-// Fetched into registers ahead of use, stored into shared memory when the tile is free.
-#define FLASH_ROWS_PER_PASS (FLASH_THREADS / ATTN_TILE_D)
-__device__ __forceinline__ void flash_fetch_rows(const float *__restrict__ src, long long row_stride, int col0, int b,
-                                                 int row0, int len, int d, float next[FLASH_STAGE]) {
-    const int c = threadIdx.x % ATTN_TILE_D, r0 = row0 + threadIdx.x / ATTN_TILE_D;
-    const long long at = attn_row(b, r0, len) * row_stride + col0 + c;
-    const long long step = FLASH_ROWS_PER_PASS * row_stride;
+// This thread's share of the rows of one head that stream through a kernel, tile by tile:
+// column c = tid % 64 of the FLASH_STAGE consecutive rows from (tid / 64) * FLASH_STAGE of the
+// current tile. Consecutive threads read consecutive columns (coalesced), and a thread's rows
+// are adjacent, so a dimension-major tile takes them as whole float4s. 0 past len and past
+// the head size. The address is worked out once (row r of sequence b starts at src + (b * len
+// + r) * stride + col0) and moves by a fixed step per tile: no 64-bit multiply in a kernel's
+// main loop. Fetched into registers ahead of use, stored into shared memory when the tile is
+// free.
+struct FlashRows {
+    const float *at;  // this thread's column in the first of its rows of the current tile
+    int row, stride;  // that row's index in the sequence; floats from one row to the next
+    bool column_real;
+
+    __device__ __forceinline__ void start(const float *__restrict__ src, int row_stride, int col0, int b, int row0,
+                                          int len, int d) {
+        const int c = threadIdx.x % ATTN_TILE_D;
+        row = row0 + threadIdx.x / ATTN_TILE_D * FLASH_STAGE;
+        stride = row_stride;
+        column_real = c < d;
+        at = src + attn_row(b, row, len) * row_stride + col0 + c;
+    }
+    __device__ __forceinline__ void fetch(int len, float next[FLASH_STAGE]) const {
+        const float *p = at;
 #pragma unroll
-    for (int u = 0; u < FLASH_STAGE; u++)
-        next[u] = r0 + u * FLASH_ROWS_PER_PASS < len && c < d ? src[at + u * step] : 0.0f;
-}
+        for (int u = 0; u < FLASH_STAGE; u++, p += stride) next[u] = row + u < len && column_real ? *p : 0.0f;
+    }
+    __device__ __forceinline__ void next_tile() {
+        at += FLASH_TILE * stride;
+        row += FLASH_TILE;
+    }
+};
 
 // The fetched rows into a row-major tile [32][64 + pad].
 __device__ __forceinline__ void flash_store_rows(float (*tile)[FLASH_LD], const float next[FLASH_STAGE]) {
-    const int c = threadIdx.x % ATTN_TILE_D, r0 = threadIdx.x / ATTN_TILE_D;
+    const int c = threadIdx.x % ATTN_TILE_D, r0 = threadIdx.x / ATTN_TILE_D * FLASH_STAGE;
 #pragma unroll
-    for (int u = 0; u < FLASH_STAGE; u++) tile[r0 + u * FLASH_ROWS_PER_PASS][c] = next[u];
+    for (int u = 0; u < FLASH_STAGE; u++) tile[r0 + u][c] = next[u];
 }
 
-// The fetched rows into a dimension-major tile [64][32 + pad] (tile[c][r]).
-__device__ __forceinline__ void flash_store_columns(float (*tile)[FLASH_TILE + FLASH_PAD], const float next[FLASH_STAGE]) {
-    const int c = threadIdx.x % ATTN_TILE_D, r0 = threadIdx.x / ATTN_TILE_D;
+// The fetched rows into a dimension-major tile [64][32 + pad] (tile[c][r]): float4s, and the 8
+// threads of a quarter-warp cover all 32 banks (row stride 36 floats).
+__device__ __forceinline__ void flash_store_columns(float (*tile)[FLASH_TILE + FLASH_PAD],
+                                                    const float next[FLASH_STAGE]) {
+    const int c = threadIdx.x % ATTN_TILE_D, r0 = threadIdx.x / ATTN_TILE_D * FLASH_STAGE;
 #pragma unroll
-    for (int u = 0; u < FLASH_STAGE; u++) tile[c][r0 + u * FLASH_ROWS_PER_PASS] = next[u];
+    for (int u = 0; u < FLASH_STAGE; u += 4)
+        *reinterpret_cast<float4 *>(&tile[c][r0 + u]) = make_float4(next[u], next[u + 1], next[u + 2], next[u + 3]);
 }
 
 // The forward for head sizes up to 64, flash-style: a block of 256 threads owns 64 queries of
@@ -149,22 +172,24 @@ __device__ __forceinline__ void flash_store_columns(float (*tile)[FLASH_TILE + F
 // block (4 queries x 2 keys) and reads, per head dimension, one float4 of queries and one
 // float2 of keys (tiles stored dimension-major); for O += P V it holds a 4 x 4 block (4 queries
 // x 4 output dimensions) and reads one float4 of probabilities and one of values per key -- 8
-// and 16 FMAs per pair of shared loads, where the previous design did one FMA per two.
-// The 16 threads that share a query row (a half-warp) combine its running max and normaliser
-// with four shuffles per tile: the same online softmax, lse and dropout mask as
+// and 16 FMAs per pair of shared loads, where the previous design did one FMA per two. Both
+// loops read the next step's operands before this step's FMAs (shared loads take ~30 cycles).
+// The queries are staged multiplied by the scale. The 16 threads that share a query row (a
+// half-warp) combine its running max with four shuffles per tile; each keeps its own share of
+// the normaliser, added up once at the end: the same online softmax, lse and dropout mask as
 // attention_forward, so the backward kernels serve both.
-extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
-    attention_forward_flash(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
-                            const int *__restrict__ key_mask, float *__restrict__ out, float *__restrict__ lse,
-                            int batch, int heads, int len, int head_dim, int stride, float scale, float dropout,
-                            unsigned long long seed) {
+template <bool DROPOUT>
+__device__ __forceinline__ void attention_forward_flash_body(const float *__restrict__ q, const float *__restrict__ k,
+    const float *__restrict__ v, const int *__restrict__ key_mask, float *__restrict__ out, float *__restrict__ lse,
+    int batch, int heads, int len, int head_dim, int stride, float scale, float dropout, unsigned long long seed) {
     __shared__ __align__(16) float q_t[ATTN_TILE_D][FLASH_Q + FLASH_PAD];
     __shared__ __align__(16) float k_t[ATTN_TILE_D][FLASH_TILE + FLASH_PAD];
     __shared__ __align__(16) float v_sh[FLASH_TILE][FLASH_LD];
     __shared__ __align__(16) float p_t[FLASH_TILE][FLASH_Q + FLASH_PAD];
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const int i0 = blockIdx.x * FLASH_Q, h = blockIdx.y, b = blockIdx.z, d = head_dim;
-    attn_stage_transposed(&q_t[0][0], FLASH_Q + FLASH_PAD, q, stride, h * d, b, i0, FLASH_Q, len, d);
+    // The queries are staged already scaled: a score is then (scale q) . k, no multiply per score.
+    attn_stage_transposed(&q_t[0][0], FLASH_Q + FLASH_PAD, q, stride, h * d, b, i0, FLASH_Q, len, d, scale);
     float acc[4][4], m[4], l[4];
 #pragma unroll
     for (int a = 0; a < 4; a++) {
@@ -176,43 +201,65 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
     // The next key/value tile goes through registers (this thread's FLASH_STAGE elements of
     // each), fetched before the current tile's arithmetic so global latency hides behind it.
     float k_next[FLASH_STAGE], v_next[FLASH_STAGE];
-    flash_fetch_rows(k, stride, h * d, b, 0, len, d, k_next);
-    flash_fetch_rows(v, stride, h * d, b, 0, len, d, v_next);
+    FlashRows k_rows, v_rows;
+    k_rows.start(k, stride, h * d, b, 0, len, d);
+    v_rows.start(v, stride, h * d, b, 0, len, d);
+    k_rows.fetch(len, k_next);
+    v_rows.fetch(len, v_next);
     flash_store_columns(k_t, k_next);
     flash_store_rows(v_sh, v_next);
     __syncthreads();
+    // Per key, whether it is a real token (this sequence's mask row) and, under dropout, the
+    // mask hash's input for this thread's queries at key 0, to which key j adds j * golden.
+    const int *mask_row = key_mask ? key_mask + b * len : nullptr;  // B * L fits an int
+    unsigned long long row_input[4];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+        row_input[a] = DROPOUT ? dropout_input(seed, (((long long)b * heads + h) * len + i0 + ty * 4 + a) * len) : 0;
     for (int j0 = 0; j0 < len; j0 += FLASH_TILE) {
         const bool more = j0 + FLASH_TILE < len;
         if (more) {
-            flash_fetch_rows(k, stride, h * d, b, j0 + FLASH_TILE, len, d, k_next);
-            flash_fetch_rows(v, stride, h * d, b, j0 + FLASH_TILE, len, d, v_next);
+            k_rows.next_tile();
+            v_rows.next_tile();
+            k_rows.fetch(len, k_next);
+            v_rows.fetch(len, v_next);
         }
-        // Scores: queries ty*4 + a, keys tx*2 + e.
+        // Scores: queries ty*4 + a, keys tx*2 + e. The operands of step c + 1 are read while
+        // step c's FMAs run (a shared load takes some 30 cycles; with 8 warps an SM cannot
+        // hide it otherwise).
         float s[4][2] = {};
-#pragma unroll 8
+        float4 qa = *reinterpret_cast<const float4 *>(&q_t[0][ty * 4]);
+        float2 kb = *reinterpret_cast<const float2 *>(&k_t[0][tx * 2]);
+#pragma unroll
         for (int c = 0; c < ATTN_TILE_D; c++) {
-            const float4 qa = *reinterpret_cast<const float4 *>(&q_t[c][ty * 4]);
-            const float2 kb = *reinterpret_cast<const float2 *>(&k_t[c][tx * 2]);
+            float4 qn = qa;
+            float2 kn = kb;
+            if (c + 1 < ATTN_TILE_D) {
+                qn = *reinterpret_cast<const float4 *>(&q_t[c + 1][ty * 4]);
+                kn = *reinterpret_cast<const float2 *>(&k_t[c + 1][tx * 2]);
+            }
             const float qv[4] = {qa.x, qa.y, qa.z, qa.w};
 #pragma unroll
             for (int a = 0; a < 4; a++) {
                 s[a][0] = fmaf(qv[a], kb.x, s[a][0]);
                 s[a][1] = fmaf(qv[a], kb.y, s[a][1]);
             }
+            qa = qn, kb = kn;
         }
         bool real[2];
 #pragma unroll
         for (int e = 0; e < 2; e++) {
             const int j = j0 + tx * 2 + e;
-            real[e] = j < len && attn_key_real(key_mask, b, j, len);
+            real[e] = j < len && (!mask_row || mask_row[j] != 0);
         }
+        const unsigned long long key_input = (unsigned long long)(j0 + tx * 2) * DROPOUT_GOLDEN;
+        float p_out[2][4];  // the tile's dropped-out probabilities, keys tx*2 + e, queries ty*4 + a
 #pragma unroll
         for (int a = 0; a < 4; a++) {
-            const int i = i0 + ty * 4 + a;
             float tile_max = -float_infinity();
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                s[a][e] = real[e] ? s[a][e] * scale : -float_infinity();
+                s[a][e] = real[e] ? s[a][e] : -float_infinity();
                 tile_max = fmaxf(tile_max, s[a][e]);
             }
 #pragma unroll
@@ -220,34 +267,45 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
             const float m_new = fmaxf(m[a], tile_max);
             const bool any = m_new != -float_infinity();  // false while every key so far is padding
             const float correction = any ? expf(m[a] - m_new) : 1.0f;
-            const long long counter0 = (((long long)b * heads + h) * len + i) * len;
+            // Each lane keeps its own share of the normaliser (rescaled like the rest of the
+            // row); the 16 shares are added once, after the last tile.
             float psum = 0.0f;
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int jj = tx * 2 + e, j = j0 + jj;
                 const float p = (any && real[e]) ? expf(s[a][e] - m_new) : 0.0f;
                 psum += p;
-                const bool keep = !(dropout > 0.0f) || (j < len && dropout_keep(seed, counter0 + j, dropout));
-                p_t[jj][ty * 4 + a] = keep ? p * keep_scale : 0.0f;
+                const unsigned long long input = row_input[a] + key_input + e * DROPOUT_GOLDEN;
+                const bool keep = !DROPOUT || (j < len && dropout_keep_input(input, dropout));
+                p_out[e][a] = keep ? p * keep_scale : 0.0f;
             }
-#pragma unroll
-            for (int o = 1; o < 16; o <<= 1) psum += __shfl_xor_sync(FULL_MASK, psum, o);
             l[a] = l[a] * correction + psum;
             m[a] = m_new;
 #pragma unroll
             for (int x = 0; x < 4; x++) acc[a][x] *= correction;
         }
+        // A thread's 4 queries are adjacent in p_t: one float4 per key.
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+            *reinterpret_cast<float4 *>(&p_t[tx * 2 + e][ty * 4]) =
+                make_float4(p_out[e][0], p_out[e][1], p_out[e][2], p_out[e][3]);
         __syncthreads();  // every probability of the tile is in p_t
-        // Output: queries ty*4 + a, dimensions tx*4 + x.
-#pragma unroll 4
+        // Output: queries ty*4 + a, dimensions tx*4 + x; the next key's operands in flight.
+        float4 pa = *reinterpret_cast<const float4 *>(&p_t[0][ty * 4]);
+        float4 vb = *reinterpret_cast<const float4 *>(&v_sh[0][tx * 4]);
+#pragma unroll
         for (int jj = 0; jj < FLASH_TILE; jj++) {
-            const float4 pa = *reinterpret_cast<const float4 *>(&p_t[jj][ty * 4]);
-            const float4 vb = *reinterpret_cast<const float4 *>(&v_sh[jj][tx * 4]);
+            float4 pn = pa, vn = vb;
+            if (jj + 1 < FLASH_TILE) {
+                pn = *reinterpret_cast<const float4 *>(&p_t[jj + 1][ty * 4]);
+                vn = *reinterpret_cast<const float4 *>(&v_sh[jj + 1][tx * 4]);
+            }
             const float pv[4] = {pa.x, pa.y, pa.z, pa.w}, vv[4] = {vb.x, vb.y, vb.z, vb.w};
 #pragma unroll
             for (int a = 0; a < 4; a++)
 #pragma unroll
                 for (int x = 0; x < 4; x++) acc[a][x] = fmaf(pv[a], vv[x], acc[a][x]);
+            pa = pn, vb = vn;
         }
         if (more) {
             __syncthreads();  // this tile's k, v and p are consumed
@@ -256,6 +314,10 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
             __syncthreads();
         }
     }
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int o = 1; o < 16; o <<= 1) l[a] += __shfl_xor_sync(FULL_MASK, l[a], o);
 #pragma unroll
     for (int a = 0; a < 4; a++) {
         const int i = i0 + ty * 4 + a;
@@ -270,6 +332,25 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
         // A row whose keys are all padding has no distribution: +inf makes every recomputed p 0.
         if (tx == 0) lse[((long long)b * heads + h) * len + i] = l[a] > 0.0f ? m[a] + logf(l[a]) : float_infinity();
     }
+}
+
+// Two instances: without dropout (evaluation, and training at rate 0: the mask code compiled
+// out) and with it.
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
+    attention_forward_flash(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
+                            const int *__restrict__ key_mask, float *__restrict__ out, float *__restrict__ lse,
+                            int batch, int heads, int len, int head_dim, int stride, float scale, float dropout,
+                            unsigned long long seed) {
+    attention_forward_flash_body<false>(q, k, v, key_mask, out, lse, batch, heads, len, head_dim, stride, scale,
+                                        dropout, seed);
+}
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
+    attention_forward_flash_dropout(const float *__restrict__ q, const float *__restrict__ k,
+                                    const float *__restrict__ v, const int *__restrict__ key_mask,
+                                    float *__restrict__ out, float *__restrict__ lse, int batch, int heads, int len,
+                                    int head_dim, int stride, float scale, float dropout, unsigned long long seed) {
+    attention_forward_flash_body<true>(q, k, v, key_mask, out, lse, batch, heads, len, head_dim, stride, scale, dropout,
+                                       seed);
 }
 
 // delta[b, h, i] = sum_c dout[b, i, h, c] * out[b, i, h, c]: the row sums sum_j p_ij dp_ij that the
@@ -401,7 +482,8 @@ extern "C" __global__ void HOT_KERNEL attention_backward_q(
 // 2 x 4 of dk (a float2 of terms and a float4 of the row per 8 FMAs).
 
 // The 2 x 2 block of scores q_i.k_j and dO_i.v_j for queries qi, qi + 1 (rows of q_sh, do_sh)
-// and keys kj, kj + 1 (rows of k_sh, v_sh).
+// and keys kj, kj + 16 (rows of k_sh, v_sh: 16 threads then read 16 consecutive rows, which
+// the 68-float row stride spreads over every bank -- adjacent keys would collide two by two).
 __device__ __forceinline__ void flash_scores(float (*q_sh)[FLASH_LD], float (*do_sh)[FLASH_LD],
                                              float (*k_sh)[FLASH_LD], float (*v_sh)[FLASH_LD], int qi, int kj,
                                              float qk[2][2], float dov[2][2]) {
@@ -416,8 +498,8 @@ __device__ __forceinline__ void flash_scores(float (*q_sh)[FLASH_LD], float (*do
         for (int a = 0; a < 2; a++) {
             qv[a] = *reinterpret_cast<const float4 *>(&q_sh[qi + a][c]);
             ov[a] = *reinterpret_cast<const float4 *>(&do_sh[qi + a][c]);
-            kv[a] = *reinterpret_cast<const float4 *>(&k_sh[kj + a][c]);
-            vv[a] = *reinterpret_cast<const float4 *>(&v_sh[kj + a][c]);
+            kv[a] = *reinterpret_cast<const float4 *>(&k_sh[kj + 16 * a][c]);
+            vv[a] = *reinterpret_cast<const float4 *>(&v_sh[kj + 16 * a][c]);
         }
 #pragma unroll
         for (int a = 0; a < 2; a++)
@@ -433,11 +515,12 @@ __device__ __forceinline__ void flash_scores(float (*q_sh)[FLASH_LD], float (*do
     }
 }
 
-extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attention_backward_kv_flash(
-    const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
-    const int *__restrict__ key_mask, const float *__restrict__ dout, const float *__restrict__ lse,
-    const float *__restrict__ delta, float *__restrict__ dk, float *__restrict__ dv, int batch, int heads, int len,
-    int head_dim, int stride, float scale, float dropout, unsigned long long seed) {
+template <bool DROPOUT>
+__device__ __forceinline__ void attention_backward_kv_flash_body(const float *__restrict__ q,
+    const float *__restrict__ k, const float *__restrict__ v, const int *__restrict__ key_mask,
+    const float *__restrict__ dout, const float *__restrict__ lse, const float *__restrict__ delta,
+    float *__restrict__ dk, float *__restrict__ dv, int batch, int heads, int len, int head_dim, int stride,
+    float scale, float dropout, unsigned long long seed) {
     __shared__ __align__(16) float k_sh[FLASH_TILE][FLASH_LD];
     __shared__ __align__(16) float v_sh[FLASH_TILE][FLASH_LD];
     __shared__ __align__(16) float q_sh[FLASH_TILE][FLASH_LD];
@@ -446,30 +529,41 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
     __shared__ __align__(16) float ds_sh[FLASH_TILE][FLASH_TILE + FLASH_PAD];
     __shared__ float stat_sh[2][FLASH_TILE];
     const int t = threadIdx.x;
-    // Terms: queries qi + a, keys kj + e. Sums: keys kr + e, head dimensions dc + x.
-    const int qi = (t / 16) * 2, kj = (t % 16) * 2, kr = (t / 16) * 2, dc = (t % 16) * 4;
+    // Terms: queries qi + a, keys kj + 16e. Sums: keys kr + e, head dimensions dc + x.
+    const int qi = (t / 16) * 2, kj = t % 16, kr = (t / 16) * 2, dc = (t % 16) * 4;
     const int j0 = blockIdx.x * FLASH_TILE, h = blockIdx.y, b = blockIdx.z, d = head_dim;
     attn_stage(&k_sh[0][0], FLASH_LD, k, stride, h * d, b, j0, FLASH_TILE, len, d);
     attn_stage(&v_sh[0][0], FLASH_LD, v, stride, h * d, b, j0, FLASH_TILE, len, d);
     bool key_real[2];
 #pragma unroll
-    for (int e = 0; e < 2; e++) key_real[e] = j0 + kj + e < len && attn_key_real(key_mask, b, j0 + kj + e, len);
+    for (int e = 0; e < 2; e++)
+        key_real[e] = j0 + kj + 16 * e < len && attn_key_real(key_mask, b, j0 + kj + 16 * e, len);
     float gk[2][4], gv[2][4];
 #pragma unroll
     for (int e = 0; e < 2; e++)
 #pragma unroll
         for (int x = 0; x < 4; x++) gk[e][x] = 0.0f, gv[e][x] = 0.0f;
     const long long rows0 = ((long long)b * heads + h) * len;
+    const float *lse_row = lse + rows0, *delta_row = delta + rows0;
+    // Under dropout, the mask hash's input for query 0 at this thread's keys, to which query i
+    // adds i * query_step.
+    unsigned long long key_input[2];
+#pragma unroll
+    for (int e = 0; e < 2; e++) key_input[e] = DROPOUT ? dropout_input(seed, rows0 * len + j0 + kj + 16 * e) : 0;
+    const unsigned long long query_step = (unsigned long long)len * DROPOUT_GOLDEN;
     // The next query tile (q, dO rows; lse and delta) goes through registers, fetched before
     // the current tile's arithmetic.
     float q_next[FLASH_STAGE], do_next[FLASH_STAGE], lse_next = 0.0f, delta_next = 0.0f;
+    FlashRows q_rows, do_rows;
+    q_rows.start(q, stride, h * d, b, 0, len, d);
+    do_rows.start(dout, heads * d, h * d, b, 0, len, d);
     auto fetch = [&](int i0) {
-        flash_fetch_rows(q, stride, h * d, b, i0, len, d, q_next);
-        flash_fetch_rows(dout, (long long)heads * d, h * d, b, i0, len, d, do_next);
+        q_rows.fetch(len, q_next);
+        do_rows.fetch(len, do_next);
         if (t < FLASH_TILE) {
             const int i = i0 + t;
-            lse_next = i < len ? lse[rows0 + i] : float_infinity();
-            delta_next = i < len ? delta[rows0 + i] : 0.0f;
+            lse_next = i < len ? lse_row[i] : float_infinity();
+            delta_next = i < len ? delta_row[i] : 0.0f;
         }
     };
     auto store = [&]() {
@@ -482,31 +576,46 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
     __syncthreads();
     for (int i0 = 0; i0 < len; i0 += FLASH_TILE) {
         const bool more = i0 + FLASH_TILE < len;
-        if (more) fetch(i0 + FLASH_TILE);
+        if (more) {
+            q_rows.next_tile();
+            do_rows.next_tile();
+            fetch(i0 + FLASH_TILE);
+        }
         float qk[2][2], dov[2][2];
         flash_scores(q_sh, do_sh, k_sh, v_sh, qi, kj, qk, dov);
+        const unsigned long long tile_input = (unsigned long long)(i0 + qi) * query_step;
 #pragma unroll
         for (int a = 0; a < 2; a++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                const int i = i0 + qi + a, j = j0 + kj + e;
+                const int i = i0 + qi + a;
                 float pd = 0.0f, ds = 0.0f;
                 if (key_real[e] && i < len) {
-                    const bool keep = !(dropout > 0.0f) || dropout_keep(seed, (rows0 + i) * len + j, dropout);
+                    const bool keep = !DROPOUT ||
+                                      dropout_keep_input(key_input[e] + tile_input + a * query_step, dropout);
                     const AttnTerm term =
                         attn_term(qk[a][e], dov[a][e], stat_sh[0][qi + a], stat_sh[1][qi + a], scale, dropout, keep);
                     pd = term.p_dropped, ds = term.ds * scale;
                 }
-                pd_sh[qi + a][kj + e] = pd;
-                ds_sh[qi + a][kj + e] = ds;
+                pd_sh[qi + a][kj + 16 * e] = pd;
+                ds_sh[qi + a][kj + 16 * e] = ds;
             }
         __syncthreads();
-#pragma unroll 4
+        // The next query's operands are read while this one's FMAs run.
+        float2 p2 = *reinterpret_cast<const float2 *>(&pd_sh[0][kr]);
+        float2 s2 = *reinterpret_cast<const float2 *>(&ds_sh[0][kr]);
+        float4 o4 = *reinterpret_cast<const float4 *>(&do_sh[0][dc]);
+        float4 q4 = *reinterpret_cast<const float4 *>(&q_sh[0][dc]);
+#pragma unroll
         for (int ii = 0; ii < FLASH_TILE; ii++) {
-            const float2 p2 = *reinterpret_cast<const float2 *>(&pd_sh[ii][kr]);
-            const float2 s2 = *reinterpret_cast<const float2 *>(&ds_sh[ii][kr]);
-            const float4 o4 = *reinterpret_cast<const float4 *>(&do_sh[ii][dc]);
-            const float4 q4 = *reinterpret_cast<const float4 *>(&q_sh[ii][dc]);
+            float2 p2n = p2, s2n = s2;
+            float4 o4n = o4, q4n = q4;
+            if (ii + 1 < FLASH_TILE) {
+                p2n = *reinterpret_cast<const float2 *>(&pd_sh[ii + 1][kr]);
+                s2n = *reinterpret_cast<const float2 *>(&ds_sh[ii + 1][kr]);
+                o4n = *reinterpret_cast<const float4 *>(&do_sh[ii + 1][dc]);
+                q4n = *reinterpret_cast<const float4 *>(&q_sh[ii + 1][dc]);
+            }
             const float pv[2] = {p2.x, p2.y}, sv[2] = {s2.x, s2.y};
             const float ov[4] = {o4.x, o4.y, o4.z, o4.w}, qv[4] = {q4.x, q4.y, q4.z, q4.w};
 #pragma unroll
@@ -516,6 +625,7 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
                     gv[e][x] = fmaf(pv[e], ov[x], gv[e][x]);
                     gk[e][x] = fmaf(sv[e], qv[x], gk[e][x]);
                 }
+            p2 = p2n, s2 = s2n, o4 = o4n, q4 = q4n;
         }
         if (more) {
             __syncthreads();  // this tile is consumed
@@ -536,21 +646,44 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
     }
 }
 
+// Two instances: without dropout (evaluation, and training at rate 0: the mask code compiled
+// out) and with it.
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
+    attention_backward_kv_flash(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
+                                const int *__restrict__ key_mask, const float *__restrict__ dout,
+                                const float *__restrict__ lse, const float *__restrict__ delta, float *__restrict__ dk,
+                                float *__restrict__ dv, int batch, int heads, int len, int head_dim, int stride,
+                                float scale, float dropout, unsigned long long seed) {
+    attention_backward_kv_flash_body<false>(q, k, v, key_mask, dout, lse, delta, dk, dv, batch, heads, len, head_dim,
+                                            stride, scale, dropout, seed);
+}
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
+    attention_backward_kv_flash_dropout(const float *__restrict__ q, const float *__restrict__ k,
+                                        const float *__restrict__ v, const int *__restrict__ key_mask,
+                                        const float *__restrict__ dout, const float *__restrict__ lse,
+                                        const float *__restrict__ delta, float *__restrict__ dk, float *__restrict__ dv,
+                                        int batch, int heads, int len, int head_dim, int stride, float scale,
+                                        float dropout, unsigned long long seed) {
+    attention_backward_kv_flash_body<true>(q, k, v, key_mask, dout, lse, delta, dk, dv, batch, heads, len, head_dim,
+                                           stride, scale, dropout, seed);
+}
+
 // dq, register-blocked: a block of 256 threads owns 32 queries and walks the keys in tiles of
 // 32; after the terms, each thread adds, per key, ds x k into 2 x 4 of dq.
-extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attention_backward_q_flash(
-    const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
-    const int *__restrict__ key_mask, const float *__restrict__ dout, const float *__restrict__ lse,
-    const float *__restrict__ delta, float *__restrict__ dq, int batch, int heads, int len, int head_dim, int stride,
-    float scale, float dropout, unsigned long long seed) {
+template <bool DROPOUT>
+__device__ __forceinline__ void attention_backward_q_flash_body(const float *__restrict__ q,
+    const float *__restrict__ k, const float *__restrict__ v, const int *__restrict__ key_mask,
+    const float *__restrict__ dout, const float *__restrict__ lse, const float *__restrict__ delta,
+    float *__restrict__ dq, int batch, int heads, int len, int head_dim, int stride, float scale, float dropout,
+    unsigned long long seed) {
     __shared__ __align__(16) float q_sh[FLASH_TILE][FLASH_LD];
     __shared__ __align__(16) float do_sh[FLASH_TILE][FLASH_LD];
     __shared__ __align__(16) float k_sh[FLASH_TILE][FLASH_LD];
     __shared__ __align__(16) float v_sh[FLASH_TILE][FLASH_LD];
     __shared__ __align__(16) float ds_t[FLASH_TILE][FLASH_TILE + FLASH_PAD];
     const int t = threadIdx.x;
-    // Terms: queries qi + a, keys kj + e. Sums: queries qr + a, head dimensions dc + x.
-    const int qi = (t / 16) * 2, kj = (t % 16) * 2, qr = (t / 16) * 2, dc = (t % 16) * 4;
+    // Terms: queries qi + a, keys kj + 16e. Sums: queries qr + a, head dimensions dc + x.
+    const int qi = (t / 16) * 2, kj = t % 16, qr = (t / 16) * 2, dc = (t % 16) * 4;
     const int i0 = blockIdx.x * FLASH_TILE, h = blockIdx.y, b = blockIdx.z, d = head_dim;
     attn_stage(&q_sh[0][0], FLASH_LD, q, stride, h * d, b, i0, FLASH_TILE, len, d);
     attn_stage(&do_sh[0][0], FLASH_LD, dout, (long long)heads * d, h * d, b, i0, FLASH_TILE, len, d);
@@ -569,44 +702,65 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
         for (int x = 0; x < 4; x++) gq[a][x] = 0.0f;
     // The next key tile goes through registers, fetched before the current tile's arithmetic.
     float k_next[FLASH_STAGE], v_next[FLASH_STAGE];
-    flash_fetch_rows(k, stride, h * d, b, 0, len, d, k_next);
-    flash_fetch_rows(v, stride, h * d, b, 0, len, d, v_next);
+    FlashRows k_rows, v_rows;
+    k_rows.start(k, stride, h * d, b, 0, len, d);
+    v_rows.start(v, stride, h * d, b, 0, len, d);
+    k_rows.fetch(len, k_next);
+    v_rows.fetch(len, v_next);
     flash_store_rows(k_sh, k_next);
     flash_store_rows(v_sh, v_next);
     __syncthreads();
+    // This sequence's key mask and, under dropout, the mask hash's input for this thread's
+    // queries at key 0, to which key j adds j * golden.
+    const int *mask_row = key_mask ? key_mask + b * len : nullptr;  // B * L fits an int
+    unsigned long long row_input[2];
+#pragma unroll
+    for (int a = 0; a < 2; a++) row_input[a] = DROPOUT ? dropout_input(seed, (rows0 + i0 + qi + a) * len) : 0;
     for (int j0 = 0; j0 < len; j0 += FLASH_TILE) {
         const bool more = j0 + FLASH_TILE < len;
         if (more) {
-            flash_fetch_rows(k, stride, h * d, b, j0 + FLASH_TILE, len, d, k_next);
-            flash_fetch_rows(v, stride, h * d, b, j0 + FLASH_TILE, len, d, v_next);
+            k_rows.next_tile();
+            v_rows.next_tile();
+            k_rows.fetch(len, k_next);
+            v_rows.fetch(len, v_next);
         }
         float qk[2][2], dov[2][2];
         flash_scores(q_sh, do_sh, k_sh, v_sh, qi, kj, qk, dov);
+        const unsigned long long key_input = (unsigned long long)(j0 + kj) * DROPOUT_GOLDEN;
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-            const int j = j0 + kj + e;
-            const bool real = j < len && attn_key_real(key_mask, b, j, len);
+            const int j = j0 + kj + 16 * e;
+            const bool real = j < len && (!mask_row || mask_row[j] != 0);
 #pragma unroll
             for (int a = 0; a < 2; a++) {
                 const int i = i0 + qi + a;
                 float ds = 0.0f;
                 if (real && i < len) {
-                    const bool keep = !(dropout > 0.0f) || dropout_keep(seed, (rows0 + i) * len + j, dropout);
+                    const unsigned long long input = row_input[a] + key_input + 16ull * e * DROPOUT_GOLDEN;
+                    const bool keep = !DROPOUT || dropout_keep_input(input, dropout);
                     ds = attn_term(qk[a][e], dov[a][e], lse_q[a], delta_q[a], scale, dropout, keep).ds * scale;
                 }
-                ds_t[kj + e][qi + a] = ds;
+                ds_t[kj + 16 * e][qi + a] = ds;
             }
         }
         __syncthreads();
-#pragma unroll 4
+        // The next key's operands are read while this one's FMAs run.
+        float2 s2 = *reinterpret_cast<const float2 *>(&ds_t[0][qr]);
+        float4 k4 = *reinterpret_cast<const float4 *>(&k_sh[0][dc]);
+#pragma unroll
         for (int jj = 0; jj < FLASH_TILE; jj++) {
-            const float2 s2 = *reinterpret_cast<const float2 *>(&ds_t[jj][qr]);
-            const float4 k4 = *reinterpret_cast<const float4 *>(&k_sh[jj][dc]);
+            float2 s2n = s2;
+            float4 k4n = k4;
+            if (jj + 1 < FLASH_TILE) {
+                s2n = *reinterpret_cast<const float2 *>(&ds_t[jj + 1][qr]);
+                k4n = *reinterpret_cast<const float4 *>(&k_sh[jj + 1][dc]);
+            }
             const float sv[2] = {s2.x, s2.y}, kv[4] = {k4.x, k4.y, k4.z, k4.w};
 #pragma unroll
             for (int a = 0; a < 2; a++)
 #pragma unroll
                 for (int x = 0; x < 4; x++) gq[a][x] = fmaf(sv[a], kv[x], gq[a][x]);
+            s2 = s2n, k4 = k4n;
         }
         if (more) {
             __syncthreads();  // this tile is consumed
@@ -626,4 +780,26 @@ extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2) attent
             if (c < d) dq[qrow + c] = gq[a][x];
         }
     }
+}
+
+// Two instances: without dropout (evaluation, and training at rate 0: the mask code compiled
+// out) and with it.
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
+    attention_backward_q_flash(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
+                               const int *__restrict__ key_mask, const float *__restrict__ dout,
+                               const float *__restrict__ lse, const float *__restrict__ delta, float *__restrict__ dq,
+                               int batch, int heads, int len, int head_dim, int stride, float scale, float dropout,
+                               unsigned long long seed) {
+    attention_backward_q_flash_body<false>(q, k, v, key_mask, dout, lse, delta, dq, batch, heads, len, head_dim, stride,
+                                           scale, dropout, seed);
+}
+extern "C" __global__ void HOT_KERNEL __launch_bounds__(FLASH_THREADS, 2)
+    attention_backward_q_flash_dropout(const float *__restrict__ q, const float *__restrict__ k,
+                                       const float *__restrict__ v, const int *__restrict__ key_mask,
+                                       const float *__restrict__ dout, const float *__restrict__ lse,
+                                       const float *__restrict__ delta, float *__restrict__ dq, int batch, int heads,
+                                       int len, int head_dim, int stride, float scale, float dropout,
+                                       unsigned long long seed) {
+    attention_backward_q_flash_body<true>(q, k, v, key_mask, dout, lse, delta, dq, batch, heads, len, head_dim, stride,
+                                          scale, dropout, seed);
 }

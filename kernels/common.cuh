@@ -54,12 +54,20 @@ __device__ __forceinline__ bool aligned16(const void *p) { return (reinterpret_c
 // Dropout's counter-based mask: whether element i is kept is a hash of (seed, i) -- splitmix64's
 // finaliser over seed + (i + 1) * golden ratio -- so nothing is stored between forward and
 // backward. The top 24 bits give a uniform float in [0, 1); the element is kept when it is >= p.
-__device__ __forceinline__ bool dropout_keep(unsigned long long seed, long long i, float p) {
-    unsigned long long z = seed + (unsigned long long)(i + 1) * 0x9e3779b97f4a7c15ull;
+// The hash's input is linear in i: a kernel walking elements i, i + 1, ... adds DROPOUT_GOLDEN
+// to dropout_input(seed, i) (or a multiple of it worked out once) rather than multiply again.
+#define DROPOUT_GOLDEN 0x9e3779b97f4a7c15ull
+__device__ __forceinline__ unsigned long long dropout_input(unsigned long long seed, long long i) {
+    return seed + (unsigned long long)(i + 1) * DROPOUT_GOLDEN;
+}
+__device__ __forceinline__ bool dropout_keep_input(unsigned long long z, float p) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     z ^= z >> 31;
     return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
+}
+__device__ __forceinline__ bool dropout_keep(unsigned long long seed, long long i, float p) {
+    return dropout_keep_input(dropout_input(seed, i), p);
 }
 
 // Phi(x), the standard normal CDF, as 0.5 erfc(-x / sqrt 2): the textbook 0.5 (1 + erf(x / sqrt 2))

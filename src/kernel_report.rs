@@ -71,12 +71,22 @@ pub fn occupancy(
 
 /// Compiles every engine kernel file for each architecture and collects ptxas's report.
 pub fn build() -> Result<Vec<ReportRow>> {
-    build_for(&[])
+    build_for(&[], None)
 }
 
 /// The report of the named kernel files only (`gemm` or `gemm.cu`); every file when none is
 /// named. An unknown name is an error listing the files there are.
-pub fn build_for(names: &[String]) -> Result<Vec<ReportRow>> {
+/// Writes DIR/STEM-ARCH.cubin (e.g. gemm-sm_61.cubin), the machine code the engine would load:
+/// `cuobjdump -sass` or `nvdisasm` read it (benches/pascal-model/sass_report.py).
+fn write_cubin(dir: &std::path::Path, file: &str, arch: &str, cubin: &[u8]) -> Result<()> {
+    let stem = file.trim_end_matches(".cu");
+    let path = dir.join(format!("{stem}-{arch}.cubin"));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&path, cubin))
+        .map_err(|e| Error::io(&path, e))
+}
+
+pub fn build_for(names: &[String], cubin_dir: Option<&std::path::Path>) -> Result<Vec<ReportRow>> {
     let engine_files = || KERNEL_FILES.iter().filter(|f| !f.test_only);
     for name in names {
         let wanted = name.trim_end_matches(".cu");
@@ -98,6 +108,9 @@ pub fn build_for(names: &[String]) -> Result<Vec<ReportRow>> {
     for file in engine_files().filter(chosen) {
         for arch in ARCHS {
             let compiled = nvrtc::compile(file, arch)?;
+            if let Some(dir) = cubin_dir {
+                write_cubin(dir, file.name, arch, &compiled.cubin)?;
+            }
             let found = nvrtc::parse_ptxas_report(&compiled.log);
             for k in KERNELS.iter().filter(|k| k.file == file.name) {
                 let resources = found

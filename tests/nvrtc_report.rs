@@ -98,3 +98,48 @@ fn occupancy_on_a_gtx_1050_ti() {
         (2, 0.0625, "shared memory")
     );
 }
+
+/// `emrclass kernels FILE --cubin-dir DIR` writes the machine code the engine would load, one
+/// CUBIN per file and architecture, for cuobjdump (benches/pascal-model/sass_report.py): an ELF
+/// image for that SM (CUDA keeps the SM in e_flags' low byte) holding every kernel of the file,
+/// and nothing for the files not asked for.
+#[test]
+fn kernels_cubin_dir_writes_each_files_cubin() {
+    let dir = std::env::temp_dir().join(format!("emrclass-cubins-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emrclass"))
+        .args(["kernels", "softmax", "--cubin-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (arch, sm) in [("sm_61", 61), ("sm_90", 90)] {
+        let path = dir.join(format!("softmax-{arch}.cubin"));
+        let cubin = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            &cubin[..4],
+            b"\x7fELF",
+            "{} is not an ELF image",
+            path.display()
+        );
+        let flags = u32::from_le_bytes(cubin[48..52].try_into().unwrap());
+        assert_eq!(flags & 0xff, sm, "{} is not for {arch}", path.display());
+        let softmax_kernels: Vec<_> = KERNELS.iter().filter(|k| k.file == "softmax.cu").collect();
+        assert!(!softmax_kernels.is_empty());
+        for k in softmax_kernels {
+            assert!(
+                cubin.windows(k.name.len()).any(|w| w == k.name.as_bytes()),
+                "{} does not hold {}",
+                path.display(),
+                k.name
+            );
+        }
+    }
+    let written = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(written, 2, "only softmax's two CUBINs");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

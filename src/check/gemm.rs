@@ -10,8 +10,9 @@ use crate::ops::{self, Gemm};
 use crate::reference as r;
 use crate::rng::Rng;
 
-/// Awkward shapes: tiny, prime, one past a tile, a column, a row; every transpose combination
-/// appears; some have padded leading dimensions, batches, bias and beta != 0.
+/// Awkward shapes: tiny, prime, one past a tile, a column, a row, whole tiles (the unchecked
+/// interior loop); every transpose combination appears; some have padded leading dimensions,
+/// batches, bias and beta != 0.
 fn gemm_cases() -> Vec<(Gemm, bool)> {
     let mut cases = Vec::new();
     let shapes = [
@@ -25,6 +26,7 @@ fn gemm_cases() -> Vec<(Gemm, bool)> {
         (129, 65, 9),
         (130, 257, 24),
         (45, 70, 300),
+        (192, 128, 48), // interior blocks of every tile beside edge blocks of the largest
     ];
     for (idx, &(m, n, k)) in shapes.iter().enumerate() {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {

@@ -109,11 +109,20 @@ pub fn forward(
         Arg::U64(a.seed),
     ];
     if a.head_dim <= TILED_MAX_HEAD_DIM {
-        qkv[0]
-            .device()
-            .launch("attention_forward_flash", flash_cfg(a), &args)
+        let name = flash_kernel("attention_forward_flash", a);
+        qkv[0].device().launch(&name, flash_cfg(a), &args)
     } else {
         qkv[0].device().launch(OP, a.cfg(), &args)
+    }
+}
+
+/// Each tiled kernel comes in two instances: without dropout (the mask code compiled out) and,
+/// named `..._dropout`, with it.
+fn flash_kernel(base: &str, a: &Attention) -> String {
+    if a.dropout > 0.0 {
+        format!("{base}_dropout")
+    } else {
+        base.to_string()
     }
 }
 
@@ -198,8 +207,12 @@ pub fn backward(
             block: (256, 1, 1),
             shared_bytes: 0,
         };
-        dev.launch("attention_backward_kv_flash", cfg, &kv_args)?;
-        dev.launch("attention_backward_q_flash", cfg, &q_args)
+        dev.launch(
+            &flash_kernel("attention_backward_kv_flash", a),
+            cfg,
+            &kv_args,
+        )?;
+        dev.launch(&flash_kernel("attention_backward_q_flash", a), cfg, &q_args)
     } else {
         dev.launch("attention_backward_kv", a.cfg(), &kv_args)?;
         dev.launch("attention_backward_q", a.cfg(), &q_args)
