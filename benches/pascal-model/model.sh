@@ -68,9 +68,11 @@ runs() {
             done ;;
         memory)
             # BERT-base sizes at 4 x 128 tokens (softmax: 4 x 12 heads x 128 query rows of 128
-            # scores; AdamW: one FFN weight, 768 x 3072).
+            # scores; AdamW: one FFN weight, 768 x 3072), and LayerNorm and dropout also at
+            # 16 x 128 (the training step's rows).
             for s in "layernorm_forward 512 768" "layernorm_backward 512 768" "softmax_rows_forward 6144 128" \
-                "gelu_forward 512 3072" "gelu_backward 512 3072" "dropout_forward 512 768" "adamw_step 768 3072"; do
+                "gelu_forward 512 3072" "gelu_backward 512 3072" "dropout_forward 512 768" "adamw_step 768 3072" \
+                "layernorm_forward 2048 768" "layernorm_backward 2048 768" "dropout_forward 2048 768"; do
                 set -- $s
                 echo "mem-$1-$2x$3|memory_bound $s|$1|$2x$3|ours"
             done ;;
