@@ -23,8 +23,9 @@ __device__ __forceinline__ void store_float4(float *p, const float v[4]) {
 // The stored matrix is read along its contiguous axis (coalesced); `along_k` says whether that
 // axis is k (A not transposed, B transposed: the groups are transposed on their way into shared
 // memory) or the tile's own axis (stored straight, one float4 store each).
-// Addresses are worked out once: each group keeps a pointer and its (row, column) in the stored
-// matrix, and moving to the next slice adds a fixed step -- no multiply in the main loop.
+// Interior blocks work their addresses out once: each group keeps a pointer, and moving to the
+// next slice adds a fixed step -- no multiply in the main loop. Edge blocks place each group
+// from the slice's first k and test it against the matrix's bounds.
 template <int EXTENT, int BK>
 struct SliceLoader {
     static constexpr int LOADS = EXTENT * BK / (4 * GEMM_THREADS);

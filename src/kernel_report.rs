@@ -74,8 +74,6 @@ pub fn build() -> Result<Vec<ReportRow>> {
     build_for(&[], None)
 }
 
-/// The report of the named kernel files only (`gemm` or `gemm.cu`); every file when none is
-/// named. An unknown name is an error listing the files there are.
 /// Writes DIR/STEM-ARCH.cubin (e.g. gemm-sm_61.cubin), the machine code the engine would load:
 /// `cuobjdump -sass` or `nvdisasm` read it (benches/pascal-model/sass_report.py).
 fn write_cubin(dir: &std::path::Path, file: &str, arch: &str, cubin: &[u8]) -> Result<()> {
@@ -86,6 +84,9 @@ fn write_cubin(dir: &std::path::Path, file: &str, arch: &str, cubin: &[u8]) -> R
         .map_err(|e| Error::io(&path, e))
 }
 
+/// The report of the named kernel files only (`gemm` or `gemm.cu`); every file when none is
+/// named. An unknown name is an error listing the files there are. With `cubin_dir`, each
+/// file's CUBIN for each architecture is written there too.
 pub fn build_for(names: &[String], cubin_dir: Option<&std::path::Path>) -> Result<Vec<ReportRow>> {
     let engine_files = || KERNEL_FILES.iter().filter(|f| !f.test_only);
     for name in names {
