@@ -13,15 +13,7 @@
 
 #include <attention.cu>  // PROJECT/kernels/attention.cu, found through -I
 
-#define CK(x)                                                                                   \
-    do {                                                                                        \
-        cudaError_t e = (x);                                                                    \
-        if (e != cudaSuccess) {                                                                 \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #x, __FILE__, __LINE__,               \
-                    cudaGetErrorString(e));                                                     \
-            exit(1);                                                                            \
-        }                                                                                       \
-    } while (0)
+#include "harness.h"  // CK
 
 int main(int argc, char **argv) {
     int B = argc > 1 ? atoi(argv[1]) : 1, H = argc > 2 ? atoi(argv[2]) : 12, L = argc > 3 ? atoi(argv[3]) : 128,

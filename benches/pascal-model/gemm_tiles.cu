@@ -19,14 +19,7 @@
 
 #include <gemm.cu>  // the project's kernels/gemm.cu, through -I kernels
 
-#define CK(x)                                                                                            \
-    do {                                                                                                 \
-        cudaError_t e = (x);                                                                             \
-        if (e != cudaSuccess) {                                                                          \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #x, __FILE__, __LINE__, cudaGetErrorString(e)); \
-            exit(1);                                                                                     \
-        }                                                                                                \
-    } while (0)
+#include "harness.h"  // CK
 
 int main(int argc, char **argv) {
     if (argc < 6) {

@@ -21,14 +21,7 @@
 #include <layernorm.cu>
 #include <softmax.cu>
 
-#define CK(x)                                                                                            \
-    do {                                                                                                 \
-        cudaError_t e = (x);                                                                             \
-        if (e != cudaSuccess) {                                                                          \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #x, __FILE__, __LINE__, cudaGetErrorString(e)); \
-            exit(1);                                                                                     \
-        }                                                                                                \
-    } while (0)
+#include "harness.h"  // CK
 
 // Inputs are made on the device by this kernel, not copied from the host: the model serves a
 // host upload from its L2 copy without DRAM reads (`-gpgpu_perf_sim_memcpy`), which would let

@@ -21,12 +21,12 @@ import subprocess
 import sys
 from collections import Counter
 
-# kernel -> (side, file or binary, threads per block): the hot kernels of the comparison.
+# Our hot kernels -> threads per block.
 OURS = {
-    "gemm_f32_128x128": ("gemm", 256), "gemm_f32_128x64": ("gemm", 256), "gemm_f32_64x64": ("gemm", 256),
-    "attention_forward_flash": ("attention", 256), "attention_forward_flash_dropout": ("attention", 256),
-    "attention_backward_kv_flash": ("attention", 256), "attention_backward_kv_flash_dropout": ("attention", 256),
-    "attention_backward_q_flash": ("attention", 256), "attention_backward_q_flash_dropout": ("attention", 256),
+    "gemm_f32_128x128": 256, "gemm_f32_128x64": 256, "gemm_f32_64x64": 256,
+    "attention_forward_flash": 256, "attention_forward_flash_dropout": 256,
+    "attention_backward_kv_flash": 256, "attention_backward_kv_flash_dropout": 256,
+    "attention_backward_q_flash": 256, "attention_backward_q_flash_dropout": 256,
 }
 # anchor binary -> (label, threads per block)
 ANCHORS = {"cutlass_gemm": ("CUTLASS SIMT SGEMM", None), "cutlass_fmha_fwd": ("CUTLASS fmha forward f32 Sm50", 128),
@@ -140,7 +140,7 @@ def main():
     for f in sorted(os.listdir(cubins)):
         if f.endswith("-sm_61.cubin"):
             rows += rows_for(os.path.join(cubins, f), "ours",
-                             lambda n: (n, OURS[n][1]) if n in OURS else (None, None))
+                             lambda n: (n, OURS[n]) if n in OURS else (None, None))
     for binary, (label, threads) in ANCHORS.items():
         path = os.path.join(anchors, binary)
         if os.path.exists(path):
