@@ -107,6 +107,10 @@ __device__ __forceinline__ void attn_stage_transposed(float *tile, int ld, const
     }
 }
 
+// log2(e) and ln(2), for softmax in base 2: exp(x) = exp2(x log2(e)).
+#define ATTN_LOG2E 1.4426950408889634f
+#define ATTN_LN2 0.6931471805599453f
+
 #define FLASH_Q 64
 // Rows of a streamed tile (keys in the forward and dq, queries in dk/dv), and per block in
 // the backward.
@@ -174,7 +178,9 @@ __device__ __forceinline__ void flash_store_columns(float (*tile)[FLASH_TILE + F
 // x 4 output dimensions) and reads one float4 of probabilities and one of values per key -- 8
 // and 16 FMAs per pair of shared loads, where the previous design did one FMA per two. Both
 // loops read the next step's operands before this step's FMAs (shared loads take ~30 cycles).
-// The queries are staged multiplied by the scale. The 16 threads that share a query row (a
+// The queries are staged multiplied by the scale and by log2(e): scores are then in base 2 and
+// each probability is one exp2f (a single MUFU.EX2) instead of expf's range reduction around
+// it; lse goes back to natural log once per row. The 16 threads that share a query row (a
 // half-warp) combine its running max with four shuffles per tile; each keeps its own share of
 // the normaliser, added up once at the end: the same online softmax, lse and dropout mask as
 // attention_forward, so the backward kernels serve both.
@@ -188,8 +194,10 @@ __device__ __forceinline__ void attention_forward_flash_body(const float *__rest
     __shared__ __align__(16) float p_t[FLASH_TILE][FLASH_Q + FLASH_PAD];
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const int i0 = blockIdx.x * FLASH_Q, h = blockIdx.y, b = blockIdx.z, d = head_dim;
-    // The queries are staged already scaled: a score is then (scale q) . k, no multiply per score.
-    attn_stage_transposed(&q_t[0][0], FLASH_Q + FLASH_PAD, q, stride, h * d, b, i0, FLASH_Q, len, d, scale);
+    // The queries are staged already scaled: a score is then (scale log2(e) q) . k, the natural
+    // score in base 2, with no multiply per score.
+    attn_stage_transposed(&q_t[0][0], FLASH_Q + FLASH_PAD, q, stride, h * d, b, i0, FLASH_Q, len, d,
+                          scale * ATTN_LOG2E);
     float acc[4][4], m[4], l[4];
 #pragma unroll
     for (int a = 0; a < 4; a++) {
@@ -266,14 +274,14 @@ __device__ __forceinline__ void attention_forward_flash_body(const float *__rest
             for (int o = 1; o < 16; o <<= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(FULL_MASK, tile_max, o));
             const float m_new = fmaxf(m[a], tile_max);
             const bool any = m_new != -float_infinity();  // false while every key so far is padding
-            const float correction = any ? expf(m[a] - m_new) : 1.0f;
+            const float correction = any ? exp2f(m[a] - m_new) : 1.0f;
             // Each lane keeps its own share of the normaliser (rescaled like the rest of the
             // row); the 16 shares are added once, after the last tile.
             float psum = 0.0f;
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int jj = tx * 2 + e, j = j0 + jj;
-                const float p = (any && real[e]) ? expf(s[a][e] - m_new) : 0.0f;
+                const float p = (any && real[e]) ? exp2f(s[a][e] - m_new) : 0.0f;
                 psum += p;
                 const unsigned long long input = row_input[a] + key_input + e * DROPOUT_GOLDEN;
                 const bool keep = !DROPOUT || (j < len && dropout_keep_input(input, dropout));
@@ -330,7 +338,9 @@ __device__ __forceinline__ void attention_forward_flash_body(const float *__rest
             if (c < d) o[c] = acc[a][x] * inv;
         }
         // A row whose keys are all padding has no distribution: +inf makes every recomputed p 0.
-        if (tx == 0) lse[((long long)b * heads + h) * len + i] = l[a] > 0.0f ? m[a] + logf(l[a]) : float_infinity();
+        // m is in base 2: lse = ln(2) (m + log2 l).
+        if (tx == 0)
+            lse[((long long)b * heads + h) * len + i] = l[a] > 0.0f ? ATTN_LN2 * (m[a] + log2f(l[a])) : float_infinity();
     }
 }
 
@@ -371,13 +381,14 @@ extern "C" __global__ void attention_backward_delta(const float *__restrict__ ou
 // With p_ij = exp(s_ij - lse_i), the dropped-out p~_ij = p_ij keep_ij / (1 - rate), and
 // dp_ij = keep_ij / (1 - rate) (dO_i . v_j):  dv_j = sum_i p~_ij dO_i,
 // ds_ij = p_ij (dp_ij - delta_i),  dk_j = scale sum_i ds_ij q_i,  dq_i = scale sum_j ds_ij k_j.
-// Each (b, h, i, j) term of this recomputation, for one warp.
+// Each (b, h, i, j) term of this recomputation. In base 2, like the forward: the caller passes
+// scale2 = scale log2(e) and lse2_i = lse_i log2(e), so p is one exp2f.
 struct AttnTerm {
     float p_dropped, ds;
 };
-__device__ __forceinline__ AttnTerm attn_term(float qk, float dov, float lse_i, float delta_i, float scale, float rate,
-                                              bool keep) {
-    const float p = expf(qk * scale - lse_i);
+__device__ __forceinline__ AttnTerm attn_term(float qk, float dov, float lse2_i, float delta_i, float scale2,
+                                              float rate, bool keep) {
+    const float p = exp2f(qk * scale2 - lse2_i);
     const float kept = keep ? 1.0f / (1.0f - rate) : 0.0f;
     return {p * kept, p * (dov * kept - delta_i)};
 }
@@ -413,7 +424,7 @@ extern "C" __global__ void HOT_KERNEL attention_backward_kv(
             dov = warp_sum(dov);
             const long long r = ((long long)b * heads + h) * len + i;
             const bool keep = !(dropout > 0.0f) || dropout_keep(seed, r * len + j, dropout);
-            const AttnTerm a = attn_term(qk, dov, lse[r], delta[r], scale, dropout, keep);
+            const AttnTerm a = attn_term(qk, dov, lse[r] * ATTN_LOG2E, delta[r], scale * ATTN_LOG2E, dropout, keep);
             for (int t = 0; t < ATTN_PER_LANE; t++) {
                 const int c = lane + 32 * t;
                 if (c < head_dim) gv[t] = fmaf(a.p_dropped, dout[orow + c], gv[t]), gk[t] = fmaf(a.ds * scale, q[qrow + c], gk[t]);
@@ -445,7 +456,7 @@ extern "C" __global__ void HOT_KERNEL attention_backward_q(
         doi[t] = c < head_dim ? dout[orow + c] : 0.0f;
         gq[t] = 0.0f;
     }
-    const float lse_i = lse[r], delta_i = delta[r];
+    const float lse2_i = lse[r] * ATTN_LOG2E, delta_i = delta[r];
     for (int j = 0; j < len; j++) {
         if (!attn_key_real(key_mask, b, j, len)) continue;  // uniform across the warp
         const long long krow = attn_row(b, j, len) * stride + h * head_dim;
@@ -457,7 +468,7 @@ extern "C" __global__ void HOT_KERNEL attention_backward_q(
         qk = warp_sum(qk);
         dov = warp_sum(dov);
         const bool keep = !(dropout > 0.0f) || dropout_keep(seed, r * len + j, dropout);
-        const AttnTerm a = attn_term(qk, dov, lse_i, delta_i, scale, dropout, keep);
+        const AttnTerm a = attn_term(qk, dov, lse2_i, delta_i, scale * ATTN_LOG2E, dropout, keep);
         for (int t = 0; t < ATTN_PER_LANE; t++) {
             const int c = lane + 32 * t;
             if (c < head_dim) gq[t] = fmaf(a.ds * scale, k[krow + c], gq[t]);
@@ -529,6 +540,7 @@ __device__ __forceinline__ void attention_backward_kv_flash_body(const float *__
     __shared__ __align__(16) float ds_sh[FLASH_TILE][FLASH_TILE + FLASH_PAD];
     __shared__ float stat_sh[2][FLASH_TILE];
     const int t = threadIdx.x;
+    const float scale2 = scale * ATTN_LOG2E;  // scores in base 2 (attn_term)
     // Terms: queries qi + a, keys kj + 16e. Sums: keys kr + e, head dimensions dc + x.
     const int qi = (t / 16) * 2, kj = t % 16, kr = (t / 16) * 2, dc = (t % 16) * 4;
     const int j0 = blockIdx.x * FLASH_TILE, h = blockIdx.y, b = blockIdx.z, d = head_dim;
@@ -562,7 +574,7 @@ __device__ __forceinline__ void attention_backward_kv_flash_body(const float *__
         do_rows.fetch(len, do_next);
         if (t < FLASH_TILE) {
             const int i = i0 + t;
-            lse_next = i < len ? lse_row[i] : float_infinity();
+            lse_next = i < len ? lse_row[i] * ATTN_LOG2E : float_infinity();  // base 2
             delta_next = i < len ? delta_row[i] : 0.0f;
         }
     };
@@ -594,7 +606,7 @@ __device__ __forceinline__ void attention_backward_kv_flash_body(const float *__
                     const bool keep = !DROPOUT ||
                                       dropout_keep_input(key_input[e] + tile_input + a * query_step, dropout);
                     const AttnTerm term =
-                        attn_term(qk[a][e], dov[a][e], stat_sh[0][qi + a], stat_sh[1][qi + a], scale, dropout, keep);
+                        attn_term(qk[a][e], dov[a][e], stat_sh[0][qi + a], stat_sh[1][qi + a], scale2, dropout, keep);
                     pd = term.p_dropped, ds = term.ds * scale;
                 }
                 pd_sh[qi + a][kj + 16 * e] = pd;
@@ -682,6 +694,7 @@ __device__ __forceinline__ void attention_backward_q_flash_body(const float *__r
     __shared__ __align__(16) float v_sh[FLASH_TILE][FLASH_LD];
     __shared__ __align__(16) float ds_t[FLASH_TILE][FLASH_TILE + FLASH_PAD];
     const int t = threadIdx.x;
+    const float scale2 = scale * ATTN_LOG2E;  // scores in base 2 (attn_term)
     // Terms: queries qi + a, keys kj + 16e. Sums: queries qr + a, head dimensions dc + x.
     const int qi = (t / 16) * 2, kj = t % 16, qr = (t / 16) * 2, dc = (t % 16) * 4;
     const int i0 = blockIdx.x * FLASH_TILE, h = blockIdx.y, b = blockIdx.z, d = head_dim;
@@ -692,7 +705,7 @@ __device__ __forceinline__ void attention_backward_q_flash_body(const float *__r
 #pragma unroll
     for (int a = 0; a < 2; a++) {
         const int i = i0 + qi + a;
-        lse_q[a] = i < len ? lse[rows0 + i] : float_infinity();
+        lse_q[a] = i < len ? lse[rows0 + i] * ATTN_LOG2E : float_infinity();  // base 2
         delta_q[a] = i < len ? delta[rows0 + i] : 0.0f;
     }
     float gq[2][4];
@@ -738,7 +751,7 @@ __device__ __forceinline__ void attention_backward_q_flash_body(const float *__r
                 if (real && i < len) {
                     const unsigned long long input = row_input[a] + key_input + 16ull * e * DROPOUT_GOLDEN;
                     const bool keep = !DROPOUT || dropout_keep_input(input, dropout);
-                    ds = attn_term(qk[a][e], dov[a][e], lse_q[a], delta_q[a], scale, dropout, keep).ds * scale;
+                    ds = attn_term(qk[a][e], dov[a][e], lse_q[a], delta_q[a], scale2, dropout, keep).ds * scale;
                 }
                 ds_t[kj + 16 * e][qi + a] = ds;
             }

@@ -6,7 +6,9 @@
 // last kernel's (`timed=last`: model.sh reads them from sim.log).
 // Usage: memory_bound KERNEL ROWS COLS
 //   KERNEL layernorm_forward | layernorm_backward | softmax_rows_forward | gelu_forward |
-//          gelu_backward | dropout_forward | adamw_step (n = ROWS * COLS parameters)
+//          gelu_backward | dropout_forward | adamw_step (n = ROWS * COLS parameters) |
+//          device_copy (the ceiling: ROWS * COLS floats read and written as float4s, grid-stride,
+//          what cudaMemcpy device-to-device does; not an engine kernel)
 // Build: nvcc -O2 -gencode arch=compute_61,code=sm_61 -gencode arch=compute_61,code=compute_61 \
 //        -cudart shared -I kernels -o memory_bound benches/pascal-model/memory_bound.cu
 #include <cstdio>
@@ -32,6 +34,13 @@ __global__ void fill_uniform(float *p, long long n, float lo, float hi, unsigned
         h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
         p[i] = lo + (hi - lo) * (float)(h >> 8) * (1.0f / 16777216.0f);
     }
+}
+
+// The model's own ceiling for a kernel that reads n floats and writes n: no arithmetic, float4
+// accesses, enough blocks to fill every SM.
+__global__ void device_copy(const float4 *x, float4 *y, long long n4) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n4; i += (long long)gridDim.x * blockDim.x)
+        y[i] = x[i];
 }
 
 static float *device_random(size_t n, float lo, float hi) {
@@ -88,6 +97,10 @@ int main(int argc, char **argv) {
         float *v = device_random(n, 0, 1e-5);
         adamw_step<<<flat_grid, flat_block>>>(p, g, m, v, n, 1e-4f, 0.9f, 0.999f, 1e-6f, 0.01f, 0.1f, 0.001f, 1.0f);
         bytes = 4.0 * 7.0 * n;  // param, grad, m, v in; param, m, v out
+    } else if (!strcmp(kernel, "device_copy")) {
+        float *x = device_random(n, -4, 4), *y = device_random(n, 0, 0);
+        device_copy<<<(unsigned)std::min<long long>((n / 4 + 255) / 256, 4096), flat_block>>>((const float4 *)x, (float4 *)y, n / 4);
+        bytes = 4.0 * 2.0 * (n / 4 * 4);
     } else {
         fprintf(stderr, "unknown kernel %s\n", kernel);
         return 2;

@@ -11,26 +11,28 @@
 #                  git --git-dir=CUTLASS_GIT archive --prefix=cutlass-3.5.1/ v3.5.1 include \
 #                      examples/41_fused_multi_head_attention | tar x
 #   SIM_BUILD_DIR  the simulator, built by ../shared/tools/pascal-model/setup.sh
-#   SET            attention | gemm | memory | gemm-large | all (default: attention gemm memory)
+#   SET            attention | gemm | memory | gemm-large | attention-waves | all (default:
+#                  attention gemm memory)
 # Environment: TABLE_ONLY=1 (only re-make the table from raw/), OUT (default
 # benches/results/pascal-model-DATE: the table and raw/, to commit), WORK
 # (binaries and the simulator's run folders, default target/pascal-model), JOBS (runs at a time,
 # default 2), PASCAL_MODEL (default ../shared/tools/pascal-model beside the repository).
 # A run whose line is already in OUT/raw/ is not run again: re-running the command finishes an
 # interrupted table. Cost on one core: attention L128 1-9 min a run, GEMM 512x768x768 ~10 min,
-# 512x3072x768 ~40 min (gemm-large; not in the default sets).
+# 512x3072x768 ~40 min (gemm-large), attention forward B1 H6 L512 ~8 min (attention-waves); the
+# last two not in the default sets.
 set -eo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 if [ $# -lt 2 ]; then
-    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 fi
 CUTLASS=$(cd "$1" && pwd)
 SIM=$(cd "$2" && pwd)
 shift 2
 SETS=${*:-attention gemm memory}
-[ "$SETS" = all ] && SETS="attention gemm memory gemm-large"
+[ "$SETS" = all ] && SETS="attention gemm memory gemm-large attention-waves"
 PM=${PASCAL_MODEL:-$ROOT/../shared/tools/pascal-model}
 PM=$(cd "$PM" && pwd)
 OUT=${OUT:-$ROOT/benches/results/pascal-model-$(date +%F)}
@@ -64,6 +66,12 @@ runs() {
                 echo "bwd-ours-$tag|attention_backward $a|attention backward|$label|ours"
                 echo "bwd-cutlass-$tag|cutlass_fmha_bwd $a|attention backward|$label|cutlass"
             done ;;
+        attention-waves)
+            # The forward at L512 with whole waves: B1 H2 is 16 blocks of 64 queries on the
+            # model's 12 slots (6 SMs x 2), a second wave a third full; H6 is 48, four whole
+            # waves, as B16 H12's 1536 blocks nearly are.
+            echo "fwd-ours-1_6_512_64|attention_forward_flash 1 6 512 64|attention forward|B1 H6 L512 d64|ours"
+            echo "fwd-cutlass-1_6_512_64|cutlass_fmha_fwd 1 6 512 64|attention forward|B1 H6 L512 d64|cutlass" ;;
         gemm | gemm-large)
             [ $set = gemm ] && shapes="512 768 768" || shapes="512 3072 768"
             m=${shapes%% *}; rest=${shapes#* }; n=${rest%% *}; k=${rest#* }
@@ -75,14 +83,14 @@ runs() {
         memory)
             # BERT-base sizes at 4 x 128 tokens (softmax: 4 x 12 heads x 128 query rows of 128
             # scores; AdamW: one FFN weight, 768 x 3072), and LayerNorm and dropout also at
-            # 16 x 128 (the training step's rows).
-            for s in "layernorm_forward 512 768" "layernorm_backward 512 768" "softmax_rows_forward 6144 128" \
+            # 16 x 128 (the training step's rows); device_copy, the model's ceiling for them.
+            for s in "device_copy 2048 768" "layernorm_forward 512 768" "layernorm_backward 512 768" "softmax_rows_forward 6144 128" \
                 "gelu_forward 512 3072" "gelu_backward 512 3072" "dropout_forward 512 768" "adamw_step 768 3072" \
                 "layernorm_forward 2048 768" "layernorm_backward 2048 768" "dropout_forward 2048 768"; do
                 set -- $s
                 echo "mem-$1-$2x$3|memory_bound $s|$1|$2x$3|ours"
             done ;;
-        *) echo "unknown set $set (attention | gemm | memory | gemm-large | all)" >&2; exit 2 ;;
+        *) echo "unknown set $set (attention | gemm | memory | gemm-large | attention-waves | all)" >&2; exit 2 ;;
         esac
     done
 }

@@ -7,9 +7,12 @@ one step of the encoder (12 layers) and AdamW. Not a measurement; what it leaves
 what it prints. Writes RESULTS_DIR/step_model.md and prints it.
 
 Rates. GEMM: ours per layout from the 512x768x768 runs; PyTorch's (cuBLAS, which cannot run in the
-model) from CUTLASS's SIMT SGEMM at the same shape, NN, for every layout. Attention: time per
-(batch, head) slice of the runs at L128 (B1 H12) and L512 (B1 H2), ours and CUTLASS's fused kernels
-(what PyTorch's memory-efficient SDPA runs on sm_61). Memory-bound kernels: the GB/s our kernels
+model) from CUTLASS's SIMT SGEMM at the same shape, NN, for every layout. The FFN's GEMMs (a 3072
+side) take the 512x3072x768 NN runs' rates when runs.jsonl has them (model.sh gemm-large): CUTLASS's
+as it ran, ours NN as it ran and NT/TN scaled by their ratio to NN at 512x768x768. Attention: time per
+(batch, head) slice of the runs at L128 (B1 H12) and L512 (B1 H2; the forward from B1 H6, whole
+waves, when run), ours and CUTLASS's fused kernels (what PyTorch's memory-efficient SDPA runs on
+sm_61). Memory-bound kernels: the GB/s our kernels
 reached, for both sides (PyTorch's elementwise kernels are bound by the same DRAM); the sides then
 differ by how many passes over memory each makes.
 """
@@ -35,11 +38,26 @@ def load(results):
     gemm = {("ours", l): flops / secs(f"SGEMM {l.upper()} 128x128", "512x768x768", "ours") for l in ("nn", "nt", "tn")}
     cut = flops / secs("SGEMM NN 128x128", "512x768x768", "cutlass")
     gemm.update({("torch", l): cut for l in ("nn", "nt", "tn")})
+    # The FFN's shapes, when their runs exist; else the 512x768x768 rates stand for them too.
+    large = [got.get(("SGEMM NN 128x128", "512x3072x768", side)) for side in ("ours", "cutlass")]
+    if all(large):
+        big = 4 * flops
+        ours_nn, cut_nn = big / (large[0]["cycles"] / MHZ), big / (large[1]["cycles"] / MHZ)
+        for l in ("nn", "nt", "tn"):
+            gemm[("ours-ffn", l)] = ours_nn * gemm[("ours", l)] / gemm[("ours", "nn")]
+            gemm[("torch-ffn", l)] = cut_nn
+    else:
+        gemm.update({(f"{side}-ffn", l): gemm[(side, l)] for side in ("ours", "torch") for l in ("nn", "nt", "tn")})
     attn = {}
     for L, shape, heads in ((128, "B1 H12 L128 d64", 12), (512, "B1 H2 L512 d64", 2)):
         for side, who in (("ours", "ours"), ("torch", "cutlass")):
             attn[(side, L, "fwd")] = secs("attention forward", shape, who) / heads
             attn[(side, L, "bwd")] = secs("attention backward", shape, who) / heads
+    # The L512 forward with whole waves (model.sh attention-waves), when run: B16 H12's 1,536
+    # blocks have no tail, B1 H2's 16 do.
+    if all(got.get(("attention forward", "B1 H6 L512 d64", who)) for who in ("ours", "cutlass")):
+        for side, who in (("ours", "ours"), ("torch", "cutlass")):
+            attn[(side, 512, "fwd")] = secs("attention forward", "B1 H6 L512 d64", who) / 6
     gbps = {r["kernel"]: r["gb_per_s"] * 1e9 for r in rows if r.get("gb_per_s")}
     # The largest-rows run of each kernel; plain streaming passes at gelu_backward's rate (the
     # dropout runs read no DRAM in the model).
@@ -56,7 +74,8 @@ def step(side, L, gemm, attn, gbps, B=16):
     t = {"GEMM": 0.0, "attention": 0.0, "memory-bound": 0.0, "AdamW": 0.0}
 
     def mm(m, n, k, layout):
-        t["GEMM"] += 2 * m * n * k / gemm[(side, layout)]
+        family = f"{side}-ffn" if F in (m, n, k) else side
+        t["GEMM"] += 2 * m * n * k / gemm[(family, layout)]
 
     def mem(kernel, nbytes):
         t["memory-bound"] += nbytes / gbps[kernel]
@@ -106,7 +125,9 @@ def main():
              "PyTorch's GEMMs are CUTLASS's SIMT SGEMM (cuBLAS cannot run in the model); its attention is CUTLASS's",
              "fused kernel (what SDPA runs on sm_61); its elementwise kernels move bytes at the rate ours reach.",
              "Plain streaming passes (dropout, residual adds, bias-gradient reads) take gelu_backward's rate: the",
-             "dropout runs read no DRAM in the model (see README.md). GEMM and attention dominate either way.", "",
+             "dropout runs read no DRAM in the model (see README.md). GEMM and attention dominate either way.",
+             "The FFN's GEMMs take the 512x3072x768 rates and the L512 attention forward the B1 H6 (whole-wave)",
+             "runs where runs.jsonl has them (see the script's header).", "",
              "| L | side | GEMM ms | attention ms | memory-bound ms | AdamW ms | step ms | ours vs PyTorch |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for L in (128, 512):
