@@ -10,43 +10,57 @@ use crate::error::{Error, Result};
 use crate::model::bert::BertEncoder;
 use crate::weights;
 
+/// A text from one JSON value: a string, or an object's "text" field. `at` names the place
+/// (file:line, or file: element N) for the error.
+fn json_text(v: &serde_json::Value, at: &str) -> Result<String> {
+    match v {
+        serde_json::Value::String(s) => Ok(s.clone()),
+        serde_json::Value::Object(o) => match o.get("text").and_then(|t| t.as_str()) {
+            Some(s) => Ok(s.to_string()),
+            None => Err(Error::Invalid(format!(
+                "{at}: an object without a \"text\" string"
+            ))),
+        },
+        _ => Err(Error::Invalid(format!(
+            "{at}: expected a string or {{\"text\": ...}}"
+        ))),
+    }
+}
+
 /// Texts from a file: JSON lines (a string, or an object with a "text" field) when the file ends
-/// in .jsonl, else one text per line.
+/// in .jsonl; a JSON array of such values when it ends in .json (CHIP-CTC's layout, which
+/// `train` reads too); else one text per line.
 pub fn read_texts(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext == "json" {
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: not JSON: {e}", path.display())))?;
+        let items = v.as_array().ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: expected a JSON array of strings or {{\"text\": ...}} objects",
+                path.display()
+            ))
+        })?;
+        return items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| json_text(v, &format!("{}: element {}", path.display(), i + 1)))
+            .collect();
+    }
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        if !jsonl {
+        if ext != "jsonl" {
             out.push(line.to_string());
             continue;
         }
         if line.trim().is_empty() {
             continue;
         }
+        let at = format!("{}:{}", path.display(), i + 1);
         let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::Invalid(format!("{}:{}: not JSON: {e}", path.display(), i + 1)))?;
-        let t = match &v {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Object(o) => match o.get("text").and_then(|t| t.as_str()) {
-                Some(s) => s.to_string(),
-                None => {
-                    return Err(Error::Invalid(format!(
-                        "{}:{}: an object without a \"text\" string",
-                        path.display(),
-                        i + 1
-                    )))
-                }
-            },
-            _ => {
-                return Err(Error::Invalid(format!(
-                    "{}:{}: expected a string or {{\"text\": ...}}",
-                    path.display(),
-                    i + 1
-                )))
-            }
-        };
-        out.push(t);
+            .map_err(|e| Error::Invalid(format!("{at}: not JSON: {e}")))?;
+        out.push(json_text(&v, &at)?);
     }
     Ok(out)
 }

@@ -1,11 +1,12 @@
-//! The validated options of `train` and of each run of `experiment`, as the commands hand them
-//! to the jobs. They sit below the commands, `settings` (which checks them) and `jobs` (which run
+//! The validated options of `train`, of each run of `experiment` and of `pretrain`, as the
+//! commands hand them to the jobs. They sit below the commands, `settings` (which checks them) and `jobs` (which run
 //! them), so none of those imports another to reach them.
 
 use std::path::PathBuf;
 
 use crate::data::batching::LongText;
 use crate::data::dataset::ReadOptions;
+use crate::data::masking::{Grouping, MaskingRule};
 use crate::model::heads::HeadKind;
 use crate::model::loss::LossKind;
 use crate::model::window_pool::{chunk_pool_name, Pool};
@@ -191,4 +192,26 @@ pub fn model_spec(o: &TrainOptions) -> ModelSpec {
         },
         chunk_pool: chunk_pool_name(o.chunk_pool).to_string(),
     }
+}
+
+/// Everything a pretraining run is told.
+#[derive(Clone, Debug)]
+pub struct PretrainOptions {
+    /// A folder with config.json, the weights and the tokenizer (vocab.txt or tokenizer.json).
+    pub encoder: PathBuf,
+    pub texts: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub max_len: usize,
+    pub grouping: Grouping,
+    pub mask_terms: Option<PathBuf>,
+    pub rule: MaskingRule,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    pub clip: Option<f64>,
+    /// Fraction of the sequences held out for perplexity (at least one sequence).
+    pub eval_fraction: f64,
+    pub seed: u64,
 }

@@ -13,8 +13,8 @@ use crate::device::parse_bytes;
 use crate::error::{Error, Result};
 use crate::model::bert::BertConfig;
 use crate::model::heads::HeadKind;
-use crate::options::TrainOptions;
-use crate::train::folder_lock;
+use crate::options::{PretrainOptions, TrainOptions};
+use crate::train::folder_lock::{self, Start};
 
 /// The widest Text-CNN window (widths 2, 3, 4): a shorter --max-len leaves that width nothing to
 /// slide over.
@@ -357,6 +357,25 @@ pub fn check_inference(batch_size: usize, fields: &[(&str, &str)]) -> Result<()>
         c.name(flag, value);
     }
     c.finish()
+}
+
+/// `pretrain`: every flag, then what --out holds (the encoder's limits are checked once it is
+/// at hand, by `jobs::pretrain::prepare`).
+pub fn check_pretrain(o: &PretrainOptions) -> Result<()> {
+    let mut c = Checks::new();
+    c.at_least("--max-len", o.max_len, 3, "[CLS], a token and [SEP]");
+    c.fraction("--mask-rate", o.rule.rate, false, 0.0, 1.0);
+    c.count("--epochs", o.epochs);
+    c.count("--batch-size", o.batch_size);
+    c.positive("--lr", o.lr);
+    c.fraction("--warmup-ratio", o.warmup_ratio, true, 0.0, 1.0);
+    c.non_negative("--weight-decay", o.weight_decay);
+    if let Some(clip) = o.clip {
+        c.positive("--clip", clip);
+    }
+    c.fraction("--eval-fraction", o.eval_fraction, false, 0.0, 1.0);
+    c.finish()?;
+    folder_lock::check(&o.out, Start::Fresh, "--out")
 }
 
 /// `encode`: the truncation length.

@@ -15,6 +15,7 @@ mod gemm_epilogue;
 mod heads;
 mod layernorm;
 mod losses;
+mod mlm;
 pub mod registry;
 mod rnn;
 mod rows;

@@ -122,6 +122,11 @@ pub static ALL: &[OpCheck] = &[
         kernel: super::embedding::kernel,
     },
     OpCheck {
+        name: "mlm_head",
+        gradient: Some(super::mlm::gradient),
+        kernel: super::mlm::kernel,
+    },
+    OpCheck {
         name: "head",
         gradient: Some(super::heads::gradient),
         kernel: super::heads::kernel,

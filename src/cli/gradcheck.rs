@@ -12,8 +12,8 @@ use super::common::GlobalArgs;
 pub struct Args {
     /// Ops to check (all when none given): gemm, gemm_epilogue, softmax, reduce, sum_columns,
     /// add, scale, gelu, adamw, adamw8bit, convert_f16, attention, dropout, tanh, bert_encoder,
-    /// layernorm, textcnn, bigru, bilstm, seq_pool, embedding, head, loss_ce, loss_weighted_ce,
-    /// loss_focal, loss_ghmc, loss_ghmcs.
+    /// layernorm, textcnn, bigru, bilstm, seq_pool, embedding, mlm_head, head, loss_ce,
+    /// loss_weighted_ce, loss_focal, loss_ghmc, loss_ghmcs.
     ops: Vec<String>,
 }
 

@@ -13,5 +13,6 @@ pub mod gradcheck;
 pub mod kernels;
 pub mod plan;
 pub mod predict;
+pub mod pretrain;
 pub mod report;
 pub mod train;

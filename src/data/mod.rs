@@ -3,6 +3,7 @@
 pub mod batching;
 pub mod dataset;
 pub mod delimited;
+pub mod masking;
 pub mod synthetic;
 pub mod text_encoder;
 pub mod tokenizer;

@@ -15,6 +15,9 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
 
+/// A token's [start, end) in the bytes of the text it came from.
+pub type ByteRange = (usize, usize);
+
 pub struct BertTokenizer {
     inner: Tokenizer,
 }
@@ -108,6 +111,34 @@ impl BertTokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// One text's tokens without [CLS]/[SEP] and without truncation, each with the byte range
+    /// of `text` it came from (what masking needs to find a token's word).
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<i32>, Vec<ByteRange>)> {
+        let e = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tk_error("tokenizing", e))?;
+        let ids = e.get_ids().iter().map(|&v| v as i32).collect();
+        Ok((ids, e.get_offsets().to_vec()))
+    }
+
+    /// The id of a token of the vocabulary, e.g. "[MASK]".
+    pub fn token_id(&self, token: &str) -> Option<i32> {
+        self.inner.token_to_id(token).map(|v| v as i32)
+    }
+
+    /// Every token of the vocabulary with its id.
+    pub fn vocabulary(&self) -> Vec<(String, i32)> {
+        let mut v: Vec<(String, i32)> = self
+            .inner
+            .get_vocab(true)
+            .into_iter()
+            .map(|(t, id)| (t, id as i32))
+            .collect();
+        v.sort_by_key(|(_, id)| *id);
+        v
     }
 
     /// Tokenizes `texts` with [CLS] ... [SEP], truncated to `max_len` tokens and padded with

@@ -7,6 +7,8 @@ pub mod heads;
 pub mod imbalance;
 pub mod linear;
 pub mod loss;
+pub mod masked_lm;
+pub mod mlm_head;
 pub mod rnn;
 pub mod slot;
 pub mod textcnn;

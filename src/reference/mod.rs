@@ -10,6 +10,7 @@ pub mod attention;
 pub mod bert;
 pub mod head;
 pub mod loss;
+pub mod mlm;
 pub mod rnn;
 pub mod seqpool;
 pub mod textcnn;

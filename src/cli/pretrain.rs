@@ -1,0 +1,95 @@
+//! `emrclass pretrain`: masked-language-model pretraining of a BERT encoder on one's own records.
+
+use std::path::PathBuf;
+
+use emrclass::data::masking::{Grouping, MaskingRule};
+use emrclass::jobs::pretrain;
+use emrclass::options::PretrainOptions;
+use emrclass::{hub, settings, Result};
+
+use super::common::GlobalArgs;
+
+/// Continue pretraining a BERT encoder (e.g. MC-BERT) on unlabelled records with BERT's masked
+/// language model, masking whole words (jieba) and whole medical terms (--mask-terms); writes
+/// RUN/encoder/, which `train --encoder` fine-tunes from.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The encoder to start from: a folder (config.json, weights, vocab.txt or tokenizer.json)
+    /// or hf:owner/name[@revision]. Its MLM head (cls.predictions.*) is loaded when present.
+    #[arg(long)]
+    encoder: PathBuf,
+    /// Record files: JSON lines (strings or objects with a "text" field; other fields, labels
+    /// included, are ignored) when the name ends in .jsonl, else one record per line.
+    #[arg(long, required = true, num_args = 1..)]
+    text: Vec<PathBuf>,
+    /// The run folder to create (new or empty; never overwritten).
+    #[arg(long)]
+    out: PathBuf,
+    /// Sequence length in tokens, [CLS] and [SEP] included.
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// One record per sequence (cut at --max-len), instead of records joined and cut into
+    /// --max-len blocks.
+    #[arg(long)]
+    line_by_line: bool,
+    /// Medical terms, one per line, masked as units (before the segmenter's words).
+    #[arg(long)]
+    mask_terms: Option<PathBuf>,
+    /// Fraction of the tokens to predict.
+    #[arg(long, default_value_t = 0.15)]
+    mask_rate: f64,
+    /// Passes over the training sequences (new masks each).
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Sequences per optimizer step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Peak learning rate (linear warm-up, then linear decay to 0).
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f64,
+    /// Fraction of the steps over which the learning rate warms up from 0.
+    #[arg(long, default_value_t = 0.0)]
+    warmup_ratio: f64,
+    /// AdamW weight decay (none on biases and LayerNorm weights).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Clip the gradients' global norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// Fraction of the sequences held out for perplexity.
+    #[arg(long, default_value_t = 0.05)]
+    eval_fraction: f64,
+}
+
+pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
+    let mut options = PretrainOptions {
+        encoder: a.encoder.clone(),
+        texts: a.text.clone(),
+        out: a.out.clone(),
+        max_len: a.max_len,
+        grouping: if a.line_by_line {
+            Grouping::LineByLine
+        } else {
+            Grouping::Blocks
+        },
+        mask_terms: a.mask_terms.clone(),
+        rule: MaskingRule {
+            rate: a.mask_rate,
+            ..MaskingRule::default()
+        },
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        warmup_ratio: a.warmup_ratio,
+        weight_decay: a.weight_decay,
+        clip: (a.clip != 0.0).then_some(a.clip),
+        eval_fraction: a.eval_fraction,
+        seed: global.seed(),
+    };
+    settings::check_pretrain(&options)?;
+    options.encoder = hub::model_folder(&a.encoder, hub::Need::Everything)?;
+    let prepared = pretrain::prepare(&options)?;
+    let dev = global.open_device(global.seed())?;
+    pretrain::run(&dev, &options, prepared)?;
+    Ok(true)
+}

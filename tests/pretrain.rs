@@ -1,0 +1,271 @@
+//! `emrclass pretrain` end to end on the simulator: a tiny BERT with its MLM head (the parity
+//! fixture of tests/mlm_parity.rs) pretrained on synthetic records: held-out perplexity falls,
+//! the run folder holds what it says, and its encoder folder is one that `train --encoder` and
+//! `pretrain --encoder` read. Bad input is refused, by name, before anything is written.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use emrclass::data::synthetic;
+use emrclass::model::bert::BertEncoder;
+use emrclass::model::mlm_head::MlmHead;
+use emrclass::Device;
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("emrclass-pretrain-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The fixture's BertForPreTraining weights with a vocabulary of its 97 ids (the synthetic
+/// records' characters first, so that most of a record is not [UNK]).
+fn tiny_encoder(dir: &Path) -> PathBuf {
+    let enc = dir.join("enc");
+    std::fs::create_dir_all(&enc).unwrap();
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mlm_tiny");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), enc.join(f)).unwrap();
+    }
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for e in synthetic::generate(1, 0.2) {
+        for c in e.text.chars() {
+            let c = c.to_string();
+            if vocab.len() < 97 && !vocab.contains(&c) {
+                vocab.push(c);
+            }
+        }
+    }
+    vocab.extend((vocab.len()..97).map(|i| format!("x{i}")));
+    std::fs::write(enc.join("vocab.txt"), vocab.join("\n")).unwrap();
+    enc
+}
+
+/// Records as `train` reads them (a text and a label: the label is ignored).
+fn records(dir: &Path, n: usize) -> PathBuf {
+    let path = dir.join("records.jsonl");
+    let lines: Vec<String> = synthetic::generate(2, 1.0)
+        .into_iter()
+        .take(n)
+        .map(|e| serde_json::json!({"text": e.text, "label": e.label}).to_string())
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn pretrain(args: &[&str]) -> (bool, String) {
+    let mut all = vec!["--seed", "4", "pretrain"];
+    all.extend(args);
+    let (ok, out, err) = common::emrclass_cli(&all);
+    (ok, format!("{out}{err}"))
+}
+
+fn perplexities(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| v["eval_perplexity"].as_f64())
+        .collect()
+}
+
+#[test]
+fn pretraining_lowers_held_out_perplexity_and_writes_an_encoder_train_reads() {
+    let dir = scratch("run");
+    let enc = tiny_encoder(&dir);
+    let text = records(&dir, 120);
+    let terms = dir.join("terms.txt");
+    std::fs::write(&terms, "二甲双胍\n胸闷痛\n").unwrap();
+    let run = dir.join("run");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (ok, log) = pretrain(&[
+        "--encoder",
+        &s(&enc),
+        "--text",
+        &s(&text),
+        "--out",
+        &s(&run),
+        "--max-len",
+        "24",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--lr",
+        "2e-3",
+        "--mask-terms",
+        &s(&terms),
+        "--eval-fraction",
+        "0.2",
+    ]);
+    assert!(ok, "{log}");
+    let ppl = perplexities(&run);
+    assert_eq!(
+        ppl.len(),
+        4,
+        "before training and after each epoch: {ppl:?}"
+    );
+    assert!(ppl.iter().all(|p| p.is_finite() && *p >= 1.0), "{ppl:?}");
+    assert!(
+        ppl[3] < 0.8 * ppl[0],
+        "held-out perplexity did not fall: {ppl:?}"
+    );
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(settings["records"], 120);
+    assert_eq!(settings["fresh_head"], false);
+
+    // The encoder folder: encoder, head and tokenizer all load; the weights moved.
+    let out = run.join("encoder");
+    let dev = Device::simt(emrclass::Schedule::Forward);
+    let trained = BertEncoder::load_dir(&dev, &out).unwrap();
+    let before = BertEncoder::load_dir(&dev, &enc).unwrap();
+    let name = "embeddings.word_embeddings.weight";
+    assert_ne!(
+        trained.param(name).value.to_host().unwrap(),
+        before.param(name).value.to_host().unwrap()
+    );
+    let c = &trained.config;
+    let head = MlmHead::load(
+        &dev,
+        &out.join("model.safetensors"),
+        c.hidden_size,
+        c.vocab_size,
+        1e-12,
+    )
+    .unwrap();
+    assert!(head.is_some(), "the head is saved with the encoder");
+    assert!(out.join("vocab.txt").exists());
+
+    // `train --encoder` fine-tunes from it, and `pretrain --encoder` continues it.
+    let (ok, out_, err) = common::emrclass_cli(&[
+        "train",
+        "--quiet",
+        "--encoder",
+        &s(&out),
+        "--train",
+        &s(&text),
+        "--out",
+        &s(&dir.join("finetune")),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--max-len",
+        "24",
+        "--head",
+        "cls",
+    ]);
+    assert!(ok, "{out_}{err}");
+    let (ok, log) = pretrain(&[
+        "--encoder",
+        &s(&out),
+        "--text",
+        &s(&text),
+        "--out",
+        &s(&dir.join("again")),
+        "--max-len",
+        "24",
+        "--line-by-line",
+        "--batch-size",
+        "32",
+    ]);
+    assert!(ok, "{log}");
+    assert!(!log.contains("fresh one"), "{log}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_input_is_refused_by_name_before_anything_is_written() {
+    let dir = scratch("refusals");
+    let enc = tiny_encoder(&dir);
+    let text = records(&dir, 20);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out = dir.join("out");
+    let refused = |args: &[&str], expect: &[&str]| {
+        let mut all = vec!["--encoder", s(&enc).leak() as &str, "--out", s(&out).leak()];
+        if !args.contains(&"--max-len") {
+            all.extend(["--max-len", "24"]);
+        }
+        all.extend(args);
+        let (ok, log) = pretrain(&all);
+        assert!(!ok, "accepted {args:?}");
+        for e in expect {
+            assert!(log.contains(e), "{args:?}: no `{e}` in\n{log}");
+        }
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+        assert!(
+            !log.contains("device:"),
+            "{args:?} refused after the device opened:\n{log}"
+        );
+    };
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    refused(&["--text", &s(&empty)], &["empty.txt", "no records"]);
+    let broken = dir.join("broken.jsonl");
+    std::fs::write(&broken, "{\"text\": \"患者\"}\n{\"text\": 3}\n").unwrap();
+    refused(&["--text", &s(&broken)], &["broken.jsonl:2"]);
+    refused(&["--text", &s(&dir.join("missing.txt"))], &["missing.txt"]);
+    let no_terms = dir.join("terms.txt");
+    std::fs::write(&no_terms, "\n").unwrap();
+    refused(
+        &["--text", &s(&text), "--mask-terms", &s(&no_terms)],
+        &["terms.txt", "no terms"],
+    );
+    refused(
+        &["--text", &s(&text), "--max-len", "25"],
+        &["--max-len 25", "at most 24 positions"],
+    );
+    refused(
+        &["--text", &s(&text), "--mask-rate", "1.5"],
+        &["--mask-rate"],
+    );
+    refused(&["--text", &s(&text), "--clip=-1"], &["--clip -1"]);
+    // A vocabulary larger than the encoder's embedding table.
+    let big = dir.join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(enc.join(f), big.join(f)).unwrap();
+    }
+    let mut vocab = std::fs::read_to_string(enc.join("vocab.txt")).unwrap();
+    vocab.push_str("\nextra1\nextra2");
+    std::fs::write(big.join("vocab.txt"), vocab).unwrap();
+    let (ok, log) = pretrain(&[
+        "--encoder",
+        &s(&big),
+        "--text",
+        &s(&text),
+        "--out",
+        &s(&out),
+        "--max-len",
+        "24",
+    ]);
+    assert!(
+        !ok && log.contains("99 tokens") && log.contains("vocab_size is 97"),
+        "{log}"
+    );
+    assert!(!out.exists());
+    // A folder holding other work is never used.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let (ok, log) = pretrain(&[
+        "--encoder",
+        &s(&enc),
+        "--text",
+        &s(&text),
+        "--out",
+        &s(&out),
+        "--max-len",
+        "24",
+    ]);
+    assert!(!ok, "{log}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
