@@ -197,8 +197,11 @@ pub fn model_spec(o: &TrainOptions) -> ModelSpec {
 /// Everything a pretraining run is told.
 #[derive(Clone, Debug)]
 pub struct PretrainOptions {
-    /// A folder with config.json, the weights and the tokenizer (vocab.txt or tokenizer.json).
+    /// A folder with config.json, the weights and the tokenizer (vocab.txt or tokenizer.json);
+    /// with `from_scratch`, config.json and the tokenizer only.
     pub encoder: PathBuf,
+    /// Start from random weights (`--config`) instead of the folder's.
+    pub from_scratch: bool,
     pub texts: Vec<PathBuf>,
     pub out: PathBuf,
     pub max_len: usize,

@@ -269,3 +269,118 @@ fn bad_input_is_refused_by_name_before_anything_is_written() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The MLM head gathers the masked rows before the vocabulary projection: for BERT-base at
+/// 16 x 512 (run on the sizing device, which counts every allocation and skips the arithmetic)
+/// the largest tensor of a whole pretraining step is masked tokens x vocabulary, never
+/// batch x length x vocabulary.
+#[test]
+fn no_tensor_of_batch_by_length_by_vocabulary_is_ever_allocated() {
+    use emrclass::data::masking::MaskedBatch;
+    use emrclass::model::bert::BertConfig;
+    use emrclass::model::masked_lm::MaskedLm;
+    use emrclass::ops::AdamW;
+    use emrclass::train::optim::Optimizer;
+
+    let config: BertConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 21128, "hidden_size": 768, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512,
+    }))
+    .unwrap();
+    let dev = Device::sizing();
+    let (b, l, v) = (16, 512, config.vocab_size);
+    let mut model = MaskedLm {
+        encoder: BertEncoder::unset(&dev, config, true).unwrap(),
+        head: MlmHead::new(&dev, 768, v, 1e-12, 0.02, &mut emrclass::rng::Rng::new(1)).unwrap(),
+    };
+    // 15 % of the tokens masked, spread over the batch.
+    let positions: Vec<i32> = (0..(b * l) as i32).filter(|i| i % 20 < 3).collect();
+    let masked = positions.len();
+    let batch = MaskedBatch {
+        batch: b,
+        len: l,
+        input_ids: vec![5; b * l],
+        attention_mask: vec![1; b * l],
+        labels: vec![7; masked],
+        positions,
+    };
+    model.forward_backward(&batch, Some(1)).unwrap();
+    Optimizer::new(AdamW::default())
+        .step(&mut model.slots(), 1e-4, Some(1.0))
+        .unwrap();
+    let largest = dev.memory().largest();
+    let full = b * l * v * 4;
+    assert!(
+        largest < full,
+        "a {largest}-byte tensor: batch x length x vocab is {full}"
+    );
+    assert_eq!(
+        largest,
+        masked * v * 4,
+        "the largest is the masked rows' logits"
+    );
+    println!(
+        "BERT-base + MLM head, {b} x {l}, {masked} masked: largest tensor {:.0} MiB \
+         (B x L x V would be {:.0} MiB), peak {:.0} MiB with fp32 activations, nothing recomputed",
+        largest as f64 / 1048576.0,
+        full as f64 / 1048576.0,
+        dev.memory().peak() as f64 / 1048576.0
+    );
+}
+
+/// `--config`: from transformers' initialisation, given only config.json and a vocabulary.
+#[test]
+fn pretraining_from_scratch_needs_only_a_config_and_a_vocabulary() {
+    let dir = scratch("scratch");
+    let enc = tiny_encoder(&dir);
+    let shape = dir.join("shape");
+    std::fs::create_dir_all(&shape).unwrap();
+    for f in ["config.json", "vocab.txt"] {
+        std::fs::copy(enc.join(f), shape.join(f)).unwrap();
+    }
+    let text = records(&dir, 120);
+    let run = dir.join("run");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (ok, log) = pretrain(&[
+        "--config",
+        &s(&shape),
+        "--text",
+        &s(&text),
+        "--out",
+        &s(&run),
+        "--max-len",
+        "24",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--lr",
+        "2e-3",
+        "--eval-fraction",
+        "0.2",
+    ]);
+    assert!(ok, "{log}");
+    let ppl = perplexities(&run);
+    assert_eq!(ppl.len(), 3, "{ppl:?}");
+    // From random weights the model starts near uniform over the 97 tokens.
+    assert!((50.0..200.0).contains(&ppl[0]), "{ppl:?}");
+    assert!(ppl[2] < 0.8 * ppl[0], "{ppl:?}");
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(settings["from_scratch"], true);
+    let dev = Device::simt(emrclass::Schedule::Forward);
+    BertEncoder::load_dir(&dev, &run.join("encoder")).unwrap();
+    // --encoder and --config together: refused by the parser.
+    let (ok, log) = pretrain(&[
+        "--config",
+        &s(&shape),
+        "--encoder",
+        &s(&enc),
+        "--text",
+        &s(&text),
+        "--out",
+        &s(&dir.join("both")),
+    ]);
+    assert!(!ok && log.contains("cannot be used with"), "{log}");
+    std::fs::remove_dir_all(&dir).ok();
+}

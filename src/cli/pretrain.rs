@@ -16,8 +16,12 @@ use super::common::GlobalArgs;
 pub struct Args {
     /// The encoder to start from: a folder (config.json, weights, vocab.txt or tokenizer.json)
     /// or hf:owner/name[@revision]. Its MLM head (cls.predictions.*) is loaded when present.
+    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    encoder: Option<PathBuf>,
+    /// Pretrain from scratch instead: a folder with config.json (the shape) and the tokenizer
+    /// (vocab.txt or tokenizer.json); the weights start at transformers' initialisation.
     #[arg(long)]
-    encoder: PathBuf,
+    config: Option<PathBuf>,
     /// Record files: JSON lines (strings or objects with a "text" field; other fields, labels
     /// included, are ignored) when the name ends in .jsonl, else one record per line.
     #[arg(long, required = true, num_args = 1..)]
@@ -62,8 +66,14 @@ pub struct Args {
 }
 
 pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
+    let (folder, from_scratch) = match (&a.encoder, &a.config) {
+        (Some(e), _) => (e.clone(), false),
+        (None, Some(c)) => (c.clone(), true),
+        (None, None) => unreachable!("clap requires --encoder or --config"),
+    };
     let mut options = PretrainOptions {
-        encoder: a.encoder.clone(),
+        encoder: folder.clone(),
+        from_scratch,
         texts: a.text.clone(),
         out: a.out.clone(),
         max_len: a.max_len,
@@ -87,7 +97,9 @@ pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
         seed: global.seed(),
     };
     settings::check_pretrain(&options)?;
-    options.encoder = hub::model_folder(&a.encoder, hub::Need::Everything)?;
+    if !from_scratch {
+        options.encoder = hub::model_folder(&folder, hub::Need::Everything)?;
+    }
     let prepared = pretrain::prepare(&options)?;
     let dev = global.open_device(global.seed())?;
     pretrain::run(&dev, &options, prepared)?;

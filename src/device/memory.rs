@@ -53,6 +53,9 @@ pub struct MemoryCounter {
     by_role: [AtomicUsize; 6],
     /// `by_role` when `peak` was last raised.
     peak_by_role: Mutex<[usize; 6]>,
+    /// The largest single allocation so far, bytes (what a design that must never hold some
+    /// tensor is checked by).
+    largest: AtomicUsize,
 }
 
 impl MemoryCounter {
@@ -63,6 +66,7 @@ impl MemoryCounter {
             budget: AtomicUsize::new(budget),
             by_role: Default::default(),
             peak_by_role: Mutex::new([0; 6]),
+            largest: AtomicUsize::new(0),
         }
     }
 
@@ -80,6 +84,10 @@ impl MemoryCounter {
     }
     pub fn peak(&self) -> usize {
         self.peak.load(Ordering::SeqCst)
+    }
+    /// The largest single allocation since the device opened, bytes.
+    pub fn largest(&self) -> usize {
+        self.largest.load(Ordering::SeqCst)
     }
     /// Starts a new peak from what is live now (benchmarks measure one phase at a time).
     pub fn reset_peak(&self) {
@@ -113,6 +121,7 @@ impl MemoryCounter {
             {
                 Ok(_) => {
                     self.by_role[role.index()].fetch_add(bytes, Ordering::SeqCst);
+                    self.largest.fetch_max(bytes, Ordering::SeqCst);
                     if self.peak.fetch_max(next, Ordering::SeqCst) < next {
                         *self.peak_by_role.lock().unwrap_or_else(|e| e.into_inner()) =
                             self.live_by_role();

@@ -196,10 +196,15 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<PretrainRes
         records,
     } = p;
     let mut rng = Rng::new(o.seed);
-    let loaded = MaskedLm::load_dir(dev, &o.encoder, &mut rng)?;
-    let mut model = loaded.model;
+    let (mut model, fresh_head) = if o.from_scratch {
+        let config = crate::model::bert::BertConfig::from_file(&o.encoder.join("config.json"))?;
+        (MaskedLm::new(dev, config, &mut rng)?, true)
+    } else {
+        let loaded = MaskedLm::load_dir(dev, &o.encoder, &mut rng)?;
+        (loaded.model, loaded.head_was_fresh)
+    };
     let lock = FolderLock::claim(&o.out, Start::Fresh, "--out")?;
-    if loaded.head_was_fresh {
+    if fresh_head && !o.from_scratch {
         say!(
             "{}: no MLM head (cls.predictions.*) in the weights: a fresh one is trained",
             o.encoder.display()
@@ -254,7 +259,7 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<PretrainRes
         "warmup_ratio": o.warmup_ratio, "weight_decay": o.weight_decay, "clip": o.clip,
         "eval_fraction": o.eval_fraction, "seed": o.seed, "records": records.len(),
         "sequences": {"train": train_ids.len(), "held_out": eval.len()},
-        "fresh_head": loaded.head_was_fresh,
+        "fresh_head": fresh_head, "from_scratch": o.from_scratch,
     });
     weights::write_atomically(
         &lock.dir.join("run.json"),

@@ -11,7 +11,7 @@ use std::path::Path;
 use crate::data::masking::MaskedBatch;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::model::bert::BertEncoder;
+use crate::model::bert::{BertConfig, BertEncoder};
 use crate::model::mlm_head::MlmHead;
 use crate::model::slot::Slot;
 use crate::rng::Rng;
@@ -58,6 +58,19 @@ impl MaskedLm {
             model: MaskedLm { encoder, head },
             head_was_fresh,
         })
+    }
+
+    /// A fresh model for `config` (transformers' initialisation: BERT's weights N(0, 0.02),
+    /// biases 0, LayerNorms 1 and 0; the head likewise): pretraining from scratch.
+    pub fn new(dev: &Device, config: BertConfig, rng: &mut Rng) -> Result<MaskedLm> {
+        let (h, v, eps) = (
+            config.hidden_size,
+            config.vocab_size,
+            config.layer_norm_eps as f32,
+        );
+        let encoder = BertEncoder::new(dev, config, rng)?;
+        let head = MlmHead::new(dev, h, v, eps, INITIALIZER_RANGE, rng)?;
+        Ok(MaskedLm { encoder, head })
     }
 
     /// The parameters the optimizer steps: the encoder's but its pooler, and the head's (the
