@@ -31,6 +31,13 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    /// Shuffles `items` in place (Fisher-Yates from the last element down, one draw each).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, (self.next_u64() % (i as u64 + 1)) as usize);
+        }
+    }
+
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64

@@ -100,6 +100,30 @@ fn broken_inputs_are_named_errors() {
     std::fs::write(&bad, "{\"text\": \"ok\"}\n{\"text\": 3}\n").unwrap();
     let e = emrclass::encode::read_texts(&bad).unwrap_err().to_string();
     assert!(e.contains("bad.jsonl:2") && e.contains("\"text\""), "{e}");
+    // A JSON array (CHIP-CTC's layout): strings and {"text": ...} objects, other fields ignored.
+    let array = tmp("records.json");
+    std::fs::write(
+        &array,
+        r#"["患者", {"id": "s1", "label": "x", "text": "胸闷"}]"#,
+    )
+    .unwrap();
+    assert_eq!(
+        emrclass::encode::read_texts(&array).unwrap(),
+        vec!["患者".to_string(), "胸闷".to_string()]
+    );
+    std::fs::write(&array, r#"[{"text": "患者"}, {"label": "x"}]"#).unwrap();
+    let e = emrclass::encode::read_texts(&array)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("records.json: element 2"), "{e}");
+    std::fs::write(&array, r#"{"text": "患者"}"#).unwrap();
+    let e = emrclass::encode::read_texts(&array)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("records.json") && e.contains("JSON array"),
+        "{e}"
+    );
     let ids = tmp("bad_ids.json");
     std::fs::write(
         &ids,

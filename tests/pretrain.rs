@@ -209,6 +209,9 @@ fn bad_input_is_refused_by_name_before_anything_is_written() {
     let broken = dir.join("broken.jsonl");
     std::fs::write(&broken, "{\"text\": \"患者\"}\n{\"text\": 3}\n").unwrap();
     refused(&["--text", &s(&broken)], &["broken.jsonl:2"]);
+    let one = dir.join("one.txt");
+    std::fs::write(&one, "患者胸闷\n").unwrap();
+    refused(&["--text", &s(&one)], &["1 sequence(s)", "at least 2"]);
     refused(&["--text", &s(&dir.join("missing.txt"))], &["missing.txt"]);
     let no_terms = dir.join("terms.txt");
     std::fs::write(&no_terms, "\n").unwrap();

@@ -39,9 +39,7 @@ fn params(rng: &mut Rng, h: usize, v: usize) -> MlmParams {
 /// Distinct masked rows, except that a case with more than 8 repeats its first one.
 fn positions(rng: &mut Rng, rows: usize, m: usize) -> Vec<i32> {
     let mut all: Vec<i32> = (0..rows as i32).collect();
-    for k in (1..all.len()).rev() {
-        all.swap(k, (rng.next_u64() % (k as u64 + 1)) as usize);
-    }
+    rng.shuffle(&mut all);
     let mut p = all[..m].to_vec();
     if m > 8 {
         p[m - 1] = p[0];

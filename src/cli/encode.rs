@@ -15,7 +15,8 @@ pub struct Args {
     /// vocab.txt; or hf:owner/name[@revision].
     #[arg(long)]
     model: PathBuf,
-    /// Texts: JSON lines (.jsonl: strings or {"text": ...}) or one text per line.
+    /// Texts: JSON lines (.jsonl: strings or {"text": ...}), a JSON array of those (.json), or
+    /// one text per line.
     #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
     texts: Option<PathBuf>,
     /// Token ids: JSON {"input_ids": [[..]], "attention_mask": [[..]]?, "token_type_ids": [[..]]?}.

@@ -222,9 +222,7 @@ pub fn bucketed_batches(
 ) -> Vec<Vec<usize>> {
     let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut order: Vec<usize> = (0..lengths.len()).collect();
-    for i in (1..order.len()).rev() {
-        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-    }
+    rng.shuffle(&mut order);
     let window = batch_size.max(1) * 50;
     for chunk in order.chunks_mut(window) {
         chunk.sort_by_key(|&i| lengths[i]);
@@ -233,9 +231,7 @@ pub fn bucketed_batches(
         .chunks(batch_size.max(1))
         .map(|c| c.to_vec())
         .collect();
-    for i in (1..batches.len()).rev() {
-        batches.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-    }
+    rng.shuffle(&mut batches);
     batches
 }
 

@@ -336,9 +336,7 @@ pub fn stratified_split(
     let mut rng = Rng::new(seed);
     let (mut train, mut dev) = (Vec::new(), Vec::new());
     for (_, mut items) in by_class {
-        for i in (1..items.len()).rev() {
-            items.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-        }
+        rng.shuffle(&mut items);
         let n = items.len();
         let take = if n < 2 || fraction == 0.0 {
             0

@@ -247,11 +247,8 @@ pub fn mask_sequence(
     } else {
         ((maskable as f64 * rule.rate).round() as usize).max(1)
     };
+    rng.shuffle(&mut units);
     let below = |rng: &mut Rng, n: usize| (rng.next_u64() % n as u64) as usize;
-    for k in (1..units.len()).rev() {
-        let pick = below(rng, k + 1);
-        units.swap(k, pick);
-    }
     let mut input_ids = ids.to_vec();
     let mut labels = vec![NOT_PREDICTED; ids.len()];
     let mut predicted = 0;

@@ -261,10 +261,7 @@ pub fn generate(seed: u64, scale: f64) -> Vec<Example> {
         }
     }
     // A fixed shuffle, so files written from it do not come sorted by class.
-    for i in (1..out.len()).rev() {
-        let j = pick(i + 1, &mut rng);
-        out.swap(i, j);
-    }
+    rng.shuffle(&mut out);
     out
 }
 
@@ -328,9 +325,6 @@ pub fn generate_long(seed: u64, scale: f64) -> Vec<Example> {
             });
         }
     }
-    for i in (1..out.len()).rev() {
-        let j = pick(i + 1, &mut rng);
-        out.swap(i, j);
-    }
+    rng.shuffle(&mut out);
     out
 }

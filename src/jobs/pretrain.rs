@@ -14,6 +14,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::data::batching::bucketed_batches;
 use crate::data::masking::{
     group_records, masked_batch, word_records, Grouping, MaskTokens, WordSegmenter, WordSequence,
 };
@@ -28,13 +29,6 @@ use crate::say;
 use crate::train::folder_lock::{FolderLock, Start};
 use crate::train::optim::{Optimizer, Schedule};
 use crate::weights;
-
-/// What a run measured: the held-out perplexity before training and after each epoch.
-pub struct PretrainResult {
-    pub sequences: (usize, usize),
-    pub perplexity: Vec<f64>,
-    pub encoder_dir: PathBuf,
-}
 
 /// The records of every text file, each file read as `encode` reads texts (JSON lines with a
 /// "text" field or strings, else one record per line); empty records dropped.
@@ -130,11 +124,10 @@ fn perplexity(
 
 /// What `prepare` read and checked on the host, before any device opens.
 pub struct Prepared {
-    tokenizer: BertTokenizer,
-    segmenter: WordSegmenter,
     tokens: MaskTokens,
-    special: (i32, i32, i32),
-    records: Vec<String>,
+    pad: i32,
+    records: usize,
+    sequences: Vec<WordSequence>,
 }
 
 /// Reads the encoder's config.json and tokenizer, the term list and the records, and refuses
@@ -176,24 +169,34 @@ pub fn prepare(o: &PretrainOptions) -> Result<Prepared> {
             ))
         })
     };
-    let special = (id("[CLS]")?, id("[SEP]")?, id("[PAD]")?);
+    let (cls, sep, pad) = (id("[CLS]")?, id("[SEP]")?, id("[PAD]")?);
     let records = read_records(&o.texts)?;
+    // Records to sequences; words numbered across records so none merges with the next.
+    let words = word_records(&tokenizer, &segmenter, &records)?;
+    let sequences = group_records(&words, o.max_len, o.grouping, cls, sep);
+    if sequences.len() < 2 {
+        return Err(Error::Invalid(format!(
+            "{} sequence(s) of up to {} tokens from {} records: at least 2 are needed (one held out)",
+            sequences.len(),
+            o.max_len,
+            records.len()
+        )));
+    }
     Ok(Prepared {
-        tokenizer,
-        segmenter,
         tokens,
-        special,
-        records,
+        pad,
+        records: records.len(),
+        sequences,
     })
 }
 
-pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<PretrainResult> {
+/// Pretrains and writes the run folder; the held-out perplexity is in its log.jsonl.
+pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
     let Prepared {
-        tokenizer,
-        segmenter,
         tokens,
-        special: (cls, sep, pad),
+        pad,
         records,
+        sequences,
     } = p;
     let mut rng = Rng::new(o.seed);
     let (mut model, fresh_head) = if o.from_scratch {
@@ -211,23 +214,9 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<PretrainRes
         );
     }
 
-    // Records to sequences; words numbered across records so none merges with the next.
-    let word_records = word_records(&tokenizer, &segmenter, &records)?;
-    let sequences = group_records(&word_records, o.max_len, o.grouping, cls, sep);
-    if sequences.len() < 2 {
-        return Err(Error::Invalid(format!(
-            "{} sequence(s) of up to {} tokens from {} records: at least 2 are needed (one held out)",
-            sequences.len(),
-            o.max_len,
-            records.len()
-        )));
-    }
     // A fixed shuffle of the sequence indices, then the held-out share from its end.
     let mut order: Vec<usize> = (0..sequences.len()).collect();
-    let mut split_rng = Rng::new(o.seed ^ 0x5eed);
-    for k in (1..order.len()).rev() {
-        order.swap(k, (split_rng.next_u64() % (k as u64 + 1)) as usize);
-    }
+    Rng::new(o.seed ^ 0x5eed).shuffle(&mut order);
     let held =
         ((sequences.len() as f64 * o.eval_fraction).round() as usize).clamp(1, sequences.len() - 1);
     let eval_ids = order.split_off(order.len() - held);
@@ -257,7 +246,7 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<PretrainRes
         "line_by_line": o.grouping == Grouping::LineByLine, "mask_terms": o.mask_terms,
         "mask_rate": o.rule.rate, "epochs": o.epochs, "batch_size": o.batch_size, "lr": o.lr,
         "warmup_ratio": o.warmup_ratio, "weight_decay": o.weight_decay, "clip": o.clip,
-        "eval_fraction": o.eval_fraction, "seed": o.seed, "records": records.len(),
+        "eval_fraction": o.eval_fraction, "seed": o.seed, "records": records,
         "sequences": {"train": train_ids.len(), "held_out": eval.len()},
         "fresh_head": fresh_head, "from_scratch": o.from_scratch,
     });
@@ -267,31 +256,26 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<PretrainRes
     )?;
     say!(
         "pretraining on {} records: {} sequences of up to {} tokens ({} held out), {} steps",
-        records.len(),
+        records,
         sequences.len(),
         o.max_len,
         eval.len(),
         total
     );
 
-    let mut curve = vec![perplexity(&mut model, &eval, o, &tokens, pad)?];
-    log.line(serde_json::json!({"epoch": 0, "step": 0, "eval_perplexity": curve[0]}))?;
-    say!("epoch 0: held-out perplexity {:.2}", curve[0]);
+    let before = perplexity(&mut model, &eval, o, &tokens, pad)?;
+    log.line(serde_json::json!({"epoch": 0, "step": 0, "eval_perplexity": before}))?;
+    say!("epoch 0: held-out perplexity {before:.2}");
     let mut step = 0u64;
     for epoch in 1..=o.epochs {
-        // A new order every epoch, and new masks (the epoch is in each sequence's mask seed).
-        let mut order = train_ids.clone();
-        let mut shuffle = Rng::new(
-            o.seed
-                .wrapping_add(epoch as u64)
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15),
-        );
-        for k in (1..order.len()).rev() {
-            order.swap(k, (shuffle.next_u64() % (k as u64 + 1)) as usize);
-        }
-        for chunk in order.chunks(o.batch_size) {
-            let pairs: Vec<(usize, &WordSequence)> =
-                chunk.iter().map(|&i| (i, &sequences[i])).collect();
+        // The trainer's batching: sequences of like length together (little padding), the
+        // batches in a new order every epoch; new masks too (the epoch is in each mask's seed).
+        let lengths: Vec<usize> = train_ids.iter().map(|&i| sequences[i].ids.len()).collect();
+        for chunk in bucketed_batches(&lengths, o.batch_size, o.seed, epoch as u64) {
+            let pairs: Vec<(usize, &WordSequence)> = chunk
+                .iter()
+                .map(|&k| (train_ids[k], &sequences[train_ids[k]]))
+                .collect();
             let batch = masked_batch(&pairs, o.seed, epoch as u64, &o.rule, &tokens, pad);
             if batch.positions.is_empty() {
                 continue; // sequences too short to mask: nothing to learn from them
@@ -309,14 +293,9 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<PretrainRes
         let ppl = perplexity(&mut model, &eval, o, &tokens, pad)?;
         log.line(serde_json::json!({"epoch": epoch, "step": step, "eval_perplexity": ppl}))?;
         say!("epoch {epoch}: held-out perplexity {ppl:.2}");
-        curve.push(ppl);
     }
     let encoder_dir = lock.dir.join("encoder");
     save_encoder(&model, &o.encoder, &encoder_dir)?;
     say!("wrote {}", encoder_dir.display());
-    Ok(PretrainResult {
-        sequences: (train_ids.len(), eval.len()),
-        perplexity: curve,
-        encoder_dir,
-    })
+    Ok(())
 }
