@@ -217,4 +217,37 @@ pub struct PretrainOptions {
     /// Fraction of the sequences held out for perplexity (at least one sequence).
     pub eval_fraction: f64,
     pub seed: u64,
+    /// Micro-batches of `batch_size` per optimizer step.
+    pub accumulate: usize,
+    /// fp32 or 8-bit AdamW moments.
+    pub optimizer: crate::train::optim::OptimizerKind,
+    /// The encoder's kept activations stored in fp16.
+    pub fp16_activations: bool,
+    /// The device memory to plan the run into (None: no plan, as `train`).
+    pub memory: Option<MemoryBudget>,
+    /// Continue the run in `out` from its checkpoint.
+    pub resume: bool,
+    /// Replace the run `out` holds.
+    pub overwrite: bool,
+    /// Also checkpoint every N optimizer steps (0: at each epoch's end only).
+    pub checkpoint_every: u64,
+    /// Also measure the held-out perplexity every N optimizer steps (0: per epoch only).
+    pub eval_every: u64,
+    /// A log.jsonl line every N steps.
+    pub log_every: u64,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Stop right after this optimizer step, as a kill would (tests of --resume).
+    pub stop_after_steps: Option<u64>,
+}
+
+impl PretrainOptions {
+    /// How the run folder is claimed.
+    pub fn start(&self) -> Start {
+        match (self.resume, self.overwrite) {
+            (true, _) => Start::Resume,
+            (_, true) => Start::Overwrite,
+            _ => Start::Fresh,
+        }
+    }
 }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::bert::BertConfig;
 use crate::model::heads::HeadKind;
 use crate::options::{PretrainOptions, TrainOptions};
-use crate::train::folder_lock::{self, Start};
+use crate::train::folder_lock;
 
 /// The widest Text-CNN window (widths 2, 3, 4): a shorter --max-len leaves that width nothing to
 /// slide over.
@@ -365,7 +365,6 @@ pub fn check_pretrain(o: &PretrainOptions) -> Result<()> {
     let mut c = Checks::new();
     c.at_least("--max-len", o.max_len, 3, "[CLS], a token and [SEP]");
     c.fraction("--mask-rate", o.rule.rate, false, 0.0, 1.0);
-    c.count("--epochs", o.epochs);
     c.count("--batch-size", o.batch_size);
     c.positive("--lr", o.lr);
     c.fraction("--warmup-ratio", o.warmup_ratio, true, 0.0, 1.0);
@@ -374,8 +373,18 @@ pub fn check_pretrain(o: &PretrainOptions) -> Result<()> {
         c.positive("--clip", clip);
     }
     c.fraction("--eval-fraction", o.eval_fraction, false, 0.0, 1.0);
+    c.count("--accumulate", o.accumulate);
+    c.count("--log-every", o.log_every as usize);
     c.finish()?;
-    folder_lock::check(&o.out, Start::Fresh, "--out")
+    folder_lock::check(&o.out, o.start(), "--out")?;
+    if o.resume && !o.out.join("checkpoint").join("state.json").exists() {
+        return Err(Error::Invalid(format!(
+            "--resume: {} holds no checkpoint (a run writes one every --checkpoint-every steps \
+             and at each epoch's end): nothing to continue",
+            o.out.display()
+        )));
+    }
+    Ok(())
 }
 
 /// `encode`: the truncation length.

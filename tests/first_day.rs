@@ -133,7 +133,10 @@ fn one_flag_one_meaning() {
     assert!(plan(&[], &["--budget", "2GiB"]).contains("budget 2.00 GiB"));
     // --seed's help says what `train` does without it.
     let (_, help, _) = emrclass(&dir, &["train", "--help"]);
-    assert!(help.contains("`train`, `experiment`: default 1"), "{help}");
+    assert!(
+        help.contains("`train`, `experiment`, `pretrain`: default 1"),
+        "{help}"
+    );
 }
 
 #[test]

@@ -184,6 +184,7 @@ fn tiny_request(head: HeadKind, loss: LossKind, batch: usize, seq: usize) -> Req
         fp16_activations: false,
         windows: 1,
         multiprocessors: plan::TARGET_MULTIPROCESSORS,
+        masked_lm: None,
     }
 }
 
@@ -385,6 +386,7 @@ fn bert_base_fits_4_gib_at_16_x_512_and_32_x_128() {
         fp16_activations: false,
         windows: 1,
         multiprocessors: plan::TARGET_MULTIPROCESSORS,
+        masked_lm: None,
     };
     for (batch, seq) in [(16, 512), (32, 128)] {
         let p = plan::plan(&request(batch, seq)).unwrap();
@@ -856,4 +858,97 @@ fn eight_bit_moments_are_planned_exactly_and_measured_alike() {
         assert_eq!(planned.peak, measured.peak, "{kind:?}");
         assert_eq!(planned.at_peak, measured.at_peak, "{kind:?}: by role");
     }
+}
+
+/// Issue 27: pretraining's plan (BERT + the MLM head, as `pretrain` steps it) counts what the
+/// simulator allocates, byte for byte and role by role, under each strategy: recomputation,
+/// fp16 checkpoints and activations, micro-batches, 8-bit moments.
+#[test]
+fn pretraining_is_planned_as_the_simulator_allocates() {
+    let memory = |k, fp16_checkpoints, fp16_activations| EncoderMemory {
+        recompute_layers: k,
+        fp16_checkpoints,
+        fp16_activations,
+        fp16_weights: false,
+    };
+    // batch, seq, encoder memory, micro-batches, optimizer
+    #[rustfmt::skip]
+    let cases = [
+        (3, 9, memory(0, false, false), 1, OptimizerKind::AdamW),
+        (4, 12, memory(2, false, false), 2, OptimizerKind::AdamW),
+        (2, 7, memory(3, true, false), 1, OptimizerKind::AdamW8bitAll),
+        (4, 8, memory(1, false, true), 2, OptimizerKind::AdamW8bit),
+    ];
+    for (n, (batch, seq, mem, accumulate, optimizer)) in cases.into_iter().enumerate() {
+        let schedule = [Schedule::Forward, Schedule::Reverse][n % 2];
+        let dev = common::test_device(schedule);
+        let req = Request {
+            multiprocessors: dev.multiprocessors(),
+            optimizer,
+            fp16_activations: mem.fp16_activations,
+            ..Request::pretraining(tiny_config(3), batch, seq, 0.15)
+        };
+        let strategy = Strategy {
+            memory: mem,
+            micro_batch: batch / accumulate,
+            accumulate,
+        };
+        let planned = plan::measure(&req, &strategy).unwrap();
+        let measured = plan::run_steps(&dev, &req, &strategy).unwrap();
+        assert_eq!(planned.peak, measured.peak, "case {n}: {strategy:?}");
+        assert_eq!(planned.at_peak, measured.at_peak, "case {n}: by role");
+        assert_eq!(
+            planned.saved_per_layer, measured.saved_per_layer,
+            "case {n}"
+        );
+        assert_eq!(measured.peak, dev.memory().peak());
+        assert!(
+            measured.at_peak[Role::OptimizerState.index()] > 0,
+            "case {n}"
+        );
+        let sum: usize = measured.at_peak.iter().sum();
+        assert_eq!(sum, measured.peak, "case {n}: the roles add up to the peak");
+    }
+}
+
+/// Issue 27: BERT-base + MLM head at 16 x 512 (MC-BERT's shape, 15 % masked) is planned into a
+/// 4 GiB card: everything kept would not fit, so some layers are recomputed; with fp16 saved
+/// activations and 8-bit moments fewer are.
+#[test]
+fn bert_base_pretraining_at_16_x_512_is_planned_into_4_gib() {
+    let config = BertConfig::from_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/mc-bert/config.json"),
+    )
+    .unwrap();
+    let usable = (4 << 30) - plan::DEFAULT_RESERVE;
+    let fp32 = plan::plan(&Request::pretraining(config.clone(), 16, 512, 0.15)).unwrap();
+    assert!(fp32.fits, "{:?}", fp32.tried);
+    assert!(fp32.measured.peak <= usable);
+    assert_eq!(fp32.strategy.accumulate, 1, "one pass, no micro-batches");
+    assert!(
+        fp32.tried[0].1 > usable,
+        "everything kept fits: no plan needed?"
+    );
+    let k = fp32.strategy.memory.recompute_layers;
+    assert!(k > 0 && k < 12, "{k}");
+    let lean = plan::plan(&Request {
+        optimizer: OptimizerKind::AdamW8bit,
+        fp16_activations: true,
+        ..Request::pretraining(config, 16, 512, 0.15)
+    })
+    .unwrap();
+    assert!(lean.fits);
+    assert!(
+        lean.strategy.memory.recompute_layers < k,
+        "{:?}",
+        lean.strategy
+    );
+    println!(
+        "BERT-base + MLM head, 16 x 512: fp32 {:.0} MiB recomputing {k} of 12 layers; fp16 \
+         activations + adamw8bit {:.0} MiB recomputing {} (of {:.0} MiB for the engine)",
+        fp32.measured.peak as f64 / 1048576.0,
+        lean.measured.peak as f64 / 1048576.0,
+        lean.strategy.memory.recompute_layers,
+        usable as f64 / 1048576.0
+    );
 }

@@ -140,6 +140,55 @@ fn pretraining_lowers_held_out_perplexity_and_writes_an_encoder_train_reads() {
     .unwrap();
     assert!(head.is_some(), "the head is saved with the encoder");
     assert!(out.join("vocab.txt").exists());
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(
+        html.contains("id=\"loss\"") && html.contains("id=\"perplexity\""),
+        "report.html has the loss and perplexity curves"
+    );
+
+    // `export --to hf`: a BertForMaskedLM folder under the names transformers gives it (the
+    // fixture's, which transformers wrote for BertForPreTraining, less the pooler and the
+    // next-sentence head), that loads back (its pooler fresh) to the same masked-LM loss.
+    let hf = dir.join("hf");
+    let (ok, said, err) =
+        common::emrclass_cli(&["export", "--run", &s(&run), "--to", "hf", &s(&hf)]);
+    assert!(ok && said.contains("BertForMaskedLM"), "{said}{err}");
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mlm_tiny");
+    let mut want = emrclass::weights::Checkpoint::open(&fixture.join("model.safetensors"))
+        .unwrap()
+        .names();
+    want.retain(|n| !n.starts_with("bert.pooler.") && !n.starts_with("cls.seq_relationship."));
+    want.sort();
+    let mut got = emrclass::weights::Checkpoint::open(&hf.join("model.safetensors"))
+        .unwrap()
+        .names();
+    got.sort();
+    assert_eq!(got, want);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertForMaskedLM");
+    assert!(hf.join("vocab.txt").exists());
+    {
+        use emrclass::data::masking::MaskedBatch;
+        use emrclass::model::masked_lm::MaskedLm;
+        let batch = MaskedBatch {
+            batch: 2,
+            len: 6,
+            input_ids: vec![2, 9, 4, 11, 12, 3, 2, 20, 21, 4, 3, 0],
+            attention_mask: vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0],
+            positions: vec![2, 9],
+            labels: vec![30, 31],
+        };
+        let mut rng = emrclass::rng::Rng::new(1);
+        let mut a = MaskedLm::load_dir(&dev, &out, &mut rng).unwrap();
+        let mut b = MaskedLm::load_dir(&dev, &hf, &mut rng).unwrap();
+        assert!(!a.head_was_fresh && !b.head_was_fresh);
+        let (la, lb) = (
+            a.model.eval_loss(&batch).unwrap(),
+            b.model.eval_loss(&batch).unwrap(),
+        );
+        assert_eq!(la.to_bits(), lb.to_bits(), "{la} vs {lb}");
+    }
 
     // `train --encoder` fine-tunes from it, and `pretrain --encoder` continues it.
     let (ok, out_, err) = common::emrclass_cli(&[

@@ -107,6 +107,7 @@ impl StepShape {
             fp16_activations: self.memory.fp16_activations,
             windows: 1,
             multiprocessors,
+            masked_lm: None,
         }
     }
 }

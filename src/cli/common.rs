@@ -25,7 +25,7 @@ pub struct GlobalArgs {
     /// Simulator thread order between barriers (a missing barrier shows under reverse or random).
     #[arg(long, value_enum, default_value_t = ScheduleArg::Forward, global = true)]
     pub schedule: ScheduleArg,
-    /// Seed: of a training run (`train`, `experiment`: default 1, so a run repeats), of the
+    /// Seed: of a training run (`train`, `experiment`, `pretrain`: default 1, so a run repeats), of the
     /// random inputs of `gradcheck` and `bench` (default: fresh each run, printed), and of
     /// `--schedule random`.
     #[arg(long, global = true)]

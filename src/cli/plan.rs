@@ -1,4 +1,4 @@
-//! `emrclass plan`: the memory plan of fine-tuning a BERT checkpoint on a card.
+//! `emrclass plan`: the memory plan of fine-tuning or pretraining a BERT checkpoint on a card.
 
 use std::path::PathBuf;
 
@@ -9,10 +9,11 @@ use emrclass::{hub, plan, Result};
 
 use super::common::{loss_kinds, GlobalArgs, LossArg, SavedActivations};
 
-/// Plan the device memory of fine-tuning a BERT checkpoint: the byte breakdown at the peak
-/// (counted by running the engine's own training step on a device that only counts), the
-/// strategy that fits (recomputation, fp16 checkpoints, micro-batches) or what is short,
-/// and the largest batch per sequence length. Needs no GPU and no weights.
+/// Plan the device memory of fine-tuning (or, with --pretrain, pretraining) a BERT checkpoint:
+/// the byte breakdown at the peak (counted by running the engine's own training step on a
+/// device that only counts), the strategy that fits (recomputation, fp16 checkpoints,
+/// micro-batches) or what is short, and the largest batch per sequence length. Needs no GPU and
+/// no weights.
 #[derive(clap::Args)]
 pub struct Args {
     /// A BERT checkpoint folder (its config.json is read), a config.json, or hf:owner/name.
@@ -64,6 +65,13 @@ pub struct Args {
     /// Also write the plan and the table as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Plan masked-LM pretraining (`emrclass pretrain`) instead of fine-tuning: BERT with its
+    /// MLM head (--head, --loss and --classes do not apply).
+    #[arg(long, conflicts_with_all = ["frozen", "windows"])]
+    pretrain: bool,
+    /// With --pretrain: the fraction of tokens masked (`pretrain --mask-rate`).
+    #[arg(long, default_value_t = 0.15, requires = "pretrain")]
+    mask_rate: f64,
 }
 
 pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
@@ -73,6 +81,7 @@ pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
     c.count("--batch", a.batch);
     c.count("--windows", a.windows);
     c.count("--multiprocessors", a.multiprocessors);
+    c.fraction("--mask-rate", a.mask_rate, false, 0.0, 1.0);
     c.count("--classes", a.classes);
     c.at_least("--classes", a.classes, 2, "a classifier");
     c.require(
@@ -130,6 +139,7 @@ pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
         fp16_activations: a.saved_activations == SavedActivations::Fp16,
         windows: a.windows,
         multiprocessors: a.multiprocessors,
+        masked_lm: a.pretrain.then_some(a.mask_rate),
     };
     let p = plan::plan(&request)?;
     plan::print_plan(&p);

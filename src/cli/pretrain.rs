@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use emrclass::data::masking::{Grouping, MaskingRule};
 use emrclass::jobs::pretrain;
 use emrclass::options::PretrainOptions;
+use emrclass::settings::Checks;
 use emrclass::{hub, settings, Result};
 
-use super::common::GlobalArgs;
+use super::common::{catch_signals, GlobalArgs, SavedActivations};
 
 /// Continue pretraining a BERT encoder (e.g. MC-BERT) on unlabelled records with BERT's masked
 /// language model, masking whole words (jieba) and whole medical terms (--mask-terms); writes
@@ -42,7 +43,8 @@ pub struct Args {
     /// Fraction of the tokens to predict.
     #[arg(long, default_value_t = 0.15)]
     mask_rate: f64,
-    /// Passes over the training sequences (new masks each).
+    /// Passes over the training sequences (new masks each). 0 writes the starting encoder as
+    /// it is, with its held-out perplexity: the baseline a pretrained one is compared with.
     #[arg(long, default_value_t = 1)]
     epochs: usize,
     /// Sequences per optimizer step.
@@ -63,6 +65,39 @@ pub struct Args {
     /// Fraction of the sequences held out for perplexity.
     #[arg(long, default_value_t = 0.05)]
     eval_fraction: f64,
+    /// Also measure the held-out perplexity every N optimizer steps (0: per epoch only).
+    #[arg(long, default_value_t = 0)]
+    eval_every: u64,
+    /// Gradient accumulation: micro-batches of --batch-size per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    accumulate: usize,
+    /// adamw (fp32 moments), adamw8bit (block-wise 8-bit moments; tensors under 4096 elements
+    /// and embedding tables keep fp32 moments) or adamw8bit-all (embedding tables in 8 bits too).
+    #[arg(long, default_value = "adamw")]
+    optimizer: String,
+    /// How the encoder's kept activations are stored for backward: fp32, or fp16 (half the
+    /// bytes; fp32 arithmetic).
+    #[arg(long, value_enum, default_value_t = SavedActivations::Fp32)]
+    saved_activations: SavedActivations,
+    /// Continue the run in --out from its latest checkpoint (the same settings are required,
+    /// except a larger --epochs, which extends a run).
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
+    /// Replace the run --out holds. Refused when the folder holds anything a run did not write.
+    #[arg(long)]
+    overwrite: bool,
+    /// Also checkpoint every N optimizer steps (0: at each epoch's end only).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: u64,
+    /// A log.jsonl line every N steps.
+    #[arg(long, default_value_t = 10)]
+    log_every: u64,
+    /// No progress bar (log lines and evaluations only).
+    #[arg(long)]
+    quiet: bool,
+    /// Stop right after this optimizer step, as a kill would (for testing --resume).
+    #[arg(long, hide = true)]
+    stop_after_steps: Option<u64>,
 }
 
 pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
@@ -71,6 +106,9 @@ pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
         (None, Some(c)) => (c.clone(), true),
         (None, None) => unreachable!("clap requires --encoder or --config"),
     };
+    let mut names = Checks::new();
+    let optimizer = names.parse("--optimizer", &a.optimizer);
+    names.finish()?;
     let mut options = PretrainOptions {
         encoder: folder.clone(),
         from_scratch,
@@ -94,14 +132,28 @@ pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
         weight_decay: a.weight_decay,
         clip: (a.clip != 0.0).then_some(a.clip),
         eval_fraction: a.eval_fraction,
-        seed: global.seed(),
+        // Fixed unless given, so a run repeats (and resumes) by default, as `train`'s.
+        seed: global.seed.unwrap_or(1),
+        accumulate: a.accumulate,
+        optimizer: optimizer.expect("finish() refuses a name that did not parse"),
+        fp16_activations: a.saved_activations == SavedActivations::Fp16,
+        memory: None,
+        resume: a.resume,
+        overwrite: a.overwrite,
+        checkpoint_every: a.checkpoint_every,
+        eval_every: a.eval_every,
+        log_every: a.log_every,
+        quiet: a.quiet,
+        stop_after_steps: a.stop_after_steps,
     };
     settings::check_pretrain(&options)?;
     if !from_scratch {
         options.encoder = hub::model_folder(&folder, hub::Need::Everything)?;
     }
     let prepared = pretrain::prepare(&options)?;
-    let dev = global.open_device(global.seed())?;
+    catch_signals()?;
+    let dev = global.open_device(options.seed)?;
+    options.memory = global.memory_budget(&dev)?;
     pretrain::run(&dev, &options, prepared)?;
     Ok(true)
 }

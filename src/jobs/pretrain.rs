@@ -11,23 +11,28 @@
 //!   log.jsonl  a line per step (loss, lr, gradient norm) and per evaluation (held-out loss,
 //!              perplexity); run.json: the settings.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::data::batching::bucketed_batches;
 use crate::data::masking::{
-    group_records, masked_batch, word_records, Grouping, MaskTokens, WordSegmenter, WordSequence,
+    group_records, word_records, Grouping, MaskTokens, WordSegmenter, WordSequence,
 };
 use crate::data::tokenizer::BertTokenizer;
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::model::bert::{BertConfig, EncoderMemory};
 use crate::model::masked_lm::MaskedLm;
 use crate::ops::AdamW;
 use crate::options::PretrainOptions;
+use crate::plan;
 use crate::rng::Rng;
 use crate::say;
-use crate::train::folder_lock::{FolderLock, Start};
-use crate::train::optim::{Optimizer, Schedule};
+use crate::train::checkpoint;
+use crate::train::folder_lock::FolderLock;
+use crate::train::optim::Optimizer;
+use crate::train::pretraining::{
+    pretrain, resume_state, Corpus, LoopSettings, PretrainFolder, PretrainProgress, PretrainState,
+};
+use crate::train::state::settings_diff;
 use crate::weights;
 
 /// The records of every text file, each file read as `encode` reads texts (JSON lines with a
@@ -82,44 +87,6 @@ fn save_encoder(model: &MaskedLm, from: &Path, to: &Path) -> Result<()> {
         .map(|(n, s, v)| (n.as_str(), s.clone(), v.as_slice()))
         .collect();
     weights::write_tensors(&to.join("model.safetensors"), &tensors)
-}
-
-struct Log {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-impl Log {
-    fn line(&mut self, v: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))
-    }
-}
-
-/// Held-out perplexity: exp of the mean cross-entropy over every masked token of `eval`,
-/// masked once with the run's seed (epoch 0's masks), so that every evaluation sees the same.
-fn perplexity(
-    model: &mut MaskedLm,
-    eval: &[(usize, &WordSequence)],
-    o: &PretrainOptions,
-    tokens: &MaskTokens,
-    pad: i32,
-) -> Result<f64> {
-    let (mut sum, mut count) = (0.0f64, 0usize);
-    for chunk in eval.chunks(o.batch_size) {
-        let b = masked_batch(chunk, o.seed, 0, &o.rule, tokens, pad);
-        if b.positions.is_empty() {
-            continue;
-        }
-        let loss = model.eval_loss(&b)? as f64;
-        sum += loss * b.positions.len() as f64;
-        count += b.positions.len();
-    }
-    if count == 0 {
-        return Err(Error::Invalid(
-            "the held-out sequences hold no maskable token".into(),
-        ));
-    }
-    Ok((sum / count as f64).exp())
 }
 
 /// What `prepare` read and checked on the host, before any device opens.
@@ -190,7 +157,117 @@ pub fn prepare(o: &PretrainOptions) -> Result<Prepared> {
     })
 }
 
-/// Pretrains and writes the run folder; the held-out perplexity is in its log.jsonl.
+/// The settings a resumed run must share with the one that wrote the checkpoint (`micro_batch`
+/// and `accumulate`: as the memory plan left them, so a resumed run whose budget splits batches
+/// differently is refused).
+fn fingerprint(o: &PretrainOptions, s: &LoopSettings) -> String {
+    format!(
+        "texts={:?} encoder={:?} from_scratch={} max_len={} line_by_line={} mask_terms={:?} mask_rate={} eval_fraction={} epochs={} batch_size={} micro_batch={} accumulate={} lr={} warmup={} weight_decay={} clip={:?} seed={} optimizer={} saved_activations={}",
+        o.texts, o.encoder, o.from_scratch, o.max_len, o.grouping == Grouping::LineByLine,
+        o.mask_terms, o.rule.rate, o.eval_fraction, o.epochs, o.batch_size, s.micro_batch,
+        s.accumulate, o.lr, o.warmup_ratio, o.weight_decay, o.clip, o.seed, o.optimizer.name(),
+        if o.fp16_activations { "fp16" } else { "fp32" }
+    )
+}
+
+/// The checkpoint `--resume` continues from, when its settings are this run's (a larger
+/// --epochs extends the run: its schedule then decays over the new total).
+fn resumable(o: &PretrainOptions, fingerprint: &str) -> Result<PretrainState> {
+    let state = resume_state(&o.out)?;
+    let changed = settings_diff(&state.fingerprint, fingerprint);
+    let grew = |(k, a, b): &(String, String, String)| {
+        k == "epochs" && a.parse::<usize>().ok() < b.parse::<usize>().ok()
+    };
+    match changed.as_slice() {
+        [] => Ok(state),
+        [one] if grew(one) => {
+            say!(
+                "extending {} from {} to {} epochs (the learning-rate schedule now decays over {} epochs)",
+                o.out.display(),
+                one.1,
+                one.2,
+                one.2
+            );
+            Ok(state)
+        }
+        _ => {
+            let list: Vec<String> = changed
+                .iter()
+                .map(|(k, a, b)| format!("{k}: {a} then, {b} now"))
+                .collect();
+            Err(Error::Invalid(format!(
+                "--resume: {} was written with other settings ({}). Resume with the run's own \
+                 settings (--epochs may only grow, to extend a run), or start a new run with \
+                 another --out (or --overwrite)",
+                o.out.join("checkpoint").display(),
+                list.join("; ")
+            )))
+        }
+    }
+}
+
+/// With a memory budget: the planner's plan for micro-batches of `batch` x `max_len` (the
+/// longest a batch can be). Its micro-batches change `s` (same effective batch); the encoder's
+/// memory settings are its strategy. A plan that cannot fit is an error saying what is short.
+fn plan_memory(
+    dev: &Device,
+    o: &PretrainOptions,
+    config: &BertConfig,
+    s: &mut LoopSettings,
+) -> Result<(EncoderMemory, Option<plan::Plan>)> {
+    let asked = EncoderMemory {
+        fp16_activations: o.fp16_activations,
+        ..EncoderMemory::default()
+    };
+    let Some(m) = o.memory else {
+        return Ok((asked, None));
+    };
+    let request = plan::Request {
+        budget: m.budget,
+        reserve: m.reserve,
+        optimizer: o.optimizer,
+        fp16_activations: o.fp16_activations,
+        multiprocessors: dev.multiprocessors(),
+        ..plan::Request::pretraining(config.clone(), s.micro_batch, o.max_len, o.rule.rate)
+    };
+    let p = plan::plan(&request)?;
+    let layers = config.num_hidden_layers;
+    let peak = p.measured.peak as f64 / 1048576.0;
+    let usable = request.usable() as f64 / 1048576.0;
+    if !p.fits {
+        return Err(Error::Invalid(format!(
+            "batch {} x {} tokens does not fit the memory budget: with {} the peak is {peak:.1} MiB, {:.1} MiB over the engine's {usable:.1} MiB (see `emrclass plan --pretrain`)",
+            request.batch,
+            request.seq,
+            p.strategy.describe(layers, false),
+            peak - usable,
+        )));
+    }
+    say!(
+        "memory plan: {} (peak {peak:.1} of {usable:.1} MiB)",
+        p.strategy.describe(layers, false)
+    );
+    s.micro_batch = p.strategy.micro_batch;
+    s.accumulate *= p.strategy.accumulate;
+    Ok((p.strategy.memory, Some(p)))
+}
+
+/// Writes the encoder folder into `RUN/encoder` whole: into `encoder.tmp/`, then renamed.
+fn save_encoder_whole(model: &MaskedLm, from: &Path, dir: &Path) -> Result<PathBuf> {
+    let (tmp, done) = (dir.join("encoder.tmp"), dir.join("encoder"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    save_encoder(model, from, &tmp)?;
+    if done.exists() {
+        std::fs::remove_dir_all(&done).map_err(|e| Error::io(&done, e))?;
+    }
+    std::fs::rename(&tmp, &done).map_err(|e| Error::io(&done, e))?;
+    Ok(done)
+}
+
+/// Pretrains (from the start, or from the checkpoint `--resume` names) and writes the run
+/// folder; the held-out perplexity is in its log.jsonl and report.html.
 pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
     let Prepared {
         tokens,
@@ -198,21 +275,49 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
         records,
         sequences,
     } = p;
+    let config = BertConfig::from_file(&o.encoder.join("config.json"))?;
+    let mut s = LoopSettings {
+        epochs: o.epochs,
+        micro_batch: o.batch_size,
+        accumulate: o.accumulate,
+        lr: o.lr,
+        warmup_ratio: o.warmup_ratio,
+        clip: o.clip.map(|c| c as f32),
+        seed: o.seed,
+        rule: o.rule,
+        log_every: o.log_every,
+        eval_every: o.eval_every,
+        checkpoint_every: o.checkpoint_every,
+        stop_after_steps: o.stop_after_steps,
+        quiet: o.quiet,
+    };
+    let (memory, planned) = plan_memory(dev, o, &config, &mut s)?;
+    let fingerprint = fingerprint(o, &s);
+    // Checked before any write; read again under the folder's lock below.
+    if o.resume {
+        resumable(o, &fingerprint)?;
+    }
     let mut rng = Rng::new(o.seed);
     let (mut model, fresh_head) = if o.from_scratch {
-        let config = crate::model::bert::BertConfig::from_file(&o.encoder.join("config.json"))?;
         (MaskedLm::new(dev, config, &mut rng)?, true)
     } else {
         let loaded = MaskedLm::load_dir(dev, &o.encoder, &mut rng)?;
         (loaded.model, loaded.head_was_fresh)
     };
-    let lock = FolderLock::claim(&o.out, Start::Fresh, "--out")?;
+    model.encoder.memory = memory;
     if fresh_head && !o.from_scratch {
         say!(
             "{}: no MLM head (cls.predictions.*) in the weights: a fresh one is trained",
             o.encoder.display()
         );
     }
+    let lock = FolderLock::claim(&o.out, o.start(), "--out")?;
+    let resumed = match o.resume {
+        true => Some(resumable(o, &fingerprint)?),
+        false => None,
+    };
+    let mut folder = PretrainFolder::new(lock, resumed.is_some(), fingerprint);
+    let out = folder.dir.clone();
 
     // A fixed shuffle of the sequence indices, then the held-out share from its end.
     let mut order: Vec<usize> = (0..sequences.len()).collect();
@@ -222,38 +327,59 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
     let eval_ids = order.split_off(order.len() - held);
     let train_ids = order;
     let eval: Vec<(usize, &WordSequence)> = eval_ids.iter().map(|&i| (i, &sequences[i])).collect();
-
-    let steps_per_epoch = train_ids.len().div_ceil(o.batch_size);
-    let total = (steps_per_epoch * o.epochs) as u64;
-    let schedule = Schedule {
-        peak: o.lr,
-        warmup: (o.warmup_ratio * total as f64).ceil() as u64,
-        total,
+    let corpus = Corpus {
+        sequences: &sequences,
+        train_ids: &train_ids,
+        eval: &eval,
+        tokens: &tokens,
+        pad,
     };
-    let mut opt = Optimizer::new(AdamW {
-        lr: o.lr as f32,
-        weight_decay: o.weight_decay as f32,
-        ..AdamW::default()
-    });
-    let log_path = lock.dir.join("log.jsonl");
-    let mut log = Log {
-        file: std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?,
-        path: log_path,
-    };
+    let total = s.schedule(train_ids.len()).total;
+    let mut opt = Optimizer::with_kind(
+        AdamW {
+            lr: o.lr as f32,
+            weight_decay: o.weight_decay as f32,
+            ..AdamW::default()
+        },
+        o.optimizer,
+    );
+    if let Some(p) = &planned {
+        plan::write_json(&out.join("memory-plan.json"), p, &[])?;
+    }
     let settings = serde_json::json!({
         "command": "pretrain",
         "encoder": o.encoder, "texts": o.texts, "max_len": o.max_len,
         "line_by_line": o.grouping == Grouping::LineByLine, "mask_terms": o.mask_terms,
-        "mask_rate": o.rule.rate, "epochs": o.epochs, "batch_size": o.batch_size, "lr": o.lr,
+        "mask_rate": o.rule.rate, "epochs": o.epochs, "batch_size": o.batch_size,
+        "micro_batch": s.micro_batch, "accumulate": s.accumulate, "lr": o.lr,
         "warmup_ratio": o.warmup_ratio, "weight_decay": o.weight_decay, "clip": o.clip,
+        "optimizer": o.optimizer.name(),
+        "saved_activations": if o.fp16_activations { "fp16" } else { "fp32" },
         "eval_fraction": o.eval_fraction, "seed": o.seed, "records": records,
-        "sequences": {"train": train_ids.len(), "held_out": eval.len()},
-        "fresh_head": fresh_head, "from_scratch": o.from_scratch,
+        "sequences": {"train": train_ids.len(), "held_out": eval.len()}, "steps": total,
+        "fresh_head": fresh_head, "from_scratch": o.from_scratch, "device": dev.describe(),
+        "model": {"layers": model.encoder.config.num_hidden_layers,
+                  "hidden": model.encoder.config.hidden_size,
+                  "vocab": model.encoder.config.vocab_size},
     });
-    weights::write_atomically(
-        &lock.dir.join("run.json"),
-        format!("{settings:#}\n").as_bytes(),
-    )?;
+    weights::write_atomically(&out.join("run.json"), format!("{settings:#}\n").as_bytes())?;
+    let progress = match resumed {
+        Some(state) => {
+            let dir = folder.checkpoint_dir();
+            checkpoint::restore_slots(&dir, &state, model.slots(), &mut opt)?;
+            let p = state.progress;
+            folder.truncate_log(&p)?;
+            say!(
+                "resuming from {}: epoch {}, {} batches done, step {}",
+                dir.display(),
+                p.epoch,
+                p.batch,
+                p.step
+            );
+            p
+        }
+        None => PretrainProgress::start(),
+    };
     say!(
         "pretraining on {} records: {} sequences of up to {} tokens ({} held out), {} steps",
         records,
@@ -262,40 +388,34 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
         eval.len(),
         total
     );
-
-    let before = perplexity(&mut model, &eval, o, &tokens, pad)?;
-    log.line(serde_json::json!({"epoch": 0, "step": 0, "eval_perplexity": before}))?;
-    say!("epoch 0: held-out perplexity {before:.2}");
-    let mut step = 0u64;
-    for epoch in 1..=o.epochs {
-        // The trainer's batching: sequences of like length together (little padding), the
-        // batches in a new order every epoch; new masks too (the epoch is in each mask's seed).
-        let lengths: Vec<usize> = train_ids.iter().map(|&i| sequences[i].ids.len()).collect();
-        for chunk in bucketed_batches(&lengths, o.batch_size, o.seed, epoch as u64) {
-            let pairs: Vec<(usize, &WordSequence)> = chunk
-                .iter()
-                .map(|&k| (train_ids[k], &sequences[train_ids[k]]))
-                .collect();
-            let batch = masked_batch(&pairs, o.seed, epoch as u64, &o.rule, &tokens, pad);
-            if batch.positions.is_empty() {
-                continue; // sequences too short to mask: nothing to learn from them
-            }
-            step += 1;
-            let lr = schedule.lr(step);
-            let dropout_seed = o.seed ^ step.wrapping_mul(0x2545_f491_4f6c_dd1d);
-            let loss = model.forward_backward(&batch, Some(dropout_seed))?;
-            let norm = opt.step(&mut model.slots(), lr as f32, o.clip.map(|c| c as f32))?;
-            log.line(serde_json::json!({
-                "epoch": epoch, "step": step, "loss": loss, "lr": lr, "grad_norm": norm,
-                "masked_tokens": batch.positions.len(),
-            }))?;
+    let end = pretrain(&mut model, &mut opt, &corpus, &s, &mut folder, progress)?;
+    if end.epoch <= s.epochs {
+        if let Some(signal) = crate::interrupt::requested() {
+            folder.save_checkpoint(&mut model, &opt, &end)?;
+            let _ = crate::report::write(&out);
+            return Err(Error::Interrupted {
+                signal,
+                message: format!(
+                    "interrupted at step {} (epoch {}, {} batches into it); {} holds it: continue with the same command and --resume",
+                    end.step,
+                    end.epoch,
+                    end.batch,
+                    folder.checkpoint_dir().display(),
+                ),
+            });
         }
-        let ppl = perplexity(&mut model, &eval, o, &tokens, pad)?;
-        log.line(serde_json::json!({"epoch": epoch, "step": step, "eval_perplexity": ppl}))?;
-        say!("epoch {epoch}: held-out perplexity {ppl:.2}");
+        // --stop-after-steps: as a kill would, the folder stays as it is.
+        folder.keep();
+        say!("stopped after step {} (--stop-after-steps)", end.step);
+        return Ok(());
     }
-    let encoder_dir = lock.dir.join("encoder");
-    save_encoder(&model, &o.encoder, &encoder_dir)?;
-    say!("wrote {}", encoder_dir.display());
+    let encoder_dir = save_encoder_whole(&model, &o.encoder, &out)?;
+    folder.keep();
+    let report = crate::report::write(&out)?;
+    say!(
+        "wrote {} (report: {})",
+        encoder_dir.display(),
+        report.display()
+    );
     Ok(())
 }

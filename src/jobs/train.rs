@@ -28,7 +28,7 @@ use crate::train::folder_lock::FolderLock;
 use crate::train::metrics::print_report;
 use crate::train::optim::{Optimizer, OptimizerKind};
 use crate::train::run_folder::{FolderSettings, RunFolder};
-use crate::train::state::{settings_pairs, ModelSpec, Progress, RunInfo, State};
+use crate::train::state::{settings_diff, ModelSpec, Progress, RunInfo, State};
 use crate::train::trainer::{
     optimizer, train, Classifier, Control, EpochLog, Event, Input, Split, TrainSettings, Windows,
 };
@@ -433,25 +433,6 @@ fn resumable_state(o: &TrainOptions, now: &RunInfo) -> Result<(State, Option<Str
     )))
 }
 
-/// The settings two fingerprints disagree on: (key, then, now).
-fn settings_diff(then: &str, now: &str) -> Vec<(String, String, String)> {
-    let (a, b) = (settings_pairs(then), settings_pairs(now));
-    let mut out = Vec::new();
-    for (k, v) in &b {
-        match a.iter().find(|(ka, _)| ka == k) {
-            Some((_, va)) if va == v => {}
-            Some((_, va)) => out.push((k.clone(), va.clone(), v.clone())),
-            None => out.push((k.clone(), "(unset)".into(), v.clone())),
-        }
-    }
-    for (k, v) in &a {
-        if !b.iter().any(|(kb, _)| kb == k) {
-            out.push((k.clone(), v.clone(), "(unset)".into()));
-        }
-    }
-    out
-}
-
 /// Replaces the model's encoder by its cached outputs over every training and dev text.
 fn freeze(
     dev: &Device,
@@ -548,6 +529,7 @@ fn plan_memory(
         fp16_activations: o.fp16_activations,
         windows: o.long_text.max_windows(),
         multiprocessors,
+        masked_lm: None,
     };
     let p = plan::plan(&request)?;
     let layers = request.encoder.num_hidden_layers;

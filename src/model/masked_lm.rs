@@ -73,6 +73,11 @@ impl MaskedLm {
         Ok(MaskedLm { encoder, head })
     }
 
+    /// The device the model lives on.
+    pub fn device(&self) -> &Device {
+        self.encoder.param(WORD_EMBEDDINGS).value.device()
+    }
+
     /// The parameters the optimizer steps: the encoder's but its pooler, and the head's (the
     /// tied decoder weight is the word embeddings' slot: stepped once, with both shares).
     pub fn slots(&mut self) -> Vec<Slot<'_>> {

@@ -21,17 +21,21 @@ mod report;
 
 pub use report::{print_plan, print_table, table, write_json, TableRow};
 
+use crate::data::masking::MaskedBatch;
 use crate::data::tokenizer::TokenBatch;
 use crate::device::{Device, Role};
 use crate::error::{Error, Result};
 use crate::model::bert::{BertConfig, BertEncoder, EncoderMemory};
 use crate::model::heads::{Head, HeadConfig};
 use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
+use crate::model::masked_lm::MaskedLm;
+use crate::model::mlm_head::MlmHead;
 use crate::model::window_pool::Pool;
 use crate::ops::AdamW;
 use crate::rng::Rng;
 use crate::train::features::FeatureStore;
 use crate::train::optim::{Optimizer, OptimizerKind};
+use crate::train::pretraining;
 use crate::train::trainer::{Classifier, Input, MicroBatch, TrainSettings};
 
 /// Device memory the engine's allocator does not see: the CUDA context, the loaded NVRTC
@@ -67,9 +71,34 @@ pub struct Request {
     /// allocate a workspace), so the count runs the same choices (`TARGET_MULTIPROCESSORS`:
     /// the GTX 1050 Ti's).
     pub multiprocessors: usize,
+    /// Masked-LM pretraining (`emrclass pretrain`) instead of a classifier: the fraction of
+    /// tokens predicted. The MLM head (its vocabulary GEMM on the gathered masked rows) replaces
+    /// `head` and `loss`, which are then unused.
+    pub masked_lm: Option<f64>,
 }
 
 impl Request {
+    /// Masked-LM pretraining of `encoder` (`emrclass pretrain`), `mask_rate` of the tokens
+    /// predicted, at `batch` x `seq` in `budget` bytes of which `reserve` are not the engine's
+    /// (the classifier's fields are set to something valid and unused).
+    pub fn pretraining(encoder: BertConfig, batch: usize, seq: usize, mask_rate: f64) -> Request {
+        Request {
+            head: HeadConfig::new(crate::model::heads::HeadKind::Cls, encoder.hidden_size, 2),
+            encoder,
+            loss: LossKind::CrossEntropy,
+            batch,
+            seq,
+            budget: 4 << 30,
+            reserve: DEFAULT_RESERVE,
+            frozen: false,
+            optimizer: OptimizerKind::AdamW,
+            fp16_activations: false,
+            windows: 1,
+            multiprocessors: TARGET_MULTIPROCESSORS,
+            masked_lm: Some(mask_rate),
+        }
+    }
+
     /// The bytes the engine's allocations may use.
     pub fn usable(&self) -> usize {
         self.budget.saturating_sub(self.reserve)
@@ -177,6 +206,9 @@ fn loss_config(kind: LossKind, classes: usize) -> LossConfig {
 /// count): builds the model, takes two optimizer steps (the first creates the AdamW moments),
 /// evaluates one batch, and returns the peak. On a real device this is a real run.
 pub fn run_steps(dev: &Device, req: &Request, strategy: &Strategy) -> Result<Measured> {
+    if let Some(rate) = req.masked_lm {
+        return run_pretraining_steps(dev, req, strategy, rate);
+    }
     let classes = req.head.classes;
     let (vocab, h) = (req.encoder.vocab_size, req.encoder.hidden_size);
     let per_record = req.windows.max(1);
@@ -243,18 +275,98 @@ pub fn run_steps(dev: &Device, req: &Request, strategy: &Strategy) -> Result<Mea
     }
     model.predict_records(&micro[0].tokens, &micro[0].windows)?;
     if let Input::Encoder(enc) = &mut model.input {
-        let t = &micro[0].tokens;
-        let _role = dev.role(Role::Activations);
-        enc.forward(
-            &t.input_ids,
-            &t.attention_mask,
-            Some(&t.token_type_ids),
-            t.batch,
-            Some(1),
-        )?;
-        saved_per_layer = enc.saved_bytes_per_layer();
-        enc.forget();
+        saved_per_layer = saved_per_layer_of(enc, &micro[0].tokens)?;
     }
+    Ok(Measured {
+        peak: dev.memory().peak(),
+        at_peak: dev.memory().peak_by_role(),
+        saved_per_layer,
+    })
+}
+
+/// What one training forward of `t` keeps per encoder layer (counted, then let go).
+fn saved_per_layer_of(enc: &mut BertEncoder, t: &TokenBatch) -> Result<Vec<usize>> {
+    let dev = enc
+        .param("embeddings.word_embeddings.weight")
+        .value
+        .device()
+        .clone();
+    let _role = dev.role(Role::Activations);
+    enc.forward(
+        &t.input_ids,
+        &t.attention_mask,
+        Some(&t.token_type_ids),
+        t.batch,
+        Some(1),
+    )?;
+    let saved = enc.saved_bytes_per_layer();
+    enc.forget();
+    Ok(saved)
+}
+
+/// A masked batch for sizing: every position real, `rate` of each row's tokens between [CLS]
+/// and [SEP] masked (as many as masking ever picks: it stops at the rate), spread evenly.
+fn sizing_masked_batch(
+    rows: usize,
+    len: usize,
+    vocab: usize,
+    first_row: usize,
+    rate: f64,
+) -> MaskedBatch {
+    let t = sizing_batch(rows, len, vocab, first_row);
+    let inner = len.saturating_sub(2);
+    let per_row = ((rate * inner as f64).round() as usize).clamp(1, inner.max(1));
+    let mut positions = Vec::new();
+    for r in 0..rows {
+        for k in 0..per_row {
+            positions.push((r * len + 1 + k * inner.max(1) / per_row) as i32);
+        }
+    }
+    let labels = positions.iter().map(|&p| t.input_ids[p as usize]).collect();
+    MaskedBatch {
+        batch: rows,
+        len,
+        input_ids: t.input_ids,
+        attention_mask: t.attention_mask,
+        positions,
+        labels,
+    }
+}
+
+/// `run_steps` for masked-LM pretraining: BERT and the MLM head, two optimizer steps of
+/// `strategy`'s micro-batches (`train::pretraining::optimizer_step`, as `pretrain` steps), one
+/// held-out evaluation batch.
+fn run_pretraining_steps(
+    dev: &Device,
+    req: &Request,
+    strategy: &Strategy,
+    rate: f64,
+) -> Result<Measured> {
+    let vocab = req.encoder.vocab_size;
+    let micro: Vec<(MaskedBatch, u64)> = (0..strategy.accumulate)
+        .map(|k| {
+            let b = sizing_masked_batch(
+                strategy.micro_batch,
+                req.seq,
+                vocab,
+                k * strategy.micro_batch,
+                rate,
+            );
+            (b, 11 + k as u64)
+        })
+        .collect();
+    let mut encoder = BertEncoder::unset(dev, req.encoder.clone(), true)?;
+    encoder.memory = strategy.memory;
+    let (h, eps) = (req.encoder.hidden_size, req.encoder.layer_norm_eps as f32);
+    let head = MlmHead::new(dev, h, vocab, eps, 0.02, &mut Rng::new(1))?;
+    let mut model = MaskedLm { encoder, head };
+    let mut opt = Optimizer::with_kind(AdamW::default(), req.optimizer);
+    for _ in 0..2 {
+        pretraining::optimizer_step(&mut model, &mut opt, &micro, 1e-5, Some(1.0))?;
+    }
+    model.eval_loss(&micro[0].0)?;
+    let t = sizing_batch(strategy.micro_batch, req.seq, vocab, 0);
+    let saved_per_layer = saved_per_layer_of(&mut model.encoder, &t)?;
     Ok(Measured {
         peak: dev.memory().peak(),
         at_peak: dev.memory().peak_by_role(),
@@ -281,7 +393,7 @@ fn check(req: &Request) -> Result<()> {
             req.seq, req.encoder.max_position_embeddings
         )));
     }
-    if req.head.input != req.encoder.hidden_size {
+    if req.masked_lm.is_none() && req.head.input != req.encoder.hidden_size {
         return Err(Error::Invalid(format!(
             "plan: the head reads {} features, the encoder gives {}",
             req.head.input, req.encoder.hidden_size

@@ -19,15 +19,21 @@ fn gib(bytes: usize) -> String {
 pub fn print_plan(plan: &Plan) {
     let r = &plan.request;
     let c = &r.encoder;
+    let objective = match r.masked_lm {
+        Some(rate) => format!(
+            "MLM head (pretraining: {:.0} % of tokens masked; the vocabulary GEMM on the gathered masked rows only)",
+            rate * 100.0
+        ),
+        None => format!(
+            "{} head ({} classes), {} loss",
+            r.head.kind.name(),
+            r.head.classes,
+            r.loss.name()
+        ),
+    };
     println!(
-        "model: BERT {} layers, hidden {}, {} heads, vocab {} + {} head ({} classes), {} loss",
-        c.num_hidden_layers,
-        c.hidden_size,
-        c.num_attention_heads,
-        c.vocab_size,
-        r.head.kind.name(),
-        r.head.classes,
-        r.loss.name()
+        "model: BERT {} layers, hidden {}, {} heads, vocab {} + {objective}",
+        c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.vocab_size,
     );
     println!(
         "run: batch {}{} x seq {}, {}, optimizer {}{}; budget {} = {} MiB reserve (CUDA context, modules, pool rounding) + {} MiB for the engine",
@@ -38,7 +44,11 @@ pub fn print_plan(plan: &Plan) {
             String::new()
         },
         r.seq,
-        if r.frozen { "frozen encoder" } else { "full fine-tuning" },
+        match (r.frozen, r.masked_lm) {
+            (true, _) => "frozen encoder",
+            (false, Some(_)) => "masked-LM pretraining",
+            (false, None) => "full fine-tuning",
+        },
         r.optimizer.name(),
         if r.fp16_activations && !r.frozen {
             ", saved activations fp16"
@@ -184,7 +194,11 @@ pub fn table(req: &Request, seqs: &[usize], cap: usize) -> Result<Vec<TableRow>>
                 )?,
                 recompute: largest_batch(&full, all(false), cap)?,
                 recompute_fp16: largest_batch(&full, all(true), cap)?,
-                frozen: largest_batch(&frozen, frozen_fp16, cap)?,
+                // Pretraining trains the whole encoder: no frozen column.
+                frozen: match req.masked_lm {
+                    Some(_) => None,
+                    None => largest_batch(&frozen, frozen_fp16, cap)?,
+                },
             })
         })
         .collect()
@@ -212,7 +226,10 @@ pub fn print_table(req: &Request, rows: &[TableRow], cap: usize) {
             cell(r.kept),
             cell(r.recompute),
             cell(r.recompute_fp16),
-            cell(r.frozen)
+            match req.masked_lm {
+                Some(_) => "-".to_string(),
+                None => cell(r.frozen),
+            }
         );
     }
 }
@@ -232,7 +249,7 @@ pub fn write_json(path: &std::path::Path, plan: &Plan, rows: &[TableRow]) -> Res
             "classes": r.head.classes, "loss": format!("{:?}", r.loss), "batch": r.batch,
             "seq": r.seq, "budget": r.budget, "reserve": r.reserve, "frozen": r.frozen,
             "optimizer": r.optimizer.name(), "fp16_activations": r.fp16_activations,
-            "windows": r.windows,
+            "windows": r.windows, "masked_lm": r.masked_lm,
         },
         "fits": plan.fits,
         "strategy": {

@@ -10,10 +10,14 @@
 //! - for GHM losses, the moving histogram of gradient norms at each epoch's end;
 //! - the data, model, settings, device, time and samples/s.
 //!
-//! An experiment folder gets the heads × losses table and a grouped bar chart of macro-F1. What a
-//! folder lacks (a cut `log.jsonl`, no confusion matrix) is said on the page, not an error.
+//! A pretraining run (`emrclass pretrain`) gets its loss and held-out perplexity curves
+//! (`pretrain`). An experiment folder gets the heads × losses table and a grouped bar chart of
+//! macro-F1. What a folder lacks (a cut `log.jsonl`, no confusion matrix) is said on the page,
+//! not an error.
 
 mod charts;
+mod html;
+mod pretrain;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,7 +27,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::train::state::settings_pairs;
 use crate::weights::write_atomically;
-use charts::{hex, Chart, PALETTE};
+use html::{esc, f64_of, figure, json_file, missing_section, page, table};
 
 /// Writes `dir/report.html` for a run folder, or for an experiment folder (one holding
 /// `results.csv`); returns its path.
@@ -36,6 +40,8 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
     }
     let html = if dir.join("results.csv").is_file() {
         experiment_page(dir)
+    } else if is_pretraining(dir) {
+        pretrain::page_of(dir)
     } else {
         run_page(dir)
     };
@@ -44,30 +50,12 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn esc(s: &str) -> String {
-    html_escape::encode_text(s).into_owned()
-}
-
-/// A JSON file of the folder, or why not (missing, unreadable).
-fn json_file(dir: &Path, name: &str, problems: &mut Vec<String>, missing: &str) -> Option<Value> {
-    let path = dir.join(name);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => match serde_json::from_str(&text) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                problems.push(format!("{name} is not readable JSON ({e}): {missing}"));
-                None
-            }
-        },
-        Err(_) => {
-            problems.push(format!("{name} is missing: {missing}"));
-            None
-        }
-    }
-}
-
-fn f64_of(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(Value::as_f64)
+/// A pretraining run's folder: its run.json says so.
+fn is_pretraining(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("run.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .is_some_and(|v| v["command"] == "pretrain")
 }
 
 /// What a run folder's `log.jsonl` holds, line kinds apart.
@@ -150,73 +138,6 @@ fn readable(v: &str) -> String {
             .trim_matches('"')
             .to_string(),
     }
-}
-
-/// A chart inside a figure whose data attributes say how to read values back from its pixels.
-fn figure(id: &str, chart: std::result::Result<Chart, String>, series: &[String]) -> String {
-    match chart {
-        Ok(c) => {
-            let f = c.frame;
-            let colors: Vec<String> = series
-                .iter()
-                .enumerate()
-                .map(|(i, name)| format!("{}={}", name, hex(&PALETTE[i % PALETTE.len()])))
-                .collect();
-            format!(
-                "<figure id=\"{id}\" data-pixels=\"{} {} {} {}\" data-range=\"{} {} {} {}\" data-log-x=\"{}\" data-series=\"{}\">\n{}</figure>\n",
-                f.pixels_x.0,
-                f.pixels_x.1,
-                f.pixels_y.0,
-                f.pixels_y.1,
-                f.range_x.0,
-                f.range_x.1,
-                f.range_y.0,
-                f.range_y.1,
-                f.log_x,
-                html_escape::encode_double_quoted_attribute(&colors.join(";")),
-                c.svg.trim_start_matches(|c: char| c != '<')
-            )
-        }
-        Err(e) => format!("<p class=\"missing\">{}</p>\n", esc(&e)),
-    }
-}
-
-const STYLE: &str = "body{font-family:'Noto Sans CJK SC','Source Han Sans SC','WenQuanYi Micro Hei','PingFang SC','Microsoft YaHei',sans-serif;margin:2em auto;max-width:1000px;color:#222}
-svg text{font-family:'Noto Sans CJK SC','Source Han Sans SC','WenQuanYi Micro Hei','PingFang SC','Microsoft YaHei',sans-serif}
-table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
-th{background:#f3f3f3}td.name,th.name,table.text td{text-align:left}.missing{color:#a33}figure{margin:1em 0}
-details{margin:1em 0}summary{cursor:pointer;font-weight:bold}";
-
-fn page(title: &str, body: &str) -> String {
-    format!(
-        "<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"zh\">\n<head>\n<meta charset=\"utf-8\"/>\n<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{}</h1>\n{body}</body>\n</html>\n",
-        esc(title),
-        esc(title)
-    )
-}
-
-fn table(head: &[&str], rows: &[Vec<String>], first_is_name: bool) -> String {
-    // One row of cells (`th` or `td`), the first marked as a name where asked.
-    let row = |tag: &str, cells: &mut dyn Iterator<Item = &str>| -> String {
-        let mut s = String::from("<tr>");
-        for (i, cell) in cells.enumerate() {
-            let class = if i == 0 && first_is_name {
-                " class=\"name\""
-            } else {
-                ""
-            };
-            let _ = write!(s, "<{tag}{class}>{}</{tag}>", esc(cell));
-        }
-        s.push_str("</tr>\n");
-        s
-    };
-    let mut s = String::from("<table>\n");
-    s.push_str(&row("th", &mut head.iter().copied()));
-    for r in rows {
-        s.push_str(&row("td", &mut r.iter().map(String::as_str)));
-    }
-    s.push_str("</table>\n");
-    s
 }
 
 fn strings(v: Option<&Value>) -> Option<Vec<String>> {
@@ -535,13 +456,7 @@ fn run_page(dir: &Path) -> String {
         ));
     }
 
-    if !problems.is_empty() {
-        body.push_str("<h2>Missing from this folder</h2>\n<ul>\n");
-        for p in &problems {
-            let _ = writeln!(body, "<li class=\"missing\">{}</li>", esc(p));
-        }
-        body.push_str("</ul>\n");
-    }
+    body.push_str(&missing_section(&problems));
     page(&format!("emrclass run: {}", dir.display()), &body)
 }
 
@@ -637,13 +552,7 @@ fn experiment_page(dir: &Path) -> String {
     head.push("run report");
     body.push_str("<h2>Runs</h2>\n");
     body.push_str(&table(&head, &table_rows, true));
-    if !problems.is_empty() {
-        body.push_str("<h2>Missing from this folder</h2>\n<ul>\n");
-        for p in &problems {
-            let _ = writeln!(body, "<li class=\"missing\">{}</li>", esc(p));
-        }
-        body.push_str("</ul>\n");
-    }
+    body.push_str(&missing_section(&problems));
     page(&title, &body)
 }
 

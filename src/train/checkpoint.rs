@@ -21,7 +21,10 @@ use crate::error::{Error, Result};
 use crate::ops::adamw8bit::{QuantizedMoments, QUANT_BLOCK};
 use crate::weights::{write_atomically, write_tensor_bytes, Checkpoint, TensorBytes};
 
+use serde::{de::DeserializeOwned, Serialize};
+
 use super::optim::MomentsRef;
+use crate::model::slot::Slot;
 
 use super::optim::Optimizer;
 use super::state::State;
@@ -35,10 +38,53 @@ fn io(path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// Writes a checkpoint of `model` and `opt` into `dir` (created if missing).
 pub fn save(dir: &Path, model: &mut Classifier, opt: &Optimizer, state: &State) -> Result<()> {
+    save_slots(dir, model.slots(1.0), opt, state)
+}
+
+/// What a checkpoint's `state.json` holds besides the caller's own fields: the format and the
+/// name of its tensor file. The classifier's `State` and pretraining's state are both one.
+pub trait CheckpointState: Serialize + DeserializeOwned + Clone {
+    /// Optimizer steps taken (names the tensor file).
+    fn step(&self) -> u64;
+    fn format(&self) -> u32;
+    /// The tensor file this state names.
+    fn tensors(&self) -> &str;
+    /// The same state, stamped with this build's format and its tensor file.
+    fn stamped(&self, format: u32, tensors: String) -> Self;
+}
+
+impl CheckpointState for State {
+    fn step(&self) -> u64 {
+        self.progress.step
+    }
+    fn format(&self) -> u32 {
+        self.format
+    }
+    fn tensors(&self) -> &str {
+        &self.tensors
+    }
+    fn stamped(&self, format: u32, tensors: String) -> Self {
+        State {
+            format,
+            tensors,
+            ..self.clone()
+        }
+    }
+}
+
+/// Writes a checkpoint of the parameters `slots` (with their AdamW moments in `opt`) and
+/// `state` into `dir` (created if missing): the tensors first, then `state.json` (the commit
+/// point), then the previous tensor file goes.
+pub fn save_slots<S: CheckpointState>(
+    dir: &Path,
+    slots: Vec<Slot>,
+    opt: &Optimizer,
+    state: &S,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let mut tensors: Vec<TensorBytes> = Vec::new();
     let flat = |name: String, v: Vec<f32>| TensorBytes::f32(&name, vec![v.len()], &v);
-    for slot in model.slots(1.0) {
+    for slot in slots {
         if tensors.iter().any(|t| t.name == slot.name) {
             return Err(Error::Invalid(format!(
                 "checkpoint: two parameters named `{}`",
@@ -67,17 +113,13 @@ pub fn save(dir: &Path, model: &mut Classifier, opt: &Optimizer, state: &State) 
             None => {}
         }
     }
-    let tensor_file = format!("tensors-{}.safetensors", state.progress.step);
+    let tensor_file = format!("tensors-{}.safetensors", state.step());
     // The committed checkpoint's tensor file: kept until the new state.json replaces it.
-    let previous = load_state(dir).ok().map(|s| s.tensors);
+    let previous = read_state::<S>(dir).ok().map(|s| s.tensors().to_string());
     remove_leftovers(dir, previous.as_deref());
     write_tensor_bytes(&dir.join(&tensor_file), &tensors)?;
     crate::crash::point("tensors-written");
-    let state = State {
-        format: FORMAT,
-        tensors: tensor_file.clone(),
-        ..state.clone()
-    };
+    let state = state.stamped(FORMAT, tensor_file.clone());
     let text = serde_json::to_string_pretty(&state).map_err(|e| io(dir, e))?;
     // The commit point: until this rename, state.json names the previous, whole tensor file.
     write_atomically(&dir.join("state.json"), text.as_bytes())?;
@@ -106,17 +148,22 @@ fn remove_leftovers(dir: &Path, committed: Option<&str>) {
     }
 }
 
-/// Reads `dir/state.json`.
+/// Reads a classifier run's `dir/state.json`.
 pub fn load_state(dir: &Path) -> Result<State> {
+    read_state(dir)
+}
+
+/// Reads `dir/state.json` as `S`, refusing another format.
+pub fn read_state<S: CheckpointState>(dir: &Path) -> Result<S> {
     let path = dir.join("state.json");
     let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-    let state: State = serde_json::from_str(&text).map_err(|e| io(&path, e))?;
-    if state.format != FORMAT {
+    let state: S = serde_json::from_str(&text).map_err(|e| io(&path, e))?;
+    if state.format() != FORMAT {
         return Err(io(
             &path,
             format!(
                 "checkpoint format {} (this build reads {FORMAT})",
-                state.format
+                state.format()
             ),
         ));
     }
@@ -167,14 +214,29 @@ pub fn restore(
     opt: &mut Optimizer,
     head_only: bool,
 ) -> Result<()> {
-    let file: PathBuf = dir.join(&state.tensors);
-    let ck = Checkpoint::open(&file)?;
-    opt.step = state.progress.step;
     let slots = if head_only {
         model.head.slots(1.0)
     } else {
         model.slots(1.0)
     };
+    restore_slots(dir, state, slots, opt)?;
+    model
+        .loss
+        .load_state(&state.ghm_ema, state.ghm_steps)
+        .map_err(|e| io(&dir.join("state.json"), e))
+}
+
+/// Copies the parameters `slots` from the checkpoint `state` names in `dir`, and their moments
+/// into `opt` (its step set to the state's).
+pub fn restore_slots<S: CheckpointState>(
+    dir: &Path,
+    state: &S,
+    slots: Vec<Slot>,
+    opt: &mut Optimizer,
+) -> Result<()> {
+    let file: PathBuf = dir.join(state.tensors());
+    let ck = Checkpoint::open(&file)?;
+    opt.step = state.step();
     for slot in slots {
         let n = slot.value.len();
         slot.value.copy_from_host(&ck.get(&slot.name, &[n])?)?;
@@ -192,8 +254,5 @@ pub fn restore(
             opt.set_quantized_moments(&slot.name, state)?;
         }
     }
-    model
-        .loss
-        .load_state(&state.ghm_ema, state.ghm_steps)
-        .map_err(|e| io(&dir.join("state.json"), e))
+    Ok(())
 }

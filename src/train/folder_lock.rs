@@ -39,8 +39,9 @@ pub enum Start {
 pub const EXPERIMENT_FILE: &str = "experiment.json";
 
 /// The files a run writes at the top of its folder (`run_folder`), and an experiment's.
-const RUN_FILES: [&str; 12] = [
+const RUN_FILES: [&str; 13] = [
     "checkpoint",
+    "encoder",
     "best",
     "log.jsonl",
     "run.json",
@@ -231,6 +232,25 @@ impl FolderLock {
             }
         }
         unreachable!("some DIR-n is free")
+    }
+
+    /// Takes back all a run that failed before its first checkpoint wrote: every entry but
+    /// the lock file goes, then the folder is given back (removed when the run made it).
+    pub fn take_back(self) {
+        if let Ok(read) = std::fs::read_dir(&self.dir) {
+            for e in read.flatten() {
+                if e.file_name() == LOCK_FILE {
+                    continue;
+                }
+                let path = e.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+        self.give_back();
     }
 
     /// Lets the folder go as this claim found it: a folder it made is removed again.

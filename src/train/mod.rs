@@ -1,6 +1,6 @@
 //! Training: metrics, the optimizer and its schedule, the loop, checkpoints and the run folder,
-//! the frozen-encoder feature cache, building a classifier from a run's spec, `eval` and
-//! `predict`.
+//! pretraining's loop and folder, the frozen-encoder feature cache, building a classifier from a
+//! run's spec, `eval` and `predict`.
 
 pub mod build;
 pub mod checkpoint;
@@ -9,6 +9,7 @@ pub mod folder_lock;
 pub mod inference;
 pub mod metrics;
 pub mod optim;
+pub mod pretraining;
 pub mod run_folder;
 pub mod state;
 pub mod trainer;

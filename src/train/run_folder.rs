@@ -23,7 +23,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 
 use super::checkpoint;
-use super::folder_lock::{FolderLock, LOCK_FILE};
+use super::folder_lock::FolderLock;
 use super::metrics::Confusion;
 use super::optim::Optimizer;
 use super::state::{Progress, RunInfo, State};
@@ -41,9 +41,8 @@ pub struct RunFolder {
     pub dir: PathBuf,
     pub settings: FolderSettings,
     pub info: RunInfo,
-    /// The terminal's progress bar (indicatif: hidden when stderr is not a terminal), when it
-    /// started and the epoch's records done then.
-    bar: Option<(indicatif::ProgressBar, std::time::Instant, usize)>,
+    /// The terminal's progress bar.
+    bar: Bar,
     /// The folder, this run's alone while it lives.
     lock: Option<FolderLock>,
     /// A checkpoint of this run exists: from then on the folder is kept whatever happens. A new
@@ -68,7 +67,7 @@ impl RunFolder {
             dir: lock.dir.clone(),
             settings,
             info,
-            bar: None,
+            bar: Bar::default(),
             lock: Some(lock),
             committed: resumed,
         })
@@ -228,41 +227,19 @@ impl RunFolder {
         Ok(())
     }
 
-    /// The bar: records of the epoch done (not padded batches), loss, learning rate, and the
-    /// rate of this process (`-` until a second has passed: one step's time says little).
+    /// The bar: records of the epoch done (not padded batches), loss, learning rate.
     fn progress_bar(&mut self, p: &Progress, loss: f32, lr: f32, done: usize, records: usize) {
-        let (bar, started, first) = self.bar.get_or_insert_with(|| {
-            let bar = indicatif::ProgressBar::new(records as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "epoch {prefix} [{bar:24}] {pos}/{len} records  {msg}",
-                )
-                .expect("a valid template")
-                .progress_chars("#>."),
-            );
-            (bar, std::time::Instant::now(), done)
-        });
-        let seconds = started.elapsed().as_secs_f64();
-        let rate = (seconds >= 1.0).then(|| (done.saturating_sub(*first)) as f64 / seconds);
-        let eta = match rate {
-            Some(r) if r > 0.0 => {
-                format!("  ETA {:.0} s", (records - done.min(records)) as f64 / r)
-            }
-            _ => String::new(),
-        };
-        bar.set_length(records as u64);
-        bar.set_prefix(format!("{}/{}", p.epoch, self.settings.epochs));
-        bar.set_message(format!(
-            "loss {loss:.4}  lr {lr:.2e}  {} records/s{eta}",
-            rate_text(rate)
-        ));
-        bar.set_position(done as u64);
+        self.bar.show(
+            format!("{}/{}", p.epoch, self.settings.epochs),
+            done,
+            records,
+            "records",
+            format!("loss {loss:.4}  lr {lr:.2e}"),
+        );
     }
 
     fn clear_bar(&mut self) {
-        if let Some((bar, _, _)) = self.bar.take() {
-            bar.finish_and_clear();
-        }
+        self.bar.clear();
     }
 
     /// `run.json`: what the report needs beside the logs (data sizes and class counts, class
@@ -318,26 +295,51 @@ impl Drop for RunFolder {
     /// what it wrote goes, and the folder too when the run made it.
     fn drop(&mut self) {
         self.clear_bar();
-        let Some(lock) = self.lock.take() else {
-            return;
-        };
-        if self.committed {
-            return;
-        }
-        if let Ok(read) = std::fs::read_dir(&lock.dir) {
-            for e in read.flatten() {
-                if e.file_name() == LOCK_FILE {
-                    continue;
-                }
-                let path = e.path();
-                let _ = if path.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
+        if let Some(lock) = self.lock.take() {
+            if !self.committed {
+                lock.take_back();
             }
         }
-        lock.give_back();
+    }
+}
+
+/// The terminal's progress bar (indicatif: hidden when stderr is not a terminal): the epoch's
+/// items done of all, a message, this process's rate (`-` until a second has passed: one
+/// step's time says little) and the time left.
+#[derive(Default)]
+pub struct Bar(Option<(indicatif::ProgressBar, std::time::Instant, usize)>);
+
+impl Bar {
+    /// Shows `done` of `total` `unit` in epoch `prefix`, with `message`.
+    pub fn show(&mut self, prefix: String, done: usize, total: usize, unit: &str, message: String) {
+        let (bar, started, first) = self.0.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(&format!(
+                    "epoch {{prefix}} [{{bar:24}}] {{pos}}/{{len}} {unit}  {{msg}}"
+                ))
+                .expect("a valid template")
+                .progress_chars("#>."),
+            );
+            (bar, std::time::Instant::now(), done)
+        });
+        let seconds = started.elapsed().as_secs_f64();
+        let rate = (seconds >= 1.0).then(|| (done.saturating_sub(*first)) as f64 / seconds);
+        let eta = match rate {
+            Some(r) if r > 0.0 => format!("  ETA {:.0} s", (total - done.min(total)) as f64 / r),
+            _ => String::new(),
+        };
+        bar.set_length(total as u64);
+        bar.set_prefix(prefix);
+        bar.set_message(format!("{message}  {} {unit}/s{eta}", rate_text(rate)));
+        bar.set_position(done as u64);
+    }
+
+    /// Takes the bar off the terminal (before a line is printed, and at the end).
+    pub fn clear(&mut self) {
+        if let Some((bar, _, _)) = self.0.take() {
+            bar.finish_and_clear();
+        }
     }
 }
 

@@ -129,3 +129,22 @@ pub fn settings_pairs(fingerprint: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// The settings two fingerprints disagree on: (key, then, now).
+pub fn settings_diff(then: &str, now: &str) -> Vec<(String, String, String)> {
+    let (a, b) = (settings_pairs(then), settings_pairs(now));
+    let mut out = Vec::new();
+    for (k, v) in &b {
+        match a.iter().find(|(ka, _)| ka == k) {
+            Some((_, va)) if va == v => {}
+            Some((_, va)) => out.push((k.clone(), va.clone(), v.clone())),
+            None => out.push((k.clone(), "(unset)".into(), v.clone())),
+        }
+    }
+    for (k, v) in &a {
+        if !b.iter().any(|(kb, _)| kb == k) {
+            out.push((k.clone(), v.clone(), "(unset)".into()));
+        }
+    }
+    out
+}

@@ -88,8 +88,11 @@ pub fn emrclass_cli(args: &[&str]) -> (bool, String, String) {
 /// Every tensor of a checkpoint folder's committed tensor file (the one its state.json names),
 /// by name, as its stored bytes (fp32 values and 8-bit optimizer codes alike).
 pub fn tensor_bits(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let state = emrclass::train::checkpoint::load_state(dir).unwrap();
-    let ck = emrclass::weights::Checkpoint::open(&dir.join(&state.tensors)).unwrap();
+    // Training's and pretraining's states both name their tensor file.
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let tensors = state["tensors"].as_str().unwrap();
+    let ck = emrclass::weights::Checkpoint::open(&dir.join(tensors)).unwrap();
     ck.names()
         .into_iter()
         .map(|n| {

@@ -446,9 +446,21 @@ impl BertEncoder {
                     path.display()
                 ))
             })?;
+        // A BertForMaskedLM checkpoint has no pooler: it starts fresh (transformers' init from
+        // a fixed seed), as transformers starts it when such a checkpoint is fine-tuned.
+        let no_pooler = !ckpt.contains(&format!("{prefix}pooler.dense.weight"))
+            && !ckpt.contains(&format!("{prefix}pooler.dense.bias"));
+        let mut fresh = Rng::new(0x9001);
         let values = parameter_shapes(&config)
             .iter()
             .map(|(name, shape)| {
+                if no_pooler && name.starts_with("pooler.") {
+                    let n = shape.iter().product();
+                    return Ok(match name.ends_with(".bias") {
+                        true => vec![0.0; n],
+                        false => (0..n).map(|_| (fresh.normal() * 0.02) as f32).collect(),
+                    });
+                }
                 let full = format!("{prefix}{name}");
                 let legacy = full
                     .replace("LayerNorm.weight", "LayerNorm.gamma")
@@ -461,6 +473,12 @@ impl BertEncoder {
                 ckpt.get(&chosen, shape)
             })
             .collect::<Result<Vec<_>>>()?;
+        if no_pooler {
+            crate::note!(
+                "{}: no pooler (a BertForMaskedLM checkpoint?): pooler.dense starts fresh, as in transformers",
+                path.display()
+            );
+        }
         if std::env::var_os("EMRCLASS_DEBUG").is_some() {
             let known: std::collections::HashSet<String> = parameter_shapes(&config)
                 .into_iter()

@@ -1,5 +1,5 @@
-//! `emrclass export --run DIR --to hf OUT`: a fine-tuned classifier as a folder a PyTorch user
-//! loads with transformers.
+//! `emrclass export --run DIR --to hf OUT`: a fine-tuned classifier, or a pretrained encoder,
+//! as a folder a PyTorch user loads with transformers.
 //!
 //! - `cls` head: the engine's head is exactly `BertForSequenceClassification`'s (pooled [CLS],
 //!   dropout, linear), so OUT is that model's folder: `config.json` (the encoder's, with
@@ -8,12 +8,16 @@
 //! - every other head: `OUT/encoder/` is a `BertModel` folder (config, weights, tokenizer),
 //!   `OUT/head.safetensors` holds the head's tensors under the engine's names in PyTorch's
 //!   layouts (an RNN's two directions stacked on a first axis of 2), and `OUT/head.json` says
-//!   the head's shape and the labels; the README's `EmrclassHead` module loads the pair.
+//!   the head's shape and the labels; the README's `EmrclassHead` module loads the pair;
+//! - a pretraining run (`emrclass pretrain`): a `BertForMaskedLM` folder (`masked_lm`).
 //!
 //! The tokenizer's `model_max_length` is the run's `--max-len`, so `tokenizer(text,
 //! truncation=True)` cuts where the engine cut (`--long-text head-tail` has no tokenizer
 //! equivalent: the export says so). The folder is written beside OUT and renamed into place at
 //! the end: OUT is never half written, and an existing non-empty OUT is refused, not replaced.
+
+mod files;
+mod masked_lm;
 
 use std::path::{Path, PathBuf};
 
@@ -25,16 +29,7 @@ use crate::model::bert::{parameter_shapes, BertEncoder};
 use crate::model::heads::{Head, HeadKind};
 use crate::train::inference::load_run;
 use crate::train::trainer::Input;
-use crate::weights::{write_atomically, write_tensors};
-
-/// Tokenizer files copied from the encoder's folder when present.
-const TOKENIZER_FILES: [&str; 5] = [
-    "vocab.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-];
+use files::{copy_tokenizer, io, write_all, write_json};
 
 /// What `export` wrote.
 pub struct Exported {
@@ -44,10 +39,6 @@ pub struct Exported {
     pub tensors: usize,
     /// Things a PyTorch user must know (e.g. head-tail truncation is not the tokenizer's).
     pub warnings: Vec<String>,
-}
-
-fn io(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Invalid(format!("{}: {e}", path.display()))
 }
 
 /// Exports the best epoch's model of `run` (or its latest checkpoint) to `out`.
@@ -62,6 +53,15 @@ pub fn export_hf(dev: &Device, run: &Path, latest: bool, out: &Path) -> Result<E
             "{}: exists and is not empty; export writes a new folder and replaces nothing",
             out.display()
         )));
+    }
+    if masked_lm::is_pretraining_run(run) {
+        let tensors = staged(out, |dir| masked_lm::write_folder(dev, run, latest, dir))?;
+        return Ok(Exported {
+            folder: out.to_path_buf(),
+            layout: "BertForMaskedLM",
+            tensors,
+            warnings: Vec::new(),
+        });
     }
     let mut loaded = load_run(dev, run, !latest)?;
     let spec = loaded.state.run.model.clone();
@@ -84,33 +84,17 @@ pub fn export_hf(dev: &Device, run: &Path, latest: bool, out: &Path) -> Result<E
             spec.long_text
         ));
     }
-    let name = out
-        .file_name()
-        .ok_or_else(|| io(out, "no folder name"))?
-        .to_string_lossy();
-    let staging = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| io(&staging, e))?;
-    let written = write_folder(
-        &staging,
-        encoder_dir,
-        enc,
-        &mut loaded.model.head,
-        &loaded.labels,
-        &spec,
-    );
-    let tensors = match written {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
-        }
-    };
-    if out.exists() {
-        // An empty folder (checked above) gives way to the finished one.
-        std::fs::remove_dir(out).map_err(|e| io(out, e))?;
-    }
-    std::fs::rename(&staging, out).map_err(|e| io(out, e))?;
+    let labels = loaded.labels.clone();
+    let tensors = staged(out, |dir| {
+        write_folder(
+            dir,
+            encoder_dir,
+            enc,
+            &mut loaded.model.head,
+            &labels,
+            &spec,
+        )
+    })?;
     Ok(Exported {
         folder: out.to_path_buf(),
         layout: if cls {
@@ -121,6 +105,32 @@ pub fn export_hf(dev: &Device, run: &Path, latest: bool, out: &Path) -> Result<E
         tensors,
         warnings,
     })
+}
+
+/// Runs `write` into a staging folder beside `out` and renames it into place when it
+/// succeeds (an empty `out` gives way); a failed write leaves nothing. Returns what `write`
+/// returned.
+fn staged(out: &Path, write: impl FnOnce(&Path) -> Result<usize>) -> Result<usize> {
+    let name = out
+        .file_name()
+        .ok_or_else(|| io(out, "no folder name"))?
+        .to_string_lossy();
+    let staging = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| io(&staging, e))?;
+    let tensors = match write(&staging) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    if out.exists() {
+        // An empty folder (checked by the caller) gives way to the finished one.
+        std::fs::remove_dir(out).map_err(|e| io(out, e))?;
+    }
+    std::fs::rename(&staging, out).map_err(|e| io(out, e))?;
+    Ok(tensors)
 }
 
 /// Writes the export into `dir`; returns the number of tensors written.
@@ -235,45 +245,4 @@ fn write_folder(
 /// An f32 setting as the f64 its decimal text means (0.1, not 0.10000000149011612).
 fn short(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(x as f64)
-}
-
-fn write_all(path: &Path, tensors: &[(String, Vec<usize>, &[f32])]) -> Result<()> {
-    let borrowed: Vec<(&str, Vec<usize>, &[f32])> = tensors
-        .iter()
-        .map(|(n, s, v)| (n.as_str(), s.clone(), *v))
-        .collect();
-    write_tensors(path, &borrowed)
-}
-
-fn write_json(path: &Path, v: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| io(path, e))?;
-    write_atomically(path, text.as_bytes())
-}
-
-/// Copies the tokenizer files and sets `model_max_length` to the run's `--max-len`.
-fn copy_tokenizer(from: &Path, to: &Path, max_len: usize) -> Result<()> {
-    let present: Vec<&str> = TOKENIZER_FILES
-        .into_iter()
-        .filter(|f| from.join(f).is_file())
-        .collect();
-    if !present.contains(&"vocab.txt") && !present.contains(&"tokenizer.json") {
-        return Err(Error::Invalid(format!(
-            "{}: neither vocab.txt nor tokenizer.json; the export needs the run's tokenizer",
-            from.display()
-        )));
-    }
-    for f in &present {
-        if *f != "tokenizer_config.json" {
-            std::fs::copy(from.join(f), to.join(f)).map_err(|e| io(&from.join(f), e))?;
-        }
-    }
-    let path = from.join("tokenizer_config.json");
-    let mut tc: Map<String, Value> = if present.contains(&"tokenizer_config.json") {
-        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| io(&path, e))?
-    } else {
-        Map::new()
-    };
-    tc.insert("model_max_length".into(), json!(max_len));
-    write_json(&to.join("tokenizer_config.json"), &Value::Object(tc))
 }
