@@ -45,6 +45,12 @@ fn tiny_encoder(dir: &Path) -> PathBuf {
     enc
 }
 
+/// A term the vocabulary of `enc` spells: its tokens `first` .. `first + n` joined.
+fn spelled(enc: &Path, first: usize, n: usize) -> String {
+    let vocab = std::fs::read_to_string(enc.join("vocab.txt")).unwrap();
+    vocab.lines().skip(first).take(n).collect()
+}
+
 /// Records as `train` reads them (a text and a label: the label is ignored).
 fn records(dir: &Path, n: usize) -> PathBuf {
     let path = dir.join("records.jsonl");
@@ -79,7 +85,12 @@ fn pretraining_lowers_held_out_perplexity_and_writes_an_encoder_train_reads() {
     let enc = tiny_encoder(&dir);
     let text = records(&dir, 120);
     let terms = dir.join("terms.txt");
-    std::fs::write(&terms, "二甲双胍\n胸闷痛\n").unwrap();
+    // Terms the tiny vocabulary spells (a term it cannot spell is refused: see below).
+    std::fs::write(
+        &terms,
+        format!("{}\n{}\n", spelled(&enc, 5, 3), spelled(&enc, 9, 2)),
+    )
+    .unwrap();
     let run = dir.join("run");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let (ok, log) = pretrain(&[
@@ -277,6 +288,25 @@ fn bad_input_is_refused_by_name_before_anything_is_written() {
         &["--mask-rate"],
     );
     refused(&["--text", &s(&text), "--clip=-1"], &["--clip -1"]);
+    // A term the vocabulary cannot spell would be masked as [UNK]: named with its line.
+    let unknown = dir.join("unknown-terms.txt");
+    std::fs::write(&unknown, format!("{}\n\n鼹鼠病\n", spelled(&enc, 5, 2))).unwrap();
+    refused(
+        &["--text", &s(&text), "--mask-terms", &s(&unknown)],
+        &[
+            "unknown-terms.txt",
+            "1 term(s)",
+            "line 3 `鼹鼠病` (鼹 鼠)",
+            "[UNK]",
+        ],
+    );
+    // Records with no token the vocabulary reads (control characters only).
+    let bare = dir.join("bare.txt");
+    std::fs::write(&bare, "\u{7}\n\u{7}\u{7}\n\u{7}\n").unwrap();
+    refused(
+        &["--text", &s(&bare), "--line-by-line"],
+        &["too short to mask"],
+    );
     // A vocabulary larger than the encoder's embedding table.
     let big = dir.join("big");
     std::fs::create_dir_all(&big).unwrap();

@@ -79,6 +79,43 @@ impl WordSegmenter {
         Ok(segmenter)
     }
 
+    /// Refuses a term list whose terms the vocabulary cannot spell: a term that tokenizes to
+    /// [UNK] anywhere would be masked, and predicted, as [UNK]. Names the file, the lines and
+    /// the characters.
+    pub fn check_terms(path: &Path, tokenizer: &BertTokenizer) -> Result<()> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let unk = tokenizer.token_id("[UNK]");
+        let mut bad = Vec::new();
+        for (n, term) in text.lines().enumerate() {
+            let term = term.trim();
+            if term.is_empty() {
+                continue;
+            }
+            let (ids, offsets) = tokenizer.encode_with_offsets(term)?;
+            let missing: Vec<&str> = ids
+                .iter()
+                .zip(&offsets)
+                .filter(|(&id, _)| Some(id) == unk)
+                .map(|(_, &(a, b))| &term[a..b])
+                .collect();
+            if !missing.is_empty() {
+                bad.push(format!("line {} `{term}` ({})", n + 1, missing.join(" ")));
+            }
+        }
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<&str> = bad.iter().take(5).map(String::as_str).collect();
+        Err(Error::Invalid(format!(
+            "{}: {} term(s) hold characters the vocabulary lacks, which would be masked and \
+             predicted as [UNK]: {}{}. Drop them, or pretrain with a vocabulary that has them",
+            path.display(),
+            bad.len(),
+            shown.join("; "),
+            if bad.len() > shown.len() { "; ..." } else { "" }
+        )))
+    }
+
     /// How many terms the list holds.
     pub fn term_count(&self) -> usize {
         self.term_count

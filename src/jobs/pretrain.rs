@@ -124,7 +124,11 @@ pub fn prepare(o: &PretrainOptions) -> Result<Prepared> {
         )));
     }
     let segmenter = match &o.mask_terms {
-        Some(path) => WordSegmenter::from_term_file(path)?,
+        Some(path) => {
+            let segmenter = WordSegmenter::from_term_file(path)?;
+            WordSegmenter::check_terms(path, &tokenizer)?;
+            segmenter
+        }
         None => WordSegmenter::new(&[])?,
     };
     let tokens = MaskTokens::from_tokenizer(&tokenizer)?;
@@ -143,7 +147,8 @@ pub fn prepare(o: &PretrainOptions) -> Result<Prepared> {
     let sequences = group_records(&words, o.max_len, o.grouping, cls, sep);
     if sequences.len() < 2 {
         return Err(Error::Invalid(format!(
-            "{} sequence(s) of up to {} tokens from {} records: at least 2 are needed (one held out)",
+            "{} sequence(s) of up to {} tokens from {} records (a record with no token the \
+             vocabulary reads makes none: too short to mask): at least 2 are needed (one held out)",
             sequences.len(),
             o.max_len,
             records.len()
