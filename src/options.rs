@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::data::batching::LongText;
 use crate::data::dataset::ReadOptions;
-use crate::data::masking::{Grouping, MaskingRule};
+use crate::data::masking::{Grouping, MaskUnit, MaskingRule};
 use crate::model::heads::HeadKind;
 use crate::model::loss::LossKind;
 use crate::model::window_pool::{chunk_pool_name, Pool};
@@ -207,6 +207,8 @@ pub struct PretrainOptions {
     pub max_len: usize,
     pub grouping: Grouping,
     pub mask_terms: Option<PathBuf>,
+    /// Whole words (and terms) or single tokens as masking's unit.
+    pub mask_unit: MaskUnit,
     pub rule: MaskingRule,
     pub epochs: usize,
     pub batch_size: usize,

@@ -375,6 +375,10 @@ pub fn check_pretrain(o: &PretrainOptions) -> Result<()> {
     c.fraction("--eval-fraction", o.eval_fraction, false, 0.0, 1.0);
     c.count("--accumulate", o.accumulate);
     c.count("--log-every", o.log_every as usize);
+    c.require(
+        o.mask_terms.is_none() || o.mask_unit == crate::data::masking::MaskUnit::Word,
+        "--mask-terms masks listed terms as whole units: it needs --mask-unit word",
+    );
     c.finish()?;
     folder_lock::check(&o.out, o.start(), "--out")?;
     if o.resume && !o.out.join("checkpoint").join("state.json").exists() {

@@ -371,3 +371,52 @@ fn a_batch_masks_each_sequence_as_alone_whatever_its_company() {
     // Another epoch masks differently.
     assert_ne!(masked_batch(&all, 9, 3, &rule, &tokens, pad), whole);
 }
+
+/// `--mask-unit token`: every token its own unit, as BERT and run_mlm.py mask: the same tokens
+/// as whole-word masking reads, each sequence masked to exactly the rate (no word overshoots
+/// it), and across the corpus words masked in part, which whole-word masking never does.
+#[test]
+fn token_masking_takes_tokens_one_at_a_time() {
+    use emrclass::data::masking::token_records;
+    let tk = tokenizer();
+    let seg = WordSegmenter::new(&terms()).unwrap();
+    let texts: Vec<String> = synthetic::generate(11, 1.0)
+        .into_iter()
+        .take(400)
+        .map(|e| e.text)
+        .collect();
+    let by_word = word_records(&tk, &seg, &texts).unwrap();
+    let by_token = token_records(&tk, &texts).unwrap();
+    let mut last = None;
+    for (w, t) in by_word.iter().zip(&by_token) {
+        assert_eq!(w.ids, t.ids, "the same tokens");
+        for &u in &t.words {
+            assert!(
+                last.is_none_or(|l| u > l),
+                "one unit per token, numbered on"
+            );
+            last = Some(u);
+        }
+    }
+    let (cls, sep) = (tk.token_id("[CLS]").unwrap(), tk.token_id("[SEP]").unwrap());
+    let corpus: Vec<(Vec<i32>, Vec<u32>)> =
+        group_records(&by_token, 512, Grouping::LineByLine, cls, sep)
+            .into_iter()
+            .map(|s| (s.ids, s.words))
+            .collect();
+    let tokens = MaskTokens::from_tokenizer(&tk).unwrap();
+    let masked = mask_all(&corpus, &tokens, 7, 0);
+    let mut partly_masked_words = 0;
+    for (((ids, words), m), w) in corpus.iter().zip(&masked).zip(&by_word) {
+        let maskable = words.iter().filter(|&&u| u != NO_WORD).count();
+        let predicted = m.labels.iter().filter(|&&l| l != NOT_PREDICTED).count();
+        let target = ((maskable as f64 * 0.15).round() as usize).max(1);
+        assert_eq!(predicted, target, "{ids:?}");
+        // The record's jieba words, on the sequence's positions (after [CLS]).
+        for (a, b) in runs(&w.words) {
+            let chosen = (a..b).filter(|&p| m.labels[p + 1] != NOT_PREDICTED).count();
+            partly_masked_words += usize::from(chosen > 0 && chosen < b - a);
+        }
+    }
+    assert!(partly_masked_words > 50, "{partly_masked_words}");
+}

@@ -300,6 +300,17 @@ fn bad_input_is_refused_by_name_before_anything_is_written() {
             "[UNK]",
         ],
     );
+    refused(
+        &[
+            "--text",
+            &s(&text),
+            "--mask-terms",
+            &s(&unknown),
+            "--mask-unit",
+            "token",
+        ],
+        &["--mask-terms", "--mask-unit word"],
+    );
     // Records with no token the vocabulary reads (control characters only).
     let bare = dir.join("bare.txt");
     std::fs::write(&bare, "\u{7}\n\u{7}\u{7}\n\u{7}\n").unwrap();

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use emrclass::data::masking::{Grouping, MaskingRule};
+use emrclass::data::masking::{Grouping, MaskUnit, MaskingRule};
 use emrclass::jobs::pretrain;
 use emrclass::options::PretrainOptions;
 use emrclass::settings::Checks;
@@ -40,6 +40,10 @@ pub struct Args {
     /// Medical terms, one per line, masked as units (before the segmenter's words).
     #[arg(long)]
     mask_terms: Option<PathBuf>,
+    /// What masking picks: whole words (jieba, and --mask-terms first), as MC-BERT and Chinese
+    /// BERT-wwm; or single tokens, as BERT and transformers' run_mlm.py.
+    #[arg(long, value_enum, default_value_t = MaskUnitArg::Word)]
+    mask_unit: MaskUnitArg,
     /// Fraction of the tokens to predict.
     #[arg(long, default_value_t = 0.15)]
     mask_rate: f64,
@@ -100,6 +104,15 @@ pub struct Args {
     stop_after_steps: Option<u64>,
 }
 
+/// `--mask-unit`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MaskUnitArg {
+    /// Whole words.
+    Word,
+    /// Single tokens.
+    Token,
+}
+
 pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
     let (folder, from_scratch) = match (&a.encoder, &a.config) {
         (Some(e), _) => (e.clone(), false),
@@ -121,6 +134,10 @@ pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
             Grouping::Blocks
         },
         mask_terms: a.mask_terms.clone(),
+        mask_unit: match a.mask_unit {
+            MaskUnitArg::Word => MaskUnit::Word,
+            MaskUnitArg::Token => MaskUnit::Token,
+        },
         rule: MaskingRule {
             rate: a.mask_rate,
             ..MaskingRule::default()

@@ -187,6 +187,40 @@ pub fn word_records<S: AsRef<str>>(
     Ok(out)
 }
 
+/// Every text's tokens, each its own word: BERT's original masking, token by token (as
+/// transformers' `run_mlm.py` masks; `pretrain --mask-unit token`). Numbered across texts.
+pub fn token_records<S: AsRef<str>>(
+    tokenizer: &BertTokenizer,
+    texts: &[S],
+) -> Result<Vec<WordTokens>> {
+    let mut next_word = 0u32;
+    let mut out = Vec::with_capacity(texts.len());
+    for t in texts {
+        let (ids, _) = tokenizer.encode_with_offsets(t.as_ref())?;
+        let words = (next_word..next_word + ids.len() as u32).collect();
+        next_word += ids.len() as u32;
+        out.push(WordTokens { ids, words });
+    }
+    Ok(out)
+}
+
+/// What masking picks as a unit: a whole word (terms, jieba) or a single token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MaskUnit {
+    #[default]
+    Word,
+    Token,
+}
+
+impl MaskUnit {
+    pub fn name(self) -> &'static str {
+        match self {
+            MaskUnit::Word => "word",
+            MaskUnit::Token => "token",
+        }
+    }
+}
+
 /// How much to mask, and how (BERT's 15 % and 80 / 10 / 10 by default).
 #[derive(Clone, Copy, Debug)]
 pub struct MaskingRule {

@@ -14,7 +14,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::data::masking::{
-    group_records, word_records, Grouping, MaskTokens, WordSegmenter, WordSequence,
+    group_records, token_records, word_records, Grouping, MaskTokens, MaskUnit, WordSegmenter,
+    WordSequence,
 };
 use crate::data::tokenizer::BertTokenizer;
 use crate::device::Device;
@@ -143,7 +144,10 @@ pub fn prepare(o: &PretrainOptions) -> Result<Prepared> {
     let (cls, sep, pad) = (id("[CLS]")?, id("[SEP]")?, id("[PAD]")?);
     let records = read_records(&o.texts)?;
     // Records to sequences; words numbered across records so none merges with the next.
-    let words = word_records(&tokenizer, &segmenter, &records)?;
+    let words = match o.mask_unit {
+        MaskUnit::Word => word_records(&tokenizer, &segmenter, &records)?,
+        MaskUnit::Token => token_records(&tokenizer, &records)?,
+    };
     let sequences = group_records(&words, o.max_len, o.grouping, cls, sep);
     if sequences.len() < 2 {
         return Err(Error::Invalid(format!(
@@ -167,9 +171,9 @@ pub fn prepare(o: &PretrainOptions) -> Result<Prepared> {
 /// differently is refused).
 fn fingerprint(o: &PretrainOptions, s: &LoopSettings) -> String {
     format!(
-        "texts={:?} encoder={:?} from_scratch={} max_len={} line_by_line={} mask_terms={:?} mask_rate={} eval_fraction={} epochs={} batch_size={} micro_batch={} accumulate={} lr={} warmup={} weight_decay={} clip={:?} seed={} optimizer={} saved_activations={}",
+        "texts={:?} encoder={:?} from_scratch={} max_len={} line_by_line={} mask_terms={:?} mask_unit={} mask_rate={} eval_fraction={} epochs={} batch_size={} micro_batch={} accumulate={} lr={} warmup={} weight_decay={} clip={:?} seed={} optimizer={} saved_activations={}",
         o.texts, o.encoder, o.from_scratch, o.max_len, o.grouping == Grouping::LineByLine,
-        o.mask_terms, o.rule.rate, o.eval_fraction, o.epochs, o.batch_size, s.micro_batch,
+        o.mask_terms, o.mask_unit.name(), o.rule.rate, o.eval_fraction, o.epochs, o.batch_size, s.micro_batch,
         s.accumulate, o.lr, o.warmup_ratio, o.weight_decay, o.clip, o.seed, o.optimizer.name(),
         if o.fp16_activations { "fp16" } else { "fp32" }
     )
@@ -355,7 +359,7 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
         "command": "pretrain",
         "encoder": o.encoder, "texts": o.texts, "max_len": o.max_len,
         "line_by_line": o.grouping == Grouping::LineByLine, "mask_terms": o.mask_terms,
-        "mask_rate": o.rule.rate, "epochs": o.epochs, "batch_size": o.batch_size,
+        "mask_unit": o.mask_unit.name(), "mask_rate": o.rule.rate, "epochs": o.epochs, "batch_size": o.batch_size,
         "micro_batch": s.micro_batch, "accumulate": s.accumulate, "lr": o.lr,
         "warmup_ratio": o.warmup_ratio, "weight_decay": o.weight_decay, "clip": o.clip,
         "optimizer": o.optimizer.name(),

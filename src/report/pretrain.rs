@@ -93,8 +93,12 @@ pub fn page_of(dir: &Path) -> String {
             (
                 "masking",
                 format!(
-                    "{} % of tokens, whole words{}",
+                    "{} % of tokens, {}{}",
                     f64_of(r, "mask_rate").map_or("?".into(), |x| format!("{}", x * 100.0)),
+                    match r["mask_unit"].as_str() {
+                        Some("token") => "token by token",
+                        _ => "whole words",
+                    },
                     r["mask_terms"]
                         .as_str()
                         .map_or(String::new(), |t| format!(", terms of {t} first"))
