@@ -180,24 +180,25 @@ fn fingerprint(o: &PretrainOptions, s: &LoopSettings) -> String {
 }
 
 /// The checkpoint `--resume` continues from, when its settings are this run's (a larger
-/// --epochs extends the run: its schedule then decays over the new total).
-fn resumable(o: &PretrainOptions, fingerprint: &str) -> Result<PretrainState> {
+/// --epochs extends the run: its schedule then decays over the new total), with what to tell
+/// the user about it.
+fn resumable(o: &PretrainOptions, fingerprint: &str) -> Result<(PretrainState, Option<String>)> {
     let state = resume_state(&o.out)?;
     let changed = settings_diff(&state.fingerprint, fingerprint);
     let grew = |(k, a, b): &(String, String, String)| {
         k == "epochs" && a.parse::<usize>().ok() < b.parse::<usize>().ok()
     };
     match changed.as_slice() {
-        [] => Ok(state),
+        [] => Ok((state, None)),
         [one] if grew(one) => {
-            say!(
+            let note = format!(
                 "extending {} from {} to {} epochs (the learning-rate schedule now decays over {} epochs)",
                 o.out.display(),
                 one.1,
                 one.2,
                 one.2
             );
-            Ok(state)
+            Ok((state, Some(note)))
         }
         _ => {
             let list: Vec<String> = changed
@@ -322,7 +323,13 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
     }
     let lock = FolderLock::claim(&o.out, o.start(), "--out")?;
     let resumed = match o.resume {
-        true => Some(resumable(o, &fingerprint)?),
+        true => {
+            let (state, note) = resumable(o, &fingerprint)?;
+            if let Some(note) = note {
+                say!("{note}");
+            }
+            Some(state)
+        }
         false => None,
     };
     let mut folder = PretrainFolder::new(lock, resumed.is_some(), fingerprint);
