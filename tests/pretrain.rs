@@ -201,6 +201,12 @@ fn pretraining_lowers_held_out_perplexity_and_writes_an_encoder_train_reads() {
         assert_eq!(la.to_bits(), lb.to_bits(), "{la} vs {lb}");
     }
 
+    // eval and predict want a classifier: the pretraining run says what to do instead.
+    let (ok, _, err) = common::emrclass_cli(&["eval", "--run", &s(&run), "--data", &s(&text)]);
+    assert!(
+        !ok && err.contains("a pretraining run") && err.contains("train --encoder"),
+        "{err}"
+    );
     // `train --encoder` fine-tunes from it, and `pretrain --encoder` continues it.
     let (ok, out_, err) = common::emrclass_cli(&[
         "train",

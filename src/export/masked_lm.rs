@@ -20,11 +20,6 @@ use crate::train::checkpoint;
 use crate::train::optim::Optimizer;
 use crate::train::pretraining::PretrainState;
 
-/// The run folder `emrclass pretrain` wrote: its run.json says so.
-pub fn is_pretraining_run(run: &Path) -> bool {
-    read_run_json(run).is_ok_and(|v| v["command"] == "pretrain")
-}
-
 fn read_run_json(run: &Path) -> Result<Value> {
     let path = run.join("run.json");
     let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;

@@ -54,7 +54,7 @@ pub fn export_hf(dev: &Device, run: &Path, latest: bool, out: &Path) -> Result<E
             out.display()
         )));
     }
-    if masked_lm::is_pretraining_run(run) {
+    if crate::train::pretraining::is_pretraining_run(run) {
         let tensors = staged(out, |dir| masked_lm::write_folder(dev, run, latest, dir))?;
         return Ok(Exported {
             folder: out.to_path_buf(),

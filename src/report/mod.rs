@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::train::pretraining::is_pretraining_run;
 use crate::train::state::settings_pairs;
 use crate::weights::write_atomically;
 use html::{esc, f64_of, figure, json_file, missing_section, page, table};
@@ -40,7 +41,7 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
     }
     let html = if dir.join("results.csv").is_file() {
         experiment_page(dir)
-    } else if is_pretraining(dir) {
+    } else if is_pretraining_run(dir) {
         pretrain::page_of(dir)
     } else {
         run_page(dir)
@@ -48,14 +49,6 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
     let path = dir.join("report.html");
     write_atomically(&path, html.as_bytes())?;
     Ok(path)
-}
-
-/// A pretraining run's folder: its run.json says so.
-fn is_pretraining(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("run.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .is_some_and(|v| v["command"] == "pretrain")
 }
 
 /// What a run folder's `log.jsonl` holds, line kinds apart.

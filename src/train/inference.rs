@@ -34,6 +34,14 @@ pub struct LoadedRun {
 
 /// Rebuilds the model of `run/best` (`best`) or `run/checkpoint` (latest).
 pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
+    if super::pretraining::is_pretraining_run(run) {
+        return Err(Error::Invalid(format!(
+            "{}: a pretraining run (`emrclass pretrain`): an encoder with no classifier to \
+             evaluate or predict with. Fine-tune it first: emrclass train --encoder {} ...",
+            run.display(),
+            run.join("encoder").display()
+        )));
+    }
     let dir = run.join(if best { "best" } else { "checkpoint" });
     let state = checkpoint::load_state(&dir)?;
     // What state.json asks for (a head, a loss, sizes, an encoder folder) and cannot be built

@@ -402,6 +402,14 @@ impl Drop for PretrainFolder {
     }
 }
 
+/// A run folder `emrclass pretrain` wrote: its run.json says so.
+pub fn is_pretraining_run(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("run.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["command"] == "pretrain")
+}
+
 /// Reads the checkpoint `--resume` continues from in `dir`.
 pub fn resume_state(dir: &Path) -> Result<PretrainState> {
     checkpoint::read_state(&dir.join("checkpoint"))
