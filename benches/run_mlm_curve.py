@@ -96,12 +96,14 @@ def windows(points, w):
 def compare(a):
     with open(os.path.join(a.out, "torch.json")) as f:
         torch_runs = json.load(f)["runs"]
-    engine = {}
+    engine, engine_eval = {}, {}
     for name in sorted(os.listdir(a.out)):
-        if name.startswith("engine-seed"):
-            with open(os.path.join(a.out, name, "log.jsonl")) as f:
+        log = os.path.join(a.out, name, "log.jsonl")
+        if name.startswith("engine-seed") and os.path.isfile(log):
+            with open(log) as f:
                 lines = [json.loads(l) for l in f]
             engine[name] = [(l["step"], l["loss"]) for l in lines if "loss" in l]
+            engine_eval[name] = [l["eval_loss"] for l in lines if l.get("epoch_end") and l["epoch"] > 0]
     if not engine:
         sys.exit(f"{a.out}: no engine-seedN runs")
     t = {s: windows(r["loss"], a.window) for s, r in torch_runs.items()}
@@ -120,6 +122,13 @@ def compare(a):
         print(f"| {step - a.window + 1}-{step} | {min(tv):.3f} | {max(tv):.3f} | {mean:.3f} | "
               f"{' '.join(f'{x:.3f}' for x in ev)} | {'yes' if ok else 'no'} |")
     print(f"\nengine mean within PyTorch's seed range in {inside} of {n} windows of {a.window} steps")
+    print("\n| held-out loss after epoch | PyTorch seeds | engine seeds |")
+    print("|---:|---|---|")
+    epochs = min(min(len(r["eval"]) for r in torch_runs.values()), min(len(v) for v in engine_eval.values()))
+    for k in range(epochs):
+        tv = " ".join(f"{r['eval'][k][1]:.3f}" for r in torch_runs.values())
+        ev = " ".join(f"{v[k]:.3f}" for v in engine_eval.values())
+        print(f"| {k + 1} | {tv} | {ev} |")
 
 
 def main():
