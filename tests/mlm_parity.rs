@@ -15,6 +15,7 @@ use common::{f64s, i32s};
 use std::path::PathBuf;
 
 use emrclass::check::relative_error;
+use emrclass::data::masking::MaskedBatch;
 use emrclass::model::bert::BertEncoder;
 use emrclass::model::mlm_head::MlmHead;
 use emrclass::{Device, Schedule};
@@ -22,6 +23,27 @@ use serde_json::Value;
 
 fn folder() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mlm_tiny")
+}
+
+/// A fixture's batch (input_ids, attention_mask, labels with -100 where not predicted) as the
+/// engine takes it: the labelled positions gathered, flattened b * seq + l.
+fn fixture_batch(v: &Value, seq: usize) -> MaskedBatch {
+    let (ids, mask, labels) = (
+        i32s(&v["input_ids"]),
+        i32s(&v["attention_mask"]),
+        i32s(&v["labels"]),
+    );
+    let positions: Vec<i32> = (0..labels.len() as i32)
+        .filter(|&i| labels[i as usize] != -100)
+        .collect();
+    MaskedBatch {
+        batch: ids.len() / seq,
+        len: seq,
+        labels: positions.iter().map(|&i| labels[i as usize]).collect(),
+        positions,
+        input_ids: ids,
+        attention_mask: mask,
+    }
 }
 
 fn check(dev: &Device) {
@@ -129,7 +151,6 @@ fn masked_lm_loss_and_gradients_match_transformers() {
 /// there and here: their true gradient is 0, so fp32 noise is all that moves them.
 #[test]
 fn three_adamw_steps_of_pretraining_match_transformers() {
-    use emrclass::data::masking::MaskedBatch;
     use emrclass::model::masked_lm::MaskedLm;
     use emrclass::ops::AdamW;
     use emrclass::train::optim::Optimizer;
@@ -155,22 +176,7 @@ fn three_adamw_steps_of_pretraining_match_transformers() {
     });
     let seq = expected["seq"].as_u64().unwrap() as usize;
     for (k, step) in expected["steps"].as_array().unwrap().iter().enumerate() {
-        let (ids, mask, labels) = (
-            i32s(&step["input_ids"]),
-            i32s(&step["attention_mask"]),
-            i32s(&step["labels"]),
-        );
-        let positions: Vec<i32> = (0..labels.len() as i32)
-            .filter(|&i| labels[i as usize] != -100)
-            .collect();
-        let batch = MaskedBatch {
-            batch: ids.len() / seq,
-            len: seq,
-            labels: positions.iter().map(|&i| labels[i as usize]).collect(),
-            positions,
-            input_ids: ids,
-            attention_mask: mask,
-        };
+        let batch = fixture_batch(step, seq);
         let loss = model.forward_backward(&batch, None).unwrap();
         let norm = opt.step(&mut model.slots(), 1e-3, Some(1.0)).unwrap();
         let (want_loss, want_norm) = (
@@ -225,7 +231,6 @@ fn three_adamw_steps_of_pretraining_match_transformers() {
 /// for scale.
 #[test]
 fn minilm_layers_under_an_mlm_head_match_transformers() {
-    use emrclass::data::masking::MaskedBatch;
     use emrclass::model::masked_lm::MaskedLm;
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -262,22 +267,7 @@ fn minilm_layers_under_an_mlm_head_match_transformers() {
         .expect("the fixture's head");
     let mut model = MaskedLm { encoder, head };
     let seq = expected["seq"].as_u64().unwrap() as usize;
-    let (ids, mask, labels) = (
-        i32s(&expected["input_ids"]),
-        i32s(&expected["attention_mask"]),
-        i32s(&expected["labels"]),
-    );
-    let positions: Vec<i32> = (0..labels.len() as i32)
-        .filter(|&i| labels[i as usize] != -100)
-        .collect();
-    let batch = MaskedBatch {
-        batch: ids.len() / seq,
-        len: seq,
-        labels: positions.iter().map(|&i| labels[i as usize]).collect(),
-        positions,
-        input_ids: ids,
-        attention_mask: mask,
-    };
+    let batch = fixture_batch(&expected, seq);
     let loss = model.forward_backward(&batch, None).unwrap();
     let (want, torch32) = (
         expected["loss"].as_f64().unwrap(),

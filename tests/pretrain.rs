@@ -19,32 +19,6 @@ fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
-/// The fixture's BertForPreTraining weights with a vocabulary of its 97 ids (the synthetic
-/// records' characters first, so that most of a record is not [UNK]).
-fn tiny_encoder(dir: &Path) -> PathBuf {
-    let enc = dir.join("enc");
-    std::fs::create_dir_all(&enc).unwrap();
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mlm_tiny");
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture.join(f), enc.join(f)).unwrap();
-    }
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    for e in synthetic::generate(1, 0.2) {
-        for c in e.text.chars() {
-            let c = c.to_string();
-            if vocab.len() < 97 && !vocab.contains(&c) {
-                vocab.push(c);
-            }
-        }
-    }
-    vocab.extend((vocab.len()..97).map(|i| format!("x{i}")));
-    std::fs::write(enc.join("vocab.txt"), vocab.join("\n")).unwrap();
-    enc
-}
-
 /// A term the vocabulary of `enc` spells: its tokens `first` .. `first + n` joined.
 fn spelled(enc: &Path, first: usize, n: usize) -> String {
     let vocab = std::fs::read_to_string(enc.join("vocab.txt")).unwrap();
@@ -82,7 +56,7 @@ fn perplexities(run: &Path) -> Vec<f64> {
 #[test]
 fn pretraining_lowers_held_out_perplexity_and_writes_an_encoder_train_reads() {
     let dir = scratch("run");
-    let enc = tiny_encoder(&dir);
+    let enc = common::mlm_tiny_encoder(&dir);
     let text = records(&dir, 120);
     let terms = dir.join("terms.txt");
     // Terms the tiny vocabulary spells (a term it cannot spell is refused: see below).
@@ -248,7 +222,7 @@ fn pretraining_lowers_held_out_perplexity_and_writes_an_encoder_train_reads() {
 #[test]
 fn bad_input_is_refused_by_name_before_anything_is_written() {
     let dir = scratch("refusals");
-    let enc = tiny_encoder(&dir);
+    let enc = common::mlm_tiny_encoder(&dir);
     let text = records(&dir, 20);
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let out = dir.join("out");
@@ -431,7 +405,7 @@ fn no_tensor_of_batch_by_length_by_vocabulary_is_ever_allocated() {
 #[test]
 fn pretraining_from_scratch_needs_only_a_config_and_a_vocabulary() {
     let dir = scratch("scratch");
-    let enc = tiny_encoder(&dir);
+    let enc = common::mlm_tiny_encoder(&dir);
     let shape = dir.join("shape");
     std::fs::create_dir_all(&shape).unwrap();
     for f in ["config.json", "vocab.txt"] {
@@ -490,7 +464,7 @@ fn pretraining_from_scratch_needs_only_a_config_and_a_vocabulary() {
 #[test]
 fn a_memory_budget_runs_the_plan() {
     let dir = scratch("budget");
-    let enc = tiny_encoder(&dir);
+    let enc = common::mlm_tiny_encoder(&dir);
     let text = records(&dir, 120);
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let run = dir.join("run");

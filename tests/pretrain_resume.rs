@@ -36,27 +36,8 @@ fn scratch(tag: &str) -> PathBuf {
 /// The fixture BERT (tests/fixtures/mlm_tiny) with a 97-token vocabulary of the synthetic
 /// records' characters, and 60 records.
 fn inputs(dir: &Path) -> (PathBuf, PathBuf) {
-    let enc = dir.join("enc");
-    std::fs::create_dir_all(&enc).unwrap();
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mlm_tiny");
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture.join(f), enc.join(f)).unwrap();
-    }
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let enc = common::mlm_tiny_encoder(dir);
     let records = synthetic::generate(2, 1.0);
-    for e in &records {
-        for c in e.text.chars() {
-            let c = c.to_string();
-            if vocab.len() < 97 && !vocab.contains(&c) {
-                vocab.push(c);
-            }
-        }
-    }
-    vocab.extend((vocab.len()..97).map(|i| format!("x{i}")));
-    std::fs::write(enc.join("vocab.txt"), vocab.join("\n")).unwrap();
     let text = dir.join("records.txt");
     let lines: Vec<String> = records.into_iter().take(60).map(|e| e.text).collect();
     std::fs::write(&text, lines.join("\n")).unwrap();

@@ -118,3 +118,30 @@ pub fn bert_tiny_ids(expected: &Value) -> Value {
         "token_type_ids": rows("token_type_ids"),
     })
 }
+
+/// In `dir/enc`: tests/fixtures/mlm_tiny's BertForPreTraining weights with a vocabulary of its
+/// 97 ids (the synthetic records' characters first, so that most of a record is not [UNK]).
+pub fn mlm_tiny_encoder(dir: &std::path::Path) -> std::path::PathBuf {
+    let enc = dir.join("enc");
+    std::fs::create_dir_all(&enc).unwrap();
+    let fixture =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mlm_tiny");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), enc.join(f)).unwrap();
+    }
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for e in emrclass::data::synthetic::generate(1, 0.2) {
+        for c in e.text.chars() {
+            let c = c.to_string();
+            if vocab.len() < 97 && !vocab.contains(&c) {
+                vocab.push(c);
+            }
+        }
+    }
+    vocab.extend((vocab.len()..97).map(|i| format!("x{i}")));
+    std::fs::write(enc.join("vocab.txt"), vocab.join("\n")).unwrap();
+    enc
+}
