@@ -118,3 +118,23 @@ pub fn table(head: &[&str], rows: &[Vec<String>], first_is_name: bool) -> String
     s.push_str("</table>\n");
     s
 }
+
+/// The lines of `dir/log.jsonl` that are JSON, with their line numbers (from 1); a missing file
+/// (`missing`: what the page then lacks) or a cut line is said in `problems`.
+pub fn log_lines(dir: &Path, problems: &mut Vec<String>, missing: &str) -> Vec<(usize, Value)> {
+    let Ok(text) = std::fs::read_to_string(dir.join("log.jsonl")) else {
+        problems.push(format!("log.jsonl is missing: {missing}"));
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) => lines.push((i + 1, v)),
+            Err(_) => problems.push(format!(
+                "log.jsonl line {} is not JSON (cut by a crash?): skipped",
+                i + 1
+            )),
+        }
+    }
+    lines
+}

@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::train::pretraining::is_pretraining_run;
 use crate::train::state::settings_pairs;
 use crate::weights::write_atomically;
-use html::{esc, f64_of, figure, json_file, missing_section, page, table};
+use html::{esc, f64_of, figure, json_file, log_lines, missing_section, page, table};
 
 /// Writes `dir/report.html` for a run folder, or for an experiment folder (one holding
 /// `results.csv`); returns its path.
@@ -67,18 +67,7 @@ struct Log {
 
 fn read_log(dir: &Path, problems: &mut Vec<String>) -> Log {
     let mut log = Log::default();
-    let Ok(text) = std::fs::read_to_string(dir.join("log.jsonl")) else {
-        problems.push("log.jsonl is missing: no learning curves".into());
-        return log;
-    };
-    for (i, line) in text.lines().enumerate() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            problems.push(format!(
-                "log.jsonl line {} is not JSON (cut by a crash?): skipped",
-                i + 1
-            ));
-            continue;
-        };
+    for (n, v) in log_lines(dir, problems, "no learning curves") {
         let dev = (
             f64_of(&v, "dev_accuracy"),
             f64_of(&v, "dev_macro_f1"),
@@ -99,7 +88,7 @@ fn read_log(dir: &Path, problems: &mut Vec<String>) -> Log {
             }
             _ => problems.push(format!(
                 "log.jsonl line {}: not a line the engine writes",
-                i + 1
+                n
             )),
         }
     }

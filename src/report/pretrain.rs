@@ -5,10 +5,8 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-
 use super::charts;
-use super::html::{f64_of, figure, json_file, missing_section, page, table};
+use super::html::{f64_of, figure, json_file, log_lines, missing_section, page, table};
 
 /// The step and evaluation lines of a pretraining log.jsonl.
 #[derive(Default)]
@@ -21,18 +19,7 @@ struct PretrainLog {
 
 fn read(dir: &Path, problems: &mut Vec<String>) -> PretrainLog {
     let mut log = PretrainLog::default();
-    let Ok(text) = std::fs::read_to_string(dir.join("log.jsonl")) else {
-        problems.push("log.jsonl is missing: no curves".into());
-        return log;
-    };
-    for (i, line) in text.lines().enumerate() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            problems.push(format!(
-                "log.jsonl line {} is not JSON (cut by a crash?): skipped",
-                i + 1
-            ));
-            continue;
-        };
+    for (n, v) in log_lines(dir, problems, "no curves") {
         let step = f64_of(&v, "step");
         match (step, f64_of(&v, "loss_mean"), f64_of(&v, "eval_perplexity")) {
             (Some(s), Some(loss), _) => log.steps.push((s, loss)),
@@ -45,7 +32,7 @@ fn read(dir: &Path, problems: &mut Vec<String>) -> PretrainLog {
             )),
             _ => problems.push(format!(
                 "log.jsonl line {}: not a line pretraining writes",
-                i + 1
+                n
             )),
         }
     }

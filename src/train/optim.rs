@@ -80,6 +80,26 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// The schedule of `epochs` passes over `examples` in batches of `batch` x `accumulate`:
+    /// linear warm-up over ceil(warmup_fraction x total steps) steps, as HF Trainer counts
+    /// `warmup_ratio` (Python's `math.ceil` of the same f64 product), then linear decay to 0.
+    pub fn linear(
+        peak: f64,
+        warmup_fraction: f64,
+        examples: usize,
+        batch: usize,
+        accumulate: usize,
+        epochs: usize,
+    ) -> Schedule {
+        let steps_per_epoch = examples.div_ceil(batch.max(1)).div_ceil(accumulate.max(1)) as u64;
+        let total = steps_per_epoch * epochs as u64;
+        Schedule {
+            peak,
+            warmup: (warmup_fraction * total as f64).ceil() as u64,
+            total,
+        }
+    }
+
     /// The learning rate of step `step` (counting from 1, as the optimizer does).
     pub fn lr(&self, step: u64) -> f64 {
         let s = step.saturating_sub(1); // HF evaluates the schedule before its step counter moves

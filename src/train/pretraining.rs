@@ -113,17 +113,16 @@ pub struct LoopSettings {
 }
 
 impl LoopSettings {
-    /// Linear warm-up over ceil(warmup_ratio x total steps), then linear decay to 0.
+    /// The learning-rate schedule over `train_sequences` (`Schedule::linear`).
     pub fn schedule(&self, train_sequences: usize) -> Schedule {
-        let steps_per_epoch = train_sequences
-            .div_ceil(self.micro_batch.max(1))
-            .div_ceil(self.accumulate.max(1)) as u64;
-        let total = steps_per_epoch * self.epochs as u64;
-        Schedule {
-            peak: self.lr,
-            warmup: (self.warmup_ratio * total as f64).ceil() as u64,
-            total,
-        }
+        Schedule::linear(
+            self.lr,
+            self.warmup_ratio,
+            train_sequences,
+            self.micro_batch,
+            self.accumulate,
+            self.epochs,
+        )
     }
 }
 

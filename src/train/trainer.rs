@@ -529,19 +529,16 @@ pub fn train(
     Ok((logs, p))
 }
 
-/// The learning-rate schedule of a run over `records` training records: linear warm-up over
-/// ceil(warmup_fraction x total steps) steps, as HF Trainer counts `warmup_ratio` (Python's
-/// `math.ceil` of the same f64 product), then linear decay to 0.
+/// The learning-rate schedule of a run over `records` training records (`Schedule::linear`).
 pub fn schedule(s: &TrainSettings, records: usize) -> Schedule {
-    let steps_per_epoch = records
-        .div_ceil(s.batch_size.max(1))
-        .div_ceil(s.accumulate.max(1)) as u64;
-    let total = steps_per_epoch * s.epochs as u64;
-    Schedule {
-        peak: s.lr,
-        warmup: (s.warmup_fraction * total as f64).ceil() as u64,
-        total,
-    }
+    Schedule::linear(
+        s.lr,
+        s.warmup_fraction,
+        records,
+        s.batch_size,
+        s.accumulate,
+        s.epochs,
+    )
 }
 
 /// The optimizer of a run: AdamW (betas 0.9 / 0.999, eps 1e-8) with the settings' weight decay,
