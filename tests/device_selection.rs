@@ -73,3 +73,43 @@ fn cli_reports_the_chosen_device() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no op named `no_such_op`"));
 }
+
+/// The simulator's threads: `--simt-threads`, else EMRCLASS_SIMT_THREADS, else every core; the
+/// device line says how many, and a bad value is a named error before any work.
+#[test]
+fn simulator_threads_come_from_the_flag_or_the_environment() {
+    let exe = env!("CARGO_BIN_EXE_emrclass");
+    let device_line = |args: &[&str], env: Option<&str>| {
+        let mut c = Command::new(exe);
+        c.args(["--device", "simt"])
+            .args(args)
+            .args(["gradcheck", "scale"]);
+        match env {
+            Some(v) => c.env("EMRCLASS_SIMT_THREADS", v),
+            None => c.env_remove("EMRCLASS_SIMT_THREADS"),
+        };
+        let out = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), stderr)
+    };
+    let (ok, stderr) = device_line(&["--simt-threads", "3"], Some("5"));
+    assert!(
+        ok && stderr.contains("simt (schedule: forward, 3 threads)"),
+        "{stderr}"
+    );
+    let (ok, stderr) = device_line(&[], Some("5"));
+    assert!(ok && stderr.contains("5 threads"), "{stderr}");
+    let (ok, stderr) = device_line(&["--simt-threads", "1"], None);
+    assert!(ok && stderr.contains("1 thread)"), "{stderr}");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let (ok, stderr) = device_line(&[], None);
+    let want = format!("{cores} thread");
+    assert!(ok && stderr.contains(&want), "{stderr}");
+    let (ok, stderr) = device_line(&[], Some("many"));
+    assert!(
+        !ok && stderr.contains("EMRCLASS_SIMT_THREADS is `many`"),
+        "{stderr}"
+    );
+    let (ok, stderr) = device_line(&["--simt-threads", "0"], None);
+    assert!(!ok && stderr.contains("--simt-threads"), "{stderr}");
+}

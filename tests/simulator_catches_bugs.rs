@@ -252,3 +252,124 @@ fn static_shared_memory_is_nan_in_every_block_until_written() {
         );
     }
 }
+
+/// Blocks that add into one total with a plain load and store: a race between blocks, which
+/// one block after another hides. The block-race check names both blocks, buffer and byte.
+#[test]
+fn blocks_sharing_an_unsynchronised_total_are_caught() {
+    let n = 100; // 4 blocks of 32
+    for s in schedules() {
+        let dev = Device::simt(s);
+        let x = dev.upload(&vec![1.0f32; n], "x").unwrap();
+        let mut total = dev.zeros::<f32>(1, "total").unwrap();
+        let args = [(&x).into(), (&total).into(), Arg::I32(n as i32)];
+        // One block after another, the race gives the right sum: no error, no wrong answer.
+        dev.set_simt_threads(1);
+        dev.launch("bad_blocks_share_a_total", cfg((4, 1, 1), 32, 0), &args)
+            .unwrap();
+        assert_eq!(total.to_host().unwrap(), [n as f32], "{s}");
+        total.fill_zero().unwrap();
+        dev.set_block_check(true);
+        let msg = match dev.launch("bad_blocks_share_a_total", cfg((4, 1, 1), 32, 0), &args) {
+            Err(Error::Simt(msg)) => msg,
+            other => panic!("{s}: expected the block-race check to fail, got {other:?}"),
+        };
+        assert!(
+            msg.contains("bad_blocks_share_a_total")
+                && msg.contains("both write byte")
+                && msg.contains("(total)")
+                && msg.contains("race between blocks"),
+            "{msg}"
+        );
+    }
+}
+
+/// A running sum carried from block to block through global memory: right when blocks run in
+/// order, wrong on a GPU. The check runs the blocks in two opposite orders and sees the change.
+#[test]
+fn a_block_reading_what_another_block_wrote_is_caught() {
+    let n = 100;
+    let prefix: Vec<f32> = (1..=n).map(|i| i as f32).collect();
+    for s in schedules() {
+        let dev = Device::simt(s);
+        dev.set_simt_threads(1);
+        let x = dev.upload(&vec![1.0f32; n], "x").unwrap();
+        let mut y = dev.zeros::<f32>(n, "running sum").unwrap();
+        let args = [(&x).into(), (&y).into(), Arg::I32(n as i32)];
+        dev.launch(
+            "bad_block_reads_previous_block",
+            cfg((4, 1, 1), 32, 0),
+            &args,
+        )
+        .unwrap();
+        assert_eq!(y.to_host().unwrap(), prefix, "{s}: blocks in order hide it");
+        y.fill_zero().unwrap();
+        dev.set_block_check(true);
+        let msg = match dev.launch(
+            "bad_block_reads_previous_block",
+            cfg((4, 1, 1), 32, 0),
+            &args,
+        ) {
+            Err(Error::Simt(msg)) => msg,
+            other => panic!("{s}: expected the block-race check to fail, got {other:?}"),
+        };
+        assert!(
+            msg.contains("bad_block_reads_previous_block")
+                && msg.contains("depends on the order its blocks run in")
+                && msg.contains("(running sum)"),
+            "{msg}"
+        );
+    }
+}
+
+/// The control: a correct kernel of many blocks passes the check and gives the same bits as
+/// without it, on one thread and on four.
+#[test]
+fn independent_blocks_pass_the_block_race_check() {
+    let threads = 64;
+    let blocks = 5;
+    let n = threads * blocks;
+    let xs: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut results = Vec::new();
+    for (check, simt_threads) in [(false, 1), (false, 4), (true, 1)] {
+        let dev = Device::simt(Schedule::Random(5));
+        dev.set_simt_threads(simt_threads);
+        dev.set_block_check(check);
+        let x = dev.upload(&xs, "x").unwrap();
+        let y = dev.alloc::<f32>(n, "y").unwrap();
+        dev.launch(
+            "good_neighbour_with_barrier",
+            cfg((blocks as u32, 1, 1), threads as u32, threads as u32 * 4),
+            &[(&x).into(), (&y).into(), Arg::I32(n as i32)],
+        )
+        .unwrap();
+        let bits: Vec<u32> = y.to_host().unwrap().iter().map(|v| v.to_bits()).collect();
+        results.push(bits);
+    }
+    assert_eq!(results[0], results[1]);
+    assert_eq!(results[0], results[2]);
+}
+
+/// Blocks on many OS threads: an error names the first failing block in block order, as one
+/// thread running them in order would, every time.
+#[test]
+fn errors_name_the_first_failing_block_on_any_number_of_threads() {
+    for threads in [1, 2, 4, 8] {
+        for _ in 0..10 {
+            let dev = Device::simt(Schedule::Forward);
+            dev.set_simt_threads(threads);
+            let y = dev.zeros::<f32>(64 * 32, "y").unwrap();
+            let Err(Error::Simt(msg)) = dev.launch(
+                "bad_exit_from_block_on",
+                cfg((64, 1, 1), 32, 0),
+                &[(&y).into(), Arg::I32(37)],
+            ) else {
+                panic!("{threads} threads: expected an error");
+            };
+            assert!(
+                msg.contains("block (37,0,0)") && msg.contains("exited while"),
+                "{threads} threads: {msg}"
+            );
+        }
+    }
+}

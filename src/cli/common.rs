@@ -25,6 +25,10 @@ pub struct GlobalArgs {
     /// Simulator thread order between barriers (a missing barrier shows under reverse or random).
     #[arg(long, value_enum, default_value_t = ScheduleArg::Forward, global = true)]
     pub schedule: ScheduleArg,
+    /// OS threads the simulator spreads a launch's blocks over (default: EMRCLASS_SIMT_THREADS, else
+    /// every core). The results are the same bits on any number; 1 runs blocks one after another.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub simt_threads: Option<u32>,
     /// Seed: of a training run (`train`, `experiment`, `pretrain`: default 1, so a run repeats), of the
     /// random inputs of `gradcheck` and `bench` (default: fresh each run, printed), and of
     /// `--schedule random`.
@@ -43,6 +47,9 @@ impl GlobalArgs {
     /// The global flags' rules, checked before any command's own.
     pub fn check(&self) -> Result<()> {
         settings::memory_flags(self.memory_budget.as_deref(), &self.context_reserve)?;
+        if self.simt_threads.is_none() {
+            emrclass::device::simt_threads_from_env()?;
+        }
         Ok(())
     }
 
@@ -60,6 +67,9 @@ impl GlobalArgs {
             ScheduleArg::Reverse => Schedule::Reverse,
             ScheduleArg::Random => Schedule::Random(seed),
         });
+        if let Some(threads) = self.simt_threads {
+            dev.set_simt_threads(threads as usize);
+        }
         let dev = match self.memory_budget(&dev)? {
             Some(m) => dev.with_budget(m.budget - m.reserve),
             None => dev,

@@ -4,6 +4,7 @@
 //! run with the engine's own allocation code). Kernels are launched by name with arguments
 //! checked against the signature parsed from their source, on every device.
 
+mod block_races;
 mod cuda;
 pub mod failure;
 mod kernels;
@@ -20,7 +21,7 @@ pub use kernels::{
     KERNELS, KERNEL_FILES,
 };
 pub use memory::{parse_bytes, MemoryCounter, Role};
-pub use simt::Schedule;
+pub use simt::{threads_from_env as simt_threads_from_env, Schedule};
 
 use crate::error::{Error, Result};
 
@@ -309,7 +310,17 @@ impl Device {
                 "cuda: {} (sm_{}{})",
                 c.info.name, c.info.major, c.info.minor
             ),
-            Backend::Simt(s) => format!("simt (schedule: {})", s.schedule()),
+            Backend::Simt(s) => format!(
+                "simt (schedule: {}, {} thread{}{})",
+                s.schedule(),
+                s.threads(),
+                if s.threads() == 1 { "" } else { "s" },
+                if s.block_check() {
+                    ", block-race check"
+                } else {
+                    ""
+                }
+            ),
             Backend::Sizing(_) => "sizing (counts bytes, runs no kernels)".to_string(),
         }
     }
@@ -335,6 +346,46 @@ impl Device {
     pub fn set_schedule(&self, schedule: Schedule) {
         if let Backend::Simt(s) = &self.0.backend {
             s.set_schedule(schedule);
+        }
+    }
+
+    /// Spreads the simulator's blocks over `threads` OS threads (no effect on CUDA). The
+    /// results are the same bits on any number.
+    pub fn set_simt_threads(&self, threads: usize) {
+        if let Backend::Simt(s) = &self.0.backend {
+            s.set_threads(threads);
+        }
+    }
+
+    /// The simulator's threads (1 on other devices).
+    pub fn simt_threads(&self) -> usize {
+        match &self.0.backend {
+            Backend::Simt(s) => s.threads(),
+            _ => 1,
+        }
+    }
+
+    /// Runs every simulator launch under the block-race check (device/block_races.rs): an
+    /// error when two blocks write the same byte or a block reads another's output. Slow.
+    pub fn set_block_check(&self, on: bool) {
+        if let Backend::Simt(s) = &self.0.backend {
+            s.set_block_check(on);
+        }
+    }
+
+    /// Starts hashing every byte the host copies back from the simulator, so two runs can be
+    /// compared bit for bit (`read_digest`).
+    pub fn start_read_digest(&self) {
+        if let Backend::Simt(s) = &self.0.backend {
+            s.start_read_digest();
+        }
+    }
+
+    /// The hash of every byte copied to the host since `start_read_digest`.
+    pub fn read_digest(&self) -> Option<u64> {
+        match &self.0.backend {
+            Backend::Simt(s) => s.read_digest(),
+            _ => None,
         }
     }
 
@@ -661,7 +712,7 @@ impl<T: Elem> Buffer<T> {
         match &self.device.0.backend {
             Backend::Cuda(c) => c.copy_to_host(bytes, self.addr)?,
             Backend::Sizing(_) => {}
-            Backend::Simt(_) => {
+            Backend::Simt(s) => {
                 // SAFETY: as in copy_from_host; the simulator has finished every launch
                 // before it returns, so nothing writes the buffer concurrently.
                 unsafe {
@@ -671,6 +722,7 @@ impl<T: Elem> Buffer<T> {
                         bytes.len(),
                     )
                 };
+                s.note_read(bytes);
             }
         }
         Ok(out)

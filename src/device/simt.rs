@@ -2,12 +2,18 @@
 //! in src/device/simt/. Buffers are plain host allocations; launches finish before returning.
 //! Every buffer sits between two red zones of NaN bytes: a read outside it yields NaN, and a
 //! write outside it is an error after the launch, naming the kernel and the buffer.
+//!
+//! A launch's blocks run on `threads` OS threads (`EMRCLASS_SIMT_THREADS`, default: every
+//! core). Blocks are independent by CUDA's rules, and the engine's kernels use no float
+//! atomics, so the results are the same bits on any number of threads; the block-race check
+//! (`set_block_check`) catches a kernel that breaks the rule (block_races.rs).
 
 use std::alloc::Layout;
 use std::ffi::{c_char, c_void, CString};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use super::block_races;
 use super::kernels::{KernelInfo, LaunchConfig};
 use crate::error::{Error, Result};
 
@@ -41,6 +47,9 @@ extern "C" {
         shared_bytes: u32,
         schedule: i32,
         seed: u64,
+        blocks: *const u64,
+        block_count: u64,
+        threads: u32,
         error: *mut c_char,
         error_len: usize,
     ) -> i32;
@@ -48,6 +57,12 @@ extern "C" {
 
 pub(super) struct SimtBackend {
     schedule: Mutex<Schedule>,
+    /// OS threads a launch's blocks are spread over.
+    threads: AtomicUsize,
+    /// Whether launches run under the block-race check (slow: tests only).
+    block_check: AtomicBool,
+    /// A running hash of every byte copied to the host, once `start_read_digest` is called.
+    read_digest: Mutex<Option<u64>>,
     launches: AtomicU64,
     /// Live buffers by address: their size and what they hold (for the red-zone check).
     live: Mutex<std::collections::HashMap<u64, (usize, String)>>,
@@ -69,6 +84,9 @@ impl SimtBackend {
     pub fn new(schedule: Schedule) -> Self {
         SimtBackend {
             schedule: Mutex::new(schedule),
+            threads: AtomicUsize::new(default_threads()),
+            block_check: AtomicBool::new(false),
+            read_digest: Mutex::new(None),
             launches: AtomicU64::new(0),
             live: Mutex::new(Default::default()),
         }
@@ -80,6 +98,39 @@ impl SimtBackend {
 
     pub fn set_schedule(&self, schedule: Schedule) {
         *self.schedule.lock().unwrap() = schedule;
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads.load(Ordering::Relaxed)
+    }
+
+    pub fn set_threads(&self, threads: usize) {
+        self.threads.store(threads.max(1), Ordering::Relaxed);
+    }
+
+    pub fn block_check(&self) -> bool {
+        self.block_check.load(Ordering::Relaxed)
+    }
+
+    pub fn set_block_check(&self, on: bool) {
+        self.block_check.store(on, Ordering::Relaxed);
+    }
+
+    /// Starts (or restarts) hashing every byte copied to the host.
+    pub fn start_read_digest(&self) {
+        *self.read_digest.lock().unwrap() = Some(FNV_OFFSET);
+    }
+
+    pub fn read_digest(&self) -> Option<u64> {
+        *self.read_digest.lock().unwrap()
+    }
+
+    /// Folds bytes the host reads into the digest, when one is running.
+    pub fn note_read(&self, bytes: &[u8]) {
+        if let Some(h) = self.read_digest.lock().unwrap().as_mut() {
+            *h = fnv1a(*h, &(bytes.len() as u64).to_le_bytes());
+            *h = fnv1a(*h, bytes);
+        }
     }
 
     /// A buffer of `bytes` poisoned bytes, between red zones; `what` names it in errors.
@@ -160,30 +211,86 @@ impl SimtBackend {
         let name = CString::new(info.name).expect("kernel names have no NUL");
         let grid = [cfg.grid.0, cfg.grid.1, cfg.grid.2];
         let block = [cfg.block.0, cfg.block.1, cfg.block.2];
-        let mut error = vec![0u8; 2048];
-        // SAFETY: the entry point was generated for this kernel from its own signature, and
-        // `params` holds one pointer per parameter (checked by Device::launch) to an 8-byte
-        // slot that outlives the call. Buffer addresses are live host allocations.
-        let rc = unsafe {
-            simt_launch(
-                info.simt_entry,
-                params.as_mut_ptr(),
-                name.as_ptr(),
-                grid.as_ptr(),
-                block.as_ptr(),
-                cfg.shared_bytes,
-                mode,
-                seed,
-                error.as_mut_ptr() as *mut c_char,
-                error.len(),
-            )
+        let run = |blocks: Option<&[u64]>, threads: usize| -> Result<()> {
+            let mut error = vec![0u8; 2048];
+            let (list, count) = blocks.map_or((std::ptr::null(), 0), |b| (b.as_ptr(), b.len()));
+            // SAFETY: the entry point was generated for this kernel from its own signature, and
+            // `params` holds one pointer per parameter (checked by Device::launch) to an
+            // 8-byte slot that outlives the call. Buffer addresses are live host allocations.
+            // `list` holds `count` block indices inside the grid (or is null).
+            let rc = unsafe {
+                simt_launch(
+                    info.simt_entry,
+                    params.as_ptr() as *mut *mut c_void,
+                    name.as_ptr(),
+                    grid.as_ptr(),
+                    block.as_ptr(),
+                    cfg.shared_bytes,
+                    mode,
+                    seed,
+                    list,
+                    count as u64,
+                    threads.min(u32::MAX as usize) as u32,
+                    error.as_mut_ptr() as *mut c_char,
+                    error.len(),
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let end = error.iter().position(|&b| b == 0).unwrap_or(error.len());
+            Err(Error::Simt(
+                String::from_utf8_lossy(&error[..end]).into_owned(),
+            ))
         };
-        if rc == 0 {
-            return self.check_red_zones(info.name);
+        if self.block_check() {
+            let live: Vec<block_races::Region> = self
+                .lock_live()
+                .iter()
+                .map(|(&addr, (bytes, what))| block_races::Region {
+                    addr,
+                    bytes: *bytes,
+                    what: what.clone(),
+                })
+                .collect();
+            let threads = self.threads();
+            block_races::check(info.name, grid, seed, &live, |blocks, in_order| {
+                run(Some(blocks), if in_order { 1 } else { threads })
+            })?;
+        } else {
+            run(None, self.threads())?;
         }
-        let end = error.iter().position(|&b| b == 0).unwrap_or(error.len());
-        Err(Error::Simt(
-            String::from_utf8_lossy(&error[..end]).into_owned(),
-        ))
+        self.check_red_zones(info.name)
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Threads for a launch's blocks: `EMRCLASS_SIMT_THREADS` when set to a positive number
+/// (`threads_from_env` reports a bad value), else every core.
+pub fn default_threads() -> usize {
+    threads_from_env()
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// `EMRCLASS_SIMT_THREADS`, if set: a positive whole number, or an error saying so.
+pub fn threads_from_env() -> Result<Option<usize>> {
+    match std::env::var("EMRCLASS_SIMT_THREADS") {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(Error::Invalid(format!(
+                "EMRCLASS_SIMT_THREADS is `{v}`: expected a whole number of threads, 1 or more"
+            ))),
+        },
     }
 }

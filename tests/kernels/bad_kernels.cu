@@ -112,3 +112,38 @@ extern "C" __global__ void bad_static_shared_read_before_write(float *y) {
     __syncthreads();
     y[blockIdx.x * 32 + threadIdx.x] = tile[threadIdx.x];
 }
+
+// Every block adds its partial sum into total[0] with a plain load and store: a race between
+// blocks. Run one after another, the blocks give the right total; on a GPU, updates are lost.
+extern "C" __global__ void bad_blocks_share_a_total(const float *x, float *total, int n) {
+    __shared__ float partial[32];
+    const int i = blockIdx.x * 32 + threadIdx.x;
+    partial[threadIdx.x] = i < n ? x[i] : 0.0f;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float s = 0.0f;
+        for (int t = 0; t < 32; t++) s += partial[t];
+        total[0] += s;
+    }
+}
+
+// A running sum that carries across blocks through global memory: block b reads the last
+// element block b - 1 wrote. Blocks in order (the simulator's old one-thread loop) give the
+// right answer; CUDA promises no order, so on a GPU block b may read it before it is written.
+extern "C" __global__ void bad_block_reads_previous_block(const float *x, float *y, int n) {
+    if (threadIdx.x != 0) return;
+    const int start = blockIdx.x * 32, end = min(start + 32, n);
+    float carry = blockIdx.x == 0 ? 0.0f : y[start - 1];
+    for (int i = start; i < end; i++) {
+        carry += x[i];
+        y[i] = carry;
+    }
+}
+
+// The early exit of bad_exit_before_barrier, only in blocks `first_bad` and after: with blocks
+// on many OS threads, the error must still name the first such block, as one thread would.
+extern "C" __global__ void bad_exit_from_block_on(float *y, int first_bad) {
+    if ((int)blockIdx.x >= first_bad && threadIdx.x == 5) return;
+    __syncthreads();
+    y[blockIdx.x * blockDim.x + threadIdx.x] = 1.0f;
+}

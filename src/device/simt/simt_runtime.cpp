@@ -1,13 +1,20 @@
 // SIMT runtime: fibers, the block scheduler, barriers and warp collectives.
 // The model and its checks are described in simt_runtime.h.
-#include "simt_runtime.h"
-
+// The standard headers come first: simt_runtime.h defines CUDA's keywords as macros
+// (`__noinline__` among them), which libstdc++'s own headers use as attribute names.
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdarg>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include "simt_runtime.h"
 
 // The hand-written stack switch on x86-64; glibc's ucontext elsewhere, or when the build asks
 // for it (EMRCLASS_SIMT_FIBERS=ucontext), which is how the fallback gets tested on x86-64.
@@ -143,6 +150,11 @@ struct Launch {
     int exited;
     bool failed;
     std::string error;
+    // The round in progress: fibers in the order they run, and the position reached. A fiber
+    // that yields hands over to the next runnable one itself; the last goes back to the
+    // scheduler, which starts the next round.
+    std::vector<unsigned> order;
+    unsigned cursor;
 #if SIMT_ASM_FIBERS
     void *scheduler_sp;
 #else
@@ -191,16 +203,37 @@ std::string describe_thread(const Fiber &f) {
 
 std::string describe_loc(SourceLoc loc) { return std::string(loc.file) + ":" + std::to_string(loc.line); }
 
-bool same_loc(SourceLoc a, SourceLoc b) { return a.line == b.line && std::strcmp(a.file, b.file) == 0; }
+// The file names are string literals: usually the same pointer, compared by text otherwise.
+bool same_loc(SourceLoc a, SourceLoc b) {
+    return a.line == b.line && (a.file == b.file || std::strcmp(a.file, b.file) == 0);
+}
 
 Fiber &self() { return *reinterpret_cast<Fiber *>(current_fiber); }
 
+// The calling fiber stops here until it is scheduled again: control passes to the next
+// runnable fiber of this round, in the round's order (what the scheduler's loop would pick,
+// with one stack switch instead of two), or to the scheduler when the round is over or the
+// launch has failed.
 void switch_to_scheduler() {
+    Launch &l = *launch;
     Fiber &f = self();
+    if (!l.failed) {
+        while (++l.cursor < l.order.size()) {
+            Fiber &g = l.fibers[l.order[l.cursor]];
+            if (g.state != RUNNABLE) continue;
+            current_fiber = &g.pub;
 #if SIMT_ASM_FIBERS
-    simt_switch_stack(&f.sp, launch->scheduler_sp);
+            simt_switch_stack(&f.sp, g.sp);
 #else
-    swapcontext(&f.context, &launch->scheduler_context);
+            swapcontext(&f.context, &g.context);
+#endif
+            return;
+        }
+    }
+#if SIMT_ASM_FIBERS
+    simt_switch_stack(&f.sp, l.scheduler_sp);
+#else
+    swapcontext(&f.context, &l.scheduler_context);
 #endif
 }
 
@@ -420,11 +453,24 @@ struct Rng {
 int run_block(Launch &l, int schedule, uint64_t seed, uint64_t block_linear) {
     unsigned n = l.threads_per_block;
     poisoned_static_shared.clear();
+#if SIMT_ASM_FIBERS
+    uint32_t csr[2];
+    asm volatile("stmxcsr %0" : "=m"(csr[0]));
+    asm volatile("fnstcw %0" : "=m"(csr[1]));
+    const uint64_t control_words = (uint64_t)csr[0] | ((uint64_t)(csr[1] & 0xffffu) << 32);
+#endif
+    uint3 idx = {0, 0, 0};  // thread t's index, counted up x first (no divisions per fiber)
     for (unsigned t = 0; t < n; t++) {
         Fiber &f = l.fibers[t];
         f.linear = (int)t;
-        f.pub.thread_idx = {t % current_block_dim.x, t / current_block_dim.x % current_block_dim.y,
-                            t / (current_block_dim.x * current_block_dim.y)};
+        f.pub.thread_idx = idx;
+        if (++idx.x == current_block_dim.x) {
+            idx.x = 0;
+            if (++idx.y == current_block_dim.y) {
+                idx.y = 0;
+                idx.z++;
+            }
+        }
         f.state = RUNNABLE;
         f.stack_base = stack_pool.stacks[t].first;
         f.stack_bytes = stack_pool.stacks[t].second;
@@ -439,10 +485,7 @@ int run_block(Launch &l, int schedule, uint64_t seed, uint64_t block_linear) {
         *--sp = 0;                                       // r13
         *--sp = 0;                                       // r14
         *--sp = 0;                                       // r15
-        uint32_t csr[2];
-        asm volatile("stmxcsr %0" : "=m"(csr[0]));
-        asm volatile("fnstcw %0" : "=m"(csr[1]));
-        *--sp = (uint64_t)csr[0] | ((uint64_t)(csr[1] & 0xffffu) << 32);
+        *--sp = control_words;
         f.sp = sp;
 #else
         getcontext(&f.context);
@@ -463,15 +506,18 @@ int run_block(Launch &l, int schedule, uint64_t seed, uint64_t block_linear) {
         for (size_t i = 0; i + 4 <= l.dynamic_shared.size(); i += 4) std::memcpy(&l.dynamic_shared[i], &nan_bits, 4);
     }
 
-    std::vector<unsigned> order(n);
+    std::vector<unsigned> &order = l.order;
+    order.resize(n);
     for (unsigned t = 0; t < n; t++) order[t] = schedule == 1 ? n - 1 - t : t;
     Rng rng{(seed ^ (block_linear * 0x9e3779b97f4a7c15ull)) | 1ull};
     for (;;) {
         if (schedule == 2)
             for (unsigned i = n - 1; i > 0; i--) std::swap(order[i], order[rng.next() % (i + 1)]);
+        // Run the round's first runnable fiber; the fibers hand over to each other
+        // (switch_to_scheduler) and the last comes back here.
         bool progressed = false;
-        for (unsigned t : order) {
-            Fiber &f = l.fibers[t];
+        for (l.cursor = 0; l.cursor < n; l.cursor++) {
+            Fiber &f = l.fibers[order[l.cursor]];
             if (f.state != RUNNABLE) continue;
             progressed = true;
             current_fiber = &f.pub;
@@ -480,8 +526,9 @@ int run_block(Launch &l, int schedule, uint64_t seed, uint64_t block_linear) {
 #else
             swapcontext(&l.scheduler_context, &f.context);
 #endif
-            if (l.failed) return 1;
+            break;
         }
+        if (l.failed) return 1;
         if (l.exited == (int)n) return 0;
         if (!progressed) {
             std::string waits;
@@ -499,52 +546,201 @@ int run_block(Launch &l, int schedule, uint64_t seed, uint64_t block_linear) {
     }
 }
 
+// ---------------------------------------------------------------- blocks across OS threads
+// One launch's blocks, handed out in order by an atomic counter to every thread that takes
+// part (the caller and the pool's workers). Each thread runs its blocks with its own Launch,
+// fiber stacks and static shared memory (all thread-local), so blocks never share simulator
+// state; which thread runs which block, and when, varies from run to run.
+struct BlockJob {
+    void (*kernel)(void **);
+    void **args;
+    const char *kernel_name;
+    dim3 grid, block;
+    unsigned shared_bytes;
+    int schedule;
+    uint64_t seed;
+    const uint64_t *blocks;  // linear block indices to run, in this order; null: all of them
+    uint64_t count;
+    uint32_t mxcsr;  // the caller's floating-point control, so every thread rounds alike
+    std::atomic<uint64_t> next{0};
+    // The first failure in block order wins, as on one thread: every block before it was
+    // handed out before it, so it ran to the end and would have reported first.
+    std::atomic<uint64_t> failed_at{UINT64_MAX};
+    std::mutex error_mutex;
+    std::string error;
+
+    void fail_at(uint64_t i, const std::string &message) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (i < failed_at.load()) {
+            failed_at.store(i);
+            error = message;
+        }
+    }
+};
+
+void run_blocks(BlockJob &job) {
+#if defined(__x86_64__)
+    uint32_t own_mxcsr;
+    asm volatile("stmxcsr %0" : "=m"(own_mxcsr));
+    asm volatile("ldmxcsr %0" : : "m"(job.mxcsr));
+#endif
+    unsigned threads = job.block.x * job.block.y * job.block.z;
+    Launch l;
+    l.kernel = job.kernel;
+    l.args = job.args;
+    l.kernel_name = job.kernel_name;
+    l.threads_per_block = threads;
+    l.fibers.resize(threads);
+    l.warp_ops.resize((threads + 31) / 32);
+    l.warp_history.resize((threads + 31) / 32);
+    l.shared_bytes = job.shared_bytes;
+    l.dynamic_shared.resize(((size_t)job.shared_bytes + 15) / 16 * 16);
+    Launch *outer = launch;  // a kernel never launches another, but keep the slot tidy
+    launch = &l;
+    current_block_dim = job.block;
+    current_grid_dim = job.grid;
+    if (!stack_pool.ensure(threads)) {
+        job.fail_at(0, "simt: could not map fiber stacks");
+    } else {
+        for (;;) {
+            uint64_t i = job.next.fetch_add(1);
+            if (i >= job.count || i > job.failed_at.load()) break;
+            uint64_t linear = job.blocks ? job.blocks[i] : i;
+            current_block_idx = {(unsigned)(linear % job.grid.x), (unsigned)(linear / job.grid.x % job.grid.y),
+                                 (unsigned)(linear / ((uint64_t)job.grid.x * job.grid.y))};
+            l.failed = false;
+            if (run_block(l, job.schedule, job.seed, linear) != 0) {
+                job.fail_at(i, l.error);
+                break;
+            }
+        }
+    }
+    launch = outer;
+    current_fiber = nullptr;
+#if defined(__x86_64__)
+    asm volatile("ldmxcsr %0" : : "m"(own_mxcsr));
+#endif
+}
+
+// Worker threads that wait for a job. One launch uses the pool at a time; a launch from
+// another host thread meanwhile runs its blocks on its own thread. Launches come in quick
+// succession (thousands a training step), so a worker spins briefly before it sleeps, and so
+// does the caller waiting for the workers: a futex wake-up on every launch would cost more
+// than many small launches take.
+struct Pool {
+    std::mutex in_use;
+    std::mutex m;
+    std::condition_variable wake, done;
+    std::vector<std::thread> workers;
+    BlockJob *job = nullptr;  // set under m before the generation changes
+    unsigned wanted = 0;      // workers taking part in the current job
+    std::atomic<uint64_t> generation{0};
+    std::atomic<unsigned> finished{0};
+
+    static constexpr int SPINS = 300;  // a few microseconds (300 to 1000 measured best)
+
+    static void relax() {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#else
+        std::this_thread::yield();
+#endif
+    }
+
+    void worker(unsigned index) {
+        uint64_t seen = 0;
+        for (;;) {
+            for (int i = 0; i < SPINS && generation.load(std::memory_order_acquire) == seen; i++) relax();
+            BlockJob *j;
+            unsigned w;
+            {
+                std::unique_lock<std::mutex> lock(m);
+                wake.wait(lock, [&] { return generation.load() != seen; });
+                seen = generation.load();
+                j = job;
+                w = wanted;
+            }
+            if (index >= w) continue;
+            run_blocks(*j);
+            if (finished.fetch_add(1) + 1 == w) {
+                std::lock_guard<std::mutex> lock(m);
+                done.notify_one();
+            }
+        }
+    }
+
+    // Runs the job on the caller and `helpers` workers; returns when every block has finished.
+    void run(BlockJob &j, unsigned helpers) {
+        {
+            std::lock_guard<std::mutex> lock(m);
+            while (workers.size() < helpers) {
+                unsigned index = (unsigned)workers.size();
+                workers.emplace_back([this, index] { worker(index); });
+            }
+            job = &j;
+            wanted = helpers;
+            finished.store(0);
+            generation.fetch_add(1);
+        }
+        wake.notify_all();
+        run_blocks(j);
+        for (int i = 0; i < SPINS && finished.load(std::memory_order_acquire) != helpers; i++) relax();
+        std::unique_lock<std::mutex> lock(m);
+        done.wait(lock, [&] { return finished.load() == helpers; });
+    }
+};
+
+// Never destroyed: its workers wait for work until the process ends.
+Pool &pool() {
+    static Pool *p = new Pool;
+    return *p;
+}
+
 }  // namespace
 }  // namespace simt
 
-// The C interface the Rust side calls.
+// The C interface the Rust side calls. Runs the listed blocks (`blocks`, `block_count`), or
+// the whole grid when `blocks` is null, on up to `threads` OS threads.
 extern "C" int simt_launch(void (*kernel)(void **), void **args, const char *kernel_name, const unsigned grid[3],
-                           const unsigned block[3], unsigned shared_bytes, int schedule, uint64_t seed, char *error,
+                           const unsigned block[3], unsigned shared_bytes, int schedule, uint64_t seed,
+                           const uint64_t *blocks, uint64_t block_count, unsigned threads, char *error,
                            size_t error_len) {
     using namespace simt;
     auto report = [&](const std::string &msg) {
         snprintf(error, error_len, "%s", msg.c_str());
         return 1;
     };
-    unsigned threads = block[0] * block[1] * block[2];
-    if (threads == 0 || threads > 1024)
-        return report(std::string("kernel ") + kernel_name + ": block of " + std::to_string(threads) +
+    unsigned block_threads = block[0] * block[1] * block[2];
+    if (block_threads == 0 || block_threads > 1024)
+        return report(std::string("kernel ") + kernel_name + ": block of " + std::to_string(block_threads) +
                       " threads (must be 1..1024)");
     if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0)
         return report(std::string("kernel ") + kernel_name + ": empty grid");
-    if (!stack_pool.ensure(threads)) return report("simt: could not map fiber stacks");
 
-    Launch l;
-    l.kernel = kernel;
-    l.args = args;
-    l.kernel_name = kernel_name;
-    l.threads_per_block = threads;
-    l.fibers.resize(threads);
-    l.warp_ops.resize((threads + 31) / 32);
-    l.warp_history.resize((threads + 31) / 32);
-    l.shared_bytes = shared_bytes;
-    l.dynamic_shared.resize(((size_t)shared_bytes + 15) / 16 * 16);
-    l.failed = false;
-
-    Launch *outer = launch;  // a kernel never launches another, but keep the slot tidy
-    launch = &l;
-    current_block_dim = {block[0], block[1], block[2]};
-    current_grid_dim = {grid[0], grid[1], grid[2]};
-    int rc = 0;
-    uint64_t block_linear = 0;
-    for (unsigned z = 0; z < grid[2] && rc == 0; z++)
-        for (unsigned y = 0; y < grid[1] && rc == 0; y++)
-            for (unsigned x = 0; x < grid[0] && rc == 0; x++) {
-                current_block_idx = {x, y, z};
-                rc = run_block(l, schedule, seed, block_linear++);
-            }
-    launch = outer;
-    current_fiber = nullptr;
-    if (rc != 0) return report(l.error);
+    if (blocks && block_count == 0) return 0;
+    BlockJob job;
+    job.kernel = kernel;
+    job.args = args;
+    job.kernel_name = kernel_name;
+    job.grid = {grid[0], grid[1], grid[2]};
+    job.block = {block[0], block[1], block[2]};
+    job.shared_bytes = shared_bytes;
+    job.schedule = schedule;
+    job.seed = seed;
+    job.blocks = blocks;
+    job.count = blocks ? block_count : (uint64_t)grid[0] * grid[1] * grid[2];
+    job.mxcsr = 0;
+#if defined(__x86_64__)
+    asm volatile("stmxcsr %0" : "=m"(job.mxcsr));
+#endif
+    uint64_t helpers = threads > 1 ? std::min<uint64_t>(threads - 1, job.count - 1) : 0;
+    Pool &p = pool();
+    if (helpers > 0 && p.in_use.try_lock()) {
+        p.run(job, (unsigned)helpers);
+        p.in_use.unlock();
+    } else {
+        run_blocks(job);
+    }
+    if (job.failed_at.load() != UINT64_MAX) return report(job.error);
     return 0;
 }

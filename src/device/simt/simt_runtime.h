@@ -1,7 +1,9 @@
 // SIMT runtime: lets the host C++ compiler build the same kernels/*.cu that NVRTC builds.
 //
 // Execution model (see DESIGN.md, "One kernel source, two devices"):
-// - a launch runs its blocks one after another on the calling OS thread;
+// - a launch hands its blocks, in order, to the calling OS thread and a pool of workers (as
+//   many threads as the Rust side asks for); each runs a block start to end with its own
+//   fibers, stacks and static shared memory, so blocks share only global memory, as on a GPU;
 // - a block's threads are cooperatively scheduled fibers that switch only at barriers,
 //   warp collectives and exit, in a selectable order (forward, reverse, seeded random);
 // - static `__shared__` becomes `thread_local`, so the fibers of one OS thread share it; build.rs
