@@ -30,14 +30,29 @@ BUNDLE=target/gpu-bundle
 # (skipped by name below; its tiny-BERT and encoder-free cases run).
 TESTS="kernels_vs_reference layer_parity loss_parity loss_edge_cases bert_parity embedding_and_weights attention_memory optim training training_parity eval_predict memory_plan"
 
+# cargo as a plain shell would run it. Started from inside `cargo test` (tests/bench_harness.rs
+# packs the bundle), cargo would inherit the test's CARGO_PKG_*, CARGO_MANIFEST_* and OUT_DIR;
+# ring's build script tracks those, so ring and everything above it (the engine and every test
+# binary) would be rebuilt here, and again by the next plain cargo: minutes of ./test.sh.
+plain_cargo() {
+    local unset=()
+    local name
+    for name in $(compgen -e); do
+        case $name in
+        CARGO_PKG_* | CARGO_MANIFEST_* | CARGO_CRATE_NAME | CARGO_BIN_EXE_* | CARGO_PRIMARY_PACKAGE | OUT_DIR) unset+=(-u "$name") ;;
+        esac
+    done
+    env "${unset[@]}" cargo "$@"
+}
+
 pack() {
     set -e
     ./install-nvrtc.sh
     rm -rf "$BUNDLE"
     local stage="$BUNDLE/stage"
     mkdir -p "$stage/bin" "$stage/nvrtc" "$stage/data"
-    cargo build --release --bin emrclass
-    cargo test --release --no-run --message-format=json >"$BUNDLE/build.jsonl"
+    plain_cargo build --release --bin emrclass
+    plain_cargo test --release --no-run --message-format=json >"$BUNDLE/build.jsonl"
     python3 - "$BUNDLE/build.jsonl" "$stage/bin" $TESTS <<'PY'
 import json, shutil, sys
 log, dest, wanted = sys.argv[1], sys.argv[2], set(sys.argv[3:])
