@@ -243,7 +243,7 @@ impl SimtBackend {
                 String::from_utf8_lossy(&error[..end]).into_owned(),
             ))
         };
-        if self.block_check() {
+        let result = if self.block_check() {
             let live: Vec<block_races::Region> = self
                 .lock_live()
                 .iter()
@@ -256,11 +256,14 @@ impl SimtBackend {
             let threads = self.threads();
             block_races::check(info.name, grid, seed, &live, |blocks, in_order| {
                 run(Some(blocks), if in_order { 1 } else { threads })
-            })?;
+            })
         } else {
-            run(None, self.threads())?;
-        }
-        self.check_red_zones(info.name)
+            run(None, self.threads())
+        };
+        // The red zones are checked (and poisoned again) after a failed launch too, so that
+        // what it wrote out of bounds is not blamed on the next one.
+        let zones = self.check_red_zones(info.name);
+        result.and(zones)
     }
 }
 

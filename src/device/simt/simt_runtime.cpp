@@ -11,6 +11,7 @@
 #include <cstdarg>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -578,7 +579,9 @@ struct BlockJob {
     }
 };
 
-void run_blocks(BlockJob &job) {
+// `caller`: the thread that called simt_launch. A helper that cannot map its fiber stacks takes
+// no block and leaves the work to the others; the caller reports it.
+void run_blocks(BlockJob &job, bool caller) {
 #if defined(__x86_64__)
     uint32_t own_mxcsr;
     asm volatile("stmxcsr %0" : "=m"(own_mxcsr));
@@ -600,7 +603,7 @@ void run_blocks(BlockJob &job) {
     current_block_dim = job.block;
     current_grid_dim = job.grid;
     if (!stack_pool.ensure(threads)) {
-        job.fail_at(0, "simt: could not map fiber stacks");
+        if (caller) job.fail_at(0, "simt: could not map fiber stacks");
     } else {
         for (;;) {
             uint64_t i = job.next.fetch_add(1);
@@ -661,7 +664,7 @@ struct Pool {
                 w = wanted;
             }
             if (index >= w) continue;
-            run_blocks(*j);
+            run_blocks(*j, false);
             if (finished.fetch_add(1) + 1 == w) {
                 std::lock_guard<std::mutex> lock(m);
                 done.notify_one();
@@ -673,9 +676,13 @@ struct Pool {
     void run(BlockJob &j, unsigned helpers) {
         {
             std::lock_guard<std::mutex> lock(m);
-            while (workers.size() < helpers) {
-                unsigned index = (unsigned)workers.size();
-                workers.emplace_back([this, index] { worker(index); });
+            try {
+                while (workers.size() < helpers) {
+                    unsigned index = (unsigned)workers.size();
+                    workers.emplace_back([this, index] { worker(index); });
+                }
+            } catch (const std::system_error &) {
+                helpers = (unsigned)workers.size();  // the OS gave no more threads: use those it gave
             }
             job = &j;
             wanted = helpers;
@@ -683,7 +690,7 @@ struct Pool {
             generation.fetch_add(1);
         }
         wake.notify_all();
-        run_blocks(j);
+        run_blocks(j, true);
         for (int i = 0; i < SPINS && finished.load(std::memory_order_acquire) != helpers; i++) relax();
         std::unique_lock<std::mutex> lock(m);
         done.wait(lock, [&] { return finished.load() == helpers; });
@@ -733,13 +740,17 @@ extern "C" int simt_launch(void (*kernel)(void **), void **args, const char *ker
 #if defined(__x86_64__)
     asm volatile("stmxcsr %0" : "=m"(job.mxcsr));
 #endif
-    uint64_t helpers = threads > 1 ? std::min<uint64_t>(threads - 1, job.count - 1) : 0;
+    // Each thread keeps a fiber stack per thread of the largest block it ran, two memory mappings
+    // each (the stack and its guard page); Linux allows 65,530 per process by default. At most
+    // 16,384 stacks in all: 16 threads of 1,024-thread blocks, every thread for smaller ones.
+    const uint64_t max_threads = std::max<uint64_t>(1, 16384 / block_threads);
+    uint64_t helpers = std::min<uint64_t>({(uint64_t)(threads > 0 ? threads : 1), max_threads, job.count}) - 1;
     Pool &p = pool();
     if (helpers > 0 && p.in_use.try_lock()) {
         p.run(job, (unsigned)helpers);
         p.in_use.unlock();
     } else {
-        run_blocks(job);
+        run_blocks(job, true);
     }
     if (job.failed_at.load() != UINT64_MAX) return report(job.error);
     return 0;
