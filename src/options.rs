@@ -120,7 +120,7 @@ impl Default for TrainOptions {
             read: ReadOptions::default(),
             encoder: None,
             head: HeadKind::Paper,
-            loss: LossKind::GhmCs,
+            loss: LossKind::WeightedCrossEntropy,
             max_len: 64,
             buckets: 1 << 16,
             long_text: LongText::Head,

@@ -666,6 +666,7 @@ fn ghm_warm_up_counts_epochs_of_steps_and_keeps_the_histogram() {
     let run_with = |warmup: usize| {
         let mut o = small(0.03, 2);
         o.head = HeadKind::TextCnn;
+        o.loss = emrclass::model::loss::LossKind::GhmCs;
         o.log_every = 1;
         o.ghm_warmup_epochs = warmup;
         let logs = run(&dev, &o).unwrap();

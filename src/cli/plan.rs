@@ -22,8 +22,8 @@ pub struct Args {
     /// The head over the encoder: cls, textcnn, bigru, bilstm, textcnn-bigru or paper.
     #[arg(long, default_value = "paper")]
     head: String,
-    /// The loss, as `train --loss`.
-    #[arg(long, value_enum, default_value_t = LossArg::Ghmcs)]
+    /// The loss, as `train --loss` (and its default).
+    #[arg(long, value_enum, default_value_t = LossArg::WeightedCe)]
     loss: LossArg,
     /// Records per batch.
     #[arg(long, default_value_t = 16)]

@@ -42,9 +42,10 @@ pub struct Args {
     /// one, paper is Text-CNN || BiGRU; bag is fastText-style hashed character n-grams).
     #[arg(long, default_value = "paper")]
     pub head: String,
-    /// The loss: ce, weighted-ce (wce), focal, ghmc (ghm) or ghmcs (ghm-cs: class proportion x
-    /// GHM x class similarity, the paper's).
-    #[arg(long, value_enum, default_value_t = LossArg::Ghmcs)]
+    /// The loss: ce, weighted-ce (wce; the default: best across the data sets of the README's
+    /// protocol), focal, ghmc (ghm) or ghmcs (ghm-cs: class proportion x GHM x class
+    /// similarity, the paper's).
+    #[arg(long, value_enum, default_value_t = LossArg::WeightedCe)]
     pub loss: LossArg,
     /// Passes over the training data (with --resume, a larger value extends a run).
     #[arg(long, default_value_t = 3)]
