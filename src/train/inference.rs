@@ -75,9 +75,14 @@ pub fn load_run(dev: &Device, run: &Path, best: bool) -> Result<LoadedRun> {
             )))
         }
     };
-    // The loss only matters for its GHM state's shape here: no weights, no similarity.
+    // The loss only matters for its GHM state's shape here: no similarity, and no class weights
+    // but ones for weighted CE, which refuses to build without any (eval and predict compute
+    // no loss).
     let classes = state.run.labels.len();
-    let loss = LossConfig::new(LossKind::from_name(&spec.loss).map_err(in_state)?);
+    let mut loss = LossConfig::new(LossKind::from_name(&spec.loss).map_err(in_state)?);
+    if loss.kind == LossKind::WeightedCrossEntropy {
+        loss.class_weights = Some(vec![1.0; classes]);
+    }
     check_sizes(&dir, &state).map_err(in_state)?;
     let mut model = build_classifier(
         dev,
