@@ -301,8 +301,13 @@ fn ghm_cs_takes_a_similarity_source() {
         ),
     )
     .unwrap();
-    let plain = run(&dev, &small(0.03, 1)).unwrap();
-    let mut o = small(0.03, 1);
+    let ghm_cs = || {
+        let mut o = small(0.03, 1);
+        o.loss = emrclass::model::loss::LossKind::GhmCs;
+        o
+    };
+    let plain = run(&dev, &ghm_cs()).unwrap();
+    let mut o = ghm_cs();
     o.similarity = Some(emrclass::options::Similarity::Edges(edges.clone()));
     let with = run(&dev, &o).unwrap();
     // The refusals below come before any write: the run above is kept.
@@ -606,6 +611,7 @@ fn class_weight_gamma_shapes_the_weights_from_the_counts() {
     let weights_with = |gamma: Option<f64>| {
         let mut o = small(0.03, 1);
         o.head = HeadKind::TextCnn;
+        o.loss = emrclass::model::loss::LossKind::GhmCs;
         o.class_weight_gamma = gamma;
         run(&dev, &o).unwrap();
         let info: serde_json::Value =
