@@ -2,7 +2,7 @@
 //! tests/kernels/bad_kernels.cu must be caught: by a clear error, or by a wrong answer under
 //! at least one of the schedules that the kernel tests run.
 
-use emrclass::{Arg, Device, Error, LaunchConfig, Schedule};
+use emrclass::{Arg, Buffer, Device, Error, LaunchConfig, Schedule};
 
 fn cfg(grid: (u32, u32, u32), threads: u32, shared_bytes: u32) -> LaunchConfig {
     LaunchConfig {
@@ -253,6 +253,25 @@ fn static_shared_memory_is_nan_in_every_block_until_written() {
     }
 }
 
+/// Runs a cross-block bug on 4 blocks of 32 twice: one block after another in order, which
+/// hides it (returns what `out` then holds), and under the block-race check (returns its error).
+fn hidden_in_order_then_checked(
+    dev: &Device,
+    kernel: &str,
+    args: &[Arg],
+    out: &mut Buffer<f32>,
+) -> (Vec<f32>, String) {
+    dev.set_simt_threads(1);
+    dev.launch(kernel, cfg((4, 1, 1), 32, 0), args).unwrap();
+    let in_order = out.to_host().unwrap();
+    out.fill_zero().unwrap();
+    dev.set_block_check(true);
+    match dev.launch(kernel, cfg((4, 1, 1), 32, 0), args) {
+        Err(Error::Simt(msg)) => (in_order, msg),
+        other => panic!("{kernel}: expected the block-race check to fail, got {other:?}"),
+    }
+}
+
 /// Blocks that add into one total with a plain load and store: a race between blocks, which
 /// one block after another hides. The block-race check names both blocks, buffer and byte.
 #[test]
@@ -263,17 +282,13 @@ fn blocks_sharing_an_unsynchronised_total_are_caught() {
         let x = dev.upload(&vec![1.0f32; n], "x").unwrap();
         let mut total = dev.zeros::<f32>(1, "total").unwrap();
         let args = [(&x).into(), (&total).into(), Arg::I32(n as i32)];
-        // One block after another, the race gives the right sum: no error, no wrong answer.
-        dev.set_simt_threads(1);
-        dev.launch("bad_blocks_share_a_total", cfg((4, 1, 1), 32, 0), &args)
-            .unwrap();
-        assert_eq!(total.to_host().unwrap(), [n as f32], "{s}");
-        total.fill_zero().unwrap();
-        dev.set_block_check(true);
-        let msg = match dev.launch("bad_blocks_share_a_total", cfg((4, 1, 1), 32, 0), &args) {
-            Err(Error::Simt(msg)) => msg,
-            other => panic!("{s}: expected the block-race check to fail, got {other:?}"),
-        };
+        let (in_order, msg) =
+            hidden_in_order_then_checked(&dev, "bad_blocks_share_a_total", &args, &mut total);
+        assert_eq!(
+            in_order,
+            [n as f32],
+            "{s}: in order, the race gives the right sum"
+        );
         assert!(
             msg.contains("bad_blocks_share_a_total")
                 && msg.contains("both write byte")
@@ -292,27 +307,12 @@ fn a_block_reading_what_another_block_wrote_is_caught() {
     let prefix: Vec<f32> = (1..=n).map(|i| i as f32).collect();
     for s in schedules() {
         let dev = Device::simt(s);
-        dev.set_simt_threads(1);
         let x = dev.upload(&vec![1.0f32; n], "x").unwrap();
         let mut y = dev.zeros::<f32>(n, "running sum").unwrap();
         let args = [(&x).into(), (&y).into(), Arg::I32(n as i32)];
-        dev.launch(
-            "bad_block_reads_previous_block",
-            cfg((4, 1, 1), 32, 0),
-            &args,
-        )
-        .unwrap();
-        assert_eq!(y.to_host().unwrap(), prefix, "{s}: blocks in order hide it");
-        y.fill_zero().unwrap();
-        dev.set_block_check(true);
-        let msg = match dev.launch(
-            "bad_block_reads_previous_block",
-            cfg((4, 1, 1), 32, 0),
-            &args,
-        ) {
-            Err(Error::Simt(msg)) => msg,
-            other => panic!("{s}: expected the block-race check to fail, got {other:?}"),
-        };
+        let (in_order, msg) =
+            hidden_in_order_then_checked(&dev, "bad_block_reads_previous_block", &args, &mut y);
+        assert_eq!(in_order, prefix, "{s}: blocks in order hide it");
         assert!(
             msg.contains("bad_block_reads_previous_block")
                 && msg.contains("depends on the order its blocks run in")

@@ -94,6 +94,21 @@ simt_fiber_entry:
 struct Fiber;
 extern "C" void simt_fiber_main(Fiber *fiber);
 
+// A suspended execution context: on x86-64 the stack pointer (the registers are saved on that
+// stack), elsewhere a ucontext_t. switch_context saves the running one into `from` and resumes
+// `to`.
+#if SIMT_ASM_FIBERS
+struct Context {
+    void *sp = nullptr;
+};
+inline void switch_context(Context &from, Context &to) { simt_switch_stack(&from.sp, to.sp); }
+#else
+struct Context {
+    ucontext_t uc;
+};
+inline void switch_context(Context &from, Context &to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
 enum FiberState { RUNNABLE, AT_BARRIER, AT_WARP_OP, EXITED };
 
 struct Fiber {
@@ -103,11 +118,7 @@ struct Fiber {
     uint64_t warp_result = 0;
     void *stack_base = nullptr;  // lowest address, including the guard page
     size_t stack_bytes = 0;
-#if SIMT_ASM_FIBERS
-    void *sp = nullptr;
-#else
-    ucontext_t context;
-#endif
+    Context context;
 };
 
 struct WarpOp {
@@ -156,11 +167,7 @@ struct Launch {
     // scheduler, which starts the next round.
     std::vector<unsigned> order;
     unsigned cursor;
-#if SIMT_ASM_FIBERS
-    void *scheduler_sp;
-#else
-    ucontext_t scheduler_context;
-#endif
+    Context scheduler;
 };
 
 __thread Launch *launch;
@@ -223,19 +230,11 @@ void switch_to_scheduler() {
             Fiber &g = l.fibers[l.order[l.cursor]];
             if (g.state != RUNNABLE) continue;
             current_fiber = &g.pub;
-#if SIMT_ASM_FIBERS
-            simt_switch_stack(&f.sp, g.sp);
-#else
-            swapcontext(&f.context, &g.context);
-#endif
+            switch_context(f.context, g.context);
             return;
         }
     }
-#if SIMT_ASM_FIBERS
-    simt_switch_stack(&f.sp, l.scheduler_sp);
-#else
-    swapcontext(&f.context, &l.scheduler_context);
-#endif
+    switch_context(f.context, l.scheduler);
 }
 
 [[noreturn]] void fail(const std::string &message) {
@@ -487,14 +486,15 @@ int run_block(Launch &l, int schedule, uint64_t seed, uint64_t block_linear) {
         *--sp = 0;                                       // r14
         *--sp = 0;                                       // r15
         *--sp = control_words;
-        f.sp = sp;
+        f.context.sp = sp;
 #else
-        getcontext(&f.context);
-        f.context.uc_stack.ss_sp = (char *)f.stack_base + page_size();
-        f.context.uc_stack.ss_size = f.stack_bytes - page_size();
-        f.context.uc_link = nullptr;
+        ucontext_t &uc = f.context.uc;
+        getcontext(&uc);
+        uc.uc_stack.ss_sp = (char *)f.stack_base + page_size();
+        uc.uc_stack.ss_size = f.stack_bytes - page_size();
+        uc.uc_link = nullptr;
         uintptr_t p = (uintptr_t)&f;
-        makecontext(&f.context, (void (*)())ucontext_entry, 2, (unsigned)(p & 0xffffffffu), (unsigned)(p >> 32));
+        makecontext(&uc, (void (*)())ucontext_entry, 2, (unsigned)(p & 0xffffffffu), (unsigned)(p >> 32));
 #endif
     }
     for (auto &w : l.warp_ops) w.clear();
@@ -522,11 +522,7 @@ int run_block(Launch &l, int schedule, uint64_t seed, uint64_t block_linear) {
             if (f.state != RUNNABLE) continue;
             progressed = true;
             current_fiber = &f.pub;
-#if SIMT_ASM_FIBERS
-            simt_switch_stack(&l.scheduler_sp, f.sp);
-#else
-            swapcontext(&l.scheduler_context, &f.context);
-#endif
+            switch_context(l.scheduler, f.context);
             break;
         }
         if (l.failed) return 1;
