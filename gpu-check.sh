@@ -161,6 +161,25 @@ PY
             --train "$work/data/CHIP-CTC_train.json" --dev "$work/data/CHIP-CTC_dev.json" \
             --head textcnn --loss ghmcs --epochs 3 --max-len 128 --out "$work/train" --quiet
     fi
+    if [[ $parts == *" train "* ]]; then
+        # Issue 30: the data-parallel path on CUDA over NCCL — a world of one on any GPU (NCCL
+        # from the image's PyTorch wheels unless EMRCLASS_NCCL_DIR is set), `launch` over every
+        # GPU when there are several. Each must say it summed with NCCL.
+        if [ -z "${EMRCLASS_NCCL_DIR:-}" ]; then
+            local nccl_dir
+            nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null) \
+                && export EMRCLASS_NCCL_DIR=$nccl_dir
+        fi
+        local small=(--seed 1 train --synthetic-scale 0.1 --epochs 1 --batch-size 8 --quiet)
+        step nccl-world-of-one 120 bash -c 'WORLD_SIZE=1 "$@" | tee /dev/stderr | grep -q "data parallel: 1 ranks, NCCL"' _ \
+            "$emr" --device cuda "${small[@]}" --out "$work/nccl-world-of-one"
+        local gpus
+        gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+        if [ "$gpus" -ge 2 ]; then
+            step "nccl-launch-$gpus" 300 bash -c '"$@" | tee /dev/stderr | grep -q "ranks, NCCL"' _ \
+                "$emr" launch --nproc-per-node "$gpus" -- --device cuda "${small[@]}" --out "$work/nccl-launch"
+        fi
+    fi
     local grid=${EMRCLASS_GPU_GRID_SECONDS:-0}
     if [ "$grid" -gt 0 ] && [ -f "$work/data/CHIP-CTC_train.json" ]; then
         step chip-ctc-experiment "$grid" "$emr" --device cuda --seed 1 experiment \

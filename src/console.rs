@@ -26,6 +26,12 @@ fn write_line(closed: &AtomicBool, args: std::fmt::Arguments, out: &mut dyn Writ
     }
 }
 
+/// From here on `say!` prints nothing (a data-parallel run's ranks other than 0: rank 0 tells
+/// the run; errors and `note!` still show).
+pub fn mute_stdout() {
+    STDOUT_CLOSED.store(true, Ordering::Relaxed);
+}
+
 /// One line on stdout (`say!`).
 pub fn say_line(args: std::fmt::Arguments) {
     write_line(&STDOUT_CLOSED, args, &mut std::io::stdout().lock());

@@ -9,6 +9,7 @@ pub mod console;
 pub mod crash;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod encode;
 pub mod error;
 pub mod export;

@@ -35,11 +35,12 @@ enum Command {
     Report(cli::report::Args),
     Convert(cli::convert::Args),
     Gradcheck(cli::gradcheck::Args),
+    Launch(cli::launch::Args),
 }
 
 /// The parser, with the global flags shown only under the commands that use them.
 fn command() -> clap::Command {
-    cli::common::hide_globals(Cli::command(), &["convert", "report", "kernels"])
+    cli::common::hide_globals(Cli::command(), &["convert", "report", "kernels", "launch"])
 }
 
 fn run(cli: &Cli) -> emrclass::Result<bool> {
@@ -60,6 +61,7 @@ fn run(cli: &Cli) -> emrclass::Result<bool> {
         Command::Report(a) => cli::report::run(a),
         Command::Convert(a) => cli::convert::run(a),
         Command::Gradcheck(a) => cli::gradcheck::run(global, a),
+        Command::Launch(a) => cli::launch::run(a),
     }
 }
 

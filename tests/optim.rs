@@ -60,7 +60,7 @@ fn adamw_with_clipping_and_groups_matches_the_reference() {
     for step in 1..=3u64 {
         let ga = rng.normals(na, 1.0);
         let gb = rng.normals(nb, 1.0);
-        let (gab, gbb) = (
+        let (mut gab, mut gbb) = (
             dev.upload(&ga.iter().map(|&v| v as f32).collect::<Vec<_>>(), "ga")
                 .unwrap(),
             dev.upload(&gb.iter().map(|&v| v as f32).collect::<Vec<_>>(), "gb")
@@ -72,14 +72,14 @@ fn adamw_with_clipping_and_groups_matches_the_reference() {
                     Slot {
                         name: "a".into(),
                         value: &mut a,
-                        grad: &gab,
+                        grad: &mut gab,
                         lr_scale: 1.0,
                         decay: true,
                     },
                     Slot {
                         name: "b".into(),
                         value: &mut b,
-                        grad: &gbb,
+                        grad: &mut gbb,
                         lr_scale: 2.0,
                         decay: false,
                     },
@@ -118,14 +118,14 @@ fn adamw_with_clipping_and_groups_matches_the_reference() {
 fn a_non_finite_gradient_updates_nothing() {
     let dev = common::test_device(Order::Forward);
     let mut p = dev.upload(&[1.0f32, 2.0], "p").unwrap();
-    let g = dev.upload(&[f32::NAN, 1.0], "g").unwrap();
+    let mut g = dev.upload(&[f32::NAN, 1.0], "g").unwrap();
     let mut opt = Optimizer::new(AdamW::default());
     let e = opt
         .step(
             &mut [Slot {
                 name: "p".into(),
                 value: &mut p,
-                grad: &g,
+                grad: &mut g,
                 lr_scale: 1.0,
                 decay: true,
             }],
@@ -349,7 +349,7 @@ fn adamw8bit_quantises_large_tensors_and_matches_the_references() {
     let (lr, clip) = (1e-2f32, 5.0f32);
     for step in 1..=3u64 {
         let grads: Vec<Vec<f64>> = sizes.iter().map(|&n| rng.normals(n, 1.0)).collect();
-        let gbufs: Vec<emrclass::Buffer<f32>> = grads.iter().map(|g| up(g)).collect();
+        let mut gbufs: Vec<emrclass::Buffer<f32>> = grads.iter().map(|g| up(g)).collect();
         // The 8-bit tensor's reference starts from the optimizer's state (none at step 1).
         let start = match opt.moments_ref(names[2]) {
             Some(MomentsRef::Quantized(q)) => Some(Quantized {
@@ -380,7 +380,7 @@ fn adamw8bit_quantises_large_tensors_and_matches_the_references() {
             .collect();
         let mut slots: Vec<Slot> = params
             .iter_mut()
-            .zip(&gbufs)
+            .zip(&mut gbufs)
             .enumerate()
             .map(|(t, (p, g))| Slot {
                 name: names[t].into(),

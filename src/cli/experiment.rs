@@ -29,6 +29,7 @@ pub struct Args {
 }
 
 pub fn run(global: &GlobalArgs, args: &Args) -> Result<bool> {
+    emrclass::distributed::one_process_only("experiment")?;
     let Args {
         train,
         heads,

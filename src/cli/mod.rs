@@ -11,6 +11,7 @@ pub mod experiment;
 pub mod export;
 pub mod gradcheck;
 pub mod kernels;
+pub mod launch;
 pub mod plan;
 pub mod predict;
 pub mod pretrain;

@@ -134,7 +134,12 @@ impl CudaBackend {
         let count = result::device::get_count()?;
         if count <= ordinal {
             return Err(Error::Cuda(format!(
-                "no CUDA device {ordinal}: {count} found"
+                "no CUDA device {ordinal}: {count} found{}",
+                if ordinal > 0 {
+                    " (a data-parallel rank uses GPU LOCAL_RANK: start at most one process per GPU)"
+                } else {
+                    ""
+                }
             )));
         }
         let dev = result::device::get(ordinal)?;

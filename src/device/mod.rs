@@ -161,10 +161,16 @@ impl Device {
         Device::with_backend(Backend::Simt(simt::SimtBackend::new(schedule)), usize::MAX)
     }
 
-    /// The first CUDA GPU, or an error that says which library or device is missing.
+    /// The first CUDA GPU — in a data-parallel world, GPU LOCAL_RANK (one per process on a
+    /// machine, as torchrun's scripts choose) — or an error that says which library or device
+    /// is missing.
     pub fn cuda() -> Result<Device> {
+        let local_rank = std::env::var("WORLD_SIZE")
+            .ok()
+            .and_then(|_| std::env::var("LOCAL_RANK").ok()?.trim().parse::<i32>().ok())
+            .unwrap_or(0);
         Ok(Device::with_backend(
-            Backend::Cuda(cuda::CudaBackend::new(0)?),
+            Backend::Cuda(cuda::CudaBackend::new(local_rank)?),
             usize::MAX,
         ))
     }

@@ -8,6 +8,7 @@ use crate::data::synthetic;
 use crate::data::text_encoder::{bag_hasher, TextEncoder};
 use crate::data::tokenizer::BertTokenizer;
 use crate::device::Device;
+use crate::distributed::{join, Collective, World};
 use crate::error::{Error, Result};
 use crate::model::bert::{BertConfig, EncoderMemory};
 use crate::model::heads::HeadKind;
@@ -84,6 +85,10 @@ fn load(o: &TrainOptions) -> Result<(Vec<Example>, Vec<Example>, String)> {
 /// and a new run that fails before its first checkpoint takes back what it wrote. A first
 /// Ctrl-C or SIGTERM (`interrupt`) stops after the step in progress with a checkpoint.
 pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
+    let world = World::from_env()?;
+    if let Some(w) = world.as_ref().filter(|w| w.size > 1) {
+        check_data_parallel(o, w)?;
+    }
     settings::check_train(o, &[o.head])?;
     settings::check_resumable(o)?;
     let start = o.start();
@@ -215,6 +220,27 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         labels: dev_labels,
     };
     let mut opt = optimizer(&o.settings);
+    // Every check is done: meet the other ranks (rank 0 then writes the run folder alone).
+    let mut collective = match &world {
+        Some(w) => Some(join_world(w, dev, &settings)?),
+        None => None,
+    };
+    let rank = world.as_ref().map_or(0, |w| w.rank);
+    let resumed = match o.resume {
+        true if rank > 0 => Some(resumable_state(o, &info)?.0),
+        _ => None,
+    };
+    if rank > 0 {
+        return train_as_rank(
+            o,
+            &mut model,
+            &mut opt,
+            resumed,
+            (&train_split, &dev_split, classes),
+            &settings,
+            collective.as_deref_mut().map(|c| c as &mut dyn Collective),
+        );
+    }
     let lock = FolderLock::claim(&o.out, start, "--out")?;
     let resumed = match o.resume {
         true => {
@@ -261,6 +287,8 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         "lr": o.settings.lr,
         "seed": o.settings.seed,
         "device": dev.describe(),
+        "world_size": world.as_ref().map_or(1, |w| w.size),
+        "global_batch": settings.batch_size * settings.accumulate * world.as_ref().map_or(1, |w| w.size),
         "settings": folder.info.fingerprint,
     }))?;
     let progress = match resumed {
@@ -296,6 +324,7 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
             log_every: o.log_every,
             stop_after_steps: o.stop_after_steps,
             on_event: &mut on_event,
+            collective: collective.as_deref_mut().map(|c| c as &mut dyn Collective),
         };
         train(
             &mut model,
@@ -348,6 +377,94 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         report.display()
     );
     Ok(logs)
+}
+
+/// What a data-parallel run cannot do yet, refused before any work.
+fn check_data_parallel(o: &TrainOptions, w: &World) -> Result<()> {
+    let refuse = |what: &str| {
+        Err(Error::Invalid(format!(
+            "rank {} of {}: {what} is not data parallel yet (issue 30); run it in one process (without emrclass launch / WORLD_SIZE)",
+            w.rank, w.size
+        )))
+    };
+    if matches!(o.loss, LossKind::GhmC | LossKind::GhmCs) {
+        // Its moving histogram of gradient norms would be each rank's own.
+        return refuse(&format!("--loss {}", o.loss.name()));
+    }
+    if o.freeze_encoder {
+        // Every rank would write the same feature cache.
+        return refuse("--freeze-encoder");
+    }
+    if w.rank > 0 {
+        crate::console::mute_stdout();
+    }
+    Ok(())
+}
+
+/// The collective of this rank's world, joined at MASTER_ADDR:MASTER_PORT.
+fn join_world(w: &World, dev: &Device, s: &TrainSettings) -> Result<Box<dyn Collective>> {
+    let c = join::join(w, join::command_tag(), dev)?;
+    say!(
+        "data parallel: {}; global batch {} ({} per micro-batch x {} accumulated x {} ranks)",
+        c.describe(),
+        s.batch_size * s.accumulate.max(1) * w.size,
+        s.batch_size,
+        s.accumulate.max(1),
+        w.size
+    );
+    Ok(c)
+}
+
+/// A data-parallel rank other than 0: the same training, with no run folder (rank 0 writes
+/// it; under --resume every rank reads rank 0's checkpoint, so on several machines --out must be
+/// on a file system they all see).
+fn train_as_rank(
+    o: &TrainOptions,
+    model: &mut Classifier,
+    opt: &mut Optimizer,
+    resumed: Option<State>,
+    (train_split, dev_split, classes): (&Split, &Split, usize),
+    settings: &TrainSettings,
+    collective: Option<&mut (dyn Collective + '_)>,
+) -> Result<Vec<EpochLog>> {
+    let progress = match resumed {
+        Some(state) => {
+            checkpoint::restore(&o.out.join("checkpoint"), &state, model, opt, false)?;
+            state.progress
+        }
+        None => Progress::start(),
+    };
+    let mut on_event = |_: &mut Classifier, _: &Optimizer, _: &Progress, _: Event| Ok(());
+    let mut ctl = Control {
+        progress,
+        patience: o.patience,
+        metric: o.metric,
+        eval_every: o.eval_every,
+        log_every: o.log_every,
+        stop_after_steps: o.stop_after_steps,
+        on_event: &mut on_event,
+        collective: collective.map(|c| c as &mut dyn Collective),
+    };
+    let (logs, end) = train(
+        model,
+        opt,
+        train_split,
+        dev_split,
+        classes,
+        settings,
+        &mut ctl,
+    )?;
+    let finished = end.epoch > settings.epochs || o.patience.is_some_and(|n| end.bad_epochs >= n);
+    match (crate::interrupt::requested(), finished) {
+        (Some(signal), false) => Err(Error::Interrupted {
+            signal,
+            message: format!(
+                "interrupted at step {}; rank 0 wrote the checkpoint",
+                end.step
+            ),
+        }),
+        _ => Ok(logs),
+    }
 }
 
 /// What `--resume` must add to the same command: the folder, when the run picked it (a
@@ -419,7 +536,14 @@ fn resumable_state(o: &TrainOptions, now: &RunInfo) -> Result<(State, Option<Str
     }
     let list: Vec<String> = changed
         .iter()
-        .map(|(k, a, b)| format!("{k}: {a} then, {b} now"))
+        .map(|(k, a, b)| match k.as_str() {
+            "world_size" => format!(
+                "data-parallel ranks (WORLD_SIZE): {} then, {} now — another world size changes the global batch, the learning-rate schedule and which records each step sees; resume with as many ranks as wrote it",
+                a.replace("(unset)", "1"),
+                b.replace("(unset)", "1")
+            ),
+            _ => format!("{k}: {a} then, {b} now"),
+        })
         .collect();
     Err(Error::Invalid(format!(
         "--resume: {} was written with other settings ({}). Resume with the run's own settings{}, or start a new run with another --out (or --overwrite)",
@@ -586,5 +710,9 @@ fn fingerprint(o: &TrainOptions, s: &TrainSettings) -> String {
         " saved_activations=fp16"
     } else {
         ""
+    } + &match World::from_env() {
+        // Absent for one process, so runs written before data parallelism resume as they did.
+        Ok(Some(w)) if w.size > 1 => format!(" world_size={}", w.size),
+        _ => String::new(),
     }
 }

@@ -32,7 +32,7 @@ impl Embedding {
         vec![Slot::new(
             format!("{prefix}.weight"),
             &mut self.table,
-            &self.table_grad,
+            &mut self.table_grad,
             lr_scale,
             false,
         )]

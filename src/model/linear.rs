@@ -21,14 +21,14 @@ impl Linear {
             Slot::new(
                 format!("{prefix}.weight"),
                 &mut self.weight,
-                &self.weight_grad,
+                &mut self.weight_grad,
                 lr_scale,
                 true,
             ),
             Slot::new(
                 format!("{prefix}.bias"),
                 &mut self.bias,
-                &self.bias_grad,
+                &mut self.bias_grad,
                 lr_scale,
                 false,
             ),

@@ -196,21 +196,21 @@ impl MlmHead {
         slots.push(Slot::new(
             NORM_WEIGHT.into(),
             &mut self.norm_weight,
-            &self.norm_weight_grad,
+            &mut self.norm_weight_grad,
             lr_scale,
             false,
         ));
         slots.push(Slot::new(
             NORM_BIAS.into(),
             &mut self.norm_bias,
-            &self.norm_bias_grad,
+            &mut self.norm_bias_grad,
             lr_scale,
             false,
         ));
         slots.push(Slot::new(
             DECODER_BIAS.into(),
             &mut self.decoder_bias,
-            &self.decoder_bias_grad,
+            &mut self.decoder_bias_grad,
             lr_scale,
             false,
         ));

@@ -48,7 +48,7 @@ pub struct BiRnn {
 impl BiRnn {
     /// Parameters and gradients for the optimizer: `{prefix}.weight_ih`, `.weight_hh`, `.bias_ih`, `.bias_hh`.
     pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<Slot<'_>> {
-        let [g0, g1, g2, g3] = &self.grads;
+        let [g0, g1, g2, g3] = &mut self.grads;
         vec![
             Slot::new(
                 format!("{prefix}.weight_ih"),

@@ -7,7 +7,7 @@ use crate::device::Buffer;
 pub struct Slot<'a> {
     pub name: String,
     pub value: &'a mut Buffer<f32>,
-    pub grad: &'a Buffer<f32>,
+    pub grad: &'a mut Buffer<f32>,
     /// Multiplies the step's learning rate (e.g. a head trained faster than the encoder).
     pub lr_scale: f32,
     /// No weight decay on biases and LayerNorm weights, as is usual for BERT.
@@ -18,7 +18,7 @@ impl<'a> Slot<'a> {
     pub fn new(
         name: String,
         value: &'a mut Buffer<f32>,
-        grad: &'a Buffer<f32>,
+        grad: &'a mut Buffer<f32>,
         lr_scale: f32,
         decay: bool,
     ) -> Self {

@@ -69,7 +69,12 @@ impl TextCnn {
     /// Parameters and gradients for the optimizer, named `{prefix}.convs.{i}.weight/bias`.
     pub fn slots(&mut self, prefix: &str, lr_scale: f32) -> Vec<Slot<'_>> {
         let mut out = Vec::new();
-        for (i, (w, g)) in self.weights.iter_mut().zip(&self.weight_grads).enumerate() {
+        for (i, (w, g)) in self
+            .weights
+            .iter_mut()
+            .zip(&mut self.weight_grads)
+            .enumerate()
+        {
             out.push(Slot::new(
                 format!("{prefix}.convs.{i}.weight"),
                 w,
@@ -78,7 +83,7 @@ impl TextCnn {
                 true,
             ));
         }
-        for (i, (b, g)) in self.biases.iter_mut().zip(&self.bias_grads).enumerate() {
+        for (i, (b, g)) in self.biases.iter_mut().zip(&mut self.bias_grads).enumerate() {
             out.push(Slot::new(
                 format!("{prefix}.convs.{i}.bias"),
                 b,

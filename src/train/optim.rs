@@ -197,7 +197,7 @@ impl Optimizer {
         clip: Option<f32>,
         multiplier: f32,
     ) -> Result<f64> {
-        let grads: Vec<&Buffer<f32>> = slots.iter().map(|s| s.grad).collect();
+        let grads: Vec<&Buffer<f32>> = slots.iter().map(|s| &*s.grad).collect();
         let norm = multiplier as f64 * global_norm_cached(&grads, &mut self.norm_table)?;
         if !norm.is_finite() {
             return Err(Error::Invalid(format!(

@@ -6,6 +6,7 @@
 use crate::data::batching::{bucketed_batches, pad};
 use crate::data::tokenizer::TokenBatch;
 use crate::device::{Buffer, Role};
+use crate::distributed::Collective;
 use crate::error::{Error, Result};
 use crate::model::bert::BertEncoder;
 use crate::rng::Rng;
@@ -210,6 +211,49 @@ impl Classifier {
         Ok(loss)
     }
 
+    /// One optimizer step of a data-parallel world: this rank's share of the step's
+    /// micro-batches (`mine`, the micro-batches `offset..` of the step's `total`) accumulated
+    /// as `optimizer_step` does, the gradients summed over the ranks bucket by bucket, then the
+    /// same step on every rank on the mean gradient. Every rank gets every micro-batch's loss
+    /// (each rank fills its own, the others add zeros), so the mean loss is the one a single
+    /// process computes; with the step's stop flags, so all ranks stop after the same step.
+    /// Returns the mean loss and whether some rank was asked to stop.
+    #[allow(clippy::too_many_arguments)]
+    pub fn data_parallel_step(
+        &mut self,
+        mine: &[MicroBatch],
+        offset: usize,
+        total: usize,
+        opt: &mut Optimizer,
+        lr: f32,
+        s: &TrainSettings,
+        collective: &mut (dyn Collective + '_),
+    ) -> Result<(f32, bool)> {
+        let dev = self.loss.device().clone();
+        let mut losses = vec![0.0f64; total + 1];
+        for (k, m) in mine.iter().enumerate() {
+            let _sum = (k > 0).then(|| dev.accumulate_gradients());
+            losses[offset + k] =
+                self.backward_records(&m.tokens, &m.windows, &m.labels, m.seed)? as f64;
+        }
+        if mine.is_empty() {
+            // The epoch's last step has fewer micro-batches than ranks: this rank adds zeros.
+            for slot in self.slots(s.input_lr_scale) {
+                slot.grad.fill_zero()?;
+            }
+        }
+        losses[total] = crate::interrupt::requested().is_some() as u8 as f64;
+        collective.all_reduce_host(&mut losses)?;
+        sum_gradients(collective, &mut self.slots(s.input_lr_scale))?;
+        let mut slots = self.slots(s.input_lr_scale);
+        opt.step_scaled(&mut slots, lr, s.clip, 1.0 / total.max(1) as f32)?;
+        let mut loss = 0.0f32;
+        for l in &losses[..total] {
+            loss += *l as f32 / total as f32;
+        }
+        Ok((loss, losses[total] > 0.0))
+    }
+
     /// Every trained parameter with its gradient, by name: the head's, then the input path's.
     /// The encoder's pooler trains only under a head that reads the pooled [CLS]; under the
     /// others it gets no gradient, and (as in PyTorch, where its `.grad` stays None) no step:
@@ -281,19 +325,61 @@ impl Classifier {
         classes: usize,
         batch_size: usize,
     ) -> Result<Report> {
+        self.evaluate_on(records, labels, classes, batch_size, None)
+    }
+
+    /// `evaluate`, in a data-parallel world shared out: each rank predicts every world-th
+    /// batch (the same batches, padded the same, as one process) and the confusion counts are
+    /// summed over the ranks, so the metrics are exactly one process's.
+    pub fn evaluate_on(
+        &mut self,
+        records: &[Windows],
+        labels: &[usize],
+        classes: usize,
+        batch_size: usize,
+        collective: Option<&mut (dyn Collective + '_)>,
+    ) -> Result<Report> {
+        let (rank, world) = collective.as_ref().map_or((0, 1), |c| (c.rank(), c.size()));
         let mut conf = Confusion::new(classes);
-        for chunk in (0..records.len())
-            .collect::<Vec<_>>()
-            .chunks(batch_size.max(1))
-        {
+        let order: Vec<usize> = (0..records.len()).collect();
+        for chunk in order.chunks(batch_size.max(1)).skip(rank).step_by(world) {
             let (b, windows) =
                 record_batch(&chunk.iter().map(|&i| &records[i]).collect::<Vec<_>>());
             for (&i, (p, _)) in chunk.iter().zip(self.predict_records(&b, &windows)?) {
                 conf.add(labels[i], p)?;
             }
         }
+        if let Some(c) = collective {
+            let mut counts: Vec<f64> = conf.counts.iter().map(|&n| n as f64).collect();
+            c.all_reduce_host(&mut counts)?;
+            conf.counts = counts.iter().map(|&n| n as u64).collect();
+        }
         Ok(report(&conf))
     }
+}
+
+/// Gradients summed over the ranks in buckets of about 25 MiB (DDP's default), from the last
+/// parameters to the first, the order backward finishes them in.
+fn sum_gradients(
+    collective: &mut dyn Collective,
+    slots: &mut [crate::model::slot::Slot],
+) -> Result<()> {
+    const BUCKET_BYTES: usize = 25 << 20;
+    let mut bucket: Vec<&mut Buffer<f32>> = Vec::new();
+    let mut bytes = 0;
+    for slot in slots.iter_mut().rev() {
+        bytes += slot.grad.bytes();
+        bucket.push(&mut *slot.grad);
+        if bytes >= BUCKET_BYTES {
+            collective.all_reduce_sum(&mut bucket)?;
+            bucket.clear();
+            bytes = 0;
+        }
+    }
+    if !bucket.is_empty() {
+        collective.all_reduce_sum(&mut bucket)?;
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -392,6 +478,9 @@ pub struct Control<'a> {
     /// Return right after this optimizer step, as if killed (tests of --resume).
     pub stop_after_steps: Option<u64>,
     pub on_event: &'a mut dyn FnMut(&mut Classifier, &Optimizer, &Progress, Event) -> Result<()>,
+    /// A data-parallel world (`distributed`): each step's micro-batches are shared out among
+    /// its ranks, the gradients and the dev counts summed over them. None: this process alone.
+    pub collective: Option<&'a mut dyn Collective>,
 }
 
 /// Trains from `ctl.progress` to `settings.epochs` (or early stopping), evaluating on the dev
@@ -414,7 +503,18 @@ pub fn train(
         .map(|r| r.iter().map(Vec::len).sum())
         .collect();
     let micro = s.accumulate.max(1);
-    let schedule = schedule(s, train_records.len());
+    let (rank, world) = ctl
+        .collective
+        .as_ref()
+        .map_or((0, 1), |c| (c.rank(), c.size()));
+    // A step is `micro` micro-batches on each rank: the schedule counts the world's steps.
+    let schedule = schedule(
+        &TrainSettings {
+            accumulate: micro * world,
+            ..s.clone()
+        },
+        train_records.len(),
+    );
     let mut p = ctl.progress.clone();
     // One dropout seed per batch, drawn in order: skip those of the batches already trained.
     let batches_per_epoch = train_records.len().div_ceil(s.batch_size.max(1));
@@ -430,26 +530,42 @@ pub fn train(
         let start = std::time::Instant::now();
         let batches = bucketed_batches(&lens, s.batch_size, s.seed, p.epoch as u64);
         let first = p.batch;
-        for group in batches[first.min(batches.len())..].chunks(micro) {
-            // A first Ctrl-C or SIGTERM: stop between steps (the caller checkpoints).
-            if crate::interrupt::requested().is_some() {
+        for group in batches[first.min(batches.len())..].chunks(micro * world) {
+            // A first Ctrl-C or SIGTERM: stop between steps (the caller checkpoints). In a
+            // world, the ranks agree on it in the step's sums instead (below).
+            if world == 1 && crate::interrupt::requested().is_some() {
                 return Ok((logs, p));
             }
             let lr = schedule.lr(opt.step + 1) as f32;
-            let micro_batches: Vec<MicroBatch> = group
+            // Every rank draws every micro-batch's seed; it builds only its own micro-batches.
+            let group_seeds: Vec<u64> = group.iter().map(|_| seeds.next_u64()).collect();
+            let mine = (rank * micro).min(group.len())..((rank + 1) * micro).min(group.len());
+            let micro_batches: Vec<MicroBatch> = group[mine.clone()]
                 .iter()
-                .map(|idx| {
+                .zip(&group_seeds[mine.clone()])
+                .map(|(idx, &seed)| {
                     let (tokens, windows) =
                         record_batch(&idx.iter().map(|&i| &train_records[i]).collect::<Vec<_>>());
                     MicroBatch {
                         tokens,
                         labels: idx.iter().map(|&i| train_labels[i] as i32).collect(),
-                        seed: seeds.next_u64(),
+                        seed,
                         windows,
                     }
                 })
                 .collect();
-            let loss = model.optimizer_step(&micro_batches, opt, lr, s)?;
+            let (loss, stop) = match ctl.collective.as_deref_mut() {
+                None => (model.optimizer_step(&micro_batches, opt, lr, s)?, false),
+                Some(c) => model.data_parallel_step(
+                    &micro_batches,
+                    mine.start,
+                    group.len(),
+                    opt,
+                    lr,
+                    s,
+                    c,
+                )?,
+            };
             p.loss_sum += loss as f64 * group.len() as f64;
             p.batch += group.len();
             p.step = opt.step;
@@ -468,15 +584,20 @@ pub fn train(
                 records: train_records.len(),
             };
             (ctl.on_event)(model, opt, &p, ev)?;
-            if ctl.stop_after_steps == Some(p.step) {
+            if ctl.stop_after_steps == Some(p.step) || stop {
                 return Ok((logs, p));
             }
             if ctl.eval_every > 0
                 && p.step.is_multiple_of(ctl.eval_every)
                 && p.batch < batches.len()
             {
-                let dev =
-                    model.evaluate(&dev_set.records, &dev_set.labels, classes, s.batch_size)?;
+                let dev = model.evaluate_on(
+                    &dev_set.records,
+                    &dev_set.labels,
+                    classes,
+                    s.batch_size,
+                    ctl.collective.as_deref_mut(),
+                )?;
                 (ctl.on_event)(
                     model,
                     opt,
@@ -493,7 +614,13 @@ pub fn train(
             .iter()
             .map(Vec::len)
             .sum();
-        let dev = model.evaluate(&dev_set.records, &dev_set.labels, classes, s.batch_size)?;
+        let dev = model.evaluate_on(
+            &dev_set.records,
+            &dev_set.labels,
+            classes,
+            s.batch_size,
+            ctl.collective.as_deref_mut(),
+        )?;
         let entry = EpochLog {
             epoch: p.epoch,
             mean_loss: p.loss_sum / batches.len().max(1) as f64,
@@ -522,7 +649,11 @@ pub fn train(
         p.loss_sum = 0.0;
         (ctl.on_event)(model, opt, &p, Event::Epoch { log: &entry, best })?;
         logs.push(entry);
-        if crate::interrupt::requested().is_some() {
+        let mut asked = [crate::interrupt::requested().is_some() as u8 as f64];
+        if let Some(c) = ctl.collective.as_deref_mut() {
+            c.all_reduce_host(&mut asked)?;
+        }
+        if asked[0] > 0.0 {
             return Ok((logs, p));
         }
     }

@@ -342,7 +342,7 @@ impl BertEncoder {
             .iter_mut()
             .map(|p| {
                 let decay = !(p.name.ends_with(".bias") || p.name.contains("LayerNorm"));
-                Slot::new(p.name.clone(), &mut p.value, &p.grad, lr_scale, decay)
+                Slot::new(p.name.clone(), &mut p.value, &mut p.grad, lr_scale, decay)
             })
             .collect()
     }

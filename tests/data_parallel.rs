@@ -1,0 +1,314 @@
+//! Data-parallel training on simulator ranks (issue 30): `emrclass launch` with N ranks of
+//! micro-batch b trains to the same bits as one process accumulating N micro-batches of b (the
+//! host collective sums in rank order, as accumulation does), a rank that dies or hangs stops
+//! the others with an error naming it, and the run continues from rank 0's checkpoint.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{emrclass_cli, tensor_bits};
+use serde_json::Value;
+
+const EXE: &str = env!("CARGO_BIN_EXE_emrclass");
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("emrclass-dp-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A small, quick run of the default head and loss.
+fn run_args(out: &Path, epochs: &str) -> Vec<String> {
+    run_args_batch(out, epochs, "8")
+}
+
+fn run_args_batch(out: &Path, epochs: &str, batch: &str) -> Vec<String> {
+    [
+        "train",
+        "--synthetic-scale",
+        "0.1",
+        "--epochs",
+        epochs,
+        "--batch-size",
+        batch,
+        "--log-every",
+        "1",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `emrclass launch --nproc-per-node n -- --device simt ARGS`: (success, stdout, stderr).
+fn launch(n: usize, args: &[String]) -> (bool, String, String) {
+    let o = Command::new(EXE)
+        .args([
+            "launch",
+            "--nproc-per-node",
+            &n.to_string(),
+            "--",
+            "--device",
+            "simt",
+        ])
+        .args(args)
+        .env("EMRCLASS_RENDEZVOUS_TIMEOUT", "60")
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Every logged value but the clock's, line by line.
+fn log_without_times(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("samples_per_second");
+            v
+        })
+        .collect()
+}
+
+fn run_json(run: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn ranks_train_to_the_bits_of_one_process_accumulating_their_micro_batches() {
+    let dir = scratch("bits");
+    for (ranks, epochs, batch) in [(2, "2", 8), (3, "1", 7)] {
+        let one = dir.join(format!("one-{ranks}"));
+        let mut args = run_args_batch(&one, epochs, &batch.to_string());
+        args.extend(["--accumulate".into(), ranks.to_string()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = emrclass_cli(&refs);
+        assert!(ok, "{err}");
+
+        let world = dir.join(format!("world-{ranks}"));
+        let (ok, out, err) = launch(ranks, &run_args_batch(&world, epochs, &batch.to_string()));
+        assert!(ok, "{err}");
+        assert!(
+            out.contains(&format!("data parallel: {ranks} ranks")),
+            "rank 0 tells the run:\n{out}"
+        );
+        assert_eq!(
+            out.matches("data parallel:").count(),
+            1,
+            "only rank 0 prints:\n{out}"
+        );
+        let description = run_json(&world);
+        assert_eq!(description["world_size"], ranks);
+        assert_eq!(description["global_batch"], batch * ranks);
+        if ranks == 3 {
+            // The epoch's last step has fewer micro-batches than ranks: a rank adds zeros.
+            let records = description["train_records"].as_u64().unwrap();
+            assert_ne!(
+                records.div_ceil(batch as u64) % 3,
+                0,
+                "the data no longer cover a short last step"
+            );
+        }
+        assert_eq!(
+            tensor_bits(&one.join("checkpoint")),
+            tensor_bits(&world.join("checkpoint")),
+            "{ranks} ranks: weights and moments differ from one process with --accumulate {ranks}"
+        );
+        assert_eq!(log_without_times(&one), log_without_times(&world));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Ranks started by hand, as torchrun or a cluster's script would: (rank 0, rank 1).
+fn start_two(args: &[String], timeout: &str) -> (Child, Child) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let start = |rank: usize| {
+        Command::new(EXE)
+            .args(["--device", "simt", "--simt-threads", "1"])
+            .args(args)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env("EMRCLASS_COLLECTIVE_TIMEOUT", timeout)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    (start(0), start(1))
+}
+
+/// Waits until `file` exists in rank 0's run folder, while `rank0` (or the launcher) runs.
+fn wait_for(file: &Path, rank0: &mut Child) {
+    let t = Instant::now();
+    while !file.exists() {
+        assert!(rank0.try_wait().unwrap().is_none(), "it ended early");
+        assert!(t.elapsed() < Duration::from_secs(120), "no step logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A process's exit (rank 0's or the launcher's): (success, stderr), within `limit`.
+fn finish(mut child: Child, limit: Duration) -> (bool, String) {
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < limit, "it did not stop within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_killed_rank_stops_the_others_and_the_run_resumes_from_rank_0s_checkpoint() {
+    let dir = scratch("killed");
+    let out = dir.join("run");
+    let mut args = run_args(&out, "3");
+    args.extend(["--checkpoint-every".into(), "2".into()]);
+    let (mut rank0, mut rank1) = start_two(&args, "600");
+    wait_for(&out.join("checkpoint/state.json"), &mut rank0);
+    rank1.kill().unwrap();
+    rank1.wait().unwrap();
+    let (ok, err) = finish(rank0, Duration::from_secs(60));
+    assert!(!ok);
+    assert!(err.contains("rank 1 closed its connection"), "{err}");
+
+    // Resuming with as many ranks continues; with another world size is refused, named.
+    args.push("--resume".into());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = emrclass_cli(&refs);
+    assert!(!ok);
+    assert!(
+        err.contains("data-parallel ranks (WORLD_SIZE): 2 then, 1 now"),
+        "{err}"
+    );
+    let (ok, out_text, err) = launch(2, &args);
+    assert!(ok, "{err}");
+    assert!(out_text.contains("resuming from"), "{out_text}");
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        state["progress"]["epoch"], 4,
+        "the run finished its 3 epochs"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_hung_rank_is_named_after_the_collective_timeout() {
+    let dir = scratch("hung");
+    let out = dir.join("run");
+    let (mut rank0, mut rank1) = start_two(&run_args(&out, "50"), "2");
+    wait_for(&out.join("log.jsonl"), &mut rank0);
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe {
+        libc::kill(rank1.id() as i32, libc::SIGSTOP);
+    }
+    let (ok, err) = finish(rank0, Duration::from_secs(60));
+    rank1.kill().unwrap();
+    rank1.wait().unwrap();
+    assert!(!ok);
+    assert!(err.contains("rank 1 sent nothing for 2.0 s"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn launch_stops_every_rank_when_one_fails_and_exits_with_its_status() {
+    let dir = scratch("fails");
+    let out = dir.join("run");
+    let mut launcher = Command::new(EXE)
+        .args(["launch", "--nproc-per-node", "2", "--", "--device", "simt"])
+        .args(run_args(&out, "50"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&out.join("log.jsonl"), &mut launcher);
+    // Its two ranks, as Linux lists a process's children.
+    let pid = launcher.id();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let ranks: Vec<i32> = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(ranks.len(), 2, "{children}");
+    // SAFETY: kill(2) on a grandchild that is still running (the launcher has not reaped it).
+    unsafe {
+        libc::kill(ranks[1], libc::SIGKILL);
+    }
+    let (ok, err) = finish(launcher, Duration::from_secs(60));
+    assert!(!ok);
+    assert!(
+        err.contains("exited with status 137; the others stop too"),
+        "{err}"
+    );
+    assert!(err.contains("closed its connection"), "{err}");
+
+    // A folder that holds something else: every rank refuses it before any work, nothing lost.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let (ok, _, err) = launch(2, &run_args(&other, "1"));
+    assert!(!ok);
+    assert!(err.contains("is not empty (notes.txt)"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(other.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn what_is_not_data_parallel_yet_is_refused_by_name() {
+    let dir = scratch("refused");
+    let (ok, _, err) = launch(2, &{
+        let mut a = run_args(&dir.join("ghm"), "1");
+        a.extend(["--loss".into(), "ghmcs".into()]);
+        a
+    });
+    assert!(!ok);
+    assert!(
+        err.contains("--loss ghm-cs is not data parallel yet"),
+        "{err}"
+    );
+    let o = Command::new(EXE)
+        .args(["--device", "simt", "experiment", "--heads", "textcnn"])
+        .env("WORLD_SIZE", "2")
+        .env("RANK", "0")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("`experiment` runs in one process"), "{err}");
+    let o = Command::new(EXE)
+        .args(["launch", "--nproc-per-node", "2"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("<COMMAND>"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
