@@ -41,3 +41,10 @@ pub fn requested() -> Option<i32> {
         s => Some(s as i32),
     }
 }
+
+/// In a data-parallel world: another rank was asked to stop (the ranks agree on it in their
+/// sums), so this one stops with it after the same step, as if it had been signalled itself
+/// (with SIGTERM when no signal of its own came).
+pub fn stop_with_the_world() {
+    let _ = SIGNAL.compare_exchange(0, SIGTERM as usize, Ordering::SeqCst, Ordering::SeqCst);
+}

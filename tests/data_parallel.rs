@@ -216,6 +216,61 @@ fn a_killed_rank_stops_the_others_and_the_run_resumes_from_rank_0s_checkpoint() 
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The checkpoint's progress: (epoch, batches into it, step).
+fn checkpoint_progress(run: &Path) -> (u64, u64, u64) {
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/state.json")).unwrap())
+            .unwrap();
+    let p = &state["progress"];
+    (
+        p["epoch"].as_u64().unwrap(),
+        p["batch"].as_u64().unwrap(),
+        p["step"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn a_signal_to_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint() {
+    let dir = scratch("signal");
+    // Started by hand (as Slurm might signal one process): SIGTERM reaches rank 1 only.
+    let out = dir.join("one-rank");
+    let (mut rank0, mut rank1) = start_two(&run_args(&out, "50"), "600");
+    wait_for(&out.join("log.jsonl"), &mut rank0);
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe {
+        libc::kill(rank1.id() as i32, libc::SIGTERM);
+    }
+    let status1 = rank1.wait().unwrap();
+    let (ok, err) = finish(rank0, Duration::from_secs(60));
+    assert!(!ok);
+    assert!(err.contains("interrupted at step"), "{err}");
+    assert_eq!(status1.code(), Some(128 + libc::SIGTERM));
+    let (epoch, batch, step) = checkpoint_progress(&out);
+    assert!(step > 0 && epoch < 50, "({epoch}, {batch}, {step})");
+
+    // Through launch: a Ctrl-C to the launcher reaches every rank once; status 130.
+    let out = dir.join("launched");
+    let mut launcher = Command::new(EXE)
+        .args(["launch", "--nproc-per-node", "2", "--", "--device", "simt"])
+        .args(run_args(&out, "50"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&out.join("log.jsonl"), &mut launcher);
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe {
+        libc::kill(launcher.id() as i32, libc::SIGINT);
+    }
+    let t = Instant::now();
+    let status = launcher.wait().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(60));
+    assert_eq!(status.code(), Some(130));
+    let (_, _, step) = checkpoint_progress(&out);
+    assert!(step > 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_hung_rank_is_named_after_the_collective_timeout() {
     let dir = scratch("hung");
@@ -277,6 +332,67 @@ fn launch_stops_every_rank_when_one_fails_and_exits_with_its_status() {
         std::fs::read_to_string(other.join("notes.txt")).unwrap(),
         "mine"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ranks_that_would_start_from_different_states_are_named_before_any_step() {
+    // The same command, but each rank's relative --train is its own machine's file (as on
+    // two machines without a shared folder), and rank 1's differs in one record.
+    let dir = scratch("differ");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ranks: Vec<Child> = (0..2)
+        .map(|rank| {
+            let home = dir.join(format!("machine-{rank}"));
+            std::fs::create_dir_all(&home).unwrap();
+            let lines: String = (0..60)
+                .map(|i| {
+                    let text = if rank == 1 && i == 7 {
+                        "另一份病历".to_string()
+                    } else {
+                        format!("患者{i}号，血压{}", i % 3)
+                    };
+                    format!(
+                        "{{\"text\": \"{text}\", \"label\": \"{}\"}}\n",
+                        ["甲", "乙"][i % 2]
+                    )
+                })
+                .collect();
+            std::fs::write(home.join("train.jsonl"), lines).unwrap();
+            Command::new(EXE)
+                .current_dir(&home)
+                .args([
+                    "--device",
+                    "simt",
+                    "train",
+                    "--train",
+                    "train.jsonl",
+                    "--epochs",
+                    "1",
+                ])
+                .args(["--batch-size", "8", "--quiet", "--out", "run"])
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in ranks {
+        let (ok, err) = finish(child, Duration::from_secs(60));
+        assert!(!ok);
+        assert!(
+            err.contains("rank(s) 1 start from another state than rank 0"),
+            "{err}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -132,6 +132,8 @@ impl CudaBackend {
             Error::Cuda(format!("cuInit failed ({e:?}): is an NVIDIA GPU visible?"))
         })?;
         let count = result::device::get_count()?;
+        // One GPU per rank already (Slurm's CUDA_VISIBLE_DEVICES per task): it is that one.
+        let ordinal = if count == 1 { 0 } else { ordinal };
         if count <= ordinal {
             return Err(Error::Cuda(format!(
                 "no CUDA device {ordinal}: {count} found{}",

@@ -1,8 +1,10 @@
 //! Sums over the ranks through the host, over the rendezvous's connections: every rank sends
 //! its values to rank 0, which adds them in rank order (rank 0's first, then 1, 2, ...) and
 //! sends the sum back. It is how simulator ranks train data parallel (the launcher's loopback
-//! connections; a fixed summation order, so a world of N ranks with micro-batch b gives the
-//! same bits as one process accumulating N micro-batches), and what the data-parallel path is
+//! connections; a fixed summation order, so a world of N ranks with micro-batch b, one each per
+//! step, gives the same bits as one process accumulating N micro-batches — with `--accumulate
+//! a` > 1 per rank the sum is (g0+g1)+(g2+g3), not ((g0+g1)+g2)+g3: equal within rounding),
+//! and what the data-parallel path is
 //! tested on in CI. It moves every gradient through host memory and one process: correct on
 //! any device, but not how GPUs should talk (that is NCCL's job).
 //!

@@ -13,7 +13,11 @@ use crate::error::Result;
 /// caught here.
 pub fn join(world: &World, tag: u64, device: &Device) -> Result<Box<dyn Collective>> {
     let timeout = collective_timeout()?;
+    // Ranks on different kinds of device (`--device auto` falling back on one machine) are
+    // refused at the rendezvous, as another command would be.
+    let tag = tag ^ (device.is_cuda() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     if device.is_cuda() {
+        nccl::ensure_loaded()?;
         let id = match world.rank {
             0 => nccl::unique_id()?,
             _ => Vec::new(),

@@ -127,13 +127,20 @@ fn own_group_and_die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
     #[cfg(target_os = "linux")]
-    // SAFETY: the closure runs in the child between fork and exec; it only calls prctl(2),
-    // which is async-signal-safe, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
+    {
+        let launcher = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the child between fork and exec; it only calls prctl(2),
+        // getppid(2) and raise(3), which are async-signal-safe, and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // The launcher died before the prctl: the child would never hear of it.
+                if libc::getppid() != launcher {
+                    libc::raise(libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
     }
 }
 
@@ -186,7 +193,10 @@ fn supervise(mut children: Vec<(usize, Child)>, signalled: &AtomicBool) -> Resul
                 Err(e) => return Err(Error::Invalid(format!("watching rank {rank}: {e}"))),
             }
         }
-        if let Some((_, _, at)) = failed {
+        // After a Ctrl-C every rank stops by itself after the same step (rank 0 writing the
+        // checkpoint, however long that takes): nothing is escalated; a second Ctrl-C passed
+        // on ends them at once.
+        if let Some((_, _, at)) = failed.filter(|_| !interrupted) {
             if !termed && at.elapsed() > GRACE {
                 stop_all(&mut children, libc::SIGTERM);
                 termed = true;

@@ -116,29 +116,21 @@ fn library() -> Result<&'static Library> {
 
 fn open() -> Result<Library> {
     let tried = candidates(std::env::var_os("EMRCLASS_NCCL_DIR"))?;
+    let mut last = None;
     for path in &tried {
         // SAFETY: opening a library runs its initialisers; NCCL's only set up its own state.
         let Ok(lib) = (unsafe { libloading::Library::new(path) }) else {
             continue;
         };
-        // SAFETY: each symbol is cast to the signature nccl.h declares for it (NCCL 2.x).
-        unsafe {
-            let get_version: libloading::Symbol<unsafe extern "C" fn(*mut c_int) -> c_int> =
-                symbol(&lib, b"ncclGetVersion\0")?;
-            let mut version = 0;
-            get_version(&mut version);
-            return Ok(Library {
-                path: path.clone(),
-                version,
-                get_unique_id: *symbol(&lib, b"ncclGetUniqueId\0")?,
-                comm_init_rank: *symbol(&lib, b"ncclCommInitRank\0")?,
-                all_reduce: *symbol(&lib, b"ncclAllReduce\0")?,
-                async_error: *symbol(&lib, b"ncclCommGetAsyncError\0")?,
-                abort: *symbol(&lib, b"ncclCommAbort\0")?,
-                error_string: *symbol(&lib, b"ncclGetErrorString\0")?,
-                _lib: lib,
-            });
+        // SAFETY: the file is named libnccl.so.2: NCCL 2.x, whose signatures `resolve` uses.
+        match unsafe { resolve(lib, path) } {
+            Ok(l) => return Ok(l),
+            // A library without one of them: try the next.
+            Err(e) => last = Some(e),
         }
+    }
+    if let Some(e) = last {
+        return Err(e);
     }
     Err(Error::MissingLibrary {
         library: format!(
@@ -150,6 +142,28 @@ fn open() -> Result<Library> {
                 .join(", ")
         ),
         how: how_to_get_nccl(),
+    })
+}
+
+/// The functions of an opened NCCL.
+///
+/// # Safety
+/// The library must be NCCL 2.x, whose signatures the fields declare.
+unsafe fn resolve(lib: libloading::Library, path: &std::path::Path) -> Result<Library> {
+    let get_version: libloading::Symbol<unsafe extern "C" fn(*mut c_int) -> c_int> =
+        symbol(&lib, b"ncclGetVersion\0")?;
+    let mut version = 0;
+    get_version(&mut version);
+    Ok(Library {
+        path: path.to_path_buf(),
+        version,
+        get_unique_id: *symbol(&lib, b"ncclGetUniqueId\0")?,
+        comm_init_rank: *symbol(&lib, b"ncclCommInitRank\0")?,
+        all_reduce: *symbol(&lib, b"ncclAllReduce\0")?,
+        async_error: *symbol(&lib, b"ncclCommGetAsyncError\0")?,
+        abort: *symbol(&lib, b"ncclCommAbort\0")?,
+        error_string: *symbol(&lib, b"ncclGetErrorString\0")?,
+        _lib: lib,
     })
 }
 
@@ -180,6 +194,12 @@ fn check(lib: &Library, code: c_int, what: &str) -> Result<()> {
         "NCCL {what}: {} (code {code})",
         text.to_string_lossy()
     )))
+}
+
+/// NCCL opened (every CUDA rank, before the rendezvous: a rank without it stops there, by name,
+/// instead of leaving the others waiting in NCCL's set-up).
+pub fn ensure_loaded() -> Result<()> {
+    library().map(|_| ())
 }
 
 /// A new unique id (rank 0 makes it before the rendezvous), as bytes.
@@ -218,14 +238,34 @@ impl NcclCollective {
         for (u, &b) in unique.internal.iter_mut().zip(id) {
             *u = b as c_char;
         }
-        // The engine's context current on this thread: NCCL binds to its device.
+        // The engine's context current on this thread (NCCL binds to its device), handed to
+        // the thread that sets the communicator up: that waits for every rank, so it is
+        // watched with the timeout (a rank that stopped before it would hang it for good).
         device.synchronize()?;
-        let mut comm: Comm = std::ptr::null_mut();
-        // SAFETY: `comm` is a valid place for the communicator; the id is rank 0's.
-        let code = unsafe {
-            (lib.comm_init_rank)(&mut comm, world.size as c_int, unique, world.rank as c_int)
-        };
+        let mut context: cudarc::driver::sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: writes the calling thread's current context into `context`.
+        unsafe { cudarc::driver::sys::cuCtxGetCurrent(&mut context) };
+        let context = context as usize;
+        let (size, rank) = (world.size as c_int, world.rank as c_int);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut comm: Comm = std::ptr::null_mut();
+            // SAFETY: the context is the engine's, retained for the process's lifetime; `comm`
+            // is a valid place for the communicator; the id is rank 0's.
+            let code = unsafe {
+                cudarc::driver::sys::cuCtxSetCurrent(context as cudarc::driver::sys::CUcontext);
+                (lib.comm_init_rank)(&mut comm, size, unique, rank)
+            };
+            let _ = tx.send((code, comm as usize));
+        });
+        let (code, comm) = rx.recv_timeout(timeout).map_err(|_| {
+            Error::Invalid(format!(
+                "rank {rank}: NCCL's communicator was not set up within {:.1} s: another rank stopped or cannot reach this one (its own output says why; NCCL_DEBUG=INFO shows NCCL's side; EMRCLASS_COLLECTIVE_TIMEOUT sets the wait)",
+                timeout.as_secs_f64()
+            ))
+        })?;
         check(lib, code, "joining the communicator")?;
+        let comm = comm as Comm;
         Ok(NcclCollective {
             lib,
             comm,
@@ -238,6 +278,12 @@ impl NcclCollective {
 
     /// In-place sum of `len` values of `datatype` at device address `addr`.
     fn enqueue(&self, addr: u64, len: usize, datatype: c_int) -> Result<()> {
+        if self.comm.is_null() {
+            return Err(Error::Invalid(format!(
+                "rank {}: NCCL's communicator was aborted after an earlier failure",
+                self.rank
+            )));
+        }
         let p = addr as *mut c_void;
         // SAFETY: `addr` is a live device buffer of `len` elements of `datatype` (in place is
         // allowed); the null stream is the one the engine launches on.
@@ -255,8 +301,17 @@ impl NcclCollective {
         check(self.lib, code, "all-reduce")
     }
 
+    /// Ends the communicator's pending work; it is not used again.
+    fn abort(&mut self) {
+        if !self.comm.is_null() {
+            // SAFETY: the communicator is this rank's, live until here, and never used after.
+            unsafe { (self.lib.abort)(self.comm) };
+            self.comm = std::ptr::null_mut();
+        }
+    }
+
     /// Waits for the enqueued sums, watching NCCL's asynchronous error and the timeout.
-    fn wait(&self) -> Result<()> {
+    fn wait(&mut self) -> Result<()> {
         let start = Instant::now();
         loop {
             // SAFETY: querying the null stream of the current context.
@@ -271,13 +326,11 @@ impl NcclCollective {
             // SAFETY: `comm` is this rank's live communicator.
             unsafe { (self.lib.async_error)(self.comm, &mut async_code) };
             if async_code != 0 && async_code != NCCL_IN_PROGRESS {
-                // SAFETY: as above; aborting ends the pending operations.
-                unsafe { (self.lib.abort)(self.comm) };
+                self.abort();
                 return check(self.lib, async_code, "while summing (another rank failed?)");
             }
             if start.elapsed() > self.timeout {
-                // SAFETY: as above.
-                unsafe { (self.lib.abort)(self.comm) };
+                self.abort();
                 return Err(Error::Invalid(format!(
                     "rank {}: an NCCL sum did not finish within {:.1} s: a rank hangs or died (EMRCLASS_COLLECTIVE_TIMEOUT sets the wait); the run continues from its last checkpoint with --resume",
                     self.rank,
@@ -331,9 +384,8 @@ impl Collective for NcclCollective {
 
 impl Drop for NcclCollective {
     fn drop(&mut self) {
-        // SAFETY: the communicator is this rank's and is not used after; abort (not destroy)
-        // never waits for peers that may be gone.
-        unsafe { (self.lib.abort)(self.comm) };
+        // Abort, not destroy: it never waits for peers that may be gone.
+        self.abort();
     }
 }
 

@@ -30,10 +30,11 @@ impl Link {
         Ok(Link { peer, stream })
     }
 
-    /// Waits at most `timeout` for each read from here on.
+    /// Waits at most `timeout` for each read and each write from here on.
     pub fn set_timeout(&self, timeout: Duration) -> Result<()> {
         self.stream
             .set_read_timeout(Some(timeout))
+            .and_then(|_| self.stream.set_write_timeout(Some(timeout)))
             .map_err(|e| Error::Invalid(format!("connection to rank {}: {e}", self.peer)))
     }
 
@@ -103,7 +104,13 @@ pub fn meet(world: &World, tag: u64, timeout: Duration, payload: &[u8]) -> Resul
     };
     let deadline = Instant::now() + timeout;
     if world.rank == 0 {
-        let listener = TcpListener::bind(addr).map_err(|e| {
+        // Every interface, as torchrun: MASTER_ADDR is how the others reach rank 0, which
+        // may resolve to another address on rank 0's own machine (127.0.1.1, a NAT).
+        let any: std::net::IpAddr = match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let listener = TcpListener::bind((any, world.master_port)).map_err(|e| {
             Error::Invalid(match e.kind() {
                 ErrorKind::AddrInUse => format!(
                     "rank 0 cannot listen at {where_}: the port is in use (another run?); choose another MASTER_PORT (emrclass launch --master-port)"
@@ -152,6 +159,17 @@ fn accept_all(
                 }
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
+            }
+            // A client that gave up before we took it: not a rank's problem.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionAborted
+                        | ErrorKind::Interrupted
+                        | ErrorKind::ConnectionReset
+                ) =>
+            {
+                continue
             }
             Err(e) => return Err(Error::Invalid(format!("listening at {where_}: {e}"))),
         };
@@ -205,9 +223,11 @@ fn accept_all(
 fn read_hello(stream: TcpStream, deadline: Instant) -> Option<(usize, usize, u64, TcpStream)> {
     let mut stream = stream;
     stream.set_nonblocking(false).ok()?;
+    // A rank sends its hello at once; a connection that stays silent (a port scan, a health
+    // check) is dropped after a few seconds, not left to hold up the rest.
     let wait = deadline
         .saturating_duration_since(Instant::now())
-        .max(Duration::from_secs(1));
+        .clamp(Duration::from_millis(100), Duration::from_secs(5));
     stream.set_read_timeout(Some(wait)).ok()?;
     let mut m = [0u8; 32];
     stream.read_exact(&mut m).ok()?;

@@ -220,17 +220,36 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         labels: dev_labels,
     };
     let mut opt = optimizer(&o.settings);
-    // Every check is done: meet the other ranks (rank 0 then writes the run folder alone).
+    // Every check is done. Rank 0 claims the run folder and reads what it resumes first (its
+    // own failures then stop it before the others wait on it), then the ranks meet; rank 0
+    // alone writes the folder.
+    let rank = world.as_ref().map_or(0, |w| w.rank);
+    let claimed = match rank {
+        0 => {
+            let lock = FolderLock::claim(&o.out, start, "--out")?;
+            let resumed = match o.resume {
+                true => {
+                    let (state, note) = resumable_state(o, &info)?;
+                    if let Some(note) = note {
+                        say!("{note}");
+                    }
+                    Some(state)
+                }
+                false => None,
+            };
+            Some((lock, resumed))
+        }
+        _ => None,
+    };
     let mut collective = match &world {
         Some(w) => Some(join_world(w, dev, &settings)?),
         None => None,
     };
-    let rank = world.as_ref().map_or(0, |w| w.rank);
-    let resumed = match o.resume {
-        true if rank > 0 => Some(resumable_state(o, &info)?.0),
-        _ => None,
-    };
-    if rank > 0 {
+    let Some((lock, resumed)) = claimed else {
+        let resumed = match o.resume {
+            true => Some(resumable_state(o, &info)?.0),
+            false => None,
+        };
         return train_as_rank(
             o,
             &mut model,
@@ -240,17 +259,6 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
             &settings,
             collective.as_deref_mut().map(|c| c as &mut dyn Collective),
         );
-    }
-    let lock = FolderLock::claim(&o.out, start, "--out")?;
-    let resumed = match o.resume {
-        true => {
-            let (state, note) = resumable_state(o, &info)?;
-            if let Some(note) = note {
-                say!("{note}");
-            }
-            Some(state)
-        }
-        false => None,
     };
     let mut folder = RunFolder::new(
         lock,

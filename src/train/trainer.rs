@@ -251,7 +251,11 @@ impl Classifier {
         for l in &losses[..total] {
             loss += *l as f32 / total as f32;
         }
-        Ok((loss, losses[total] > 0.0))
+        let stop = losses[total] > 0.0;
+        if stop {
+            crate::interrupt::stop_with_the_world();
+        }
+        Ok((loss, stop))
     }
 
     /// Every trained parameter with its gradient, by name: the head's, then the input path's.
@@ -516,6 +520,10 @@ pub fn train(
         train_records.len(),
     );
     let mut p = ctl.progress.clone();
+    if let Some(c) = ctl.collective.as_deref_mut() {
+        let digest = start_digest(model, opt, &p, (train_set, dev_set, classes), s)?;
+        same_start_as_rank_0(c, digest)?;
+    }
     // One dropout seed per batch, drawn in order: skip those of the batches already trained.
     let batches_per_epoch = train_records.len().div_ceil(s.batch_size.max(1));
     let mut seeds = Rng::new(s.seed);
@@ -654,10 +662,71 @@ pub fn train(
             c.all_reduce_host(&mut asked)?;
         }
         if asked[0] > 0.0 {
+            crate::interrupt::stop_with_the_world();
             return Ok((logs, p));
         }
     }
     Ok((logs, p))
+}
+
+/// What every rank of a data-parallel world must start from alike (FNV-1a): where the run
+/// stands, the data's sizes, the step's settings and every trained parameter's bits.
+fn start_digest(
+    model: &mut Classifier,
+    opt: &Optimizer,
+    p: &Progress,
+    (train_set, dev_set, classes): (&Split, &Split, usize),
+    s: &TrainSettings,
+) -> Result<u64> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |v: u64| {
+        for b in v.to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for v in [
+        p.epoch as u64,
+        p.batch as u64,
+        opt.step,
+        train_set.records.len() as u64,
+        dev_set.records.len() as u64,
+        classes as u64,
+        s.batch_size as u64,
+        s.accumulate as u64,
+        s.epochs as u64,
+        s.seed,
+    ] {
+        eat(v);
+    }
+    for slot in model.slots(s.input_lr_scale) {
+        for v in slot.value.to_host()? {
+            eat(v.to_bits() as u64);
+        }
+    }
+    Ok(h)
+}
+
+/// Every rank's `digest` against rank 0's: a rank that read other data, planned other
+/// micro-batches or restored another checkpoint is named before any step.
+fn same_start_as_rank_0(c: &mut (dyn Collective + '_), digest: u64) -> Result<()> {
+    let (rank, size) = (c.rank(), c.size());
+    // Each rank fills its own two 32-bit halves (exact in f64); the sum shows them all.
+    let mut all = vec![0.0f64; 2 * size];
+    all[2 * rank] = (digest >> 32) as f64;
+    all[2 * rank + 1] = (digest & 0xffff_ffff) as f64;
+    c.all_reduce_host(&mut all)?;
+    let differ: Vec<String> = (1..size)
+        .filter(|&r| all[2 * r..2 * r + 2] != all[..2])
+        .map(|r| r.to_string())
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "rank(s) {} start from another state than rank 0 (other data files, settings, memory plan, or another checkpoint under --resume: on several machines --out must be one shared folder); every rank must start alike",
+        differ.join(", ")
+    )))
 }
 
 /// The learning-rate schedule of a run over `records` training records (`Schedule::linear`).
