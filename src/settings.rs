@@ -261,8 +261,12 @@ pub fn check_train(o: &TrainOptions, heads: &[HeadKind]) -> Result<()> {
         c.count("--stop-after-steps", n as usize);
     }
     c.finish()?;
-    // The folder last: flags first, then what --out holds.
-    folder_lock::check(&o.out, o.start(), "--out")
+    // The folder last: flags first, then what --out holds — by the process that writes it (in
+    // a data-parallel world, rank 0; the others never touch it).
+    match crate::distributed::World::from_env()? {
+        Some(w) if w.rank > 0 => Ok(()),
+        _ => folder_lock::check(&o.out, o.start(), "--out"),
+    }
 }
 
 /// `train --resume`: the folder holds a checkpoint to continue from.

@@ -397,6 +397,71 @@ fn ranks_that_would_start_from_different_states_are_named_before_any_step() {
 }
 
 #[test]
+fn an_experiment_grid_runs_data_parallel_with_the_one_process_results() {
+    let dir = scratch("grid");
+    let grid = |out: &Path| -> Vec<String> {
+        [
+            "experiment",
+            "--heads",
+            "textcnn",
+            "--losses",
+            "wce",
+            "--seeds",
+            "1,2",
+            "--synthetic-scale",
+            "0.1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--quiet",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.to_str().unwrap().to_string()])
+        .collect()
+    };
+    let one = dir.join("one");
+    let mut args = grid(&one);
+    args.extend(["--accumulate".into(), "2".into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = emrclass_cli(&refs);
+    assert!(ok, "{err}");
+    let two = dir.join("two");
+    let (ok, _, err) = launch(2, &grid(&two));
+    assert!(ok, "{err}");
+    // Every column but the seconds and samples/s.
+    let scores = |run: &Path| -> Vec<String> {
+        std::fs::read_to_string(run.join("results.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').take(7).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    assert_eq!(scores(&one).len(), 3, "a header and two runs");
+    assert_eq!(scores(&one), scores(&two));
+    assert!(std::fs::read_to_string(two.join("results.md"))
+        .unwrap()
+        .contains("data parallel over 2 ranks (global batch 16)"));
+    for seed in [1, 2] {
+        let cell = format!("textcnn-wce-seed{seed}/checkpoint");
+        assert_eq!(tensor_bits(&one.join(&cell)), tensor_bits(&two.join(&cell)));
+    }
+    let (ok, _, err) = launch(2, &{
+        let mut a = grid(&dir.join("ghm"));
+        a[4] = "wce,ghm".into();
+        a
+    });
+    assert!(!ok);
+    assert!(
+        err.contains("--losses ghm are not data parallel yet"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn what_is_not_data_parallel_yet_is_refused_by_name() {
     let dir = scratch("refused");
     let (ok, _, err) = launch(2, &{
@@ -410,7 +475,9 @@ fn what_is_not_data_parallel_yet_is_refused_by_name() {
         "{err}"
     );
     let o = Command::new(EXE)
-        .args(["--device", "simt", "experiment", "--heads", "textcnn"])
+        .args([
+            "--device", "simt", "pretrain", "--config", "x", "--text", "y", "--out", "z",
+        ])
         .env("WORLD_SIZE", "2")
         .env("RANK", "0")
         .env("MASTER_ADDR", "127.0.0.1")
@@ -419,7 +486,7 @@ fn what_is_not_data_parallel_yet_is_refused_by_name() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains("`experiment` runs in one process"), "{err}");
+    assert!(err.contains("`pretrain` runs in one process"), "{err}");
     let o = Command::new(EXE)
         .args(["launch", "--nproc-per-node", "2"])
         .output()

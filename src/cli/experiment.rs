@@ -29,7 +29,6 @@ pub struct Args {
 }
 
 pub fn run(global: &GlobalArgs, args: &Args) -> Result<bool> {
-    emrclass::distributed::one_process_only("experiment")?;
     let Args {
         train,
         heads,
@@ -114,7 +113,14 @@ pub fn run(global: &GlobalArgs, args: &Args) -> Result<bool> {
                 .join(",")
         },
         dev_handle.describe()
-    );
+    ) + &match emrclass::distributed::World::from_env()?.filter(|w| w.size > 1) {
+        Some(w) => format!(
+            "; data parallel over {} ranks (global batch {})",
+            w.size,
+            train.batch_size * train.accumulate.max(1) * w.size
+        ),
+        None => String::new(),
+    };
     run_grid(&dev_handle, &o, &describe)?;
     Ok(true)
 }

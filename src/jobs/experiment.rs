@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::device::Device;
+use crate::distributed::World;
 use crate::error::{Error, Result};
 use crate::model::heads::HeadKind;
 use crate::model::loss::LossKind;
@@ -55,16 +56,42 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
             "experiment: no heads or no losses to run".into(),
         ));
     }
+    // In a data-parallel world every run of the grid trains on all ranks; rank 0 alone writes.
+    let world = World::from_env()?.filter(|w| w.size > 1);
+    if let Some(w) = &world {
+        let refused: Vec<&str> = o
+            .losses
+            .iter()
+            .filter(|l| matches!(l, LossKind::GhmC | LossKind::GhmCs))
+            .map(|l| l.name())
+            .collect();
+        if !refused.is_empty() {
+            return Err(Error::Invalid(format!(
+                "rank {} of {}: --losses {} are not data parallel yet (issue 30): leave them out, or run the grid in one process",
+                w.rank,
+                w.size,
+                refused.join(",")
+            )));
+        }
+    }
+    let writes = world.as_ref().is_none_or(|w| w.rank == 0);
     // The grid's folder, this grid's alone; its runs' folders inside are each claimed by
     // their run.
-    let lock = FolderLock::claim(&o.out, o.base.start(), "--out")?;
-    let root = lock.dir.clone();
+    let lock = match writes {
+        true => Some(FolderLock::claim(&o.out, o.base.start(), "--out")?),
+        false => None,
+    };
+    let root = lock
+        .as_ref()
+        .map_or_else(|| o.out.clone(), |l| l.dir.clone());
     // What marks the folder as an experiment's (its runs' folders are then its own to replace
     // under --overwrite).
-    crate::weights::write_atomically(
-        &root.join(EXPERIMENT_FILE),
-        serde_json::json!({"settings": describe, "heads": o.heads.iter().map(|h| h.name()).collect::<Vec<_>>(), "losses": o.losses.iter().map(|l| l.name()).collect::<Vec<_>>()}).to_string().as_bytes(),
-    )?;
+    if writes {
+        crate::weights::write_atomically(
+            &root.join(EXPERIMENT_FILE),
+            serde_json::json!({"settings": describe, "heads": o.heads.iter().map(|h| h.name()).collect::<Vec<_>>(), "losses": o.losses.iter().map(|l| l.name()).collect::<Vec<_>>()}).to_string().as_bytes(),
+        )?;
+    }
     let seeds = if o.seeds.is_empty() {
         vec![o.base.settings.seed]
     } else {
@@ -89,6 +116,15 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
                 opts.resume = o.base.resume && opts.out.join("checkpoint/state.json").exists();
                 opts.overwrite = o.base.resume && !opts.resume && opts.out.exists();
                 let logs = run(dev, &opts)?;
+                if !writes {
+                    if let Some(signal) = crate::interrupt::requested() {
+                        return Err(Error::Interrupted {
+                            signal,
+                            message: format!("interrupted after {cell}, seed {seed}"),
+                        });
+                    }
+                    continue;
+                }
                 if opts.resume {
                     outcomes.push(outcome_from_log(&opts.out, head, loss, seed)?);
                     write_tables(&root, &outcomes, &o.losses, describe)?;
