@@ -76,6 +76,11 @@ fn log_without_times(run: &Path) -> Vec<Value> {
         .map(|l| {
             let mut v: Value = serde_json::from_str(l).unwrap();
             let o = v.as_object_mut().unwrap();
+            // The time in the sums: rank 0's share of the epoch, only in a world.
+            if let Some(t) = o.remove("sum_seconds") {
+                let t = t.as_f64().unwrap();
+                assert!(t >= 0.0 && t <= o["seconds"].as_f64().unwrap(), "{l}");
+            }
             o.remove("seconds");
             o.remove("samples_per_second");
             v
@@ -128,6 +133,16 @@ fn ranks_train_to_the_bits_of_one_process_accumulating_their_micro_batches() {
             "{ranks} ranks: weights and moments differ from one process with --accumulate {ranks}"
         );
         assert_eq!(log_without_times(&one), log_without_times(&world));
+        let epoch_lines = std::fs::read_to_string(world.join("log.jsonl")).unwrap();
+        assert!(
+            epoch_lines
+                .lines()
+                .filter(|l| l.contains("\"sum_seconds\""))
+                .count()
+                == epochs.parse::<usize>().unwrap(),
+            "every epoch line of a world says the time in sums"
+        );
+        assert!(out.contains("sums "), "{out}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

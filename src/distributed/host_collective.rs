@@ -24,6 +24,8 @@ pub struct HostCollective {
     links: Vec<Link>,
     /// Operations so far: every rank's count must agree.
     sequence: u64,
+    /// Time spent in sums.
+    busy: Duration,
 }
 
 /// What an operation sums (checked between ranks).
@@ -49,6 +51,7 @@ impl HostCollective {
             size: world.size,
             links: links.links,
             sequence: 0,
+            busy: Duration::ZERO,
         }
     }
 
@@ -62,6 +65,13 @@ impl HostCollective {
 
     /// `values` summed over the ranks in rank order, in place.
     fn sum<T: Summand>(&mut self, kind: Kind, values: &mut [T]) -> Result<()> {
+        let start = std::time::Instant::now();
+        let done = self.exchange(kind, values);
+        self.busy += start.elapsed();
+        done
+    }
+
+    fn exchange<T: Summand>(&mut self, kind: Kind, values: &mut [T]) -> Result<()> {
         self.sequence += 1;
         let header = self.header(kind, values.len());
         if self.rank != 0 {
@@ -151,6 +161,10 @@ impl Collective for HostCollective {
             "{} ranks, sums through rank 0's host (TCP; fixed rank order)",
             self.size
         )
+    }
+
+    fn seconds(&self) -> f64 {
+        self.busy.as_secs_f64()
     }
 }
 

@@ -120,6 +120,9 @@ pub trait Collective {
     fn all_reduce_host(&mut self, values: &mut [f64]) -> Result<()>;
     /// For logs: what carries the sums.
     fn describe(&self) -> String;
+    /// Seconds this rank has spent in sums so far: moving the values, and waiting for the
+    /// slowest rank to arrive (the all-reduce's share of a step, in the epoch lines).
+    fn seconds(&self) -> f64;
 }
 
 /// For the commands that do not train data parallel yet: a named error in a world of more

@@ -222,6 +222,8 @@ pub struct NcclCollective {
     size: usize,
     device: Device,
     timeout: Duration,
+    /// Time spent in sums (enqueue to done).
+    busy: Duration,
 }
 
 impl NcclCollective {
@@ -273,6 +275,7 @@ impl NcclCollective {
             size: world.size,
             device: device.clone(),
             timeout,
+            busy: Duration::ZERO,
         })
     }
 
@@ -352,18 +355,24 @@ impl Collective for NcclCollective {
     }
 
     fn all_reduce_sum(&mut self, buffers: &mut [&mut Buffer<f32>]) -> Result<()> {
+        let start = Instant::now();
         for b in buffers.iter() {
             self.enqueue(b.device_address(), b.len(), NCCL_FLOAT32)?;
         }
-        self.wait()
+        let done = self.wait();
+        self.busy += start.elapsed();
+        done
     }
 
     fn all_reduce_host(&mut self, values: &mut [f64]) -> Result<()> {
         // The engine's buffers hold no f64: the doubles travel as their bits.
         let bits: Vec<u64> = values.iter().map(|v| v.to_bits()).collect();
         let on_device = self.device.upload(&bits, "values summed over the ranks")?;
+        let start = Instant::now();
         self.enqueue(on_device.device_address(), values.len(), NCCL_FLOAT64)?;
-        self.wait()?;
+        let done = self.wait();
+        self.busy += start.elapsed();
+        done?;
         for (v, b) in values.iter_mut().zip(on_device.to_host()?) {
             *v = f64::from_bits(b);
         }
@@ -379,6 +388,10 @@ impl Collective for NcclCollective {
             self.lib.version % 100,
             self.lib.path.display()
         )
+    }
+
+    fn seconds(&self) -> f64 {
+        self.busy.as_secs_f64()
     }
 }
 

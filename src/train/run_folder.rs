@@ -194,9 +194,13 @@ impl RunFolder {
             Event::Epoch { log, best } => {
                 self.clear_bar();
                 crate::say!(
-                    "epoch {:>2}  loss {:.4}  dev acc {:.4}  macro-F1 {:.4}  micro-F1 {:.4}  {:.1} s  {} samples/s{}",
+                    "epoch {:>2}  loss {:.4}  dev acc {:.4}  macro-F1 {:.4}  micro-F1 {:.4}  {:.1} s  {} samples/s{}{}",
                     log.epoch, log.mean_loss, log.dev.accuracy, log.dev.macro_avg.f1, log.dev.micro_avg.f1,
-                    log.seconds, rate_text(log.samples_per_second), if best { "  (best)" } else { "" }
+                    log.seconds, rate_text(log.samples_per_second),
+                    log.sum_seconds.map_or_else(String::new, |t| format!(
+                        "  sums {t:.1} s ({:.0}%)", 100.0 * t / log.seconds.max(1e-9)
+                    )),
+                    if best { "  (best)" } else { "" }
                 );
                 let mut line = json!({
                     "epoch": log.epoch, "end_step": p.step, "loss": log.mean_loss,
@@ -205,6 +209,9 @@ impl RunFolder {
                     "seconds": log.seconds, "samples_per_second": log.samples_per_second,
                     "best": best,
                 });
+                if let Some(t) = log.sum_seconds {
+                    line["sum_seconds"] = json!(t);
+                }
                 let state = self.state(model, p)?;
                 // GHM's moving histogram of gradient norms (what it re-weights), for the report;
                 // the weight each bin's examples get from it; whether it re-weights yet.

@@ -430,6 +430,9 @@ pub struct EpochLog {
     pub samples: usize,
     /// None when the epoch took no measurable time.
     pub samples_per_second: Option<f64>,
+    /// In a data-parallel world: the seconds of the epoch's training this rank spent in the
+    /// sums (moving gradients and losses, waiting for the slowest rank).
+    pub sum_seconds: Option<f64>,
 }
 
 /// `count` per second, or None below a millisecond (a rate the clock cannot measure).
@@ -536,6 +539,7 @@ pub fn train(
             break;
         }
         let start = std::time::Instant::now();
+        let sums_before = ctl.collective.as_ref().map(|c| c.seconds());
         let batches = bucketed_batches(&lens, s.batch_size, s.seed, p.epoch as u64);
         let first = p.batch;
         for group in batches[first.min(batches.len())..].chunks(micro * world) {
@@ -618,6 +622,11 @@ pub fn train(
             }
         }
         let seconds = start.elapsed().as_secs_f64();
+        let sum_seconds = ctl
+            .collective
+            .as_ref()
+            .zip(sums_before)
+            .map(|(c, before)| c.seconds() - before);
         let samples: usize = batches[first.min(batches.len())..]
             .iter()
             .map(Vec::len)
@@ -636,6 +645,7 @@ pub fn train(
             seconds,
             samples,
             samples_per_second: per_second(samples, seconds),
+            sum_seconds,
         };
         let score = ctl.metric.of(&entry.dev);
         let best = p.best.is_none_or(|(_, f)| score > f);
