@@ -261,11 +261,16 @@ pub fn check_train(o: &TrainOptions, heads: &[HeadKind]) -> Result<()> {
         c.count("--stop-after-steps", n as usize);
     }
     c.finish()?;
-    // The folder last: flags first, then what --out holds — by the process that writes it (in
-    // a data-parallel world, rank 0; the others never touch it).
+    // The folder last: flags first, then what --out holds.
+    check_out(o.out.as_path(), o.start())
+}
+
+/// What --out holds, looked at by the process that writes it: in a data-parallel world rank 0
+/// (the others never touch it, and would see rank 0's own lock).
+fn check_out(out: &std::path::Path, start: folder_lock::Start) -> Result<()> {
     match crate::distributed::World::from_env()? {
         Some(w) if w.rank > 0 => Ok(()),
-        _ => folder_lock::check(&o.out, o.start(), "--out"),
+        _ => folder_lock::check(out, start, "--out"),
     }
 }
 
@@ -384,7 +389,7 @@ pub fn check_pretrain(o: &PretrainOptions) -> Result<()> {
         "--mask-terms masks listed terms as whole units: it needs --mask-unit word",
     );
     c.finish()?;
-    folder_lock::check(&o.out, o.start(), "--out")?;
+    check_out(&o.out, o.start())?;
     if o.resume && !o.out.join("checkpoint").join("state.json").exists() {
         return Err(Error::Invalid(format!(
             "--resume: {} holds no checkpoint (a run writes one every --checkpoint-every steps \

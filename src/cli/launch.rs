@@ -7,8 +7,8 @@ use emrclass::Result;
 
 /// Start --nproc-per-node processes of `emrclass ARGS...` (one per GPU, or simulator ranks that
 /// share the cores) with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set, as
-/// torchrun does; they train one model data parallel (`train`, `experiment`). When one fails
-/// the others stop too, and launch exits with its status. Example: emrclass launch
+/// torchrun does; they train one model data parallel (`train`, `experiment`, `pretrain`). When
+/// one fails the others stop too, and launch exits with its status. Example: emrclass launch
 /// --nproc-per-node 2 -- --device simt train --batch-size 16. On several machines, run it on
 /// each with --nnodes, --node-rank and the same --master-addr/--master-port (rank 0's machine).
 #[derive(clap::Args)]

@@ -114,7 +114,6 @@ enum MaskUnitArg {
 }
 
 pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
-    emrclass::distributed::one_process_only("pretrain")?;
     let (folder, from_scratch) = match (&a.encoder, &a.config) {
         (Some(e), _) => (e.clone(), false),
         (None, Some(c)) => (c.clone(), true),

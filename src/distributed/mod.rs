@@ -125,16 +125,48 @@ pub trait Collective {
     fn seconds(&self) -> f64;
 }
 
-/// For the commands that do not train data parallel yet: a named error in a world of more
-/// than one process (every rank would run the whole job, and write the same folder).
-pub fn one_process_only(command: &str) -> Result<()> {
-    match World::from_env()? {
-        Some(w) if w.size > 1 => Err(Error::Invalid(format!(
-            "rank {} of {}: `{command}` runs in one process (data parallel is `train` for now, issue 30); run it without emrclass launch / WORLD_SIZE",
-            w.rank, w.size
-        ))),
-        _ => Ok(()),
+/// A running FNV-1a hash of 64-bit words: what a rank's start is made of (`same_start`).
+pub struct Digest(u64);
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest(0xcbf2_9ce4_8422_2325)
     }
+}
+
+impl Digest {
+    pub fn eat(&mut self, v: u64) {
+        for b in v.to_le_bytes() {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn value(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Every rank's `digest` of its start against rank 0's: a rank that read other data, planned
+/// other micro-batches or restored another checkpoint is named before any step.
+pub fn same_start(c: &mut (dyn Collective + '_), digest: u64) -> Result<()> {
+    let (rank, size) = (c.rank(), c.size());
+    // Each rank fills its own two 32-bit halves (exact in f64); the sum shows them all.
+    let mut all = vec![0.0f64; 2 * size];
+    all[2 * rank] = (digest >> 32) as f64;
+    all[2 * rank + 1] = (digest & 0xffff_ffff) as f64;
+    c.all_reduce_host(&mut all)?;
+    let differ: Vec<String> = (1..size)
+        .filter(|&r| all[2 * r..2 * r + 2] != all[..2])
+        .map(|r| r.to_string())
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "rank(s) {} start from another state than rank 0 (other data files, settings, memory plan, or another checkpoint under --resume: on several machines --out must be one shared folder); every rank must start alike",
+        differ.join(", ")
+    )))
 }
 
 /// Seconds from an environment variable, or `default`; a bad value is a named error.

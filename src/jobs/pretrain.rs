@@ -19,6 +19,7 @@ use crate::data::masking::{
 };
 use crate::data::tokenizer::BertTokenizer;
 use crate::device::Device;
+use crate::distributed::{join, Collective, World};
 use crate::error::{Error, Result};
 use crate::model::bert::{BertConfig, EncoderMemory};
 use crate::model::masked_lm::MaskedLm;
@@ -301,8 +302,18 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
         stop_after_steps: o.stop_after_steps,
         quiet: o.quiet,
     };
+    let world = World::from_env()?;
+    let rank = world.as_ref().map_or(0, |w| w.rank);
+    if rank > 0 {
+        crate::console::mute_stdout();
+    }
     let (memory, planned) = plan_memory(dev, o, &config, &mut s)?;
-    let fingerprint = fingerprint(o, &s);
+    let fingerprint = fingerprint(o, &s)
+        + &match &world {
+            // Absent for one process, so runs written before data parallelism resume as they did.
+            Some(w) if w.size > 1 => format!(" world_size={}", w.size),
+            _ => String::new(),
+        };
     // Checked before any write; read again under the folder's lock below.
     if o.resume {
         resumable(o, &fingerprint)?;
@@ -321,7 +332,12 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
             o.encoder.display()
         );
     }
-    let lock = FolderLock::claim(&o.out, o.start(), "--out")?;
+    // Rank 0 claims the folder and reads what it resumes before the ranks meet (its failures
+    // then stop it before the others wait on it); it alone writes the folder.
+    let lock = match rank {
+        0 => Some(FolderLock::claim(&o.out, o.start(), "--out")?),
+        _ => None,
+    };
     let resumed = match o.resume {
         true => {
             let (state, note) = resumable(o, &fingerprint)?;
@@ -332,7 +348,25 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
         }
         false => None,
     };
-    let mut folder = PretrainFolder::new(lock, resumed.is_some(), fingerprint);
+    let mut collective = match &world {
+        Some(w) => {
+            let c = join::join(w, join::command_tag(), dev)?;
+            say!(
+                "data parallel: {}; global batch {} ({} per micro-batch x {} accumulated x {} ranks)",
+                c.describe(),
+                s.micro_batch * s.accumulate.max(1) * w.size,
+                s.micro_batch,
+                s.accumulate.max(1),
+                w.size
+            );
+            Some(c)
+        }
+        None => None,
+    };
+    let mut folder = match lock {
+        Some(lock) => PretrainFolder::new(lock, resumed.is_some(), fingerprint),
+        None => PretrainFolder::of_rank_0(o.out.clone(), fingerprint),
+    };
     let out = folder.dir.clone();
 
     // A fixed shuffle of the sequence indices, then the held-out share from its end.
@@ -359,7 +393,7 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
         },
         o.optimizer,
     );
-    if let Some(p) = &planned {
+    if let Some(p) = planned.as_ref().filter(|_| folder.writes()) {
         plan::write_json(&out.join("memory-plan.json"), p, &[])?;
     }
     let settings = serde_json::json!({
@@ -374,11 +408,14 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
         "eval_fraction": o.eval_fraction, "seed": o.seed, "records": records,
         "sequences": {"train": train_ids.len(), "held_out": eval.len()}, "steps": total,
         "fresh_head": fresh_head, "from_scratch": o.from_scratch, "device": dev.describe(),
+        "world_size": world.as_ref().map_or(1, |w| w.size),
         "model": {"layers": model.encoder.config.num_hidden_layers,
                   "hidden": model.encoder.config.hidden_size,
                   "vocab": model.encoder.config.vocab_size},
     });
-    weights::write_atomically(&out.join("run.json"), format!("{settings:#}\n").as_bytes())?;
+    if folder.writes() {
+        weights::write_atomically(&out.join("run.json"), format!("{settings:#}\n").as_bytes())?;
+    }
     let progress = match resumed {
         Some(state) => {
             let dir = folder.checkpoint_dir();
@@ -404,7 +441,28 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
         eval.len(),
         total
     );
-    let end = pretrain(&mut model, &mut opt, &corpus, &s, &mut folder, progress)?;
+    let end = pretrain(
+        &mut model,
+        &mut opt,
+        &corpus,
+        &s,
+        &mut folder,
+        progress,
+        collective.as_deref_mut().map(|c| c as &mut dyn Collective),
+    )?;
+    if !folder.writes() {
+        // A rank other than 0: rank 0 wrote what there is to write.
+        return match crate::interrupt::requested().filter(|_| end.epoch <= s.epochs) {
+            Some(signal) => Err(Error::Interrupted {
+                signal,
+                message: format!(
+                    "interrupted at step {}; rank 0 wrote the checkpoint",
+                    end.step
+                ),
+            }),
+            None => Ok(()),
+        };
+    }
     if end.epoch <= s.epochs {
         if let Some(signal) = crate::interrupt::requested() {
             folder.save_checkpoint(&mut model, &opt, &end)?;

@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::data::batching::bucketed_batches;
 use crate::data::masking::{masked_batch, MaskTokens, MaskedBatch, MaskingRule, WordSequence};
+use crate::distributed::{same_start, Collective, Digest};
 use crate::error::{Error, Result};
 use crate::model::masked_lm::MaskedLm;
 use crate::say;
@@ -29,6 +30,7 @@ use super::checkpoint::{self, CheckpointState};
 use super::folder_lock::FolderLock;
 use super::optim::{Optimizer, Schedule};
 use super::run_folder::Bar;
+use super::trainer::{eat_parameters, sum_gradients};
 
 /// Where a pretraining run stands; everything else follows from the settings and the seed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -152,18 +154,76 @@ pub fn optimizer_step(
     Ok(loss)
 }
 
+/// `optimizer_step` in a data-parallel world: this rank's micro-batches (`mine`, those
+/// `offset..` of the step's `total`) accumulated, the gradients summed over the ranks, the same
+/// step on every rank; every micro-batch's loss summed too (each rank fills its own), so the
+/// mean is one process's. Returns it and whether some rank was asked to stop.
+#[allow(clippy::too_many_arguments)]
+pub fn data_parallel_step(
+    model: &mut MaskedLm,
+    opt: &mut Optimizer,
+    mine: &[(MaskedBatch, u64)],
+    (offset, total): (usize, usize),
+    lr: f32,
+    clip: Option<f32>,
+    collective: &mut (dyn Collective + '_),
+) -> Result<(f32, bool)> {
+    let dev = model.device().clone();
+    let mut losses = vec![0.0f64; total + 1];
+    for (k, (b, seed)) in mine.iter().enumerate() {
+        let _sum = (k > 0).then(|| dev.accumulate_gradients());
+        losses[offset + k] = model.forward_backward(b, Some(*seed))? as f64;
+    }
+    if mine.is_empty() {
+        for slot in model.slots() {
+            slot.grad.fill_zero()?;
+        }
+    }
+    losses[total] = crate::interrupt::requested().is_some() as u8 as f64;
+    collective.all_reduce_host(&mut losses)?;
+    sum_gradients(collective, &mut model.slots())?;
+    opt.step_scaled(&mut model.slots(), lr, clip, 1.0 / total.max(1) as f32)?;
+    let mut loss = 0.0f32;
+    for l in &losses[..total] {
+        loss += *l as f32 / total as f32;
+    }
+    let stop = losses[total] > 0.0;
+    if stop {
+        crate::interrupt::stop_with_the_world();
+    }
+    Ok((loss, stop))
+}
+
 /// Held-out loss and perplexity: the mean cross-entropy over every masked token of `eval`
-/// (masked once, with epoch 0's masks, so every evaluation sees the same), and its exp.
-pub fn evaluate(model: &mut MaskedLm, corpus: &Corpus, s: &LoopSettings) -> Result<(f64, f64)> {
-    let (mut sum, mut count) = (0.0f64, 0usize);
-    for chunk in corpus.eval.chunks(s.micro_batch.max(1)) {
+/// (masked once, with epoch 0's masks, so every evaluation sees the same), and its exp. In a
+/// data-parallel world each rank takes every world-th batch and the per-batch sums are summed
+/// over the ranks (each rank filling its own), then added in batch order: one process's bits.
+pub fn evaluate(
+    model: &mut MaskedLm,
+    corpus: &Corpus,
+    s: &LoopSettings,
+    collective: Option<&mut (dyn Collective + '_)>,
+) -> Result<(f64, f64)> {
+    let (rank, world) = collective.as_ref().map_or((0, 1), |c| (c.rank(), c.size()));
+    let chunks: Vec<_> = corpus.eval.chunks(s.micro_batch.max(1)).collect();
+    // Per batch: its loss times its masked tokens, and their count.
+    let mut parts = vec![0.0f64; 2 * chunks.len()];
+    for (k, chunk) in chunks.iter().enumerate().skip(rank).step_by(world) {
         let b = masked_batch(chunk, s.seed, 0, &s.rule, corpus.tokens, corpus.pad);
         if b.positions.is_empty() {
             continue;
         }
         let loss = model.eval_loss(&b)? as f64;
-        sum += loss * b.positions.len() as f64;
-        count += b.positions.len();
+        parts[2 * k] = loss * b.positions.len() as f64;
+        parts[2 * k + 1] = b.positions.len() as f64;
+    }
+    if let Some(c) = collective {
+        c.all_reduce_host(&mut parts)?;
+    }
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for pair in parts.chunks(2) {
+        sum += pair[0];
+        count += pair[1] as usize;
     }
     if count == 0 {
         return Err(Error::Invalid(
@@ -175,7 +235,8 @@ pub fn evaluate(model: &mut MaskedLm, corpus: &Corpus, s: &LoopSettings) -> Resu
 }
 
 /// Trains from `p` to the last epoch (or an interrupt, or `stop_after_steps`), writing into
-/// `folder` as it goes; returns where the run stands.
+/// `folder` as it goes; returns where the run stands. In a data-parallel world (`collective`)
+/// each step's micro-batches are shared out among the ranks as `train` shares them.
 pub fn pretrain(
     model: &mut MaskedLm,
     opt: &mut Optimizer,
@@ -183,23 +244,45 @@ pub fn pretrain(
     s: &LoopSettings,
     folder: &mut PretrainFolder,
     mut p: PretrainProgress,
+    mut collective: Option<&mut (dyn Collective + '_)>,
 ) -> Result<PretrainProgress> {
+    let (rank, world) = collective.as_ref().map_or((0, 1), |c| (c.rank(), c.size()));
+    if let Some(c) = collective.as_deref_mut() {
+        let mut d = Digest::default();
+        for v in [
+            p.epoch as u64,
+            p.batch as u64,
+            opt.step,
+            corpus.train_ids.len() as u64,
+        ] {
+            d.eat(v);
+        }
+        d.eat(corpus.eval.len() as u64);
+        eat_parameters(&mut d, &model.slots())?;
+        same_start(c, d.value())?;
+    }
     if p.step == 0 && p.epoch == 1 && p.batch == 0 {
-        folder.evaluation(model, corpus, s, &p, 0, true)?;
+        folder.evaluation(model, corpus, s, &p, 0, true, collective.as_deref_mut())?;
     }
     let lengths: Vec<usize> = corpus
         .train_ids
         .iter()
         .map(|&i| corpus.sequences[i].ids.len())
         .collect();
-    let schedule = s.schedule(corpus.train_ids.len());
-    let group = s.accumulate.max(1);
+    // A step is `accumulate` micro-batches on each rank: the schedule counts the world's steps.
+    let schedule = LoopSettings {
+        accumulate: s.accumulate.max(1) * world,
+        ..s.clone()
+    }
+    .schedule(corpus.train_ids.len());
+    let group = s.accumulate.max(1) * world;
     while p.epoch <= s.epochs {
         // The trainer's batching: sequences of like length together (little padding), the
         // batches in a new order every epoch; new masks too (the epoch is in each mask's seed).
         let batches = bucketed_batches(&lengths, s.micro_batch, s.seed, p.epoch as u64);
         while p.batch < batches.len() {
-            if crate::interrupt::requested().is_some() {
+            // In a world the ranks agree on a stop in the step's sums instead (below).
+            if world == 1 && crate::interrupt::requested().is_some() {
                 return Ok(p);
             }
             let first = p.batch;
@@ -231,7 +314,20 @@ pub fn pretrain(
                 continue;
             }
             let lr = schedule.lr(opt.step + 1) as f32;
-            let loss = optimizer_step(model, opt, &micro, lr, s.clip)?;
+            let a = s.accumulate.max(1);
+            let mine = (rank * a).min(micro.len())..((rank + 1) * a).min(micro.len());
+            let (loss, stop) = match collective.as_deref_mut() {
+                None => (optimizer_step(model, opt, &micro, lr, s.clip)?, false),
+                Some(c) => data_parallel_step(
+                    model,
+                    opt,
+                    &micro[mine.clone()],
+                    (mine.start, micro.len()),
+                    lr,
+                    s.clip,
+                    c,
+                )?,
+            };
             p.step = opt.step;
             p.window.0 += loss as f64;
             p.window.1 += 1;
@@ -246,7 +342,15 @@ pub fn pretrain(
                 }))?;
             }
             if s.eval_every > 0 && p.step.is_multiple_of(s.eval_every) && p.batch < batches.len() {
-                folder.evaluation(model, corpus, s, &p, p.epoch, false)?;
+                folder.evaluation(
+                    model,
+                    corpus,
+                    s,
+                    &p,
+                    p.epoch,
+                    false,
+                    collective.as_deref_mut(),
+                )?;
             }
             if s.checkpoint_every > 0 && p.step.is_multiple_of(s.checkpoint_every) {
                 folder.save_checkpoint(model, opt, &p)?;
@@ -262,11 +366,19 @@ pub fn pretrain(
                 );
             }
             crate::crash::point("step");
-            if s.stop_after_steps == Some(p.step) {
+            if s.stop_after_steps == Some(p.step) || stop {
                 return Ok(p);
             }
         }
-        folder.evaluation(model, corpus, s, &p, p.epoch, true)?;
+        folder.evaluation(
+            model,
+            corpus,
+            s,
+            &p,
+            p.epoch,
+            true,
+            collective.as_deref_mut(),
+        )?;
         p.epoch += 1;
         p.batch = 0;
         // The epoch's commit point: a crash before it redoes the evaluation, not the epoch.
@@ -284,6 +396,8 @@ pub struct PretrainFolder {
     lock: Option<FolderLock>,
     /// A checkpoint of this run exists: from then on the folder is kept whatever happens.
     committed: bool,
+    /// False for a data-parallel rank other than 0: it trains and evaluates, rank 0 writes.
+    writes: bool,
 }
 
 impl PretrainFolder {
@@ -295,7 +409,26 @@ impl PretrainFolder {
             bar: Bar::default(),
             lock: Some(lock),
             committed: resumed,
+            writes: true,
         }
+    }
+
+    /// A data-parallel rank's view of rank 0's folder `dir`: it reads a checkpoint from it
+    /// under --resume, and writes nothing.
+    pub fn of_rank_0(dir: PathBuf, fingerprint: String) -> Self {
+        PretrainFolder {
+            dir,
+            fingerprint,
+            bar: Bar::default(),
+            lock: None,
+            committed: true,
+            writes: false,
+        }
+    }
+
+    /// Whether this process writes the folder.
+    pub fn writes(&self) -> bool {
+        self.writes
     }
 
     pub fn checkpoint_dir(&self) -> PathBuf {
@@ -309,6 +442,9 @@ impl PretrainFolder {
     }
 
     pub fn log(&self, line: serde_json::Value) -> Result<()> {
+        if !self.writes {
+            return Ok(());
+        }
         let path = self.dir.join("log.jsonl");
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -328,8 +464,9 @@ impl PretrainFolder {
         p: &PretrainProgress,
         epoch: usize,
         epoch_end: bool,
+        collective: Option<&mut (dyn Collective + '_)>,
     ) -> Result<()> {
-        let (loss, perplexity) = evaluate(model, corpus, s)?;
+        let (loss, perplexity) = evaluate(model, corpus, s, collective)?;
         self.bar.clear();
         if epoch_end {
             say!("epoch {epoch}: held-out loss {loss:.4}, perplexity {perplexity:.2}");
@@ -352,6 +489,9 @@ impl PretrainFolder {
         opt: &Optimizer,
         p: &PretrainProgress,
     ) -> Result<()> {
+        if !self.writes {
+            return Ok(());
+        }
         let state = PretrainState {
             format: 0,
             tensors: String::new(),
@@ -367,6 +507,9 @@ impl PretrainFolder {
     /// from (steps after `p.step`, and the closing evaluations of epochs not finished there),
     /// so the resumed run's lines are not doubled.
     pub fn truncate_log(&self, p: &PretrainProgress) -> Result<()> {
+        if !self.writes {
+            return Ok(());
+        }
         let path = self.dir.join("log.jsonl");
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Ok(());

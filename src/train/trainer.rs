@@ -6,7 +6,7 @@
 use crate::data::batching::{bucketed_batches, pad};
 use crate::data::tokenizer::TokenBatch;
 use crate::device::{Buffer, Role};
-use crate::distributed::Collective;
+use crate::distributed::{same_start, Collective, Digest};
 use crate::error::{Error, Result};
 use crate::model::bert::BertEncoder;
 use crate::rng::Rng;
@@ -364,7 +364,7 @@ impl Classifier {
 
 /// Gradients summed over the ranks in buckets of about 25 MiB (DDP's default), from the last
 /// parameters to the first, the order backward finishes them in.
-fn sum_gradients(
+pub fn sum_gradients(
     collective: &mut dyn Collective,
     slots: &mut [crate::model::slot::Slot],
 ) -> Result<()> {
@@ -525,7 +525,7 @@ pub fn train(
     let mut p = ctl.progress.clone();
     if let Some(c) = ctl.collective.as_deref_mut() {
         let digest = start_digest(model, opt, &p, (train_set, dev_set, classes), s)?;
-        same_start_as_rank_0(c, digest)?;
+        same_start(c, digest)?;
     }
     // One dropout seed per batch, drawn in order: skip those of the batches already trained.
     let batches_per_epoch = train_records.len().div_ceil(s.batch_size.max(1));
@@ -679,8 +679,8 @@ pub fn train(
     Ok((logs, p))
 }
 
-/// What every rank of a data-parallel world must start from alike (FNV-1a): where the run
-/// stands, the data's sizes, the step's settings and every trained parameter's bits.
+/// What every rank of a data-parallel world must start from alike: where the run stands, the
+/// data's sizes, the step's settings and every trained parameter's bits.
 fn start_digest(
     model: &mut Classifier,
     opt: &Optimizer,
@@ -688,13 +688,7 @@ fn start_digest(
     (train_set, dev_set, classes): (&Split, &Split, usize),
     s: &TrainSettings,
 ) -> Result<u64> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |v: u64| {
-        for b in v.to_le_bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut d = Digest::default();
     for v in [
         p.epoch as u64,
         p.batch as u64,
@@ -707,36 +701,20 @@ fn start_digest(
         s.epochs as u64,
         s.seed,
     ] {
-        eat(v);
+        d.eat(v);
     }
-    for slot in model.slots(s.input_lr_scale) {
-        for v in slot.value.to_host()? {
-            eat(v.to_bits() as u64);
-        }
-    }
-    Ok(h)
+    eat_parameters(&mut d, &model.slots(s.input_lr_scale))?;
+    Ok(d.value())
 }
 
-/// Every rank's `digest` against rank 0's: a rank that read other data, planned other
-/// micro-batches or restored another checkpoint is named before any step.
-fn same_start_as_rank_0(c: &mut (dyn Collective + '_), digest: u64) -> Result<()> {
-    let (rank, size) = (c.rank(), c.size());
-    // Each rank fills its own two 32-bit halves (exact in f64); the sum shows them all.
-    let mut all = vec![0.0f64; 2 * size];
-    all[2 * rank] = (digest >> 32) as f64;
-    all[2 * rank + 1] = (digest & 0xffff_ffff) as f64;
-    c.all_reduce_host(&mut all)?;
-    let differ: Vec<String> = (1..size)
-        .filter(|&r| all[2 * r..2 * r + 2] != all[..2])
-        .map(|r| r.to_string())
-        .collect();
-    if differ.is_empty() {
-        return Ok(());
+/// Every parameter's bits into `d`.
+pub fn eat_parameters(d: &mut Digest, slots: &[crate::model::slot::Slot]) -> Result<()> {
+    for slot in slots {
+        for v in slot.value.to_host()? {
+            d.eat(v.to_bits() as u64);
+        }
     }
-    Err(Error::Invalid(format!(
-        "rank(s) {} start from another state than rank 0 (other data files, settings, memory plan, or another checkpoint under --resume: on several machines --out must be one shared folder); every rank must start alike",
-        differ.join(", ")
-    )))
+    Ok(())
 }
 
 /// The learning-rate schedule of a run over `records` training records (`Schedule::linear`).
