@@ -262,7 +262,7 @@ pub fn pretrain(
         same_start(c, d.value())?;
     }
     if p.step == 0 && p.epoch == 1 && p.batch == 0 {
-        folder.evaluation(model, corpus, s, &p, 0, true, collective.as_deref_mut())?;
+        folder.evaluation(model, corpus, s, &p, (0, true), collective.as_deref_mut())?;
     }
     let lengths: Vec<usize> = corpus
         .train_ids
@@ -347,8 +347,7 @@ pub fn pretrain(
                     corpus,
                     s,
                     &p,
-                    p.epoch,
-                    false,
+                    (p.epoch, false),
                     collective.as_deref_mut(),
                 )?;
             }
@@ -375,8 +374,7 @@ pub fn pretrain(
             corpus,
             s,
             &p,
-            p.epoch,
-            true,
+            (p.epoch, true),
             collective.as_deref_mut(),
         )?;
         p.epoch += 1;
@@ -462,8 +460,7 @@ impl PretrainFolder {
         corpus: &Corpus,
         s: &LoopSettings,
         p: &PretrainProgress,
-        epoch: usize,
-        epoch_end: bool,
+        (epoch, epoch_end): (usize, bool),
         collective: Option<&mut (dyn Collective + '_)>,
     ) -> Result<()> {
         let (loss, perplexity) = evaluate(model, corpus, s, collective)?;
