@@ -407,6 +407,8 @@ pub struct TrainSettings {
 impl Default for TrainSettings {
     fn default() -> Self {
         TrainSettings {
+            // The library's short default (its tests); `train`'s own is 6 (README, "The
+            // protocol for the defaults").
             epochs: 3,
             batch_size: 32,
             lr: 2e-3,

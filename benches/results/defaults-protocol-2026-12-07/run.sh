@@ -3,6 +3,7 @@
 # for the defaults"), on the simulator with every core. The cells the decision rule needs first
 # (weighted CE and GHM-CS for `paper` and `bag`), then the rest. Each part is its own experiment
 # folder; a stopped part continues with the same command (it adds --resume when the folder exists).
+# --epochs 3 is the protocol's own count (`train`'s default became 6 after the protocol, issue 28).
 # Usage: benches/results/defaults-protocol-2026-12-07/run.sh RUNS_ROOT
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,7 +16,7 @@ part() {
   local out=$root/$name resume=()
   [ -d "$out" ] && resume=(--resume)
   "$exe" --device simt experiment --train "$chip/CHIP-CTC_train.json" --dev "$chip/CHIP-CTC_dev.json" \
-    --max-len 128 --seeds 1,2,3 --quiet --out "$out" "${resume[@]}" "$@" > "$root/$name.stdout.txt" 2> "$root/$name.stderr.txt"
+    --max-len 128 --epochs 3 --seeds 1,2,3 --quiet --out "$out" "${resume[@]}" "$@" > "$root/$name.stdout.txt" 2> "$root/$name.stderr.txt"
   cp "$out/results.md" "$here/chip-ctc-$name.md"
 }
 part paper-wce-ghmcs --heads paper --losses wce,ghm-cs
