@@ -147,13 +147,18 @@ fn ranks_train_to_the_bits_of_one_process_accumulating_their_micro_batches() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Ranks started by hand, as torchrun or a cluster's script would: (rank 0, rank 1).
-fn start_two(args: &[String], timeout: &str) -> (Child, Child) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A loopback port nobody listens on (as likely as can be).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// Ranks started by hand, as torchrun or a cluster's script would: (rank 0, rank 1).
+fn start_two(args: &[String], timeout: &str) -> (Child, Child) {
+    let port = free_port();
     let start = |rank: usize| {
         Command::new(EXE)
             .args(["--device", "simt", "--simt-threads", "1"])
@@ -355,11 +360,7 @@ fn ranks_that_would_start_from_different_states_are_named_before_any_step() {
     // The same command, but each rank's relative --train is its own machine's file (as on
     // two machines without a shared folder), and rank 1's differs in one record.
     let dir = scratch("differ");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let ranks: Vec<Child> = (0..2)
         .map(|rank| {
             let home = dir.join(format!("machine-{rank}"));

@@ -172,24 +172,7 @@ impl Collective for HostCollective {
 mod tests {
     use super::*;
     use crate::distributed::rendezvous::meet;
-
-    fn world(rank: usize, size: usize, port: u16) -> World {
-        World {
-            rank,
-            size,
-            local_rank: rank,
-            master_addr: "127.0.0.1".into(),
-            master_port: port,
-        }
-    }
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
+    use crate::distributed::rendezvous::tests::{free_port, world};
 
     /// Runs `body` on `size` ranks (threads), each with its collective.
     fn on_ranks<T: Send + 'static>(

@@ -46,3 +46,21 @@ pub fn command_tag() -> u64 {
     }
     h
 }
+
+/// `join` with this process's own command line, saying (rank 0) what carries the sums and the
+/// global batch of micro-batches of `micro` records, `accumulate` per rank per step.
+pub fn join_run(
+    world: &World,
+    device: &Device,
+    (micro, accumulate): (usize, usize),
+) -> Result<Box<dyn Collective>> {
+    let c = join(world, command_tag(), device)?;
+    let accumulate = accumulate.max(1);
+    crate::say!(
+        "data parallel: {}; global batch {} ({micro} per micro-batch x {accumulate} accumulated x {} ranks)",
+        c.describe(),
+        micro * accumulate * world.size,
+        world.size
+    );
+    Ok(c)
+}

@@ -301,10 +301,11 @@ fn connect_to_root(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn world(rank: usize, size: usize, port: u16) -> World {
+    /// Rank `rank` of `size` on this machine, rank 0 at `port`.
+    pub(in crate::distributed) fn world(rank: usize, size: usize, port: u16) -> World {
         World {
             rank,
             size,
@@ -314,7 +315,8 @@ mod tests {
         }
     }
 
-    fn free_port() -> u16 {
+    /// A port nobody listens on (as likely as loopback allows).
+    pub(in crate::distributed) fn free_port() -> u16 {
         TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

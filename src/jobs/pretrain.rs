@@ -349,18 +349,7 @@ pub fn run(dev: &Device, o: &PretrainOptions, p: Prepared) -> Result<()> {
         false => None,
     };
     let mut collective = match &world {
-        Some(w) => {
-            let c = join::join(w, join::command_tag(), dev)?;
-            say!(
-                "data parallel: {}; global batch {} ({} per micro-batch x {} accumulated x {} ranks)",
-                c.describe(),
-                s.micro_batch * s.accumulate.max(1) * w.size,
-                s.micro_batch,
-                s.accumulate.max(1),
-                w.size
-            );
-            Some(c)
-        }
+        Some(w) => Some(join::join_run(w, dev, (s.micro_batch, s.accumulate))?),
         None => None,
     };
     let mut folder = match lock {

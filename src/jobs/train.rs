@@ -242,7 +242,11 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         _ => None,
     };
     let mut collective = match &world {
-        Some(w) => Some(join_world(w, dev, &settings)?),
+        Some(w) => Some(join::join_run(
+            w,
+            dev,
+            (settings.batch_size, settings.accumulate),
+        )?),
         None => None,
     };
     let Some((lock, resumed)) = claimed else {
@@ -407,20 +411,6 @@ fn check_data_parallel(o: &TrainOptions, w: &World) -> Result<()> {
         crate::console::mute_stdout();
     }
     Ok(())
-}
-
-/// The collective of this rank's world, joined at MASTER_ADDR:MASTER_PORT.
-fn join_world(w: &World, dev: &Device, s: &TrainSettings) -> Result<Box<dyn Collective>> {
-    let c = join::join(w, join::command_tag(), dev)?;
-    say!(
-        "data parallel: {}; global batch {} ({} per micro-batch x {} accumulated x {} ranks)",
-        c.describe(),
-        s.batch_size * s.accumulate.max(1) * w.size,
-        s.batch_size,
-        s.accumulate.max(1),
-        w.size
-    );
-    Ok(c)
 }
 
 /// A data-parallel rank other than 0: the same training, with no run folder (rank 0 writes

@@ -30,7 +30,7 @@ use super::checkpoint::{self, CheckpointState};
 use super::folder_lock::FolderLock;
 use super::optim::{Optimizer, Schedule};
 use super::run_folder::Bar;
-use super::trainer::{eat_parameters, sum_gradients};
+use super::trainer::{eat_parameters, finish_data_parallel_step};
 
 /// Where a pretraining run stands; everything else follows from the settings and the seed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -155,9 +155,8 @@ pub fn optimizer_step(
 }
 
 /// `optimizer_step` in a data-parallel world: this rank's micro-batches (`mine`, those
-/// `offset..` of the step's `total`) accumulated, the gradients summed over the ranks, the same
-/// step on every rank; every micro-batch's loss summed too (each rank fills its own), so the
-/// mean is one process's. Returns it and whether some rank was asked to stop.
+/// `offset..` of the step's `total`) accumulated, then `finish_data_parallel_step` (the sums and
+/// the same step on every rank). Returns the mean loss and whether some rank was asked to stop.
 #[allow(clippy::too_many_arguments)]
 pub fn data_parallel_step(
     model: &mut MaskedLm,
@@ -174,24 +173,14 @@ pub fn data_parallel_step(
         let _sum = (k > 0).then(|| dev.accumulate_gradients());
         losses[offset + k] = model.forward_backward(b, Some(*seed))? as f64;
     }
-    if mine.is_empty() {
-        for slot in model.slots() {
-            slot.grad.fill_zero()?;
-        }
-    }
-    losses[total] = crate::interrupt::requested().is_some() as u8 as f64;
-    collective.all_reduce_host(&mut losses)?;
-    sum_gradients(collective, &mut model.slots())?;
-    opt.step_scaled(&mut model.slots(), lr, clip, 1.0 / total.max(1) as f32)?;
-    let mut loss = 0.0f32;
-    for l in &losses[..total] {
-        loss += *l as f32 / total as f32;
-    }
-    let stop = losses[total] > 0.0;
-    if stop {
-        crate::interrupt::stop_with_the_world();
-    }
-    Ok((loss, stop))
+    finish_data_parallel_step(
+        collective,
+        &mut model.slots(),
+        !mine.is_empty(),
+        &mut losses,
+        opt,
+        (lr, clip),
+    )
 }
 
 /// Held-out loss and perplexity: the mean cross-entropy over every masked token of `eval`

@@ -236,26 +236,15 @@ impl Classifier {
             losses[offset + k] =
                 self.backward_records(&m.tokens, &m.windows, &m.labels, m.seed)? as f64;
         }
-        if mine.is_empty() {
-            // The epoch's last step has fewer micro-batches than ranks: this rank adds zeros.
-            for slot in self.slots(s.input_lr_scale) {
-                slot.grad.fill_zero()?;
-            }
-        }
-        losses[total] = crate::interrupt::requested().is_some() as u8 as f64;
-        collective.all_reduce_host(&mut losses)?;
-        sum_gradients(collective, &mut self.slots(s.input_lr_scale))?;
         let mut slots = self.slots(s.input_lr_scale);
-        opt.step_scaled(&mut slots, lr, s.clip, 1.0 / total.max(1) as f32)?;
-        let mut loss = 0.0f32;
-        for l in &losses[..total] {
-            loss += *l as f32 / total as f32;
-        }
-        let stop = losses[total] > 0.0;
-        if stop {
-            crate::interrupt::stop_with_the_world();
-        }
-        Ok((loss, stop))
+        finish_data_parallel_step(
+            collective,
+            &mut slots,
+            !mine.is_empty(),
+            &mut losses,
+            opt,
+            (lr, s.clip),
+        )
     }
 
     /// Every trained parameter with its gradient, by name: the head's, then the input path's.
@@ -362,9 +351,43 @@ impl Classifier {
     }
 }
 
+/// The rest of a data-parallel step, once this rank's micro-batches are in `slots`' gradients
+/// and their losses in `losses` (its own places; the others zero; one more place, for the stop
+/// flag): zeros from a rank that had no micro-batch (an epoch's short last step), the sums, the
+/// step on the mean gradient. Returns the mean loss, a single process's bits, and whether some
+/// rank was asked to stop (then this one stops with it).
+pub fn finish_data_parallel_step(
+    collective: &mut (dyn Collective + '_),
+    slots: &mut [crate::model::slot::Slot],
+    had_micro_batches: bool,
+    losses: &mut [f64],
+    opt: &mut Optimizer,
+    (lr, clip): (f32, Option<f32>),
+) -> Result<(f32, bool)> {
+    if !had_micro_batches {
+        for slot in slots.iter_mut() {
+            slot.grad.fill_zero()?;
+        }
+    }
+    let total = losses.len() - 1;
+    losses[total] = crate::interrupt::requested().is_some() as u8 as f64;
+    collective.all_reduce_host(losses)?;
+    sum_gradients(collective, slots)?;
+    opt.step_scaled(slots, lr, clip, 1.0 / total.max(1) as f32)?;
+    let mut loss = 0.0f32;
+    for l in &losses[..total] {
+        loss += *l as f32 / total as f32;
+    }
+    let stop = losses[total] > 0.0;
+    if stop {
+        crate::interrupt::stop_with_the_world();
+    }
+    Ok((loss, stop))
+}
+
 /// Gradients summed over the ranks in buckets of about 25 MiB (DDP's default), from the last
 /// parameters to the first, the order backward finishes them in.
-pub fn sum_gradients(
+fn sum_gradients(
     collective: &mut dyn Collective,
     slots: &mut [crate::model::slot::Slot],
 ) -> Result<()> {
