@@ -328,16 +328,12 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         let mut on_event = |m: &mut Classifier, op: &Optimizer, p: &Progress, e: Event| {
             folder.on_event(m, op, p, e)
         };
-        let mut ctl = Control {
+        let mut ctl = control(
+            o,
             progress,
-            patience: o.patience,
-            metric: o.metric,
-            eval_every: o.eval_every,
-            log_every: o.log_every,
-            stop_after_steps: o.stop_after_steps,
-            on_event: &mut on_event,
-            collective: collective.as_deref_mut().map(|c| c as &mut dyn Collective),
-        };
+            &mut on_event,
+            collective.as_deref_mut().map(|c| c as &mut dyn Collective),
+        );
         train(
             &mut model,
             &mut opt,
@@ -413,6 +409,26 @@ fn check_data_parallel(o: &TrainOptions, w: &World) -> Result<()> {
     Ok(())
 }
 
+/// The loop's controls as the options give them: where it starts, what it tells `on_event`, and
+/// the data-parallel world it sums over (None: this process alone).
+fn control<'a>(
+    o: &TrainOptions,
+    progress: Progress,
+    on_event: &'a mut dyn FnMut(&mut Classifier, &Optimizer, &Progress, Event) -> Result<()>,
+    collective: Option<&'a mut dyn Collective>,
+) -> Control<'a> {
+    Control {
+        progress,
+        patience: o.patience,
+        metric: o.metric,
+        eval_every: o.eval_every,
+        log_every: o.log_every,
+        stop_after_steps: o.stop_after_steps,
+        on_event,
+        collective,
+    }
+}
+
 /// A data-parallel rank other than 0: the same training, with no run folder (rank 0 writes
 /// it; under --resume every rank reads rank 0's checkpoint, so on several machines --out must be
 /// on a file system they all see).
@@ -433,16 +449,12 @@ fn train_as_rank(
         None => Progress::start(),
     };
     let mut on_event = |_: &mut Classifier, _: &Optimizer, _: &Progress, _: Event| Ok(());
-    let mut ctl = Control {
+    let mut ctl = control(
+        o,
         progress,
-        patience: o.patience,
-        metric: o.metric,
-        eval_every: o.eval_every,
-        log_every: o.log_every,
-        stop_after_steps: o.stop_after_steps,
-        on_event: &mut on_event,
-        collective: collective.map(|c| c as &mut dyn Collective),
-    };
+        &mut on_event,
+        collective.map(|c| c as &mut dyn Collective),
+    );
     let (logs, end) = train(
         model,
         opt,
