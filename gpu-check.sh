@@ -7,7 +7,8 @@
 #                             target/gpu-bundle/bundle.tar.xz (git-ignored; about 40 MiB).
 #   ./gpu-check.sh run OUT    there, from a copy of this repository holding target/gpu-bundle/: runs the
 #                             kernel, parity and training tests on the GPU, `emrclass gradcheck`,
-#                             a short CHIP-CTC training run and every benchmark with
+#                             a short CHIP-CTC training run, a short pretraining run (and a
+#                             fine-tuning from its encoder), every benchmark with
 #                             --compare-torch, and writes OUT/report.md, OUT/report.json,
 #                             OUT/bench.jsonl, OUT/tests.jsonl, OUT/env.json and OUT/log.txt.
 #
@@ -75,6 +76,12 @@ PY
         cp "$chip/CHIP-CTC_train.json" "$chip/CHIP-CTC_dev.json" "$stage/data/"
     else
         echo "note: $chip not found: the bundle has no CHIP-CTC run"
+    fi
+    # Issue 27's small BERT (2 x 128, the Chinese vocabulary) for a pretraining run on the GPU.
+    local vocab=../shared/data/bert-base-chinese/vocab.txt
+    if [ -f "$vocab" ]; then
+        mkdir -p "$stage/data/small-bert"
+        cp benches/results/pretrain-chip-ctc-2026-12-07/config.json "$vocab" "$stage/data/small-bert/"
     fi
     pwd >"$stage/manifest_dir"
     { git rev-parse HEAD; git status --porcelain | grep -q . && echo "(with uncommitted changes)"; } >"$stage/commit" || true
@@ -180,6 +187,16 @@ PY
                 "$emr" launch --nproc-per-node "$gpus" -- --device cuda "${small[@]}" --out "$work/nccl-launch"
         fi
     fi
+    if [[ $parts == *" train "* ]] && [ -f "$work/data/small-bert/vocab.txt" ] && [ -f "$work/data/CHIP-CTC_train.json" ]; then
+        # Issue 27 on CUDA: pretraining from scratch (the small BERT) on CHIP-CTC's training
+        # texts, one epoch, then its encoder fine-tuned as `train --encoder` takes it.
+        step chip-ctc-pretrain 300 "$emr" --device cuda --seed 1 pretrain --config "$work/data/small-bert" \
+            --text "$work/data/CHIP-CTC_train.json" --epochs 1 --max-len 128 --batch-size 32 --lr 5e-4 \
+            --out "$work/pretrain" --quiet
+        step chip-ctc-finetune-pretrained 300 "$emr" --device cuda --seed 1 train --encoder "$work/pretrain/encoder" \
+            --train "$work/data/CHIP-CTC_train.json" --dev "$work/data/CHIP-CTC_dev.json" \
+            --head cls --loss ce --epochs 1 --max-len 64 --lr 5e-4 --out "$work/finetune-pretrained" --quiet
+    fi
     local grid=${EMRCLASS_GPU_GRID_SECONDS:-0}
     if [ "$grid" -gt 0 ] && [ -f "$work/data/CHIP-CTC_train.json" ]; then
         step chip-ctc-experiment "$grid" "$emr" --device cuda --seed 1 experiment \
@@ -212,6 +229,8 @@ PY
         step bench-step 240 "${bench[@]}" step
         step bench-step-lean 240 "${bench[@]}" step --optimizer adamw8bit --saved-activations fp16 --len 128,512
         step bench-step-4gib 240 "${plan4[@]}" step --len 512
+        step bench-step-pretrain 240 "${bench[@]}" step --pretrain --len 128,512
+        step bench-step-pretrain-4gib 240 "${plan4[@]}" step --pretrain --len 512
     elif [[ $parts != *" bench "* ]]; then
         :
     elif [ "$quick" = 1 ]; then
@@ -224,6 +243,8 @@ PY
         step bench-step 240 "${bench[@]}" step
         step bench-step-lean 240 "${bench[@]}" step --optimizer adamw8bit --saved-activations fp16 --len 128,512
         step bench-step-4gib 240 "${plan4[@]}" step --len 512
+        step bench-step-pretrain 240 "${bench[@]}" step --pretrain
+        step bench-step-pretrain-4gib 240 "${plan4[@]}" step --pretrain --len 512
     else
         step bench-copy 60 "${bench[@]}" copy
         step bench-gemm 180 "${bench[@]}" gemm
@@ -238,6 +259,8 @@ PY
         step bench-step 300 "${bench[@]}" step --len 128,512
         step bench-step-lean 300 "${bench[@]}" step --optimizer adamw8bit --saved-activations fp16 --len 128,512
         step bench-step-4gib 300 "${plan4[@]}" step --len 512
+        step bench-step-pretrain 300 "${bench[@]}" step --pretrain --len 128,512
+        step bench-step-pretrain-4gib 300 "${plan4[@]}" step --pretrain --len 512
     fi
     python3 benches/compare_torch.py report "$out"
 }

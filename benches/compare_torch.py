@@ -18,7 +18,10 @@ median of N):
              as the engine's loss step returns it)
   encoder    transformers BertModel with one layer, default attention (SDPA)
   step       transformers BertModel + the same head + loss, clip_grad_norm_, torch AdamW:
-             one whole training step in eager mode, with torch.cuda.max_memory_allocated
+             one whole training step in eager mode, with torch.cuda.max_memory_allocated;
+             with "objective": "mlm" (`bench step --pretrain`), transformers BertForMaskedLM
+             with labels at the engine's masked positions (its logits cover every position,
+             as transformers computes them), clip_grad_norm_ and AdamW
 Requires torch with CUDA; transformers for `encoder` and `step`.
 """
 import json
@@ -219,7 +222,8 @@ def run_spec(torch, spec, reps):
             vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
             num_attention_heads=heads, intermediate_size=spec.get("intermediate", 4 * hidden),
             max_position_embeddings=max(L, 512), hidden_act="gelu")
-        model = transformers.BertModel(cfg).to(dev).train()
+        mlm = spec.get("objective") == "mlm"
+        model = (transformers.BertForMaskedLM if mlm else transformers.BertModel)(cfg).to(dev).train()
         ids = torch.randint(1, vocab, (B, L), device=dev)
         mask = torch.ones(B, L, dtype=torch.long, device=dev)
         if fam == "encoder":
@@ -229,6 +233,29 @@ def run_spec(torch, spec, reps):
             bw = lambda y: y.backward(dh)
             f, b = fwd_bwd(torch, fw, bw, reps)
             out.update(what=f"transformers BertLayer B={B} L={L} H={hidden}", forward_ms=f, backward_ms=b, ms=f + b)
+        elif mlm:
+            # The engine's masked positions (plan::sizing_masked_batch): n a row, evenly spaced
+            # between [CLS] and [SEP].
+            inner, n = L - 2, spec["masked_per_row"]
+            cols = torch.tensor([1 + k * inner // n for k in range(n)], device=dev)
+            labels = torch.full((B, L), -100, dtype=torch.long, device=dev)
+            labels[:, cols] = ids[:, cols]
+            params = list(model.parameters())
+            opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
+
+            def step():
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                return loss.item()
+
+            step()
+            out["what"] = f"PyTorch eager BertForMaskedLM step {layers}x{heads} H={hidden} B={B} L={L} {n}/{L} masked"
+            out["ms"] = timed(torch, step, reps)
+            out["samples_per_s"] = B / (out["ms"] / 1e3)
+            out["tokens_per_s"] = B * L / (out["ms"] / 1e3)
         else:
             k = spec["classes"]
             head = PaperHead.build(torch, spec["head"], hidden, k, spec["textcnn_filters"], spec["rnn_hidden"]).to(dev)
@@ -311,7 +338,7 @@ def report_main(folder):
          lambda r: r["speedup"], "emrclass GFLOP/s / cuBLAS GFLOP/s, worst shape")
     goal("attention fwd+bwd >= PyTorch SDPA fp32", speedups("attention"), 1.0, lambda r: r["speedup"], "worst L")
     goal("BiGRU fwd+bwd >= cuDNN nn.GRU", speedups("gru"), 1.0, lambda r: r["speedup"], "")
-    steps = speedups("step")
+    steps = speedups("step", lambda s: s.get("objective") != "mlm")
     goal("paper step >= 1.3x PyTorch eager samples/s", steps, 1.3, lambda r: r["speedup"], "")
     peak = {key(r["spec"]): r.get("peak_bytes") for r in ours if r["spec"]["family"] == "step"}
     goal("paper step peak memory <= 0.5x PyTorch's", steps, 1.0,

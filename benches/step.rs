@@ -1,10 +1,12 @@
-//! Criterion benchmark of AdamW over a BERT-base-sized parameter vector and of one whole
-//! training step of the `paper` model (BERT + Text-CNN || BiGRU || [CLS], CE, clipping, AdamW):
-//! tiny shapes on the simulator always, BERT-base at batch 16 x 128 on CUDA when a GPU is
-//! usable. `emrclass bench step` prints samples/s, the phases and the peak memory.
+//! Criterion benchmark of AdamW over a BERT-base-sized parameter vector, of one whole
+//! training step of the `paper` model (BERT + Text-CNN || BiGRU || [CLS], CE, clipping, AdamW)
+//! and of one pretraining step (BERT + the MLM head on 15 % of the tokens): tiny shapes on the
+//! simulator always, BERT-base at batch 16 x 128 on CUDA when a GPU is usable. `emrclass bench
+//! step [--pretrain]` prints samples/s, tokens/s, the phases and the peak memory.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use emrclass::bench::step::{StepModel, StepShape};
+use emrclass::bench::pretrain_step::MlmStepModel;
+use emrclass::bench::step::{StepModel, StepShape, TakesSteps};
 use emrclass::model::heads::HeadKind;
 use emrclass::model::loss::LossKind;
 use emrclass::ops::{adamw_step, AdamW};
@@ -24,6 +26,7 @@ fn bench_step(c: &mut Criterion) {
         loss: LossKind::CrossEntropy,
         memory: Default::default(),
         optimizer: Default::default(),
+        mask_rate: None,
     };
     let mut devices = vec![(Device::simt(Schedule::Forward), tiny.clone(), 10_000usize)];
     if let Ok(cuda) = Device::cuda() {
@@ -61,6 +64,24 @@ fn bench_step(c: &mut Criterion) {
             ),
             |b| {
                 let mut model = StepModel::new(&dev, &shape).unwrap();
+                b.iter(|| {
+                    model.step().unwrap();
+                    dev.synchronize().unwrap();
+                })
+            },
+        );
+        group.throughput(Throughput::Elements((shape.batch * shape.len) as u64));
+        group.bench_function(
+            format!(
+                "pretrain step {}x{} B{} L{}",
+                shape.layers, shape.hidden, shape.batch, shape.len
+            ),
+            |b| {
+                let masked = StepShape {
+                    mask_rate: Some(0.15),
+                    ..shape.clone()
+                };
+                let mut model = MlmStepModel::new(&dev, &masked).unwrap();
                 b.iter(|| {
                     model.step().unwrap();
                     dev.synchronize().unwrap();

@@ -115,6 +115,28 @@ fn every_bench_family_writes_json_rows_with_their_work() {
             "step",
             1,
         ),
+        (
+            &[
+                "step",
+                "--pretrain",
+                "--layers",
+                "1",
+                "--hidden",
+                "16",
+                "--heads",
+                "2",
+                "--vocab",
+                "50",
+                "--batch",
+                "2",
+                "--len",
+                "12",
+                "--reps",
+                "1",
+            ],
+            "step",
+            1,
+        ),
     ];
     let mut expected = 0;
     for (args, family, n) in families {
@@ -138,9 +160,22 @@ fn every_bench_family_writes_json_rows_with_their_work() {
             assert!(ms.unwrap() > 0.0, "{r}");
         }
     }
-    let step = rows(&json).pop().unwrap();
+    let mut all = rows(&json);
+    let pretrain = all.pop().unwrap();
+    let step = all.pop().unwrap();
     assert!(step["peak_bytes"].as_u64().unwrap() > 0);
     assert_eq!(step["phases"].as_array().unwrap().len(), 6, "{step}");
+    // `--pretrain`: the MLM step, 15 % of the 10 inner tokens (2) predicted in each sequence.
+    assert_eq!(pretrain["spec"]["objective"], "mlm", "{pretrain}");
+    assert_eq!(pretrain["spec"]["masked_per_row"], 2, "{pretrain}");
+    assert_eq!(
+        pretrain["phases"].as_array().unwrap().len(),
+        5,
+        "{pretrain}"
+    );
+    let tokens_per_s = pretrain["tokens_per_s"].as_f64().unwrap();
+    let ms = pretrain["ms"].as_f64().unwrap();
+    assert!((tokens_per_s * ms / 1e3 - 24.0).abs() < 1e-6, "{pretrain}");
     let gemm = &rows(&json)[1];
     assert_eq!(
         (gemm["m"].as_u64(), gemm["n"].as_u64(), gemm["k"].as_u64()),
@@ -171,6 +206,8 @@ fn the_report_computes_the_goals_from_the_rows() {
     // A tile the launcher would not pick (`bench gemm --tiles all`): it must not count.
     let other_tile = r#"{"family":"gemm","m":2048,"n":768,"k":3072,"tile":"64x64","picked":false}"#;
     let step = r#"{"family":"step","layers":12}"#;
+    // A pretraining step (`bench step --pretrain`) far behind: not a `paper` step, no goal's.
+    let mlm = r#"{"family":"step","layers":12,"objective":"mlm","masked_per_row":19}"#;
     let lines = [
         format!(r#"{{"kind":"emrclass","spec":{gemm},"ms":2.0,"gflops":1.0,"what":"g"}}"#),
         format!(
@@ -184,6 +221,10 @@ fn the_report_computes_the_goals_from_the_rows() {
         ),
         format!(
             r#"{{"kind":"torch","spec":{step},"ms":20.0,"emrclass_ms":10.0,"speedup":2.0,"peak_bytes":300,"what":"eager"}}"#
+        ),
+        format!(r#"{{"kind":"emrclass","spec":{mlm},"ms":100.0,"peak_bytes":1000,"what":"p"}}"#),
+        format!(
+            r#"{{"kind":"torch","spec":{mlm},"ms":10.0,"emrclass_ms":100.0,"speedup":0.1,"peak_bytes":300,"what":"BertForMaskedLM"}}"#
         ),
     ];
     std::fs::write(dir.join("bench.jsonl"), lines.join("\n") + "\n").unwrap();
@@ -218,6 +259,7 @@ fn the_report_computes_the_goals_from_the_rows() {
     assert_eq!(goal("GEMM")["status"], "not met");
     assert_eq!(goal("GEMM")["worst"], 0.5);
     assert_eq!(goal("paper step >=")["status"], "met");
+    assert_eq!(goal("paper step >=")["worst"], 2.0);
     assert_eq!(goal("paper step peak")["status"], "met");
     assert_eq!(goal("attention")["status"], "not measured");
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
@@ -264,8 +306,8 @@ fn gpu_check_packs_and_fails_cleanly_without_a_gpu() {
     let tests = rows(&out_dir.join("tests.jsonl"));
     assert_eq!(
         tests.len(),
-        15,
-        "12 test binaries and the three step benches (plain, 8-bit AdamW + fp16 activations, 4 GiB plan): {tests:?}"
+        17,
+        "12 test binaries, the three step benches (plain, 8-bit AdamW + fp16 activations, 4 GiB plan) and the two pretraining steps (plain, 4 GiB plan): {tests:?}"
     );
     for t in &tests {
         if std::path::Path::new("/dev/nvidia0").exists() {

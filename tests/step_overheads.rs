@@ -5,6 +5,7 @@
 //! asserted: a steady state (every step after the first makes the same calls), launches that
 //! do not grow with the sequence length, and a bounded number of host waits.
 
+use emrclass::bench::pretrain_step::pretrain_step;
 use emrclass::bench::step::{step_overheads, StepModel, StepShape};
 use emrclass::model::bert::EncoderMemory;
 use emrclass::model::heads::HeadKind;
@@ -25,6 +26,7 @@ fn bert_base(len: usize) -> StepShape {
         loss: LossKind::GhmCs,
         memory: EncoderMemory::default(),
         optimizer: Default::default(),
+        mask_rate: None,
     }
 }
 
@@ -66,4 +68,59 @@ fn launches_and_host_waits_per_step_are_steady_and_bounded() {
     // 566 since split-K: the classifier's 16 x 44 product over 2048 features is one 64 x 64
     // tile, which a 6-SM card runs as 6 slices of k and a summing pass.
     assert!(l128.0 <= 566, "{} kernel launches per step", l128.0);
+}
+
+/// `bench step --pretrain` on the sizing device (it runs `emrclass pretrain`'s step code and
+/// counts its bytes and calls): a steady step whose launches and host waits do not grow with
+/// the length; its peak is exactly what the memory plan measures for the same step (the bench's
+/// batch is the planner's); its row says what it timed, for PyTorch to time the same.
+#[test]
+fn pretraining_step_is_steady_and_peaks_where_the_plan_says() {
+    let mut per_len = Vec::new();
+    for len in [128, 512] {
+        let dev = Device::sizing();
+        let shape = StepShape {
+            mask_rate: Some(0.15),
+            ..bert_base(len)
+        };
+        let row = pretrain_step(&dev, &shape, 1).unwrap();
+        let plan =
+            emrclass::plan::plan(&shape.plan_request(1 << 40, dev.multiprocessors())).unwrap();
+        assert_eq!(
+            plan.strategy.memory,
+            EncoderMemory::default(),
+            "nothing to save"
+        );
+        assert_eq!(
+            row.peak_bytes, plan.measured.peak,
+            "L{len}: the bench's peak is the plan's"
+        );
+        let per_row = ((0.15 * (len - 2) as f64).round()) as usize;
+        assert_eq!(row.spec["objective"], "mlm");
+        assert_eq!(row.spec["masked_per_row"], per_row);
+        assert!(row.shape.contains(&format!("MLM {per_row}/{len} masked")));
+        let phases: Vec<&str> = row.phases.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            phases,
+            [
+                "encoder forward",
+                "MLM head forward + loss",
+                "MLM head backward",
+                "encoder backward",
+                "clip + AdamW"
+            ]
+        );
+        println!(
+            "BERT-base + MLM head, B16 L{len}, {per_row} masked a row: {} kernel launches, {} \
+             host waits per step, peak {:.1} MiB",
+            row.launches_per_step,
+            row.host_syncs_per_step,
+            row.peak_bytes as f64 / 1048576.0
+        );
+        per_len.push((row.launches_per_step, row.host_syncs_per_step));
+    }
+    assert_eq!(
+        per_len[0], per_len[1],
+        "calls must not grow with the length"
+    );
 }

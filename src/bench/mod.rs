@@ -11,6 +11,7 @@ use crate::ops::{self, Gemm, GemmPlan};
 use crate::rng::Rng;
 
 pub mod gemm_plans;
+pub mod pretrain_step;
 pub mod record;
 pub mod step;
 

@@ -1,5 +1,6 @@
 //! `emrclass bench step`: one whole training step of a BERT + head classifier (forward, loss,
-//! backward, clipping, AdamW) on random tokens, with samples/s and the engine's peak memory.
+//! backward, clipping, AdamW) on random tokens, with samples/s and the engine's peak memory;
+//! with a mask rate, `emrclass pretrain`'s step instead (`pretrain_step.rs`).
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -32,6 +33,10 @@ pub struct StepShape {
     pub memory: EncoderMemory,
     /// fp32 or 8-bit AdamW moments.
     pub optimizer: crate::train::optim::OptimizerKind,
+    /// Some(rate): the step of `emrclass pretrain` (BERT + the MLM head on the masked rows,
+    /// `rate` of each sequence's inner tokens predicted) instead of a classifier's; `head`,
+    /// `loss` and `classes` are then unused.
+    pub mask_rate: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -41,7 +46,10 @@ pub struct StepTiming {
     pub shape: String,
     pub ms: f64,
     pub samples_per_s: f64,
-    /// Encoder arithmetic of forward + backward (3x forward), as GFLOP per step.
+    /// Sequence positions per second (batch x length / step time): pretraining's measure.
+    pub tokens_per_s: f64,
+    /// Encoder arithmetic of forward + backward (3x forward), as GFLOP per step (pretraining:
+    /// the MLM head's on the masked rows too).
     pub gflop: f64,
     /// Achieved / peak fp32 FLOP/s (CUDA only).
     pub roofline: Option<f64>,
@@ -107,8 +115,124 @@ impl StepShape {
             fp16_activations: self.memory.fp16_activations,
             windows: 1,
             multiprocessors,
-            masked_lm: None,
+            masked_lm: self.mask_rate,
         }
+    }
+
+    /// The encoder's arithmetic in one forward + backward (3x forward), GFLOP.
+    pub fn encoder_gflop(&self) -> f64 {
+        let s = self;
+        let (h, l) = (s.hidden as f64, s.len as f64);
+        let tokens = (s.batch * s.len) as f64;
+        let forward = s.layers as f64
+            * (2.0 * tokens * (4.0 * h * h + 2.0 * h * s.intermediate as f64)
+                + 4.0 * s.batch as f64 * l * l * h);
+        3.0 * forward / 1e9
+    }
+
+    /// "12x12 H=768 B=16 L=128" and what follows it in a row's label: `objective` (the head,
+    /// or the MLM head's share), then the recomputed layers.
+    pub(super) fn label(&self, objective: &str) -> String {
+        let s = self;
+        let recompute = match s.memory.recompute_layers {
+            0 => String::new(),
+            k => format!(
+                " recompute {k}{}",
+                if s.memory.fp16_checkpoints {
+                    " fp16"
+                } else {
+                    ""
+                }
+            ),
+        };
+        format!(
+            "{}x{} H={} B={} L={} {objective}{recompute}",
+            s.layers, s.heads, s.hidden, s.batch, s.len
+        )
+    }
+
+    /// The fields of a row's `spec` every step has (the work PyTorch is asked to time).
+    pub(super) fn spec(&self) -> serde_json::Map<String, Value> {
+        let s = self;
+        let v = json!({
+            "family": "step", "layers": s.layers, "hidden": s.hidden, "heads": s.heads,
+            "intermediate": s.intermediate, "vocab": s.vocab, "batch": s.batch, "len": s.len,
+            "recompute_layers": s.memory.recompute_layers,
+            "fp16_checkpoints": s.memory.fp16_checkpoints,
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("json! of an object"),
+        }
+    }
+}
+
+/// A model ready to take training steps (the classifier's, or pretraining's).
+pub trait TakesSteps {
+    /// One optimizer step; returns the loss.
+    fn step(&mut self) -> Result<f32>;
+}
+
+impl TakesSteps for StepModel {
+    fn step(&mut self) -> Result<f32> {
+        StepModel::step(self)
+    }
+}
+
+/// A row's common part: the median of `reps` steps after two warm-up steps (the first
+/// allocates the optimizer's moments), the overheads of one more, then `phases` timed (a
+/// further step, phase by phase), and the peak memory of it all (the caller reset it before
+/// building the model).
+pub(super) fn time_steps<M: TakesSteps>(
+    dev: &Device,
+    s: &StepShape,
+    m: &mut M,
+    reps: usize,
+    phases: impl FnOnce(&mut M) -> Result<Vec<(String, f64)>>,
+) -> Result<StepTiming> {
+    let mut times = Vec::new();
+    for rep in 0..reps.max(1) + 2 {
+        let ms = dev.time_ms(|| m.step().map(|_| ()))?;
+        if rep >= 2 {
+            times.push(ms);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let ms = times[times.len() / 2];
+    let (launches_per_step, host_syncs_per_step) = step_overheads(dev, m)?;
+    let phases = phases(m)?;
+    let gflop = s.encoder_gflop();
+    Ok(StepTiming {
+        what: String::new(),
+        spec: Value::Null,
+        shape: String::new(),
+        ms,
+        samples_per_s: s.batch as f64 / (ms / 1e3),
+        tokens_per_s: (s.batch * s.len) as f64 / (ms / 1e3),
+        gflop,
+        roofline: None,
+        launches_per_step,
+        host_syncs_per_step,
+        phases,
+        peak_bytes: dev.memory().peak(),
+        device_used_bytes: match dev.cuda_info() {
+            Some(_) => {
+                let (free, total) = dev.mem_info()?;
+                Some(total - free)
+            }
+            None => None,
+        },
+    })
+}
+
+impl StepTiming {
+    /// The row's GFLOP (the caller's count) and its fraction of the card's fp32 peak (CUDA).
+    pub(super) fn with_gflop(mut self, dev: &Device, gflop: f64) -> Self {
+        self.gflop = gflop;
+        self.roofline = dev
+            .cuda_info()
+            .map(|i| gflop * 1e9 / (self.ms / 1e3) / i.peak_flops());
+        self
     }
 }
 
@@ -179,89 +303,48 @@ impl StepModel {
 }
 
 /// Median time of `reps` training steps after two warm-up steps (the first allocates the
-/// optimizer's moments), the phases of one more, and the peak memory of it all.
+/// optimizer's moments), the phases of one more, and the peak memory of it all. A shape with a
+/// mask rate is `pretrain_step::pretrain_step`'s.
 pub fn train_step(dev: &Device, s: &StepShape, reps: usize) -> Result<StepTiming> {
+    if s.mask_rate.is_some() {
+        return Err(crate::error::Error::Invalid(
+            "a shape with a mask rate is timed by bench::pretrain_step::pretrain_step".into(),
+        ));
+    }
     dev.memory().reset_peak();
     let mut m = StepModel::new(dev, s)?;
-    let mut times = Vec::new();
-    for rep in 0..reps.max(1) + 2 {
-        let ms = dev.time_ms(|| m.step().map(|_| ()))?;
-        if rep >= 2 {
-            times.push(ms);
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    let ms = times[times.len() / 2];
-    let (launches_per_step, host_syncs_per_step) = step_overheads(dev, &mut m)?;
-    let phases = phase_times(
-        dev,
-        &mut m.model,
-        &m.batch,
-        &m.labels,
-        &mut m.optimizer,
-        &m.settings,
-    )?;
-    let tokens = s.batch * s.len;
-    let (h, l) = (s.hidden as f64, s.len as f64);
-    let forward = s.layers as f64
-        * (2.0 * tokens as f64 * (4.0 * h * h + 2.0 * h * s.intermediate as f64)
-            + 4.0 * s.batch as f64 * l * l * h);
-    let gflop = 3.0 * forward / 1e9;
+    let row = time_steps(dev, s, &mut m, reps, |m| {
+        phase_times(
+            dev,
+            &mut m.model,
+            &m.batch,
+            &m.labels,
+            &mut m.optimizer,
+            &m.settings,
+        )
+    })?;
     let head = &m.model.head.config;
+    let mut spec = s.spec();
+    for (k, v) in [
+        ("classes", json!(s.classes)),
+        ("head", json!(format!("{:?}", s.head))),
+        ("loss", json!(format!("{:?}", s.loss))),
+        ("textcnn_filters", json!(head.textcnn_filters)),
+        ("rnn_hidden", json!(head.rnn_hidden)),
+    ] {
+        spec.insert(k.into(), v);
+    }
     Ok(StepTiming {
         what: format!("train step on {}", dev.describe()),
-        spec: json!({
-            "family": "step", "layers": s.layers, "hidden": s.hidden, "heads": s.heads,
-            "intermediate": s.intermediate, "vocab": s.vocab, "batch": s.batch, "len": s.len,
-            "classes": s.classes, "head": format!("{:?}", s.head), "loss": format!("{:?}", s.loss),
-            "recompute_layers": s.memory.recompute_layers,
-            "fp16_checkpoints": s.memory.fp16_checkpoints,
-            "textcnn_filters": head.textcnn_filters,
-            "rnn_hidden": head.rnn_hidden,
-        }),
-        shape: format!(
-            "{}x{} H={} B={} L={} {:?} head{}",
-            s.layers,
-            s.heads,
-            s.hidden,
-            s.batch,
-            s.len,
-            s.head,
-            match s.memory.recompute_layers {
-                0 => String::new(),
-                k => format!(
-                    " recompute {k}{}",
-                    if s.memory.fp16_checkpoints {
-                        " fp16"
-                    } else {
-                        ""
-                    }
-                ),
-            }
-        ),
-        ms,
-        samples_per_s: s.batch as f64 / (ms / 1e3),
-        gflop,
-        roofline: dev
-            .cuda_info()
-            .map(|i| gflop * 1e9 / (ms / 1e3) / i.peak_flops()),
-        launches_per_step,
-        host_syncs_per_step,
-        phases,
-        peak_bytes: dev.memory().peak(),
-        device_used_bytes: match dev.cuda_info() {
-            Some(_) => {
-                let (free, total) = dev.mem_info()?;
-                Some(total - free)
-            }
-            None => None,
-        },
+        spec: Value::Object(spec),
+        shape: s.label(&format!("{:?} head", s.head)),
+        ..row.with_gflop(dev, s.encoder_gflop())
     })
 }
 
 /// Kernel launches and host waits of one more step, counted around a plain call (no timing
 /// events, no synchronisation of the benchmark's own).
-pub fn step_overheads(dev: &Device, m: &mut StepModel) -> Result<(u64, u64)> {
+pub fn step_overheads<M: TakesSteps>(dev: &Device, m: &mut M) -> Result<(u64, u64)> {
     let (launches, syncs) = (dev.launch_count(), dev.host_sync_count());
     m.step()?;
     Ok((dev.launch_count() - launches, dev.host_sync_count() - syncs))
@@ -344,17 +427,18 @@ fn phase_times(
 
 pub fn print(rows: &[StepTiming]) {
     println!(
-        "{:<44} {:<36} {:>10} {:>10} {:>9} {:>9} {:>10}",
-        "step", "model", "ms", "samples/s", "GFLOP/s", "roofline", "peak MiB"
+        "{:<44} {:<40} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10}",
+        "step", "model", "ms", "samples/s", "tokens/s", "GFLOP/s", "roofline", "peak MiB"
     );
     for r in rows {
         let roof = super::percent(r.roofline);
         println!(
-            "{:<44} {:<36} {:>10.2} {:>10.1} {:>9.1} {:>9} {:>10.1}",
+            "{:<44} {:<40} {:>10.2} {:>10.1} {:>10.0} {:>9.1} {:>9} {:>10.1}",
             r.what,
             r.shape,
             r.ms,
             r.samples_per_s,
+            r.tokens_per_s,
             r.gflop / (r.ms / 1e3),
             roof,
             r.peak_bytes as f64 / (1 << 20) as f64

@@ -1,7 +1,7 @@
 //! `emrclass bench`: the subcommands, their shapes and where their results go.
 
 use clap::Subcommand;
-use emrclass::bench::{self, record, step};
+use emrclass::bench::{self, pretrain_step, record, step};
 use emrclass::model::heads::HeadKind;
 use emrclass::model::loss::LossKind;
 use emrclass::model::rnn::Cell;
@@ -100,6 +100,14 @@ pub struct StepArgs {
     /// fp32 or fp16, as `train --saved-activations`.
     #[arg(long, value_enum, default_value_t = SavedActivations::Fp32)]
     saved_activations: SavedActivations,
+    /// Time `emrclass pretrain`'s step instead: BERT + the masked-LM head on the masked rows
+    /// only (tokens/s; with --compare-torch beside transformers' BertForMaskedLM).
+    #[arg(long, conflicts_with_all = ["head", "loss", "classes"])]
+    pretrain: bool,
+    /// With --pretrain: the fraction of each sequence's tokens predicted, as `pretrain
+    /// --mask-rate`.
+    #[arg(long, default_value_t = 0.15, requires = "pretrain")]
+    mask_rate: f64,
 }
 
 /// The step with the encoder memory the planner picks within `budget` (one pass: a plan that
@@ -156,6 +164,12 @@ impl BenchWhat {
                     c.count(flag, v);
                 }
                 c.at_least("--classes", a.classes, 2, "a classifier");
+                if a.pretrain {
+                    c.fraction("--mask-rate", a.mask_rate, false, 0.0, 1.0);
+                    for &l in &a.len {
+                        c.at_least("--len", l, 3, "[CLS], a masked token and [SEP]");
+                    }
+                }
                 if let Some(i) = a.intermediate {
                     c.count("--intermediate", i);
                 }
@@ -467,7 +481,7 @@ fn run_bench(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bo
         }
         BenchWhat::Step(a) => {
             let head: HeadKind = a.head.parse()?;
-            if head == HeadKind::Bag {
+            if head == HeadKind::Bag && !a.pretrain {
                 return Err(Error::Invalid(
                     "bench step: --head bag has no encoder; the step benchmark times BERT + a head"
                         .into(),
@@ -495,6 +509,7 @@ fn run_bench(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bo
                         ..Default::default()
                     },
                     optimizer,
+                    mask_rate: a.pretrain.then_some(a.mask_rate),
                 };
                 let budget = dev.memory().budget();
                 let shape = if a.recompute.is_none() && budget < usize::MAX {
@@ -502,7 +517,10 @@ fn run_bench(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bo
                 } else {
                     shape
                 };
-                rows.push(step::train_step(dev, &shape, a.reps)?);
+                rows.push(match shape.mask_rate {
+                    Some(_) => pretrain_step::pretrain_step(dev, &shape, a.reps)?,
+                    None => step::train_step(dev, &shape, a.reps)?,
+                });
             }
             step::print(&rows);
             record::finish(dev, &rows, out)?;

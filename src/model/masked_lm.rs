@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use crate::data::masking::MaskedBatch;
-use crate::device::Device;
+use crate::device::{Buffer, Device};
 use crate::error::{Error, Result};
 use crate::model::bert::{BertConfig, BertEncoder};
 use crate::model::mlm_head::MlmHead;
@@ -100,9 +100,21 @@ impl MaskedLm {
         dropout_seed: Option<u64>,
     ) -> Result<f32> {
         let loss = self.forward_loss(batch, dropout_seed, true)?;
-        let dhidden = self
-            .head
-            .backward(&self.encoder.param(WORD_EMBEDDINGS).value)?;
+        let dhidden = self.head_backward()?;
+        self.encoder_backward(dhidden)?;
+        Ok(loss)
+    }
+
+    /// The head's half of backward after a training `forward_loss`: its parameters' gradients
+    /// and the gradient of the encoder's output (zero but at the masked rows).
+    pub fn head_backward(&mut self) -> Result<Buffer<f32>> {
+        self.head
+            .backward(&self.encoder.param(WORD_EMBEDDINGS).value)
+    }
+
+    /// The encoder's half of backward from `dhidden`, then the tied decoder's share of the word
+    /// embeddings' gradient.
+    pub fn encoder_backward(&mut self, dhidden: Buffer<f32>) -> Result<()> {
         self.encoder.backward(Some(&dhidden), None)?;
         drop(dhidden);
         let word = self
@@ -112,8 +124,7 @@ impl MaskedLm {
             .position(|p| p.name == WORD_EMBEDDINGS)
             .ok_or_else(|| Error::Invalid(format!("the encoder has no {WORD_EMBEDDINGS}")))?;
         self.head
-            .add_decoder_gradient(&mut self.encoder.params[word].grad)?;
-        Ok(loss)
+            .add_decoder_gradient(&mut self.encoder.params[word].grad)
     }
 
     /// The batch's mean masked-LM loss without training (no dropout, no saved activations
@@ -125,7 +136,9 @@ impl MaskedLm {
         Ok(loss)
     }
 
-    fn forward_loss(
+    /// The encoder over `b` (training: dropout from `dropout_seed`, activations kept for
+    /// backward; else inference), then the head's loss over the masked rows.
+    pub fn forward_loss(
         &mut self,
         b: &MaskedBatch,
         dropout_seed: Option<u64>,
@@ -143,6 +156,11 @@ impl MaskedLm {
             self.encoder
                 .infer(&b.input_ids, &b.attention_mask, None, b.batch)?;
         }
+        self.head_loss(b)
+    }
+
+    /// The MLM head's mean loss over `b`'s masked rows, from the encoder's last forward.
+    pub fn head_loss(&mut self, b: &MaskedBatch) -> Result<f32> {
         let (hidden, _) = self
             .encoder
             .outputs()

@@ -306,7 +306,7 @@ fn saved_per_layer_of(enc: &mut BertEncoder, t: &TokenBatch) -> Result<Vec<usize
 
 /// A masked batch for sizing: every position real, `rate` of each row's tokens between [CLS]
 /// and [SEP] masked (as many as masking ever picks: it stops at the rate), spread evenly.
-fn sizing_masked_batch(
+pub fn sizing_masked_batch(
     rows: usize,
     len: usize,
     vocab: usize,

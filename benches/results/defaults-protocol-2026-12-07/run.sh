@@ -4,15 +4,19 @@
 # (weighted CE and GHM-CS for `paper` and `bag`), then the rest. Each part is its own experiment
 # folder; a stopped part continues with the same command (it adds --resume when the folder exists).
 # --epochs 3 is the protocol's own count (`train`'s default became 6 after the protocol, issue 28).
-# Usage: benches/results/defaults-protocol-2026-12-07/run.sh RUNS_ROOT
+# Usage: benches/results/defaults-protocol-2026-12-07/run.sh RUNS_ROOT [PART...]
+# (no PART: every part, in the order below; e.g. `run.sh /tmp/runs paper-rest` runs that one only).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 exe=${EMRCLASS_EXE:-$here/../../../target/release/emrclass}
 chip=$here/../../../../shared/data/chip-ctc
-root=${1:?usage: run.sh RUNS_ROOT}
+root=${1:?usage: run.sh RUNS_ROOT [PART...]}
+shift
+wanted=("$@")
 mkdir -p "$root"
 part() {
   local name=$1; shift
+  if [ ${#wanted[@]} -gt 0 ] && [[ " ${wanted[*]} " != *" $name "* ]]; then return 0; fi
   local out=$root/$name resume=()
   [ -d "$out" ] && resume=(--resume)
   "$exe" --device simt experiment --train "$chip/CHIP-CTC_train.json" --dev "$chip/CHIP-CTC_dev.json" \
