@@ -3,7 +3,8 @@
 //
 // A loss step is four launches, each deterministic (no float atomics):
 //   loss_row_stats     max, shifted log-sum-exp and g = 1 - p_y per row
-//   ghm_update_bins    (GHM only) histogram of g, moving average, weight per bin
+//   ghm_update_bins    (GHM only) histogram of g, moving average, weight per bin (in a
+//                      data-parallel step: ghm_count_bins, the ranks' exchange, ghm_apply_counts)
 //   loss_row_weights   (weighted losses only) a_i = class_weight[y_i] * bin_weight[bin(g_i)]
 //   loss_rows_final    per-row loss share and gradient row, scaled by a_i / normaliser
 // with the normaliser (sum of a_i) and the total loss summed by reduce_rows_forward.
@@ -60,10 +61,31 @@ __device__ __forceinline__ int ghm_bin(float g, int bins) {
     return b;
 }
 
+// The moving average of the non-empty bins from one batch's counts, S_j <- alpha S_j +
+// (1 - alpha) R_j (alpha = 0: S_j = R_j), and each bin's weight rows / (S_j * non-empty bins);
+// empty bins get 0. One thread: the fused pass below and the data-parallel replay share it, so
+// both give the same bits.
+__device__ __forceinline__ void ghm_update_from_counts(const int *counts, int rows, int bins, float alpha,
+                                                       float *__restrict__ ema, float *__restrict__ bin_weight) {
+    int nonempty = 0;
+    for (int j = 0; j < bins; j++) nonempty += counts[j] > 0;
+    for (int j = 0; j < bins; j++) {
+        if (counts[j] == 0) {
+            bin_weight[j] = 0.0f;
+            continue;
+        }
+        float s = (float)counts[j];
+        if (alpha > 0.0f) {
+            s = alpha * ema[j] + (1.0f - alpha) * (float)counts[j];
+            ema[j] = s;
+        }
+        bin_weight[j] = (float)rows / (s * (float)nonempty);
+    }
+}
+
 // Pass 2 (GHM only), one block. Counts the batch's samples per bin with integer shared-memory
 // atomics (exact, so the result does not depend on the order), then one thread updates the
-// moving average of the non-empty bins, S_j <- alpha S_j + (1 - alpha) R_j (alpha = 0: S_j = R_j),
-// and writes each bin's weight rows / (S_j * non-empty bins); empty bins get 0.
+// moving average and the bin weights from them (ghm_update_from_counts).
 extern "C" __global__ void ghm_update_bins(const float *__restrict__ g, int rows, int bins, float alpha,
                                            float *__restrict__ ema, float *__restrict__ bin_weight) {
     __shared__ int counts[GHM_MAX_BINS];
@@ -71,22 +93,30 @@ extern "C" __global__ void ghm_update_bins(const float *__restrict__ g, int rows
     __syncthreads();
     for (int i = threadIdx.x; i < rows; i += blockDim.x) atomicAdd(&counts[ghm_bin(g[i], bins)], 1);
     __syncthreads();
-    if (threadIdx.x == 0) {
-        int nonempty = 0;
-        for (int j = 0; j < bins; j++) nonempty += counts[j] > 0;
-        for (int j = 0; j < bins; j++) {
-            if (counts[j] == 0) {
-                bin_weight[j] = 0.0f;
-                continue;
-            }
-            float s = (float)counts[j];
-            if (alpha > 0.0f) {
-                s = alpha * ema[j] + (1.0f - alpha) * (float)counts[j];
-                ema[j] = s;
-            }
-            bin_weight[j] = (float)rows / (s * (float)nonempty);
-        }
-    }
+    if (threadIdx.x == 0) ghm_update_from_counts(counts, rows, bins, alpha, ema, bin_weight);
+}
+
+// Pass 2 of a data-parallel step, first half, one block: the batch's samples per bin, written
+// out (the ranks exchange them, so that every rank's moving average sees every micro-batch of
+// the step in the one process's order). Integer shared-memory atomics: exact, order-free.
+extern "C" __global__ void ghm_count_bins(const float *__restrict__ g, int rows, int bins, int *__restrict__ out) {
+    __shared__ int counts[GHM_MAX_BINS];
+    for (int j = threadIdx.x; j < bins; j += blockDim.x) counts[j] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) atomicAdd(&counts[ghm_bin(g[i], bins)], 1);
+    __syncthreads();
+    for (int j = threadIdx.x; j < bins; j += blockDim.x) out[j] = counts[j];
+}
+
+// Pass 2 of a data-parallel step, second half, one thread: one micro-batch's counts (this
+// rank's or another's, as exchanged) applied to the moving average and the bin weights, exactly
+// as ghm_update_bins applies them.
+extern "C" __global__ void ghm_apply_counts(const int *__restrict__ counts, int bins, float alpha,
+                                            float *__restrict__ ema, float *__restrict__ bin_weight) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    int rows = 0;
+    for (int j = 0; j < bins; j++) rows += counts[j];
+    ghm_update_from_counts(counts, rows, bins, alpha, ema, bin_weight);
 }
 
 // Pass 3: per-row weight a_i = class_weight[y_i] * bin_weight[bin(g_i)], either factor optional.

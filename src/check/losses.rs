@@ -1,7 +1,8 @@
 //! Checks of the five classification losses for the registry: the f64 reference against finite
 //! differences (row weights, GHM's beta included, held constant, as in the backward pass), and
 //! the loss layer's kernels against the reference over two steps (so the GHM moving average is
-//! exercised), with the gradient buffer NaN-poisoned before each step.
+//! exercised), with the gradient buffer NaN-poisoned before each step; GHM's data-parallel
+//! path too (three ranks exchanging bin counts).
 
 use super::{
     finite_difference, relative_error, relative_error_to_terms, worst, Row, GRADIENT_TOLERANCE,
@@ -10,7 +11,7 @@ use super::{
 use crate::device::Device;
 use crate::error::Result;
 use crate::model::imbalance::class_weights_from_counts;
-use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
+use crate::model::loss::{ClassificationLoss, LossConfig, LossKind, SharedGhm};
 use crate::reference::loss::{layer_parts, loss_and_grad, StepParts};
 use crate::rng::Rng;
 
@@ -112,7 +113,90 @@ pub fn kernel(kind: LossKind, dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
             tolerance: KERNEL_TOLERANCE,
         });
     }
+    if matches!(kind, LossKind::GhmC | LossKind::GhmCs) {
+        for (n, k) in [(7usize, 3usize), (33, 44)] {
+            rows.push(shared_step(kind, dev, rng, n, k)?);
+        }
+    }
     Ok(rows)
+}
+
+/// GHM in data-parallel steps (`forward_backward_shared`: ghm_count_bins, the exchange,
+/// ghm_apply_counts): three ranks, a loss layer each, take one micro-batch of n rows each per
+/// step; each sends its bin counts (which must be the reference's) and gets all three (the
+/// reference's). Each rank's loss and gradient must be the reference's for its micro-batch
+/// taken after the ones before it in the step, and after each step every rank's moving
+/// histogram and loss-step count the reference's after all three. Two steps, GHM-CS's warm-up
+/// ending inside the first.
+fn shared_step(kind: LossKind, dev: &Device, rng: &mut Rng, n: usize, k: usize) -> Result<Row> {
+    const RANKS: usize = 3;
+    let mut cfg = config(kind, k, rng);
+    cfg.ghm_warmup_steps = 2;
+    let bins = cfg.ghm_bins;
+    let mut ranks: Vec<ClassificationLoss> = (0..RANKS)
+        .map(|_| ClassificationLoss::new(dev, k, cfg.clone()))
+        .collect::<Result<_>>()?;
+    let mut ema = vec![0.0; bins];
+    let mut err = 0.0;
+    for step in 0..2u64 {
+        let batches: Vec<(Vec<i32>, Vec<f64>)> = (0..RANKS)
+            .map(|_| (labels(n, k, rng), rng.normals(n * k, 3.0)))
+            .collect();
+        let counts: Vec<Vec<i32>> = batches
+            .iter()
+            .map(|(y, z)| {
+                let (_, g) = crate::reference::loss::row_stats(z, y, k);
+                let mut c = vec![0i32; bins];
+                for gi in g {
+                    c[crate::reference::loss::ghm_bin(gi as f32, bins)] += 1;
+                }
+                c
+            })
+            .collect();
+        for (p, ((y, z), layer)) in batches.iter().zip(&mut ranks).enumerate() {
+            let parts = layer_parts(&cfg, k, &mut ema, step * RANKS as u64 + p as u64 + 1, z, y);
+            let (want_loss, want_grad) = loss_and_grad(&parts.spec(k, y), z);
+            let zb = dev.upload(&super::to_f32(z), "logits")?;
+            let mut gb = dev.upload(&super::nan_vec(n * k), "grad")?;
+            let mut sent_right = true;
+            let mut exchange = |sent: &[i32]| {
+                sent_right = sent == counts[p].as_slice();
+                Ok(counts.clone())
+            };
+            let shared = SharedGhm {
+                position: p,
+                exchange: &mut exchange,
+            };
+            let out = layer.forward_backward_shared(&zb, y, &mut gb, Some(shared))?;
+            if !sent_right {
+                err = f64::INFINITY;
+            }
+            err = worst(err, relative_error(&[out.loss], &[want_loss]));
+            let got = gb.to_host()?;
+            err = worst(
+                err,
+                match &parts.soft_targets {
+                    None => relative_error(&got, &want_grad),
+                    Some(q) => soft_target_error(&got, &want_grad, &parts, q, z, y, k),
+                },
+            );
+        }
+        for layer in &ranks {
+            let (got_ema, steps) = layer.state()?;
+            err = worst(err, relative_error(&got_ema, &ema));
+            if steps != (step + 1) * RANKS as u64 {
+                err = f64::INFINITY;
+            }
+        }
+    }
+    Ok(Row {
+        op: name(kind).into(),
+        check: "kernel",
+        device: dev.describe(),
+        sizes: format!("rows={n} classes={k} ranks=3 steps=2 (data parallel)"),
+        error: err,
+        tolerance: KERNEL_TOLERANCE,
+    })
 }
 
 /// With soft targets the gradient (a_i / norm)(p - q) vanishes wherever p meets q, and no fp32

@@ -65,9 +65,12 @@ pub fn run_grid(dev: &Device, o: &ExperimentOptions, describe: &str) -> Result<V
             .filter(|l| matches!(l, LossKind::GhmC | LossKind::GhmCs))
             .map(|l| l.name())
             .collect();
-        if !refused.is_empty() {
+        let accumulate = o.base.settings.accumulate;
+        if !refused.is_empty() && accumulate > 1 {
             return Err(Error::Invalid(format!(
-                "rank {} of {}: --losses {} are not data parallel yet (issue 30): leave them out, or run the grid in one process",
+                "rank {} of {}: --losses {} with --accumulate {accumulate} are not data parallel \
+                 (each micro-batch's GHM weights need the histogram of all before it in the \
+                 step): leave them out, drop --accumulate, or run the grid in one process",
                 w.rank,
                 w.size,
                 refused.join(",")

@@ -141,6 +141,21 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
     let class_weights = lc.class_weights.clone();
     let mut settings = o.settings.clone();
     let planned = plan_memory(o, &spec, classes, &mut settings, dev.multiprocessors())?;
+    if let Some(w) = world.as_ref().filter(|w| w.size > 1) {
+        if matches!(o.loss, LossKind::GhmC | LossKind::GhmCs) && settings.accumulate > 1 {
+            return Err(Error::Invalid(format!(
+                "rank {} of {}: the memory plan splits each batch of {} into {} micro-batches, \
+                 and --loss {} in a data-parallel world takes one per rank and step (each \
+                 needs the histogram of all before it): give a smaller --batch-size or more \
+                 --memory-budget, or run it in one process",
+                w.rank,
+                w.size,
+                o.settings.batch_size,
+                settings.accumulate,
+                o.loss.name()
+            )));
+        }
+    }
     // GHM-CS's beta = 1 warm-up, in loss steps (one per micro-batch: the loss sees each
     // micro-batch of a step, --accumulate's or the memory plan's) of this data set.
     let micro_batches = train_records.len().div_ceil(settings.batch_size.max(1)) as u64;
@@ -395,9 +410,15 @@ fn check_data_parallel(o: &TrainOptions, w: &World) -> Result<()> {
             w.rank, w.size
         )))
     };
-    if matches!(o.loss, LossKind::GhmC | LossKind::GhmCs) {
-        // Its moving histogram of gradient norms would be each rank's own.
-        return refuse(&format!("--loss {}", o.loss.name()));
+    if matches!(o.loss, LossKind::GhmC | LossKind::GhmCs) && o.settings.accumulate > 1 {
+        // Each micro-batch's GHM weights need the histogram of every micro-batch before it in
+        // the step; with one micro-batch per rank the ranks exchange their counts first.
+        return refuse(&format!(
+            "--loss {} with --accumulate {} (one micro-batch per rank and step: a larger \
+             --batch-size instead)",
+            o.loss.name(),
+            o.settings.accumulate
+        ));
     }
     if o.freeze_encoder {
         // Every rank would write the same feature cache.

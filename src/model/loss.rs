@@ -120,6 +120,18 @@ pub struct ClassificationLoss {
     steps: u64,
 }
 
+/// Sends one micro-batch's GHM bin counts; returns every micro-batch's of its step, in order.
+pub type GhmExchange<'a> = &'a mut dyn FnMut(&[i32]) -> Result<Vec<Vec<i32>>>;
+
+/// One micro-batch's place in a data-parallel step, for GHM's histogram.
+pub struct SharedGhm<'a> {
+    /// Its index among the step's micro-batches (the one process's order).
+    pub position: usize,
+    /// Sends its bin counts; returns every micro-batch's of the step in order (all zeros for
+    /// one no rank had).
+    pub exchange: GhmExchange<'a>,
+}
+
 /// The loss of one batch, and what the GHM step saw (for logs and tests).
 pub struct LossOutput {
     pub loss: f32,
@@ -236,12 +248,30 @@ impl ClassificationLoss {
         }
     }
 
+    /// Whether the loss keeps GHM's moving histogram (GHM-C, GHM-CS).
+    pub fn uses_ghm(&self) -> bool {
+        self.ghm_ema.is_some()
+    }
+
     /// The loss of a batch (logits: rows x classes, row-major) and dL/dlogits into `grad`.
     pub fn forward_backward(
         &mut self,
         logits: &Buffer<f32>,
         labels: &[i32],
         grad: &mut Buffer<f32>,
+    ) -> Result<LossOutput> {
+        self.forward_backward_shared(logits, labels, grad, None)
+    }
+
+    /// `forward_backward` as one micro-batch of a data-parallel step: GHM's histogram takes
+    /// every micro-batch of the step, in the one process's order (`shared`; None: this batch
+    /// alone, as `forward_backward`). Losses without GHM ignore it.
+    pub fn forward_backward_shared(
+        &mut self,
+        logits: &Buffer<f32>,
+        labels: &[i32],
+        grad: &mut Buffer<f32>,
+        shared: Option<SharedGhm<'_>>,
     ) -> Result<LossOutput> {
         let (rows, k, dev) = (labels.len(), self.classes, self.device.clone());
         if rows == 0 {
@@ -274,12 +304,35 @@ impl ClassificationLoss {
         let g = &stats.one_minus_py;
 
         let kind = self.config.kind;
-        self.steps += 1;
-        let mut ghm_on = false;
-        if let (Some(ema), Some(bw)) = (self.ghm_ema.as_mut(), self.bin_weight.as_mut()) {
-            kernels::ghm_update_bins(g, rows, self.config.ghm_alpha, ema, bw)?;
-            ghm_on = kind == LossKind::GhmC || self.steps > self.config.ghm_warmup_steps;
+        let mut later = Vec::new();
+        match (self.ghm_ema.as_mut(), self.bin_weight.as_mut(), shared) {
+            (Some(ema), Some(bw), None) => {
+                self.steps += 1;
+                kernels::ghm_update_bins(g, rows, self.config.ghm_alpha, ema, bw)?;
+            }
+            (Some(_), Some(bw), Some(sh)) => {
+                // This micro-batch's counts go out; every one of the step comes back. Those up
+                // to this one are applied before its weights, the rest after.
+                let mut counts = dev.alloc::<i32>(bw.len(), "GHM bin counts")?;
+                kernels::ghm_count_bins(g, rows, &mut counts)?;
+                let mut all = (sh.exchange)(&counts.to_host()?)?;
+                if sh.position >= all.len() {
+                    return Err(Error::Invalid(format!(
+                        "GHM exchange: micro-batch {} of a step of {}",
+                        sh.position,
+                        all.len()
+                    )));
+                }
+                later = all.split_off(sh.position + 1);
+                self.apply_ghm_counts(&all)?;
+            }
+            _ => self.steps += 1,
         }
+        let ghm_on = match kind {
+            LossKind::GhmC => true,
+            LossKind::GhmCs => self.steps > self.config.ghm_warmup_steps,
+            _ => false,
+        };
         let bin_weight = if ghm_on {
             self.bin_weight.as_ref()
         } else {
@@ -312,9 +365,33 @@ impl ClassificationLoss {
         kernels::loss_rows_final(logits, &labels_dev, &pass, &mut row_loss, grad, rows, k)?;
         let mut total = dev.alloc::<f32>(1, "loss")?;
         ops::reduce_rows_forward(&row_loss, &mut total, 1, rows, Reduce::Sum)?;
+        self.apply_ghm_counts(&later)?;
         Ok(LossOutput {
             loss: total.to_host()?[0],
         })
+    }
+
+    /// GHM's moving histogram through micro-batches seen elsewhere, in order: each one's bin
+    /// counts (all zero: a micro-batch no rank had, skipped) updated as `ghm_update_bins` does,
+    /// one loss step each. A rank without a micro-batch in a step applies the step's this way.
+    pub fn apply_ghm_counts(&mut self, counts: &[Vec<i32>]) -> Result<()> {
+        let (Some(ema), Some(bw)) = (self.ghm_ema.as_mut(), self.bin_weight.as_mut()) else {
+            return Ok(());
+        };
+        for c in counts.iter().filter(|c| c.iter().any(|&n| n > 0)) {
+            if c.len() != bw.len() || c.iter().any(|&n| n < 0) {
+                return Err(Error::Invalid(format!(
+                    "GHM exchange: {} bin counts {:?} for {} bins",
+                    c.len(),
+                    c,
+                    bw.len()
+                )));
+            }
+            let dev_counts = self.device.upload(c, "GHM bin counts")?;
+            kernels::ghm_apply_counts(&dev_counts, self.config.ghm_alpha, ema, bw)?;
+            self.steps += 1;
+        }
+        Ok(())
     }
 
     /// The GHM moving average (empty for losses without GHM) and the step count: what a

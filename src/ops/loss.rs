@@ -84,6 +84,67 @@ pub fn ghm_update_bins(
     one_minus_py.device().launch(OP, cfg, &args)
 }
 
+/// The batch's samples per GHM bin into `counts` (a data-parallel step's half of
+/// `ghm_update_bins`: the ranks exchange the counts).
+pub fn ghm_count_bins(
+    one_minus_py: &Buffer<f32>,
+    rows: usize,
+    counts: &mut Buffer<i32>,
+) -> Result<()> {
+    const OP: &str = "ghm_count_bins";
+    let bins = counts.len();
+    if bins == 0 || bins > GHM_MAX_BINS {
+        return Err(Error::Invalid(format!(
+            "{OP}: {bins} bins; 1..={GHM_MAX_BINS} supported"
+        )));
+    }
+    need(OP, "one_minus_py", one_minus_py, rows)?;
+    let cfg = LaunchConfig {
+        grid: (1, 1, 1),
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    let args = [
+        one_minus_py.into(),
+        to_i32(OP, "rows", rows)?.into(),
+        to_i32(OP, "bins", bins)?.into(),
+        (&*counts).into(),
+    ];
+    one_minus_py.device().launch(OP, cfg, &args)
+}
+
+/// One micro-batch's bin counts applied to the moving average (in place in `ema`) and the
+/// per-bin weights, as `ghm_update_bins` applies its own.
+pub fn ghm_apply_counts(
+    counts: &Buffer<i32>,
+    alpha: f32,
+    ema: &mut Buffer<f32>,
+    bin_weight: &mut Buffer<f32>,
+) -> Result<()> {
+    const OP: &str = "ghm_apply_counts";
+    let bins = bin_weight.len();
+    if bins == 0 || bins > GHM_MAX_BINS || ema.len() != bins || counts.len() != bins {
+        return Err(Error::Invalid(format!(
+            "{OP}: {bins} bins with a moving average of {} and {} counts; 1..={GHM_MAX_BINS} bins, all the same length",
+            ema.len(),
+            counts.len()
+        )));
+    }
+    let cfg = LaunchConfig {
+        grid: (1, 1, 1),
+        block: (32, 1, 1),
+        shared_bytes: 0,
+    };
+    let args = [
+        counts.into(),
+        to_i32(OP, "bins", bins)?.into(),
+        alpha.into(),
+        (&*ema).into(),
+        (&*bin_weight).into(),
+    ];
+    counts.device().launch(OP, cfg, &args)
+}
+
 /// a_i = class_weight[y_i] * bin_weight[bin(g_i)], either factor optional.
 pub fn loss_row_weights(
     labels: &Buffer<i32>,

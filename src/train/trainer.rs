@@ -14,7 +14,7 @@ use crate::rng::Rng;
 use super::features::FeatureStore;
 use crate::model::embedding::Embedding;
 use crate::model::heads::Head;
-use crate::model::loss::ClassificationLoss;
+use crate::model::loss::{ClassificationLoss, SharedGhm};
 use crate::model::slot::Slot;
 use crate::model::window_pool::{Pool, WindowPool};
 use crate::ops;
@@ -153,6 +153,19 @@ impl Classifier {
         labels: &[i32],
         seed: u64,
     ) -> Result<f32> {
+        self.backward_records_shared(b, windows, labels, seed, None)
+    }
+
+    /// `backward_records` as one micro-batch of a data-parallel step (GHM's histogram then
+    /// takes the whole step's, `ClassificationLoss::forward_backward_shared`).
+    fn backward_records_shared(
+        &mut self,
+        b: &TokenBatch,
+        windows: &[usize],
+        labels: &[i32],
+        seed: u64,
+        shared: Option<SharedGhm<'_>>,
+    ) -> Result<f32> {
         let logits = self.forward(b, Some(seed))?;
         let classes = logits.len() / b.batch.max(1);
         let mut pool = self.pool_windows(b, windows)?;
@@ -163,7 +176,7 @@ impl Classifier {
         let mut dlogits = logits.device().alloc::<f32>(logits.len(), "dlogits")?;
         let loss = self
             .loss
-            .forward_backward(&logits, labels, &mut dlogits)?
+            .forward_backward_shared(&logits, labels, &mut dlogits, shared)?
             .loss;
         if let Some(p) = &pool {
             dlogits = p.backward(&dlogits, classes)?;
@@ -230,11 +243,36 @@ impl Classifier {
         collective: &mut (dyn Collective + '_),
     ) -> Result<(f32, bool)> {
         let dev = self.loss.device().clone();
+        let ghm = self.loss.uses_ghm();
+        let bins = self.loss.config().ghm_bins;
+        if ghm && mine.len() > 1 {
+            return Err(Error::Invalid(format!(
+                "GHM in a data-parallel world takes one micro-batch per rank and step, not {} \
+                 (--accumulate or the memory plan's split): each needs the histogram of all \
+                 before it",
+                mine.len()
+            )));
+        }
         let mut losses = vec![0.0f64; total + 1];
         for (k, m) in mine.iter().enumerate() {
             let _sum = (k > 0).then(|| dev.accumulate_gradients());
-            losses[offset + k] =
-                self.backward_records(&m.tokens, &m.windows, &m.labels, m.seed)? as f64;
+            let position = offset + k;
+            let mut send = |counts: &[i32]| {
+                exchange_ghm_counts(&mut *collective, total, bins, Some((position, counts)))
+            };
+            let shared = ghm.then_some(SharedGhm {
+                position,
+                exchange: &mut send,
+            });
+            losses[position] = self
+                .backward_records_shared(&m.tokens, &m.windows, &m.labels, m.seed, shared)?
+                as f64;
+        }
+        if ghm && mine.is_empty() {
+            // No micro-batch here this step (an epoch's short last one): the others' counts
+            // still move this rank's histogram, as every rank's must move alike.
+            let all = exchange_ghm_counts(collective, total, bins, None)?;
+            self.loss.apply_ghm_counts(&all)?;
         }
         let mut slots = self.slots(s.input_lr_scale);
         finish_data_parallel_step(
@@ -349,6 +387,29 @@ impl Classifier {
         }
         Ok(report(&conf))
     }
+}
+
+/// GHM's bin counts of a data-parallel step's `total` micro-batches, every rank's in place:
+/// this rank sends its micro-batch's (`mine`: its position and counts; None when it has none)
+/// and gets them all, in the one process's order. Counts are integers, so the f64 sums are
+/// exact.
+fn exchange_ghm_counts(
+    collective: &mut (dyn Collective + '_),
+    total: usize,
+    bins: usize,
+    mine: Option<(usize, &[i32])>,
+) -> Result<Vec<Vec<i32>>> {
+    let mut values = vec![0.0f64; total * bins];
+    if let Some((position, counts)) = mine {
+        for (v, &n) in values[position * bins..][..bins].iter_mut().zip(counts) {
+            *v = n as f64;
+        }
+    }
+    collective.all_reduce_host(&mut values)?;
+    Ok(values
+        .chunks(bins)
+        .map(|c| c.iter().map(|&n| n as i32).collect())
+        .collect())
 }
 
 /// The rest of a data-parallel step, once this rank's micro-batches are in `slots`' gradients
