@@ -173,6 +173,64 @@ fn ranks_train_to_the_bits_of_one_process_accumulating_their_micro_batches() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--freeze-encoder` on 2 ranks: every rank encodes the texts (rank 0 alone writes the feature
+/// cache: one file, no temporary left), and the head trains to the one process's bits with
+/// `--accumulate 2`; a second world reads the cache on every rank and trains the same.
+#[test]
+fn a_frozen_encoder_trains_data_parallel_with_one_cache_file() {
+    let dir = scratch("frozen");
+    let bert = common::tiny_bert_dir("dp-frozen");
+    let args_of = |out: &Path, cache: &Path| -> Vec<String> {
+        let mut a = run_args_batch(out, "2", "8");
+        a.extend(
+            [
+                "--encoder",
+                bert.to_str().unwrap(),
+                "--freeze-encoder",
+                "--feature-cache",
+                cache.to_str().unwrap(),
+                "--head",
+                "textcnn",
+                "--max-len",
+                "24",
+            ]
+            .map(String::from),
+        );
+        a
+    };
+    let one = dir.join("one");
+    let mut args = args_of(&one, &dir.join("cache-one"));
+    args.extend(["--accumulate".into(), "2".into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = emrclass_cli(&refs);
+    assert!(ok, "{err}");
+    let cache = dir.join("cache-world");
+    for (k, run) in ["world", "world-cached"].iter().enumerate() {
+        let world = dir.join(run);
+        let (ok, out, err) = launch(2, &args_of(&world, &cache));
+        assert!(ok, "{err}");
+        let how = if k == 0 {
+            "encoded"
+        } else {
+            "read from the cache"
+        };
+        assert!(
+            out.contains(how),
+            "rank 0 says the features were {how}:\n{out}"
+        );
+        let files: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+        assert_eq!(files.len(), 1, "one cache file: {files:?}");
+        assert_eq!(
+            tensor_bits(&one.join("checkpoint")),
+            tensor_bits(&world.join("checkpoint")),
+            "{run}: the head differs from one process with --accumulate 2"
+        );
+        assert_eq!(log_without_times(&one), log_without_times(&world));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&bert);
+}
+
 /// A loopback port nobody listens on (as likely as can be).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -617,7 +675,7 @@ fn what_is_not_data_parallel_yet_is_refused_by_name() {
     });
     assert!(!ok);
     assert!(
-        err.contains("--loss ghm-cs with --accumulate 2 (one micro-batch per rank and step"),
+        err.contains("--loss ghm-cs with --accumulate 2 is not data parallel (one micro-batch"),
         "{err}"
     );
     let o = Command::new(EXE)

@@ -176,13 +176,15 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
         }
     }
     if o.freeze_encoder {
+        // In a world every rank encodes (on its own GPU, at once); rank 0 alone writes the cache.
+        let writes_cache = world.as_ref().is_none_or(|w| w.rank == 0);
         freeze(
             dev,
             &mut model,
             o,
-            &train_records,
-            &dev_records,
+            (&train_records, &dev_records),
             settings.batch_size,
+            writes_cache,
         )?;
     }
     let info = RunInfo {
@@ -404,25 +406,19 @@ pub fn run(dev: &Device, o: &TrainOptions) -> Result<Vec<EpochLog>> {
 
 /// What a data-parallel run cannot do yet, refused before any work.
 fn check_data_parallel(o: &TrainOptions, w: &World) -> Result<()> {
-    let refuse = |what: &str| {
-        Err(Error::Invalid(format!(
-            "rank {} of {}: {what} is not data parallel yet (issue 30); run it in one process (without emrclass launch / WORLD_SIZE)",
-            w.rank, w.size
-        )))
-    };
     if matches!(o.loss, LossKind::GhmC | LossKind::GhmCs) && o.settings.accumulate > 1 {
         // Each micro-batch's GHM weights need the histogram of every micro-batch before it in
         // the step; with one micro-batch per rank the ranks exchange their counts first.
-        return refuse(&format!(
-            "--loss {} with --accumulate {} (one micro-batch per rank and step: a larger \
-             --batch-size instead)",
+        return Err(Error::Invalid(format!(
+            "rank {} of {}: --loss {} with --accumulate {} is not data parallel (one micro-batch \
+             per rank and step: each one's GHM weights need the histogram of all before it); \
+             give a larger --batch-size instead, or run it in one process (without emrclass \
+             launch / WORLD_SIZE)",
+            w.rank,
+            w.size,
             o.loss.name(),
             o.settings.accumulate
-        ));
-    }
-    if o.freeze_encoder {
-        // Every rank would write the same feature cache.
-        return refuse("--freeze-encoder");
+        )));
     }
     if w.rank > 0 {
         crate::console::mute_stdout();
@@ -593,9 +589,9 @@ fn freeze(
     dev: &Device,
     model: &mut Classifier,
     o: &TrainOptions,
-    train_records: &[Windows],
-    dev_records: &[Windows],
+    (train_records, dev_records): (&[Windows], &[Windows]),
     batch_size: usize,
+    writes_cache: bool,
 ) -> Result<()> {
     let (Input::Encoder(enc), Some(dir)) = (&mut model.input, &o.encoder) else {
         return Err(Error::Invalid("--freeze-encoder needs --encoder".into()));
@@ -607,7 +603,8 @@ fn freeze(
         .cloned()
         .collect();
     let t = std::time::Instant::now();
-    let (store, cached) = FeatureStore::build(enc, dir, &all, &o.feature_cache, batch_size)?;
+    let cache = (o.feature_cache.as_path(), writes_cache);
+    let (store, cached) = FeatureStore::build(enc, dir, &all, cache, batch_size)?;
     say!(
         "frozen encoder: {} distinct texts {} in {:.1} s ({})",
         store.len(),

@@ -71,13 +71,15 @@ fn cache_key(encoder_dir: &Path, seqs: &[&Vec<i32>]) -> Result<String> {
 
 impl FeatureStore {
     /// The features of every distinct sequence in `seqs`: read from `cache_dir` when a file
-    /// with the same key is there, else computed with `encoder` (batches of `batch`) and
-    /// written there. Returns the store and whether it came from the cache.
+    /// with the same key is there, else computed with `encoder` (batches of `batch`) and, when
+    /// `write_cache`, written there (in a data-parallel world rank 0 alone writes: the others
+    /// compute the same features and keep them in memory). Returns the store and whether it
+    /// came from the cache.
     pub fn build(
         encoder: &mut BertEncoder,
         encoder_dir: &Path,
         seqs: &[Vec<i32>],
-        cache_dir: &Path,
+        (cache_dir, write_cache): (&Path, bool),
         batch: usize,
     ) -> Result<(FeatureStore, bool)> {
         let mut distinct: Vec<&Vec<i32>> = Vec::new();
@@ -139,17 +141,19 @@ impl FeatureStore {
                 pooled[i * h..(i + 1) * h].copy_from_slice(&pool[r * h..(r + 1) * h]);
             }
         }
-        std::fs::create_dir_all(cache_dir)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", cache_dir.display())))?;
-        let lens: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();
-        write_tensors(
-            &path,
-            &[
-                ("hidden", vec![total, h], &hidden),
-                ("pooled", vec![distinct.len(), h], &pooled),
-                ("lengths", vec![distinct.len()], &lens),
-            ],
-        )?;
+        if write_cache {
+            std::fs::create_dir_all(cache_dir)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", cache_dir.display())))?;
+            let lens: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();
+            write_tensors(
+                &path,
+                &[
+                    ("hidden", vec![total, h], &hidden),
+                    ("pooled", vec![distinct.len(), h], &pooled),
+                    ("lengths", vec![distinct.len()], &lens),
+                ],
+            )?;
+        }
         Ok((
             FeatureStore {
                 hidden_size: h,
