@@ -686,3 +686,74 @@ fn what_is_not_data_parallel_yet_is_refused_by_name() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("<COMMAND>"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench step --world 2` (and `--pretrain`): the command runs again as 2 ranks; rank 0 alone
+/// prints and records one row per shape, saying the world and the time in sums.
+#[test]
+fn bench_step_over_a_world_reports_the_time_in_sums() {
+    let dir = scratch("bench-world");
+    let json = dir.join("bench.jsonl");
+    let tiny = [
+        "--layers", "1", "--hidden", "16", "--heads", "2", "--vocab", "50", "--batch", "2",
+        "--len", "6", "--reps", "2", "--world", "2",
+    ];
+    for pretrain in [false, true] {
+        let mut args = vec![
+            "--device",
+            "simt",
+            "bench",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.push("step");
+        args.extend(tiny);
+        if pretrain {
+            args.push("--pretrain");
+        }
+        let o = Command::new(EXE).args(&args).output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(out.matches("data parallel: 2 ranks").count(), 1, "{out}");
+        assert_eq!(out.matches("ms a step in sums").count(), 1, "{out}");
+    }
+    let rows: Vec<Value> = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "rank 0 alone records: {rows:?}");
+    for r in &rows {
+        assert_eq!(r["world"]["ranks"], 2, "{r}");
+        let sums = r["world"]["sum_ms"].as_f64().unwrap();
+        assert!(sums > 0.0 && sums <= r["ms"].as_f64().unwrap(), "{r}");
+    }
+    assert_eq!(rows[1]["spec"]["objective"], "mlm");
+    // --world inside a world of another size, and PyTorch's one-GPU step beside a world.
+    let o = Command::new(EXE)
+        .args(["--device", "simt", "bench", "step"])
+        .args(tiny)
+        .env("WORLD_SIZE", "3")
+        .env("RANK", "0")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", "29500")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bench step --world 2 in a world of 3"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new(EXE)
+        .args(["--device", "simt", "bench", "--compare-torch", "step"])
+        .args(tiny)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("leave it out of a data-parallel world"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -83,7 +83,7 @@ fn pretraining_step_is_steady_and_peaks_where_the_plan_says() {
             mask_rate: Some(0.15),
             ..bert_base(len)
         };
-        let row = pretrain_step(&dev, &shape, 1).unwrap();
+        let row = pretrain_step(&dev, &shape, 1, None).unwrap();
         let plan =
             emrclass::plan::plan(&shape.plan_request(1 << 40, dev.multiprocessors())).unwrap();
         assert_eq!(

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::step::{time_steps, StepShape, StepTiming, TakesSteps};
 use crate::data::masking::MaskedBatch;
 use crate::device::Device;
+use crate::distributed::Collective;
 use crate::error::{Error, Result};
 use crate::model::masked_lm::MaskedLm;
 use crate::ops::AdamW;
@@ -66,13 +67,34 @@ impl TakesSteps for MlmStepModel {
             Some(1.0),
         )
     }
+
+    fn step_in_world(&mut self, c: &mut dyn Collective) -> Result<f32> {
+        self.steps += 1;
+        let mine = [(self.batch.clone(), self.steps)];
+        let (rank, size) = (c.rank(), c.size());
+        let (loss, _) = pretraining::data_parallel_step(
+            &mut self.model,
+            &mut self.optimizer,
+            &mine,
+            (rank, size),
+            1e-5,
+            Some(1.0),
+            c,
+        )?;
+        Ok(loss)
+    }
 }
 
 /// The row of `bench step --pretrain`: `train_step`'s timing for the pretraining step.
-pub fn pretrain_step(dev: &Device, s: &StepShape, reps: usize) -> Result<StepTiming> {
+pub fn pretrain_step(
+    dev: &Device,
+    s: &StepShape,
+    reps: usize,
+    world: Option<&mut dyn Collective>,
+) -> Result<StepTiming> {
     dev.memory().reset_peak();
     let mut m = MlmStepModel::new(dev, s)?;
-    let row = time_steps(dev, s, &mut m, reps, |m| phase_times(dev, m))?;
+    let row = time_steps(dev, s, &mut m, reps, world, |m| phase_times(dev, m))?;
     let masked = m.batch.positions.len();
     let per_row = masked / s.batch.max(1);
     let (h, v) = (s.hidden as f64, s.vocab as f64);

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::data::tokenizer::TokenBatch;
 use crate::device::Device;
+use crate::distributed::Collective;
 use crate::error::Result;
 use crate::model::bert::{BertConfig, BertEncoder, EncoderMemory};
 use crate::model::heads::{Head, HeadConfig, HeadKind};
@@ -14,7 +15,7 @@ use crate::model::loss::{ClassificationLoss, LossConfig, LossKind};
 use crate::ops::AdamW;
 use crate::rng::Rng;
 use crate::train::optim::Optimizer;
-use crate::train::trainer::{Classifier, Input, TrainSettings};
+use crate::train::trainer::{Classifier, Input, MicroBatch, TrainSettings};
 
 /// The model and batch of a step benchmark. Defaults: BERT-base with the Chinese vocabulary.
 #[derive(Clone, Debug)]
@@ -67,6 +68,18 @@ pub struct StepTiming {
     /// modules and the allocation pool's reserve besides the engine's bytes — what a memory
     /// plan's context reserve has to cover.
     pub device_used_bytes: Option<usize>,
+    /// In a data-parallel world (`bench step --world N`, or under `emrclass launch`): its ranks,
+    /// what carries the sums, and the median ms a step spends in them (gradients, losses and
+    /// the stop flag, waiting for the slowest rank included).
+    pub world: Option<WorldShare>,
+}
+
+/// A step's share of a data-parallel world's sums.
+#[derive(Serialize)]
+pub struct WorldShare {
+    pub ranks: usize,
+    pub collective: String,
+    pub sum_ms: f64,
 }
 
 /// A model, a batch and an optimizer, ready to take training steps.
@@ -171,11 +184,35 @@ impl StepShape {
 pub trait TakesSteps {
     /// One optimizer step; returns the loss.
     fn step(&mut self) -> Result<f32>;
+    /// One optimizer step as one rank of `c`'s world: the model's batch is this rank's
+    /// micro-batch, then the sums and the same step on every rank (as `train` steps there).
+    fn step_in_world(&mut self, c: &mut dyn Collective) -> Result<f32>;
 }
 
 impl TakesSteps for StepModel {
     fn step(&mut self) -> Result<f32> {
         StepModel::step(self)
+    }
+
+    fn step_in_world(&mut self, c: &mut dyn Collective) -> Result<f32> {
+        self.steps += 1;
+        let mine = MicroBatch {
+            tokens: self.batch.clone(),
+            labels: self.labels.clone(),
+            seed: self.steps,
+            windows: Vec::new(),
+        };
+        let (rank, size) = (c.rank(), c.size());
+        let (loss, _) = self.model.data_parallel_step(
+            &[mine],
+            rank,
+            size,
+            &mut self.optimizer,
+            1e-5,
+            &self.settings,
+            c,
+        )?;
+        Ok(loss)
     }
 }
 
@@ -183,22 +220,41 @@ impl TakesSteps for StepModel {
 /// allocates the optimizer's moments), the overheads of one more, then `phases` timed (a
 /// further step, phase by phase), and the peak memory of it all (the caller reset it before
 /// building the model).
+/// In a world (`world`: this rank's collective), every timed step is a data-parallel one and
+/// the row says the median time of its sums.
 pub(super) fn time_steps<M: TakesSteps>(
     dev: &Device,
     s: &StepShape,
     m: &mut M,
     reps: usize,
+    mut world: Option<&mut dyn Collective>,
     phases: impl FnOnce(&mut M) -> Result<Vec<(String, f64)>>,
 ) -> Result<StepTiming> {
-    let mut times = Vec::new();
+    let (mut times, mut sums) = (Vec::new(), Vec::new());
     for rep in 0..reps.max(1) + 2 {
-        let ms = dev.time_ms(|| m.step().map(|_| ()))?;
+        let summed_before = world.as_ref().map_or(0.0, |c| c.seconds());
+        let ms = dev.time_ms(|| {
+            match world.as_deref_mut() {
+                Some(c) => m.step_in_world(c),
+                None => m.step(),
+            }
+            .map(|_| ())
+        })?;
         if rep >= 2 {
             times.push(ms);
+            sums.push(world.as_ref().map_or(0.0, |c| c.seconds()) - summed_before);
         }
     }
-    times.sort_by(f64::total_cmp);
-    let ms = times[times.len() / 2];
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ms = median(times);
+    let world = world.map(|c| WorldShare {
+        ranks: c.size(),
+        collective: c.describe(),
+        sum_ms: median(sums) * 1e3,
+    });
     let (launches_per_step, host_syncs_per_step) = step_overheads(dev, m)?;
     let phases = phases(m)?;
     let gflop = s.encoder_gflop();
@@ -222,6 +278,7 @@ pub(super) fn time_steps<M: TakesSteps>(
             }
             None => None,
         },
+        world,
     })
 }
 
@@ -305,7 +362,12 @@ impl StepModel {
 /// Median time of `reps` training steps after two warm-up steps (the first allocates the
 /// optimizer's moments), the phases of one more, and the peak memory of it all. A shape with a
 /// mask rate is `pretrain_step::pretrain_step`'s.
-pub fn train_step(dev: &Device, s: &StepShape, reps: usize) -> Result<StepTiming> {
+pub fn train_step(
+    dev: &Device,
+    s: &StepShape,
+    reps: usize,
+    world: Option<&mut dyn Collective>,
+) -> Result<StepTiming> {
     if s.mask_rate.is_some() {
         return Err(crate::error::Error::Invalid(
             "a shape with a mask rate is timed by bench::pretrain_step::pretrain_step".into(),
@@ -313,7 +375,7 @@ pub fn train_step(dev: &Device, s: &StepShape, reps: usize) -> Result<StepTiming
     }
     dev.memory().reset_peak();
     let mut m = StepModel::new(dev, s)?;
-    let row = time_steps(dev, s, &mut m, reps, |m| {
+    let row = time_steps(dev, s, &mut m, reps, world, |m| {
         phase_times(
             dev,
             &mut m.model,
@@ -453,5 +515,13 @@ pub fn print(rows: &[StepTiming]) {
             "  per step: {} kernel launches, {} host waits (copies to/from the host, synchronisations)",
             r.launches_per_step, r.host_syncs_per_step
         );
+        if let Some(w) = &r.world {
+            println!(
+                "  data parallel, {}: {:.2} ms a step in sums ({:.1} % of the step; waiting for the slowest rank included)",
+                w.collective,
+                w.sum_ms,
+                100.0 * w.sum_ms / r.ms
+            );
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use clap::Subcommand;
 use emrclass::bench::{self, pretrain_step, record, step};
+use emrclass::distributed::{join, Collective, World};
 use emrclass::model::heads::HeadKind;
 use emrclass::model::loss::LossKind;
 use emrclass::model::rnn::Cell;
@@ -22,6 +23,25 @@ pub struct Args {
 
 pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
     a.what.check(&a.out)?;
+    if let BenchWhat::Step(StepArgs { world: Some(n), .. }) = &a.what {
+        match World::from_env()? {
+            // `--world N` outside a world: this command again, as N ranks.
+            None => {
+                let status = emrclass::distributed::launch::relaunch_as_world(*n, "--world")?;
+                if status != 0 {
+                    std::process::exit(status.clamp(1, 255));
+                }
+                return Ok(true);
+            }
+            Some(w) if w.size != *n => {
+                return Err(Error::Invalid(format!(
+                    "bench step --world {n} in a world of {} (WORLD_SIZE): leave --world out under emrclass launch",
+                    w.size
+                )))
+            }
+            Some(_) => {}
+        }
+    }
     let dev = global.open_device(global.seed())?;
     run_bench(&dev, &a.what, &a.out.outputs())
 }
@@ -108,6 +128,12 @@ pub struct StepArgs {
     /// --mask-rate`.
     #[arg(long, default_value_t = 0.15, requires = "pretrain")]
     mask_rate: f64,
+    /// Time the step data parallel over N ranks on this machine (as `emrclass launch
+    /// --nproc-per-node N -- bench step ...`): every rank steps on its own batch, and the row
+    /// says the time in the gradients' sums. Under `emrclass launch` the step is data parallel
+    /// without it.
+    #[arg(long)]
+    world: Option<usize>,
 }
 
 /// The step with the encoder memory the planner picks within `budget` (one pass: a plan that
@@ -164,6 +190,9 @@ impl BenchWhat {
                     c.count(flag, v);
                 }
                 c.at_least("--classes", a.classes, 2, "a classifier");
+                if let Some(n) = a.world {
+                    c.count("--world", n);
+                }
                 if a.pretrain {
                     c.fraction("--mask-rate", a.mask_rate, false, 0.0, 1.0);
                     for &l in &a.len {
@@ -489,6 +518,20 @@ fn run_bench(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bo
             }
             let loss: LossKind = loss_kinds(a.loss)?[0];
             let optimizer = a.optimizer.parse()?;
+            // Under `launch` (or `--world`): one rank of a data-parallel world; rank 0 reports.
+            let mut world = match World::from_env()? {
+                Some(w) if out.compare_torch && w.size > 1 => return Err(Error::Invalid(
+                    "--compare-torch times one GPU's step: leave it out of a data-parallel world"
+                        .into(),
+                )),
+                Some(w) => {
+                    if w.rank > 0 {
+                        emrclass::console::mute_stdout();
+                    }
+                    Some((w.rank, join::join_run(&w, dev, (a.batch, 1))?))
+                }
+                None => None,
+            };
             let mut rows = Vec::new();
             for &len in &a.len {
                 let shape = step::StepShape {
@@ -517,13 +560,18 @@ fn run_bench(dev: &Device, what: &BenchWhat, out: &record::Outputs) -> Result<bo
                 } else {
                     shape
                 };
+                let collective = world
+                    .as_mut()
+                    .map(|(_, c)| c.as_mut() as &mut dyn Collective);
                 rows.push(match shape.mask_rate {
-                    Some(_) => pretrain_step::pretrain_step(dev, &shape, a.reps)?,
-                    None => step::train_step(dev, &shape, a.reps)?,
+                    Some(_) => pretrain_step::pretrain_step(dev, &shape, a.reps, collective)?,
+                    None => step::train_step(dev, &shape, a.reps, collective)?,
                 });
             }
-            step::print(&rows);
-            record::finish(dev, &rows, out)?;
+            if world.as_ref().is_none_or(|(rank, _)| *rank == 0) {
+                step::print(&rows);
+                record::finish(dev, &rows, out)?;
+            }
         }
     }
     Ok(true)

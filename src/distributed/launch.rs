@@ -70,6 +70,32 @@ impl Launch {
     }
 }
 
+/// This process's own command line as `n` ranks on this machine (`bench step --world N`):
+/// `launch --nproc-per-node n -- ARGS` with ARGS this command's arguments less `flag` and its
+/// value. Returns the status to exit with, as `run`.
+pub fn relaunch_as_world(n: usize, flag: &str) -> Result<i32> {
+    let mut args = Vec::new();
+    let mut skip_value = false;
+    for a in std::env::args_os().skip(1) {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        match a.to_str() {
+            Some(s) if s == flag => skip_value = true,
+            Some(s) if s.starts_with(&format!("{flag}=")) => {}
+            _ => args.push(a),
+        }
+    }
+    run(&Launch {
+        nproc_per_node: n,
+        nnodes: 1,
+        node_rank: 0,
+        master_addr: "127.0.0.1".into(),
+        master_port: None,
+        args,
+    })
+}
+
 /// Starts this node's processes and waits for them; returns the status to exit with: 0 when
 /// every process succeeded, else the first failure's.
 pub fn run(l: &Launch) -> Result<i32> {
