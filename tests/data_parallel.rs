@@ -218,6 +218,13 @@ fn a_frozen_encoder_trains_data_parallel_with_one_cache_file() {
             out.contains(how),
             "rank 0 says the features were {how}:\n{out}"
         );
+        // Rank 1 encoded too the first time, and kept its features to itself.
+        assert_eq!(
+            err.matches("features kept in memory (rank 0 writes")
+                .count(),
+            1 - k,
+            "{err}"
+        );
         let files: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
         assert_eq!(files.len(), 1, "one cache file: {files:?}");
         assert_eq!(

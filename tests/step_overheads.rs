@@ -5,8 +5,8 @@
 //! asserted: a steady state (every step after the first makes the same calls), launches that
 //! do not grow with the sequence length, and a bounded number of host waits.
 
-use emrclass::bench::pretrain_step::pretrain_step;
-use emrclass::bench::step::{step_overheads, StepModel, StepShape};
+use emrclass::bench::pretrain_step::{pretrain_step, MlmStepModel};
+use emrclass::bench::step::{step_overheads, StepModel, StepShape, TakesSteps};
 use emrclass::model::bert::EncoderMemory;
 use emrclass::model::heads::HeadKind;
 use emrclass::model::loss::LossKind;
@@ -84,6 +84,19 @@ fn pretraining_step_is_steady_and_peaks_where_the_plan_says() {
             ..bert_base(len)
         };
         let row = pretrain_step(&dev, &shape, 1, None).unwrap();
+        let mut m = MlmStepModel::new(&dev, &shape).unwrap();
+        m.step().unwrap(); // the first step allocates the optimizer's moments
+        let second = step_overheads(&dev, &mut m).unwrap();
+        assert_eq!(
+            second,
+            step_overheads(&dev, &mut m).unwrap(),
+            "L{len}: steady"
+        );
+        assert_eq!(
+            second,
+            (row.launches_per_step, row.host_syncs_per_step),
+            "L{len}: the row counts a steady step"
+        );
         let plan =
             emrclass::plan::plan(&shape.plan_request(1 << 40, dev.multiprocessors())).unwrap();
         assert_eq!(

@@ -70,7 +70,8 @@ pub struct StepTiming {
     pub device_used_bytes: Option<usize>,
     /// In a data-parallel world (`bench step --world N`, or under `emrclass launch`): its ranks,
     /// what carries the sums, and the median ms a step spends in them (gradients, losses and
-    /// the stop flag, waiting for the slowest rank included).
+    /// the stop flag, waiting for the slowest rank included). `ms` is then the data-parallel
+    /// step's; the launches, host waits and phases stay those of this rank's own step.
     pub world: Option<WorldShare>,
 }
 
@@ -220,6 +221,7 @@ impl TakesSteps for StepModel {
 /// allocates the optimizer's moments), the overheads of one more, then `phases` timed (a
 /// further step, phase by phase), and the peak memory of it all (the caller reset it before
 /// building the model).
+///
 /// In a world (`world`: this rank's collective), every timed step is a data-parallel one and
 /// the row says the median time of its sums.
 pub(super) fn time_steps<M: TakesSteps>(

@@ -24,6 +24,12 @@ pub struct Args {
 pub fn run(global: &GlobalArgs, a: &Args) -> Result<bool> {
     a.what.check(&a.out)?;
     if let BenchWhat::Step(StepArgs { world: Some(n), .. }) = &a.what {
+        if a.out.compare_torch && *n > 1 {
+            return Err(Error::Invalid(
+                "--compare-torch times one GPU's step: leave it out of a data-parallel world"
+                    .into(),
+            ));
+        }
         match World::from_env()? {
             // `--world N` outside a world: this command again, as N ranks.
             None => {
@@ -129,9 +135,9 @@ pub struct StepArgs {
     #[arg(long, default_value_t = 0.15, requires = "pretrain")]
     mask_rate: f64,
     /// Time the step data parallel over N ranks on this machine (as `emrclass launch
-    /// --nproc-per-node N -- bench step ...`): every rank steps on its own batch, and the row
-    /// says the time in the gradients' sums. Under `emrclass launch` the step is data parallel
-    /// without it.
+    /// --nproc-per-node N -- bench step ...`): every rank steps on the same random batch, and
+    /// the row says the time in the gradients' sums. Under `emrclass launch` the step is data
+    /// parallel without it.
     #[arg(long)]
     world: Option<usize>,
 }

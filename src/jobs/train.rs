@@ -605,6 +605,12 @@ fn freeze(
     let t = std::time::Instant::now();
     let cache = (o.feature_cache.as_path(), writes_cache);
     let (store, cached) = FeatureStore::build(enc, dir, &all, cache, batch_size)?;
+    if !writes_cache && !cached {
+        crate::note!(
+            "frozen encoder: features kept in memory (rank 0 writes {})",
+            o.feature_cache.display()
+        );
+    }
     say!(
         "frozen encoder: {} distinct texts {} in {:.1} s ({})",
         store.len(),

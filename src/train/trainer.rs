@@ -245,12 +245,14 @@ impl Classifier {
         let dev = self.loss.device().clone();
         let ghm = self.loss.uses_ghm();
         let bins = self.loss.config().ghm_bins;
-        if ghm && mine.len() > 1 {
+        // Decided on what every rank shares (a short last step leaves some ranks fewer), so
+        // that all refuse together and none waits in an exchange.
+        if ghm && s.accumulate.max(1) > 1 {
             return Err(Error::Invalid(format!(
                 "GHM in a data-parallel world takes one micro-batch per rank and step, not {} \
                  (--accumulate or the memory plan's split): each needs the histogram of all \
                  before it",
-                mine.len()
+                s.accumulate
             )));
         }
         let mut losses = vec![0.0f64; total + 1];
