@@ -83,28 +83,31 @@ __device__ __forceinline__ void ghm_update_from_counts(const int *counts, int ro
     }
 }
 
-// Pass 2 (GHM only), one block. Counts the batch's samples per bin with integer shared-memory
-// atomics (exact, so the result does not depend on the order), then one thread updates the
-// moving average and the bin weights from them (ghm_update_from_counts).
+// The batch's samples per bin into the block's shared `counts`, with integer shared-memory
+// atomics (exact, so the result does not depend on the order); every thread of the block calls
+// it, and the counts are complete when it returns.
+__device__ __forceinline__ void ghm_count_in_block(const float *__restrict__ g, int rows, int bins, int *counts) {
+    for (int j = threadIdx.x; j < bins; j += blockDim.x) counts[j] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) atomicAdd(&counts[ghm_bin(g[i], bins)], 1);
+    __syncthreads();
+}
+
+// Pass 2 (GHM only), one block: the batch's counts per bin (ghm_count_in_block), then one thread
+// updates the moving average and the bin weights from them (ghm_update_from_counts).
 extern "C" __global__ void ghm_update_bins(const float *__restrict__ g, int rows, int bins, float alpha,
                                            float *__restrict__ ema, float *__restrict__ bin_weight) {
     __shared__ int counts[GHM_MAX_BINS];
-    for (int j = threadIdx.x; j < bins; j += blockDim.x) counts[j] = 0;
-    __syncthreads();
-    for (int i = threadIdx.x; i < rows; i += blockDim.x) atomicAdd(&counts[ghm_bin(g[i], bins)], 1);
-    __syncthreads();
+    ghm_count_in_block(g, rows, bins, counts);
     if (threadIdx.x == 0) ghm_update_from_counts(counts, rows, bins, alpha, ema, bin_weight);
 }
 
-// Pass 2 of a data-parallel step, first half, one block: the batch's samples per bin, written
-// out (the ranks exchange them, so that every rank's moving average sees every micro-batch of
-// the step in the one process's order). Integer shared-memory atomics: exact, order-free.
+// Pass 2 of a data-parallel step, first half, one block: the batch's counts per bin, written out
+// (the ranks exchange them, so that every rank's moving average sees every micro-batch of the
+// step in the one process's order).
 extern "C" __global__ void ghm_count_bins(const float *__restrict__ g, int rows, int bins, int *__restrict__ out) {
     __shared__ int counts[GHM_MAX_BINS];
-    for (int j = threadIdx.x; j < bins; j += blockDim.x) counts[j] = 0;
-    __syncthreads();
-    for (int i = threadIdx.x; i < rows; i += blockDim.x) atomicAdd(&counts[ghm_bin(g[i], bins)], 1);
-    __syncthreads();
+    ghm_count_in_block(g, rows, bins, counts);
     for (int j = threadIdx.x; j < bins; j += blockDim.x) out[j] = counts[j];
 }
 
