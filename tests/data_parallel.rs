@@ -685,6 +685,36 @@ fn what_is_not_data_parallel_yet_is_refused_by_name() {
         err.contains("--loss ghm-cs with --accumulate 2 is not data parallel (one micro-batch"),
         "{err}"
     );
+    // A memory plan that splits each batch in two: GHM takes one micro-batch per rank and step.
+    let bert = common::tiny_bert_dir("dp-split");
+    let (ok, _, err) = launch(2, &{
+        let mut a = run_args(&dir.join("split"), "1");
+        a.extend(
+            [
+                "--encoder",
+                bert.to_str().unwrap(),
+                "--head",
+                "textcnn",
+                "--max-len",
+                "24",
+                "--loss",
+                "ghmcs",
+                "--memory-budget",
+                "2560KiB",
+                "--context-reserve",
+                "0",
+            ]
+            .map(String::from),
+        );
+        a
+    });
+    assert!(!ok);
+    assert!(
+        err.contains("the memory plan splits each batch of 8 into 2 micro-batches"),
+        "{err}"
+    );
+    assert!(!dir.join("split").exists(), "refused before any write");
+    let _ = std::fs::remove_dir_all(&bert);
     let o = Command::new(EXE)
         .args(["launch", "--nproc-per-node", "2"])
         .output()
