@@ -144,6 +144,29 @@ class PaperHead:
         return Head()
 
 
+def eager_step(torch, params, loss_of):
+    """One eager training step as the engine's: loss_of(), backward, clip_grad_norm_ at 1.0,
+    AdamW (lr 1e-5, weight decay 0.01); returns the loss as a float."""
+    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
+
+    def step():
+        loss = loss_of()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def time_step(torch, step, reps, batch, length):
+    """A step's row fields after one untimed step (AdamW's moments): median ms, samples/s, tokens/s."""
+    step()
+    ms = timed(torch, step, reps)
+    return {"ms": ms, "samples_per_s": batch / (ms / 1e3), "tokens_per_s": batch * length / (ms / 1e3)}
+
+
 def run_spec(torch, spec, reps):
     fam = spec["family"]
     dev = "cuda"
@@ -240,43 +263,22 @@ def run_spec(torch, spec, reps):
             cols = torch.tensor([1 + k * inner // n for k in range(n)], device=dev)
             labels = torch.full((B, L), -100, dtype=torch.long, device=dev)
             labels[:, cols] = ids[:, cols]
-            params = list(model.parameters())
-            opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
-
-            def step():
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                return loss.item()
-
-            step()
+            step = eager_step(torch, list(model.parameters()),
+                              lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss)
             out["what"] = f"PyTorch eager BertForMaskedLM step {layers}x{heads} H={hidden} B={B} L={L} {n}/{L} masked"
-            out["ms"] = timed(torch, step, reps)
-            out["samples_per_s"] = B / (out["ms"] / 1e3)
-            out["tokens_per_s"] = B * L / (out["ms"] / 1e3)
+            out.update(time_step(torch, step, reps, B, L))
         else:
             k = spec["classes"]
             head = PaperHead.build(torch, spec["head"], hidden, k, spec["textcnn_filters"], spec["rnn_hidden"]).to(dev)
             fn = loss_fn(torch, spec["loss"], k)
             y = torch.randint(0, k, (B,), device=dev)
-            params = list(model.parameters()) + list(head.parameters())
-            opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
-
-            def step():
+            def loss_of():
                 o = model(input_ids=ids, attention_mask=mask)
-                loss = fn(head(o.last_hidden_state, o.pooler_output), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                return loss.item()
+                return fn(head(o.last_hidden_state, o.pooler_output), y)
 
-            step()
+            step = eager_step(torch, list(model.parameters()) + list(head.parameters()), loss_of)
             out["what"] = f"PyTorch eager step {layers}x{heads} H={hidden} B={B} L={L} {spec['head']}"
-            out["ms"] = timed(torch, step, reps)
-            out["samples_per_s"] = B / (out["ms"] / 1e3)
+            out.update(time_step(torch, step, reps, B, L))
     else:
         raise ValueError(f"no family {fam}")
     out["peak_bytes"] = torch.cuda.max_memory_allocated()
