@@ -94,14 +94,10 @@ pub fn kernel(kind: LossKind, dev: &Device, rng: &mut Rng) -> Result<Vec<Row>> {
             let zb = dev.upload(&super::to_f32(&z), "logits")?;
             let mut gb = dev.upload(&super::nan_vec(n * k), "grad")?;
             let out = layer.forward_backward(&zb, &y, &mut gb)?;
-            err = worst(err, relative_error(&[out.loss], &[want_loss]));
-            let got = gb.to_host()?;
+            let got = (out.loss, gb.to_host()?);
             err = worst(
                 err,
-                match &parts.soft_targets {
-                    None => relative_error(&got, &want_grad),
-                    Some(q) => soft_target_error(&got, &want_grad, &parts, q, &z, &y, k),
-                },
+                step_error(got, (want_loss, &want_grad), &parts, &z, &y, k),
             );
         }
         rows.push(Row {
@@ -171,14 +167,10 @@ fn shared_step(kind: LossKind, dev: &Device, rng: &mut Rng, n: usize, k: usize) 
             if !sent_right {
                 err = f64::INFINITY;
             }
-            err = worst(err, relative_error(&[out.loss], &[want_loss]));
-            let got = gb.to_host()?;
+            let got = (out.loss, gb.to_host()?);
             err = worst(
                 err,
-                match &parts.soft_targets {
-                    None => relative_error(&got, &want_grad),
-                    Some(q) => soft_target_error(&got, &want_grad, &parts, q, z, y, k),
-                },
+                step_error(got, (want_loss, &want_grad), &parts, z, y, k),
             );
         }
         for layer in &ranks {
@@ -197,6 +189,23 @@ fn shared_step(kind: LossKind, dev: &Device, rng: &mut Rng, n: usize, k: usize) 
         error: err,
         tolerance: KERNEL_TOLERANCE,
     })
+}
+
+/// The worse of a loss step's errors against the reference: the loss, and the gradient
+/// (against its terms under soft targets, `soft_target_error`).
+fn step_error(
+    (loss, grad): (f32, Vec<f32>),
+    (want_loss, want_grad): (f64, &[f64]),
+    parts: &StepParts,
+    z: &[f64],
+    y: &[i32],
+    k: usize,
+) -> f64 {
+    let grad_error = match &parts.soft_targets {
+        None => relative_error(&grad, want_grad),
+        Some(q) => soft_target_error(&grad, want_grad, parts, q, z, y, k),
+    };
+    worst(relative_error(&[loss], &[want_loss]), grad_error)
 }
 
 /// With soft targets the gradient (a_i / norm)(p - q) vanishes wherever p meets q, and no fp32

@@ -15,6 +15,15 @@ fn rows_config(rows: usize) -> LaunchConfig {
     }
 }
 
+/// A launch of one block of `threads` (GHM's passes over its few bins).
+fn one_block(threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid: (1, 1, 1),
+        block: (threads, 1, 1),
+        shared_bytes: 0,
+    }
+}
+
 fn opt(b: Option<&Buffer<f32>>) -> Arg {
     b.map_or(Arg::Null, Arg::from)
 }
@@ -68,11 +77,7 @@ pub fn ghm_update_bins(
         )));
     }
     need(OP, "one_minus_py", one_minus_py, rows)?;
-    let cfg = LaunchConfig {
-        grid: (1, 1, 1),
-        block: (256, 1, 1),
-        shared_bytes: 0,
-    };
+    let cfg = one_block(256);
     let args = [
         one_minus_py.into(),
         to_i32(OP, "rows", rows)?.into(),
@@ -99,11 +104,7 @@ pub fn ghm_count_bins(
         )));
     }
     need(OP, "one_minus_py", one_minus_py, rows)?;
-    let cfg = LaunchConfig {
-        grid: (1, 1, 1),
-        block: (256, 1, 1),
-        shared_bytes: 0,
-    };
+    let cfg = one_block(256);
     let args = [
         one_minus_py.into(),
         to_i32(OP, "rows", rows)?.into(),
@@ -130,11 +131,7 @@ pub fn ghm_apply_counts(
             counts.len()
         )));
     }
-    let cfg = LaunchConfig {
-        grid: (1, 1, 1),
-        block: (32, 1, 1),
-        shared_bytes: 0,
-    };
+    let cfg = one_block(32);
     let args = [
         counts.into(),
         to_i32(OP, "bins", bins)?.into(),
